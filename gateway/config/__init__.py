@@ -1,0 +1,1 @@
+"""Configuration: the frozen schema, the YAML loader and hot reload."""

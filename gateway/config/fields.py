@@ -1,0 +1,203 @@
+"""Readers of configuration values: a located YAML ``Node``, the ``Obj`` that takes a mapping's
+settings by name (what is left over is an error), and the scalar parsers.
+
+A parser takes a ``Node`` and returns a value or raises ``Invalid`` with a message that completes
+``dotted.path: ``. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Node:
+    """A YAML value with the line it stands on (1-based)."""
+
+    value: Any  # dict[str, Node] | list[Node] | scalar
+    line: int
+
+
+class Invalid(Exception):
+    """Raised by a field parser; the message completes ``path: ``."""
+
+
+class Ctx:
+    """Collects errors while one file is read."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.errors: list[tuple[int, str, str]] = []
+
+    def error(self, line: int, path: str, message: str) -> None:
+        self.errors.append((line, path, message))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}:{ln}: {p}: {m}" for ln, p, m in sorted(self.errors)]
+
+
+class Obj:
+    """A mapping being read: fields are taken by name, what is left over is an error."""
+
+    def __init__(self, ctx: Ctx, node: Node | None, path: str) -> None:
+        self.ctx = ctx
+        self.path = path
+        self.line = node.line if node is not None else 0
+        self.items: dict[str, Node] = {}
+        if node is not None and node.value is not None:
+            if isinstance(node.value, dict):
+                self.items = node.value
+            else:
+                ctx.error(node.line, path or "(top)", "expected a mapping of settings")
+        self.taken: set[str] = set()
+
+    def sub(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return name in self.items
+
+    def node(self, name: str) -> Node | None:
+        self.taken.add(name)
+        return self.items.get(name)
+
+    def get(self, name: str, parse: Callable[[Node], T], default: T) -> T:
+        node = self.node(name)
+        if node is None:
+            return default
+        try:
+            return parse(node)
+        except Invalid as exc:
+            self.ctx.error(node.line, self.sub(name), str(exc))
+            return default
+
+    def need(self, name: str, parse: Callable[[Node], T], default: T) -> T:
+        if name not in self.items:
+            self.ctx.error(self.line, self.sub(name), "is required")
+        return self.get(name, parse, default)
+
+    def obj(self, name: str) -> Obj:
+        return Obj(self.ctx, self.node(name), self.sub(name))
+
+    def done(self) -> None:
+        for name, node in self.items.items():
+            if name not in self.taken:
+                self.ctx.error(node.line, self.sub(name), "unknown setting")
+
+
+# --- scalar parsers: each takes a Node and returns a value or raises Invalid -------------------
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def p_str(node: Node) -> str:
+    if isinstance(node.value, bool) or not isinstance(node.value, str | int | float):
+        raise Invalid(f"expected a string, got {_show(node.value)}")
+    return str(node.value)
+
+
+def p_nonempty(node: Node) -> str:
+    text = p_str(node)
+    if not text:
+        raise Invalid("must not be empty")
+    return text
+
+
+def p_int(minimum: int = 0, maximum: int | None = None) -> Callable[[Node], int]:
+    def parse(node: Node) -> int:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Invalid(f"expected a whole number ≥ {minimum}, got {_show(value)}")
+        if value < minimum or (maximum is not None and value > maximum):
+            span = f"from {minimum} to {maximum}" if maximum is not None else f"≥ {minimum}"
+            raise Invalid(f"must be {span}, got {value}")
+        return value
+
+    return parse
+
+
+def p_float(minimum: float = 0.0, exclusive: bool = False) -> Callable[[Node], float]:
+    def parse(node: Node) -> float:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(f"expected a number, got {_show(value)}")
+        if value < minimum or (exclusive and value == minimum):
+            raise Invalid(f"must be {'>' if exclusive else '≥'} {minimum}, got {value}")
+        return float(value)
+
+    return parse
+
+
+def p_bool(node: Node) -> bool:
+    if not isinstance(node.value, bool):
+        raise Invalid(f"expected true or false, got {_show(node.value)}")
+    return node.value
+
+
+def p_optional(parse: Callable[[Node], T]) -> Callable[[Node], T | None]:
+    def optional(node: Node) -> T | None:
+        if node.value is None or node.value == "":
+            return None
+        return parse(node)
+
+    return optional
+
+
+def p_enum(*choices: str) -> Callable[[Node], str]:
+    def parse(node: Node) -> str:
+        if node.value not in choices:
+            raise Invalid(f"must be one of {', '.join(choices)}; got {_show(node.value)}")
+        return str(node.value)
+
+    return parse
+
+
+def p_list(parse: Callable[[Node], T], ctx: Ctx, path: str) -> Callable[[Node], tuple[T, ...]]:
+    """A list whose items are parsed one by one; a bad item is reported at its own line."""
+
+    def parse_list(node: Node) -> tuple[T, ...]:
+        if node.value is None:
+            return ()
+        if not isinstance(node.value, list):
+            raise Invalid(f"expected a list, got {_show(node.value)}")
+        out: list[T] = []
+        for i, item in enumerate(node.value):
+            try:
+                out.append(parse(item))
+            except Invalid as exc:
+                ctx.error(item.line, f"{path}[{i}]", str(exc))
+        return tuple(out)
+
+    return parse_list
+
+
+def p_network(node: Node) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = p_str(node).strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Invalid(f"{text!r} is not an IP address or CIDR network") from None
+
+
+def p_timestamp(node: Node) -> float:
+    value = node.value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise Invalid(f"expected an ISO 8601 time, got {_show(value)}") from None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
+    raise Invalid(f"expected an ISO 8601 time, got {_show(value)}")

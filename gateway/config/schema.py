@@ -1,0 +1,175 @@
+"""The configuration as frozen dataclasses: what the rest of the gateway sees of the YAML.
+
+Dicts die in the loader (``config.load``); everything here is parsed already: CIDRs are networks,
+URLs are split, durations are seconds as floats. This module is pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Permission = Literal["chat", "images", "vision"]
+PERMISSIONS: frozenset[str] = frozenset({"chat", "images", "vision"})
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    tls: Tls | None = None
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    host: str = "127.0.0.1"
+    port: int = 9090
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    url: str = "memory://"
+    on_error: Literal["closed", "open"] = "closed"
+    timeout_ms: int = 250
+    buffer_max: int = 100_000
+
+    @property
+    def is_memory(self) -> bool:
+        return self.url.startswith("memory://")
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_body_bytes: int = 52_428_800
+    header_timeout: float = 10.0
+    security_headers: bool = True
+    hsts: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class StaticKey:
+    id: str
+    owner: str
+    sha256: str = field(repr=False)
+    name: str = ""
+    permissions: frozenset[str] = frozenset({"chat"})
+    models: frozenset[str] | None = None
+    ip_whitelist: tuple[IPNetwork, ...] = ()
+    rpm_limit: int | None = None
+    max_concurrency: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    expires_at: float | None = None  # epoch seconds, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "sk_gw"
+    static: tuple[StaticKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    max_keys: int | None = None
+    monthly_tokens: int | None = None
+    rpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    max_failures_per_minute: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds. ``first_byte`` bounds the wait for the answer's head and its first chunk;
+    ``idle`` the wait between two chunks. There is no total cap: streams may last hours."""
+
+    connect: float = 5.0
+    first_byte: float = 300.0
+    idle: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str  # base URL without a trailing slash, e.g. http://127.0.0.1:8000
+    api_key: str | None = field(default=None, repr=False)
+    region: str | None = None
+    weight: float = 1.0
+    max_concurrency: int = 256
+    timeouts: Timeouts = Timeouts()
+    health_path: str | None = None  # None: try /health, then /v1/models
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str
+    upstreams: tuple[str, ...]
+    upstream_model: str
+    aliases: tuple[str, ...] = ()
+    owned_by: str = "gateway"
+    pricing: Pricing = Pricing()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    prefix: str
+    upstream: str
+    auth: Literal["none", "key", "optional"] = "key"
+    ip_rpm: int | None = None
+    max_body_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MockWorker:
+    """The bundled fake worker, started beside the gateway (the embedded default uses it)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    token_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, validated configuration. ``source`` is the file it came from."""
+
+    listen: Listen = Listen()
+    admin: Admin = Admin()
+    store: Store = Store()
+    network: Network = Network()
+    keys: Keys = Keys()
+    plans: dict[str, Plan] = field(default_factory=dict)
+    default_plan: str = "free"
+    auth: Auth = Auth()
+    upstreams: dict[str, Upstream] = field(default_factory=dict)
+    models: dict[str, Model] = field(default_factory=dict)
+    routes: tuple[Route, ...] = ()
+    log: Log = Log()
+    mock_worker: MockWorker | None = None
+    source: str = "<defaults>"

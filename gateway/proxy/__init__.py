@@ -1,0 +1,1 @@
+"""The proxy: the upstream client and the chat recipe."""

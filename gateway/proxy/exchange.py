@@ -1,0 +1,28 @@
+"""What the gateway learns about one request as it passes: the record stages fill in, and that
+the error renderer, usage accounting and the access log read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    started: float  # monotonic
+    anthropic: bool = False
+    model: str | None = None
+    upstream: str | None = None
+    stream: bool = False
+    client_usage: bool = False  # the client asked for the usage chunk itself
+    region: str | None = None
+    usage: dict[str, Any] | None = None
+    ttft: float | None = None
+    client_gone: bool = False
+    completion_chunks: int = 0
+    upstream_status: int | None = None
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)

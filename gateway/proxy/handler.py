@@ -1,0 +1,303 @@
+"""The chat recipe, top to bottom: read the body → detect the dialect → check the request →
+resolve the model → translate → pick an upstream → forward or stream → account usage.
+
+Any stage stops the request by raising a ``GatewayError``; ``web.middlewares`` renders it in the
+caller's dialect (``Exchange.anthropic``).
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.config.schema import Upstream
+from gateway.dialects import anthropic
+from gateway.dialects.openai import OpenAIRelay, check_request, usage_of, wants_usage
+from gateway.dialects.relay import AnthropicRelay, Relay
+from gateway.dialects.sse import SSESplitter
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    UpstreamUnavailable,
+)
+from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+async def read_request_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too)."""
+    length = request.content_length
+    too_large = PayloadTooLarge(
+        f"The request body is larger than the limit of {limit} bytes; send a smaller request."
+    )
+    if length is not None and length > limit:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def parse_json(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise BadRequest("The request body is empty; send a JSON chat request.") from None
+        raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+class ChatHandler:
+    """``POST`` on every chat alias."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ex: Exchange = request[EXCHANGE]
+        raw = await read_request_body(request, self.rt.config.network.max_body_bytes)
+        try:
+            parsed: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        ex.anthropic = anthropic.is_anthropic(
+            request.path, "anthropic-version" in request.headers, parsed
+        )
+        if parsed is None:
+            parse_json(raw)  # raises the precise 400
+        body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
+        route = self._resolve(ex, body["model"])
+        payload = self._upstream_body(ex, body, route)
+        if ex.stream:
+            return await self._stream(request, ex, route, payload)
+        return await self._complete(request, ex, route, payload)
+
+    @staticmethod
+    def _check_anthropic(parsed: object) -> dict[str, object]:
+        if not isinstance(parsed, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        if not isinstance(parsed.get("model"), str) or not parsed["model"]:
+            raise BadRequest("'model' is required: name the model to use.", param="model")
+        return parsed
+
+    def _resolve(self, ex: Exchange, name: str) -> ModelRoute:
+        route = self.rt.router.resolve(name)
+        if route is None:
+            raise NotFound(
+                f"The model '{name}' does not exist; list the models with GET /v1/models.",
+                code="model_not_found",
+                param="model",
+            )
+        ex.model = route.name
+        return route
+
+    def _upstream_body(self, ex: Exchange, body: dict[str, object], route: ModelRoute) -> bytes:
+        if ex.anthropic:
+            translated = anthropic.to_openai_request(body, route.upstream_model)
+            ex.stream = translated.get("stream") is True
+            ex.client_usage = True
+            ex.region = _str_or_none(body.get("region"))
+            translated["stream_options"] = {"include_usage": True} if ex.stream else None
+            if not ex.stream:
+                translated.pop("stream_options")
+            return orjson.dumps(translated)
+        ex.stream = body.get("stream") is True
+        ex.region = _str_or_none(body.get("region"))
+        body["model"] = route.upstream_model
+        if ex.stream:
+            ex.client_usage = wants_usage(body)
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        return orjson.dumps(body)
+
+    async def _open(
+        self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
+    ) -> tuple[Upstream, aiohttp.ClientResponse, bytes]:
+        """An answering upstream, its response and (for streams) the first body chunk.
+
+        A failure before any byte reached the client is retried once on another upstream.
+        """
+        balancer, tried = self.rt.balancer, []
+        error: GatewayError | None = None
+        for _ in range(2):
+            upstream = balancer.pick(route.upstreams, tried, ex.region)
+            if upstream is None:
+                break
+            tried.append(upstream.name)
+            balancer.acquire(upstream)
+            try:
+                response, first = await self._attempt(request, ex, upstream, payload)
+            except GatewayError as err:
+                balancer.release(upstream)
+                balancer.failed(upstream)
+                error = err
+                continue
+            balancer.succeeded(upstream)
+            ex.upstream = upstream.name
+            return upstream, response, first
+        raise error or UpstreamUnavailable(
+            f"No upstream of model '{route.name}' is available; try again shortly.", status=503
+        )
+
+    async def _attempt(
+        self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        headers = forward_headers(request.headers, upstream, ex.request_id)
+        response = await self.rt.client.post(upstream, self.rt.client.chat_url(upstream), payload,
+                                             headers)
+        if response.status >= 500 or response.status == 429:
+            response.close()
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
+            )
+        if response.status != 200 or not ex.stream:
+            return response, b""
+        try:
+            first = await read_chunk(response, upstream, upstream.timeouts.first_byte)
+        except GatewayError:
+            response.close()
+            raise
+        ex.ttft = self.rt.clock.monotonic() - ex.started
+        return response, first
+
+    async def _complete(
+        self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
+    ) -> web.StreamResponse:
+        upstream, response, _ = await self._open(request, ex, route, payload)
+        try:
+            raw = await read_body(response, upstream)
+        finally:
+            response.release()
+            self.rt.balancer.release(upstream)
+        if response.status != 200:
+            return upstream_error(ex, response.status, raw)
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' sent an answer that is not JSON."
+            ) from None
+        ex.usage = usage_of(answer)
+        if ex.anthropic:
+            raw = orjson.dumps(anthropic.to_anthropic_response(answer, route.name))
+        return web.Response(body=raw, content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
+    ) -> web.StreamResponse:
+        upstream, response, chunk = await self._open(request, ex, route, payload)
+        if response.status != 200:
+            try:
+                raw = await read_body(response, upstream)
+            finally:
+                response.release()
+                self.rt.balancer.release(upstream)
+            return upstream_error(ex, response.status, raw)
+        relay: Relay = (
+            AnthropicRelay(route.name) if ex.anthropic else OpenAIRelay(ex.client_usage)
+        )
+        client = web.StreamResponse(headers=SSE_HEADERS)
+        try:
+            await client.prepare(request)
+            await self._relay(client, relay, response, upstream, chunk)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            ex.client_gone = True
+        finally:
+            response.close()
+            self.rt.balancer.release(upstream)
+            ex.usage = relay.usage
+            ex.completion_chunks = relay.estimated_completion_tokens()
+        return client
+
+    async def _relay(
+        self,
+        client: web.StreamResponse,
+        relay: Relay,
+        response: aiohttp.ClientResponse,
+        upstream: Upstream,
+        chunk: bytes,
+    ) -> None:
+        splitter = SSESplitter()
+        idle = upstream.timeouts.idle
+        try:
+            while chunk:
+                events = splitter.feed(chunk)
+                if events:
+                    out = relay.relay(events)
+                    if out:
+                        await client.write(out)
+                chunk = await read_chunk(response, upstream, idle)
+            if not relay.done:
+                raise UpstreamUnavailable(
+                    f"Upstream '{upstream.name}' ended the stream before it was complete."
+                )
+            tail = relay.finish()
+            if tail:
+                await client.write(tail)
+        except GatewayError as err:
+            # The head is sent: the client learns of the failure from an error event and
+            # the missing [DONE], never from a status.
+            self.rt.balancer.failed(upstream)
+            await client.write(relay.error(err))
+        await client.write_eof()
+
+
+def upstream_error(ex: Exchange, status: int, raw: bytes) -> web.Response:
+    """An upstream's own refusal (4xx) passed on in the client's dialect.
+
+    The upstream's message is kept (it says what the worker disliked, e.g. a too-long prompt);
+    an upstream's 401/403 is the gateway's misconfiguration, not the client's, so it becomes 502.
+    """
+    message = _upstream_message(raw) or f"The upstream refused the request ({status})."
+    if status in (401, 403, 407):
+        raise UpstreamUnavailable(
+            "The upstream refused the gateway's credentials; the operator must fix api_key."
+        )
+    err = BadRequest(message)
+    err.status = status
+    if status == 404:
+        err = NotFound(message, code="model_not_found")
+    elif status == 413:
+        err = PayloadTooLarge(message)
+    ex.upstream_status = status
+    return web.Response(
+        status=status, body=err.render(ex.anthropic), content_type="application/json"
+    )
+
+
+def _upstream_message(raw: bytes) -> str | None:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        text = raw.decode("utf-8", "replace").strip()
+        return text[:500] or None
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str):
+            return message[:2000]
+        if isinstance(body.get("detail"), str):
+            return str(body["detail"])[:2000]
+    return None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

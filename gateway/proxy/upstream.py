@@ -1,0 +1,174 @@
+"""Talking to upstream workers: one client session, per-upstream timeouts, header hygiene, and
+the one boundary where aiohttp's client errors become ``GatewayError``s.
+
+Timeouts: ``connect`` for the TCP connect; ``first_byte`` for the answer's head *and* its first
+body chunk (the time to first token of a stream); ``idle`` between later chunks. There is no total
+cap: a stream may run as long as it keeps producing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+
+from gateway.config.schema import Upstream
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+
+# RFC 9110 §7.6.1 hop-by-hop fields, plus what the gateway owns or recomputes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "content-type",
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "accept-encoding",
+    "x-request-id",
+    "expect",
+}
+_NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+
+
+def forward_headers(
+    client: Mapping[str, str], upstream: Upstream, request_id: str
+) -> dict[str, str]:
+    """The headers sent upstream: the client's end-to-end ones, never its credentials."""
+    named = client.get("Connection")
+    drop = _NOT_FORWARDED
+    if named:
+        drop = drop | {n.strip().lower() for n in named.split(",")}
+    headers = {k: v for k, v in client.items() if k.lower() not in drop}
+    headers["Content-Type"] = "application/json"
+    headers["X-Request-ID"] = request_id
+    if upstream.api_key:
+        headers["Authorization"] = f"Bearer {upstream.api_key}"
+    return headers
+
+
+def returned_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream answer's headers worth passing to the client."""
+    named = upstream.get("Connection")
+    drop = _NOT_RETURNED
+    if named:
+        drop = drop | {n.strip().lower() for n in named.split(",")}
+    return {k: v for k, v in upstream.items() if k.lower() not in drop}
+
+
+class UpstreamClient:
+    """Sends requests upstream over one pooled session, opened in the running loop by
+    ``start`` (keep-alive connections, no cap on their number: the balancer caps per upstream)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    def _timeout(self, upstream: Upstream) -> aiohttp.ClientTimeout:
+        key = (upstream.timeouts.connect, upstream.timeouts.idle)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            connect = upstream.timeouts.connect
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+            self._timeouts[key] = timeout
+        return timeout
+
+    @staticmethod
+    def chat_url(upstream: Upstream) -> str:
+        """``url`` may be the server's root or its ``/v1`` base, as OpenAI clients write it."""
+        if upstream.url.endswith("/v1"):
+            return upstream.url + "/chat/completions"
+        return upstream.url + "/v1/chat/completions"
+
+    async def post(
+        self, upstream: Upstream, url: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """POST and wait for the answer's head, within the upstream's first-byte timeout."""
+        try:
+            async with asyncio.timeout(upstream.timeouts.first_byte):
+                return await self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self._timeout(upstream),
+                    allow_redirects=False,
+                )
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' refused the connection; try again shortly."
+            ) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' did not accept a connection within "
+                f"{upstream.timeouts.connect:g} s; try again shortly."
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"Upstream '{upstream.name}' sent nothing within "
+                f"{upstream.timeouts.first_byte:g} s."
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' failed before answering; try again shortly."
+            ) from exc
+
+
+async def read_chunk(
+    response: aiohttp.ClientResponse, upstream: Upstream, timeout: float
+) -> bytes:
+    """The next piece of the answer's body (``b""`` at its end), within ``timeout``."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await response.content.readany()
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"Upstream '{upstream.name}' went silent for {timeout:g} s in the middle of the answer."
+        ) from exc
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' broke off the answer; try again."
+        ) from exc
+
+
+async def read_body(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
+    """The whole (non-streamed) answer body, with the idle timeout for its transfer."""
+    try:
+        async with asyncio.timeout(upstream.timeouts.idle):
+            return await response.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"Upstream '{upstream.name}' stalled while sending its answer."
+        ) from exc
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' broke off the answer; try again."
+        ) from exc

@@ -1,0 +1,1 @@
+"""Routing: model names to upstream pools (pure), balancing and health (services)."""

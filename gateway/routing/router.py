@@ -1,0 +1,52 @@
+"""Model names and aliases → the model's route (upstream model name, pool, pricing). Pure.
+
+Compiled once per configuration into a dict, so resolving a name on the hot path is one lookup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config.schema import Config, Pricing, Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    name: str
+    upstream_model: str
+    upstreams: tuple[Upstream, ...]
+    owned_by: str
+    pricing: Pricing
+    created: int
+
+
+class Router:
+    """Resolves a requested model name (or alias) to its ``ModelRoute``."""
+
+    def __init__(self, config: Config, created: int) -> None:
+        self._routes: dict[str, ModelRoute] = {}
+        self._models: list[ModelRoute] = []
+        for model in config.models.values():
+            route = ModelRoute(
+                name=model.name,
+                upstream_model=model.upstream_model,
+                upstreams=tuple(config.upstreams[u] for u in model.upstreams),
+                owned_by=model.owned_by,
+                pricing=model.pricing,
+                created=created,
+            )
+            self._models.append(route)
+            for name in (model.name, *model.aliases):
+                self._routes[name] = route
+
+    def resolve(self, name: str) -> ModelRoute | None:
+        return self._routes.get(name)
+
+    def models(self, allowed: frozenset[str] | None = None) -> list[ModelRoute]:
+        """The models a key may use (``allowed`` None: every model), in config order."""
+        if allowed is None:
+            return list(self._models)
+        return [m for m in self._models if m.name in allowed]
+
+    def names(self) -> list[str]:
+        return sorted(self._routes)

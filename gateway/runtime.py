@@ -1,0 +1,23 @@
+"""The per-process runtime: the objects every request needs, built in ``app.create_app`` and
+swapped whole on reload (the config, and what is compiled from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.clock import Clock
+from gateway.config.schema import Config
+from gateway.proxy.upstream import UpstreamClient
+from gateway.routing.balancer import Balancer
+from gateway.routing.router import Router
+
+
+@dataclass(slots=True)
+class Runtime:
+    config: Config
+    router: Router
+    balancer: Balancer
+    client: UpstreamClient
+    clock: Clock
+    draining: bool = False
+    ready_problems: list[str] = field(default_factory=list)

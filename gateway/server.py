@@ -1,0 +1,107 @@
+"""One gateway process: its listeners, its lifecycle and its shutdown.
+
+``Server.start`` binds the public listener (``SO_REUSEPORT``, so N processes share one port), the
+admin listener and, when configured, the bundled mock worker; ``Server.stop`` drains: readiness
+fails at once, the listeners close, in-flight requests and streams get ``listen.drain_timeout``
+seconds to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from gateway.app import build_runtime, create_admin_app, create_app
+from gateway.clock import Clock
+from gateway.config.schema import Config
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway.server")
+
+
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    tls = config.listen.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def _port(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    return int(address[1])
+
+
+class Server:
+    """The listeners of one process around one ``Runtime``."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.runtime: Runtime = build_runtime(config, clock)
+        self._runners: list[web.AppRunner] = []
+        self.port = 0
+        self.admin_port = 0
+        self.mock_port = 0
+
+    async def start(self) -> None:
+        config = self.config
+        if config.mock_worker is not None:
+            from gateway import mock_worker
+
+            options = mock_worker.MockOptions(token_delay=config.mock_worker.token_delay)
+            runner, self.mock_port = await mock_worker.start(
+                options, config.mock_worker.host, config.mock_worker.port
+            )
+            self._runners.append(runner)
+        public = web.AppRunner(
+            create_app(self.runtime),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=config.listen.drain_timeout,
+        )
+        await public.setup()
+        await web.TCPSite(
+            public,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=True,
+            backlog=2048,
+            ssl_context=_ssl_context(config),
+        ).start()
+        self._runners.append(public)
+        self.port = _port(public)
+        admin = web.AppRunner(create_admin_app(self.runtime), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=True).start()
+        self._runners.append(admin)
+        self.admin_port = _port(admin)
+
+    async def stop(self) -> None:
+        """Drain and close, newest listener first (the public one before the mock worker)."""
+        self.runtime.draining = True
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+
+
+async def serve(config: Config, announce: bool = True) -> None:
+    """Run until SIGTERM or SIGINT, then drain and return."""
+    server = Server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if announce:
+        log.info(
+            "listening",
+            extra={"port": server.port, "admin_port": server.admin_port, "config": config.source},
+        )
+    await stop.wait()
+    log.info("draining", extra={"drain_timeout": config.listen.drain_timeout})
+    await server.stop()

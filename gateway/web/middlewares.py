@@ -1,0 +1,123 @@
+"""The public listener's edge: request ids, security headers, and the one place a refusal is
+rendered (in the caller's dialect).
+
+The stack is short on purpose (every layer costs on every request):
+
+1. ``edge`` — gives the request its id and its ``Exchange``, and turns every ``GatewayError``
+   (and aiohttp's own 404/405/413) into a JSON error in the request's dialect;
+2. ``on_prepare`` (a response signal, not a middleware) — stamps ``X-Request-ID`` and the security
+   headers on every answer, streams and errors included, just before its head is sent.
+
+Authentication, IP checks and limits are stages of the handler's recipe, because their errors
+must be rendered in a dialect only the body can tell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable
+from itertools import count
+
+from aiohttp import web
+
+from gateway.config.schema import Network
+from gateway.errors import (
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+from gateway.proxy.exchange import EXCHANGE, Exchange
+
+log = logging.getLogger("gateway.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_SECURITY = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-XSS-Protection": "1; mode=block",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Permissions-Policy": "camera=(self), microphone=(self)",
+}
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+class RequestIds:
+    """New request ids: a random per-process prefix and a counter (unique, cheap)."""
+
+    def __init__(self) -> None:
+        self._prefix = "req_" + os.urandom(6).hex()
+        self._count = count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._count):08x}"
+
+    def take(self, offered: str | None) -> str:
+        if offered and _SANE_ID.match(offered):
+            return offered
+        return self.new()
+
+
+def error_response(err: GatewayError, anthropic: bool) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=err.render(anthropic),
+        content_type="application/json",
+        headers=err.response_headers(),
+    )
+
+
+def _from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
+    """aiohttp's own refusals, as the gateway's."""
+    if exc.status == 404:
+        return NotFound(
+            f"There is nothing at {request.method} {request.path}; chat is at "
+            "POST /v1/chat/completions and models at GET /v1/models."
+        )
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {allowed or 'another method'}.",
+            headers={"Allow": allowed} if allowed else None,
+        )
+    if exc.status == 413:
+        return PayloadTooLarge("The request body is too large; send a smaller request.")
+    err = GatewayError(exc.reason or "The request could not be served.", code="http_error")
+    err.status = exc.status
+    return err
+
+
+def edge_middleware(ids: RequestIds, clock_monotonic: Callable[[], float]) -> web.Middleware:
+    @web.middleware
+    async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        ex = Exchange(ids.take(request.headers.get("X-Request-ID")), clock_monotonic())
+        request[EXCHANGE] = ex
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            return error_response(err, ex.anthropic)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(_from_http(request, exc), ex.anthropic)
+
+    return edge
+
+
+def on_prepare(network: Network, ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
+               ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    security = dict(_SECURITY) if network.security_headers else {}
+
+    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+        ex = request.get(EXCHANGE)
+        headers = response.headers
+        headers["X-Request-ID"] = ex.request_id if ex is not None else ids.new()
+        if security:
+            headers.update(security)
+            if network.hsts and (request.secure or trusts_proto(request)):
+                headers["Strict-Transport-Security"] = HSTS
+
+    return stamp

@@ -1,0 +1,82 @@
+"""Shared fixtures: a real gateway on loopback (in this process), the bundled mock worker and an
+independent fake upstream. Configurations are YAML text, loaded by the real loader."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway import mock_worker
+from gateway.config.load import parse_text
+from gateway.server import Server
+from tests.clients import close_all
+from tests.fakes import FakeUpstream
+
+GatewayFactory = Callable[..., Awaitable[Server]]
+
+
+def gateway_yaml(upstreams: dict[str, str], models: dict[str, Any] | None = None,
+                 extra: str = "") -> str:
+    """A config with the given upstream URLs; by default one model per upstream."""
+    lines = ["listen: {host: 127.0.0.1, port: 0}", "admin: {host: 127.0.0.1, port: 0}",
+             "upstreams:"]
+    for name, url in upstreams.items():
+        lines.append(f"  {name}: {{url: '{url}', timeouts: {{connect: 2, first_byte: 5, idle: 5}}}}")
+    lines.append("models:")
+    for name, spec in (models or {f"{u}-model": {"upstreams": [u]} for u in upstreams}).items():
+        import json
+
+        lines.append(f"  {name}: {json.dumps(spec)}")
+    return "\n".join(lines) + "\n" + textwrap.dedent(extra)
+
+
+@pytest.fixture(autouse=True)
+async def _close_sdk_clients() -> AsyncIterator[None]:
+    yield
+    await close_all()
+
+
+@pytest.fixture
+async def mock() -> AsyncIterator[tuple[int, mock_worker.MockState]]:
+    runner, port = await mock_worker.start(mock_worker.MockOptions(), "127.0.0.1", 0)
+    yield port, runner.app[mock_worker.MOCK_STATE]
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    upstream = FakeUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+async def gateway_factory() -> AsyncIterator[GatewayFactory]:
+    servers: list[Server] = []
+
+    async def start(text: str) -> Server:
+        server = Server(parse_text(text, "test.yaml", env={}))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory, mock: tuple[int, Any], fake: FakeUpstream
+                  ) -> Server:
+    """A gateway with two models: ``mock-model`` (the bundled mock) and ``fake-model``."""
+    text = gateway_yaml(
+        {"mock": f"http://127.0.0.1:{mock[0]}", "fake": fake.url},
+        {"mock-model": {"upstreams": ["mock"], "aliases": ["gpt-4o-mini"]},
+         "mock-reasoner": {"upstreams": ["mock"]},
+         "fake-model": {"upstreams": ["fake"], "upstream_model": "org/fake-13b"}},
+    )
+    return await gateway_factory(text)
