@@ -68,7 +68,9 @@ def _convert(node: yaml.Node, ctx: Ctx, loader: yaml.SafeLoader, path: str) -> N
     assert isinstance(node, yaml.ScalarNode)
     if "${" in node.value:
         text = _substitute(node.value, ctx, line, path)
-        tag = loader.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
+        tag = node.tag
+        if node.style is None:  # an unquoted value is typed again after substitution
+            tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
         node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
     return Node(loader.construct_object(node, deep=True), line)
 

@@ -55,15 +55,20 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     routes = _routes(top, upstreams)
     log_obj = top.obj("log")
     log = Log(
-        level=cast(Any, log_obj.get("level", lp.p_enum("debug", "info", "warning", "error"), "info")),
+        level=cast(
+            Any, log_obj.get("level", lp.p_enum("debug", "info", "warning", "error"), "info")
+        ),
         access=log_obj.get("access", lp.p_bool, True),
     )
     log_obj.done()
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
     top.done()
     if plans and default_plan not in plans:
-        ctx.error(top.items["default_plan"].line if top.has("default_plan") else 1,
-                  "default_plan", f"{default_plan!r} is not one of the plans ({', '.join(plans)})")
+        ctx.error(
+            top.items["default_plan"].line if top.has("default_plan") else 1,
+            "default_plan",
+            f"{default_plan!r} is not one of the plans ({', '.join(plans)})",
+        )
     if not plans:
         plans = {"free": Plan("free", max_keys=None, monthly_tokens=None, rpm=None)}
         default_plan = "free" if default_plan not in plans else default_plan
@@ -71,15 +76,31 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     if not _is_loopback(admin.host) and not admin.token:
         line = top.items["admin"].line if top.has("admin") else 1
         ctx.error(line, "admin.token", f"required when admin.host is {admin.host!r} (not loopback)")
-    return Config(listen, admin, store, network, keys, plans, default_plan, auth, upstreams,
-                  models, routes, log, mock, source)
+    return Config(
+        listen,
+        admin,
+        store,
+        network,
+        keys,
+        plans,
+        default_plan,
+        auth,
+        upstreams,
+        models,
+        routes,
+        log,
+        mock,
+        source,
+    )
 
 
 def workers_problem(workers: int, store: Store) -> str | None:
     """Why ``workers`` processes cannot share ``store``, or None."""
     if workers > 1 and store.is_memory:
-        return (f"memory:// cannot be shared by {workers} worker processes; "
-                "set store.url to a redis:// URL or run one worker")
+        return (
+            f"memory:// cannot be shared by {workers} worker processes; "
+            "set store.url to a redis:// URL or run one worker"
+        )
     return None
 
 
@@ -183,8 +204,9 @@ def _permissions(node: Node) -> frozenset[str]:
     values = {lp.p_str(item) for item in node.value}
     bad = values - PERMISSIONS
     if bad:
-        raise lp.Invalid(f"unknown permission {sorted(bad)[0]!r}; "
-                         f"use {', '.join(sorted(PERMISSIONS))}")
+        raise lp.Invalid(
+            f"unknown permission {sorted(bad)[0]!r}; use {', '.join(sorted(PERMISSIONS))}"
+        )
     return frozenset(values)
 
 
@@ -236,8 +258,11 @@ def _entries(o: Obj) -> list[tuple[str, Obj]]:
 def _keys(o: Obj) -> Keys:
     prefix = o.get("prefix", lp.p_nonempty, "sk_gw")
     if not _PREFIX.match(prefix):
-        o.ctx.error(o.items["prefix"].line, o.sub("prefix"),
-                    f"{prefix!r} must be letters and digits with at most one underscore, e.g. sk_gw")
+        o.ctx.error(
+            o.items["prefix"].line,
+            o.sub("prefix"),
+            f"{prefix!r} must be letters and digits with at most one underscore, e.g. sk_gw",
+        )
     static = tuple(_static_key(item) for item in _each(o, "static"))
     seen: dict[str, str] = {}
     for key in static:
@@ -253,8 +278,12 @@ def _plans(o: Obj) -> dict[str, Plan]:
     limit = lp.p_optional(lp.p_int(1))
     plans = {}
     for name, p in _entries(o):
-        plans[name] = Plan(name, p.get("max_keys", lp.p_optional(lp.p_int(0)), None),
-                           p.get("monthly_tokens", limit, None), p.get("rpm", limit, None))
+        plans[name] = Plan(
+            name,
+            p.get("max_keys", lp.p_optional(lp.p_int(0)), None),
+            p.get("monthly_tokens", limit, None),
+            p.get("rpm", limit, None),
+        )
         p.done()
     return plans
 
@@ -276,8 +305,11 @@ def _upstreams(o: Obj) -> dict[str, Upstream]:
     for name, u in _entries(o):
         t = u.obj("timeouts")
         positive = lp.p_float(0.0, exclusive=True)
-        timeouts = Timeouts(t.get("connect", positive, 5.0), t.get("first_byte", positive, 300.0),
-                            t.get("idle", positive, 120.0))
+        timeouts = Timeouts(
+            t.get("connect", positive, 5.0),
+            t.get("first_byte", positive, 300.0),
+            t.get("idle", positive, 120.0),
+        )
         t.done()
         out[name] = Upstream(
             name=name,
@@ -299,17 +331,27 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
     for name, m in _entries(o):
         refs_node = m.node("upstreams")
         refs = _upstream_refs(m, refs_node, upstreams)
-        aliases = m.get("aliases", lp.p_list(_name, m.ctx, m.sub("aliases")), ())
+        aliases: tuple[str, ...] = m.get("aliases", lp.p_list(_name, m.ctx, m.sub("aliases")), ())
         pr = m.obj("pricing")
-        pricing = Pricing(pr.get("input_per_mtok", lp.p_float(0.0), 0.0),
-                          pr.get("output_per_mtok", lp.p_float(0.0), 0.0))
+        pricing = Pricing(
+            pr.get("input_per_mtok", lp.p_float(0.0), 0.0),
+            pr.get("output_per_mtok", lp.p_float(0.0), 0.0),
+        )
         pr.done()
-        out[name] = Model(name, refs, m.get("upstream_model", lp.p_nonempty, name), aliases,
-                          m.get("owned_by", lp.p_nonempty, "gateway"), pricing)
+        out[name] = Model(
+            name,
+            refs,
+            m.get("upstream_model", lp.p_nonempty, name),
+            aliases,
+            m.get("owned_by", lp.p_nonempty, "gateway"),
+            pricing,
+        )
         m.done()
         for alias in (name, *aliases):
             if alias in names and names[alias] != name:
-                m.ctx.error(m.line, m.sub("aliases"), f"{alias!r} already names model {names[alias]!r}")
+                m.ctx.error(
+                    m.line, m.sub("aliases"), f"{alias!r} already names model {names[alias]!r}"
+                )
             names[alias] = name
     return out
 
@@ -324,8 +366,11 @@ def _upstream_refs(m: Obj, node: Node | None, upstreams: dict[str, Upstream]) ->
     refs = []
     for i, item in enumerate(node.value):
         if item.value not in upstreams:
-            m.ctx.error(item.line, f"{m.sub('upstreams')}[{i}]",
-                        f"unknown upstream {item.value!r}; define it under upstreams")
+            m.ctx.error(
+                item.line,
+                f"{m.sub('upstreams')}[{i}]",
+                f"unknown upstream {item.value!r}; define it under upstreams",
+            )
         else:
             refs.append(str(item.value))
     return tuple(refs)
@@ -343,15 +388,20 @@ def _routes(top: Obj, upstreams: dict[str, Upstream]) -> tuple[Route, ...]:
     for r in _each(top, "routes"):
         upstream = r.need("upstream", lp.p_nonempty, "")
         if upstream and upstream not in upstreams:
-            r.ctx.error(r.items["upstream"].line, r.sub("upstream"),
-                        f"unknown upstream {upstream!r}; define it under upstreams")
-        out.append(Route(
-            prefix=r.need("prefix", _prefix, "/"),
-            upstream=upstream,
-            auth=cast(Any, r.get("auth", lp.p_enum("none", "key", "optional"), "key")),
-            ip_rpm=r.get("ip_rpm", lp.p_optional(lp.p_int(1)), None),
-            max_body_bytes=r.get("max_body_bytes", lp.p_optional(lp.p_int(1)), None),
-        ))
+            r.ctx.error(
+                r.items["upstream"].line,
+                r.sub("upstream"),
+                f"unknown upstream {upstream!r}; define it under upstreams",
+            )
+        out.append(
+            Route(
+                prefix=r.need("prefix", _prefix, "/"),
+                upstream=upstream,
+                auth=cast(Any, r.get("auth", lp.p_enum("none", "key", "optional"), "key")),
+                ip_rpm=r.get("ip_rpm", lp.p_optional(lp.p_int(1)), None),
+                max_body_bytes=r.get("max_body_bytes", lp.p_optional(lp.p_int(1)), None),
+            )
+        )
         r.done()
     return tuple(out)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+
 @dataclass(slots=True)
 class Exchange:
     request_id: str

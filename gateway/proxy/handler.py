@@ -81,7 +81,7 @@ class ChatHandler:
         if parsed is None:
             parse_json(raw)  # raises the precise 400
         body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
-        route = self._resolve(ex, body["model"])
+        route = self._resolve(ex, str(body["model"]))
         payload = self._upstream_body(ex, body, route)
         if ex.stream:
             return await self._stream(request, ex, route, payload)
@@ -135,7 +135,7 @@ class ChatHandler:
 
         A failure before any byte reached the client is retried once on another upstream.
         """
-        balancer, tried = self.rt.balancer, []
+        balancer, tried = self.rt.balancer, list[str]()
         error: GatewayError | None = None
         for _ in range(2):
             upstream = balancer.pick(route.upstreams, tried, ex.region)
@@ -161,8 +161,9 @@ class ChatHandler:
         self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         headers = forward_headers(request.headers, upstream, ex.request_id)
-        response = await self.rt.client.post(upstream, self.rt.client.chat_url(upstream), payload,
-                                             headers)
+        response = await self.rt.client.post(
+            upstream, self.rt.client.chat_url(upstream), payload, headers
+        )
         if response.status >= 500 or response.status == 429:
             response.close()
             raise UpstreamUnavailable(
@@ -211,9 +212,7 @@ class ChatHandler:
                 response.release()
                 self.rt.balancer.release(upstream)
             return upstream_error(ex, response.status, raw)
-        relay: Relay = (
-            AnthropicRelay(route.name) if ex.anthropic else OpenAIRelay(ex.client_usage)
-        )
+        relay: Relay = AnthropicRelay(route.name) if ex.anthropic else OpenAIRelay(ex.client_usage)
         client = web.StreamResponse(headers=SSE_HEADERS)
         try:
             await client.prepare(request)
@@ -271,7 +270,7 @@ def upstream_error(ex: Exchange, status: int, raw: bytes) -> web.Response:
         raise UpstreamUnavailable(
             "The upstream refused the gateway's credentials; the operator must fix api_key."
         )
-    err = BadRequest(message)
+    err: GatewayError = BadRequest(message)
     err.status = status
     if status == 404:
         err = NotFound(message, code="model_not_found")

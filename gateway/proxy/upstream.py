@@ -142,16 +142,14 @@ class UpstreamClient:
             ) from exc
 
 
-async def read_chunk(
-    response: aiohttp.ClientResponse, upstream: Upstream, timeout: float
-) -> bytes:
-    """The next piece of the answer's body (``b""`` at its end), within ``timeout``."""
+async def read_chunk(response: aiohttp.ClientResponse, upstream: Upstream, wait: float) -> bytes:
+    """The next piece of the answer's body (``b""`` at its end), within ``wait`` seconds."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(wait):
             return await response.content.readany()
     except TimeoutError as exc:
         raise UpstreamTimeout(
-            f"Upstream '{upstream.name}' went silent for {timeout:g} s in the middle of the answer."
+            f"Upstream '{upstream.name}' went silent for {wait:g} s in the middle of the answer."
         ) from exc
     except (aiohttp.ClientError, ConnectionError) as exc:
         raise UpstreamUnavailable(

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from itertools import count
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.config.schema import Network
 from gateway.errors import (
@@ -33,7 +34,6 @@ from gateway.proxy.exchange import EXCHANGE, Exchange
 
 log = logging.getLogger("gateway.http")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 _SECURITY = {
     "X-Content-Type-Options": "nosniff",
@@ -80,7 +80,8 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
     if exc.status == 405:
         allowed = exc.headers.get("Allow", "")
         return MethodNotAllowed(
-            f"{request.method} is not allowed on {request.path}; use {allowed or 'another method'}.",
+            f"{request.method} is not allowed on {request.path}; "
+            f"use {allowed or 'another method'}.",
             headers={"Allow": allowed} if allowed else None,
         )
     if exc.status == 413:
@@ -90,7 +91,7 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
     return err
 
 
-def edge_middleware(ids: RequestIds, clock_monotonic: Callable[[], float]) -> web.Middleware:
+def edge_middleware(ids: RequestIds, clock_monotonic: Callable[[], float]) -> Middleware:
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         ex = Exchange(ids.take(request.headers.get("X-Request-ID")), clock_monotonic())
@@ -107,8 +108,9 @@ def edge_middleware(ids: RequestIds, clock_monotonic: Callable[[], float]) -> we
     return edge
 
 
-def on_prepare(network: Network, ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
-               ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+def on_prepare(
+    network: Network, ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
+) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     security = dict(_SECURITY) if network.security_headers else {}
 
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:

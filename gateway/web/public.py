@@ -3,6 +3,8 @@ and usage APIs and pass-through routes."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from gateway.dialects import anthropic
@@ -22,13 +24,11 @@ CHAT_PATHS = (
 MODELS_PATHS = ("/v1/models", "/models", "/v1/llm/models", "/api/chat/models", "/api/models")
 
 
-def models_handler(runtime: Runtime) -> web.Handler:
+def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def models(request: web.Request) -> web.StreamResponse:
         listed = runtime.router.models()
         if "anthropic-version" in request.headers:
-            return json_response(
-                anthropic.models_list([(m.name, m.created) for m in listed])
-            )
+            return json_response(anthropic.models_list([(m.name, m.created) for m in listed]))
         return json_response(
             {
                 "object": "list",

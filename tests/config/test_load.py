@@ -134,7 +134,11 @@ BROKEN = [
         "  n: {upstreams: [a], aliases: [m]}\n",
         ["f.yaml:4: models.n.aliases: 'm' already names model 'm'"],
     ),
-    ("not yaml", "listen: [1, 2\n", ["f.yaml:2: (yaml): expected ',' or ']', but got '<stream end>'"]),
+    (
+        "not yaml",
+        "listen: [1, 2\n",
+        ["f.yaml:2: (yaml): expected ',' or ']', but got '<stream end>'"],
+    ),
     ("a list at the top", "- 1\n- 2\n", ["f.yaml:1: (top): expected a mapping of settings"]),
     (
         "required env var",

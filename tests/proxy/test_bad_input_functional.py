@@ -29,44 +29,93 @@ async def small(gateway_factory: Any, fake: FakeUpstream) -> Server:
     return server
 
 
-async def post(server: Server, data: Any, path: str = "/v1/chat/completions",
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"http://127.0.0.1:{server.port}{path}", data=data,
-                             headers=headers or {"Content-Type": "application/json"}) as r:
-            return r.status, dict(r.headers), await r.json()
+async def post(
+    server: Server,
+    data: Any,
+    path: str = "/v1/chat/completions",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any], Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{server.port}{path}",
+            data=data,
+            headers=headers or {"Content-Type": "application/json"},
+        ) as r,
+    ):
+        return r.status, dict(r.headers), await r.json()
 
 
 CASES = [
     ("malformed json", b'{"model": "fake-model", "messages": [', 400, "not valid JSON"),
     ("empty body", b"", 400, "The request body is empty"),
     ("array body", b"[1, 2]", 400, "must be a JSON object"),
-    ("missing model", b'{"messages": [{"role": "user", "content": "x"}]}', 400,
-     "'model' is required"),
-    ("model not a string", b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', 400,
-     "'model' must be a non-empty string"),
+    (
+        "missing model",
+        b'{"messages": [{"role": "user", "content": "x"}]}',
+        400,
+        "'model' is required",
+    ),
+    (
+        "model not a string",
+        b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}',
+        400,
+        "'model' must be a non-empty string",
+    ),
     ("missing messages", b'{"model": "fake-model"}', 400, "'messages' is required"),
-    ("messages not a list", b'{"model": "fake-model", "messages": "hi"}', 400,
-     "'messages' must be a non-empty list"),
-    ("message without role", b'{"model": "fake-model", "messages": [{"content": "x"}]}', 400,
-     "messages[0] must be an object with a 'role'"),
-    ("stream not a bool", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
-     b' "stream": "yes"}', 400, "'stream' must be true or false"),
-    ("unknown model", b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}', 404,
-     "The model 'gpt-9' does not exist"),
-    ("deeply nested", b'{"model": "fake-model", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
-     400, "not valid JSON"),
-    ("huge integer", b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
-     b' "max_tokens": 123456789012345678901234567890}', 400, "'max_tokens' must be a whole number"),
-    ("negative max_tokens", b'{"model": "fake-model", "messages": [{"role": "user", '
-     b'"content": "x"}], "max_tokens": -5}', 400, "'max_tokens' must be a whole number"),
+    (
+        "messages not a list",
+        b'{"model": "fake-model", "messages": "hi"}',
+        400,
+        "'messages' must be a non-empty list",
+    ),
+    (
+        "message without role",
+        b'{"model": "fake-model", "messages": [{"content": "x"}]}',
+        400,
+        "messages[0] must be an object with a 'role'",
+    ),
+    (
+        "stream not a bool",
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+        400,
+        "'stream' must be true or false",
+    ),
+    (
+        "unknown model",
+        b'{"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}',
+        404,
+        "The model 'gpt-9' does not exist",
+    ),
+    (
+        "deeply nested",
+        b'{"model": "fake-model", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+        400,
+        "not valid JSON",
+    ),
+    (
+        "huge integer",
+        b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}],'
+        b' "max_tokens": 123456789012345678901234567890}',
+        400,
+        "'max_tokens' must be a whole number",
+    ),
+    (
+        "negative max_tokens",
+        b'{"model": "fake-model", "messages": [{"role": "user", '
+        b'"content": "x"}], "max_tokens": -5}',
+        400,
+        "'max_tokens' must be a whole number",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "says"), [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
-async def test_bad_bodies(gateway_factory: Any, fake: FakeUpstream, body: bytes, status: int,
-                          says: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "says"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+async def test_bad_bodies(
+    gateway_factory: Any, fake: FakeUpstream, body: bytes, status: int, says: str
+) -> None:
     server = await gateway_factory(gateway_yaml({"fake": fake.url}))
     got, headers, answer = await post(server, body)
     assert got == status
@@ -99,7 +148,8 @@ async def test_body_over_limit_while_chunked(small: Server, fake: FakeUpstream) 
 
 async def test_body_at_the_limit_passes(small: Server, fake: FakeUpstream) -> None:
     padding = "p" * (1000 - len('{"model":"fake-model","messages":[{"role":"user","content":""}]}'))
-    body = ('{"model":"fake-model","messages":[{"role":"user","content":"%s"}]}' % padding).encode()
+    body = b'{"model":"fake-model","messages":[{"role":"user","content":"' + padding.encode()
+    body += b'"}]}'
     assert len(body) == 1000
     status, _, _ = await post(small, body)
     assert status == 200

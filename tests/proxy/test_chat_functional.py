@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.server import Server
 from tests.clients import sdk
-from tests.fakes import FakeUpstream, chunk, completion, sse
+from tests.fakes import FakeUpstream, chunk, sse
 
 WEATHER = {
     "type": "function",
@@ -66,12 +66,22 @@ async def test_sync_sdk_streaming_and_not(gateway: Server) -> None:
 async def test_stream_usage_only_when_asked(gateway: Server) -> None:
     client = sdk(gateway)
     messages = [{"role": "user", "content": "say:3"}]
-    plain = [c async for c in await client.chat.completions.create(
-        model="mock-model", messages=messages, stream=True)]
+    plain = [
+        c
+        async for c in await client.chat.completions.create(
+            model="mock-model", messages=messages, stream=True
+        )
+    ]
     assert all(c.choices for c in plain), "the usage-only chunk reached a client that did not ask"
-    asked = [c async for c in await client.chat.completions.create(
-        model="mock-model", messages=messages, stream=True,
-        stream_options={"include_usage": True})]
+    asked = [
+        c
+        async for c in await client.chat.completions.create(
+            model="mock-model",
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    ]
     assert not asked[-1].choices
     assert asked[-1].usage is not None and asked[-1].usage.completion_tokens == 3
 
@@ -119,19 +129,33 @@ async def test_non_streamed_tools_and_reasoning_extras(gateway: Server) -> None:
 
 
 async def test_what_reaches_the_upstream(gateway: Server, fake: FakeUpstream) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"http://127.0.0.1:{gateway.port}/api/chat/completions",
-            json={"model": "fake-model", "messages": [{"role": "user", "content": "hi"}],
-                  "region": "oslo", "agent_id": "a-1", "vendor_x": {"k": 1}},
-            headers={"Authorization": "Bearer client-secret", "X-API-Key": "client-secret",
-                     "Cookie": "session=s3cret", "X-Request-ID": "trace-123",
-                     "Connection": "keep-alive, X-Hop", "X-Hop": "drop me", "X-Custom": "keep me",
-                     "Keep-Alive": "timeout=5", "Proxy-Authorization": "Basic eA=="},
-        ) as response:
-            assert response.status == 200
-            assert response.headers["X-Request-ID"] == "trace-123"
-            assert (await response.json())["choices"][0]["message"]["content"] == "fake answer"
+            json={
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": "hi"}],
+                "region": "oslo",
+                "agent_id": "a-1",
+                "vendor_x": {"k": 1},
+            },
+            headers={
+                "Authorization": "Bearer client-secret",
+                "X-API-Key": "client-secret",
+                "Cookie": "session=s3cret",
+                "X-Request-ID": "trace-123",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "drop me",
+                "X-Custom": "keep me",
+                "Keep-Alive": "timeout=5",
+                "Proxy-Authorization": "Basic eA==",
+            },
+        ) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Request-ID"] == "trace-123"
+        assert (await response.json())["choices"][0]["message"]["content"] == "fake answer"
     seen = fake.seen[-1]
     headers = {k.lower(): v for k, v in seen.headers.items()}
     assert seen.path == "/v1/chat/completions"
@@ -139,8 +163,14 @@ async def test_what_reaches_the_upstream(gateway: Server, fake: FakeUpstream) ->
     assert seen.body["region"] == "oslo" and seen.body["agent_id"] == "a-1"
     assert seen.body["vendor_x"] == {"k": 1}
     assert "stream_options" not in seen.body
-    for secret in ("authorization", "x-api-key", "cookie", "x-hop", "keep-alive",
-                   "proxy-authorization"):
+    for secret in (
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "x-hop",
+        "keep-alive",
+        "proxy-authorization",
+    ):
         assert secret not in headers, secret
     assert headers["x-request-id"] == "trace-123"
     assert headers["x-custom"] == "keep me"
@@ -153,7 +183,9 @@ async def test_upstream_api_key_is_injected(gateway_factory: Any, fake: FakeUpst
         f"upstreams: {{f: {{url: '{fake.url}/v1', api_key: worker-key}}}}\n"
         "models: {m: {upstreams: [f]}}\n"
     )
-    await sdk(server).chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    await sdk(server).chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "x"}]
+    )
     assert fake.seen[-1].headers["Authorization"] == "Bearer worker-key"
     assert fake.seen[-1].path == "/v1/chat/completions"
 
@@ -163,8 +195,7 @@ async def test_request_ids_are_made_when_missing_or_insane(gateway: Server) -> N
         ids = []
         for offered in (None, "bad id with spaces", "x" * 300):
             headers = {"X-Request-ID": offered} if offered else {}
-            async with http.get(f"http://127.0.0.1:{gateway.port}/v1/models",
-                                headers=headers) as r:
+            async with http.get(f"http://127.0.0.1:{gateway.port}/v1/models", headers=headers) as r:
                 ids.append(r.headers["X-Request-ID"])
         assert len(set(ids)) == 3
         assert all(i.startswith("req_") for i in ids)
@@ -174,13 +205,17 @@ async def test_stream_passes_each_event_as_it_arrives(gateway: Server, fake: Fak
     gate = asyncio.Event()
 
     async def script(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
-        return await sse(request, [
-            chunk({"role": "assistant", "content": ""}),
-            chunk({"content": "first"}),
-            chunk({}, finish="stop"),
-            chunk(None, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
-            b"data: [DONE]\n\n",
-        ], gate=gate)
+        return await sse(
+            request,
+            [
+                chunk({"role": "assistant", "content": ""}),
+                chunk({"content": "first"}),
+                chunk({}, finish="stop"),
+                chunk(None, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
+                b"data: [DONE]\n\n",
+            ],
+            gate=gate,
+        )
 
     fake.script = script
     stream = await sdk(gateway).chat.completions.create(
@@ -200,8 +235,7 @@ async def test_long_stream_outlives_every_timeout(gateway: Server, fake: FakeUps
 
     async def script(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         events = [chunk({"content": f"t{i} "}) for i in range(16)]
-        return await sse(request, [*events, chunk({}, finish="stop"), b"data: [DONE]\n\n"],
-                         gap=0.4)
+        return await sse(request, [*events, chunk({}, finish="stop"), b"data: [DONE]\n\n"], gap=0.4)
 
     fake.script = script
     stream = await sdk(gateway).chat.completions.create(
@@ -211,16 +245,22 @@ async def test_long_stream_outlives_every_timeout(gateway: Server, fake: FakeUps
     assert text == "".join(f"t{i} " for i in range(16))
 
 
-async def raw_stream(server: Server, model: str, headers: dict[str, str] | None = None
-                     ) -> tuple[int, bytes]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+async def raw_stream(
+    server: Server, model: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"http://127.0.0.1:{server.port}/v1/chat/completions",
-            json={"model": model, "messages": [{"role": "user", "content": "say:40"}],
-                  "stream": True},
+            json={
+                "model": model,
+                "messages": [{"role": "user", "content": "say:40"}],
+                "stream": True,
+            },
             headers=headers or {},
-        ) as response:
-            return response.status, await response.read()
+        ) as response,
+    ):
+        return response.status, await response.read()
 
 
 async def test_upstream_dying_mid_stream_gives_an_error_event(gateway: Server) -> None:
@@ -246,8 +286,11 @@ async def test_client_leaving_closes_the_upstream_within_a_second(
     async with aiohttp.ClientSession() as http:
         response = await http.post(
             f"http://127.0.0.1:{gateway.port}/v1/chat/completions",
-            json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}],
-                  "stream": True},
+            json={
+                "model": "fake-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream": True,
+            },
         )
         assert b"data:" in await response.content.readany()
         response.close()
@@ -258,15 +301,20 @@ async def test_client_leaving_closes_the_upstream_within_a_second(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_upstream_5xx_before_first_byte_is_502(gateway: Server, stream: bool) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"http://127.0.0.1:{gateway.port}/v1/chat/completions",
-            json={"model": "mock-model", "messages": [{"role": "user", "content": "x"}],
-                  "stream": stream},
+            json={
+                "model": "mock-model",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream": stream,
+            },
             headers={"x-mock-status": "500"},
-        ) as response:
-            assert response.status == 502
-            body = await response.json()
+        ) as response,
+    ):
+        assert response.status == 502
+        body = await response.json()
     assert body["error"]["code"] == "upstream_unavailable"
     assert body["error"]["type"] == "server_error"
 
@@ -274,7 +322,8 @@ async def test_upstream_5xx_before_first_byte_is_502(gateway: Server, stream: bo
 async def test_upstream_4xx_passes_through_with_its_message(gateway: Server) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         await sdk(gateway).chat.completions.create(
-            model="mock-model", messages=[{"role": "user", "content": "x"}],
+            model="mock-model",
+            messages=[{"role": "user", "content": "x"}],
             extra_headers={"x-mock-status": "400"},
         )
     assert info.value.status_code == 400
@@ -323,13 +372,23 @@ async def test_models_list(gateway: Server) -> None:
                 assert (await r.json())["data"][0]["id"] == "mock-model", path
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat/completions", "/v1/llm/chat",
-                                  "/v1/llm/chat/completions", "/api/chat/completions"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/chat/completions",
+        "/chat/completions",
+        "/v1/llm/chat",
+        "/v1/llm/chat/completions",
+        "/api/chat/completions",
+    ],
+)
 async def test_every_chat_alias(gateway: Server, path: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             f"http://127.0.0.1:{gateway.port}{path}",
             json={"model": "mock-model", "messages": [{"role": "user", "content": "echo: ok"}]},
-        ) as r:
-            assert r.status == 200
-            assert (await r.json())["choices"][0]["message"]["content"] == "ok"
+        ) as r,
+    ):
+        assert r.status == 200
+        assert (await r.json())["choices"][0]["message"]["content"] == "ok"
