@@ -1,0 +1,1 @@
+"""Limits: pure window math, and the limiter service that admits and settles requests."""

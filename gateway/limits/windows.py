@@ -1,0 +1,72 @@
+"""Window math: UTC day and month periods as integers, and the time until they roll over. Pure.
+
+Periods are ``YYYYMMDD`` and ``YYYYMM`` integers of the store's clock. The Redis scripts compute
+the same numbers from ``TIME`` (``store/*.lua``); ``tests/limits`` checks both agree.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+RPM_WINDOW = 60.0
+
+
+def _utc(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def day_id(epoch: float) -> int:
+    t = _utc(epoch)
+    return t.year * 10000 + t.month * 100 + t.day
+
+
+def month_id(epoch: float) -> int:
+    t = _utc(epoch)
+    return t.year * 100 + t.month
+
+
+def seconds_to_midnight(epoch: float) -> float:
+    t = _utc(epoch)
+    midnight = datetime(t.year, t.month, t.day, tzinfo=UTC) + timedelta(days=1)
+    return midnight.timestamp() - epoch
+
+
+def seconds_to_month_end(epoch: float) -> float:
+    t = _utc(epoch)
+    year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp() - epoch
+
+
+def day_text(day: int) -> str:
+    """20261122 → "2026-11-22"."""
+    return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
+
+
+def day_of_text(text: str) -> int:
+    return int(text.replace("-", ""))
+
+
+def days_back(epoch: float, days: int) -> list[int]:
+    """The last ``days`` UTC days up to and including the one of ``epoch``, oldest first."""
+    today = _utc(epoch).date()
+    return [int((today - timedelta(days=n)).strftime("%Y%m%d")) for n in range(days - 1, -1, -1)]
+
+
+def retry_seconds(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(seconds - 1e-9))
+
+
+def reset_text(seconds: float) -> str:
+    """OpenAI's ``x-ratelimit-reset-*`` form: ``6m0s``, ``1s``, ``250ms``, ``1h2m3s``."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

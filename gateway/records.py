@@ -1,0 +1,257 @@
+"""The records that cross the storage seam: API keys, admissions and their verdicts, settlements,
+usage. Plain frozen data, no behaviour beyond conversions. Pure.
+
+Key records are stored and served as camelCase JSON (the portal's form, SPEC 6); the secret is
+never part of a record, only its SHA-256 (``key_hash``), which is never served.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+Status = Literal["ACTIVE", "REVOKED", "EXPIRED"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def from_iso(text: str | None) -> float | None:
+    if text is None:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    owner: str
+    key_hash: str = field(repr=False)
+    key_prefix: str = ""
+    name: str = ""
+    description: str = ""
+    revoked: bool = False
+    permissions: frozenset[str] = frozenset({"chat"})
+    models: frozenset[str] | None = None
+    ip_whitelist: tuple[IPNetwork, ...] = ()
+    rpm_limit: int | None = None
+    max_concurrency: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    expires_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    revoked_reason: str | None = None
+    static: bool = False  # declared in the config: read-only through the API
+
+    def status(self, now: float) -> Status:
+        if self.revoked:
+            return "REVOKED"
+        if self.expires_at is not None and now >= self.expires_at:
+            return "EXPIRED"
+        return "ACTIVE"
+
+    def to_api(self, now: float) -> dict[str, Any]:
+        """The record as the key API serves it (never the hash, never the secret)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "owner": self.owner,
+            "keyPrefix": self.key_prefix,
+            "status": self.status(now),
+            "permissions": sorted(self.permissions),
+            "models": sorted(self.models) if self.models is not None else None,
+            "ipWhitelist": [
+                str(n) if n.num_addresses > 1 else str(n.network_address) for n in self.ip_whitelist
+            ],
+            "rpmLimit": self.rpm_limit,
+            "maxConcurrency": self.max_concurrency,
+            "dailyLimit": self.daily_limit,
+            "monthlyLimit": self.monthly_limit,
+            "expiresAt": iso(self.expires_at),
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
+            "lastUsedAt": iso(self.last_used_at),
+            "revokedAt": iso(self.revoked_at),
+            "revokedReason": self.revoked_reason,
+        }
+
+    def to_store(self) -> dict[str, Any]:
+        """The stored form: the API form's fields at full precision, plus the hash."""
+        return {
+            "id": self.id,
+            "owner": self.owner,
+            "keyHash": self.key_hash,
+            "keyPrefix": self.key_prefix,
+            "name": self.name,
+            "description": self.description,
+            "revoked": self.revoked,
+            "permissions": sorted(self.permissions),
+            "models": sorted(self.models) if self.models is not None else None,
+            "ipWhitelist": [str(n) for n in self.ip_whitelist],
+            "rpmLimit": self.rpm_limit,
+            "maxConcurrency": self.max_concurrency,
+            "dailyLimit": self.daily_limit,
+            "monthlyLimit": self.monthly_limit,
+            "expiresAt": self.expires_at,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+            "lastUsedAt": self.last_used_at,
+            "revokedAt": self.revoked_at,
+            "revokedReason": self.revoked_reason,
+        }
+
+    @staticmethod
+    def from_store(data: dict[str, Any]) -> KeyRecord:
+        models = data.get("models")
+        return KeyRecord(
+            id=data["id"],
+            owner=data["owner"],
+            key_hash=data["keyHash"],
+            key_prefix=data.get("keyPrefix", ""),
+            name=data.get("name", ""),
+            description=data.get("description", ""),
+            revoked=bool(data.get("revoked")),
+            permissions=frozenset(data.get("permissions", ["chat"])),
+            models=frozenset(models) if models is not None else None,
+            ip_whitelist=tuple(
+                ipaddress.ip_network(n, strict=False) for n in data.get("ipWhitelist", [])
+            ),
+            rpm_limit=data.get("rpmLimit"),
+            max_concurrency=data.get("maxConcurrency"),
+            daily_limit=data.get("dailyLimit"),
+            monthly_limit=data.get("monthlyLimit"),
+            expires_at=data.get("expiresAt"),
+            created_at=data.get("createdAt", 0.0),
+            updated_at=data.get("updatedAt", 0.0),
+            last_used_at=data.get("lastUsedAt"),
+            revoked_at=data.get("revokedAt"),
+            revoked_reason=data.get("revokedReason"),
+        )
+
+    def evolve(self, **changes: Any) -> KeyRecord:
+        return replace(self, **changes)
+
+
+Refusal = Literal["rpm", "concurrency", "daily", "monthly", "plan_rpm", "plan_monthly"]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request asking to be admitted: every limit that applies, checked all-or-nothing.
+
+    ``None`` limits do not apply. ``reserve`` is the token reservation (estimated prompt tokens
+    plus max_tokens); it is taken from the daily, monthly and plan counters on admission and
+    settled to the real usage later.
+    """
+
+    request_id: str
+    key_id: str
+    owner: str
+    rpm: int | None = None
+    concurrency: int | None = None
+    daily: int | None = None
+    monthly: int | None = None
+    plan_rpm: int | None = None
+    plan_monthly: int | None = None
+    reserve: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The store's answer to an ``Admission``, with what the rate-limit headers need.
+
+    ``retry_after`` (seconds, ≥ 1) is set when refused: the true time until the refused limit
+    admits again. ``day`` (YYYYMMDD) and ``month`` (YYYYMM) are the periods the reservation was
+    taken from, in the store's clock; ``now`` is that clock (epoch seconds).
+    """
+
+    admitted: bool
+    refused: Refusal | None = None
+    retry_after: int = 0
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset: float = 0.0  # seconds until a request slot frees
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset: float = 0.0  # seconds until the tighter token period rolls over
+    day: int = 0
+    month: int = 0
+    now: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """The end of an admitted request: release its slot, settle its reservation to what it
+    used, and record its usage (once per ``request_id``, however often this is retried)."""
+
+    admission: Admission
+    day: int
+    month: int
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    error: bool = False
+    estimated: bool = False
+    finished_at: float = 0.0
+
+
+# Latency histogram bucket bounds (ms) for usage p50/p95; the last bucket is open.
+LATENCY_BOUNDS_MS: tuple[int, ...] = (
+    25,
+    50,
+    100,
+    200,
+    300,
+    500,
+    750,
+    1000,
+    1500,
+    2000,
+    3000,
+    5000,
+    7500,
+    10000,
+    15000,
+    20000,
+    30000,
+    45000,
+    60000,
+    90000,
+    120000,
+    180000,
+    300000,
+    600000,
+)
+
+
+def latency_bucket(ms: float) -> int:
+    for i, bound in enumerate(LATENCY_BOUNDS_MS):
+        if ms <= bound:
+            return i
+    return len(LATENCY_BOUNDS_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    """One key's usage of one model on one UTC day (``date`` is YYYY-MM-DD)."""
+
+    date: str
+    key_id: str
+    model: str
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+    latency_ms_total: float = 0.0
+    latency_buckets: tuple[int, ...] = ()  # counts per LATENCY_BOUNDS_MS bucket (+1 open)

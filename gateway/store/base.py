@@ -1,0 +1,105 @@
+"""The storage seam: the one Protocol the key service, the limiter and usage reports depend on.
+
+Two backends implement it with the same semantics: ``memory`` (in-process, time from the injected
+clock; the test fake and the single-process default) and ``redis`` (Redis or Redis Cluster, time
+from ``TIME`` inside Lua scripts so processes with skewed clocks agree). One contract suite runs
+against both (``tests/store``).
+
+Semantics every backend keeps:
+
+- Keys are found by the SHA-256 of the full key (``KeyRecord.key_hash``) or by id; an owner's keys
+  are listed by owner. ``insert_key`` refuses (returns False) when the owner already has
+  ``max_keys`` keys, atomically with the insert.
+- ``admit`` checks every limit of an ``Admission`` in one round trip, all-or-nothing: either every
+  window takes the request (rpm logs, a concurrency lease, token reservations on the day, month
+  and plan-month counters) or none does. Exact under any concurrency and across processes.
+  * rpm / plan_rpm: a log of admission times; at most N admissions in any rolling 60 s
+    (an entry of time t stops counting at t + 60, so a steady N per minute is never refused).
+  * concurrency: a lease per request id (expires after ``LEASE_SECONDS`` unless renewed, so a
+    crashed process cannot hold slots forever), released by ``settle``.
+  * daily / monthly / plan_monthly: token counters of the current UTC day / calendar month;
+    admitted iff counter + reserve ≤ limit; the counter then includes the reservation.
+  * retry_after: whole seconds ≥ 1 until the refused limit admits again (the oldest rpm entry
+    leaving the window, UTC midnight, the first of next month; 1 for concurrency).
+- ``settle`` releases the lease, moves each token counter by (used - reserved) if the period of
+  the admission is still current (a period that rolled over started from zero), records usage per
+  (key, model, UTC day of ``finished_at``) and the key's last use, and does all of it at most
+  once per request id (a retried settle changes nothing).
+- Usage is kept at least 90 days.
+- ``publish``/``subscribe``: a broadcast to every process (key-cache invalidations); a
+  subscriber that lost messages (reconnect) is told ``"*"``.
+- Every call is bounded by ``store.timeout_ms``; failures raise ``StoreError``, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
+
+LEASE_SECONDS = 600.0  # a concurrency slot's lease; the limiter renews leases of long streams
+USAGE_DAYS = 100  # usage is kept this long (SPEC: at least 90 days)
+
+
+class StoreError(Exception):
+    """The store could not be reached or did not answer in time."""
+
+
+class KeyExists(Exception):
+    """``insert_key`` with an id or hash that is already taken."""
+
+
+class Store(Protocol):
+    # -- keys ------------------------------------------------------------------------------
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def list_keys(self, owner: str) -> list[KeyRecord]: ...
+
+    async def insert_key(self, record: KeyRecord, max_keys: int | None) -> bool: ...
+
+    async def replace_key(self, record: KeyRecord, old_hash: str | None = None) -> None:
+        """Overwrite a key's record; ``old_hash`` when the hash changed (regenerate): the old
+        hash stops finding the key before this returns."""
+        ...
+
+    async def delete_key(self, record: KeyRecord) -> None: ...
+
+    async def get_plan(self, owner: str) -> str | None: ...
+
+    async def set_plan(self, owner: str, plan: str) -> None: ...
+
+    # -- broadcast --------------------------------------------------------------------------
+    async def publish(self, message: str) -> None: ...
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Start delivering broadcasts to ``callback`` (in this process's loop) until close."""
+        ...
+
+    # -- limits -----------------------------------------------------------------------------
+    async def admit(self, admission: Admission) -> Verdict: ...
+
+    async def settle(self, settlement: Settlement) -> None: ...
+
+    async def renew_leases(self, admissions: list[Admission]) -> None:
+        """Extend the concurrency leases of these (still running) requests."""
+        ...
+
+    async def auth_failure(self, client: str) -> tuple[int, float]:
+        """Count a failed authentication of ``client``: (failures in the current minute window,
+        seconds until that window ends)."""
+        ...
+
+    # -- usage ------------------------------------------------------------------------------
+    async def usage(
+        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+    ) -> list[UsageDay]:
+        """Usage rows of these keys of ``owner`` for days (YYYYMMDD) first..last inclusive."""
+        ...
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,302 @@
+"""The in-process store: every semantic of ``store.base`` for one process, time from the
+injected clock. The default for a single process and the reference the Redis scripts follow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.clock import Clock
+from gateway.limits import windows
+from gateway.records import (
+    LATENCY_BOUNDS_MS,
+    Admission,
+    KeyRecord,
+    Refusal,
+    Settlement,
+    UsageDay,
+    Verdict,
+    latency_bucket,
+)
+from gateway.store.base import LEASE_SECONDS, USAGE_DAYS, KeyExists
+
+SETTLED_TTL = 86400.0
+
+
+@dataclass(slots=True)
+class _Usage:
+    requests: int = 0
+    prompt: int = 0
+    completion: int = 0
+    errors: int = 0
+    latency_total: float = 0.0
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_MS) + 1))
+
+
+@dataclass(slots=True)
+class _Check:
+    """One limit's state for an admission: does it fit, and when would it."""
+
+    reason: Refusal
+    fits: bool
+    retry_after: float
+
+
+class MemoryStore:
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._keys: dict[str, KeyRecord] = {}
+        self._by_hash: dict[str, str] = {}
+        self._plans: dict[str, str] = {}
+        self._logs: dict[str, deque[float]] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+        self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens)
+        self._settled: dict[str, float] = {}
+        self._usage: dict[tuple[str, str, int, str], _Usage] = {}
+        self._last_used: dict[str, float] = {}
+        self._failures: dict[str, tuple[float, int]] = {}
+        self._subscribers: list[Callable[[str], None]] = []
+
+    # -- keys -------------------------------------------------------------------------------
+    def _with_use(self, record: KeyRecord | None) -> KeyRecord | None:
+        if record is None or record.id not in self._last_used:
+            return record
+        return record.evolve(last_used_at=self._last_used[record.id])
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        key_id = self._by_hash.get(key_hash)
+        return self._with_use(self._keys.get(key_id)) if key_id else None
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return self._with_use(self._keys.get(key_id))
+
+    async def list_keys(self, owner: str) -> list[KeyRecord]:
+        return [self._with_use(r) or r for r in self._keys.values() if r.owner == owner]
+
+    async def insert_key(self, record: KeyRecord, max_keys: int | None) -> bool:
+        if record.id in self._keys or record.key_hash in self._by_hash:
+            raise KeyExists(record.id)
+        owned = sum(1 for r in self._keys.values() if r.owner == record.owner)
+        if max_keys is not None and owned >= max_keys:
+            return False
+        self._keys[record.id] = record
+        self._by_hash[record.key_hash] = record.id
+        return True
+
+    async def replace_key(self, record: KeyRecord, old_hash: str | None = None) -> None:
+        if old_hash is not None and old_hash != record.key_hash:
+            self._by_hash.pop(old_hash, None)
+        self._keys[record.id] = record
+        self._by_hash[record.key_hash] = record.id
+
+    async def delete_key(self, record: KeyRecord) -> None:
+        self._keys.pop(record.id, None)
+        self._by_hash.pop(record.key_hash, None)
+
+    async def get_plan(self, owner: str) -> str | None:
+        return self._plans.get(owner)
+
+    async def set_plan(self, owner: str, plan: str) -> None:
+        self._plans[owner] = plan
+
+    # -- broadcast --------------------------------------------------------------------------
+    async def publish(self, message: str) -> None:
+        loop = asyncio.get_running_loop()
+        for callback in self._subscribers:
+            loop.call_soon(callback, message)
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        self._subscribers.append(callback)
+
+    # -- limits -----------------------------------------------------------------------------
+    def _log(self, scope: str, now: float) -> deque[float]:
+        log = self._logs.setdefault(scope, deque())
+        while log and log[0] <= now - windows.RPM_WINDOW:
+            log.popleft()
+        return log
+
+    def _rpm(self, reason: Refusal, scope: str, limit: int | None, now: float) -> _Check | None:
+        if limit is None:
+            return None
+        log = self._log(scope, now)
+        if len(log) < limit:
+            return _Check(reason, True, 0.0)
+        leaving = log[len(log) - limit]  # once this one leaves, there is room
+        return _Check(reason, False, leaving + windows.RPM_WINDOW - now)
+
+    def _leases_of(self, key_id: str, now: float) -> dict[str, float]:
+        leases = self._leases.setdefault(key_id, {})
+        for rid in [r for r, until in leases.items() if until <= now]:
+            del leases[rid]
+        return leases
+
+    def _tokens(self, scope: str, period: int) -> int:
+        stored = self._counters.get(scope)
+        return stored[1] if stored is not None and stored[0] == period else 0
+
+    def _quota(
+        self,
+        reason: Refusal,
+        scope: str,
+        period: int,
+        limit: int | None,
+        reserve: int,
+        until: float,
+    ) -> _Check | None:
+        if limit is None:
+            return None
+        return _Check(reason, self._tokens(scope, period) + reserve <= limit, until)
+
+    async def admit(self, admission: Admission) -> Verdict:
+        a, now = admission, self._clock.time()
+        day, month = windows.day_id(now), windows.month_id(now)
+        to_midnight, to_month = windows.seconds_to_midnight(now), windows.seconds_to_month_end(now)
+        leases = self._leases_of(a.key_id, now)
+        concurrency = None
+        if a.concurrency is not None:
+            concurrency = _Check("concurrency", len(leases) < a.concurrency, 1.0)
+        checks = [
+            self._rpm("rpm", f"k:{a.key_id}", a.rpm, now),
+            concurrency,
+            self._quota("daily", f"kd:{a.key_id}", day, a.daily, a.reserve, to_midnight),
+            self._quota("monthly", f"km:{a.key_id}", month, a.monthly, a.reserve, to_month),
+            self._rpm("plan_rpm", f"o:{a.owner}", a.plan_rpm, now),
+            self._quota(
+                "plan_monthly", f"om:{a.owner}", month, a.plan_monthly, a.reserve, to_month
+            ),
+        ]
+        refused = next((c for c in checks if c is not None and not c.fits), None)
+        if refused is None:
+            self._take(a, now, day, month, leases)
+        return self._verdict(a, refused, now, day, month)
+
+    def _take(
+        self, a: Admission, now: float, day: int, month: int, leases: dict[str, float]
+    ) -> None:
+        if a.rpm is not None:
+            self._log(f"k:{a.key_id}", now).append(now)
+        if a.plan_rpm is not None:
+            self._log(f"o:{a.owner}", now).append(now)
+        leases[a.request_id] = now + LEASE_SECONDS
+        for scope, period in (
+            (f"kd:{a.key_id}", day),
+            (f"km:{a.key_id}", month),
+            (f"om:{a.owner}", month),
+        ):
+            self._counters[scope] = (period, self._tokens(scope, period) + a.reserve)
+
+    def _verdict(
+        self, a: Admission, refused: _Check | None, now: float, day: int, month: int
+    ) -> Verdict:
+        req_limit, req_scope = (a.rpm, f"k:{a.key_id}") if a.rpm else (a.plan_rpm, f"o:{a.owner}")
+        req_remaining = req_reset = None
+        if req_limit is not None:
+            log = self._log(req_scope, now)
+            req_remaining = max(0, req_limit - len(log))
+            req_reset = (log[0] + windows.RPM_WINDOW - now) if log else 0.0
+        tokens = [
+            (limit - self._tokens(scope, period), limit, until)
+            for limit, scope, period, until in (
+                (a.daily, f"kd:{a.key_id}", day, windows.seconds_to_midnight(now)),
+                (a.monthly, f"km:{a.key_id}", month, windows.seconds_to_month_end(now)),
+                (a.plan_monthly, f"om:{a.owner}", month, windows.seconds_to_month_end(now)),
+            )
+            if limit is not None
+        ]
+        tight = min(tokens, default=None)
+        return Verdict(
+            admitted=refused is None,
+            refused=refused.reason if refused else None,
+            retry_after=windows.retry_seconds(refused.retry_after) if refused else 0,
+            requests_limit=req_limit,
+            requests_remaining=req_remaining,
+            requests_reset=req_reset or 0.0,
+            tokens_limit=tight[1] if tight else None,
+            tokens_remaining=max(0, tight[0]) if tight else None,
+            tokens_reset=tight[2] if tight else 0.0,
+            day=day,
+            month=month,
+            now=now,
+        )
+
+    async def settle(self, settlement: Settlement) -> None:
+        s, a, now = settlement, settlement.admission, self._clock.time()
+        if s.admission.request_id in self._settled:
+            return
+        self._prune(now)
+        self._settled[a.request_id] = now + SETTLED_TTL
+        self._leases_of(a.key_id, now).pop(a.request_id, None)
+        delta = s.prompt_tokens + s.completion_tokens - a.reserve
+        for scope, period in (
+            (f"kd:{a.key_id}", s.day),
+            (f"km:{a.key_id}", s.month),
+            (f"om:{a.owner}", s.month),
+        ):
+            stored = self._counters.get(scope)
+            if stored is not None and stored[0] == period:
+                self._counters[scope] = (period, max(0, stored[1] + delta))
+        finished = s.finished_at or now
+        row = self._usage.setdefault(
+            (a.owner, a.key_id, windows.day_id(finished), s.model), _Usage()
+        )
+        row.requests += 1
+        row.prompt += s.prompt_tokens
+        row.completion += s.completion_tokens
+        row.errors += int(s.error)
+        row.latency_total += s.latency_ms
+        row.buckets[latency_bucket(s.latency_ms)] += 1
+        self._last_used[a.key_id] = finished
+
+    def _prune(self, now: float) -> None:
+        if len(self._settled) > 10_000:
+            for rid in [r for r, until in self._settled.items() if until <= now]:
+                del self._settled[rid]
+        oldest = windows.days_back(now, USAGE_DAYS)[0]
+        if len(self._usage) > 50_000:
+            for k in [k for k in self._usage if k[2] < oldest]:
+                del self._usage[k]
+
+    async def renew_leases(self, admissions: list[Admission]) -> None:
+        until = self._clock.time() + LEASE_SECONDS
+        for a in admissions:
+            leases = self._leases.get(a.key_id)
+            if leases is not None and a.request_id in leases:
+                leases[a.request_id] = until
+
+    async def auth_failure(self, client: str) -> tuple[int, float]:
+        now = self._clock.time()
+        start, count = self._failures.get(client, (now, 0))
+        if now - start >= 60.0:
+            start, count = now, 0
+        self._failures[client] = (start, count + 1)
+        return count + 1, start + 60.0 - now
+
+    # -- usage ------------------------------------------------------------------------------
+    async def usage(
+        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+    ) -> list[UsageDay]:
+        wanted = set(key_ids)
+        return [
+            UsageDay(
+                date=windows.day_text(day),
+                key_id=key_id,
+                model=model,
+                requests=u.requests,
+                prompt_tokens=u.prompt,
+                completion_tokens=u.completion,
+                errors=u.errors,
+                latency_ms_total=u.latency_total,
+                latency_buckets=tuple(u.buckets),
+            )
+            for (o, key_id, day, model), u in sorted(self._usage.items())
+            if o == owner and key_id in wanted and first_day <= day <= last_day
+        ]
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._subscribers.clear()
