@@ -1,0 +1,1 @@
+"""The client dialects the gateway speaks (OpenAI chat, Anthropic Messages) and their SSE."""

@@ -1,0 +1,402 @@
+"""The answer direction of the Anthropic dialect: an upstream OpenAI chat completion, whole or
+streamed chunk by chunk, turned into an Anthropic Messages answer or event stream. Pure.
+
+Choices the Anthropic contract leaves open, made here:
+
+- The message id is ``msg_`` + the OpenAI id without its ``chatcmpl-`` prefix, so the same answer
+  always gets the same id; an answer without an id gets ``msg_`` + a hash of itself.
+- ``reasoning_content`` (or vLLM's newer ``reasoning``) becomes a ``thinking`` block before the
+  text, with an empty ``signature``: the reasoning reaches the client in the place Anthropic's own
+  extended thinking uses, and nothing pretends to be signed.
+- Tool ``arguments`` that are not a JSON object are kept, not dropped: ``input`` becomes
+  ``{"_raw_arguments": "<what the model wrote>"}``; empty arguments become ``{}``. In a stream the
+  fragments go out as ``partial_json`` exactly as they came.
+- Stream blocks follow the Anthropic API strictly: one block open at a time, indices in order.
+  Text and thinking can always be closed and a new block started. A tool call cannot be reopened,
+  so when fragments of parallel calls interleave, only the open call streams live; the others are
+  held and go out in order of their first fragment once the open call's arguments form a
+  complete JSON object (or when the answer ends). Calls streamed one after the other, as OpenAI
+  and vLLM send them, are never held.
+- An upstream chunk carrying ``error`` becomes an ``error`` event and ends the stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+Event = tuple[str, dict[str, Any]]
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "end_turn",
+}
+_ID_PREFIXES = ("chatcmpl-", "cmpl-", "msg_")
+_OPENAI_ANSWER_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+_RAW_ARGUMENTS = "_raw_arguments"
+
+
+class Usage(NamedTuple):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def encode_event(name: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event, as the Anthropic API writes it."""
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {name}\ndata: {payload}\n\n".encode()
+
+
+def ping() -> Event:
+    return "ping", {"type": "ping"}
+
+
+def error_event(error_type: str, message: str) -> Event:
+    return "error", {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def _message_id(openai_id: object, seed: object) -> str:
+    """``msg_`` + the tail of the upstream id; without one, ``msg_`` + a hash of ``seed``."""
+    if not isinstance(openai_id, str) or not openai_id:
+        canonical = json.dumps(seed, sort_keys=True, default=str).encode()
+        return "msg_" + hashlib.sha256(canonical).hexdigest()[:24]
+    for prefix in _ID_PREFIXES:
+        if openai_id.startswith(prefix):
+            return "msg_" + openai_id[len(prefix) :]
+    return "msg_" + openai_id
+
+
+def _stop_reason(choice: dict[str, Any]) -> tuple[str, str | None]:
+    """``(stop_reason, stop_sequence)`` of an OpenAI choice.
+
+    vLLM names the stop string that ended the answer in ``stop_reason``, SGLang in ``matched_stop``
+    (both give a token id instead when a stop token ended it, which is an ordinary end of turn).
+    """
+    finish = choice.get("finish_reason")
+    matched = choice.get("stop_reason", choice.get("matched_stop"))
+    if finish == "stop" and isinstance(matched, str):
+        return "stop_sequence", matched
+    return _STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn", None
+
+
+def _usage_of(value: object) -> Usage | None:
+    """The token counts of an OpenAI ``usage`` object, if it has any."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not isinstance(prompt, int) and not isinstance(completion, int):
+        return None
+    return Usage(
+        prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0
+    )
+
+
+def _reasoning_of(message: dict[str, Any]) -> str | None:
+    reasoning = message.get("reasoning_content", message.get("reasoning"))
+    return reasoning if isinstance(reasoning, str) and reasoning else None
+
+
+def _tool_input(arguments: object) -> dict[str, Any]:
+    """The ``input`` object of a tool call from its OpenAI ``arguments`` JSON string."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {_RAW_ARGUMENTS: arguments}
+
+
+def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat completion as an Anthropic Messages answer; upstream extras kept."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    msg_id = _message_id(answer.get("id"), answer)
+    reason, sequence = _stop_reason(choice if isinstance(choice, dict) else {})
+    usage = _usage_of(answer.get("usage")) or Usage(0, 0)
+    out: dict[str, Any] = {
+        "id": msg_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": _answer_blocks(message if isinstance(message, dict) else {}, msg_id),
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+    }
+    for key, value in answer.items():
+        if key not in _OPENAI_ANSWER_KEYS:
+            out.setdefault(key, value)  # system_fingerprint, model_output_metadata, ...
+    return out
+
+
+def _answer_blocks(message: dict[str, Any], msg_id: str) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    reasoning = _reasoning_of(message)
+    if reasoning:
+        blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        blocks.append({"type": "text", "text": text})
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        legacy = message.get("function_call")
+        calls = [{"function": legacy}] if isinstance(legacy, dict) else []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            call_id = _str(call.get("id")) or _tool_id(msg_id, i)
+            arguments = _tool_input(function.get("arguments"))
+            blocks.append(_tool_use(call_id, _str(function.get("name")), arguments))
+    return blocks
+
+
+def _tool_id(msg_id: str, index: int) -> str:
+    return f"toolu_{msg_id.removeprefix('msg_')}_{index}"
+
+
+def _tool_use(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _complete(arguments: str) -> bool:
+    """Whether tool arguments already form a JSON object (nothing but whitespace can follow)."""
+    text = arguments.rstrip()
+    if not text.endswith("}"):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+@dataclass(slots=True, eq=False)
+class _ToolCall:
+    id: str
+    name: str
+    arguments: str = ""
+    sent: int = 0  # how much of ``arguments`` has gone out
+    closed: bool = False
+
+
+# An open or held block: a tool call, or "text"/"thinking"; held text carries its text along.
+_Block = _ToolCall | str
+_Held = _ToolCall | tuple[str, str]
+
+
+class StreamTranslator:
+    """Feed upstream ``chat.completion.chunk`` dicts in order; get back the Anthropic events.
+
+    ``message_delta`` (stop reason and usage) waits for the usage-only chunk that follows the
+    finish chunk, or for ``finish()``, called when the upstream sends ``[DONE]``.
+    """
+
+    def __init__(
+        self, model: str, message_id: str | None = None, *, input_tokens: int | None = None
+    ) -> None:
+        self.model = model
+        self.message_id = message_id
+        self._input_tokens = input_tokens  # the gateway's estimate, for message_start
+        self._usage: Usage | None = None
+        self._stop: tuple[str, str | None] | None = None
+        self._started = False
+        self._done = False
+        self._blocks = 0  # blocks opened so far; the open one is always the last
+        self._open: _Block | None = None
+        self._tools: dict[int, _ToolCall] = {}
+        self._held: list[_Held] = []
+
+    @property
+    def usage(self) -> Usage | None:
+        """The upstream's token counts, once a chunk has carried them."""
+        return self._usage
+
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        usage = _usage_of(chunk.get("usage"))
+        if usage is not None:
+            self._usage = usage
+        if self._done:
+            return []
+        if chunk.get("error") is not None:
+            return self._fail(chunk["error"])
+        out: list[Event] = []
+        if not self._started:
+            self._start(chunk, out)
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                self._choice(choice, out)
+        if self._stop is not None and usage is not None:
+            self._end(out)
+        return out
+
+    def finish(self) -> list[Event]:
+        """The closing events, once the upstream stream has ended (idempotent)."""
+        if self._done:
+            return []
+        out: list[Event] = []
+        if not self._started:
+            self._start({}, out)
+        self._end(out)
+        return out
+
+    def _start(self, chunk: dict[str, Any], out: list[Event]) -> None:
+        self._started = True
+        if self.message_id is None:
+            self.message_id = _message_id(chunk.get("id"), chunk)
+        known = _usage_of(chunk.get("usage"))
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": known.prompt_tokens if known else self._input_tokens or 0,
+                "output_tokens": 0,
+            },
+        }
+        out.append(("message_start", {"type": "message_start", "message": message}))
+        out.append(ping())
+
+    def _fail(self, error: object) -> list[Event]:
+        self._done = True
+        message = error.get("message") if isinstance(error, dict) else error
+        if not isinstance(message, str) or not message:
+            message = "The upstream failed mid-stream; retry the request."
+        return [error_event("api_error", message)]
+
+    def _choice(self, choice: dict[str, Any], out: list[Event]) -> None:
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            reasoning = _reasoning_of(delta)
+            if reasoning:
+                self._text("thinking", reasoning, out)
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self._text("text", content, out)
+            calls = delta.get("tool_calls")
+            for call in calls if isinstance(calls, list) else ():
+                if isinstance(call, dict):
+                    self._fragment(call, out)
+        if choice.get("finish_reason") is not None:
+            self._stop = _stop_reason(choice)
+            self._close_all(out)
+
+    def _text(self, kind: str, text: str, out: list[Event]) -> None:
+        if self._open == kind or not self._holding():
+            self._send_text(kind, text, out)
+        elif self._held and isinstance(self._held[-1], tuple) and self._held[-1][0] == kind:
+            self._held[-1] = (kind, self._held[-1][1] + text)
+        else:
+            self._held.append((kind, text))
+
+    def _send_text(self, kind: str, text: str, out: list[Event]) -> None:
+        if self._open != kind:
+            self._switch(kind, out)
+        out.append(self._delta({"type": f"{kind}_delta", kind: text}))
+
+    def _fragment(self, call: dict[str, Any], out: list[Event]) -> None:
+        index = call.get("index", 0)
+        index = index if isinstance(index, int) else 0
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        arguments = function.get("arguments")
+        arguments = arguments if isinstance(arguments, str) else ""
+        tool = self._tools.get(index)
+        if tool is None:
+            self._tools[index] = tool = self._new_tool(index, call.get("id"), function.get("name"))
+            tool.arguments = arguments
+            self._place(tool, out)
+        elif not tool.closed:  # after a complete object only whitespace (or bad JSON) can come
+            tool.name = tool.name or _str(function.get("name"))
+            tool.arguments += arguments
+            if tool is self._open:
+                self._send_arguments(tool, out)
+                self._drain(out)
+
+    def _new_tool(self, index: int, call_id: object, name: object) -> _ToolCall:
+        if not isinstance(call_id, str) or not call_id:
+            call_id = _tool_id(self.message_id or "", index)
+        return _ToolCall(call_id, _str(name))
+
+    def _holding(self) -> bool:
+        """Whether the open block is a tool call that may still get more arguments."""
+        return isinstance(self._open, _ToolCall) and not _complete(self._open.arguments)
+
+    def _place(self, tool: _ToolCall, out: list[Event]) -> None:
+        if self._holding():
+            self._held.append(tool)
+        else:
+            self._switch(tool, out)
+
+    def _drain(self, out: list[Event], force: bool = False) -> None:
+        while self._held and (force or not self._holding()):
+            unit = self._held.pop(0)
+            if isinstance(unit, _ToolCall):
+                self._switch(unit, out)
+            else:
+                self._send_text(*unit, out)
+
+    def _switch(self, block: _Block, out: list[Event]) -> None:
+        self._close(out)
+        self._open = block
+        self._blocks += 1
+        if isinstance(block, _ToolCall):
+            start = _tool_use(block.id, block.name, {})
+        else:
+            start = {"type": block, block: ""} | ({"signature": ""} if block == "thinking" else {})
+        event = {"type": "content_block_start", "index": self._blocks - 1, "content_block": start}
+        out.append(("content_block_start", event))
+        if isinstance(block, _ToolCall):
+            self._send_arguments(block, out)
+
+    def _send_arguments(self, tool: _ToolCall, out: list[Event]) -> None:
+        piece = tool.arguments[tool.sent :]
+        if piece:
+            out.append(self._delta({"type": "input_json_delta", "partial_json": piece}))
+            tool.sent = len(tool.arguments)
+
+    def _delta(self, delta: dict[str, Any]) -> Event:
+        event = {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta}
+        return "content_block_delta", event
+
+    def _close(self, out: list[Event]) -> None:
+        if self._open is None:
+            return
+        if isinstance(self._open, _ToolCall):
+            self._open.closed = True
+        self._open = None
+        out.append(
+            ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
+        )
+
+    def _close_all(self, out: list[Event]) -> None:
+        self._drain(out, force=True)
+        self._close(out)
+
+    def _end(self, out: list[Event]) -> None:
+        self._close_all(out)
+        self._done = True
+        reason, sequence = self._stop or ("end_turn", None)
+        usage: dict[str, int] = {"output_tokens": 0}
+        if self._usage is not None:
+            usage = {"output_tokens": self._usage.completion_tokens}
+            usage["input_tokens"] = self._usage.prompt_tokens
+        delta = {"stop_reason": reason, "stop_sequence": sequence}
+        out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+        out.append(("message_stop", {"type": "message_stop"}))
