@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.auth.lifecycle import KeyLifecycle
+from gateway.auth.service import KeyService
 from gateway.clock import Clock
 from gateway.config.schema import Config
+from gateway.limits.limiter import Limiter
 from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
 from gateway.routing.router import Router
+from gateway.store.base import Store
 
 
 @dataclass(slots=True)
@@ -19,5 +23,9 @@ class Runtime:
     balancer: Balancer
     client: UpstreamClient
     clock: Clock
+    store: Store
+    keys: KeyService
+    lifecycle: KeyLifecycle
+    limiter: Limiter
     draining: bool = False
     ready_problems: list[str] = field(default_factory=list)

@@ -12,25 +12,34 @@ import pytest
 from gateway import mock_worker
 from gateway.config.load import parse_text
 from gateway.server import Server
-from tests.clients import close_all
+from tests.clients import KEYS_YAML, close_all
 from tests.fakes import FakeUpstream
 
 GatewayFactory = Callable[..., Awaitable[Server]]
 
 
-def gateway_yaml(upstreams: dict[str, str], models: dict[str, Any] | None = None,
-                 extra: str = "") -> str:
+def gateway_yaml(
+    upstreams: dict[str, str], models: dict[str, Any] | None = None, extra: str = ""
+) -> str:
     """A config with the given upstream URLs; by default one model per upstream."""
-    lines = ["listen: {host: 127.0.0.1, port: 0}", "admin: {host: 127.0.0.1, port: 0}",
-             "upstreams:"]
+    lines = [
+        "listen: {host: 127.0.0.1, port: 0}",
+        "admin: {host: 127.0.0.1, port: 0}",
+        "upstreams:",
+    ]
     for name, url in upstreams.items():
-        lines.append(f"  {name}: {{url: '{url}', timeouts: {{connect: 2, first_byte: 5, idle: 5}}}}")
+        lines.append(
+            f"  {name}: {{url: '{url}', timeouts: {{connect: 2, first_byte: 5, idle: 5}}}}"
+        )
     lines.append("models:")
     for name, spec in (models or {f"{u}-model": {"upstreams": [u]} for u in upstreams}).items():
         import json
 
         lines.append(f"  {name}: {json.dumps(spec)}")
-    return "\n".join(lines) + "\n" + textwrap.dedent(extra)
+    extra = textwrap.dedent(extra)
+    if "keys:" not in extra:
+        lines.append(KEYS_YAML.rstrip())
+    return "\n".join(lines) + "\n" + extra
 
 
 @pytest.fixture(autouse=True)
@@ -70,13 +79,16 @@ async def gateway_factory() -> AsyncIterator[GatewayFactory]:
 
 
 @pytest.fixture
-async def gateway(gateway_factory: GatewayFactory, mock: tuple[int, Any], fake: FakeUpstream
-                  ) -> Server:
+async def gateway(
+    gateway_factory: GatewayFactory, mock: tuple[int, Any], fake: FakeUpstream
+) -> Server:
     """A gateway with two models: ``mock-model`` (the bundled mock) and ``fake-model``."""
     text = gateway_yaml(
         {"mock": f"http://127.0.0.1:{mock[0]}", "fake": fake.url},
-        {"mock-model": {"upstreams": ["mock"], "aliases": ["gpt-4o-mini"]},
-         "mock-reasoner": {"upstreams": ["mock"]},
-         "fake-model": {"upstreams": ["fake"], "upstream_model": "org/fake-13b"}},
+        {
+            "mock-model": {"upstreams": ["mock"], "aliases": ["gpt-4o-mini"]},
+            "mock-reasoner": {"upstreams": ["mock"]},
+            "fake-model": {"upstreams": ["fake"], "upstream_model": "org/fake-13b"},
+        },
     )
     return await gateway_factory(text)

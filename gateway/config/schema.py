@@ -78,6 +78,7 @@ class StaticKey:
 class Keys:
     prefix: str = "sk_gw"
     static: tuple[StaticKey, ...] = ()
+    demo: bool = False  # memory:// only: issue a key for owner "demo" at start and print it
 
 
 @dataclass(frozen=True, slots=True)

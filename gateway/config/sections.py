@@ -73,6 +73,12 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         plans = {"free": Plan("free", max_keys=None, monthly_tokens=None, rpm=None)}
         default_plan = "free" if default_plan not in plans else default_plan
     check_workers(ctx, top, listen.workers, store)
+    if keys.demo and not store.is_memory:
+        ctx.error(
+            top.items["keys"].line,
+            "keys.demo",
+            "a demo key is only issued with the memory:// store",
+        )
     if not _is_loopback(admin.host) and not admin.token:
         line = top.items["admin"].line if top.has("admin") else 1
         ctx.error(line, "admin.token", f"required when admin.host is {admin.host!r} (not loopback)")
@@ -270,8 +276,9 @@ def _keys(o: Obj) -> Keys:
             if value and f"{label}:{value}" in seen:
                 o.ctx.error(o.line, o.sub("static"), f"two keys share the {label} {value[:12]!r}")
             seen[f"{label}:{value}"] = key.id
+    demo = o.get("demo", lp.p_bool, False)
     o.done()
-    return Keys(prefix=prefix, static=static)
+    return Keys(prefix=prefix, static=static, demo=demo)
 
 
 def _plans(o: Obj) -> dict[str, Plan]:

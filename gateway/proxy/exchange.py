@@ -24,6 +24,14 @@ class Exchange:
     client_gone: bool = False
     completion_chunks: int = 0
     upstream_status: int | None = None
+    key_id: str | None = None
+    owner: str | None = None
+    client_ip: str | None = None
+    rate_headers: dict[str, str] | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    estimated: bool = False
+    error: bool = False
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

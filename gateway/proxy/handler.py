@@ -13,7 +13,13 @@ from aiohttp import web
 
 from gateway.config.schema import Upstream
 from gateway.dialects import anthropic
-from gateway.dialects.openai import OpenAIRelay, check_request, usage_of, wants_usage
+from gateway.dialects.openai import (
+    OpenAIRelay,
+    check_request,
+    max_output_tokens,
+    usage_of,
+    wants_usage,
+)
 from gateway.dialects.relay import AnthropicRelay, Relay
 from gateway.dialects.sse import SSESplitter
 from gateway.errors import (
@@ -23,8 +29,11 @@ from gateway.errors import (
     PayloadTooLarge,
     UpstreamUnavailable,
 )
+from gateway.limits.limiter import Ticket
+from gateway.netaddr import client_ip
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
@@ -70,7 +79,8 @@ class ChatHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex: Exchange = request[EXCHANGE]
-        raw = await read_request_body(request, self.rt.config.network.max_body_bytes)
+        rt = self.rt
+        raw = await read_request_body(request, rt.config.network.max_body_bytes)
         try:
             parsed: object = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -78,14 +88,59 @@ class ChatHandler:
         ex.anthropic = anthropic.is_anthropic(
             request.path, "anthropic-version" in request.headers, parsed
         )
+        record = await self._authorize(request, ex)
         if parsed is None:
             parse_json(raw)  # raises the precise 400
         body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
-        route = self._resolve(ex, str(body["model"]))
+        model = str(body["model"])
+        found = rt.router.resolve(model)
+        rt.keys.check_model(record, model, found.name if found else model)
+        route = self._resolve(ex, model)
         payload = self._upstream_body(ex, body, route)
-        if ex.stream:
-            return await self._stream(request, ex, route, payload)
-        return await self._complete(request, ex, route, payload)
+        prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
+        ticket = await rt.limiter.admit(
+            ex.request_id, record, prompt + (max_output_tokens(body) or 0), prompt, ex.anthropic
+        )
+        ex.rate_headers = ticket.headers
+        try:
+            if ex.stream:
+                return await self._stream(request, ex, route, payload)
+            return await self._complete(request, ex, route, payload)
+        except GatewayError:
+            ex.error = True
+            raise
+        finally:
+            self._settle(ex, ticket, route.name, prompt)
+
+    async def _authorize(self, request: web.Request, ex: Exchange) -> KeyRecord:
+        """Who is calling, and may they chat from where they are (SPEC 4, rows 2-6)."""
+        network = self.rt.config.network
+        client = client_ip(
+            request.remote, request.headers.get("X-Forwarded-For"), network.trusted_proxies
+        )
+        ex.client_ip = str(client) if client is not None else None
+        headers = request.headers
+        record = await self.rt.keys.authenticate(
+            headers, lambda name: headers.getall(name, []), ex.client_ip or "-"
+        )
+        ex.key_id, ex.owner = record.id, record.owner
+        self.rt.keys.check_ip(record, client)
+        self.rt.keys.check_permission(record, "chat")
+        return record
+
+    def _settle(self, ex: Exchange, ticket: Ticket, model: str, prompt_estimate: int) -> None:
+        usage = ex.usage
+        if usage is not None:
+            ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+        elif ex.upstream is not None and not ex.error:
+            ex.estimated = True  # no usage from upstream: estimate what was produced
+            ex.prompt_tokens = prompt_estimate
+            ex.completion_tokens = ex.completion_chunks
+        error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
+        self.rt.limiter.settle(
+            ticket, model, ex.prompt_tokens, ex.completion_tokens, error, ex.estimated
+        )
 
     @staticmethod
     def _check_anthropic(parsed: object) -> dict[str, object]:
@@ -197,9 +252,11 @@ class ChatHandler:
                 f"Upstream '{upstream.name}' sent an answer that is not JSON."
             ) from None
         ex.usage = usage_of(answer)
+        if ex.usage is None:
+            ex.completion_chunks = _answer_chars(answer) // 4
         if ex.anthropic:
             raw = orjson.dumps(anthropic.to_anthropic_response(answer, route.name))
-        return web.Response(body=raw, content_type="application/json")
+        return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
 
     async def _stream(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
@@ -214,9 +271,11 @@ class ChatHandler:
             return upstream_error(ex, response.status, raw)
         relay: Relay = AnthropicRelay(route.name) if ex.anthropic else OpenAIRelay(ex.client_usage)
         client = web.StreamResponse(headers=SSE_HEADERS)
+        if ex.rate_headers:
+            client.headers.update(ex.rate_headers)
         try:
             await client.prepare(request)
-            await self._relay(client, relay, response, upstream, chunk)
+            await self._relay(ex, client, relay, response, upstream, chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             ex.client_gone = True
         finally:
@@ -228,6 +287,7 @@ class ChatHandler:
 
     async def _relay(
         self,
+        ex: Exchange,
         client: web.StreamResponse,
         relay: Relay,
         response: aiohttp.ClientResponse,
@@ -255,6 +315,7 @@ class ChatHandler:
             # The head is sent: the client learns of the failure from an error event and
             # the missing [DONE], never from a status.
             self.rt.balancer.failed(upstream)
+            ex.error = True
             await client.write(relay.error(err))
         await client.write_eof()
 
@@ -296,6 +357,14 @@ def _upstream_message(raw: bytes) -> str | None:
         if isinstance(body.get("detail"), str):
             return str(body["detail"])[:2000]
     return None
+
+
+def _answer_chars(answer: object) -> int:
+    try:
+        message = answer["choices"][0]["message"]  # type: ignore[index]
+        return len(message.get("content") or "") + len(str(message.get("tool_calls") or ""))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return 0
 
 
 def _str_or_none(value: object) -> str | None:

@@ -83,6 +83,10 @@ class Store(Protocol):
 
     async def settle(self, settlement: Settlement) -> None: ...
 
+    async def settle_many(self, settlements: list[Settlement]) -> None:
+        """``settle`` each, in one round trip where the backend can (a pipeline)."""
+        ...
+
     async def renew_leases(self, admissions: list[Admission]) -> None:
         """Extend the concurrency leases of these (still running) requests."""
         ...

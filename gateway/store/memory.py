@@ -249,6 +249,10 @@ class MemoryStore:
         row.buckets[latency_bucket(s.latency_ms)] += 1
         self._last_used[a.key_id] = finished
 
+    async def settle_many(self, settlements: list[Settlement]) -> None:
+        for settlement in settlements:
+            await self.settle(settlement)
+
     def _prune(self, now: float) -> None:
         if len(self._settled) > 10_000:
             for rid in [r for r, until in self._settled.items() if until <= now]:

@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from gateway.server import Server
+from tests.clients import AUTH
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
 
@@ -40,7 +41,7 @@ async def post(
         http.post(
             f"http://127.0.0.1:{server.port}{path}",
             data=data,
-            headers=headers or {"Content-Type": "application/json"},
+            headers=headers or {"Content-Type": "application/json", **AUTH},
         ) as r,
     ):
         return r.status, dict(r.headers), await r.json()

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from gateway.server import Server
-from tests.clients import sdk
+from tests.clients import AUTH, KEYS_YAML, TEST_KEY, sdk
 from tests.fakes import FakeUpstream, chunk, sse
 
 WEATHER = {
@@ -42,7 +42,7 @@ async def test_async_sdk_non_streaming(gateway: Server) -> None:
 async def test_sync_sdk_streaming_and_not(gateway: Server) -> None:
     def call() -> tuple[str, str]:
         with openai.OpenAI(
-            base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key="k", max_retries=0
+            base_url=f"http://127.0.0.1:{gateway.port}/v1", api_key=TEST_KEY, max_retries=0
         ) as client:
             return ask(client)
 
@@ -141,8 +141,8 @@ async def test_what_reaches_the_upstream(gateway: Server, fake: FakeUpstream) ->
                 "vendor_x": {"k": 1},
             },
             headers={
-                "Authorization": "Bearer client-secret",
-                "X-API-Key": "client-secret",
+                "Authorization": f"Bearer {TEST_KEY}",
+                "X-API-Key": TEST_KEY,
                 "Cookie": "session=s3cret",
                 "X-Request-ID": "trace-123",
                 "Connection": "keep-alive, X-Hop",
@@ -174,14 +174,14 @@ async def test_what_reaches_the_upstream(gateway: Server, fake: FakeUpstream) ->
         assert secret not in headers, secret
     assert headers["x-request-id"] == "trace-123"
     assert headers["x-custom"] == "keep me"
-    assert "client-secret" not in str(seen.headers)
+    assert TEST_KEY not in str(seen.headers)
 
 
 async def test_upstream_api_key_is_injected(gateway_factory: Any, fake: FakeUpstream) -> None:
     server = await gateway_factory(
         "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
         f"upstreams: {{f: {{url: '{fake.url}/v1', api_key: worker-key}}}}\n"
-        "models: {m: {upstreams: [f]}}\n"
+        "models: {m: {upstreams: [f]}}\n" + KEYS_YAML
     )
     await sdk(server).chat.completions.create(
         model="m", messages=[{"role": "user", "content": "x"}]
@@ -194,7 +194,7 @@ async def test_request_ids_are_made_when_missing_or_insane(gateway: Server) -> N
     async with aiohttp.ClientSession() as http:
         ids = []
         for offered in (None, "bad id with spaces", "x" * 300):
-            headers = {"X-Request-ID": offered} if offered else {}
+            headers = {"X-Request-ID": offered, **AUTH} if offered else AUTH
             async with http.get(f"http://127.0.0.1:{gateway.port}/v1/models", headers=headers) as r:
                 ids.append(r.headers["X-Request-ID"])
         assert len(set(ids)) == 3
@@ -257,7 +257,7 @@ async def raw_stream(
                 "messages": [{"role": "user", "content": "say:40"}],
                 "stream": True,
             },
-            headers=headers or {},
+            headers={**AUTH, **(headers or {})},
         ) as response,
     ):
         return response.status, await response.read()
@@ -291,6 +291,7 @@ async def test_client_leaving_closes_the_upstream_within_a_second(
                 "messages": [{"role": "user", "content": "x"}],
                 "stream": True,
             },
+            headers=AUTH,
         )
         assert b"data:" in await response.content.readany()
         response.close()
@@ -310,7 +311,7 @@ async def test_upstream_5xx_before_first_byte_is_502(gateway: Server, stream: bo
                 "messages": [{"role": "user", "content": "x"}],
                 "stream": stream,
             },
-            headers={"x-mock-status": "500"},
+            headers={"x-mock-status": "500", **AUTH},
         ) as response,
     ):
         assert response.status == 502
@@ -338,7 +339,7 @@ async def test_silent_upstream_is_504(gateway_factory: Any, fake: FakeUpstream) 
     server = await gateway_factory(
         "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
         f"upstreams: {{f: {{url: '{fake.url}', timeouts: {{first_byte: 0.3}}}}}}\n"
-        "models: {m: {upstreams: [f]}}\n"
+        "models: {m: {upstreams: [f]}}\n" + KEYS_YAML
     )
     with pytest.raises(openai.APIStatusError) as info:
         await sdk(server).chat.completions.create(
@@ -351,7 +352,7 @@ async def test_silent_upstream_is_504(gateway_factory: Any, fake: FakeUpstream) 
 async def test_refused_connection_is_502(gateway_factory: Any) -> None:
     server = await gateway_factory(
         "listen: {host: 127.0.0.1, port: 0}\nadmin: {host: 127.0.0.1, port: 0}\n"
-        "upstreams: {f: {url: 'http://127.0.0.1:9'}}\nmodels: {m: {upstreams: [f]}}\n"
+        "upstreams: {f: {url: 'http://127.0.0.1:9'}}\nmodels: {m: {upstreams: [f]}}\n" + KEYS_YAML
     )
     with pytest.raises(openai.APIStatusError) as info:
         await sdk(server).chat.completions.create(
@@ -368,7 +369,7 @@ async def test_models_list(gateway: Server) -> None:
     assert all(m.object == "model" and m.owned_by == "gateway" for m in listed.data)
     async with aiohttp.ClientSession() as http:
         for path in ("/models", "/v1/llm/models", "/api/chat/models", "/api/models"):
-            async with http.get(f"http://127.0.0.1:{gateway.port}{path}") as r:
+            async with http.get(f"http://127.0.0.1:{gateway.port}{path}", headers=AUTH) as r:
                 assert (await r.json())["data"][0]["id"] == "mock-model", path
 
 
@@ -388,6 +389,7 @@ async def test_every_chat_alias(gateway: Server, path: str) -> None:
         http.post(
             f"http://127.0.0.1:{gateway.port}{path}",
             json={"model": "mock-model", "messages": [{"role": "user", "content": "echo: ok"}]},
+            headers=AUTH,
         ) as r,
     ):
         assert r.status == 200

@@ -1,0 +1,1 @@
+"""Authentication: the key format (pure) and the key service (lookup, cache, lifecycle)."""

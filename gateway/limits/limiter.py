@@ -1,0 +1,253 @@
+"""Admission and settlement of requests against every limit of their key and owner (SPEC 4).
+
+``admit`` is one store round trip. Its verdict becomes the ``x-ratelimit-*`` headers (and the
+``anthropic-ratelimit-*`` ones) or a 429 with a true ``Retry-After``. Settlements are queued and
+written in batches by one background task, after the answer is sent; while the store is down
+they wait in a bounded buffer (the bound and any loss are metrics) and are written when it is
+back. With ``store.on_error: open`` a request is admitted without limits while the store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gateway.clock import Clock
+from gateway.config.schema import Config, Plan
+from gateway.errors import StoreUnavailable, TooManyRequests
+from gateway.limits.windows import reset_text
+from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
+from gateway.store.base import LEASE_SECONDS, Store, StoreError
+
+log = logging.getLogger("gateway.limits")
+
+PLAN_TTL = 30.0
+BATCH = 256
+_CODES: dict[Refusal, tuple[str, str]] = {
+    "rpm": ("rate_limit_exceeded", "The key's requests-per-minute limit is reached"),
+    "concurrency": ("concurrency_limit_exceeded", "The key has too many requests in flight"),
+    "daily": ("daily_limit_exceeded", "The key's daily token limit is reached"),
+    "monthly": ("monthly_limit_exceeded", "The key's monthly token limit is reached"),
+    "plan_rpm": ("plan_limit_exceeded", "The owner's plan requests-per-minute limit is reached"),
+    "plan_monthly": ("plan_limit_exceeded", "The owner's plan monthly token limit is reached"),
+}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request: what to settle when it ends, and the headers it carries."""
+
+    admission: Admission
+    verdict: Verdict | None  # None: admitted without the store (on_error: open)
+    headers: dict[str, str]
+    started: float
+    prompt_estimate: int
+
+
+def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if verdict.requests_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(verdict.requests_limit)
+        headers["x-ratelimit-remaining-requests"] = str(verdict.requests_remaining or 0)
+        headers["x-ratelimit-reset-requests"] = reset_text(verdict.requests_reset)
+    if verdict.tokens_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(verdict.tokens_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(verdict.tokens_remaining or 0)
+        headers["x-ratelimit-reset-tokens"] = reset_text(verdict.tokens_reset)
+    if anthropic:
+        for kind, limit, remaining, reset in (
+            (
+                "requests",
+                verdict.requests_limit,
+                verdict.requests_remaining,
+                verdict.requests_reset,
+            ),
+            ("tokens", verdict.tokens_limit, verdict.tokens_remaining, verdict.tokens_reset),
+        ):
+            if limit is not None:
+                at = datetime.fromtimestamp(verdict.now + reset, UTC)
+                headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+                headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining or 0)
+                headers[f"anthropic-ratelimit-{kind}-reset"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return headers
+
+
+@dataclass
+class Buffer:
+    """Settlements waiting to be written; bounded, counting what it had to drop."""
+
+    limit: int
+    items: deque[Settlement] = field(default_factory=deque)
+    dropped: int = 0
+
+    def add(self, item: Settlement) -> None:
+        if len(self.items) >= self.limit:
+            self.items.popleft()
+            self.dropped += 1
+        self.items.append(item)
+
+    def take(self, count: int) -> list[Settlement]:
+        return [self.items.popleft() for _ in range(min(count, len(self.items)))]
+
+    def put_back(self, batch: list[Settlement]) -> None:
+        """Return an unwritten batch to the front, oldest first, within the bound."""
+        room = max(0, self.limit - len(self.items))
+        self.dropped += max(0, len(batch) - room)
+        self.items.extendleft(reversed(batch[:room]))
+
+
+class Limiter:
+    def __init__(self, store: Store, config: Config, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self._plans: dict[str, tuple[Plan, float]] = {}
+        self.buffer = Buffer(config.store.buffer_max)
+        self._wake = asyncio.Event()
+        self._in_flight: dict[str, Ticket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.on_store_error: Callable[[str], None] = lambda op: None
+
+    def configure(self, config: Config) -> None:
+        self.config = config
+        self.buffer.limit = config.store.buffer_max
+        self._plans.clear()
+
+    def invalidate(self, message: str) -> None:
+        if message == "*":
+            self._plans.clear()
+        elif message.startswith("plan:"):
+            self._plans.pop(message[5:], None)
+
+    async def plan_of(self, owner: str) -> Plan:
+        cached = self._plans.get(owner)
+        now = self.clock.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        name = None
+        with contextlib.suppress(StoreError):
+            name = await self.store.get_plan(owner)
+        plans = self.config.plans
+        plan = plans.get(name or self.config.default_plan) or plans[self.config.default_plan]
+        self._plans[owner] = (plan, now + PLAN_TTL)
+        return plan
+
+    # -- the request path -------------------------------------------------------------------
+    async def admit(
+        self, request_id: str, record: KeyRecord, reserve: int, prompt: int, anthropic: bool
+    ) -> Ticket:
+        plan = await self.plan_of(record.owner)
+        admission = Admission(
+            request_id=request_id,
+            key_id=record.id,
+            owner=record.owner,
+            rpm=record.rpm_limit,
+            concurrency=record.max_concurrency,
+            daily=record.daily_limit,
+            monthly=record.monthly_limit,
+            plan_rpm=plan.rpm,
+            plan_monthly=plan.monthly_tokens,
+            reserve=reserve,
+        )
+        try:
+            verdict: Verdict | None = await self.store.admit(admission)
+        except StoreError:
+            self.on_store_error("admit")
+            if self.config.store.on_error == "closed":
+                raise StoreUnavailable(
+                    "The gateway's store is unavailable, so limits cannot be checked; "
+                    "try again shortly."
+                ) from None
+            verdict = None
+        headers = rate_headers(verdict, anthropic) if verdict is not None else {}
+        if verdict is not None and not verdict.admitted:
+            assert verdict.refused is not None
+            code, what = _CODES[verdict.refused]
+            raise TooManyRequests(
+                f"{what}; retry after {verdict.retry_after} s.",
+                code=code,
+                retry_after=verdict.retry_after,
+                headers=headers,
+            )
+        ticket = Ticket(admission, verdict, headers, self.clock.monotonic(), prompt)
+        self._in_flight[request_id] = ticket
+        return ticket
+
+    def settle(
+        self, ticket: Ticket, model: str, prompt: int, completion: int, error: bool, estimated: bool
+    ) -> None:
+        """Queue the settlement; the background writer sends it (batched) right after."""
+        self._in_flight.pop(ticket.admission.request_id, None)
+        verdict = ticket.verdict
+        self.buffer.add(
+            Settlement(
+                admission=ticket.admission,
+                day=verdict.day if verdict else 0,
+                month=verdict.month if verdict else 0,
+                model=model,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                latency_ms=(self.clock.monotonic() - ticket.started) * 1000.0,
+                error=error,
+                estimated=estimated,
+                finished_at=self.clock.time(),
+            )
+        )
+        self._wake.set()
+
+    # -- background -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._renewer())]
+
+    async def stop(self, flush_seconds: float = 5.0) -> None:
+        """Flush what is buffered (bounded by ``flush_seconds``) and stop the tasks."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(flush_seconds):
+                while self.buffer.items:
+                    if not await self._write_batch():
+                        await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _writer(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.buffer.items:
+                if await self._write_batch():
+                    backoff = 0.05
+                    continue
+                await asyncio.sleep(backoff)  # the store is down: retry, more slowly each time
+                backoff = min(2.0, backoff * 2)
+
+    async def _write_batch(self) -> bool:
+        batch = self.buffer.take(BATCH)
+        try:
+            await self.store.settle_many(batch)
+        except StoreError:
+            self.on_store_error("settle")
+            self.buffer.put_back(batch)
+            return False
+        return True
+
+    async def _renewer(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            old = self.clock.monotonic() - LEASE_SECONDS / 4
+            due = [
+                t.admission
+                for t in self._in_flight.values()
+                if t.started < old and t.admission.concurrency is not None
+            ]
+            if due:
+                with contextlib.suppress(StoreError):
+                    await self.store.renew_leases(due)

@@ -1,0 +1,16 @@
+"""Choosing the store backend from ``store.url``."""
+
+from __future__ import annotations
+
+from gateway.clock import Clock
+from gateway.config import schema
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+
+
+def create_store(config: schema.Store, clock: Clock) -> Store:
+    if config.is_memory:
+        return MemoryStore(clock)
+    from gateway.store.redis import RedisStore  # imported only when used
+
+    return RedisStore(config.url, config.timeout_ms)
