@@ -22,7 +22,7 @@ from gateway.routing.router import Router
 from gateway.runtime import Runtime
 from gateway.store.base import Store
 from gateway.store.factory import create_store
-from gateway.web import admin, public
+from gateway.web import admin, admin_api, public
 from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -94,7 +94,8 @@ def create_app(runtime: Runtime) -> web.Application:
 
 def create_admin_app(runtime: Runtime) -> web.Application:
     """The admin listener's application (health, readiness, metrics, admin API)."""
-    app = web.Application()
+    app = web.Application(middlewares=admin_api.middlewares(runtime))
     app[RUNTIME] = runtime
     admin.add_routes(app, runtime)
+    admin_api.add_routes(app, runtime)
     return app

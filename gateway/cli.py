@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__, logs
+from gateway import __version__, cli_keys, logs
 from gateway.config.load import ConfigError, load_file
 from gateway.config.sections import workers_problem
 
@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     mock.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     mock.add_argument("--first-token-delay", type=float, default=0.0)
     mock.set_defaults(func=cmd_mock_worker)
+    cli_keys.add_parser(sub)
     return top
 
 

@@ -15,16 +15,34 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "gateway"
 
 PURE = {
-    "gateway", "gateway.errors", "gateway.clock", "gateway.netaddr",
-    "gateway.config", "gateway.config.schema", "gateway.config.fields",
-    "gateway.auth", "gateway.auth.keys", "gateway.limits", "gateway.limits.windows",
-    "gateway.routing", "gateway.routing.router",
-    "gateway.dialects", "gateway.dialects.sse", "gateway.dialects.openai",
-    "gateway.dialects.anthropic", "gateway.dialects.anthropic_stream", "gateway.dialects.relay",
+    "gateway",
+    "gateway.errors",
+    "gateway.clock",
+    "gateway.netaddr",
+    "gateway.config",
+    "gateway.config.schema",
+    "gateway.config.fields",
+    "gateway.auth",
+    "gateway.auth.keys",
+    "gateway.limits",
+    "gateway.limits.windows",
+    "gateway.routing",
+    "gateway.routing.router",
+    "gateway.dialects",
+    "gateway.dialects.sse",
+    "gateway.dialects.openai",
+    "gateway.dialects.anthropic",
+    "gateway.dialects.anthropic_stream",
+    "gateway.dialects.relay",
 }
 HTTP_PREFIXES = ("gateway.web", "gateway.proxy", "gateway.runtime", "gateway.mock_worker")
-COMPOSITION = {"gateway.app", "gateway.server", "gateway.workers", "gateway.cli",
-               "gateway.__main__"}
+COMPOSITION = {
+    "gateway.app",
+    "gateway.server",
+    "gateway.workers",
+    "gateway.cli",
+    "gateway.__main__",
+}
 PURE_THIRD_PARTY = {"orjson"}
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway.dialects import anthropic
 from gateway.proxy.handler import ChatHandler
 from gateway.runtime import Runtime
+from gateway.web import keys_api
 from gateway.web.respond import json_response
 
 CHAT_PATHS = (
@@ -49,3 +50,4 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         app.router.add_post(path, chat.handle)
     for path in MODELS_PATHS:
         app.router.add_get(path, models, allow_head=False)
+    keys_api.add_routes(app, runtime)
