@@ -80,6 +80,26 @@ class Server:
         await web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=True).start()
         self._runners.append(admin)
         self.admin_port = _port(admin)
+        if config.keys.demo:
+            await self._issue_demo_key()
+
+    async def _issue_demo_key(self) -> None:
+        """The embedded default's key: owner ``demo`` on the roomiest plan, printed once to
+        stdout (never to the log)."""
+        lifecycle = self.runtime.lifecycle
+        plans = self.config.plans
+        roomy = next((p for p in plans.values() if p.monthly_tokens is None), None)
+        if roomy is not None:
+            await lifecycle.set_plan("demo", roomy.name)
+        record, key = await lifecycle.create("demo", {"name": "Demo key"})
+        base = f"http://{self.config.listen.host}:{self.port}"
+        print(
+            f"\nDemo key (owner demo, in memory, gone at exit):\n  {key}\n"
+            f"Try it:\n  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
+            '-H \'Content-Type: application/json\' \\\n    -d \'{"model": "mock-model", '
+            '"stream": true, "messages": [{"role": "user", "content": "Hello"}]}\'\n',
+            flush=True,
+        )
 
     async def stop(self) -> None:
         """Drain and close, newest listener first (the public one before the mock worker)."""

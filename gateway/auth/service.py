@@ -183,13 +183,9 @@ class KeyService:
             )
 
     @staticmethod
-    def check_model(record: KeyRecord, model: str, canonical: str) -> None:
-        """The key's model allowlist may name a model or any of its aliases."""
-        if (
-            record.models is not None
-            and model not in record.models
-            and (canonical not in record.models)
-        ):
+    def check_model(record: KeyRecord, model: str, allowed: bool) -> None:
+        """``allowed``: the route's verdict on the key's model allowlist (any name counts)."""
+        if record.models is not None and not allowed:
             raise Forbidden(
                 f"This key may not use the model '{model}'; allowed: "
                 f"{', '.join(sorted(record.models)) or 'none'}."

@@ -30,7 +30,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits.limiter import Ticket
-from gateway.netaddr import client_ip
+from gateway.proxy.access import authenticate
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.records import KeyRecord
@@ -94,7 +94,11 @@ class ChatHandler:
         body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
         model = str(body["model"])
         found = rt.router.resolve(model)
-        rt.keys.check_model(record, model, found.name if found else model)
+        rt.keys.check_model(
+            record,
+            model,
+            found.allowed_by(record.models) if found else model in (record.models or ()),
+        )
         route = self._resolve(ex, model)
         payload = self._upstream_body(ex, body, route)
         prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
@@ -114,17 +118,7 @@ class ChatHandler:
 
     async def _authorize(self, request: web.Request, ex: Exchange) -> KeyRecord:
         """Who is calling, and may they chat from where they are (SPEC 4, rows 2-6)."""
-        network = self.rt.config.network
-        client = client_ip(
-            request.remote, request.headers.get("X-Forwarded-For"), network.trusted_proxies
-        )
-        ex.client_ip = str(client) if client is not None else None
-        headers = request.headers
-        record = await self.rt.keys.authenticate(
-            headers, lambda name: headers.getall(name, []), ex.client_ip or "-"
-        )
-        ex.key_id, ex.owner = record.id, record.owner
-        self.rt.keys.check_ip(record, client)
+        record = await authenticate(self.rt, request)
         self.rt.keys.check_permission(record, "chat")
         return record
 

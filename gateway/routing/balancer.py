@@ -53,7 +53,9 @@ class Balancer:
             pool, region, float("inf")
         )
 
-    def _least_loaded(self, pool: list[Upstream], region: str | None, now: float) -> Upstream | None:
+    def _least_loaded(
+        self, pool: list[Upstream], region: str | None, now: float
+    ) -> Upstream | None:
         best: Upstream | None = None
         best_score = (2, 0.0)
         for upstream in pool:

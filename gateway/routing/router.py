@@ -18,6 +18,11 @@ class ModelRoute:
     owned_by: str
     pricing: Pricing
     created: int
+    aliases: tuple[str, ...] = ()
+
+    def allowed_by(self, models: frozenset[str] | None) -> bool:
+        """May a key whose model allowlist is ``models`` use this model (by any name)?"""
+        return models is None or self.name in models or any(a in models for a in self.aliases)
 
 
 class Router:
@@ -34,6 +39,7 @@ class Router:
                 owned_by=model.owned_by,
                 pricing=model.pricing,
                 created=created,
+                aliases=model.aliases,
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):

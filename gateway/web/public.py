@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.dialects import anthropic
-from gateway.proxy.handler import ChatHandler
+from gateway.errors import BadRequest, NotFound
+from gateway.proxy.access import authenticate
+from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.handler import ChatHandler, parse_json, read_request_body
 from gateway.runtime import Runtime
 from gateway.web import keys_api
 from gateway.web.respond import json_response
@@ -27,8 +30,11 @@ MODELS_PATHS = ("/v1/models", "/models", "/v1/llm/models", "/api/chat/models", "
 
 def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def models(request: web.Request) -> web.StreamResponse:
-        listed = runtime.router.models()
-        if "anthropic-version" in request.headers:
+        ex = request[EXCHANGE]
+        ex.anthropic = "anthropic-version" in request.headers
+        record = await authenticate(runtime, request)
+        listed = [m for m in runtime.router.models() if m.allowed_by(record.models)]
+        if ex.anthropic:
             return json_response(anthropic.models_list([(m.name, m.created) for m in listed]))
         return json_response(
             {
@@ -43,6 +49,31 @@ def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.St
     return models
 
 
+def count_tokens_handler(
+    runtime: Runtime,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``POST /v1/messages/count_tokens``: an ESTIMATE (about four characters a token), not the
+    model's tokenizer; good for budgeting, not for billing."""
+
+    async def count_tokens(request: web.Request) -> web.StreamResponse:
+        ex = request[EXCHANGE]
+        ex.anthropic = True
+        raw = await read_request_body(request, runtime.config.network.max_body_bytes)
+        record = await authenticate(runtime, request)
+        runtime.keys.check_permission(record, "chat")
+        body = parse_json(raw)
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            raise BadRequest("messages: a list of messages is required.", param="messages")
+        if runtime.router.resolve(str(body.get("model", ""))) is None:
+            raise NotFound(
+                f"The model '{str(body.get('model'))[:64]}' does not exist.",
+                code="model_not_found",
+            )
+        return json_response({"input_tokens": anthropic.estimate_tokens(body)})
+
+    return count_tokens
+
+
 def add_routes(app: web.Application, runtime: Runtime) -> None:
     chat = ChatHandler(runtime)
     models = models_handler(runtime)
@@ -50,4 +81,6 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         app.router.add_post(path, chat.handle)
     for path in MODELS_PATHS:
         app.router.add_get(path, models, allow_head=False)
+    for path in ("/v1/messages/count_tokens", "/api/v1/messages/count_tokens"):
+        app.router.add_post(path, count_tokens_handler(runtime))
     keys_api.add_routes(app, runtime)

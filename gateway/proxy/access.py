@@ -1,0 +1,30 @@
+"""Who is calling and from where, for every public route that takes a key: the real client IP
+(``network.trusted_proxies``), the key (``KeyService.authenticate``) and its IP allowlist.
+
+Permission and model checks stay with the route that knows what it serves.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.netaddr import client_ip
+from gateway.proxy.exchange import EXCHANGE
+from gateway.records import KeyRecord
+from gateway.runtime import Runtime
+
+
+async def authenticate(runtime: Runtime, request: web.Request) -> KeyRecord:
+    ex = request[EXCHANGE]
+    network = runtime.config.network
+    client = client_ip(
+        request.remote, request.headers.get("X-Forwarded-For"), network.trusted_proxies
+    )
+    ex.client_ip = str(client) if client is not None else None
+    headers = request.headers
+    record = await runtime.keys.authenticate(
+        headers, lambda name: headers.getall(name, []), ex.client_ip or "-"
+    )
+    ex.key_id, ex.owner = record.id, record.owner
+    runtime.keys.check_ip(record, client)
+    return record
