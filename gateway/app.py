@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -15,6 +16,8 @@ from gateway.auth.service import KeyService
 from gateway.clock import Clock, SystemClock
 from gateway.config.schema import Config
 from gateway.limits.limiter import Limiter
+from gateway.logs import AccessLog
+from gateway.metrics import Metrics
 from gateway.netaddr import peer_is_trusted
 from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
@@ -24,6 +27,7 @@ from gateway.store.base import Store
 from gateway.store.factory import create_store
 from gateway.web import admin, admin_api, public
 from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare
+from gateway.web.observe import Observer
 
 RUNTIME = web.AppKey("runtime", Runtime)
 
@@ -34,6 +38,10 @@ def build_runtime(
     clock = clock or SystemClock()
     store = store or create_store(config.store, clock)
     keys = KeyService(store, config, clock)
+    metrics = Metrics()
+    limiter = Limiter(store, config, clock)
+    keys.on_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
+    limiter.on_store_error = lambda op: metrics.store_errors.labels(op).inc()
     return Runtime(
         config=config,
         router=Router(config, created=int(clock.time())),
@@ -43,7 +51,8 @@ def build_runtime(
         store=store,
         keys=keys,
         lifecycle=KeyLifecycle(keys),
-        limiter=Limiter(store, config, clock),
+        limiter=limiter,
+        metrics=metrics,
     )
 
 
@@ -69,12 +78,28 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
+def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def flush_every_second(app: web.Application) -> AsyncIterator[None]:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                access.flush()
+
+        task = asyncio.create_task(loop())
+        yield
+        task.cancel()
+        access.flush()
+
+    return flush_every_second
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The public listener's application."""
     config = runtime.config
     ids = RequestIds()
+    observer = Observer(runtime.metrics, AccessLog() if config.log.access else None)
     app = web.Application(
-        middlewares=[edge_middleware(ids, runtime.clock.monotonic)],
+        middlewares=[edge_middleware(ids, runtime.clock.monotonic, observer.done)],
         client_max_size=config.network.max_body_bytes,
     )
     app[RUNTIME] = runtime
@@ -88,6 +113,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app.on_response_prepare.append(on_prepare(config.network, ids, trusts_proto))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_services)
+    if observer.access is not None:
+        app.cleanup_ctx.append(_flusher(observer.access))
     public.add_routes(app, runtime)
     return app
 

@@ -10,6 +10,7 @@ from gateway.auth.service import KeyService
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.limits.limiter import Limiter
+from gateway.metrics import Metrics
 from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
 from gateway.routing.router import Router
@@ -27,5 +28,7 @@ class Runtime:
     keys: KeyService
     lifecycle: KeyLifecycle
     limiter: Limiter
+    metrics: Metrics
     draining: bool = False
+    usage_dropped_seen: int = 0
     ready_problems: list[str] = field(default_factory=list)

@@ -91,7 +91,7 @@ class Server:
         roomy = next((p for p in plans.values() if p.monthly_tokens is None), None)
         if roomy is not None:
             await lifecycle.set_plan("demo", roomy.name)
-        record, key = await lifecycle.create("demo", {"name": "Demo key"})
+        _, key = await lifecycle.create("demo", {"name": "Demo key"})
         base = f"http://{self.config.listen.host}:{self.port}"
         print(
             f"\nDemo key (owner demo, in memory, gone at exit):\n  {key}\n"

@@ -61,32 +61,51 @@ class FakeUpstream:
             await self.runner.cleanup()
 
 
-def completion(text: str, prompt: int = 7, completion_tokens: int = 3, **extra: Any) -> dict[str, Any]:
+def completion(
+    text: str, prompt: int = 7, completion_tokens: int = 3, **extra: Any
+) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake1",
         "object": "chat.completion",
         "created": 1700000000,
         "model": "fake-upstream-model",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text, **extra},
-             "finish_reason": "stop"}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, **extra},
+                "finish_reason": "stop",
+            }
         ],
-        "usage": {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        },
     }
 
 
 def chunk(delta: dict[str, Any], finish: str | None = None, usage: Any = None) -> bytes:
-    return b"data: " + orjson.dumps({
-        "id": "chatcmpl-fake1", "object": "chat.completion.chunk", "created": 1700000000,
-        "model": "fake-upstream-model",
-        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
-        "usage": usage,
-    }) + b"\n\n"
+    return (
+        b"data: "
+        + orjson.dumps(
+            {
+                "id": "chatcmpl-fake1",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": "fake-upstream-model",
+                "choices": []
+                if delta is None
+                else [{"index": 0, "delta": delta, "finish_reason": finish}],
+                "usage": usage,
+            }
+        )
+        + b"\n\n"
+    )
 
 
-async def sse(request: web.Request, events: list[bytes], gap: float = 0.0,
-              gate: asyncio.Event | None = None) -> web.StreamResponse:
+async def sse(
+    request: web.Request, events: list[bytes], gap: float = 0.0, gate: asyncio.Event | None = None
+) -> web.StreamResponse:
     """Stream ``events`` one write each; wait on ``gate`` (if any) after the first."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)

@@ -32,6 +32,9 @@ class Exchange:
     completion_tokens: int = 0
     estimated: bool = False
     error: bool = False
+    refusal: str | None = None  # the error code of a refusal the gateway answered
+    agent_id: str | None = None
+    final_status: int | None = None  # the status of a refusal's answer
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -161,12 +161,14 @@ class ChatHandler:
             ex.stream = translated.get("stream") is True
             ex.client_usage = True
             ex.region = _str_or_none(body.get("region"))
+            ex.agent_id = _str_or_none(body.get("agent_id"))
             translated["stream_options"] = {"include_usage": True} if ex.stream else None
             if not ex.stream:
                 translated.pop("stream_options")
             return orjson.dumps(translated)
         ex.stream = body.get("stream") is True
         ex.region = _str_or_none(body.get("region"))
+        ex.agent_id = _str_or_none(body.get("agent_id"))
         body["model"] = route.upstream_model
         if ex.stream:
             ex.client_usage = wants_usage(body)
@@ -196,7 +198,7 @@ class ChatHandler:
                 response, first = await self._attempt(request, ex, upstream, payload)
             except GatewayError as err:
                 balancer.release(upstream)
-                balancer.failed(upstream)
+                self._failed(upstream)
                 error = err
                 continue
             balancer.succeeded(upstream)
@@ -205,6 +207,10 @@ class ChatHandler:
         raise error or UpstreamUnavailable(
             f"No upstream of model '{route.name}' is available; try again shortly.", status=503
         )
+
+    def _failed(self, upstream: Upstream) -> None:
+        self.rt.balancer.failed(upstream)
+        self.rt.metrics.upstream_failures.labels(upstream.name).inc()
 
     async def _attempt(
         self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
@@ -267,12 +273,14 @@ class ChatHandler:
         client = web.StreamResponse(headers=SSE_HEADERS)
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)
+        self.rt.metrics.active_streams.inc()
         try:
             await client.prepare(request)
             await self._relay(ex, client, relay, response, upstream, chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             ex.client_gone = True
         finally:
+            self.rt.metrics.active_streams.dec()
             response.close()
             self.rt.balancer.release(upstream)
             ex.usage = relay.usage
@@ -308,7 +316,7 @@ class ChatHandler:
         except GatewayError as err:
             # The head is sent: the client learns of the failure from an error event and
             # the missing [DONE], never from a status.
-            self.rt.balancer.failed(upstream)
+            self._failed(upstream)
             ex.error = True
             await client.write(relay.error(err))
         await client.write_eof()

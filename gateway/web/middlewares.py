@@ -91,21 +91,40 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
     return err
 
 
-def edge_middleware(ids: RequestIds, clock_monotonic: Callable[[], float]) -> Middleware:
+def edge_middleware(
+    ids: RequestIds,
+    clock_monotonic: Callable[[], float],
+    done: Callable[[web.Request, Exchange, int, float], None],
+) -> Middleware:
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         ex = Exchange(ids.take(request.headers.get("X-Request-ID")), clock_monotonic())
         request[EXCHANGE] = ex
+        status = 500
         try:
-            return await handler(request)
+            response = await handler(request)
+            status = response.status
+            return response
         except GatewayError as err:
-            return error_response(err, ex.anthropic)
+            return _refusal(ex, err)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(_from_http(request, exc), ex.anthropic)
+            return _refusal(ex, _from_http(request, exc))
+        finally:
+            done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 
     return edge
+
+
+def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
+    ex.refusal = err.code
+    ex.final_status = err.status
+    response = error_response(err, ex.anthropic)
+    if ex.rate_headers:
+        for name, value in ex.rate_headers.items():
+            response.headers.setdefault(name, value)
+    return response
 
 
 def on_prepare(

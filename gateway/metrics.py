@@ -1,0 +1,159 @@
+"""Every Prometheus metric of the gateway (SPEC 8), in one registry built per process.
+
+With several worker processes, ``prometheus_client``'s multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``gateway run`` before any worker starts) gives ``/metrics``
+one view over all of them. No label carries a key id or an owner: cardinality stays bounded by
+the config (routes, models, upstreams) and the fixed reason codes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Milliseconds to minutes: LLM answers range from a cached 20 ms to a 10-minute stream.
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The metrics of one process; ``render`` gives the text of every process when several
+    share a multiprocess directory."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by route, model, status and dialect.",
+            ["route", "model", "status", "dialect"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Time from request to the end of the answer.",
+            ["route", "dialect"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_upstream_ttft_seconds",
+            "Upstream time to first token (first body bytes).",
+            ["model", "upstream"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens charged, by model, kind (prompt, completion) and whether they were estimated.",
+            ["model", "kind", "estimated"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "gateway_refusals",
+            "Requests refused before the upstream, by reason (error code).",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "gateway_auth_failures",
+            "Failed authentications, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_healthy = Gauge(
+            "gateway_upstream_healthy",
+            "1 while the upstream is not ejected.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.upstream_in_flight = Gauge(
+            "gateway_upstream_in_flight",
+            "Requests in flight to the upstream.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_failures = Counter(
+            "gateway_upstream_failures",
+            "Upstream failures (connect, 5xx, timeout).",
+            ["upstream"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "gateway_active_streams",
+            "Streams being relayed.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "Store calls that failed or timed out, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.usage_buffered = Gauge(
+            "gateway_usage_buffered",
+            "Usage records waiting for the store.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.usage_buffer_limit = Gauge(
+            "gateway_usage_buffer_limit",
+            "The bound of the usage buffer (store.buffer_max).",
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.usage_dropped = Counter(
+            "gateway_usage_dropped",
+            "Usage records lost because the buffer was full.",
+            registry=r,
+        )
+        self.reloads = Counter(
+            "gateway_config_reloads",
+            "Configuration reloads, by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
