@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 from gateway import __version__, cli_keys, logs
@@ -35,10 +36,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multiprocess_metrics() -> None:
+    """Several workers: point prometheus_client at a shared directory before it is imported,
+    so ``/metrics`` on any worker shows the sum of all."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gateway-metrics-")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
-
-    from gateway import workers
 
     path = _config_path(args.config)
     try:
@@ -54,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     config = replace(config, listen=replace(config.listen, workers=count))
     logs.setup(config.log.level)
+    if count > 1:
+        _multiprocess_metrics()
+    from gateway import workers  # after the metrics mode is settled
+
     return workers.run(config, count)
 
 
