@@ -120,7 +120,7 @@ def credential(headers: Mapping[str, str], all_values: Callable[[str], list[str]
         raise CredentialError(False, "Authorization and X-API-Key name different keys")
     key = bearer if bearer is not None else direct
     if not key:
-        raise CredentialError(auth == [] and api_key == [], "no key was sent")
+        raise CredentialError(True, "no key was sent")  # absent or empty headers alike
     if len(key) > MAX_KEY_CHARS or not _KEY_CHARS.match(key):
         raise CredentialError(False, "the key is malformed")
     return key
