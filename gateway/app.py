@@ -103,14 +103,13 @@ def create_app(runtime: Runtime) -> web.Application:
         client_max_size=config.network.max_body_bytes,
     )
     app[RUNTIME] = runtime
-    trusted = config.network.trusted_proxies
 
     def trusts_proto(request: web.Request) -> bool:
         return request.headers.get("X-Forwarded-Proto", "").lower() == "https" and (
-            peer_is_trusted(request.remote, trusted)
+            peer_is_trusted(request.remote, runtime.config.network.trusted_proxies)
         )
 
-    app.on_response_prepare.append(on_prepare(config.network, ids, trusts_proto))
+    app.on_response_prepare.append(on_prepare(lambda: runtime.config.network, ids, trusts_proto))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_services)
     if observer.access is not None:

@@ -3,11 +3,13 @@ swapped whole on reload (the config, and what is compiled from it)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from gateway.auth.lifecycle import KeyLifecycle
 from gateway.auth.service import KeyService
 from gateway.clock import Clock
+from gateway.config.reload import Outcome
 from gateway.config.schema import Config
 from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
@@ -31,4 +33,12 @@ class Runtime:
     metrics: Metrics
     draining: bool = False
     usage_dropped_seen: int = 0
+    reload: Callable[[str], Awaitable[Outcome]] | None = None
     ready_problems: list[str] = field(default_factory=list)
+
+    def apply(self, config: Config) -> None:
+        """Swap in a new config whole; requests in flight keep the objects they hold."""
+        self.router = Router(config, created=int(self.clock.time()))
+        self.keys.configure(config)
+        self.limiter.configure(config)
+        self.config = config

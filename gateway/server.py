@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.app import build_runtime, create_admin_app, create_app
 from gateway.clock import Clock
+from gateway.config.reload import Reloader
 from gateway.config.schema import Config
 from gateway.runtime import Runtime
 
@@ -47,6 +48,7 @@ class Server:
         self.port = 0
         self.admin_port = 0
         self.mock_port = 0
+        self.reloader: Reloader | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -82,6 +84,14 @@ class Server:
         self.admin_port = _port(admin)
         if config.keys.demo:
             await self._issue_demo_key()
+        metrics = self.runtime.metrics
+        self.reloader = Reloader(
+            config,
+            self.runtime.apply,
+            lambda ok: metrics.reloads.labels("ok" if ok else "failed").inc(),
+        )
+        self.runtime.reload = self.reloader.reload
+        self.reloader.watch()  # a source that is not a file (tests) never changes
 
     async def _issue_demo_key(self) -> None:
         """The embedded default's key: owner ``demo`` on the roomiest plan, printed once to
@@ -104,6 +114,8 @@ class Server:
     async def stop(self) -> None:
         """Drain and close, newest listener first (the public one before the mock worker)."""
         self.runtime.draining = True
+        if self.reloader is not None:
+            await self.reloader.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -117,6 +129,15 @@ async def serve(config: Config, announce: bool = True) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hangup() -> None:
+        if server.reloader is not None:
+            task = asyncio.create_task(server.reloader.reload("signal"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     if announce:
         log.info(
             "listening",

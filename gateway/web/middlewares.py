@@ -128,17 +128,18 @@ def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
 
 
 def on_prepare(
-    network: Network, ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
+    network: Callable[[], Network], ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    security = dict(_SECURITY) if network.security_headers else {}
+    """``network`` is read per answer, so a reload changes the headers at once."""
 
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         ex = request.get(EXCHANGE)
         headers = response.headers
         headers["X-Request-ID"] = ex.request_id if ex is not None else ids.new()
-        if security:
-            headers.update(security)
-            if network.hsts and (request.secure or trusts_proto(request)):
+        settings = network()
+        if settings.security_headers:
+            headers.update(_SECURITY)
+            if settings.hsts and (request.secure or trusts_proto(request)):
                 headers["Strict-Transport-Security"] = HSTS
 
     return stamp
