@@ -58,6 +58,7 @@ class MemoryStore:
         self._last_used: dict[str, float] = {}
         self._failures: dict[str, tuple[float, int]] = {}
         self._subscribers: list[Callable[[str], None]] = []
+        self._next_sweep = 0.0
 
     # -- keys -------------------------------------------------------------------------------
     def _with_use(self, record: KeyRecord | None) -> KeyRecord | None:
@@ -254,11 +255,17 @@ class MemoryStore:
             await self.settle(settlement)
 
     def _prune(self, now: float) -> None:
-        if len(self._settled) > 10_000:
-            for rid in [r for r, until in self._settled.items() if until <= now]:
-                del self._settled[rid]
-        oldest = windows.days_back(now, USAGE_DAYS)[0]
-        if len(self._usage) > 50_000:
+        """Amortised: settled ids expire in insertion order (their TTL is constant), so only the
+        expired head is looked at; old usage rows are swept once an hour."""
+        settled = self._settled
+        while settled:
+            rid, until = next(iter(settled.items()))
+            if until > now:
+                break
+            del settled[rid]
+        if now >= self._next_sweep:
+            self._next_sweep = now + 3600.0
+            oldest = windows.day_id(now - USAGE_DAYS * 86400.0)
             for k in [k for k in self._usage if k[2] < oldest]:
                 del self._usage[k]
 
