@@ -19,8 +19,9 @@ from gateway.limits.limiter import Limiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.netaddr import peer_is_trusted
-from gateway.proxy.upstream import UpstreamClient
+from gateway.proxy.upstream import UpstreamClient, probe
 from gateway.routing.balancer import Balancer
+from gateway.routing.health import HealthChecker
 from gateway.routing.router import Router
 from gateway.runtime import Runtime
 from gateway.store.base import Store
@@ -72,9 +73,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    client = app[RUNTIME].client
+    runtime = app[RUNTIME]
+    client = runtime.client
     await client.start()
+    checker = HealthChecker(
+        runtime.balancer,
+        lambda: runtime.config.upstreams.values(),
+        lambda upstream, path: probe(client, upstream, path),
+    )
+    checker.start()
     yield
+    await checker.stop()
     await client.close()
 
 

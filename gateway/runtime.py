@@ -3,8 +3,10 @@ swapped whole on reload (the config, and what is compiled from it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth.lifecycle import KeyLifecycle
 from gateway.auth.service import KeyService
@@ -33,6 +35,7 @@ class Runtime:
     metrics: Metrics
     draining: bool = False
     usage_dropped_seen: int = 0
+    streams: set[asyncio.Task[Any]] = field(default_factory=set)  # relaying, for the drain
     reload: Callable[[str], Awaitable[Outcome]] | None = None
     ready_problems: list[str] = field(default_factory=list)
 

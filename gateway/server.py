@@ -44,7 +44,9 @@ class Server:
     def __init__(self, config: Config, clock: Clock | None = None) -> None:
         self.config = config
         self.runtime: Runtime = build_runtime(config, clock)
-        self._runners: list[web.AppRunner] = []
+        self._public: web.AppRunner | None = None
+        self._admin: web.AppRunner | None = None
+        self._mock: web.AppRunner | None = None
         self.port = 0
         self.admin_port = 0
         self.mock_port = 0
@@ -56,15 +58,14 @@ class Server:
             from gateway import mock_worker
 
             options = mock_worker.MockOptions(token_delay=config.mock_worker.token_delay)
-            runner, self.mock_port = await mock_worker.start(
+            self._mock, self.mock_port = await mock_worker.start(
                 options, config.mock_worker.host, config.mock_worker.port
             )
-            self._runners.append(runner)
         public = web.AppRunner(
             create_app(self.runtime),
             handler_cancellation=True,
             access_log=None,
-            shutdown_timeout=config.listen.drain_timeout,
+            shutdown_timeout=config.listen.drain_timeout + 1.0,  # streams end at drain_timeout
         )
         await public.setup()
         await web.TCPSite(
@@ -75,12 +76,12 @@ class Server:
             backlog=2048,
             ssl_context=_ssl_context(config),
         ).start()
-        self._runners.append(public)
+        self._public = public
         self.port = _port(public)
         admin = web.AppRunner(create_admin_app(self.runtime), access_log=None)
         await admin.setup()
         await web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=True).start()
-        self._runners.append(admin)
+        self._admin = admin
         self.admin_port = _port(admin)
         if config.keys.demo:
             await self._issue_demo_key()
@@ -112,13 +113,31 @@ class Server:
         )
 
     async def stop(self) -> None:
-        """Drain and close, newest listener first (the public one before the mock worker)."""
+        """Drain: readiness fails at once (the admin listener stays up to say so), the public
+        listener closes and gives in-flight requests ``drain_timeout`` to finish, usage is
+        flushed; then the admin listener and the mock worker close."""
         self.runtime.draining = True
         if self.reloader is not None:
             await self.reloader.stop()
-        for runner in reversed(self._runners):
-            await runner.cleanup()
-        self._runners.clear()
+        deadline = asyncio.get_running_loop().call_later(
+            self.config.listen.drain_timeout, self._end_streams
+        )
+        try:
+            await self._close()
+        finally:
+            deadline.cancel()
+
+    def _end_streams(self) -> None:
+        """The drain time is over: streams still relaying are ended with an error event (the
+        handler writes it on cancellation), before aiohttp closes their connections."""
+        for task in list(self.runtime.streams):
+            task.cancel()
+
+    async def _close(self) -> None:
+        for runner in (self._public, self._admin, self._mock):
+            if runner is not None:
+                await runner.cleanup()
+        self._public = self._admin = self._mock = None
 
 
 async def serve(config: Config, announce: bool = True) -> None:

@@ -7,6 +7,9 @@ caller's dialect (``Exchange.anthropic``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiohttp
 import orjson
 from aiohttp import web
@@ -274,13 +277,22 @@ class ChatHandler:
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)
         self.rt.metrics.active_streams.inc()
+        task = asyncio.current_task()
+        if task is not None:
+            self.rt.streams.add(task)
         try:
             await client.prepare(request)
             await self._relay(ex, client, relay, response, upstream, chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             ex.client_gone = True
+        except asyncio.CancelledError:
+            if self.rt.draining:  # the drain time is over: say so before the connection goes
+                await _last_words(client, relay)
+            raise
         finally:
             self.rt.metrics.active_streams.dec()
+            if task is not None:
+                self.rt.streams.discard(task)
             response.close()
             self.rt.balancer.release(upstream)
             ex.usage = relay.usage
@@ -320,6 +332,15 @@ class ChatHandler:
             ex.error = True
             await client.write(relay.error(err))
         await client.write_eof()
+
+
+async def _last_words(client: web.StreamResponse, relay: Relay) -> None:
+    error = UpstreamUnavailable(
+        "The gateway is shutting down and its drain time ran out; retry the request."
+    )
+    with contextlib.suppress(ConnectionError, TimeoutError, RuntimeError):
+        async with asyncio.timeout(0.5):
+            await client.write(relay.error(error))
 
 
 def upstream_error(ex: Exchange, status: int, raw: bytes) -> web.Response:

@@ -170,3 +170,15 @@ async def read_body(response: aiohttp.ClientResponse, upstream: Upstream) -> byt
         raise UpstreamUnavailable(
             f"Upstream '{upstream.name}' broke off the answer; try again."
         ) from exc
+
+
+async def probe(client: UpstreamClient, upstream: Upstream, path: str) -> bool:
+    """One health probe: did ``GET url+path`` answer 2xx within the connect timeout (+1 s)?"""
+    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+    try:
+        async with asyncio.timeout(upstream.timeouts.connect + 1.0):
+            async with client.session.get(upstream.url + path, headers=headers) as response:
+                await response.read()
+                return 200 <= response.status < 300
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return False
