@@ -50,6 +50,8 @@ async def test_drain(mock: Any) -> None:
                 rest += piece
         except aiohttp.ClientPayloadError:
             pass  # the connection is cut after the error event: no terminating chunk
+        finally:
+            endless.close()
         assert b"[DONE]" not in rest
         assert b"shutting down" in rest
         await stopping
