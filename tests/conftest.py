@@ -3,6 +3,8 @@ independent fake upstream. Configurations are YAML text, loaded by the real load
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,25 +21,29 @@ GatewayFactory = Callable[..., Awaitable[Server]]
 
 
 def gateway_yaml(
-    upstreams: dict[str, str], models: dict[str, Any] | None = None, extra: str = ""
+    upstreams: dict[str, str],
+    models: dict[str, Any] | None = None,
+    extra: str = "",
+    admin_token: str | None = None,
 ) -> str:
-    """A config with the given upstream URLs; by default one model per upstream."""
+    """A config with the given upstream URLs; by default one model per upstream, and the static
+    test key unless ``extra`` declares a ``keys:`` section of its own."""
+    token = f", token: {admin_token}" if admin_token else ""
     lines = [
         "listen: {host: 127.0.0.1, port: 0}",
-        "admin: {host: 127.0.0.1, port: 0}",
+        f"admin: {{host: 127.0.0.1, port: 0{token}}}",
         "upstreams:",
     ]
     for name, url in upstreams.items():
         lines.append(
             f"  {name}: {{url: '{url}', timeouts: {{connect: 2, first_byte: 5, idle: 5}}}}"
         )
-    lines.append("models:")
-    for name, spec in (models or {f"{u}-model": {"upstreams": [u]} for u in upstreams}).items():
-        import json
-
-        lines.append(f"  {name}: {json.dumps(spec)}")
+    if models is None:
+        models = {f"{u}-model": {"upstreams": [u]} for u in upstreams}
+    lines.append("models:" if models else "models: {}")
+    lines.extend(f"  {name}: {json.dumps(spec)}" for name, spec in models.items())
     extra = textwrap.dedent(extra)
-    if "keys:" not in extra:
+    if not re.search(r"^keys:", extra, re.MULTILINE):
         lines.append(KEYS_YAML.rstrip())
     return "\n".join(lines) + "\n" + extra
 

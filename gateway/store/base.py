@@ -91,6 +91,11 @@ class Store(Protocol):
         """Extend the concurrency leases of these (still running) requests."""
         ...
 
+    async def hit(self, counter: str) -> tuple[int, float]:
+        """Count one event on ``counter`` in its fixed one-minute window: (events in the
+        window, seconds until it ends). Used for per-IP route rates."""
+        ...
+
     async def auth_failure(self, client: str) -> tuple[int, float]:
         """Count a failed authentication of ``client``: (failures in the current minute window,
         seconds until that window ends)."""

@@ -277,11 +277,14 @@ class MemoryStore:
                 leases[a.request_id] = until
 
     async def auth_failure(self, client: str) -> tuple[int, float]:
+        return await self.hit(f"authfail:{client}")
+
+    async def hit(self, counter: str) -> tuple[int, float]:
         now = self._clock.time()
-        start, count = self._failures.get(client, (now, 0))
+        start, count = self._failures.get(counter, (now, 0))
         if now - start >= 60.0:
             start, count = now, 0
-        self._failures[client] = (start, count + 1)
+        self._failures[counter] = (start, count + 1)
         return count + 1, start + 60.0 - now
 
     # -- usage ------------------------------------------------------------------------------

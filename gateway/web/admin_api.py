@@ -1,18 +1,108 @@
 """The admin API on the admin listener (SPEC 8): ``/admin/keys...`` for any owner, owner plans,
-usage summaries and reload, behind ``Authorization: Bearer <admin.token>``."""
+usage summaries and reload, behind ``Authorization: Bearer <admin.token>``.
+
+The token is checked (in constant time) for every path under ``/admin/`` before routing, so an
+unauthenticated caller learns nothing, not even which paths exist. ``/healthz``, ``/readyz`` and
+``/metrics`` need no token. With no ``admin.token`` configured the admin API is open: the config
+loader refuses a non-loopback ``admin.host`` without a token, so only local processes can reach
+an open one.
+
+Every error on this listener is an OpenAI-style JSON error (``{"error": {...}}``), aiohttp's own
+404/405 included. The key routes are ``keys_api``'s handlers with "any owner" as the caller.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
+from gateway.auth.service import same_token
+from gateway.errors import GatewayError, NotFound, Unauthorized
+from gateway.proxy.handler import read_request_body
 from gateway.runtime import Runtime
+from gateway.store.base import StoreError
+from gateway.web.keys_api import (
+    MAX_BODY,
+    KeyRoutes,
+    acting_owner,
+    add_key_routes,
+    any_owner,
+    only_fields,
+    parse_object,
+)
+from gateway.web.middlewares import _from_http, error_response
+from gateway.web.respond import json_response
+
+ADMIN_PREFIX = "/admin/"
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> GatewayError:
+    if exc.status == 404:
+        return NotFound(
+            f"There is nothing at {request.method} {request.path} on the admin listener; the "
+            "admin API is under /admin/ (keys, owners, usage/summary, reload)."
+        )
+    return _from_http(request, exc)
+
+
+def check_token(request: web.Request, expected: str | None) -> None:
+    """Refuse a request under ``/admin/`` without the admin token (open when none is set)."""
+    if expected is None or not (request.path + "/").startswith(ADMIN_PREFIX):
+        return
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not same_token(given.strip(), expected):
+        raise Unauthorized(
+            "The admin API needs 'Authorization: Bearer <admin.token>' with the token from the "
+            "gateway's config.",
+            code="invalid_admin_token",
+            headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'},
+        )
 
 
 def middlewares(runtime: Runtime) -> list[Middleware]:
-    """The admin listener's middleware stack (error rendering, token check)."""
-    return []
+    """The admin listener's middleware stack: errors as JSON, then the token check."""
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as err:
+            return error_response(err, anthropic=False)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return error_response(_http_error(request, exc), anthropic=False)
+
+    @web.middleware
+    async def token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        check_token(request, runtime.config.admin.token)
+        return await handler(request)
+
+    return [errors, token]
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
     """Register the token-protected admin routes."""
+
+    async def set_plan(request: web.Request) -> web.StreamResponse:
+        body = parse_object(await read_request_body(request, MAX_BODY))
+        owner = str(acting_owner(None, request.match_info["owner"], required=True))
+        only_fields(body, "plan")
+        plan = await runtime.lifecycle.set_plan(owner, body.get("plan"))
+        runtime.limiter.invalidate(f"plan:{owner}")
+        try:
+            await runtime.store.publish(f"plan:{owner}")
+        except StoreError:
+            pass  # stored; other processes' cached plans expire within the limiter's PLAN_TTL
+        return json_response({"owner": owner, "plan": plan})
+
+    async def reload(request: web.Request) -> web.StreamResponse:
+        raise GatewayError(
+            "Reload arrives with the operations work; restart the gateway to apply a new config.",
+            code="not_implemented",
+            status=501,
+        )
+
+    add_key_routes(app, KeyRoutes(runtime, any_owner), "/admin")
+    app.router.add_put("/admin/owners/{owner}", set_plan)
+    app.router.add_post("/admin/reload", reload)

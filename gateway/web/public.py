@@ -12,6 +12,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.proxy.access import authenticate
 from gateway.proxy.exchange import EXCHANGE
 from gateway.proxy.handler import ChatHandler, parse_json, read_request_body
+from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
 from gateway.web import keys_api
 from gateway.web.respond import json_response
@@ -84,3 +85,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     for path in ("/v1/messages/count_tokens", "/api/v1/messages/count_tokens"):
         app.router.add_post(path, count_tokens_handler(runtime))
     keys_api.add_routes(app, runtime)
+    # After the gateway's own routes, which win over a configured prefix such as /api/.
+    passthrough = PassThrough(runtime)
+    for route in runtime.config.routes:
+        app.router.add_route("*", route.prefix + "{tail:.*}", passthrough.handle)

@@ -1,0 +1,164 @@
+"""Pass-through routes (``routes:`` in the config): a path prefix relayed to another backend (the
+portal application, a file service) with the route's auth mode, body limit and per-client-IP
+rate. Bodies stream both ways: a 50 MB upload is never held whole in memory.
+
+Auth modes: ``key`` (a valid gateway key is required; it is not forwarded), ``optional``
+(checked when sent, not forwarded), ``none`` (the gateway does not look; the headers, cookies and
+any ``Authorization`` belong to the backend and are forwarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config.schema import Route, Upstream
+from gateway.errors import (
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    TooManyRequests,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.limits.windows import retry_seconds
+from gateway.proxy.access import authenticate
+from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.upstream import HOP_BY_HOP, returned_headers
+from gateway.runtime import Runtime
+from gateway.store.base import StoreError
+
+_CREDENTIALS = frozenset({"authorization", "x-api-key"})
+_NEVER = HOP_BY_HOP | {
+    "host",
+    "x-request-id",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+}
+CHUNK = 64 * 1024
+
+
+class _TooLarge(Exception):
+    """Raised inside the upload generator; turned into 413 by the handler."""
+
+
+class PassThrough:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def route_for(self, path: str) -> Route | None:
+        """The longest configured prefix of ``path`` (looked up per request: reload-safe)."""
+        best = None
+        for route in self.rt.config.routes:
+            if path.startswith(route.prefix) and (
+                best is None or len(route.prefix) > len(best.prefix)
+            ):
+                best = route
+        return best
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        route = self.route_for(request.path)
+        if route is None:
+            raise NotFound(f"There is nothing at {request.method} {request.path}.")
+        limit = route.max_body_bytes or self.rt.config.network.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        await self._admit(request, route)
+        upstream = self.rt.config.upstreams[route.upstream]
+        ex = request[EXCHANGE]
+        ex.upstream = upstream.name
+        return await self._relay(request, route, upstream, limit)
+
+    async def _admit(self, request: web.Request, route: Route) -> None:
+        sent = "Authorization" in request.headers or "X-API-Key" in request.headers
+        if route.auth == "key" or (route.auth == "optional" and sent):
+            await authenticate(self.rt, request)
+        if route.ip_rpm is not None:
+            ex = request[EXCHANGE]
+            client = ex.client_ip or request.remote or "-"
+            try:
+                count, reset = await self.rt.store.hit(f"route:{route.prefix}:{client}")
+            except StoreError:
+                if self.rt.config.store.on_error == "closed":
+                    raise GatewayError(
+                        "The store is unavailable; try again shortly.",
+                        code="store_unavailable",
+                        status=503,
+                    ) from None
+                return
+            if count > route.ip_rpm:
+                raise TooManyRequests(
+                    f"Too many requests to {route.prefix} from your address; wait.",
+                    retry_after=retry_seconds(reset),
+                )
+
+    def _headers(self, request: web.Request, route: Route, upstream: Upstream) -> dict[str, str]:
+        drop = _NEVER if route.auth == "none" else _NEVER | _CREDENTIALS
+        named = request.headers.get("Connection")
+        if named:
+            drop = drop | {n.strip().lower() for n in named.split(",")}
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+        ex = request[EXCHANGE]
+        prior = request.headers.get("X-Forwarded-For") if ex.client_ip != request.remote else None
+        client = ex.client_ip or request.remote or ""
+        headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
+        headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
+        headers["X-Forwarded-Host"] = request.host
+        headers["X-Request-ID"] = ex.request_id
+        if upstream.api_key and route.auth != "none":
+            headers["Authorization"] = f"Bearer {upstream.api_key}"
+        return headers
+
+    async def _relay(
+        self, request: web.Request, route: Route, upstream: Upstream, limit: int
+    ) -> web.StreamResponse:
+        body = _upload(request, limit) if request.body_exists else None
+        timeouts = upstream.timeouts
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await self.rt.client.session.request(
+                    request.method,
+                    upstream.url + request.path_qs,
+                    data=body,
+                    headers=self._headers(request, route, upstream),
+                    allow_redirects=False,
+                    auto_decompress=False,
+                    timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect),
+                )
+        except _TooLarge:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+        except TimeoutError:
+            raise UpstreamTimeout(f"Upstream '{upstream.name}' did not answer in time.") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc.__cause__ or exc.__context__, _TooLarge):
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+            raise UpstreamUnavailable(f"Upstream '{upstream.name}' could not be reached.") from exc
+        try:
+            out = web.StreamResponse(
+                status=response.status, headers=returned_headers(response.headers)
+            )
+            if "Content-Encoding" in response.headers:
+                out.headers["Content-Encoding"] = response.headers["Content-Encoding"]
+            if response.content_length is not None:
+                out.content_length = response.content_length
+            await out.prepare(request)
+            async for chunk in response.content.iter_chunked(CHUNK):
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+        finally:
+            response.release()
+
+
+async def _upload(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in request.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        yield chunk
