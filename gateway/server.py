@@ -65,6 +65,7 @@ class Server:
             create_app(self.runtime),
             handler_cancellation=True,
             access_log=None,
+            max_field_size=16384,  # a 10 KB bogus key still gets a 401 in JSON, not a parser 400
             shutdown_timeout=config.listen.drain_timeout + 1.0,  # streams end at drain_timeout
         )
         await public.setup()

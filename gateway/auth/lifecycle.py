@@ -119,15 +119,16 @@ class KeyLifecycle:
             try:
                 inserted = await guarded(self.store.insert_key(record, plan.max_keys))
             except KeyExists:
-                if imported:
+                taken = await guarded(self.store.get_key_by_hash(key_hash))
+                if imported and taken is not None:
                     raise Conflict(
                         "A key with this sha256 exists already.", code="key_exists"
                     ) from None
-                continue
+                continue  # an id collision: draw another id
             if not inserted:
                 raise Conflict(
-                    f"The owner's plan '{plan.name}' allows {plan.max_keys} key(s); delete or "
-                    "revoke one, or move the owner to a bigger plan.",
+                    f"The owner's plan '{plan.name}' allows {plan.max_keys} key(s), revoked ones "
+                    "included; delete one, or move the owner to a bigger plan.",
                     code="plan_key_limit",
                 )
             await self._announce(record.key_hash)
@@ -192,6 +193,7 @@ class KeyLifecycle:
                 f"'plan' must be one of {', '.join(self.service.config.plans)}.", param="plan"
             )
         await guarded(self.store.set_plan(owner, plan))
+        await self._announce(f"plan:{owner}")  # every process drops its cached plan
         return plan
 
     async def _plan(self, owner: str) -> Any:
@@ -229,6 +231,10 @@ class KeyLifecycle:
             days = _limit(body.get("expiresInDays"), "expiresInDays", MAX_DAYS)
             out["expires_at"] = self.now + days * 86400 if days is not None else None
         if "expiresAt" in body:
+            if "expiresInDays" in body:
+                raise BadRequest(
+                    "Send either 'expiresAt' or 'expiresInDays', not both.", param="expiresAt"
+                )
             out["expires_at"] = _timestamp(body["expiresAt"])
         return out
 

@@ -20,7 +20,6 @@ from gateway.auth.service import same_token
 from gateway.errors import GatewayError, NotFound, Unauthorized
 from gateway.proxy.handler import read_request_body
 from gateway.runtime import Runtime
-from gateway.store.base import StoreError
 from gateway.web.keys_api import (
     MAX_BODY,
     KeyRoutes,
@@ -30,7 +29,7 @@ from gateway.web.keys_api import (
     only_fields,
     parse_object,
 )
-from gateway.web.middlewares import _from_http, error_response
+from gateway.web.middlewares import error_response, from_http
 from gateway.web.respond import json_response
 
 ADMIN_PREFIX = "/admin/"
@@ -42,7 +41,7 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> GatewayError:
             f"There is nothing at {request.method} {request.path} on the admin listener; the "
             "admin API is under /admin/ (keys, owners, usage/summary, reload)."
         )
-    return _from_http(request, exc)
+    return from_http(request, exc)
 
 
 def check_token(request: web.Request, expected: str | None) -> None:
@@ -89,11 +88,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         owner = str(acting_owner(None, request.match_info["owner"], required=True))
         only_fields(body, "plan")
         plan = await runtime.lifecycle.set_plan(owner, body.get("plan"))
-        runtime.limiter.invalidate(f"plan:{owner}")
-        try:
-            await runtime.store.publish(f"plan:{owner}")
-        except StoreError:
-            pass  # stored; other processes' cached plans expire within the limiter's PLAN_TTL
+        runtime.limiter.invalidate(f"plan:{owner}")  # this process at once; others by broadcast
         return json_response({"owner": owner, "plan": plan})
 
     async def reload(request: web.Request) -> web.StreamResponse:

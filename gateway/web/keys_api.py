@@ -30,8 +30,7 @@ from aiohttp import web
 from gateway.auth.lifecycle import guarded
 from gateway.errors import BadRequest, Forbidden
 from gateway.limits import windows
-from gateway.netaddr import client_ip
-from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.access import authenticate
 from gateway.proxy.handler import read_request_body
 from gateway.records import KeyRecord, UsageDay
 from gateway.runtime import Runtime
@@ -49,32 +48,11 @@ CallerOf = Callable[[web.Request], Awaitable[str | None]]
 """The owner a request may act for: the authenticated key's owner, or None for the admin (any)."""
 
 
-async def authenticate_request(runtime: Runtime, request: web.Request) -> KeyRecord:
-    """The caller's key, authenticated and IP-checked as on the chat path (SPEC 4 rows 2-5)."""
-    client = client_ip(
-        request.remote,
-        request.headers.get("X-Forwarded-For"),
-        runtime.config.network.trusted_proxies,
-    )
-    address = str(client) if client is not None else None
-    ex = request.get(EXCHANGE)
-    if ex is not None:
-        ex.client_ip = address
-    headers = request.headers
-    record = await runtime.keys.authenticate(
-        headers, lambda name: headers.getall(name, []), address or "-"
-    )
-    if ex is not None:
-        ex.key_id, ex.owner = record.id, record.owner
-    runtime.keys.check_ip(record, client)
-    return record
-
-
 def key_owner_of(runtime: Runtime) -> CallerOf:
     """Public listener: the owner of the key that authenticates the request."""
 
     async def caller(request: web.Request) -> str | None:
-        return (await authenticate_request(runtime, request)).owner
+        return (await authenticate(runtime, request)).owner
 
     return caller
 

@@ -70,7 +70,7 @@ def error_response(err: GatewayError, anthropic: bool) -> web.Response:
     )
 
 
-def _from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
+def from_http(request: web.Request, exc: web.HTTPException) -> GatewayError:
     """aiohttp's own refusals, as the gateway's."""
     if exc.status == 404:
         return NotFound(
@@ -110,7 +110,7 @@ def edge_middleware(
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return _refusal(ex, _from_http(request, exc))
+            return _refusal(ex, from_http(request, exc))
         finally:
             done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 

@@ -177,9 +177,8 @@ async def test_bad_credentials_are_401(server: Server, route: str) -> None:
     for name, headers in BAD:
         reply = await call(server.port, method, route, body, headers=headers)
         assert (reply.status, reply.code) == (401, "invalid_api_key"), name
-    # A 10 KB header line passes aiohttp's parser limit (8190 bytes): refused before the app
-    huge = await call(server.port, method, route, body, headers={"X-API-Key": "k" * 10_000})
-    assert huge.status in (400, 401, 431)
+    huge = await call(server.port, method, route, body, headers={"X-API-Key": "k" * 10_240})
+    assert (huge.status, huge.code) == (401, "invalid_api_key")
     created = await create(server)
     pairs: list[list[tuple[str, str]]] = [
         [("Authorization", f"Bearer {TEST_KEY}"), ("Authorization", f"Bearer {TEST_KEY}")],
