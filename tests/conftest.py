@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -14,8 +14,9 @@ import pytest
 from gateway import mock_worker
 from gateway.config.load import parse_text
 from gateway.server import Server
-from tests.clients import KEYS_YAML, close_all
+from tests.clients import KEYS_YAML, TEST_KEY, close_all
 from tests.fakes import FakeUpstream
+from tests.secrets_watch import Watch, install
 
 GatewayFactory = Callable[..., Awaitable[Server]]
 
@@ -46,6 +47,17 @@ def gateway_yaml(
     if not re.search(r"^keys:", extra, re.MULTILINE):
         lines.append(KEYS_YAML.rstrip())
     return "\n".join(lines) + "\n" + extra
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secrets_watch() -> Iterator[Watch]:
+    """No key issued during the session may appear in a log line, access line or error body."""
+    watching = install({TEST_KEY})
+    watch = next(watching)
+    yield watch
+    leaks = watch.leaks()
+    watching.close()
+    assert not leaks, f"secrets leaked: {leaks[:5]}"
 
 
 @pytest.fixture(autouse=True)
