@@ -92,11 +92,13 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         return json_response({"owner": owner, "plan": plan})
 
     async def reload(request: web.Request) -> web.StreamResponse:
-        raise GatewayError(
-            "Reload arrives with the operations work; restart the gateway to apply a new config.",
-            code="not_implemented",
-            status=501,
-        )
+        """Validate the config file again and swap it in whole; 422 (and the old config keeps
+        running) when it is invalid. With several workers, this reloads the process that
+        answered; SIGHUP to the supervisor reloads them all."""
+        if runtime.reload is None:
+            raise GatewayError("Reload is not available in this process.", status=503)
+        outcome = await runtime.reload("admin")
+        return json_response(outcome.to_api(), status=200 if outcome.ok else 422)
 
     add_key_routes(app, KeyRoutes(runtime, any_owner), "/admin")
     app.router.add_put("/admin/owners/{owner}", set_plan)

@@ -101,3 +101,35 @@ async def test_streams_in_flight_survive_a_reload(tmp_path: pathlib.Path, mock: 
         assert await model_ids(server) == ["other"]
     finally:
         await server.stop()
+
+
+async def test_admin_reload_answers_with_the_outcome(tmp_path: pathlib.Path, mock: Any) -> None:
+    url = f"http://127.0.0.1:{mock[0]}"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_yaml({"mock": url}, {"a": {"upstreams": ["mock"]}}, admin_token="t0k"))
+    server = Server(load_file(str(path), env={}))
+    await server.start()
+    admin = f"http://127.0.0.1:{server.admin_port}/admin/reload"
+    auth = {"Authorization": "Bearer t0k"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            path.write_text(
+                gateway_yaml(
+                    {"mock": url},
+                    {"b": {"upstreams": ["mock"]}},
+                    admin_token="t0k",
+                    extra="listen: {port: 1}\n",
+                )
+            )
+            async with http.post(admin, headers=auth) as r:
+                assert r.status == 422  # two listen sections: refused, nothing changes
+                assert "appears twice" in (await r.json())["errors"][0]
+            path.write_text(
+                gateway_yaml({"mock": url}, {"b": {"upstreams": ["mock"]}}, admin_token="t0k")
+            )
+            async with http.post(admin, headers=auth) as r:
+                assert r.status == 200
+                assert await r.json() == {"ok": True, "errors": [], "restartRequired": []}
+        assert await model_ids(server) == ["b"]
+    finally:
+        await server.stop()
