@@ -11,6 +11,7 @@
     ├── NotFound              404 not_found                 not_found_error
     │     (code model_not_found shares the class)
     ├── MethodNotAllowed      405 method_not_allowed        invalid_request_error
+    ├── RequestTimeout        408 request_timeout           invalid_request_error
     ├── Conflict              409 conflict                  invalid_request_error
     ├── PayloadTooLarge       413 request_too_large         request_too_large
     ├── TooManyRequests       429 rate_limit_exceeded       rate_limit_error   (+ Retry-After)
@@ -110,6 +111,13 @@ class NotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status = 405
     default_code = "method_not_allowed"
+    openai_type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    default_code = "request_timeout"
     openai_type = "invalid_request_error"
     anthropic_type = "invalid_request_error"
 

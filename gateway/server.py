@@ -38,6 +38,18 @@ def _port(runner: web.AppRunner) -> int:
     return int(address[1])
 
 
+def warn_without_c_parser() -> None:
+    """The pure-Python HTTP parser is slower and more lenient; say so at start."""
+    from aiohttp import http_parser
+
+    fast = getattr(http_parser, "HttpRequestParserC", None)
+    if fast is None or http_parser.HttpRequestParser is not fast:
+        log.warning(
+            "aiohttp's C HTTP parser is not in use (AIOHTTP_NO_EXTENSIONS set, or no wheel "
+            "for this platform): expect lower throughput and laxer request parsing"
+        )
+
+
 class Server:
     """The listeners of one process around one ``Runtime``."""
 
@@ -54,6 +66,7 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
+        warn_without_c_parser()
         if config.mock_worker is not None:
             from gateway import mock_worker
 
@@ -66,6 +79,10 @@ class Server:
             handler_cancellation=True,
             access_log=None,
             max_field_size=16384,  # a 10 KB bogus key still gets a 401 in JSON, not a parser 400
+            # aiohttp arms this at connect and closes a connection still waiting for a whole
+            # request head when it fires: it is the header timeout (slowloris), and the idle
+            # keep-alive timeout too.
+            keepalive_timeout=config.network.header_timeout,
             shutdown_timeout=config.listen.drain_timeout + 1.0,  # streams end at drain_timeout
         )
         await public.setup()

@@ -18,6 +18,12 @@ Choices the Anthropic contract leaves open, made here:
   complete JSON object (or when the answer ends). Calls streamed one after the other, as OpenAI
   and vLLM send them, are never held.
 - An upstream chunk carrying ``error`` becomes an ``error`` event and ends the stream.
+- A whole answer keeps the upstream's vendor extras (``model_output_metadata``, ...) as top-level
+  fields of the ``message``; the official SDKs ignore unknown fields and keep them reachable
+  (Python: ``message.model_extra``). OpenAI's own answer fields (``system_fingerprint``,
+  ``service_tier``, ``object``, ``created``, vLLM's ``prompt_logprobs`` and the like) are not
+  carried: they describe the OpenAI exchange, not the Anthropic message. Reasoning travels as
+  ``thinking`` blocks. Streams carry no extras (``message_start`` is Anthropic's shape only).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import orjson
 
 Event = tuple[str, dict[str, Any]]
 
@@ -37,7 +45,16 @@ _STOP_REASONS = {
     "content_filter": "end_turn",
 }
 _ID_PREFIXES = ("chatcmpl-", "cmpl-", "msg_")
-_OPENAI_ANSWER_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage"})
+# Top-level keys of an upstream answer that never go into an Anthropic ``message``: the OpenAI
+# envelope (translated or meaningless here), OpenAI/vLLM-only serving fields, and the names of
+# ``Message`` fields this translation does not fill (an upstream value there would not match the
+# SDK's type for them).
+_NOT_CARRIED = frozenset(
+    {"id", "object", "created", "model", "choices", "usage"}
+    | {"system_fingerprint", "service_tier", "prompt_logprobs", "prompt_token_ids"}
+    | {"kv_transfer_params"}
+    | {"container", "diagnostics", "stop_details"}
+)
 _RAW_ARGUMENTS = "_raw_arguments"
 
 
@@ -48,8 +65,7 @@ class Usage(NamedTuple):
 
 def encode_event(name: str, data: dict[str, Any]) -> bytes:
     """One server-sent event, as the Anthropic API writes it."""
-    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {name}\ndata: {payload}\n\n".encode()
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def ping() -> Event:
@@ -115,7 +131,7 @@ def _tool_input(arguments: object) -> dict[str, Any]:
 
 
 def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI chat completion as an Anthropic Messages answer; upstream extras kept."""
+    """An OpenAI chat completion as an Anthropic Messages answer; vendor extras kept."""
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None
@@ -133,8 +149,8 @@ def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
         "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
     }
     for key, value in answer.items():
-        if key not in _OPENAI_ANSWER_KEYS:
-            out.setdefault(key, value)  # system_fingerprint, model_output_metadata, ...
+        if key not in _NOT_CARRIED:
+            out.setdefault(key, value)  # model_output_metadata and other vendor extras
     return out
 
 
@@ -223,6 +239,18 @@ class StreamTranslator:
         """The upstream's token counts, once a chunk has carried them."""
         return self._usage
 
+    @property
+    def finished(self) -> bool:
+        """Whether the stream has ended for the client (``message_stop`` or ``error`` sent)."""
+        return self._done
+
+    def fail(self, message: str, error_type: str = "api_error") -> list[Event]:
+        """An ``error`` event that ends the stream (nothing if it has already ended)."""
+        if self._done:
+            return []
+        self._done = True
+        return [error_event(error_type, message)]
+
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         usage = _usage_of(chunk.get("usage"))
         if usage is not None:
@@ -242,14 +270,18 @@ class StreamTranslator:
             self._end(out)
         return out
 
-    def finish(self) -> list[Event]:
-        """The closing events, once the upstream stream has ended (idempotent)."""
+    def finish(self, output_estimate: int | None = None) -> list[Event]:
+        """The closing events, once the upstream stream has ended (idempotent).
+
+        ``output_estimate`` is the gateway's count of the tokens produced, reported in
+        ``message_delta`` when the upstream sent no usage (else ``output_tokens`` would be 0).
+        """
         if self._done:
             return []
         out: list[Event] = []
         if not self._started:
             self._start({}, out)
-        self._end(out)
+        self._end(out, output_estimate)
         return out
 
     def _start(self, chunk: dict[str, Any], out: list[Event]) -> None:
@@ -389,11 +421,11 @@ class StreamTranslator:
         self._drain(out, force=True)
         self._close(out)
 
-    def _end(self, out: list[Event]) -> None:
+    def _end(self, out: list[Event], output_estimate: int | None = None) -> None:
         self._close_all(out)
         self._done = True
         reason, sequence = self._stop or ("end_turn", None)
-        usage: dict[str, int] = {"output_tokens": 0}
+        usage: dict[str, int] = {"output_tokens": max(0, output_estimate or 0)}
         if self._usage is not None:
             usage = {"output_tokens": self._usage.completion_tokens}
             usage["input_tokens"] = self._usage.prompt_tokens

@@ -34,7 +34,8 @@ class Exchange:
     error: bool = False
     refusal: str | None = None  # the error code of a refusal the gateway answered
     agent_id: str | None = None
-    final_status: int | None = None  # the status of a refusal's answer
+    final_status: int | None = None
+    prompt_estimate: int | None = None  # the status of a refusal's answer
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -30,6 +30,7 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
     UpstreamUnavailable,
 )
 from gateway.limits.limiter import Ticket
@@ -47,8 +48,9 @@ SSE_HEADERS = {
 }
 
 
-async def read_request_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too)."""
+async def read_request_body(request: web.Request, limit: int, idle: float = 10.0) -> bytes:
+    """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too) and
+    with 408 when the client stalls for ``idle`` seconds (a slow-body attack)."""
     length = request.content_length
     too_large = PayloadTooLarge(
         f"The request body is larger than the limit of {limit} bytes; send a smaller request."
@@ -57,12 +59,20 @@ async def read_request_body(request: web.Request, limit: int) -> bytes:
         raise too_large
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The request body stalled for {idle:g} s; send it without pauses."
+            ) from None
+        if not chunk:
+            return b"".join(parts)
         size += len(chunk)
         if size > limit:
             raise too_large
         parts.append(chunk)
-    return b"".join(parts)
 
 
 def parse_json(raw: bytes) -> object:
@@ -83,7 +93,12 @@ class ChatHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex: Exchange = request[EXCHANGE]
         rt = self.rt
-        raw = await read_request_body(request, rt.config.network.max_body_bytes)
+        network = rt.config.network
+        # The path and header already tell the dialect of a refusal before the body is read.
+        ex.anthropic = anthropic.is_anthropic(
+            request.path, "anthropic-version" in request.headers, None
+        )
+        raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
         try:
             parsed: object = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -105,6 +120,7 @@ class ChatHandler:
         route = self._resolve(ex, model)
         payload = self._upstream_body(ex, body, route)
         prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
+        ex.prompt_estimate = prompt
         ticket = await rt.limiter.admit(
             ex.request_id, record, prompt + (max_output_tokens(body) or 0), prompt, ex.anthropic
         )
@@ -145,6 +161,11 @@ class ChatHandler:
             raise BadRequest("The request body must be a JSON object.")
         if not isinstance(parsed.get("model"), str) or not parsed["model"]:
             raise BadRequest("'model' is required: name the model to use.", param="model")
+        messages = parsed.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest(
+                "messages: required; send a non-empty list of messages.", param="messages"
+            )
         return parsed
 
     def _resolve(self, ex: Exchange, name: str) -> ModelRoute:
@@ -272,7 +293,11 @@ class ChatHandler:
                 response.release()
                 self.rt.balancer.release(upstream)
             return upstream_error(ex, response.status, raw)
-        relay: Relay = AnthropicRelay(route.name) if ex.anthropic else OpenAIRelay(ex.client_usage)
+        relay: Relay = (
+            AnthropicRelay(route.name, input_tokens=ex.prompt_estimate)
+            if ex.anthropic
+            else OpenAIRelay(ex.client_usage)
+        )
         client = web.StreamResponse(headers=SSE_HEADERS)
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)

@@ -117,7 +117,8 @@ class PassThrough:
     async def _relay(
         self, request: web.Request, route: Route, upstream: Upstream, limit: int
     ) -> web.StreamResponse:
-        body = _upload(request, limit) if request.body_exists else None
+        idle = self.rt.config.network.header_timeout
+        body = _upload(request, limit, idle) if request.body_exists else None
         timeouts = upstream.timeouts
         try:
             async with asyncio.timeout(timeouts.first_byte):
@@ -155,9 +156,14 @@ class PassThrough:
             response.release()
 
 
-async def _upload(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+async def _upload(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
+    """The client's body as it comes; a stall of ``idle`` seconds ends the upload."""
     size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
+    while True:
+        async with asyncio.timeout(idle):
+            chunk = await request.content.read(CHUNK)
+        if not chunk:
+            return
         size += len(chunk)
         if size > limit:
             raise _TooLarge

@@ -100,6 +100,7 @@ def edge_middleware(
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         ex = Exchange(ids.take(request.headers.get("X-Request-ID")), clock_monotonic())
         request[EXCHANGE] = ex
+        ex.anthropic = "anthropic-version" in request.headers  # for refusals of any route
         status = 500
         try:
             response = await handler(request)

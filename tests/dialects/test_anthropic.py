@@ -683,7 +683,6 @@ def test_whole_answer() -> None:
         "stop_reason": "tool_use",
         "stop_sequence": None,
         "usage": {"input_tokens": 30, "output_tokens": 12},
-        "system_fingerprint": "fp_1",
         "model_output_metadata": {"reasoning": "r"},
     }
     assert sdk_message(translated).content[3].input == {"city": "Rome"}  # type: ignore[union-attr]
