@@ -20,6 +20,7 @@ from gateway.clock import Clock
 from gateway.config.reload import Reloader
 from gateway.config.schema import Config
 from gateway.runtime import Runtime
+from gateway.web.protocol import QuietAppRunner
 
 log = logging.getLogger("gateway.server")
 
@@ -74,7 +75,7 @@ class Server:
             self._mock, self.mock_port = await mock_worker.start(
                 options, config.mock_worker.host, config.mock_worker.port
             )
-        public = web.AppRunner(
+        public = QuietAppRunner(
             create_app(self.runtime),
             handler_cancellation=True,
             access_log=None,
