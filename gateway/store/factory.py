@@ -9,6 +9,8 @@ from gateway.store.memory import MemoryStore
 
 
 def create_store(config: schema.Store, clock: Clock) -> Store:
+    """``memory://`` → ``MemoryStore`` on ``clock``; a redis URL → ``RedisStore``, which takes
+    time from Redis itself (``TIME`` in its scripts), so it is not given the clock."""
     if config.is_memory:
         return MemoryStore(clock)
     from gateway.store.redis import RedisStore  # imported only when used

@@ -1,0 +1,288 @@
+"""The Redis store: every semantic of ``store.base`` on one Redis or a Redis Cluster, shared by
+all processes. ``MemoryStore`` is the reference; the contract suite runs against both.
+
+- Limits run as Lua scripts (``store/*.lua``, loaded once, then EVALSHA): ``admit`` and
+  ``settle`` are one round trip each, atomic, and take time from Redis ``TIME`` inside the
+  script, so processes with skewed clocks agree. Key layout: ``store.redis_codec``.
+- ``clock`` is a test hook only: when given, its ``time()`` is passed to the scripts instead of
+  ``TIME`` (rollovers and windows under a ``FakeClock``). Production passes none.
+- Connections are made lazily, by the first call (no ``connect()`` step); the subscriber's
+  connection by ``subscribe``. ``close()`` closes both.
+- Every call is bounded by ``timeout_ms`` (socket timeouts and ``asyncio.timeout``); any Redis
+  error or timeout becomes ``StoreError`` here, at this one boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, cast
+
+import orjson
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from gateway.clock import Clock
+from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
+from gateway.store import redis_codec as codec
+from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError
+from gateway.store.redis_codec import esc, num, tag
+from gateway.store.redis_conn import ERRORS, POOL, Subscriber, client, parse
+
+T = TypeVar("T")
+SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
+
+
+def _kh(key_hash: str) -> str:
+    return f"gw:kh:{key_hash}"
+
+
+def _kid(key_id: str) -> str:
+    return f"gw:kid:{esc(key_id)}"
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisStore:
+    """``RedisStore(url, timeout_ms)``; ``clock`` only in tests (see the module docstring)."""
+
+    def __init__(self, url: str, timeout_ms: int, clock: Clock | None = None) -> None:
+        self._target = parse(url)
+        self._timeout = timeout_ms / 1000.0
+        self._clock = clock
+        self._client = client(self._target, self._timeout)
+        self._scripts = {name: self._client.register_script(codec.script(name)) for name in SCRIPTS}
+        self._subscriber = Subscriber(self._target, self._client, self._timeout)
+        self._unmapped = self._target.cluster
+        self._map_lock = asyncio.Lock()
+        self._gate = asyncio.Semaphore(POOL) if self._target.cluster else None
+
+    def _now(self) -> str:
+        """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
+        return "" if self._clock is None else repr(self._clock.time())
+
+    async def _run(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._gate is None:
+                    return await call
+                async with self._gate:
+                    if self._unmapped:
+                        await self._map_cluster()
+                    return await call
+        except BaseException as exc:
+            if isinstance(call, Coroutine):
+                call.close()  # never started when the mapping failed
+            if isinstance(exc, ERRORS):
+                # A Cluster client that lost a node remaps lazily; make that happen here, once.
+                self._unmapped = self._gate is not None
+                raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
+            raise
+
+    async def _map_cluster(self) -> None:
+        """Map a Cluster's slots (once, or again after an error; a no-op when the client needs
+        no remapping) under a lock, before commands: redis-py's lazy mapping, when many first
+        commands race into it, recycles connections under in-flight commands."""
+        async with self._map_lock:
+            if self._unmapped:
+                await cast(RedisCluster, self._client).initialize()
+                self._unmapped = False
+
+    async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
+        return await self._run(self._scripts[name](keys, args))
+
+    async def _pipe(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands in one pipeline (not a transaction; a Cluster splits it by node)."""
+
+        async def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+
+        return await self._run(run()) if commands else []
+
+    # -- keys -------------------------------------------------------------------------------
+    async def _with_use(self, records: list[KeyRecord]) -> list[KeyRecord]:
+        """Merge ``last_used_at`` from the owners' last-use hashes."""
+        used = await self._pipe([("HGET", f"{tag(r.owner)}lastused", r.id) for r in records])
+        return [
+            r if at is None else r.evolve(last_used_at=float(at))
+            for r, at in zip(records, used, strict=True)
+        ]
+
+    async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        raw = await self._run(self._client.get(_kh(key_hash)))
+        if raw is None:
+            return None
+        return (await self._with_use([KeyRecord.from_store(orjson.loads(raw))]))[0]
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        key_hash = _text(await self._run(self._client.get(_kid(key_id))))
+        record = await self.get_key_by_hash(key_hash) if key_hash else None
+        return record if record is not None and record.id == key_id else None
+
+    async def list_keys(self, owner: str) -> list[KeyRecord]:
+        """The owner's keys, oldest first (by ``created_at``, then id)."""
+        members = await self._run(self._client.smembers(f"{tag(owner)}keys"))
+        ids = sorted(str(_text(m)) for m in members)
+        hashes = await self._pipe([("GET", _kid(i)) for i in ids])
+        raws = await self._pipe([("GET", _kh(h.decode())) for h in hashes if h is not None])
+        records = [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
+        mine = [r for r in records if r.owner == owner]
+        return sorted(await self._with_use(mine), key=lambda r: (r.created_at, r.id))
+
+    async def insert_key(self, record: KeyRecord, max_keys: int | None) -> bool:
+        kid, kh, owned = _kid(record.id), _kh(record.key_hash), f"{tag(record.owner)}keys"
+        if any(await self._pipe([("EXISTS", kid), ("EXISTS", kh)])):
+            raise KeyExists(record.id)
+        added = await self._script("insert_key", [owned], [record.id, num(max_keys)])
+        if added == -1:
+            raise KeyExists(record.id)
+        if added == 0:
+            return False
+        # The owner's slot is taken; now claim the id and the hash (another owner may race).
+        if not await self._run(self._client.set(kid, record.key_hash, nx=True)):
+            await self._pipe([("SREM", owned, record.id)])
+            raise KeyExists(record.id)
+        if not await self._run(self._client.set(kh, orjson.dumps(record.to_store()), nx=True)):
+            await self._pipe([("DEL", kid), ("SREM", owned, record.id)])
+            raise KeyExists(record.id)
+        return True
+
+    async def replace_key(self, record: KeyRecord, old_hash: str | None = None) -> None:
+        kid = _kid(record.id)
+        current = _text(await self._run(self._client.get(kid)))
+        previous = None
+        if current is not None:
+            raw = await self._run(self._client.get(_kh(current)))
+            previous = KeyRecord.from_store(orjson.loads(raw)) if raw is not None else None
+        commands: list[tuple[Any, ...]] = [
+            ("SET", _kh(record.key_hash), orjson.dumps(record.to_store())),
+            ("SET", kid, record.key_hash),
+            ("SADD", f"{tag(record.owner)}keys", record.id),
+        ]
+        if previous is not None and previous.owner != record.owner:
+            commands.append(("SREM", f"{tag(previous.owner)}keys", record.id))
+        # The old hash (and any stale one) stops finding the key before this returns.
+        for stale in {old_hash, current} - {None, record.key_hash}:
+            commands.append(("DEL", _kh(str(stale))))
+        await self._pipe(commands)
+
+    async def delete_key(self, record: KeyRecord) -> None:
+        kid = _kid(record.id)
+        current = _text(await self._run(self._client.get(kid)))
+        hashes = {record.key_hash, current} - {None}
+        await self._pipe(
+            [
+                *(("DEL", _kh(str(h))) for h in hashes),
+                ("DEL", kid),
+                ("SREM", f"{tag(record.owner)}keys", record.id),
+            ]
+        )
+
+    async def get_plan(self, owner: str) -> str | None:
+        return _text(await self._run(self._client.get(f"{tag(owner)}plan")))
+
+    async def set_plan(self, owner: str, plan: str) -> None:
+        await self._run(self._client.set(f"{tag(owner)}plan", plan))
+
+    # -- broadcast --------------------------------------------------------------------------
+    async def publish(self, message: str) -> None:
+        await self._run(self._client.publish(codec.CHANNEL, message))
+
+    async def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Add ``callback`` and start the subscriber (once); waits up to the timeout for the
+        subscription, without failing: while the store is down the subscriber keeps trying,
+        and tells ``"*"`` once it is subscribed."""
+        self._subscriber.callbacks.append(callback)
+        self._subscriber.start()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._subscriber.ready.wait()
+        except TimeoutError:
+            pass
+
+    # -- limits -----------------------------------------------------------------------------
+    async def admit(self, admission: Admission) -> Verdict:
+        keys, args = codec.admit_call(admission, self._now())
+        return codec.verdict(admission, await self._script("admit", keys, args))
+
+    async def settle(self, settlement: Settlement) -> None:
+        keys, args = codec.settle_call(settlement, self._now())
+        await self._script("settle", keys, args)
+
+    async def settle_many(self, settlements: list[Settlement]) -> None:
+        """All settlements in one pipeline of EVALSHAs (settle is idempotent, so a batch that
+        met an unloaded script is simply sent again after loading it)."""
+        if not settlements:
+            return
+        script = self._scripts["settle"]
+        now = self._now()
+        calls = [codec.settle_call(s, now) for s in settlements]
+
+        async def run() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+        results = await self._run(run())
+        if any(isinstance(r, NoScriptError) for r in results):
+            script.sha = await self._run(self._client.script_load(script.script))
+            results = await self._run(run())
+        for result in results:
+            if isinstance(result, Exception):
+                raise StoreError(f"redis: {result}") from result
+
+    async def renew_leases(self, admissions: list[Admission]) -> None:
+        by_owner: dict[str, list[Admission]] = {}
+        for a in admissions:
+            by_owner.setdefault(a.owner, []).append(a)
+        now, lease = self._now(), repr(LEASE_SECONDS)
+        await asyncio.gather(
+            *(
+                self._script(
+                    "renew",
+                    [f"{tag(owner)}lease:{esc(a.key_id)}" for a in group],
+                    [now, lease, *(a.request_id for a in group)],
+                )
+                for owner, group in by_owner.items()
+            )
+        )
+
+    async def hit(self, counter: str) -> tuple[int, float]:
+        keys, args = [f"gw:hit:{esc(counter)}"], [self._now(), repr(codec.HIT_WINDOW)]
+        count, reset = await self._script("hit", keys, args)
+        return int(count), float(reset)
+
+    async def auth_failure(self, client: str) -> tuple[int, float]:
+        return await self.hit(f"authfail:{client}")
+
+    # -- usage ------------------------------------------------------------------------------
+    async def usage(
+        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+    ) -> list[UsageDay]:
+        t, wanted = tag(owner), sorted(set(key_ids))
+        days = await self._pipe(
+            [("ZRANGEBYSCORE", f"{t}usedays:{esc(k)}", first_day, last_day) for k in wanted]
+        )
+        cells = [(k, int(d)) for k, ds in zip(wanted, days, strict=True) for d in ds]
+        hashes = await self._pipe([("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in cells])
+        rows: list[UsageDay] = []
+        for (key_id, day), fields in zip(cells, hashes, strict=True):
+            rows.extend(codec.usage_rows(key_id, day, fields))
+        return rows
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self._run(self._client.ping())
+
+    async def close(self) -> None:
+        await self._subscriber.close()
+        try:
+            await self._client.aclose()
+        except ERRORS:
+            pass

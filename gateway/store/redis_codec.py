@@ -1,0 +1,199 @@
+"""The Redis store's key layout, script sources and reply decoding (no I/O).
+
+Every key an admission or settlement touches carries the owner's hash tag, so each script runs
+on one Cluster slot::
+
+    gw:{<owner>}:rpm:k:<keyId>      ZSET request id -> admission time (the key's rpm log)
+    gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
+    gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry
+    gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), m (month id), mt
+    gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens)
+    gw:{<owner>}:done:<requestId>   settled marker (EX 1 day): settle runs once
+    gw:{<owner>}:use:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>); EXPIRE USAGE_DAYS
+    gw:{<owner>}:usedays:<keyId>    ZSET of the days with usage (range reads)
+    gw:{<owner>}:lastused           HASH keyId -> last use
+    gw:{<owner>}:keys               SET of the owner's key ids (max_keys is checked on it)
+    gw:{<owner>}:plan               the owner's plan name
+    gw:kh:<sha256>                  the key record (orjson of ``KeyRecord.to_store()``)
+    gw:kid:<keyId>                  the record's sha256
+    gw:hit:<counter>                HASH s (window start), c (events): ``hit`` counters
+
+Owners and key ids are escaped (``%``, ``{``, ``}``, ``:`` as ``%XX``; the empty owner as ``%``)
+so no owner can break its tag or collide with another's keys.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from gateway.limits import windows
+from gateway.records import (
+    LATENCY_BOUNDS_MS,
+    Admission,
+    Refusal,
+    Settlement,
+    UsageDay,
+    Verdict,
+    latency_bucket,
+)
+from gateway.store.base import LEASE_SECONDS, USAGE_DAYS
+from gateway.store.memory import SETTLED_TTL
+
+CHANNEL = "gw:invalidate"
+COUNTER_TTL = 35 * 86400  # a month's counter outlives its month
+HIT_WINDOW = 60.0  # the fixed window of ``hit`` counters (auth failures, route rates)
+REFUSALS: tuple[Refusal | None, ...] = (
+    None,
+    "rpm",
+    "concurrency",
+    "daily",
+    "monthly",
+    "plan_rpm",
+    "plan_monthly",
+)
+_UNSAFE = re.compile(r"[%{}:]")
+_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
+
+
+def script(name: str) -> str:
+    """A script's source; the calendar helpers are prepended to those that need time."""
+    text = resources.files("gateway.store").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    if name == "insert_key":
+        return text
+    calendar = resources.files("gateway.store").joinpath("calendar.lua").read_text("utf-8")
+    return calendar + "\n" + text
+
+
+def esc(text: str) -> str:
+    if not text:
+        return "%"
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", text)
+
+
+def tag(owner: str) -> str:
+    """The prefix of every key of ``owner``, hash tag included."""
+    return f"gw:{{{esc(owner)}}}:"
+
+
+def num(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+# -- admit ----------------------------------------------------------------------------------
+def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
+    t, k = tag(a.owner), esc(a.key_id)
+    keys = [f"{t}rpm:k:{k}", f"{t}rpm:o", f"{t}lease:{k}", f"{t}tok:{k}", f"{t}tok:o"]
+    args = [
+        a.request_id,
+        num(a.rpm),
+        num(a.concurrency),
+        num(a.daily),
+        num(a.monthly),
+        num(a.plan_rpm),
+        num(a.plan_monthly),
+        str(a.reserve),
+        now,
+        repr(LEASE_SECONDS),
+        repr(windows.RPM_WINDOW),
+        str(COUNTER_TTL),
+    ]
+    return keys, args
+
+
+def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
+    """The script's reply as the Verdict ``MemoryStore`` would give (same arithmetic)."""
+    refused = REFUSALS[int(r[1])]
+    now, to_midnight, to_month = float(r[10]), float(r[11]), float(r[12])
+    req_limit = a.rpm if a.rpm else a.plan_rpm
+    req_remaining = None
+    req_reset = 0.0
+    if req_limit is not None:
+        count = int(r[3])
+        req_remaining = max(0, req_limit - count)
+        req_reset = (float(r[4]) + windows.RPM_WINDOW - now) if count else 0.0
+    tokens = [
+        (limit - int(used), limit, until)
+        for limit, used, until in (
+            (a.daily, r[5], to_midnight),
+            (a.monthly, r[6], to_month),
+            (a.plan_monthly, r[7], to_month),
+        )
+        if limit is not None
+    ]
+    tight = min(tokens, default=None)
+    return Verdict(
+        admitted=refused is None,
+        refused=refused,
+        retry_after=windows.retry_seconds(float(r[2])) if refused else 0,
+        requests_limit=req_limit,
+        requests_remaining=req_remaining,
+        requests_reset=req_reset or 0.0,
+        tokens_limit=tight[1] if tight else None,
+        tokens_remaining=max(0, tight[0]) if tight else None,
+        tokens_reset=tight[2] if tight else 0.0,
+        day=int(r[8]),
+        month=int(r[9]),
+        now=now,
+    )
+
+
+# -- settle ---------------------------------------------------------------------------------
+def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
+    a = s.admission
+    t, k = tag(a.owner), esc(a.key_id)
+    keys = [
+        f"{t}lease:{k}",
+        f"{t}tok:{k}",
+        f"{t}tok:o",
+        f"{t}done:{a.request_id}",
+        f"{t}lastused",
+        f"{t}use:{k}:",
+        f"{t}usedays:{k}",
+    ]
+    args = [
+        a.request_id,
+        str(s.day),
+        str(s.month),
+        str(s.prompt_tokens + s.completion_tokens - a.reserve),
+        s.model,
+        str(s.prompt_tokens),
+        str(s.completion_tokens),
+        str(int(s.error)),
+        repr(float(s.latency_ms)),
+        str(latency_bucket(s.latency_ms)),
+        repr(float(s.finished_at)),
+        now,
+        a.key_id,
+        str(int(SETTLED_TTL)),
+        str(USAGE_DAYS),
+    ]
+    return keys, args
+
+
+def usage_rows(key_id: str, day: int, fields: dict[bytes, bytes]) -> list[UsageDay]:
+    """One usage hash (one key, one day) as rows per model, models in order."""
+    stats: dict[str, dict[str, bytes]] = {}
+    for field, value in fields.items():
+        stat, _, model = field.decode().partition(":")
+        stats.setdefault(model, {})[stat] = value
+    rows = []
+    for model in sorted(stats):
+        got = stats[model]
+        buckets = [int(got.get(f"b{i}", b"0")) for i in range(_BUCKETS)]
+        rows.append(
+            UsageDay(
+                date=windows.day_text(day),
+                key_id=key_id,
+                model=model,
+                requests=int(got.get("r", b"0")),
+                prompt_tokens=int(got.get("p", b"0")),
+                completion_tokens=int(got.get("c", b"0")),
+                errors=int(got.get("e", b"0")),
+                latency_ms_total=float(got.get("l", b"0")),
+                latency_buckets=tuple(buckets),
+            )
+        )
+    return rows

@@ -1,0 +1,464 @@
+"""What only the Redis store has: Lua calendar math equal to ``windows.py``, Redis ``TIME``,
+one round trip per admission, exactness across connection pools, identical verdicts to the
+memory store on random histories, timeouts and outages as ``StoreError``, the subscriber's
+reconnects, URLs, scripts reloaded after a flush, the key layout's hash tags."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis as sync_redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio.connection import Connection
+from redis.crc import key_slot
+
+from gateway.clock import FakeClock, SystemClock
+from gateway.config.schema import Store as StoreConfig
+from gateway.limits import windows
+from gateway.records import Admission, KeyRecord, Settlement, Verdict
+from gateway.store.base import StoreError
+from gateway.store.factory import create_store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
+from gateway.store.redis_codec import esc
+from gateway.store.redis_conn import Target, parse
+from tests import redis_server
+from tests.redis_server import RedisClusterProcesses, RedisServer
+from tests.store.test_contract import T0, at
+
+_ids = itertools.count()
+HYPOTHESIS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}{next(_ids)}"
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+async def dedicated() -> AsyncIterator[RedisServer]:
+    """A server of this test's own (to pause, kill or configure)."""
+    server = redis_server.start_redis()
+    yield server
+    server.stop()
+
+
+# -- time -----------------------------------------------------------------------------------
+_midnights = st.builds(
+    lambda day, offset: day * 86400 + offset,
+    st.integers(1, 80_000),
+    st.sampled_from([-1.0, -1e-6, -5e-7, -4e-7, -6e-7, 0.0, 4e-7, 1e-6, 0.5, 1.0]),
+)
+
+
+@HYPOTHESIS
+@given(epoch=st.floats(1, 7e9) | _midnights)
+async def test_lua_calendar_equals_windows(redis_url: str, epoch: float) -> None:
+    clock = FakeClock(epoch)
+    store = RedisStore(redis_url, 5000, clock)
+    try:
+        key = uid("k")
+        daily = await store.admit(Admission(uid("r"), key, "o", daily=1))
+        monthly = await store.admit(Admission(uid("r"), key, "o", monthly=1))
+    finally:
+        await store.close()
+    assert (daily.day, daily.month, daily.now) == (
+        windows.day_id(epoch),
+        windows.month_id(epoch),
+        epoch,
+    )
+    assert daily.tokens_reset == windows.seconds_to_midnight(epoch)
+    assert monthly.tokens_reset == windows.seconds_to_month_end(epoch)
+
+
+async def test_without_a_clock_the_redis_time_is_used(url: str) -> None:
+    store = RedisStore(url, 5000)
+    try:
+        v = await store.admit(Admission("r1", "k1", "o", rpm=5, daily=10))
+        assert abs(v.now - time.time()) < 5
+        assert (v.day, v.month) == (windows.day_id(v.now), windows.month_id(v.now))
+        assert v.tokens_reset == pytest.approx(windows.seconds_to_midnight(v.now))
+        assert await store.auth_failure("c") == (1, 60.0)
+        count, reset = await store.auth_failure("c")
+        assert count == 2 and 59 < reset < 60
+    finally:
+        await store.close()
+
+
+# -- round trips and exactness --------------------------------------------------------------
+async def test_admit_and_settle_are_one_round_trip_each(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[bytes] = []
+    original = Connection.send_packed_command
+
+    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
+        sent.append(command if isinstance(command, bytes) else b"".join(command))
+        await original(self, command, check_health)
+
+    store = RedisStore(url, 5000, FakeClock(T0))
+    try:
+        a = Admission("warm", "k1", "o", rpm=5, concurrency=2, daily=10, plan_monthly=9)
+        await store.settle(Settlement(a, 0, 0, "m", 1, 1, 1.0))  # connects, loads the scripts
+        await store.admit(a)
+        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        await store.admit(Admission("r1", "k1", "o", rpm=5, daily=10, reserve=1))
+        await store.settle(Settlement(a, 20231114, 202311, "m", 1, 1, 1.0))
+        batch = [Settlement(Admission(f"b{i}", "k1", "o"), 0, 0, "m", 1, 1, 1.0) for i in range(3)]
+        await store.settle_many(batch)
+    finally:
+        monkeypatch.undo()
+        await store.close()
+    assert [c.split(b"\r\n")[2] for c in sent[:2]] == [b"EVALSHA", b"EVALSHA"]
+    assert len(sent) == 3 and sent[2].count(b"EVALSHA") == 3  # one pipeline
+
+
+async def test_exact_across_two_connection_pools(url: str) -> None:
+    stores = [RedisStore(url, 10_000), RedisStore(url, 10_000)]
+    try:
+
+        async def burst(count: int = 200, pools: int = 2, **limits: int) -> int:
+            key, owner = uid("k"), uid("o")
+            verdicts = await asyncio.gather(
+                *(
+                    stores[i % pools].admit(Admission(uid("r"), key, owner, **limits))
+                    for i in range(count)
+                )
+            )
+            return sum(v.admitted for v in verdicts)
+
+        assert await burst(rpm=60) == 60
+        assert await burst(concurrency=7) == 7
+        assert await burst(daily=1000, reserve=10) == 100
+        assert await burst(rpm=500, plan_monthly=990, reserve=11) == 90
+        assert await burst(count=400, pools=1, rpm=60) == 60  # more in flight than 100
+    finally:
+        for store in stores:
+            await store.close()
+
+
+# -- the same verdicts as the reference -----------------------------------------------------
+_limits = st.fixed_dictionaries(
+    {},
+    optional={
+        "rpm": st.integers(1, 3),
+        "concurrency": st.integers(1, 2),
+        "daily": st.integers(0, 60),
+        "monthly": st.integers(0, 90),
+        "plan_rpm": st.integers(1, 4),
+        "plan_monthly": st.integers(0, 120),
+    },
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("admit"), st.integers(0, 1), _limits, st.integers(0, 30)),
+        st.tuples(
+            st.just("advance"), st.sampled_from([0.25, 1.0, 7.5, 30.0, 59.75, 600.0, 3600.0])
+        ),
+        st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 40)),
+        st.tuples(st.just("renew")),
+    ),
+    max_size=30,
+)
+
+
+@HYPOTHESIS
+@given(
+    start=st.sampled_from(
+        [T0, at("2024-02-29T23:58:00"), at("2024-12-31T23:30:00"), at("2025-06-30T22:00:00")]
+    ),
+    ops=_ops,
+)
+async def test_verdicts_equal_the_memory_store(
+    url: str, start: float, ops: list[tuple[Any, ...]]
+) -> None:
+    clock = FakeClock(start)
+    memory, store = MemoryStore(clock), RedisStore(url, 5000, clock)
+    owner, admitted = uid("owner"), []
+    try:
+        for op in ops:
+            if op[0] == "advance":
+                clock.advance(op[1])
+            elif op[0] == "admit":
+                a = Admission(uid("r"), f"k{op[1]}", owner, **op[2], reserve=op[3])
+                expected: Verdict = await memory.admit(a)
+                assert await store.admit(a) == expected
+                if expected.admitted:
+                    admitted.append((a, expected))
+            elif op[0] == "settle" and admitted:
+                a, v = admitted[op[1] % len(admitted)]
+                s = Settlement(a, v.day, v.month, "m", op[2], 1, op[2] * 7.3, op[2] % 3 == 0)
+                await memory.settle(s)
+                await store.settle(s)
+            elif op[0] == "renew":
+                running = [a for a, _ in admitted]
+                await memory.renew_leases(running)
+                await store.renew_leases(running)
+        probe = Admission(uid("r"), "k0", owner, rpm=3, daily=1, monthly=1, plan_monthly=1)
+        assert await store.admit(probe) == await memory.admit(probe)
+        keys = ["k0", "k1"]
+        assert await store.usage(owner, keys, 0, 99991231) == await memory.usage(
+            owner, keys, 0, 99991231
+        )
+    finally:
+        await store.close()
+
+
+# -- failures -------------------------------------------------------------------------------
+async def test_an_unreachable_store_raises_store_error() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{redis_server.free_port()}", 200)
+    a = Admission("r", "k", "o", rpm=1)
+    try:
+        for call in (
+            store.ping(),
+            store.admit(a),
+            store.settle_many([Settlement(a, 0, 0, "m", 0, 0, 0.0)]),
+            store.get_key("k"),
+            store.list_keys("o"),
+            store.publish("x"),
+        ):
+            started = time.monotonic()
+            with pytest.raises(StoreError):
+                await call
+            assert time.monotonic() - started < 1.0
+    finally:
+        await store.close()
+
+
+async def test_a_hung_store_times_out_and_recovers(dedicated: RedisServer) -> None:
+    store = RedisStore(dedicated.url, 200)
+    a = Admission("r1", "k", "o", rpm=10)
+    try:
+        assert (await store.admit(a)).admitted
+        dedicated.pause()
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError):
+                await store.admit(Admission("r2", "k", "o", rpm=10))
+            with pytest.raises(StoreError):
+                await store.ping()
+            assert time.monotonic() - started < 1.5
+        finally:
+            dedicated.resume()
+        v = await store.admit(Admission("r3", "k", "o", rpm=10))
+        assert v.admitted and v.requests_remaining in (7, 8)  # r2 may or may not have landed
+    finally:
+        await store.close()
+
+
+async def test_a_wrong_password_is_a_store_error() -> None:
+    server = redis_server.start_redis(password="s3cret")
+    try:
+        store = RedisStore(server.url.replace("s3cret", "wrong"), 1000)
+        with pytest.raises(StoreError):
+            await store.ping()
+        await store.close()
+    finally:
+        server.stop()
+
+
+# -- broadcast ------------------------------------------------------------------------------
+def _kill_subscribers(
+    request: pytest.FixtureRequest, url: str
+) -> Callable[[], None]:  # every node's pub/sub clients
+    if url.startswith("redis+cluster://"):
+        processes: RedisClusterProcesses = request.getfixturevalue("cluster_processes")
+        nodes = processes.nodes
+    else:
+        nodes = [request.getfixturevalue("redis_process")]
+
+    def kill() -> None:
+        for node in nodes:
+            node.call("CLIENT", "KILL", "TYPE", "pubsub")
+
+    return kill
+
+
+async def test_a_lost_subscription_reconnects_and_says_star(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    kill = _kill_subscribers(request, url)
+    store, publisher = RedisStore(url, 2000), RedisStore(url, 2000)
+    got: list[str] = []
+    try:
+        await store.subscribe(got.append)
+        await publisher.publish("before")
+        await eventually(lambda: got == ["before"])
+        kill()
+        await eventually(lambda: "*" in got)
+        await eventually(lambda: store._subscriber.ready.is_set())
+        await publisher.publish("after")
+        await eventually(lambda: got[-1] == "after")
+    finally:
+        await store.close()
+        await publisher.close()
+
+
+async def test_a_hung_server_is_noticed_by_the_subscriber(dedicated: RedisServer) -> None:
+    store = RedisStore(dedicated.url, 300)
+    store._subscriber.idle = 0.2
+    got: list[str] = []
+    try:
+        await store.subscribe(got.append)
+        assert store._subscriber.ready.is_set()
+        dedicated.pause()
+        try:
+            await eventually(lambda: not store._subscriber.ready.is_set())
+        finally:
+            dedicated.resume()
+        await eventually(lambda: got == ["*"])
+        await store.publish("again")
+        await eventually(lambda: got == ["*", "again"])
+    finally:
+        await store.close()
+
+
+async def test_subscribe_while_down_keeps_trying() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{redis_server.free_port()}", 100)
+    got: list[str] = []
+    try:
+        await store.subscribe(got.append)  # returns (after the timeout) without raising
+        assert not store._subscriber.ready.is_set()
+    finally:
+        await store.close()
+
+
+# -- configuration --------------------------------------------------------------------------
+async def test_password_and_db_come_from_the_url() -> None:
+    server = redis_server.start_redis(password="s3cret")
+    try:
+        store = RedisStore(f"{server.url}/3", 1000)
+        await store.set_plan("alice", "pro")
+        await store.close()
+        db3 = sync_redis.Redis.from_url(f"{server.url}/3")
+        db0 = sync_redis.Redis.from_url(f"{server.url}/0")
+        assert db3.get("gw:{alice}:plan") == b"pro"
+        assert db0.get("gw:{alice}:plan") is None
+        db3.close()
+        db0.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        (
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7001",
+            Target(
+                "redis+cluster://10.0.0.1:7000,10.0.0.2:7001",
+                (("10.0.0.1", 7000), ("10.0.0.2", 7001)),
+            ),
+        ),
+        (
+            "redis+cluster://user:p%40ss@h1:1,h2/",
+            Target(
+                "redis+cluster://user:p%40ss@h1:1,h2/", (("h1", 1), ("h2", 6379)), "user", "p@ss"
+            ),
+        ),
+        (
+            "redis+cluster://:pw@[::1]:7000",
+            Target("redis+cluster://:pw@[::1]:7000", (("::1", 7000),), None, "pw"),
+        ),
+        (
+            "redis+cluster://[::1],h2",
+            Target("redis+cluster://[::1],h2", (("::1", 6379), ("h2", 6379))),
+        ),
+        ("redis+cluster://h:port", None),
+        ("redis+cluster://", None),
+        ("mysql://h", None),
+        ("redis+cluster://u@h:1", Target("redis+cluster://u@h:1", (("h", 1),), "u", None)),
+        ("rediss://:pw@host:6380/2", Target("rediss://:pw@host:6380/2")),
+    ],
+)
+def test_urls(url: str, target: Target | None) -> None:
+    if target is None:
+        with pytest.raises(ValueError):
+            parse(url)
+    else:
+        assert parse(url) == target
+
+
+async def test_the_factory_picks_the_backend(redis_url: str) -> None:
+    assert isinstance(create_store(StoreConfig(), SystemClock()), MemoryStore)
+    for made_url in (redis_url, "redis+cluster://127.0.0.1:1"):
+        store = create_store(StoreConfig(url=made_url), SystemClock())
+        assert isinstance(store, RedisStore)
+        await store.close()
+
+
+# -- layout ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("owner", ["plain", "}{", "a{b}c", ""])
+async def test_every_key_of_an_owner_shares_one_slot(
+    redis_url: str, redis_process: RedisServer, owner: str
+) -> None:
+    store = RedisStore(redis_url, 5000, FakeClock(T0))
+    try:
+        limits = {"rpm": 5, "concurrency": 1, "daily": 9, "plan_rpm": 5, "plan_monthly": 9}
+        a = Admission("r1", "k:{1}", owner, **limits, reserve=1)
+        v = await store.admit(a)
+        await store.settle(Settlement(a, v.day, v.month, "m", 1, 1, 1.0, finished_at=T0))
+        await store.insert_key(KeyRecord(id="k:{1}", owner=owner, key_hash="a" * 64), 3)
+        await store.set_plan(owner, "p")
+    finally:
+        await store.close()
+    keys = redis_process.call("KEYS", "gw:{*").splitlines()
+    assert len(keys) >= 10
+    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+
+
+@HYPOTHESIS
+@given(a=st.text(), b=st.text())
+def test_escaping_is_injective_and_brace_free(a: str, b: str) -> None:
+    assert esc(a) and "{" not in esc(a) and "}" not in esc(a) and ":" not in esc(a)
+    assert (esc(a) == esc(b)) == (a == b)
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(
+    url: str, request: pytest.FixtureRequest
+) -> None:
+    store = RedisStore(url, 5000, FakeClock(T0))
+    try:
+        a = Admission("r1", "k", "o", daily=10, reserve=5)
+        v = await store.admit(a)
+        if url.startswith("redis+cluster://"):
+            for node in request.getfixturevalue("cluster_processes").nodes:
+                node.call("SCRIPT", "FLUSH")
+        else:
+            request.getfixturevalue("redis_process").call("SCRIPT", "FLUSH")
+        await store.settle_many([Settlement(a, v.day, v.month, "m", 1, 0, 1.0)])
+        assert (await store.admit(Admission("r2", "k", "o", daily=10))).tokens_remaining == 9
+    finally:
+        await store.close()
+
+
+async def test_a_changed_hash_never_leaves_a_stale_record(redis_url: str) -> None:
+    store = RedisStore(redis_url, 5000)
+    try:
+        old = KeyRecord(id="k1", owner="o", key_hash="a" * 64)
+        assert await store.insert_key(old, None)
+        await store.replace_key(old.evolve(key_hash="b" * 64, revoked=True))  # no old_hash
+        assert await store.get_key_by_hash("a" * 64) is None
+        moved = old.evolve(key_hash="b" * 64, owner="p")
+        await store.replace_key(moved)
+        assert await store.list_keys("o") == []
+        assert await store.list_keys("p") == [moved]
+    finally:
+        await store.close()
