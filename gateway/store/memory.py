@@ -273,14 +273,17 @@ class MemoryStore:
         until = self._clock.time() + LEASE_SECONDS
         for a in admissions:
             leases = self._leases.get(a.key_id)
-            if leases is not None and a.request_id in leases:
-                leases[a.request_id] = until
+            if leases is not None and leases.get(a.request_id, 0.0) > until - LEASE_SECONDS:
+                leases[a.request_id] = until  # an expired lease stays expired
 
     async def auth_failure(self, client: str) -> tuple[int, float]:
         return await self.hit(f"authfail:{client}")
 
     async def hit(self, counter: str) -> tuple[int, float]:
         now = self._clock.time()
+        if len(self._failures) > 10_000:  # one entry per client IP seen: keep only live windows
+            for name in [n for n, (t, _) in self._failures.items() if now - t >= 60.0]:
+                del self._failures[name]
         start, count = self._failures.get(counter, (now, 0))
         if now - start >= 60.0:
             start, count = now, 0

@@ -1,5 +1,5 @@
 -- Extend the leases of running requests of one owner (store/memory.py is the reference: only a
--- lease still present is renewed).
+-- lease still present and not yet expired is renewed; an expired one stays expired).
 -- KEYS: the leases ZSET of each request's key (one per request, all with the owner's hash tag)
 -- ARGV: 1 clock override (''), 2 lease seconds, 3.. the request ids, in KEYS order
 
@@ -7,7 +7,9 @@ local now = clock(ARGV[1])
 local lease = tonumber(ARGV[2])
 local expiry = fmt(now + lease)
 for i, key in ipairs(KEYS) do
-  if redis.call('ZADD', key, 'XX', 'CH', expiry, ARGV[i + 2]) == 1 then
+  local current = redis.call('ZSCORE', key, ARGV[i + 2])
+  if current and tonumber(current) > now then
+    redis.call('ZADD', key, 'XX', expiry, ARGV[i + 2])
     redis.call('EXPIRE', key, lease + 60)
   end
 end

@@ -299,6 +299,15 @@ async def test_renewed_leases_outlive_their_first_expiry(store: Store, clock: Fa
     assert (await store.admit(ask(concurrency=1))).admitted
 
 
+async def test_an_expired_lease_is_not_renewed(store: Store, clock: FakeClock) -> None:
+    """A process that renews too late must not resurrect a slot another request now holds."""
+    late = ask(concurrency=1)
+    assert (await store.admit(late)).admitted
+    clock.advance(LEASE_SECONDS + 1)
+    await store.renew_leases([late])
+    assert (await store.admit(ask(concurrency=1))).admitted
+
+
 async def test_leases_are_per_key(store: Store) -> None:
     assert (await store.admit(ask("k1", concurrency=1))).admitted
     assert (await store.admit(ask("k2", concurrency=1))).admitted
