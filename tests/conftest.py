@@ -4,6 +4,7 @@ independent fake upstream. Configurations are YAML text, loaded by the real load
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -14,11 +15,52 @@ import pytest
 from gateway import mock_worker
 from gateway.config.load import parse_text
 from gateway.server import Server
+from tests import redis_server
 from tests.clients import KEYS_YAML, TEST_KEY, close_all
 from tests.fakes import FakeUpstream
+from tests.redis_server import RedisClusterProcesses, RedisServer
 from tests.secrets_watch import Watch, install
 
 GatewayFactory = Callable[..., Awaitable[Server]]
+
+
+def _need_redis() -> None:
+    if not redis_server.available():
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing; the test command should have installed it")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_process() -> Iterator[RedisServer]:
+    """One redis-server for the session, on a free port, stopped at the end."""
+    _need_redis()
+    server = redis_server.start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_processes() -> Iterator[RedisClusterProcesses]:
+    """A 3-master Redis Cluster for the session, on free ports, stopped at the end."""
+    _need_redis()
+    cluster = redis_server.start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisServer) -> str:
+    """The session server's URL, emptied (FLUSHALL) for this test."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    return redis_process.url
+
+
+@pytest.fixture
+def cluster_url(cluster_processes: RedisClusterProcesses) -> str:
+    """The session cluster's URL, every master emptied for this test."""
+    cluster_processes.flush()
+    return cluster_processes.url
 
 
 def gateway_yaml(
