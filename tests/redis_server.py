@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -80,6 +81,7 @@ class RedisServer:
     directory: str
     process: subprocess.Popen[bytes]
     password: str | None = None
+    args: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -94,6 +96,23 @@ class RedisServer:
 
     def resume(self) -> None:
         self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """Kill the process (no shutdown, no save), keeping the port and directory for restart."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """A new, empty server on the same port (as after a crash without persistence)."""
+        if self.process.poll() is None:
+            self.kill()
+        self.process = subprocess.Popen(
+            self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not _wait_ready(self, time.monotonic() + START_DEADLINE):
+            raise RuntimeError(f"redis-server on {self.port} did not come back")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -130,7 +149,7 @@ def start_redis(*extra: str, password: str | None = None) -> RedisServer:
         if password:
             args += ["--requirepass", password]
         process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server = RedisServer(port, directory, process, password)
+        server = RedisServer(port, directory, process, password, args)
         atexit.register(server.stop)  # should a session end without its fixtures' teardown
         if _wait_ready(server, time.monotonic() + START_DEADLINE):
             return server

@@ -84,6 +84,12 @@ class Buffer:
     limit: int
     items: deque[Settlement] = field(default_factory=deque)
     dropped: int = 0
+    writing: int = 0  # taken by the writer, not yet confirmed by the store
+
+    @property
+    def pending(self) -> int:
+        """Records not yet in the store: waiting, or being written."""
+        return len(self.items) + self.writing
 
     def add(self, item: Settlement) -> None:
         if len(self.items) >= self.limit:
@@ -92,10 +98,13 @@ class Buffer:
         self.items.append(item)
 
     def take(self, count: int) -> list[Settlement]:
-        return [self.items.popleft() for _ in range(min(count, len(self.items)))]
+        batch = [self.items.popleft() for _ in range(min(count, len(self.items)))]
+        self.writing = len(batch)
+        return batch
 
     def put_back(self, batch: list[Settlement]) -> None:
         """Return an unwritten batch to the front, oldest first, within the bound."""
+        self.writing = 0
         room = max(0, self.limit - len(self.items))
         self.dropped += max(0, len(batch) - room)
         self.items.extendleft(reversed(batch[:room]))
@@ -237,6 +246,7 @@ class Limiter:
             self.on_store_error("settle")
             self.buffer.put_back(batch)
             return False
+        self.buffer.writing = 0
         return True
 
     async def _renewer(self) -> None:

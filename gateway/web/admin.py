@@ -34,7 +34,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
 def refresh_gauges(runtime: Runtime) -> None:
     """Gauges read from live state at scrape time, not bumped on the hot path."""
     m, limiter = runtime.metrics, runtime.limiter
-    m.usage_buffered.set(len(limiter.buffer.items))
+    m.usage_buffered.set(limiter.buffer.pending)
     m.usage_buffer_limit.set(limiter.buffer.limit)
     dropped = limiter.buffer.dropped - runtime.usage_dropped_seen
     if dropped > 0:
