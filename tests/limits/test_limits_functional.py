@@ -15,13 +15,23 @@ from tests.clients import AUTH, TEST_KEY_SHA
 from tests.conftest import gateway_yaml
 
 
-def limited(mock_url: str, **limits: Any) -> str:
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    """Every limit test runs on each backend: memory, a redis-server and a 3-node cluster."""
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def limited(store: str, mock_url: str, **limits: Any) -> str:
     fields = ", ".join(f"{k}: {v}" for k, v in limits.items())
     return gateway_yaml(
         {"mock": mock_url},
         {"mock-model": {"upstreams": ["mock"]}},
         extra=f"keys: {{static: [{{id: lim, owner: acme, sha256: '{TEST_KEY_SHA}', {fields}}}]}}\n"
-        "plans: {free: {max_keys: 5, monthly_tokens: null, rpm: null}}\n",
+        "plans: {free: {max_keys: 5, monthly_tokens: null, rpm: null}}\n"
+        f"store: {{url: '{store}'}}\n",
     )
 
 
@@ -44,8 +54,12 @@ async def chat(
         return r.status, dict(r.headers), await r.read()
 
 
-async def test_rpm_is_exact_and_retry_after_is_true(gateway_factory: Any, mock: Any) -> None:
-    server: Server = await gateway_factory(limited(f"http://127.0.0.1:{mock[0]}", rpm_limit=5))
+async def test_rpm_is_exact_and_retry_after_is_true(
+    gateway_factory: Any, mock: Any, store_url: str
+) -> None:
+    server: Server = await gateway_factory(
+        limited(store_url, f"http://127.0.0.1:{mock[0]}", rpm_limit=5)
+    )
     results = await asyncio.gather(*(chat(server.port) for _ in range(12)))
     statuses = sorted(s for s, _, _ in results)
     assert statuses == [200] * 5 + [429] * 7
@@ -58,9 +72,11 @@ async def test_rpm_is_exact_and_retry_after_is_true(gateway_factory: Any, mock: 
     assert b'"code":"rate_limit_exceeded"' in body
 
 
-async def test_stream_heads_carry_the_rate_headers(gateway_factory: Any, mock: Any) -> None:
+async def test_stream_heads_carry_the_rate_headers(
+    gateway_factory: Any, mock: Any, store_url: str
+) -> None:
     server: Server = await gateway_factory(
-        limited(f"http://127.0.0.1:{mock[0]}", rpm_limit=100, daily_limit=100000)
+        limited(store_url, f"http://127.0.0.1:{mock[0]}", rpm_limit=100, daily_limit=100000)
     )
     status, headers, body = await chat(server.port, stream=True)
     assert status == 200 and body.rstrip().endswith(b"data: [DONE]")
@@ -69,9 +85,13 @@ async def test_stream_heads_carry_the_rate_headers(gateway_factory: Any, mock: A
     assert headers["x-ratelimit-reset-tokens"].endswith("s")
 
 
-async def test_daily_reservation_cannot_be_overrun(gateway_factory: Any, mock: Any) -> None:
+async def test_daily_reservation_cannot_be_overrun(
+    gateway_factory: Any, mock: Any, store_url: str
+) -> None:
     """30 concurrent requests of max_tokens 100 against 1000 tokens a day."""
-    server: Server = await gateway_factory(limited(f"http://127.0.0.1:{mock[0]}", daily_limit=1000))
+    server: Server = await gateway_factory(
+        limited(store_url, f"http://127.0.0.1:{mock[0]}", daily_limit=1000)
+    )
     results = await asyncio.gather(
         *(chat(server.port, content="say:100", max_tokens=100) for _ in range(30))
     )
@@ -103,10 +123,10 @@ async def settled_tokens(server: Server, owner: str, key_id: str, expect: int | 
 
 
 async def test_concurrency_limit_counts_streams_until_they_end(
-    gateway_factory: Any, mock: Any
+    gateway_factory: Any, mock: Any, store_url: str
 ) -> None:
     server: Server = await gateway_factory(
-        limited(f"http://127.0.0.1:{mock[0]}", max_concurrency=2)
+        limited(store_url, f"http://127.0.0.1:{mock[0]}", max_concurrency=2)
     )
     slow = {"x-mock-token-delay": "0.05", **AUTH}
 
@@ -134,9 +154,9 @@ async def test_concurrency_limit_counts_streams_until_they_end(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_recorded_usage_equals_the_upstream_report(
-    gateway_factory: Any, mock: Any, stream: bool
+    gateway_factory: Any, mock: Any, store_url: str, stream: bool
 ) -> None:
-    server: Server = await gateway_factory(limited(f"http://127.0.0.1:{mock[0]}"))
+    server: Server = await gateway_factory(limited(store_url, f"http://127.0.0.1:{mock[0]}"))
     for n in (3, 7, 11):
         status, _, _ = await chat(server.port, content=f"say:{n}", stream=stream)
         assert status == 200
