@@ -86,5 +86,6 @@ class Balancer:
         """Eject for a cool-down that doubles with each failure in a row (1 s … 60 s)."""
         state = self.state(upstream.name)
         state.failures += 1
-        cool_down = min(MAX_EJECT, BASE_EJECT * 2 ** (state.failures - 1))
+        # The exponent is capped: 2 ** 1024 does not fit a float, and 60 s is reached at 2 ** 6.
+        cool_down = min(MAX_EJECT, BASE_EJECT * 2 ** min(state.failures - 1, 16))
         state.ejected_until = self._clock.monotonic() + cool_down
