@@ -7,6 +7,7 @@ so they match IPv4 networks, as a dual-stack listener hands them out.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -18,6 +19,11 @@ def parse_ip(text: str | None) -> IPAddress | None:
     """An address from a peer or header value (brackets, zone ids and ports tolerated)."""
     if not text:
         return None
+    return _parse_ip(text)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few peers ask again and again
+def _parse_ip(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("["):
         text = text[1 : text.find("]")] if "]" in text else text[1:]

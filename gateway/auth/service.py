@@ -118,9 +118,6 @@ class KeyService:
         return record
 
     async def _lookup(self, key: str) -> KeyRecord | None:
-        issued = keys.parse_issued(key, self.config.keys.prefix)
-        if issued is not None and not issued.valid:
-            return None  # a bad checksum never costs a store lookup
         key_hash = keys.sha256_hex(key)
         static = self.static.get(key_hash)
         if static is not None:
@@ -128,7 +125,10 @@ class KeyService:
         cached = self._cache.get(key_hash)
         now = self.clock.monotonic()
         if cached is not None and cached[1] > now:
-            return cached[0]
+            return cached[0]  # only keys that passed the checks below are ever cached
+        issued = keys.parse_issued(key, self.config.keys.prefix)
+        if issued is not None and not issued.valid:
+            return None  # a bad checksum never costs a store lookup
         try:
             record = await self.store.get_key_by_hash(key_hash)
         except StoreError:

@@ -38,6 +38,26 @@ def seconds_to_month_end(epoch: float) -> float:
     return datetime(year, month, 1, tzinfo=UTC).timestamp() - epoch
 
 
+class Calendar:
+    """``periods(now)`` without a datetime per call: the current UTC day's bounds are computed
+    once and reused until ``now`` leaves them (the hot path asks several times per request)."""
+
+    __slots__ = ("_day", "_end", "_month", "_month_end", "_start")
+
+    def __init__(self) -> None:
+        self._start = self._end = self._month_end = 0.0
+        self._day = self._month = 0
+
+    def periods(self, now: float) -> tuple[int, int, float, float]:
+        """(day id, month id, seconds to UTC midnight, seconds to the first of next month)."""
+        if not self._start <= now < self._end:
+            self._day, self._month = day_id(now), month_id(now)
+            self._end = now + seconds_to_midnight(now)
+            self._start = self._end - 86400.0
+            self._month_end = now + seconds_to_month_end(now)
+        return self._day, self._month, self._end - now, self._month_end - now
+
+
 def day_text(day: int) -> str:
     """20261122 → "2026-11-22"."""
     return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"

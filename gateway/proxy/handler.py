@@ -31,6 +31,7 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.limits.limiter import Ticket
@@ -57,18 +58,23 @@ async def read_request_body(request: web.Request, limit: int, idle: float = 10.0
     )
     if length is not None and length > limit:
         raise too_large
+    content = request.content
     parts: list[bytes] = []
     size = 0
     while True:
-        try:
-            async with asyncio.timeout(idle):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"The request body stalled for {idle:g} s; send it without pauses."
-            ) from None
+        chunk = content.read_nowait()  # a small body is usually here already: no timer needed
         if not chunk:
-            return b"".join(parts)
+            if content.at_eof():
+                return b"".join(parts)
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"The request body stalled for {idle:g} s; send it without pauses."
+                ) from None
+            if not chunk:
+                return b"".join(parts)
         size += len(chunk)
         if size > limit:
             raise too_large
@@ -240,20 +246,28 @@ class ChatHandler:
         self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         headers = forward_headers(request.headers, upstream, ex.request_id)
-        response = await self.rt.client.post(
-            upstream, self.rt.client.chat_url(upstream), payload, headers
-        )
-        if response.status >= 500 or response.status == 429:
-            response.close()
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
-            )
-        if response.status != 200 or not ex.stream:
-            return response, b""
-        try:
-            first = await read_chunk(response, upstream, upstream.timeouts.first_byte)
+        client, url = self.rt.client, self.rt.client.chat_url(upstream)
+        if not ex.stream:
+            return _usable(upstream, await client.post(upstream, url, payload, headers)), b""
+        response = None
+        try:  # one timer for the head and the first chunk: the time to first token
+            async with asyncio.timeout(upstream.timeouts.first_byte):
+                response = _usable(
+                    upstream, await client.post(upstream, url, payload, headers, stream=True)
+                )
+                if response.status != 200:
+                    return response, b""
+                first = await read_chunk(response, upstream)
+        except TimeoutError:
+            if response is not None:
+                response.close()
+            raise UpstreamTimeout(
+                f"Upstream '{upstream.name}' sent nothing within "
+                f"{upstream.timeouts.first_byte:g} s."
+            ) from None
         except GatewayError:
-            response.close()
+            if response is not None:
+                response.close()
             raise
         ex.ttft = self.rt.clock.monotonic() - ex.started
         return response, first
@@ -335,14 +349,20 @@ class ChatHandler:
     ) -> None:
         splitter = SSESplitter()
         idle = upstream.timeouts.idle
+        loop = asyncio.get_running_loop()
         try:
-            while chunk:
-                events = splitter.feed(chunk)
-                if events:
-                    out = relay.relay(events)
-                    if out:
-                        await client.write(out)
-                chunk = await read_chunk(response, upstream, idle)
+            # One timer for the whole relay, armed only while waiting on the upstream (a slow
+            # client's backpressure is not the upstream's silence).
+            async with asyncio.timeout(None) as timer:
+                while chunk:
+                    events = splitter.feed(chunk)
+                    if events:
+                        out = relay.relay(events)
+                        if out:
+                            await client.write(out)
+                    timer.reschedule(loop.time() + idle)
+                    chunk = await read_chunk(response, upstream)
+                    timer.reschedule(None)
             if not relay.done:
                 raise UpstreamUnavailable(
                     f"Upstream '{upstream.name}' ended the stream before it was complete."
@@ -350,13 +370,44 @@ class ChatHandler:
             tail = relay.finish()
             if tail:
                 await client.write(tail)
+        except TimeoutError:
+            await self._stream_failed(
+                ex,
+                client,
+                relay,
+                upstream,
+                UpstreamTimeout(
+                    f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the "
+                    "answer."
+                ),
+            )
         except GatewayError as err:
-            # The head is sent: the client learns of the failure from an error event and
-            # the missing [DONE], never from a status.
-            self._failed(upstream)
-            ex.error = True
-            await client.write(relay.error(err))
+            await self._stream_failed(ex, client, relay, upstream, err)
         await client.write_eof()
+
+    async def _stream_failed(
+        self,
+        ex: Exchange,
+        client: web.StreamResponse,
+        relay: Relay,
+        upstream: Upstream,
+        err: GatewayError,
+    ) -> None:
+        """The head is sent: the client learns of the failure from an error event and the
+        missing [DONE], never from a status."""
+        self._failed(upstream)
+        ex.error = True
+        await client.write(relay.error(err))
+
+
+def _usable(upstream: Upstream, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
+    if response.status >= 500 or response.status == 429:
+        response.close()
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
+        )
+    return response
 
 
 async def _last_words(client: web.StreamResponse, relay: Relay) -> None:

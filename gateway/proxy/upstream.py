@@ -2,8 +2,13 @@
 the one boundary where aiohttp's client errors become ``GatewayError``s.
 
 Timeouts: ``connect`` for the TCP connect; ``first_byte`` for the answer's head *and* its first
-body chunk (the time to first token of a stream); ``idle`` between later chunks. There is no total
-cap: a stream may run as long as it keeps producing.
+body chunk (the time to first token of a stream); ``idle`` between later chunks of a stream. There
+is no total cap: a stream may run as long as it keeps producing.
+
+A non-streamed answer is one wait, so aiohttp's own read timer (``sock_read = first_byte``,
+re-armed by each piece of data) bounds it, which costs far less than a timer object per request.
+Streams are bounded by the relay (``proxy.handler``): one timer for the head and first chunk, one
+rescheduled per chunk after that.
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ class UpstreamClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, float], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[tuple[float, float, bool], aiohttp.ClientTimeout] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
@@ -93,12 +98,17 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    def _timeout(self, upstream: Upstream) -> aiohttp.ClientTimeout:
-        key = (upstream.timeouts.connect, upstream.timeouts.idle)
+    def _timeout(self, upstream: Upstream, stream: bool) -> aiohttp.ClientTimeout:
+        key = (upstream.timeouts.connect, upstream.timeouts.first_byte, stream)
         timeout = self._timeouts.get(key)
         if timeout is None:
             connect = upstream.timeouts.connect
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect, connect=connect)
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=connect,
+                connect=connect,
+                sock_read=None if stream else upstream.timeouts.first_byte,
+            )
             self._timeouts[key] = timeout
         return timeout
 
@@ -110,18 +120,22 @@ class UpstreamClient:
         return upstream.url + "/v1/chat/completions"
 
     async def post(
-        self, upstream: Upstream, url: str, body: bytes, headers: dict[str, str]
+        self,
+        upstream: Upstream,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool = False,
     ) -> aiohttp.ClientResponse:
-        """POST and wait for the answer's head, within the upstream's first-byte timeout."""
+        """POST and wait for the answer's head (a stream's caller bounds the wait itself)."""
         try:
-            async with asyncio.timeout(upstream.timeouts.first_byte):
-                return await self.session.post(
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._timeout(upstream),
-                    allow_redirects=False,
-                )
+            return await self.session.post(
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout(upstream, stream),
+                allow_redirects=False,
+            )
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable(
                 f"Upstream '{upstream.name}' refused the connection; try again shortly."
@@ -142,15 +156,10 @@ class UpstreamClient:
             ) from exc
 
 
-async def read_chunk(response: aiohttp.ClientResponse, upstream: Upstream, wait: float) -> bytes:
-    """The next piece of the answer's body (``b""`` at its end), within ``wait`` seconds."""
+async def read_chunk(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
+    """The next piece of a streamed answer (``b""`` at its end); the caller bounds the wait."""
     try:
-        async with asyncio.timeout(wait):
-            return await response.content.readany()
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"Upstream '{upstream.name}' went silent for {wait:g} s in the middle of the answer."
-        ) from exc
+        return await response.content.readany()
     except (aiohttp.ClientError, ConnectionError) as exc:
         raise UpstreamUnavailable(
             f"Upstream '{upstream.name}' broke off the answer; try again."
@@ -158,10 +167,9 @@ async def read_chunk(response: aiohttp.ClientResponse, upstream: Upstream, wait:
 
 
 async def read_body(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
-    """The whole (non-streamed) answer body, with the idle timeout for its transfer."""
+    """The whole (non-streamed) answer body; aiohttp's read timer bounds each silence."""
     try:
-        async with asyncio.timeout(upstream.timeouts.idle):
-            return await response.read()
+        return await response.read()
     except TimeoutError as exc:
         raise UpstreamTimeout(
             f"Upstream '{upstream.name}' stalled while sending its answer."

@@ -47,6 +47,7 @@ class _Check:
 class MemoryStore:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
+        self._calendar = windows.Calendar()
         self._keys: dict[str, KeyRecord] = {}
         self._by_hash: dict[str, str] = {}
         self._plans: dict[str, str] = {}
@@ -152,8 +153,7 @@ class MemoryStore:
 
     async def admit(self, admission: Admission) -> Verdict:
         a, now = admission, self._clock.time()
-        day, month = windows.day_id(now), windows.month_id(now)
-        to_midnight, to_month = windows.seconds_to_midnight(now), windows.seconds_to_month_end(now)
+        day, month, to_midnight, to_month = self._calendar.periods(now)
         leases = self._leases_of(a.key_id, now)
         concurrency = None
         if a.concurrency is not None:
@@ -171,7 +171,7 @@ class MemoryStore:
         refused = next((c for c in checks if c is not None and not c.fits), None)
         if refused is None:
             self._take(a, now, day, month, leases)
-        return self._verdict(a, refused, now, day, month)
+        return self._verdict(a, refused, now, day, month, to_midnight, to_month)
 
     def _take(
         self, a: Admission, now: float, day: int, month: int, leases: dict[str, float]
@@ -189,7 +189,14 @@ class MemoryStore:
             self._counters[scope] = (period, self._tokens(scope, period) + a.reserve)
 
     def _verdict(
-        self, a: Admission, refused: _Check | None, now: float, day: int, month: int
+        self,
+        a: Admission,
+        refused: _Check | None,
+        now: float,
+        day: int,
+        month: int,
+        to_midnight: float,
+        to_month: float,
     ) -> Verdict:
         req_limit, req_scope = (a.rpm, f"k:{a.key_id}") if a.rpm else (a.plan_rpm, f"o:{a.owner}")
         req_remaining = req_reset = None
@@ -200,9 +207,9 @@ class MemoryStore:
         tokens = [
             (limit - self._tokens(scope, period), limit, until)
             for limit, scope, period, until in (
-                (a.daily, f"kd:{a.key_id}", day, windows.seconds_to_midnight(now)),
-                (a.monthly, f"km:{a.key_id}", month, windows.seconds_to_month_end(now)),
-                (a.plan_monthly, f"om:{a.owner}", month, windows.seconds_to_month_end(now)),
+                (a.daily, f"kd:{a.key_id}", day, to_midnight),
+                (a.monthly, f"km:{a.key_id}", month, to_month),
+                (a.plan_monthly, f"om:{a.owner}", month, to_month),
             )
             if limit is not None
         ]
@@ -240,7 +247,7 @@ class MemoryStore:
                 self._counters[scope] = (period, max(0, stored[1] + delta))
         finished = s.finished_at or now
         row = self._usage.setdefault(
-            (a.owner, a.key_id, windows.day_id(finished), s.model), _Usage()
+            (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model), _Usage()
         )
         row.requests += 1
         row.prompt += s.prompt_tokens

@@ -6,6 +6,8 @@ Never a secret, never a body: only the ``Exchange``'s fields.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from gateway.logs import AccessLog
@@ -23,22 +25,39 @@ class Observer:
     def __init__(self, metrics: Metrics, access: AccessLog | None) -> None:
         self.metrics = metrics
         self.access = access
+        # Labelled children by label values: ``labels()`` costs a lock and a tuple each time.
+        self._counted: dict[tuple[str, str, int, str], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+        self._tokens: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
     def done(self, request: web.Request, ex: Exchange, status: int, duration: float) -> None:
         route = route_of(request)
         dialect = "anthropic" if ex.anthropic else "openai"
         model = ex.model or ""
         m = self.metrics
-        m.requests.labels(route, model, str(status), dialect).inc()
-        m.duration.labels(route, dialect).observe(duration)
+        key = (route, model, status, dialect)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = m.requests.labels(route, model, str(status), dialect)
+        counter.inc()
+        timer = self._timed.get((route, dialect))
+        if timer is None:
+            timer = self._timed[(route, dialect)] = m.duration.labels(route, dialect)
+        timer.observe(duration)
         if ex.refusal is not None:
             m.refusals.labels(ex.refusal).inc()
         if ex.ttft is not None and ex.upstream is not None:
             m.ttft.labels(model, ex.upstream).observe(ex.ttft)
         if ex.prompt_tokens or ex.completion_tokens:
-            estimated = "true" if ex.estimated else "false"
-            m.tokens.labels(model, "prompt", estimated).inc(ex.prompt_tokens)
-            m.tokens.labels(model, "completion", estimated).inc(ex.completion_tokens)
+            tokens = self._tokens.get((model, ex.estimated))
+            if tokens is None:
+                estimated = "true" if ex.estimated else "false"
+                tokens = self._tokens[(model, ex.estimated)] = (
+                    m.tokens.labels(model, "prompt", estimated),
+                    m.tokens.labels(model, "completion", estimated),
+                )
+            tokens[0].inc(ex.prompt_tokens)
+            tokens[1].inc(ex.completion_tokens)
         if self.access is not None:
             self.access.write(self._line(request, ex, route, status, duration))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.limits import windows
 
@@ -40,3 +42,13 @@ def test_retry_seconds_round_up_to_at_least_one(seconds: float, after: int) -> N
 def test_days_back() -> None:
     assert windows.days_back(at("2026-03-01T10:00:00"), 3) == [20260227, 20260228, 20260301]
     assert windows.day_text(20260301) == "2026-03-01"
+
+
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_the_calendar_cache_agrees_with_the_functions(epoch: float) -> None:
+    calendar = windows.Calendar()
+    for t in (epoch, epoch + 0.5, epoch + 86400 * 40, epoch - 3600):  # forward, back, far
+        day, month, to_midnight, to_month = calendar.periods(t)
+        assert (day, month) == (windows.day_id(t), windows.month_id(t))
+        assert to_midnight == pytest.approx(windows.seconds_to_midnight(t), abs=1e-6)
+        assert to_month == pytest.approx(windows.seconds_to_month_end(t), abs=1e-6)
