@@ -42,7 +42,7 @@ def build_runtime(
     metrics = Metrics()
     limiter = Limiter(store, config, clock)
     keys.on_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
-    limiter.on_store_error = lambda op: metrics.store_errors.labels(op).inc()
+    limiter.on_store_error = keys.on_store_error = lambda op: metrics.store_errors.labels(op).inc()
     return Runtime(
         config=config,
         router=Router(config, created=int(clock.time())),
@@ -67,7 +67,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
     await runtime.store.subscribe(broadcast)
     await runtime.limiter.start()
+
+    async def gauges() -> None:
+        # Every process keeps its own gauges current: with several workers a scrape reaches
+        # one of them, and the shared multiprocess view sums (or mins) what all have written.
+        while True:
+            admin.refresh_gauges(runtime)
+            await asyncio.sleep(1.0)
+
+    refresher = asyncio.create_task(gauges())
     yield
+    refresher.cancel()
     await runtime.limiter.stop()
     await runtime.store.close()
 

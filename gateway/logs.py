@@ -47,17 +47,20 @@ class AccessLog:
     rest of the line."""
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
-        self._out = stream if stream is not None else sys.stderr.buffer
+        self._out = stream  # None: whatever sys.stderr is at the time of writing
+
+    def _stream(self) -> IO[bytes]:
+        return self._out if self._out is not None else sys.stderr.buffer
 
     def write(self, entry: dict[str, Any]) -> None:
         now = time.time()
         entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + (
             f".{int(now % 1 * 1000):03d}Z"
         )
-        self._out.write(orjson.dumps(entry) + b"\n")
+        self._stream().write(orjson.dumps(entry) + b"\n")
 
     def flush(self) -> None:
         try:
-            self._out.flush()
+            self._stream().flush()
         except (OSError, ValueError):
             pass  # a closed stream at exit is not worth a traceback

@@ -130,7 +130,8 @@ async def start(
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        # reuse_port: each gateway worker process may start its own copy on the same port.
+        await web.TCPSite(runner, host, port, reuse_port=port != 0).start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 
@@ -17,7 +18,8 @@ from aiohttp import web
 
 from gateway.app import build_runtime, create_admin_app, create_app
 from gateway.clock import Clock
-from gateway.config.reload import Reloader
+from gateway.config.load import ConfigError, load_file
+from gateway.config.reload import Outcome, Reloader, restart_needed
 from gateway.config.schema import Config
 from gateway.runtime import Runtime
 from gateway.web.protocol import QuietAppRunner
@@ -110,7 +112,9 @@ class Server:
             self.runtime.apply,
             lambda ok: metrics.reloads.labels("ok" if ok else "failed").inc(),
         )
-        self.runtime.reload = self.reloader.reload
+        self.runtime.reload = (
+            self.reloader.reload if config.listen.workers <= 1 else (self._reload_every_worker)
+        )
         self.reloader.watch()  # a source that is not a file (tests) never changes
 
     async def _issue_demo_key(self) -> None:
@@ -145,6 +149,18 @@ class Server:
             await self._close()
         finally:
             deadline.cancel()
+
+    async def _reload_every_worker(self, trigger: str) -> Outcome:
+        """Several workers: validate here, then SIGHUP the supervisor, which passes it to every
+        worker (this one included), so all of them swap the same file in."""
+        assert self.reloader is not None
+        try:
+            new = await asyncio.to_thread(load_file, self.reloader.current.source)
+        except ConfigError as exc:
+            self.runtime.metrics.reloads.labels("failed").inc()
+            return Outcome(False, exc.errors)
+        os.kill(os.getppid(), signal.SIGHUP)
+        return Outcome(True, [], restart_needed(self.reloader.current, new))
 
     def _end_streams(self) -> None:
         """The drain time is over: streams still relaying are ended with an error event (the

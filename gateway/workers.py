@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -75,9 +76,26 @@ def _supervise(config: Config, workers: int) -> int:
         except ChildProcessError:
             break
         children.discard(pid)
+        _forget_metrics_of(pid)
         if not stopping:
             failed += 1
             log.error("worker exited; starting another", extra={"pid": pid, "status": status})
             time.sleep(min(5.0, 0.1 * failed))  # a crash loop must not spin the CPU
-            children.add(_spawn(config))
+            if not stopping:  # a SIGTERM during the pause: do not start a worker nobody stops
+                children.add(_spawn(config))
+    _remove_metrics_dir()
     return 0
+
+
+def _forget_metrics_of(pid: int) -> None:
+    """A dead worker's live gauges must not count in the shared metrics view any more."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _remove_metrics_dir() -> None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if os.path.basename(directory).startswith("gateway-metrics-"):  # ours, made by `gateway run`
+        shutil.rmtree(directory, ignore_errors=True)

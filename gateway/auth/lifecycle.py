@@ -16,7 +16,7 @@ from gateway.auth.ip import parse_allowlist
 from gateway.auth.service import KeyService
 from gateway.config.schema import PERMISSIONS
 from gateway.errors import BadRequest, Conflict, NotFound, StoreUnavailable
-from gateway.records import KeyRecord, from_iso
+from gateway.records import KeyRecord, UsageDay, from_iso
 from gateway.store.base import KeyExists, StoreError
 
 T = TypeVar("T")
@@ -39,14 +39,6 @@ _EDITABLE = {
 MAX_DAYS = 3650
 
 
-async def guarded(call: Awaitable[T]) -> T:
-    """A store call, its failure as the client sees it."""
-    try:
-        return await call
-    except StoreError:
-        raise StoreUnavailable("The key store is unavailable; try again shortly.") from None
-
-
 class KeyLifecycle:
     def __init__(
         self, service: KeyService, random_bytes: Callable[[int], bytes] = os.urandom
@@ -55,18 +47,29 @@ class KeyLifecycle:
         self.store = service.store
         self.random_bytes = random_bytes
 
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """A store call, its failure as the client sees it (and counted)."""
+        try:
+            return await call
+        except StoreError:
+            self.service.on_store_error("keys_api")
+            raise StoreUnavailable("The key store is unavailable; try again shortly.") from None
+
     @property
     def now(self) -> float:
         return self.service.clock.time()
 
     # -- reading ----------------------------------------------------------------------------
+    async def usage(self, owner: str, key_ids: list[str], first: int, last: int) -> list[UsageDay]:
+        return await self._guarded(self.store.usage(owner, key_ids, first, last))
+
     async def list(self, owner: str) -> list[KeyRecord]:
-        stored = await guarded(self.store.list_keys(owner))
+        stored = await self._guarded(self.store.list_keys(owner))
         declared = [r for r in self.service.static.values() if r.owner == owner]
         return sorted(stored, key=lambda r: (r.created_at, r.id), reverse=True) + declared
 
     async def get(self, owner: str | None, key_id: str) -> KeyRecord:
-        record = await guarded(self.store.get_key(key_id))
+        record = await self._guarded(self.store.get_key(key_id))
         if record is None:
             record = next((r for r in self.service.static.values() if r.id == key_id), None)
         if record is None or (owner is not None and record.owner != owner):
@@ -117,9 +120,9 @@ class KeyLifecycle:
                 **fields,
             )
             try:
-                inserted = await guarded(self.store.insert_key(record, plan.max_keys))
+                inserted = await self._guarded(self.store.insert_key(record, plan.max_keys))
             except KeyExists:
-                taken = await guarded(self.store.get_key_by_hash(key_hash))
+                taken = await self._guarded(self.store.get_key_by_hash(key_hash))
                 if imported and taken is not None:
                     raise Conflict(
                         "A key with this sha256 exists already.", code="key_exists"
@@ -139,13 +142,13 @@ class KeyLifecycle:
         _no_unknown(body, _EDITABLE)
         record = await self._mutable(owner, key_id)
         updated = record.evolve(updated_at=self.now, **self._fields(body, partial=True))
-        await guarded(self.store.replace_key(updated))
+        await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
         return updated
 
     async def delete(self, owner: str | None, key_id: str) -> None:
         record = await self._mutable(owner, key_id)
-        await guarded(self.store.delete_key(record))
+        await self._guarded(self.store.delete_key(record))
         await self._announce(record.key_hash)
 
     async def regenerate(self, owner: str | None, key_id: str) -> tuple[KeyRecord, str]:
@@ -157,7 +160,7 @@ class KeyLifecycle:
             updated_at=self.now,
             key_prefix=keys.display_prefix(prefix, record.id),
         )
-        await guarded(self.store.replace_key(updated, old_hash=record.key_hash))
+        await self._guarded(self.store.replace_key(updated, old_hash=record.key_hash))
         await self._announce(record.key_hash)
         return updated, full
 
@@ -168,7 +171,7 @@ class KeyLifecycle:
         updated = record.evolve(
             revoked=True, revoked_at=self.now, revoked_reason=reason, updated_at=self.now
         )
-        await guarded(self.store.replace_key(updated))
+        await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
         return updated
 
@@ -183,7 +186,7 @@ class KeyLifecycle:
         updated = record.evolve(
             revoked=False, revoked_at=None, revoked_reason=None, updated_at=self.now
         )
-        await guarded(self.store.replace_key(updated))
+        await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
         return updated
 
@@ -192,13 +195,13 @@ class KeyLifecycle:
             raise BadRequest(
                 f"'plan' must be one of {', '.join(self.service.config.plans)}.", param="plan"
             )
-        await guarded(self.store.set_plan(owner, plan))
+        await self._guarded(self.store.set_plan(owner, plan))
         await self._announce(f"plan:{owner}")  # every process drops its cached plan
         return plan
 
     async def _plan(self, owner: str) -> Any:
         config = self.service.config
-        name = await guarded(self.store.get_plan(owner)) or config.default_plan
+        name = await self._guarded(self.store.get_plan(owner)) or config.default_plan
         return config.plans.get(name) or config.plans[config.default_plan]
 
     async def _announce(self, key_hash: str) -> None:

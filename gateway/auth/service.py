@@ -60,6 +60,7 @@ class KeyService:
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
         self._blocked: dict[str, float] = {}
         self.on_failure: Callable[[str], None] = lambda reason: None
+        self.on_store_error: Callable[[str], None] = lambda op: None
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -132,6 +133,7 @@ class KeyService:
         try:
             record = await self.store.get_key_by_hash(key_hash)
         except StoreError:
+            self.on_store_error("key_lookup")
             if (
                 cached is not None
                 and cached[0] is not None
@@ -152,6 +154,7 @@ class KeyService:
         try:
             count, reset = await self.store.auth_failure(client)
         except StoreError:
+            self.on_store_error("auth_failure")
             return
         if count > limit:
             self._blocked[client] = self.clock.monotonic() + reset

@@ -22,6 +22,7 @@ class Node:
 
     value: Any  # dict[str, Node] | list[Node] | scalar
     line: int
+    text: str | None = None  # a scalar's source text (after ${VAR}), for settings that are text
 
 
 class Invalid(Exception):
@@ -95,15 +96,30 @@ class Obj:
 # --- scalar parsers: each takes a Node and returns a value or raises Invalid -------------------
 
 
+def _plain(value: Any) -> Any:
+    """A located value as plain Python, for messages."""
+    if isinstance(value, Node):
+        return _plain(value.value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = repr(_plain(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def p_str(node: Node) -> str:
-    if isinstance(node.value, bool) or not isinstance(node.value, str | int | float):
-        raise Invalid(f"expected a string, got {_show(node.value)}")
-    return str(node.value)
+    """A text setting takes the scalar as written: an unquoted ``token: 0x1f`` (or a ``${VAR}``
+    that expands to it) is the text "0x1f", not the number 31."""
+    if isinstance(node.value, str):
+        return node.value
+    if node.text is not None and isinstance(node.value, int | float):
+        return node.text
+    raise Invalid(f"expected a string, got {_show(node.value)}")
 
 
 def p_nonempty(node: Node) -> str:

@@ -72,7 +72,7 @@ def _convert(node: yaml.Node, ctx: Ctx, loader: yaml.SafeLoader, path: str) -> N
         if node.style is None:  # an unquoted value is typed again after substitution
             tag = loader.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
         node = yaml.ScalarNode(tag, text, node.start_mark, node.end_mark, node.style)
-    return Node(loader.construct_object(node, deep=True), line)
+    return Node(loader.construct_object(node, deep=True), line, node.value)
 
 
 def parse_text(text: str, source: str, env: Mapping[str, str] | None = None) -> Config:

@@ -34,6 +34,14 @@ class Outcome:
         return {"ok": self.ok, "errors": self.errors, "restartRequired": self.restart_required}
 
 
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The changed settings a reload cannot apply to sockets and connections already made."""
+    restart = [name for name in RESTART_SECTIONS if getattr(new, name) != getattr(old, name)]
+    if {r.prefix for r in new.routes} != {r.prefix for r in old.routes}:
+        restart.append("routes (new or removed prefixes)")
+    return restart
+
+
 def _fingerprint(path: str) -> tuple[float, int] | None:
     try:
         stat = os.stat(path)

@@ -92,6 +92,9 @@ class Buffer:
         return len(self.items) + self.writing
 
     def add(self, item: Settlement) -> None:
+        if self.limit <= 0:  # buffer_max: 0 keeps nothing: the record is lost, and counted
+            self.dropped += 1
+            return
         if len(self.items) >= self.limit:
             self.items.popleft()
             self.dropped += 1
@@ -139,8 +142,10 @@ class Limiter:
         if cached is not None and cached[1] > now:
             return cached[0]
         name = None
-        with contextlib.suppress(StoreError):
+        try:
             name = await self.store.get_plan(owner)
+        except StoreError:
+            self.on_store_error("plan")
         plans = self.config.plans
         plan = plans.get(name or self.config.default_plan) or plans[self.config.default_plan]
         self._plans[owner] = (plan, now + PLAN_TTL)
@@ -259,5 +264,7 @@ class Limiter:
                 if t.started < old and t.admission.concurrency is not None
             ]
             if due:
-                with contextlib.suppress(StoreError):
+                try:
                     await self.store.renew_leases(due)
+                except StoreError:
+                    self.on_store_error("renew")

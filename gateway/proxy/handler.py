@@ -53,11 +53,8 @@ async def read_request_body(request: web.Request, limit: int, idle: float = 10.0
     """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too) and
     with 408 when the client stalls for ``idle`` seconds (a slow-body attack)."""
     length = request.content_length
-    too_large = PayloadTooLarge(
-        f"The request body is larger than the limit of {limit} bytes; send a smaller request."
-    )
     if length is not None and length > limit:
-        raise too_large
+        raise _too_large(limit)
     content = request.content
     parts: list[bytes] = []
     size = 0
@@ -77,8 +74,14 @@ async def read_request_body(request: web.Request, limit: int, idle: float = 10.0
                 return b"".join(parts)
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         parts.append(chunk)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than the limit of {limit} bytes; send a smaller request."
+    )
 
 
 def parse_json(raw: bytes) -> object:
@@ -101,9 +104,7 @@ class ChatHandler:
         rt = self.rt
         network = rt.config.network
         # The path and header already tell the dialect of a refusal before the body is read.
-        ex.anthropic = anthropic.is_anthropic(
-            request.path, "anthropic-version" in request.headers, None
-        )
+        ex.anthropic = ex.anthropic or request.path.endswith("/messages")
         raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
         try:
             parsed: object = orjson.loads(raw)

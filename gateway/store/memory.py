@@ -129,9 +129,12 @@ class MemoryStore:
         return _Check(reason, False, leaving + windows.RPM_WINDOW - now)
 
     def _leases_of(self, key_id: str, now: float) -> dict[str, float]:
-        leases = self._leases.setdefault(key_id, {})
-        for rid in [r for r, until in leases.items() if until <= now]:
-            del leases[rid]
+        leases = self._leases.get(key_id)
+        if leases is None:
+            leases = self._leases[key_id] = {}
+        elif leases:
+            for rid in [r for r, until in leases.items() if until <= now]:
+                del leases[rid]
         return leases
 
     def _tokens(self, scope: str, period: int) -> int:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.metrics import CONTENT_TYPE
 from gateway.runtime import Runtime
+from gateway.store.base import StoreError
 from gateway.web.respond import json_response
 
 
@@ -18,6 +19,11 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
 
     async def readyz(request: web.Request) -> web.StreamResponse:
         problems = readiness_problems(runtime)
+        try:
+            await runtime.store.ping()
+        except StoreError:
+            runtime.keys.on_store_error("ping")
+            problems.append("store: unreachable")
         if problems:
             return json_response({"status": "unready", "problems": problems}, status=503)
         return json_response({"status": "ready"})

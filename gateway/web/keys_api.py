@@ -27,7 +27,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.auth.lifecycle import guarded
 from gateway.errors import BadRequest, Forbidden
 from gateway.limits import windows
 from gateway.proxy.access import authenticate
@@ -153,7 +152,7 @@ class KeyRoutes:
         return json_response(out, status=status)
 
     async def _usage(self, owner: str, key_ids: list[str], days: list[int]) -> list[UsageDay]:
-        return await guarded(self.rt.store.usage(owner, key_ids, days[0], days[-1]))
+        return await self.rt.lifecycle.usage(owner, key_ids, days[0], days[-1])
 
     # -- keys -----------------------------------------------------------------------------------
     async def list_keys(self, request: web.Request) -> web.StreamResponse:

@@ -137,6 +137,7 @@ def on_prepare(
         ex = request.get(EXCHANGE)
         headers = response.headers
         headers["X-Request-ID"] = ex.request_id if ex is not None else ids.new()
+        headers["Server"] = "llm-gateway"  # not aiohttp's, which names its exact version
         settings = network()
         if settings.security_headers:
             headers.update(_SECURITY)

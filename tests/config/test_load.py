@@ -230,3 +230,15 @@ def test_check_command_exit_codes(tmp_path: object, capsys: pytest.CaptureFixtur
         "or redis+cluster://",
     ]
     assert main(["check", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_text_settings_keep_what_was_written() -> None:
+    """An unquoted value that YAML would read as a number stays text where text is expected."""
+    text = GOOD + "admin:\n  token: ${TOKEN}\nupstreams:\n  a: {url: 'http://x:1', api_key: 0x1f}\n"
+    text = text.replace('upstreams:\n  a: {url: "http://127.0.0.1:8000"}\n', "", 1)
+    config = parse_text(text, "f.yaml", {"TOKEN": "0x1f"})
+    assert config.admin.token == "0x1f"
+    assert config.upstreams["a"].api_key == "0x1f"
+    assert errors_of("admin: {token: [1, {a: 2}]}\n") == [
+        "f.yaml:1: admin.token: expected a string, got [1, {'a': 2}]"
+    ]
