@@ -213,7 +213,7 @@ class ChatHandler:
     async def _open(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
     ) -> tuple[Upstream, aiohttp.ClientResponse, bytes]:
-        """An answering upstream, its response and (for streams) the first body chunk.
+        """An answering upstream, its response and the whole body (a stream: its first chunk).
 
         A failure before any byte reached the client is retried once on another upstream.
         """
@@ -248,9 +248,13 @@ class ChatHandler:
     ) -> tuple[aiohttp.ClientResponse, bytes]:
         headers = forward_headers(request.headers, upstream, ex.request_id)
         client, url = self.rt.client, self.rt.client.chat_url(upstream)
-        if not ex.stream:
-            return _usable(upstream, await client.post(upstream, url, payload, headers)), b""
-        response = None
+        if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
+            answer = _usable(upstream, await client.post(upstream, url, payload, headers))
+            try:
+                return answer, await read_body(answer, upstream)
+            finally:
+                answer.release()
+        response: aiohttp.ClientResponse | None = None
         try:  # one timer for the head and the first chunk: the time to first token
             async with asyncio.timeout(upstream.timeouts.first_byte):
                 response = _usable(
@@ -276,12 +280,8 @@ class ChatHandler:
     async def _complete(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
     ) -> web.StreamResponse:
-        upstream, response, _ = await self._open(request, ex, route, payload)
-        try:
-            raw = await read_body(response, upstream)
-        finally:
-            response.release()
-            self.rt.balancer.release(upstream)
+        upstream, response, raw = await self._open(request, ex, route, payload)
+        self.rt.balancer.release(upstream)
         if response.status != 200:
             return upstream_error(ex, response.status, raw)
         try:
