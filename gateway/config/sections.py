@@ -7,6 +7,7 @@ whatever the errors (the loader raises if any were collected).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -130,7 +131,7 @@ def _listen(o: Obj) -> Listen:
     tls_obj = o.obj("tls") if o.has("tls") and o.items["tls"].value is not None else None
     tls = None
     if tls_obj is not None:
-        tls = Tls(tls_obj.need("cert", lp.p_nonempty, ""), tls_obj.need("key", lp.p_nonempty, ""))
+        tls = Tls(tls_obj.need("cert", _readable, ""), tls_obj.need("key", _readable, ""))
         tls_obj.done()
     else:
         o.node("tls")
@@ -143,6 +144,15 @@ def _listen(o: Obj) -> Listen:
     )
     o.done()
     return out
+
+
+def _readable(node: Node) -> str:
+    path = lp.p_nonempty(node)
+    if not os.path.isfile(path):
+        raise lp.Invalid(f"{path!r} not found (a PEM file)")
+    if not os.access(path, os.R_OK):
+        raise lp.Invalid(f"{path!r} is not readable by this user")
+    return str(path)
 
 
 def _admin(o: Obj) -> Admin:
