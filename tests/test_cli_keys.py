@@ -211,3 +211,22 @@ async def test_no_full_key_appears_outside_create_and_regenerate(
         assert key not in everything
         assert sha256_hex(key) not in everything
     assert third in issuing[0] and fourth in issuing[1]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_the_readme_flow_on_both_stores(
+    gateway_factory: GatewayFactory,
+    mock: tuple[int, Any],
+    store: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Create a key with the CLI, call through the openai SDK, revoke it, see the next call
+    refused: on the memory store and on Redis."""
+    url = "memory://" if store == "memory" else request.getfixturevalue("redis_url")
+    server = await gateway_factory(config(mock[0], f"store: {{url: '{url}'}}\n"))
+    (key,) = KEY.findall(await keys(server, "create", "--owner", "readme", "--name", "first"))
+    assert await chat(server, key)
+    await keys(server, "revoke", key.split("_")[2], "--reason", "done with it")
+    with pytest.raises(openai.AuthenticationError) as refused:
+        await chat(server, key)
+    assert refused.value.code == "key_revoked"

@@ -76,15 +76,12 @@ def admin(server: Server) -> Callable[..., Awaitable[Reply]]:
 
 def config(mock_port: int, extra: str = "") -> str:
     """Two models on the mock worker, an admin token, and room for many failed auths."""
-    text = gateway_yaml(
+    return gateway_yaml(
         {"mock": f"http://127.0.0.1:{mock_port}"},
         {"mock-model": {"upstreams": ["mock"]}, "other-model": {"upstreams": ["mock"]}},
-        extra="auth: {max_failures_per_minute: 1000}\n",
+        extra="auth: {max_failures_per_minute: 1000}\n" + extra,
+        admin_token=ADMIN_TOKEN,
     )
-    plain = "admin: {host: 127.0.0.1, port: 0}"
-    assert plain in text
-    # appended after: gateway_yaml drops the test key when its extra has "keys:" (max_keys:)
-    return text.replace(plain, f"admin: {{host: 127.0.0.1, port: 0, token: {ADMIN_TOKEN}}}") + extra
 
 
 async def chat(server: Server, key: str, model: str = "mock-model") -> str:
