@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from gateway.limits.limiter import Limiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.netaddr import peer_is_trusted
+from gateway.periodic import Periodic
 from gateway.proxy.upstream import UpstreamClient, probe
 from gateway.routing.balancer import Balancer
 from gateway.routing.health import HealthChecker
@@ -68,16 +68,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await runtime.store.subscribe(broadcast)
     await runtime.limiter.start()
 
-    async def gauges() -> None:
-        # Every process keeps its own gauges current: with several workers a scrape reaches
-        # one of them, and the shared multiprocess view sums (or mins) what all have written.
-        while True:
-            admin.refresh_gauges(runtime)
-            await asyncio.sleep(1.0)
-
-    refresher = asyncio.create_task(gauges())
+    # Every process keeps its own gauges current: with several workers a scrape reaches one of
+    # them, and the shared multiprocess view sums (or mins) what all of them have written.
+    gauges = Periodic(1.0, lambda: admin.refresh_gauges(runtime)).start()
     yield
-    refresher.cancel()
+    await gauges.stop()
     await runtime.limiter.stop()
     await runtime.store.close()
 
@@ -99,14 +94,9 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[None]]:
     async def flush_every_second(app: web.Application) -> AsyncIterator[None]:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                access.flush()
-
-        task = asyncio.create_task(loop())
+        flushes = Periodic(1.0, access.flush).start()
         yield
-        task.cancel()
+        await flushes.stop()
         access.flush()
 
     return flush_every_second

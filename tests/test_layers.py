@@ -24,6 +24,8 @@ PURE = {
     "gateway.config.fields",
     "gateway.auth",
     "gateway.auth.keys",
+    "gateway.auth.ip",
+    "gateway.records",
     "gateway.limits",
     "gateway.limits.windows",
     "gateway.routing",

@@ -10,7 +10,6 @@ restart; a reload that changes them applies the rest and names them in ``restart
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gateway.config.load import ConfigError, load_file
 from gateway.config.schema import Config
+from gateway.periodic import Periodic
 
 log = logging.getLogger("gateway.reload")
 
@@ -62,7 +62,7 @@ class Reloader:
         self.on_result = on_result
         self._lock = asyncio.Lock()
         self._seen = _fingerprint(current.source)
-        self._task: asyncio.Task[None] | None = None
+        self._watch: Periodic | None = None
 
     async def reload(self, trigger: str) -> Outcome:
         async with self._lock:
@@ -90,18 +90,13 @@ class Reloader:
 
     def watch(self, interval: float = 1.0) -> None:
         """Poll the file and reload when it changes."""
+        self._watch = Periodic(interval, self._check_file).start()
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval)
-                seen = _fingerprint(self.current.source)
-                if seen is not None and seen != self._seen:
-                    await self.reload("file")
-
-        self._task = asyncio.create_task(loop())
+    async def _check_file(self) -> None:
+        seen = _fingerprint(self.current.source)
+        if seen is not None and seen != self._seen:
+            await self.reload("file")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._watch is not None:
+            await self._watch.stop()

@@ -21,6 +21,7 @@ from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
 from gateway.limits.windows import reset_text
+from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
 from gateway.store.base import LEASE_SECONDS, Store, StoreError
 
@@ -123,6 +124,7 @@ class Limiter:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, Ticket] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
 
     def configure(self, config: Config) -> None:
@@ -216,7 +218,8 @@ class Limiter:
 
     # -- background -------------------------------------------------------------------------
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._renewer())]
+        self._tasks = [asyncio.create_task(self._writer())]
+        self._renewals = Periodic(LEASE_SECONDS / 4, self._renew).start()
 
     async def stop(self, flush_seconds: float = 5.0) -> None:
         """Flush what is buffered (bounded by ``flush_seconds``) and stop the tasks."""
@@ -225,6 +228,8 @@ class Limiter:
                 while self.buffer.items:
                     if not await self._write_batch():
                         await asyncio.sleep(0.05)
+        if self._renewals is not None:
+            await self._renewals.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -254,17 +259,16 @@ class Limiter:
         self.buffer.writing = 0
         return True
 
-    async def _renewer(self) -> None:
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 4)
-            old = self.clock.monotonic() - LEASE_SECONDS / 4
-            due = [
-                t.admission
-                for t in self._in_flight.values()
-                if t.started < old and t.admission.concurrency is not None
-            ]
-            if due:
-                try:
-                    await self.store.renew_leases(due)
-                except StoreError:
-                    self.on_store_error("renew")
+    async def _renew(self) -> None:
+        """Leases of requests running for a while (long streams) are extended."""
+        old = self.clock.monotonic() - LEASE_SECONDS / 4
+        due = [
+            t.admission
+            for t in self._in_flight.values()
+            if t.started < old and t.admission.concurrency is not None
+        ]
+        if due:
+            try:
+                await self.store.renew_leases(due)
+            except StoreError:
+                self.on_store_error("renew")

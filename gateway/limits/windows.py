@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
+from gateway.records import Admission, Refusal, Verdict
+
 RPM_WINDOW = 60.0
 
 
@@ -90,3 +92,51 @@ def reset_text(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def verdict_of(
+    a: Admission,
+    refused: Refusal | None,
+    retry_after: float,
+    window: tuple[int, float],
+    used: tuple[int, int, int],
+    periods: tuple[int, int, float, float, float],
+) -> Verdict:
+    """The verdict every store gives, from what it counted.
+
+    ``window``: admissions in the rpm window that applies (the key's, else the plan's) and the
+    time of the oldest; ``used``: tokens counted today, this month for the key and this month
+    for the owner; ``periods``: (day, month, now, seconds to midnight, seconds to month end).
+    The headers report the tightest token limit.
+    """
+    day, month, now, to_midnight, to_month = periods
+    count, oldest = window
+    req_limit = a.rpm if a.rpm else a.plan_rpm
+    remaining = reset = None
+    if req_limit is not None:
+        remaining = max(0, req_limit - count)
+        reset = (oldest + RPM_WINDOW - now) if count else 0.0
+    tokens = [
+        (limit - spent, limit, until)
+        for limit, spent, until in (
+            (a.daily, used[0], to_midnight),
+            (a.monthly, used[1], to_month),
+            (a.plan_monthly, used[2], to_month),
+        )
+        if limit is not None
+    ]
+    tight = min(tokens, default=None)
+    return Verdict(
+        admitted=refused is None,
+        refused=refused,
+        retry_after=retry_seconds(retry_after) if refused else 0,
+        requests_limit=req_limit,
+        requests_remaining=remaining,
+        requests_reset=reset or 0.0,
+        tokens_limit=tight[1] if tight else None,
+        tokens_remaining=max(0, tight[0]) if tight else None,
+        tokens_reset=tight[2] if tight else 0.0,
+        day=day,
+        month=month,
+        now=now,
+    )

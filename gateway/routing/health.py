@@ -8,11 +8,11 @@ The probe itself is a callable given by the HTTP layer, so this module does no I
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from gateway.config.schema import Upstream
+from gateway.periodic import Periodic
 from gateway.routing.balancer import Balancer
 
 log = logging.getLogger("gateway.health")
@@ -43,7 +43,7 @@ class HealthChecker:
         self.upstreams = upstreams
         self.probe = probe
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
+        self._periodic: Periodic | None = None
 
     async def check(self, upstream: Upstream) -> bool:
         for path in probe_paths(upstream):
@@ -61,15 +61,8 @@ class HealthChecker:
                 self.balancer.succeeded(upstream)
 
     def start(self) -> None:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(self.interval)
-                await self.sweep()
-
-        self._task = asyncio.create_task(loop())
+        self._periodic = Periodic(self.interval, self.sweep).start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._periodic is not None:
+            await self._periodic.stop()

@@ -201,35 +201,20 @@ class MemoryStore:
         to_midnight: float,
         to_month: float,
     ) -> Verdict:
-        req_limit, req_scope = (a.rpm, f"k:{a.key_id}") if a.rpm else (a.plan_rpm, f"o:{a.owner}")
-        req_remaining = req_reset = None
-        if req_limit is not None:
-            log = self._log(req_scope, now)
-            req_remaining = max(0, req_limit - len(log))
-            req_reset = (log[0] + windows.RPM_WINDOW - now) if log else 0.0
-        tokens = [
-            (limit - self._tokens(scope, period), limit, until)
-            for limit, scope, period, until in (
-                (a.daily, f"kd:{a.key_id}", day, to_midnight),
-                (a.monthly, f"km:{a.key_id}", month, to_month),
-                (a.plan_monthly, f"om:{a.owner}", month, to_month),
-            )
-            if limit is not None
-        ]
-        tight = min(tokens, default=None)
-        return Verdict(
-            admitted=refused is None,
-            refused=refused.reason if refused else None,
-            retry_after=windows.retry_seconds(refused.retry_after) if refused else 0,
-            requests_limit=req_limit,
-            requests_remaining=req_remaining,
-            requests_reset=req_reset or 0.0,
-            tokens_limit=tight[1] if tight else None,
-            tokens_remaining=max(0, tight[0]) if tight else None,
-            tokens_reset=tight[2] if tight else 0.0,
-            day=day,
-            month=month,
-            now=now,
+        scope = f"k:{a.key_id}" if a.rpm else f"o:{a.owner}"
+        log = self._log(scope, now) if (a.rpm or a.plan_rpm) is not None else deque()
+        used = (
+            self._tokens(f"kd:{a.key_id}", day),
+            self._tokens(f"km:{a.key_id}", month),
+            self._tokens(f"om:{a.owner}", month),
+        )
+        return windows.verdict_of(
+            a,
+            refused.reason if refused else None,
+            refused.retry_after if refused else 0.0,
+            (len(log), log[0] if log else 0.0),
+            used,
+            (day, month, now, to_midnight, to_month),
         )
 
     async def settle(self, settlement: Settlement) -> None:

@@ -106,37 +106,13 @@ def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
 def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
     """The script's reply as the Verdict ``MemoryStore`` would give (same arithmetic)."""
     refused = REFUSALS[int(r[1])]
-    now, to_midnight, to_month = float(r[10]), float(r[11]), float(r[12])
-    req_limit = a.rpm if a.rpm else a.plan_rpm
-    req_remaining = None
-    req_reset = 0.0
-    if req_limit is not None:
-        count = int(r[3])
-        req_remaining = max(0, req_limit - count)
-        req_reset = (float(r[4]) + windows.RPM_WINDOW - now) if count else 0.0
-    tokens = [
-        (limit - int(used), limit, until)
-        for limit, used, until in (
-            (a.daily, r[5], to_midnight),
-            (a.monthly, r[6], to_month),
-            (a.plan_monthly, r[7], to_month),
-        )
-        if limit is not None
-    ]
-    tight = min(tokens, default=None)
-    return Verdict(
-        admitted=refused is None,
-        refused=refused,
-        retry_after=windows.retry_seconds(float(r[2])) if refused else 0,
-        requests_limit=req_limit,
-        requests_remaining=req_remaining,
-        requests_reset=req_reset or 0.0,
-        tokens_limit=tight[1] if tight else None,
-        tokens_remaining=max(0, tight[0]) if tight else None,
-        tokens_reset=tight[2] if tight else 0.0,
-        day=int(r[8]),
-        month=int(r[9]),
-        now=now,
+    return windows.verdict_of(
+        a,
+        refused,
+        float(r[2]),
+        (int(r[3]), float(r[4]) if int(r[3]) else 0.0),  # no entry: no oldest time
+        (int(r[5]), int(r[6]), int(r[7])),
+        (int(r[8]), int(r[9]), float(r[10]), float(r[11]), float(r[12])),
     )
 
 
