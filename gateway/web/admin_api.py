@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from gateway.auth.service import same_token
 from gateway.errors import GatewayError, NotFound, Unauthorized
-from gateway.proxy.handler import read_request_body
+from gateway.proxy.bodies import read_request_body
 from gateway.runtime import Runtime
 from gateway.web.keys_api import (
     MAX_BODY,

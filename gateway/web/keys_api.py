@@ -30,7 +30,7 @@ from aiohttp import web
 from gateway.errors import BadRequest, Forbidden
 from gateway.limits import windows
 from gateway.proxy.access import authenticate
-from gateway.proxy.handler import read_request_body
+from gateway.proxy.bodies import read_request_body
 from gateway.records import KeyRecord, UsageDay
 from gateway.runtime import Runtime
 from gateway.store.base import USAGE_DAYS

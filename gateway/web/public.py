@@ -10,8 +10,9 @@ from aiohttp import web
 from gateway.dialects import anthropic
 from gateway.errors import BadRequest, NotFound
 from gateway.proxy.access import authenticate
+from gateway.proxy.bodies import parse_json, read_request_body
 from gateway.proxy.exchange import EXCHANGE
-from gateway.proxy.handler import ChatHandler, parse_json, read_request_body
+from gateway.proxy.handler import ChatHandler
 from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
 from gateway.web import keys_api
