@@ -251,6 +251,36 @@ class StreamTranslator:
         self._done = True
         return [error_event(error_type, message)]
 
+    def text_delta(self, chunk: dict[str, Any]) -> bytes | None:
+        """The commonest chunk, encoded at once: more text for the text block already open.
+
+        Byte for byte what ``feed`` and ``encode_event`` would give; None when the chunk is
+        anything else (then ``feed`` handles it). Saves most of a stream's translation cost.
+        """
+        if self._open != "text" or self._done or chunk.get("usage") is not None:
+            return None
+        choices = chunk.get("choices")
+        if type(choices) is not list or len(choices) != 1 or "error" in chunk:
+            return None
+        choice = choices[0]
+        if type(choice) is not dict or choice.get("finish_reason") is not None:
+            return None
+        delta = choice.get("delta")
+        if type(delta) is not dict or len(delta) != 1 or choice.get("index", 0) != 0:
+            return None
+        text = delta.get("content")
+        if type(text) is not str or not text:
+            return None
+        return b"".join(
+            (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
+                str(self._blocks - 1).encode(),
+                b',"delta":{"type":"text_delta","text":',
+                orjson.dumps(text),
+                b"}}\n\n",
+            )
+        )
+
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         usage = _usage_of(chunk.get("usage"))
         if usage is not None:

@@ -48,7 +48,7 @@ class AnthropicRelay:
         self.chunks = 0
 
     def relay(self, events: list[bytes]) -> bytes:
-        out: list[tuple[str, dict[str, Any]]] = []
+        parts: list[bytes] = []
         translator = self.translator
         for event in events:
             data = event_data(event)
@@ -60,7 +60,9 @@ class AnthropicRelay:
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
-                out.extend(translator.fail("The upstream sent a stream event that is not JSON."))
+                parts.append(
+                    _encode(translator.fail("The upstream sent a stream event that is not JSON."))
+                )
                 continue
             if not isinstance(chunk, dict):
                 continue
@@ -68,8 +70,9 @@ class AnthropicRelay:
             usage = chunk.get("usage")
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
                 self.usage = usage
-            out.extend(translator.feed(chunk))
-        return _encode(out)
+            fast = translator.text_delta(chunk)
+            parts.append(fast if fast is not None else _encode(translator.feed(chunk)))
+        return b"".join(parts)
 
     def error(self, error: GatewayError) -> bytes:
         return _encode(self.translator.fail(error.message, error.anthropic_type))

@@ -13,7 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects.anthropic import StreamTranslator, Usage, to_anthropic_response
+from gateway.dialects.anthropic import (
+    StreamTranslator,
+    Usage,
+    encode_event,
+    to_anthropic_response,
+)
 
 from .golden import (
     answer,
@@ -314,3 +319,22 @@ def test_any_chunking_accumulates_to_the_whole_answer(
     if not chunks[-1].get("usage"):  # no usage chunk: the counts stay unknown (zero)
         expected["usage"] = final["usage"]
     assert final == expected
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=8))
+def test_the_text_fast_path_is_byte_identical(texts: list[str]) -> None:
+    """``text_delta`` is an optimisation of ``feed`` + ``encode_event``, never a change."""
+    fast, slow = StreamTranslator("m"), StreamTranslator("m")
+    opening = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": "a"}}]}
+    fast.feed(opening)
+    slow.feed(opening)
+    for text in texts:
+        chunk = {
+            "id": "chatcmpl-1",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+        }
+        expected = b"".join(encode_event(name, data) for name, data in slow.feed(chunk))
+        assert fast.text_delta(chunk) == expected
+    assert (
+        fast.text_delta({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}) is None
+    )
