@@ -1,11 +1,20 @@
 -- wrk script: POSTs the benchmark's chat request; done() prints one machine-readable line
--- (latencies in microseconds) that bench/driver.py parses.
+-- (latencies in microseconds) that bench/measure.py parses.
+-- Environment: BENCH_KEY (another key: the governed arms' issued-key sample), BENCH_DELAY_MS
+-- (each connection waits this long after each answer: the soak's paced load).
 wrk.method = "POST"
 wrk.body = '{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
 -- The gateway's bench key (a static key of the generated config; loopback only). Every arm gets
 -- the same request bytes; the others ignore it.
-wrk.headers["Authorization"] = "Bearer sk-bench-loopback-only"
+wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "sk-bench-loopback-only")
+
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  function delay()
+    return pause
+  end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
