@@ -155,7 +155,13 @@ class Limiter:
 
     # -- the request path -------------------------------------------------------------------
     async def admit(
-        self, request_id: str, record: KeyRecord, reserve: int, prompt: int, anthropic: bool
+        self,
+        request_id: str,
+        record: KeyRecord,
+        reserve: int,
+        prompt: int,
+        anthropic: bool,
+        model: str = "",
     ) -> Ticket:
         plan = await self.plan_of(record.owner)
         admission = Admission(
@@ -171,7 +177,7 @@ class Limiter:
             reserve=reserve,
         )
         try:
-            verdict: Verdict | None = await self.store.admit(admission)
+            verdict: Verdict | None = await self._decide(admission, model)
         except StoreError:
             self.on_store_error("admit")
             if self.config.store.on_error == "closed":
@@ -193,6 +199,28 @@ class Limiter:
         ticket = Ticket(admission, verdict, headers, self.clock.monotonic(), prompt)
         self._in_flight[request_id] = ticket
         return ticket
+
+    async def _decide(self, admission: Admission, model: str) -> Verdict:
+        """The store's verdict, even if this request is cancelled meanwhile (its client left):
+        an admission the store made for nobody is then settled at once (zero tokens, an
+        error), so its concurrency slot and reservation do not stay taken."""
+        if not getattr(self.store, "admit_yields", True):
+            return await self.store.admit(admission)  # completes without yielding: no gap
+        deciding = asyncio.ensure_future(self.store.admit(admission))
+        try:
+            return await asyncio.shield(deciding)
+        except asyncio.CancelledError:
+            deciding.add_done_callback(lambda done: self._abandoned(admission, model, done))
+            raise
+
+    def _abandoned(self, admission: Admission, model: str, done: asyncio.Future[Verdict]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        verdict = done.result()
+        if verdict.admitted:
+            ticket = Ticket(admission, verdict, {}, self.clock.monotonic(), 0)
+            self._in_flight[admission.request_id] = ticket
+            self.settle(ticket, model, 0, 0, error=True, estimated=False)
 
     def settle(
         self, ticket: Ticket, model: str, prompt: int, completion: int, error: bool, estimated: bool

@@ -84,7 +84,12 @@ class ChatHandler:
         prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
         ex.prompt_estimate = prompt
         ticket = await rt.limiter.admit(
-            ex.request_id, record, prompt + (max_output_tokens(body) or 0), prompt, ex.anthropic
+            ex.request_id,
+            record,
+            prompt + (max_output_tokens(body) or 0),
+            prompt,
+            ex.anthropic,
+            route.name,
         )
         ex.rate_headers = ticket.headers
         try:

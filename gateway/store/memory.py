@@ -45,6 +45,8 @@ class _Check:
 
 
 class MemoryStore:
+    admit_yields = False  # admit() never awaits: a cancelled caller cannot lose its verdict
+
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._calendar = windows.Calendar()
