@@ -74,9 +74,10 @@ if refused == 0 then
   redis.call('EXPIRE', KEYS[3], lease + 60)
   dtok, mtok, otok = dtok + reserve, mtok + reserve, otok + reserve
   redis.call('HSET', KEYS[4], 'd', day, 'dt', dtok, 'm', month, 'mt', mtok)
-  redis.call('EXPIRE', KEYS[4], ttl)
+  -- the TTL (longer than a month) is set when the period changes, not on every request
+  if tonumber(kt[1]) ~= day then redis.call('EXPIRE', KEYS[4], ttl) end
   redis.call('HSET', KEYS[5], 'm', month, 'mt', otok)
-  redis.call('EXPIRE', KEYS[5], ttl)
+  if tonumber(ot[1]) ~= month then redis.call('EXPIRE', KEYS[5], ttl) end
 end
 
 -- the request-limit headers follow the key's rpm when it has one, else the owner's plan rpm

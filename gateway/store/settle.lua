@@ -34,16 +34,18 @@ local used_day = day_id(days)
 local keep = tonumber(ARGV[15])
 local usage = KEYS[6] .. used_day
 local model = ARGV[5]
-redis.call('HINCRBY', usage, 'r:' .. model, 1)
+-- TTLs are set when a day's hash gains a model and when the index gains a day, not every time
+local new_model = redis.call('HINCRBY', usage, 'r:' .. model, 1) == 1
 redis.call('HINCRBY', usage, 'p:' .. model, ARGV[6])
 redis.call('HINCRBY', usage, 'c:' .. model, ARGV[7])
 redis.call('HINCRBY', usage, 'e:' .. model, ARGV[8])
 local total = tonumber(redis.call('HGET', usage, 'l:' .. model) or '0')
 redis.call('HSET', usage, 'l:' .. model, fmt(total + tonumber(ARGV[9])))
 redis.call('HINCRBY', usage, 'b' .. ARGV[10] .. ':' .. model, 1)
-redis.call('EXPIRE', usage, keep * 86400)
-redis.call('ZADD', KEYS[7], used_day, used_day)
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. day_id(days - keep))
-redis.call('EXPIRE', KEYS[7], keep * 86400)
+if new_model then redis.call('EXPIRE', usage, keep * 86400) end
+if redis.call('ZADD', KEYS[7], used_day, used_day) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. day_id(days - keep))
+  redis.call('EXPIRE', KEYS[7], keep * 86400)
+end
 redis.call('HSET', KEYS[5], ARGV[13], fmt(finished))
 return 1

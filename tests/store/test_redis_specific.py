@@ -462,3 +462,48 @@ async def test_a_changed_hash_never_leaves_a_stale_record(redis_url: str) -> Non
         assert await store.list_keys("p") == [moved]
     finally:
         await store.close()
+
+
+async def test_every_limit_and_usage_key_expires(redis_url: str) -> None:
+    """TTLs are refreshed only when a period or a model is new (fewer commands per request),
+    yet no counter, log, lease or usage key may be left without one, across a day change."""
+    clock = FakeClock(at("2026-03-31T23:59:00"))
+    store = RedisStore(redis_url, 2000, clock=clock)
+    try:
+        for n in range(3):
+            a = Admission(
+                f"r{n}",
+                "k1",
+                "acme",
+                rpm=10,
+                concurrency=5,
+                daily=10**6,
+                monthly=10**7,
+                plan_rpm=100,
+                plan_monthly=10**8,
+                reserve=50,
+            )
+            verdict = await store.admit(a)
+            assert verdict.admitted
+            await store.settle(
+                Settlement(
+                    a,
+                    verdict.day,
+                    verdict.month,
+                    f"m{n % 2}",
+                    10,
+                    20,
+                    latency_ms=5.0,
+                    finished_at=clock.time(),
+                )
+            )
+            clock.advance(45)  # the second and third cross midnight and the month end
+        client = sync_redis.Redis.from_url(redis_url)
+        permanent = (b"lastused",)  # one field per key of the owner, kept with the keys
+        for name in client.scan_iter(b"gw:*"):
+            if name.endswith(permanent):
+                continue
+            assert client.ttl(name) > 0, name
+        client.close()
+    finally:
+        await store.close()
