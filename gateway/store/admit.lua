@@ -19,9 +19,11 @@ local now = clock(ARGV[9])
 local lease, window, ttl = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local day, month, to_midnight, to_month = periods(now)
 
+local counted = {}  -- log sizes already taken, so the headers do not count a log twice
 local function log_size(key)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - window))
-  return redis.call('ZCARD', key)
+  counted[key] = redis.call('ZCARD', key)
+  return counted[key]
 end
 
 -- nil when there is room, else the seconds until the entry whose leaving makes room leaves
@@ -84,7 +86,12 @@ end
 local count, oldest = 0, ''
 local shown = (rpm and rpm ~= 0) and KEYS[1] or (prpm and KEYS[2])
 if shown then
-  count = log_size(shown)
+  count = counted[shown]
+  if count == nil then
+    count = log_size(shown)  -- a refusal came before this log was looked at
+  elseif refused == 0 then
+    count = count + 1  -- this admission's own entry
+  end
   if count > 0 then oldest = redis.call('ZRANGE', shown, 0, 0, 'WITHSCORES')[2] end
 end
 return {refused == 0 and 1 or 0, refused, fmt(retry), count, oldest, dtok, mtok, otok, day, month,
