@@ -79,7 +79,7 @@ class ChatHandler:
             model,
             found.allowed_by(record.models) if found else model in (record.models or ()),
         )
-        route = self._resolve(ex, model)
+        route = self._known(ex, model, found)
         payload = self._upstream_body(ex, body, route)
         prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
         ex.prompt_estimate = prompt
@@ -135,8 +135,8 @@ class ChatHandler:
             )
         return parsed
 
-    def _resolve(self, ex: Exchange, name: str) -> ModelRoute:
-        route = self.rt.router.resolve(name)
+    @staticmethod
+    def _known(ex: Exchange, name: str, route: ModelRoute | None) -> ModelRoute:
         if route is None:
             raise NotFound(
                 f"The model '{name}' does not exist; list the models with GET /v1/models.",
@@ -147,19 +147,14 @@ class ChatHandler:
         return route
 
     def _upstream_body(self, ex: Exchange, body: dict[str, object], route: ModelRoute) -> bytes:
+        ex.region = _str_or_none(body.get("region"))
+        ex.agent_id = _str_or_none(body.get("agent_id"))
         if ex.anthropic:
             translated = anthropic.to_openai_request(body, route.upstream_model)
             ex.stream = translated.get("stream") is True
-            ex.client_usage = True
-            ex.region = _str_or_none(body.get("region"))
-            ex.agent_id = _str_or_none(body.get("agent_id"))
-            translated["stream_options"] = {"include_usage": True} if ex.stream else None
-            if not ex.stream:
-                translated.pop("stream_options")
+            ex.client_usage = True  # the translator asks a stream for usage itself
             return orjson.dumps(translated)
         ex.stream = body.get("stream") is True
-        ex.region = _str_or_none(body.get("region"))
-        ex.agent_id = _str_or_none(body.get("agent_id"))
         body["model"] = route.upstream_model
         if ex.stream:
             ex.client_usage = wants_usage(body)
