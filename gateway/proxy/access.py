@@ -8,19 +8,26 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.netaddr import client_ip
+from gateway.netaddr import IPAddress, client_ip
 from gateway.proxy.exchange import EXCHANGE
 from gateway.records import KeyRecord
 from gateway.runtime import Runtime
 
 
+def resolve_client(runtime: Runtime, request: web.Request) -> IPAddress | None:
+    """The real client's address (noted on the exchange for logs and per-IP counts)."""
+    client = client_ip(
+        request.remote,
+        request.headers.get("X-Forwarded-For"),
+        runtime.config.network.trusted_proxies,
+    )
+    request[EXCHANGE].client_ip = str(client) if client is not None else None
+    return client
+
+
 async def authenticate(runtime: Runtime, request: web.Request) -> KeyRecord:
     ex = request[EXCHANGE]
-    network = runtime.config.network
-    client = client_ip(
-        request.remote, request.headers.get("X-Forwarded-For"), network.trusted_proxies
-    )
-    ex.client_ip = str(client) if client is not None else None
+    client = resolve_client(runtime, request)
     headers = request.headers
     record = await runtime.keys.authenticate(
         headers, lambda name: headers.getall(name, []), ex.client_ip or "-"

@@ -24,7 +24,7 @@ async def read_request_body(request: web.Request, limit: int, idle: float = 10.0
     with 408 when the client stalls for ``idle`` seconds (a slow-body attack)."""
     length = request.content_length
     if length is not None and length > limit:
-        raise _too_large(limit)
+        raise too_large(limit)
     content = request.content
     parts: list[bytes] = []
     size = 0
@@ -44,11 +44,11 @@ async def read_request_body(request: web.Request, limit: int, idle: float = 10.0
                 return b"".join(parts)
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         parts.append(chunk)
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The request body is larger than the limit of {limit} bytes; send a smaller request."
     )

@@ -17,15 +17,15 @@ from aiohttp import web
 
 from gateway.config.schema import Route, Upstream
 from gateway.errors import (
-    GatewayError,
     NotFound,
-    PayloadTooLarge,
+    StoreUnavailable,
     TooManyRequests,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.limits.windows import retry_seconds
-from gateway.proxy.access import authenticate
+from gateway.proxy.access import authenticate, resolve_client
+from gateway.proxy.bodies import too_large
 from gateway.proxy.exchange import EXCHANGE
 from gateway.proxy.upstream import HOP_BY_HOP, returned_headers
 from gateway.runtime import Runtime
@@ -67,7 +67,7 @@ class PassThrough:
             raise NotFound(f"There is nothing at {request.method} {request.path}.")
         limit = route.max_body_bytes or self.rt.config.network.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            raise too_large(limit)
         await self._admit(request, route)
         upstream = self.rt.config.upstreams[route.upstream]
         ex = request[EXCHANGE]
@@ -75,6 +75,7 @@ class PassThrough:
         return await self._relay(request, route, upstream, limit)
 
     async def _admit(self, request: web.Request, route: Route) -> None:
+        resolve_client(self.rt, request)  # every auth mode: the per-IP rate needs the real IP
         sent = "Authorization" in request.headers or "X-API-Key" in request.headers
         if route.auth == "key" or (route.auth == "optional" and sent):
             await authenticate(self.rt, request)
@@ -85,11 +86,7 @@ class PassThrough:
                 count, reset = await self.rt.store.hit(f"route:{route.prefix}:{client}")
             except StoreError:
                 if self.rt.config.store.on_error == "closed":
-                    raise GatewayError(
-                        "The store is unavailable; try again shortly.",
-                        code="store_unavailable",
-                        status=503,
-                    ) from None
+                    raise StoreUnavailable("The store is unavailable; try again shortly.") from None
                 return
             if count > route.ip_rpm:
                 raise TooManyRequests(
@@ -132,12 +129,12 @@ class PassThrough:
                     timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect),
                 )
         except _TooLarge:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+            raise too_large(limit) from None
         except TimeoutError:
             raise UpstreamTimeout(f"Upstream '{upstream.name}' did not answer in time.") from None
         except (aiohttp.ClientError, OSError) as exc:
             if isinstance(exc.__cause__ or exc.__context__, _TooLarge):
-                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.") from None
+                raise too_large(limit) from None
             raise UpstreamUnavailable(f"Upstream '{upstream.name}' could not be reached.") from exc
         try:
             out = web.StreamResponse(

@@ -180,3 +180,24 @@ async def test_route_body_limit(gateway_factory: Any, backend: tuple[str, list[A
             f"http://127.0.0.1:{server.port}/api/files/up", data=b"z" * 1000, headers=AUTH
         ) as r:
             assert r.status == 200
+
+
+async def test_per_ip_rate_counts_clients_behind_a_trusted_proxy(
+    gateway_factory: Any, backend: tuple[str, list[Any]]
+) -> None:
+    """On an auth: none route too, the rate is per real client, not per proxy."""
+    server: Server = await gateway_factory(
+        gateway_yaml(
+            {"portal": backend[0]},
+            {},
+            extra="routes:\n  - {prefix: /api/auth/, upstream: portal, auth: none, ip_rpm: 1}\n"
+            "network: {trusted_proxies: [127.0.0.1]}\n",
+        )
+    )
+    url = f"http://127.0.0.1:{server.port}/api/auth/login"
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for client in ("198.51.100.1", "198.51.100.2", "198.51.100.1"):
+            async with http.post(url, headers={"X-Forwarded-For": client}) as r:
+                statuses.append(r.status)
+    assert statuses == [200, 200, 429]
