@@ -19,7 +19,7 @@ from gateway.errors import (
 from gateway.proxy.exchange import Exchange
 
 
-async def read_request_body(request: web.Request, limit: int, idle: float = 10.0) -> bytes:
+async def read_request_body(request: web.Request, limit: int, idle: float) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too) and
     with 408 when the client stalls for ``idle`` seconds (a slow-body attack)."""
     length = request.content_length

@@ -84,7 +84,9 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     """Register the token-protected admin routes."""
 
     async def set_plan(request: web.Request) -> web.StreamResponse:
-        body = parse_object(await read_request_body(request, MAX_BODY))
+        body = parse_object(
+            await read_request_body(request, MAX_BODY, runtime.config.network.header_timeout)
+        )
         owner = str(acting_owner(None, request.match_info["owner"], required=True))
         only_fields(body, "plan")
         plan = await runtime.lifecycle.set_plan(owner, body.get("plan"))

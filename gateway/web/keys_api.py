@@ -135,7 +135,7 @@ class KeyRoutes:
         self, request: web.Request, optional: bool = False
     ) -> tuple[str | None, dict[str, Any]]:
         """The body's size is checked before the caller, its JSON after (SPEC 4's order)."""
-        raw = await read_request_body(request, MAX_BODY)
+        raw = await read_request_body(request, MAX_BODY, self.rt.config.network.header_timeout)
         caller = await self.caller_of(request)
         return caller, parse_object(raw, optional)
 

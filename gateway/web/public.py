@@ -60,7 +60,11 @@ def count_tokens_handler(
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]
         ex.anthropic = True
-        raw = await read_request_body(request, runtime.config.network.max_body_bytes)
+        raw = await read_request_body(
+            request,
+            runtime.config.network.max_body_bytes,
+            runtime.config.network.header_timeout,
+        )
         record = await authenticate(runtime, request)
         runtime.keys.check_permission(record, "chat")
         body = parse_json(raw)
