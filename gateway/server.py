@@ -19,7 +19,6 @@ from aiohttp import web
 
 from gateway.app import build_runtime, create_admin_app, create_app
 from gateway.clock import Clock
-from gateway.config.load import ConfigError, load_file
 from gateway.config.reload import Outcome, Reloader, restart_needed
 from gateway.config.schema import Config
 from gateway.runtime import Runtime
@@ -164,11 +163,9 @@ class Server:
         """Several workers: validate here, then SIGHUP the supervisor, which passes it to every
         worker (this one included), so all of them swap the same file in."""
         assert self.reloader is not None
-        try:
-            new = await asyncio.to_thread(load_file, self.reloader.current.source)
-        except ConfigError as exc:
-            self.runtime.metrics.reloads.labels("failed").inc()
-            return Outcome(False, exc.errors)
+        new = await self.reloader.check(trigger)
+        if isinstance(new, Outcome):
+            return new
         os.kill(os.getppid(), signal.SIGHUP)
         return Outcome(True, [], restart_needed(self.reloader.current, new))
 

@@ -64,24 +64,26 @@ class Reloader:
         self._seen = _fingerprint(current.source)
         self._watch: Periodic | None = None
 
+    async def check(self, trigger: str) -> Config | Outcome:
+        """The file read and validated again: the new config, or the refusal (logged and
+        counted) that leaves the running one in place."""
+        try:
+            return await asyncio.to_thread(load_file, self.current.source)
+        except ConfigError as exc:
+            log.error(
+                "reload refused; the running config stays",
+                extra={"trigger": trigger, "errors": exc.errors},
+            )
+            self.on_result(False)
+            return Outcome(False, exc.errors)
+
     async def reload(self, trigger: str) -> Outcome:
         async with self._lock:
-            path = self.current.source
-            self._seen = _fingerprint(path)
-            try:
-                new = await asyncio.to_thread(load_file, path)
-            except ConfigError as exc:
-                log.error(
-                    "reload refused; the running config stays",
-                    extra={"trigger": trigger, "errors": exc.errors},
-                )
-                self.on_result(False)
-                return Outcome(False, exc.errors)
-            restart = [
-                name
-                for name in RESTART_SECTIONS
-                if getattr(new, name) != getattr(self.current, name)
-            ]
+            self._seen = _fingerprint(self.current.source)
+            new = await self.check(trigger)
+            if isinstance(new, Outcome):
+                return new
+            restart = restart_needed(self.current, new)
             self.apply(new)
             self.current = new
             self.on_result(True)

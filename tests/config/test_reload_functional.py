@@ -133,3 +133,27 @@ async def test_admin_reload_answers_with_the_outcome(tmp_path: pathlib.Path, moc
         assert await model_ids(server) == ["b"]
     finally:
         await server.stop()
+
+
+async def test_a_new_route_prefix_is_reported_as_needing_a_restart(
+    tmp_path: pathlib.Path, mock: Any
+) -> None:
+    url = f"http://127.0.0.1:{mock[0]}"
+    path = tmp_path / "gateway.yaml"
+    path.write_text(gateway_yaml({"mock": url}, {"m": {"upstreams": ["mock"]}}))
+    server = Server(load_file(str(path), env={}))
+    await server.start()
+    try:
+        path.write_text(
+            gateway_yaml(
+                {"mock": url},
+                {"m": {"upstreams": ["mock"]}},
+                extra="routes: [{prefix: /files/, upstream: mock}]\n",
+            )
+        )
+        assert server.reloader is not None
+        outcome = await server.reloader.reload("test")
+        assert outcome.ok
+        assert outcome.restart_required == ["routes (new or removed prefixes)"]
+    finally:
+        await server.stop()
