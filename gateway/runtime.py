@@ -37,7 +37,6 @@ class Runtime:
     usage_dropped_seen: int = 0
     streams: set[asyncio.Task[Any]] = field(default_factory=set)  # relaying, for the drain
     reload: Callable[[str], Awaitable[Outcome]] | None = None
-    ready_problems: list[str] = field(default_factory=list)
 
     def apply(self, config: Config) -> None:
         """Swap in a new config whole; requests in flight keep the objects they hold."""

@@ -47,7 +47,6 @@ class Ticket:
     verdict: Verdict | None  # None: admitted without the store (on_error: open)
     headers: dict[str, str]
     started: float
-    prompt_estimate: int
 
 
 def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
@@ -159,7 +158,6 @@ class Limiter:
         request_id: str,
         record: KeyRecord,
         reserve: int,
-        prompt: int,
         anthropic: bool,
         model: str = "",
     ) -> Ticket:
@@ -196,7 +194,7 @@ class Limiter:
                 retry_after=verdict.retry_after,
                 headers=headers,
             )
-        ticket = Ticket(admission, verdict, headers, self.clock.monotonic(), prompt)
+        ticket = Ticket(admission, verdict, headers, self.clock.monotonic())
         self._in_flight[request_id] = ticket
         return ticket
 
@@ -218,7 +216,7 @@ class Limiter:
             return
         verdict = done.result()
         if verdict.admitted:
-            ticket = Ticket(admission, verdict, {}, self.clock.monotonic(), 0)
+            ticket = Ticket(admission, verdict, {}, self.clock.monotonic())
             self._in_flight[admission.request_id] = ticket
             self.settle(ticket, model, 0, 0, error=True, estimated=False)
 

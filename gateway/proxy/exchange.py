@@ -21,7 +21,6 @@ class Exchange:
     region: str | None = None
     usage: dict[str, Any] | None = None
     ttft: float | None = None
-    client_gone: bool = False
     completion_chunks: int = 0
     upstream_status: int | None = None
     key_id: str | None = None
@@ -35,7 +34,7 @@ class Exchange:
     refusal: str | None = None  # the error code of a refusal the gateway answered
     agent_id: str | None = None
     final_status: int | None = None
-    prompt_estimate: int | None = None  # the status of a refusal's answer
+    prompt_estimate: int = 0  # request bytes / 4: reserved, and charged when usage is missing
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -81,13 +81,11 @@ class ChatHandler:
         )
         route = self._known(ex, model, found)
         payload = self._upstream_body(ex, body, route)
-        prompt = len(raw) // 4  # a cheap over-estimate; settled to the real usage after
-        ex.prompt_estimate = prompt
+        ex.prompt_estimate = len(raw) // 4  # a cheap over-estimate, settled to the real usage
         ticket = await rt.limiter.admit(
             ex.request_id,
             record,
-            prompt + (max_output_tokens(body) or 0),
-            prompt,
+            ex.prompt_estimate + (max_output_tokens(body) or 0),
             ex.anthropic,
             route.name,
         )
@@ -100,7 +98,7 @@ class ChatHandler:
             ex.error = True
             raise
         finally:
-            self._settle(ex, ticket, route.name, prompt)
+            self._settle(ex, ticket, route.name)
 
     async def _authorize(self, request: web.Request, ex: Exchange) -> KeyRecord:
         """Who is calling, and may they chat from where they are (SPEC 4, rows 2-6)."""
@@ -108,14 +106,14 @@ class ChatHandler:
         self.rt.keys.check_permission(record, "chat")
         return record
 
-    def _settle(self, ex: Exchange, ticket: Ticket, model: str, prompt_estimate: int) -> None:
+    def _settle(self, ex: Exchange, ticket: Ticket, model: str) -> None:
         usage = ex.usage
         if usage is not None:
             ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             ex.completion_tokens = int(usage.get("completion_tokens") or 0)
         elif ex.upstream is not None and not ex.error:
             ex.estimated = True  # no usage from upstream: estimate what was produced
-            ex.prompt_tokens = prompt_estimate
+            ex.prompt_tokens = ex.prompt_estimate
             ex.completion_tokens = ex.completion_chunks
         error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
         self.rt.limiter.settle(
@@ -279,7 +277,7 @@ class ChatHandler:
             await client.prepare(request)
             await self._relay(ex, client, relay, response, upstream, chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            ex.client_gone = True
+            pass  # the client left; what was produced so far is still charged
         except asyncio.CancelledError:
             if self.rt.draining:  # the drain time is over: say so before the connection goes
                 await _last_words(client, relay)

@@ -53,6 +53,3 @@ class Router:
         if allowed is None:
             return list(self._models)
         return [m for m in self._models if m.name in allowed]
-
-    def names(self) -> list[str]:
-        return sorted(self._routes)

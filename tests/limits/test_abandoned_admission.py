@@ -37,7 +37,7 @@ async def test_an_abandoned_admission_is_given_back(redis_url: str) -> None:
     await limiter.start()
     key = KeyRecord(id="k1", owner="acme", key_hash="h", max_concurrency=1, daily_limit=1000)
     try:
-        leaving = asyncio.create_task(limiter.admit("r1", key, 600, 100, False, "m"))
+        leaving = asyncio.create_task(limiter.admit("r1", key, 600, False, "m"))
         await store.executed.wait()  # Redis admitted it: the slot and 600 tokens are taken
         leaving.cancel()
         store.answer.set()
@@ -51,7 +51,7 @@ async def test_an_abandoned_admission_is_given_back(redis_url: str) -> None:
             assert asyncio.get_running_loop().time() < deadline, "never settled"
             await asyncio.sleep(0.01)
         assert [(r.model, r.requests, r.errors) for r in rows] == [("m", 1, 1)]
-        ticket = await limiter.admit("r2", key, 1000, 100, False, "m")
+        ticket = await limiter.admit("r2", key, 1000, False, "m")
         assert ticket.verdict is not None and ticket.verdict.admitted  # slot and tokens back
     finally:
         await limiter.stop()
