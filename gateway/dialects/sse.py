@@ -46,13 +46,6 @@ def event_data(event: bytes) -> bytes | None:
     return b"\n".join(parts) if parts else None
 
 
-def event_name(event: bytes) -> bytes | None:
-    for line in event.split(b"\n"):
-        if line.startswith(b"event:"):
-            return line[6:].strip()
-    return None
-
-
 def encode_data(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 

@@ -65,10 +65,6 @@ def day_text(day: int) -> str:
     return f"{day // 10000:04d}-{day // 100 % 100:02d}-{day % 100:02d}"
 
 
-def day_of_text(text: str) -> int:
-    return int(text.replace("-", ""))
-
-
 def days_back(epoch: float, days: int) -> list[int]:
     """The last ``days`` UTC days up to and including the one of ``epoch``, oldest first."""
     today = _utc(epoch).date()
