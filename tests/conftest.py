@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from gateway import mock_worker
 from gateway.config.load import parse_text
@@ -22,6 +23,11 @@ from tests.redis_server import RedisClusterProcesses, RedisServer
 from tests.secrets_watch import Watch, install
 
 GatewayFactory = Callable[..., Awaitable[Server]]
+
+# A property test fails on a wrong answer, never on a slow example: a loaded machine (or CI
+# beside other work) must not turn Hypothesis' per-example deadline into a flaky failure.
+settings.register_profile("gateway", deadline=None, print_blob=True)
+settings.load_profile("gateway")
 
 
 def _need_redis() -> None:
