@@ -28,6 +28,7 @@ from gateway.store import redis_codec as codec
 from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError
 from gateway.store.redis_codec import esc, num, tag
 from gateway.store.redis_conn import ERRORS, POOL, Subscriber, client, parse
+from gateway.store.redis_lane import Arg, Lane, LaneError, supported
 
 T = TypeVar("T")
 SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
@@ -58,6 +59,9 @@ class RedisStore:
         self._unmapped = self._target.cluster
         self._map_lock = asyncio.Lock()
         self._gate = asyncio.Semaphore(POOL) if self._target.cluster else None
+        # The per-request scripts (and PING) go over the lean lane where it can serve the URL.
+        lean = not self._target.cluster and supported(url)
+        self._lane = Lane(url, self._timeout) if lean else None
 
     def _now(self) -> str:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
@@ -90,8 +94,38 @@ class RedisStore:
                 await cast(RedisCluster, self._client).initialize()
                 self._unmapped = False
 
+    async def _on_lane(self, call: Coroutine[Any, Any, T]) -> T:
+        """``_run`` for a call over the lane; a timed-out call drops the lane's connection."""
+        assert self._lane is not None
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except (*ERRORS, LaneError) as exc:
+            if isinstance(exc, TimeoutError):
+                self._lane.reset()
+            raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
+
     async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
-        return await self._run(self._scripts[name](keys, args))
+        if self._lane is None:
+            return await self._run(self._scripts[name](keys, args))
+        return (await self._on_lane(self._evalsha(name, [(keys, args)])))[0]
+
+    async def _evalsha(self, name: str, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
+        """EVALSHA of one script per call, pipelined on the lane; loads the script once when
+        Redis does not know it (every script here may run again: a NOSCRIPT ran nothing)."""
+        assert self._lane is not None
+        script = self._scripts[name]
+        commands: list[tuple[Arg, ...]] = [
+            ("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls
+        ]
+        replies = await self._lane.call_many(commands)
+        if any(isinstance(r, LaneError) and r.noscript for r in replies):
+            await self._lane.call("SCRIPT", "LOAD", cast(str, script.script))
+            replies = await self._lane.call_many(commands)
+        for reply in replies:
+            if isinstance(reply, LaneError):
+                raise reply
+        return replies
 
     async def _pipe(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands in one pipeline (not a transaction; a Cluster splits it by node)."""
@@ -222,6 +256,9 @@ class RedisStore:
         script = self._scripts["settle"]
         now = self._now()
         calls = [codec.settle_call(s, now) for s in settlements]
+        if self._lane is not None:
+            await self._on_lane(self._evalsha("settle", calls))
+            return
 
         async def run() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
@@ -278,10 +315,15 @@ class RedisStore:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> None:
-        await self._run(self._client.ping())
+        if self._lane is not None:
+            await self._on_lane(self._lane.call("PING"))
+        else:
+            await self._run(self._client.ping())
 
     async def close(self) -> None:
         await self._subscriber.close()
+        if self._lane is not None:
+            await self._lane.close()
         try:
             await self._client.aclose()
         except ERRORS:

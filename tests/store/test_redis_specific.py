@@ -15,7 +15,6 @@ import pytest
 import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
 from gateway.clock import FakeClock, SystemClock
@@ -103,31 +102,51 @@ async def test_without_a_clock_the_redis_time_is_used(url: str) -> None:
 
 
 # -- round trips and exactness --------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["redis", "cluster"])
 async def test_admit_and_settle_are_one_round_trip_each(
-    url: str, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, kind: str
 ) -> None:
-    sent: list[bytes] = []
-    original = Connection.send_packed_command
+    """Counted by the servers themselves: commands run and reads (a read ≈ one round trip)."""
+    url = request.getfixturevalue(f"{kind}_url")
+    servers: list[RedisServer] = (
+        [request.getfixturevalue("redis_process")]
+        if kind == "redis"
+        else request.getfixturevalue("cluster_processes").nodes
+    )
 
-    async def counting(self: Connection, command: Any, check_health: bool = True) -> None:
-        sent.append(command if isinstance(command, bytes) else b"".join(command))
-        await original(self, command, check_health)
+    sides = [sync_redis.Redis(port=server.port) for server in servers]  # one connection each
+
+    def counts() -> tuple[dict[str, int], int]:
+        calls: dict[str, int] = {}
+        reads = 0
+        for side in sides:
+            info = side.info("all")
+            reads += int(info["total_reads_processed"])
+            for name, stats in info.items():
+                if name.startswith("cmdstat_"):
+                    calls[name[8:]] = calls.get(name[8:], 0) + int(stats["calls"])
+        return calls, reads
 
     store = RedisStore(url, 5000, FakeClock(T0))
     try:
         a = Admission("warm", "k1", "o", rpm=5, concurrency=2, daily=10, plan_monthly=9)
         await store.settle(Settlement(a, 0, 0, "m", 1, 1, 1.0))  # connects, loads the scripts
         await store.admit(a)
-        monkeypatch.setattr(Connection, "send_packed_command", counting)
+        before, reads_before = counts()
         await store.admit(Admission("r1", "k1", "o", rpm=5, daily=10, reserve=1))
         await store.settle(Settlement(a, 20231114, 202311, "m", 1, 1, 1.0))
         batch = [Settlement(Admission(f"b{i}", "k1", "o"), 0, 0, "m", 1, 1, 1.0) for i in range(3)]
         await store.settle_many(batch)
+        after, reads_after = counts()
     finally:
-        monkeypatch.undo()
         await store.close()
-    assert [c.split(b"\r\n")[2] for c in sent[:2]] == [b"EVALSHA", b"EVALSHA"]
-    assert len(sent) == 3 and sent[2].count(b"EVALSHA") == 3  # one pipeline
+        for side in sides:
+            side.close()
+    sent = {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
+    # (commandstats counts the commands the scripts run too: no GET, no SCRIPT LOAD among them)
+    assert (sent["evalsha"], sent.get("get"), sent.get("script")) == (5, None, None)
+    # admit, settle, one pipeline of three; each INFO counts its own read once more.
+    assert reads_after - reads_before - len(servers) == 3
 
 
 async def test_exact_across_two_connection_pools(url: str) -> None:
@@ -341,20 +360,55 @@ async def test_subscribe_while_down_keeps_trying() -> None:
 
 
 # -- configuration --------------------------------------------------------------------------
-async def test_password_and_db_come_from_the_url() -> None:
+@pytest.mark.parametrize("user", [None, "gw"])
+async def test_password_and_db_come_from_the_url(user: str | None) -> None:
+    """For every call: the scripts' lean connection and redis-py's (keys, plans) alike."""
     server = redis_server.start_redis(password="s3cret")
     try:
-        store = RedisStore(f"{server.url}/3", 1000)
+        url = f"{server.url}/3"
+        if user is not None:
+            server.call("ACL", "SETUSER", user, "on", ">pw2", "~*", "&*", "+@all")
+            url = url.replace(":s3cret@", f"{user}:pw2@")
+        store = RedisStore(url, 1000)
         await store.set_plan("alice", "pro")
+        assert (await store.admit(Admission("r1", "k", "alice", rpm=5))).requests_remaining == 4
+        await store.ping()
         await store.close()
         db3 = sync_redis.Redis.from_url(f"{server.url}/3")
         db0 = sync_redis.Redis.from_url(f"{server.url}/0")
         assert db3.get("gw:{alice}:plan") == b"pro"
-        assert db0.get("gw:{alice}:plan") is None
+        assert db3.zcard("gw:{alice}:rpm:k:k") == 1
+        assert db0.keys("*") == []
         db3.close()
         db0.close()
     finally:
         server.stop()
+
+
+async def test_callers_that_give_up_do_not_shift_the_replies(redis_url: str) -> None:
+    """Many admissions share one pipelined connection; some are cancelled in flight. Every
+    later reply still reaches its own caller: key i allows 100 + i requests a minute."""
+    store = RedisStore(redis_url, 5000, FakeClock(T0))
+    try:
+        await store.ping()  # connected
+        first = [
+            asyncio.ensure_future(store.admit(Admission(f"a{i}", f"k{i}", "o", rpm=100 + i)))
+            for i in range(60)
+        ]
+        for _ in range(2):
+            await asyncio.sleep(0)  # every admission queued, then written
+        for task in first[::2]:
+            task.cancel()
+        await asyncio.gather(*first, return_exceptions=True)
+        again = await asyncio.gather(
+            *(store.admit(Admission(f"b{i}", f"k{i}", "o", rpm=100 + i)) for i in range(60))
+        )
+        for i, verdict in enumerate(again):
+            assert verdict.requests_remaining in (100 + i - 2, 100 + i - 1), i
+        for i, task in enumerate(first[1::2]):
+            assert task.result().requests_remaining == 100 + 2 * i + 1 - 1
+    finally:
+        await store.close()
 
 
 @pytest.mark.parametrize(

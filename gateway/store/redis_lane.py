@@ -1,0 +1,187 @@
+"""The hot lane of the Redis store: one pipelined connection for the per-request scripts.
+
+Every governed request costs one ``EVALSHA`` to admit and one (batched) to settle. redis-py's
+asyncio client spends more CPU on such a call than the rest of the request path together: it
+checks a connection out of its pool, packs the command in Python and reads the reply with a
+lock held. The lane is an ``asyncio.Protocol`` over a single connection: commands are packed by
+``hiredis.pack_command`` (C), written together once per loop iteration, and their replies —
+which Redis sends in order — are matched to a FIFO of futures as ``hiredis.Reader`` parses them.
+Many requests share the connection at once (pipelining), so no pool is needed.
+
+It serves plain ``redis://`` and ``unix://`` URLs (AUTH and SELECT from the URL); ``rediss://``
+and Cluster targets stay on redis-py. Failure semantics are the store's:
+
+- The caller bounds each call (``asyncio.timeout``). A call that timed out leaves a reply owed
+  on the connection, so the connection is dropped (``reset``): the next call reconnects. This is
+  what redis-py does with ``socket_timeout``.
+- A lost connection fails every call waiting on it with ``ConnectionError``; nothing is
+  retried here (a retried admission could be counted twice).
+- An error reply (``-ERR …``, ``-NOSCRIPT …``) is raised as ``LaneError`` to its caller only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+
+Arg = str | bytes | int | float
+# hiredis' stub types the argument as a 1-tuple; it takes any number of arguments.
+_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+
+
+class LaneError(Exception):
+    """An error reply from Redis (its text is the message)."""
+
+    @property
+    def noscript(self) -> bool:
+        return str(self).startswith("NOSCRIPT")
+
+
+def supported(url: str) -> bool:
+    return url.startswith(("redis://", "unix://"))
+
+
+class _Wire(asyncio.Protocol):
+    """Pipelined requests and in-order replies on one transport."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.reader = hiredis.Reader()
+        self.out: list[bytes] = []
+        self.closed = False
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
+
+    def send(self, packed: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        if self.closed:
+            raise ConnectionError("redis connection closed")
+        if not self.out:  # the first command of this loop iteration: flush once, after it
+            self.loop.call_soon(self._flush)
+        self.out.append(packed)
+        futures = [self.loop.create_future() for _ in range(replies)]
+        self.waiting.extend(futures)
+        return futures
+
+    def _flush(self) -> None:
+        if self.out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        reader, waiting = self.reader, self.waiting
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()
+                if future.done():  # its caller gave up (timed out or was cancelled)
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(LaneError(str(reply)))
+                    future.exception()  # retrieved: see ``fail``
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked
+            self.fail(ConnectionError(f"redis protocol error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(ConnectionError(f"redis connection lost: {exc or 'closed by the server'}"))
+
+    def fail(self, exc: Exception) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+        self.out.clear()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved: a caller that left must not log it
+
+
+class Lane:
+    """``Lane(url, timeout)``: connected by the first call (the connection and its AUTH/SELECT
+    bounded by ``timeout`` seconds); ``reset()`` drops the connection."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._timeout = timeout
+        options = parse_url(url)
+        self._path: str | None = options.get("path")
+        self._host = str(options.get("host", "localhost"))
+        self._port = int(options.get("port", 6379))
+        self._hello: list[tuple[Arg, ...]] = []
+        password, username = options.get("password"), options.get("username")
+        if password is not None:
+            self._hello.append(("AUTH", username, password) if username else ("AUTH", password))
+        if options.get("db"):
+            self._hello.append(("SELECT", int(options["db"])))
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Future[_Wire] | None = None
+
+    async def call(self, *args: Arg) -> Any:
+        wire = self._wire if self._wire is not None and not self._wire.closed else None
+        if wire is None:
+            wire = await self._connect()
+        (future,) = wire.send(_pack(args), 1)
+        return await future
+
+    async def call_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Commands in one write; their replies in order, an error reply as a ``LaneError``
+        in its place (the others still count)."""
+        wire = self._wire if self._wire is not None and not self._wire.closed else None
+        if wire is None:
+            wire = await self._connect()
+        packed = b"".join(_pack(c) for c in commands)
+        futures = wire.send(packed, len(commands))
+        replies: list[Any] = []
+        for future in futures:
+            try:
+                replies.append(await future)
+            except LaneError as exc:
+                replies.append(exc)
+        return replies
+
+    async def _connect(self) -> _Wire:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._open())
+        # Shielded: a caller that gives up does not cancel the connection the others wait for.
+        return await asyncio.shield(self._connecting)
+
+    async def _open(self) -> _Wire:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._timeout):
+            if self._path is not None:
+                _, wire = await loop.create_unix_connection(_Wire, self._path)
+            else:
+                _, wire = await loop.create_connection(_Wire, self._host, self._port)
+            try:
+                for command in self._hello:
+                    (future,) = wire.send(_pack(command), 1)
+                    await future
+            except BaseException:
+                wire.fail(ConnectionError("redis connection setup failed"))
+                raise
+        self._wire = wire
+        return wire
+
+    def reset(self) -> None:
+        """Drop the connection (after a timeout: a reply is still owed on it)."""
+        if self._wire is not None:
+            self._wire.fail(ConnectionError("redis connection dropped"))
+            self._wire = None
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        self.reset()
