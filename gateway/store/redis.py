@@ -6,8 +6,12 @@ all processes. ``MemoryStore`` is the reference; the contract suite runs against
   script, so processes with skewed clocks agree. Key layout: ``store.redis_codec``.
 - ``clock`` is a test hook only: when given, its ``time()`` is passed to the scripts instead of
   ``TIME`` (rollovers and windows under a ``FakeClock``). Production passes none.
+- On one Redis (``redis://``) every command goes over ``store.redis_lane``: one
+  pipelined connection, far cheaper per call than redis-py, and it notices a server that went
+  away while idle (so a restarted Redis costs no failed call). A Cluster (and ``rediss://``)
+  uses redis-py's clients. The subscription always has a redis-py connection of its own.
 - Connections are made lazily, by the first call (no ``connect()`` step); the subscriber's
-  connection by ``subscribe``. ``close()`` closes both.
+  connection by ``subscribe``. ``close()`` closes them all.
 - Every call is bounded by ``timeout_ms`` (socket timeouts and ``asyncio.timeout``); any Redis
   error or timeout becomes ``StoreError`` here, at this one boundary.
 """
@@ -59,7 +63,7 @@ class RedisStore:
         self._unmapped = self._target.cluster
         self._map_lock = asyncio.Lock()
         self._gate = asyncio.Semaphore(POOL) if self._target.cluster else None
-        # The per-request scripts (and PING) go over the lean lane where it can serve the URL.
+        # Every command goes over the lean lane where it can serve the URL (see the docstring).
         lean = not self._target.cluster and supported(url)
         self._lane = Lane(url, self._timeout) if lean else None
 
@@ -127,8 +131,18 @@ class RedisStore:
                 raise reply
         return replies
 
-    async def _pipe(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _cmd(self, *args: Arg) -> Any:
+        """One command: on the lane when there is one, else on redis-py."""
+        if self._lane is not None:
+            return await self._on_lane(self._lane.call(*args))
+        return await self._run(self._client.execute_command(*args))
+
+    async def _pipe(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
         """Commands in one pipeline (not a transaction; a Cluster splits it by node)."""
+        if not commands:
+            return []
+        if self._lane is not None:
+            return await self._on_lane(self._lane_pipe(commands))
 
         async def run() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
@@ -136,7 +150,15 @@ class RedisStore:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
-        return await self._run(run()) if commands else []
+        return await self._run(run())
+
+    async def _lane_pipe(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
+        assert self._lane is not None
+        replies = await self._lane.call_many(commands)
+        for reply in replies:
+            if isinstance(reply, LaneError):
+                raise reply
+        return replies
 
     # -- keys -------------------------------------------------------------------------------
     async def _with_use(self, records: list[KeyRecord]) -> list[KeyRecord]:
@@ -148,19 +170,19 @@ class RedisStore:
         ]
 
     async def get_key_by_hash(self, key_hash: str) -> KeyRecord | None:
-        raw = await self._run(self._client.get(_kh(key_hash)))
+        raw = await self._cmd("GET", _kh(key_hash))
         if raw is None:
             return None
         return (await self._with_use([KeyRecord.from_store(orjson.loads(raw))]))[0]
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        key_hash = _text(await self._run(self._client.get(_kid(key_id))))
+        key_hash = _text(await self._cmd("GET", _kid(key_id)))
         record = await self.get_key_by_hash(key_hash) if key_hash else None
         return record if record is not None and record.id == key_id else None
 
     async def list_keys(self, owner: str) -> list[KeyRecord]:
         """The owner's keys, oldest first (by ``created_at``, then id)."""
-        members = await self._run(self._client.smembers(f"{tag(owner)}keys"))
+        members = await self._cmd("SMEMBERS", f"{tag(owner)}keys")
         ids = sorted(str(_text(m)) for m in members)
         hashes = await self._pipe([("GET", _kid(i)) for i in ids])
         raws = await self._pipe([("GET", _kh(h.decode())) for h in hashes if h is not None])
@@ -178,22 +200,22 @@ class RedisStore:
         if added == 0:
             return False
         # The owner's slot is taken; now claim the id and the hash (another owner may race).
-        if not await self._run(self._client.set(kid, record.key_hash, nx=True)):
+        if not await self._cmd("SET", kid, record.key_hash, "NX"):
             await self._pipe([("SREM", owned, record.id)])
             raise KeyExists(record.id)
-        if not await self._run(self._client.set(kh, orjson.dumps(record.to_store()), nx=True)):
+        if not await self._cmd("SET", kh, orjson.dumps(record.to_store()), "NX"):
             await self._pipe([("DEL", kid), ("SREM", owned, record.id)])
             raise KeyExists(record.id)
         return True
 
     async def replace_key(self, record: KeyRecord, old_hash: str | None = None) -> None:
         kid = _kid(record.id)
-        current = _text(await self._run(self._client.get(kid)))
+        current = _text(await self._cmd("GET", kid))
         previous = None
         if current is not None:
-            raw = await self._run(self._client.get(_kh(current)))
+            raw = await self._cmd("GET", _kh(current))
             previous = KeyRecord.from_store(orjson.loads(raw)) if raw is not None else None
-        commands: list[tuple[Any, ...]] = [
+        commands: list[tuple[Arg, ...]] = [
             ("SET", _kh(record.key_hash), orjson.dumps(record.to_store())),
             ("SET", kid, record.key_hash),
             ("SADD", f"{tag(record.owner)}keys", record.id),
@@ -207,7 +229,7 @@ class RedisStore:
 
     async def delete_key(self, record: KeyRecord) -> None:
         kid = _kid(record.id)
-        current = _text(await self._run(self._client.get(kid)))
+        current = _text(await self._cmd("GET", kid))
         hashes = {record.key_hash, current} - {None}
         await self._pipe(
             [
@@ -218,14 +240,14 @@ class RedisStore:
         )
 
     async def get_plan(self, owner: str) -> str | None:
-        return _text(await self._run(self._client.get(f"{tag(owner)}plan")))
+        return _text(await self._cmd("GET", f"{tag(owner)}plan"))
 
     async def set_plan(self, owner: str, plan: str) -> None:
-        await self._run(self._client.set(f"{tag(owner)}plan", plan))
+        await self._cmd("SET", f"{tag(owner)}plan", plan)
 
     # -- broadcast --------------------------------------------------------------------------
     async def publish(self, message: str) -> None:
-        await self._run(self._client.publish(codec.CHANNEL, message))
+        await self._cmd("PUBLISH", codec.CHANNEL, message)
 
     async def subscribe(self, callback: Callable[[str], None]) -> None:
         """Add ``callback`` and start the subscriber (once); waits up to the timeout for the
@@ -310,15 +332,14 @@ class RedisStore:
         hashes = await self._pipe([("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in cells])
         rows: list[UsageDay] = []
         for (key_id, day), fields in zip(cells, hashes, strict=True):
+            if isinstance(fields, list):  # the lane's raw reply: field, value, field, ...
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
             rows.extend(codec.usage_rows(key_id, day, fields))
         return rows
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> None:
-        if self._lane is not None:
-            await self._on_lane(self._lane.call("PING"))
-        else:
-            await self._run(self._client.ping())
+        await self._cmd("PING")
 
     async def close(self) -> None:
         await self._subscriber.close()

@@ -1,4 +1,4 @@
-"""The hot lane of the Redis store: one pipelined connection for the per-request scripts.
+"""The lane of the Redis store: one pipelined connection for every command on one Redis.
 
 Every governed request costs one ``EVALSHA`` to admit and one (batched) to settle. redis-py's
 asyncio client spends more CPU on such a call than the rest of the request path together: it
@@ -6,9 +6,10 @@ checks a connection out of its pool, packs the command in Python and reads the r
 lock held. The lane is an ``asyncio.Protocol`` over a single connection: commands are packed by
 ``hiredis.pack_command`` (C), written together once per loop iteration, and their replies —
 which Redis sends in order — are matched to a FIFO of futures as ``hiredis.Reader`` parses them.
-Many requests share the connection at once (pipelining), so no pool is needed.
+Many requests share the connection at once (pipelining), so no pool is needed. The store's
+other calls (key records, plans, usage) ride the same connection.
 
-It serves plain ``redis://`` and ``unix://`` URLs (AUTH and SELECT from the URL); ``rediss://``
+It serves plain ``redis://`` URLs (AUTH and SELECT from the URL); ``rediss://``
 and Cluster targets stay on redis-py. Failure semantics are the store's:
 
 - The caller bounds each call (``asyncio.timeout``). A call that timed out leaves a reply owed
@@ -44,7 +45,7 @@ class LaneError(Exception):
 
 
 def supported(url: str) -> bool:
-    return url.startswith(("redis://", "unix://"))
+    return url.startswith("redis://")
 
 
 class _Wire(asyncio.Protocol):
@@ -115,7 +116,6 @@ class Lane:
     def __init__(self, url: str, timeout: float) -> None:
         self._timeout = timeout
         options = parse_url(url)
-        self._path: str | None = options.get("path")
         self._host = str(options.get("host", "localhost"))
         self._port = int(options.get("port", 6379))
         self._hello: list[tuple[Arg, ...]] = []
@@ -159,10 +159,7 @@ class Lane:
     async def _open(self) -> _Wire:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._timeout):
-            if self._path is not None:
-                _, wire = await loop.create_unix_connection(_Wire, self._path)
-            else:
-                _, wire = await loop.create_connection(_Wire, self._host, self._port)
+            _, wire = await loop.create_connection(_Wire, self._host, self._port)
             try:
                 for command in self._hello:
                     (future,) = wire.send(_pack(command), 1)
