@@ -37,6 +37,7 @@ from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json, read_request_body, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
@@ -165,7 +166,7 @@ class ChatHandler:
 
     async def _open(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
-    ) -> tuple[Upstream, aiohttp.ClientResponse, bytes]:
+    ) -> tuple[Upstream, Response, bytes]:
         """An answering upstream, its response and the whole body (a stream: its first chunk).
 
         A failure before any byte reached the client is retried once on another upstream.
@@ -198,20 +199,20 @@ class ChatHandler:
 
     async def _attempt(
         self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
-    ) -> tuple[aiohttp.ClientResponse, bytes]:
+    ) -> tuple[Response, bytes]:
         headers = forward_headers(request.headers, upstream, ex.request_id)
-        client, url = self.rt.client, self.rt.client.chat_url(upstream)
+        client = self.rt.client
         if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
-            answer = _usable(upstream, await client.post(upstream, url, payload, headers))
+            answer = _usable(upstream, await client.post(upstream, payload, headers))
             try:
                 return answer, await read_body(answer, upstream)
             finally:
                 answer.release()
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         try:  # one timer for the head and the first chunk: the time to first token
             async with asyncio.timeout(upstream.timeouts.first_byte):
                 response = _usable(
-                    upstream, await client.post(upstream, url, payload, headers, stream=True)
+                    upstream, await client.post(upstream, payload, headers, stream=True)
                 )
                 if response.status != 200:
                     return response, b""
@@ -297,7 +298,7 @@ class ChatHandler:
         ex: Exchange,
         client: web.StreamResponse,
         relay: Relay,
-        response: aiohttp.ClientResponse,
+        response: Response,
         upstream: Upstream,
         chunk: bytes,
     ) -> None:
@@ -354,7 +355,7 @@ class ChatHandler:
         await client.write(relay.error(err))
 
 
-def _usable(upstream: Upstream, response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+def _usable(upstream: Upstream, response: Response) -> Response:
     """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
     if response.status >= 500 or response.status == 429:
         response.close()

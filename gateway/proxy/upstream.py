@@ -1,25 +1,27 @@
-"""Talking to upstream workers: one client session, per-upstream timeouts, header hygiene, and
-the one boundary where aiohttp's client errors become ``GatewayError``s.
+"""Talking to upstream workers: the chat POSTs over ``proxy.wire``'s lean keep-alive pool, the
+pass-through routes and health probes over one aiohttp session; per-upstream timeouts, header
+hygiene, and the one boundary where client errors become ``GatewayError``s.
 
 Timeouts: ``connect`` for the TCP connect; ``first_byte`` for the answer's head *and* its first
 body chunk (the time to first token of a stream); ``idle`` between later chunks of a stream. There
 is no total cap: a stream may run as long as it keeps producing.
 
-A non-streamed answer is one wait, so aiohttp's own read timer (``sock_read = first_byte``,
-re-armed by each piece of data) bounds it, which costs far less than a timer object per request.
-Streams are bounded by the relay (``proxy.handler``): one timer for the head and first chunk, one
-rescheduled per chunk after that.
+A non-streamed answer is one wait, bounded by the wire's read timer (``first_byte`` of silence,
+re-armed only when it fires after data came). Streams are bounded by the relay
+(``proxy.handler``): one timer for the head and first chunk, one rescheduled per chunk after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from gateway.config.schema import Upstream
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.wire import ConnectError, ConnectTimeout, Origin, Pool, Response, WireError
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the gateway owns or recomputes itself.
 HOP_BY_HOP = frozenset(
@@ -75,12 +77,14 @@ def returned_headers(upstream: Mapping[str, str]) -> dict[str, str]:
 
 
 class UpstreamClient:
-    """Sends requests upstream over one pooled session, opened in the running loop by
-    ``start`` (keep-alive connections, no cap on their number: the balancer caps per upstream)."""
+    """Chat requests over the lean pool (``proxy.wire``); other traffic over one aiohttp
+    session, opened in the running loop by ``start`` (keep-alive connections, no cap on their
+    number: the balancer caps per upstream)."""
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float, float, bool], aiohttp.ClientTimeout] = {}
+        self.pool = Pool()
+        self._targets: dict[str, tuple[Origin, str]] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=60)
@@ -89,6 +93,7 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        self.pool.close()
         if self._session is not None:
             await self._session.close()
 
@@ -98,83 +103,71 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    def _timeout(self, upstream: Upstream, stream: bool) -> aiohttp.ClientTimeout:
-        key = (upstream.timeouts.connect, upstream.timeouts.first_byte, stream)
-        timeout = self._timeouts.get(key)
-        if timeout is None:
-            connect = upstream.timeouts.connect
-            timeout = aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=connect,
-                connect=connect,
-                sock_read=None if stream else upstream.timeouts.first_byte,
-            )
-            self._timeouts[key] = timeout
-        return timeout
-
-    @staticmethod
-    def chat_url(upstream: Upstream) -> str:
-        """``url`` may be the server's root or its ``/v1`` base, as OpenAI clients write it."""
-        if upstream.url.endswith("/v1"):
-            return upstream.url + "/chat/completions"
-        return upstream.url + "/v1/chat/completions"
+    def chat_target(self, upstream: Upstream) -> tuple[Origin, str]:
+        """Where chat requests go: ``url`` may be the server's root or its ``/v1`` base, as
+        OpenAI clients write it."""
+        target = self._targets.get(upstream.url)
+        if target is None:
+            base = upstream.url.rstrip("/")
+            suffix = "/chat/completions" if base.endswith("/v1") else "/v1/chat/completions"
+            path = (urlsplit(base).path or "") + suffix
+            target = self._targets[upstream.url] = (self.pool.origin(upstream.url), path)
+        return target
 
     async def post(
-        self,
-        upstream: Upstream,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        stream: bool = False,
-    ) -> aiohttp.ClientResponse:
-        """POST and wait for the answer's head (a stream's caller bounds the wait itself)."""
+        self, upstream: Upstream, body: bytes, headers: dict[str, str], stream: bool = False
+    ) -> Response:
+        """POST a chat request; returns at the answer's head (a stream's caller bounds the
+        wait itself, a whole answer is bounded by ``first_byte`` of silence)."""
+        origin, path = self.chat_target(upstream)
+        timeouts = upstream.timeouts
         try:
-            return await self.session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout(upstream, stream),
-                allow_redirects=False,
+            return await self.pool.post(
+                origin,
+                path,
+                headers,
+                body,
+                timeouts.connect,
+                None if stream else timeouts.first_byte,
             )
-        except aiohttp.ClientConnectorError as exc:
+        except ConnectTimeout as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' did not accept a connection within "
+                f"{timeouts.connect:g} s; try again shortly."
+            ) from exc
+        except ConnectError as exc:
             raise UpstreamUnavailable(
                 f"Upstream '{upstream.name}' refused the connection; try again shortly."
             ) from exc
-        except aiohttp.ConnectionTimeoutError as exc:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' did not accept a connection within "
-                f"{upstream.timeouts.connect:g} s; try again shortly."
-            ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' sent nothing within "
-                f"{upstream.timeouts.first_byte:g} s."
+                f"Upstream '{upstream.name}' sent nothing within {timeouts.first_byte:g} s."
             ) from exc
-        except aiohttp.ClientError as exc:
+        except WireError as exc:
             raise UpstreamUnavailable(
                 f"Upstream '{upstream.name}' failed before answering; try again shortly."
             ) from exc
 
 
-async def read_chunk(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
+async def read_chunk(response: Response, upstream: Upstream) -> bytes:
     """The next piece of a streamed answer (``b""`` at its end); the caller bounds the wait."""
     try:
-        return await response.content.readany()
-    except (aiohttp.ClientError, ConnectionError) as exc:
+        return await response.readany()
+    except WireError as exc:
         raise UpstreamUnavailable(
             f"Upstream '{upstream.name}' broke off the answer; try again."
         ) from exc
 
 
-async def read_body(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
-    """The whole (non-streamed) answer body; aiohttp's read timer bounds each silence."""
+async def read_body(response: Response, upstream: Upstream) -> bytes:
+    """The whole (non-streamed) answer body; the wire's read timer bounds each silence."""
     try:
         return await response.read()
     except TimeoutError as exc:
         raise UpstreamTimeout(
             f"Upstream '{upstream.name}' stalled while sending its answer."
         ) from exc
-    except (aiohttp.ClientError, ConnectionError) as exc:
+    except WireError as exc:
         raise UpstreamUnavailable(
             f"Upstream '{upstream.name}' broke off the answer; try again."
         ) from exc

@@ -1,0 +1,345 @@
+"""The lean upstream client (``gateway.proxy.wire``) against raw loopback servers that answer
+exactly the bytes a test scripts: keep-alive reuse, every body framing, interim answers,
+timeouts, broken and hostile upstreams. Through the gateway: what a client then sees."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.proxy import wire
+from gateway.proxy.wire import ConnectError, Pool, WireError
+from gateway.server import Server
+from tests.clients import AUTH
+from tests.conftest import gateway_yaml
+from tests.redis_server import free_port
+
+Answer = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+class RawServer:
+    """Reads each request (head + Content-Length body) and lets ``answer`` write bytes;
+    ``answer`` returns False to close the connection. Counts connections and requests."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                if not await self.answer(request, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[Pool]:
+    p = Pool()
+    yield p
+    p.close()
+
+
+async def serve(answer: Answer) -> RawServer:
+    return await RawServer(answer).start()
+
+
+def fixed(raw: bytes, keep: bool = True) -> Answer:
+    async def answer(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(raw)
+        await writer.drain()
+        return keep
+
+    return answer
+
+
+async def post(pool: Pool, server: RawServer, read_timeout: float | None = 5.0) -> wire.Response:
+    return await pool.post(
+        pool.origin(server.url), "/v1/chat/completions", {"X-A": "1"}, b"{}", 1.0, read_timeout
+    )
+
+
+OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}'
+
+
+async def test_keep_alive_reuses_one_connection(pool: Pool) -> None:
+    server = await serve(fixed(OK))
+    try:
+        for _ in range(5):
+            response = await post(pool, server)
+            assert (response.status, await response.read()) == (200, b'{"a":1}')
+            response.release()
+        assert server.connections == 1 and len(server.requests) == 5
+        head = server.requests[0].split(b"\r\n")
+        assert head[0] == b"POST /v1/chat/completions HTTP/1.1"
+        assert f"Host: {server.url[7:]}".encode() in head and b"X-A: 1" in head
+        assert b"Content-Length: 2" in head and server.requests[0].endswith(b"\r\n\r\n{}")
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (OK, b'{"a":1}'),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+            b"abcdefg",
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\n" + OK, b'{"a":1}'),  # an interim answer first
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ],
+    ids=["content-length", "chunked", "interim-100", "no-content"],
+)
+async def test_every_framing_is_read_whole_and_kept(pool: Pool, raw: bytes, body: bytes) -> None:
+    server = await serve(fixed(raw))
+    try:
+        for _ in range(2):
+            response = await post(pool, server)
+            assert await response.read() == body
+            response.release()
+        assert server.connections == 1
+    finally:
+        await server.stop()
+
+
+async def test_a_body_that_ends_with_the_connection(pool: Pool) -> None:
+    server = await serve(fixed(b"HTTP/1.1 200 OK\r\n\r\nall of it", keep=False))
+    try:
+        for _ in range(2):
+            response = await post(pool, server)
+            assert await response.read() == b"all of it"
+            response.release()
+        assert server.connections == 2  # not reusable: each answer ended its connection
+    finally:
+        await server.stop()
+
+
+async def test_connection_close_is_honoured(pool: Pool) -> None:
+    raw = OK.replace(b"Content-Length", b"Connection: close\r\nContent-Length")
+    server = await serve(fixed(raw))  # the server would keep it; the answer said close
+    try:
+        for _ in range(3):
+            response = await post(pool, server)
+            assert await response.read() == b'{"a":1}'
+            response.release()
+        assert server.connections == 3
+    finally:
+        await server.stop()
+
+
+async def test_an_idle_connection_the_upstream_closed_is_not_reused(pool: Pool) -> None:
+    server = await serve(fixed(OK, keep=False))  # closes after answering, without saying so
+    try:
+        response = await post(pool, server)
+        assert await response.read() == b'{"a":1}'
+        response.release()
+        await _until_closed(pool, server)
+        response = await post(pool, server)
+        assert await response.read() == b'{"a":1}'
+        assert server.connections == 2
+    finally:
+        await server.stop()
+
+
+async def _until_closed(pool: Pool, server: RawServer) -> None:
+    """Until no idle connection to ``server`` is open (at most 5 s)."""
+    origin, loop = pool.origin(server.url), asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while any(not c.closed for c in origin.idle):
+        assert loop.time() < deadline, "an idle connection stayed open"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_streamed_body_arrives_piece_by_piece(pool: Pool) -> None:
+    release = asyncio.Event()
+
+    async def answer(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    server = await serve(answer)
+    try:
+        response = await post(pool, server, read_timeout=None)
+        assert await response.readany() == b"first"  # before the rest exists
+        release.set()
+        assert await response.readany() == b"second"
+        assert await response.readany() == b""
+        response.release()
+        assert len(pool.origin(server.url).idle) == 1
+    finally:
+        await server.stop()
+
+
+async def test_an_unread_answer_is_not_pooled(pool: Pool) -> None:
+    server = await serve(fixed(OK))
+    try:
+        response = await post(pool, server)
+        response.release()  # the body was never read: the connection cannot be reused
+        assert pool.origin(server.url).idle == []
+    finally:
+        await server.stop()
+
+
+async def test_silence_times_out_but_a_slow_steady_answer_does_not(pool: Pool) -> None:
+    async def trickle(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"abcdef":  # 0.6 s in all, never 0.2 s of silence
+            await asyncio.sleep(0.1)
+            writer.write(bytes([byte]))
+            await writer.drain()
+        return True
+
+    async def stall(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+        return False
+
+    steady, stalled = await serve(trickle), await serve(stall)
+    try:
+        response = await post(pool, steady, read_timeout=0.25)
+        assert await response.read() == b"abcdef"
+        response = await post(pool, stalled, read_timeout=0.25)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await response.read()
+        assert asyncio.get_running_loop().time() - started < 1.0
+    finally:
+        await steady.stop()
+        await stalled.stop()
+
+
+async def test_a_silent_head_times_out(pool: Pool) -> None:
+    async def silent(_: bytes, __: asyncio.StreamReader, ___: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    server = await serve(silent)
+    try:
+        with pytest.raises(TimeoutError):
+            await post(pool, server, read_timeout=0.2)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # then the connection ends
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ],
+    ids=["cut-short", "not-http", "two-lengths", "bad-chunk"],
+)
+async def test_broken_answers_are_wire_errors(pool: Pool, raw: bytes) -> None:
+    server = await serve(fixed(raw, keep=False))
+    try:
+        with pytest.raises(WireError):
+            response = await post(pool, server)
+            await response.read()
+        assert pool.origin(server.url).idle == []
+    finally:
+        await server.stop()
+
+
+async def test_unsolicited_bytes_drop_the_connection(pool: Pool) -> None:
+    async def chatty(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(OK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")  # two answers
+        await writer.drain()
+        return True
+
+    server = await serve(chatty)
+    try:
+        for _ in range(2):
+            response = await post(pool, server)
+            assert await response.read() == b'{"a":1}'
+            response.release()
+        assert server.connections == 2  # the first connection was not trusted again
+    finally:
+        await server.stop()
+
+
+async def test_refused_and_unreachable(pool: Pool) -> None:
+    with pytest.raises(ConnectError):
+        await pool.post(pool.origin(f"http://127.0.0.1:{free_port()}"), "/", {}, b"", 1, 1)
+
+
+async def test_idle_connections_are_closed_after_a_while(
+    pool: Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(wire, "IDLE_SECONDS", 0.1)
+    server = await serve(fixed(OK))
+    try:
+        response = await post(pool, server)
+        await response.read()
+        response.release()
+        conn = pool.origin(server.url).idle[0]
+        await _until_closed(pool, server)
+        assert conn.closed and server.connections == 1
+    finally:
+        await server.stop()
+
+
+# -- through the gateway ------------------------------------------------------------------------
+async def test_a_garbled_upstream_is_a_502_and_the_next_request_works(
+    gateway_factory: Any,
+) -> None:
+    answers = iter([b"garbage\r\n\r\n", OK])
+
+    async def answer(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(next(answers))
+        await writer.drain()
+        return True
+
+    server = await serve(answer)
+    try:
+        gateway: Server = await gateway_factory(gateway_yaml({"raw": server.url}))
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            body: dict[str, Any] = {"model": "raw-model", "messages": [{"role": "user"}]}
+            body["messages"][0]["content"] = "hi"
+            async with http.post(url, json=body, headers=AUTH) as r:
+                assert r.status == 502
+                assert (await r.json())["error"]["type"]
+            async with http.post(url, json=body, headers=AUTH) as r:
+                assert r.status == 200 and await r.json() == {"a": 1}
+    finally:
+        await server.stop()
