@@ -256,8 +256,13 @@ class ChatHandler:
     ) -> web.StreamResponse:
         upstream, response, chunk = await self._open(request, ex, route, payload)
         if response.status != 200:
-            try:
-                raw = await read_body(response, upstream)
+            try:  # an error answer to a stream request: bounded like a whole answer
+                async with asyncio.timeout(upstream.timeouts.first_byte):
+                    raw = await read_body(response, upstream)
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"Upstream '{upstream.name}' stalled while sending its answer."
+                ) from None
             finally:
                 response.release()
                 self.rt.balancer.release(upstream)

@@ -343,3 +343,26 @@ async def test_a_garbled_upstream_is_a_502_and_the_next_request_works(
                 assert r.status == 200 and await r.json() == {"a": 1}
     finally:
         await server.stop()
+
+
+async def test_a_stalled_error_answer_to_a_stream_is_a_504(gateway_factory: Any) -> None:
+    async def stall(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 40\r\n\r\n{")
+        await writer.drain()
+        await asyncio.sleep(10)
+        return False
+
+    server = await serve(stall)
+    try:
+        config = gateway_yaml({"raw": server.url}).replace("first_byte: 5", "first_byte: 0.3")
+        gateway: Server = await gateway_factory(config)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
+            body["messages"][0]["content"] = "hi"  # type: ignore[index]
+            started = asyncio.get_running_loop().time()
+            async with http.post(url, json=body, headers=AUTH) as r:
+                assert r.status == 504
+            assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        await server.stop()
