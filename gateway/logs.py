@@ -6,6 +6,7 @@ Callers never pass secrets or bodies; the access log line is built from the ``Ex
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import IO, Any
@@ -41,23 +42,40 @@ def setup(level: str) -> None:
     logging.getLogger("aiohttp.access").disabled = True
 
 
+# ".000Z" to ".999Z" (and ".1000Z", which ``now % 1 * 1000`` can round up to in principle):
+# the milliseconds of an access-log time without formatting an int per line.
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1001))
+_APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
+
+
 class AccessLog:
     """One JSON line per request, written to a buffered stream and flushed by ``flush`` (the
     server calls it every second and at exit): a syscall per request would cost more than the
-    rest of the line."""
+    rest of the line.
+
+    The time's text to the second is formatted once a second, not once a line."""
+
+    __slots__ = ("_out", "_second")
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._out = stream  # None: whatever sys.stderr is at the time of writing
+        # The last whole second written and its text, in one tuple so they are read together.
+        self._second: tuple[float, str] = (math.nan, "")  # nan: equal to no second
 
     def _stream(self) -> IO[bytes]:
         return self._out if self._out is not None else sys.stderr.buffer
 
     def write(self, entry: dict[str, Any]) -> None:
         now = time.time()
-        entry["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + (
-            f".{int(now % 1 * 1000):03d}Z"
-        )
-        self._stream().write(orjson.dumps(entry) + b"\n")
+        fraction = now % 1
+        second = now - fraction  # exact: floor(now), the second gmtime(now) spells
+        last, text = self._second
+        if second != last:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            self._second = (second, text)
+        entry["time"] = text + _MILLIS[int(fraction * 1000)]
+        out = self._out if self._out is not None else sys.stderr.buffer
+        out.write(orjson.dumps(entry, option=_APPEND_NEWLINE))
 
     def flush(self) -> None:
         try:

@@ -17,12 +17,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from itertools import count
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDict, istr
 
+from gateway.clock import SystemClock
 from gateway.config.schema import Network
 from gateway.errors import (
     GatewayError,
@@ -43,6 +46,16 @@ _SECURITY = {
     "Permissions-Policy": "camera=(self), microphone=(self)",
 }
 HSTS = "max-age=63072000; includeSubDomains"
+SERVER = "llm-gateway"  # not aiohttp's, which names its exact version
+# What ``stamp`` sets after X-Request-ID, in the order it always has (an update replaces a header
+# the handler set, in place, and appends the others in this order): prebuilt, with the keys'
+# case-folded identities computed once rather than per answer.
+_X_REQUEST_ID = istr("X-Request-ID")
+_ANTHROPIC_VERSION = istr("anthropic-version")
+_SERVER = istr("Server")
+_STAMP_SECURITY = CIMultiDict({_SERVER: SERVER, **{istr(k): v for k, v in _SECURITY.items()}})
+_STAMP_HSTS = CIMultiDict(_STAMP_SECURITY)
+_STAMP_HSTS[istr("Strict-Transport-Security")] = HSTS
 
 
 class RequestIds:
@@ -96,11 +109,15 @@ def edge_middleware(
     clock_monotonic: Callable[[], float],
     done: Callable[[web.Request, Exchange, int, float], None],
 ) -> Middleware:
+    clock_monotonic = _unwrapped(clock_monotonic)
+    take = ids.take
+
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-        ex = Exchange(ids.take(request.headers.get("X-Request-ID")), clock_monotonic())
+        headers = request.headers
+        ex = Exchange(take(headers.get(_X_REQUEST_ID)), clock_monotonic())
         request[EXCHANGE] = ex
-        ex.anthropic = "anthropic-version" in request.headers  # for refusals of any route
+        ex.anthropic = _ANTHROPIC_VERSION in headers  # for refusals of any route
         status = 500
         try:
             response = await handler(request)
@@ -116,6 +133,14 @@ def edge_middleware(
             done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 
     return edge
+
+
+def _unwrapped(clock_monotonic: Callable[[], float]) -> Callable[[], float]:
+    """``time.monotonic`` itself for the system clock's method, which only calls it: the edge
+    reads the clock twice per request."""
+    if getattr(clock_monotonic, "__func__", None) is SystemClock.monotonic:
+        return time.monotonic
+    return clock_monotonic
 
 
 def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
@@ -136,12 +161,13 @@ def on_prepare(
     async def stamp(request: web.Request, response: web.StreamResponse) -> None:
         ex = request.get(EXCHANGE)
         headers = response.headers
-        headers["X-Request-ID"] = ex.request_id if ex is not None else ids.new()
-        headers["Server"] = "llm-gateway"  # not aiohttp's, which names its exact version
+        headers[_X_REQUEST_ID] = ex.request_id if ex is not None else ids.new()
         settings = network()
-        if settings.security_headers:
-            headers.update(_SECURITY)
-            if settings.hsts and (request.secure or trusts_proto(request)):
-                headers["Strict-Transport-Security"] = HSTS
+        if not settings.security_headers:
+            headers[_SERVER] = SERVER
+        elif settings.hsts and (request.secure or trusts_proto(request)):
+            headers.update(_STAMP_HSTS)
+        else:
+            headers.update(_STAMP_SECURITY)
 
     return stamp

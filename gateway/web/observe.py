@@ -25,36 +25,47 @@ class Observer:
     def __init__(self, metrics: Metrics, access: AccessLog | None) -> None:
         self.metrics = metrics
         self.access = access
-        # Labelled children by label values: ``labels()`` costs a lock and a tuple each time.
-        self._counted: dict[tuple[str, str, int, str], Any] = {}
-        self._timed: dict[tuple[str, str], Any] = {}
+        # Labelled children by label values: ``labels()`` costs a lock, a tuple and a ``str`` of
+        # every value each time. A child is made when the original call would have made it (a
+        # child is a series on /metrics from then on, even at zero).
+        self._answered: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         self._tokens: dict[tuple[str, bool], tuple[Any, Any]] = {}
+        self._ttft: dict[tuple[str, str], Any] = {}
+        self._refused: dict[str, Any] = {}
 
     def done(self, request: web.Request, ex: Exchange, status: int, duration: float) -> None:
         route = route_of(request)
         dialect = "anthropic" if ex.anthropic else "openai"
         model = ex.model or ""
-        m = self.metrics
         key = (route, model, status, dialect)
-        counter = self._counted.get(key)
-        if counter is None:
-            counter = self._counted[key] = m.requests.labels(route, model, str(status), dialect)
-        counter.inc()
-        timer = self._timed.get((route, dialect))
-        if timer is None:
-            timer = self._timed[(route, dialect)] = m.duration.labels(route, dialect)
-        timer.observe(duration)
-        if ex.refusal is not None:
-            m.refusals.labels(ex.refusal).inc()
-        if ex.ttft is not None and ex.upstream is not None:
-            m.ttft.labels(model, ex.upstream).observe(ex.ttft)
+        answered = self._answered.get(key)
+        if answered is None:  # the request counter's child and the duration histogram's
+            answered = self._answered[key] = (
+                self.metrics.requests.labels(route, model, str(status), dialect),
+                self.metrics.duration.labels(route, dialect),
+            )
+        answered[0].inc()
+        answered[1].observe(duration)
+        refusal = ex.refusal
+        if refusal is not None:
+            refused = self._refused.get(refusal)
+            if refused is None:
+                refused = self._refused[refusal] = self.metrics.refusals.labels(refusal)
+            refused.inc()
+        ttft = ex.ttft
+        upstream = ex.upstream
+        if ttft is not None and upstream is not None:
+            first = self._ttft.get((model, upstream))
+            if first is None:
+                first = self._ttft[(model, upstream)] = self.metrics.ttft.labels(model, upstream)
+            first.observe(ttft)
         if ex.prompt_tokens or ex.completion_tokens:
             tokens = self._tokens.get((model, ex.estimated))
             if tokens is None:
                 estimated = "true" if ex.estimated else "false"
                 tokens = self._tokens[(model, ex.estimated)] = (
-                    m.tokens.labels(model, "prompt", estimated),
-                    m.tokens.labels(model, "completion", estimated),
+                    self.metrics.tokens.labels(model, "prompt", estimated),
+                    self.metrics.tokens.labels(model, "completion", estimated),
                 )
             tokens[0].inc(ex.prompt_tokens)
             tokens[1].inc(ex.completion_tokens)
@@ -65,6 +76,8 @@ class Observer:
     def _line(
         request: web.Request, ex: Exchange, route: str, status: int, duration: float
     ) -> dict[str, object]:
+        """The access line (SPEC 8), in this key order; ``AccessLog.write`` appends "time"."""
+        ttft = ex.ttft
         return {
             "request_id": ex.request_id,
             "method": request.method,
@@ -72,7 +85,7 @@ class Observer:
             "path": request.path,
             "status": status,
             "duration_ms": round(duration * 1000, 2),
-            "ttft_ms": round(ex.ttft * 1000, 2) if ex.ttft is not None else None,
+            "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
             "key_id": ex.key_id,
             "owner": ex.owner,
             "model": ex.model,
