@@ -27,7 +27,7 @@ from gateway.runtime import Runtime
 from gateway.store.base import Store
 from gateway.store.factory import create_store
 from gateway.web import admin, admin_api, public
-from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare
+from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -113,12 +113,14 @@ def create_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
 
-    def trusts_proto(request: web.Request) -> bool:
+    def trusts_proto(request: web.BaseRequest) -> bool:
         return request.headers.get("X-Forwarded-Proto", "").lower() == "https" and (
             peer_is_trusted(request.remote, runtime.config.network.trusted_proxies)
         )
 
-    app.on_response_prepare.append(on_prepare(lambda: runtime.config.network, ids, trusts_proto))
+    stamp = stamper(lambda: runtime.config.network, ids, trusts_proto)
+    app[STAMP] = stamp
+    app.on_response_prepare.append(on_prepare(stamp))
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_services)
     if observer.access is not None:

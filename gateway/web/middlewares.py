@@ -153,12 +153,20 @@ def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
     return response
 
 
-def on_prepare(
-    network: Callable[[], Network], ids: RequestIds, trusts_proto: Callable[[web.Request], bool]
-) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """``network`` is read per answer, so a reload changes the headers at once."""
+Stamp = Callable[[web.BaseRequest, web.StreamResponse], None]
+# The public app's stamper, for answers no signal reaches (``web.protocol``'s parser errors).
+STAMP = web.AppKey("stamp", object)
 
-    async def stamp(request: web.Request, response: web.StreamResponse) -> None:
+
+def stamper(
+    network: Callable[[], Network],
+    ids: RequestIds,
+    trusts_proto: Callable[[web.BaseRequest], bool],
+) -> Stamp:
+    """Sets X-Request-ID, Server and the security headers on an answer about to be sent.
+    ``network`` is read per answer, so a reload changes the headers at once."""
+
+    def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
         ex = request.get(EXCHANGE)
         headers = response.headers
         headers[_X_REQUEST_ID] = ex.request_id if ex is not None else ids.new()
@@ -171,3 +179,12 @@ def on_prepare(
             headers.update(_STAMP_SECURITY)
 
     return stamp
+
+
+def on_prepare(stamp: Stamp) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """The ``on_response_prepare`` signal handler that stamps every answer of an app."""
+
+    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+        stamp(request, response)
+
+    return prepare

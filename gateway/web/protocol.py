@@ -3,17 +3,22 @@
 aiohttp answers a malformed request itself, before any middleware, with a text body and a log
 line that both quote the offending bytes — which can include an ``Authorization`` header. Here
 such a request gets a JSON error that names the problem without echoing input, and one log line
-with the client and the parser's verdict (its class), never the data.
+with the client and the parser's verdict (its class), never the data. It carries the headers
+every answer of the app carries (X-Request-ID, Server, the security headers): no signal of the
+app reaches it, so the runner hands the app's stamper to its connections.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
+
+from gateway.web.middlewares import STAMP, Stamp
 
 log = logging.getLogger("gateway.http")
 
@@ -29,6 +34,8 @@ _WHY = {
 
 
 class QuietRequestHandler(RequestHandler):
+    stamp: Stamp | None = None
+
     def handle_error(
         self,
         request: BaseRequest,
@@ -53,12 +60,18 @@ class QuietRequestHandler(RequestHandler):
             status=status, body=orjson.dumps(body), content_type="application/json"
         )
         response.force_close()
+        if self.stamp is not None:
+            self.stamp(request, response)
         return response
 
 
 class QuietServer(web.Server):
+    stamp: Stamp | None = None
+
     def __call__(self) -> RequestHandler:
-        return QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = QuietRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.stamp = self.stamp
+        return handler
 
 
 class QuietAppRunner(web.AppRunner):
@@ -67,4 +80,5 @@ class QuietAppRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = QuietServer  # same state, one overridden factory method
+        cast(QuietServer, server).stamp = cast(Stamp | None, self.app.get(STAMP))
         return server

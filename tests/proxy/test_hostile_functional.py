@@ -136,3 +136,13 @@ async def test_oversized_headers_are_4xx(edge: Server, fake: FakeUpstream) -> No
     answer = await exchange(edge.port, long_line, wait=2)
     assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:80]
     assert fake.seen == []
+
+
+async def test_an_unparseable_request_gets_the_headers_of_every_answer(edge: Server) -> None:
+    """aiohttp answers it before any middleware or signal: the gateway still stamps it."""
+    answer = await exchange(edge.port, b"GARBAGE / HTTP/1.1\r\nHost: gw\r\n\r\n", wait=2)
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith((b"http/1.1 400", b"http/1.0 400")), answer[:80]
+    assert b"\r\nserver: llm-gateway" in head and b"aiohttp" not in head
+    assert b"\r\nx-request-id: req_" in head
+    assert b"\r\nx-content-type-options: nosniff" in head

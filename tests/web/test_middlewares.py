@@ -15,7 +15,7 @@ from gateway.clock import FakeClock, SystemClock
 from gateway.config.schema import Network
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.web import middlewares
-from gateway.web.middlewares import RequestIds, on_prepare
+from gateway.web.middlewares import RequestIds, on_prepare, stamper
 
 SECURITY = {
     "X-Content-Type-Options": "nosniff",
@@ -81,7 +81,7 @@ async def test_stamp_matches_header_by_header(
         asked.append(r)
         return trusted
 
-    stamp = on_prepare(lambda: settings, RequestIds(), trusts_proto)
+    stamp = on_prepare(stamper(lambda: settings, RequestIds(), trusts_proto))
     reference_ids = RequestIds()
     for handler_headers in HANDLER_HEADERS:
         got = await stamped(stamp, request, handler_headers)
