@@ -24,24 +24,30 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.dialects.anthropic_stream import (
+    TEXT_DELTA_END,
     StreamTranslator,
     Usage,
     encode_event,
+    encode_events,
     error_event,
     ping,
+    plain_text,
     to_anthropic_response,
 )
 from gateway.errors import BadRequest
 
 __all__ = [
+    "TEXT_DELTA_END",
     "StreamTranslator",
     "Usage",
     "encode_event",
+    "encode_events",
     "error_event",
     "estimate_tokens",
     "is_anthropic",
     "models_list",
     "ping",
+    "plain_text",
     "to_anthropic_response",
     "to_openai_request",
 ]

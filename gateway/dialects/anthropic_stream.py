@@ -56,6 +56,12 @@ _NOT_CARRIED = frozenset(
     | {"container", "diagnostics", "stop_details"}
 )
 _RAW_ARGUMENTS = "_raw_arguments"
+# A text delta event is ``_TEXT_DELTA % index`` + the text as a JSON string + ``TEXT_DELTA_END``.
+_TEXT_DELTA = (
+    b"event: content_block_delta\n"
+    b'data: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+)
+TEXT_DELTA_END = b"}}\n\n"
 
 
 class Usage(NamedTuple):
@@ -63,9 +69,37 @@ class Usage(NamedTuple):
     completion_tokens: int
 
 
+_EVENT_HEADS = {
+    name: b"event: " + name.encode() + b"\ndata: "
+    for name in (
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    )
+}
+
+
+def _event_head(name: str) -> bytes:
+    head = _EVENT_HEADS.get(name)
+    return head if head is not None else b"event: " + name.encode() + b"\ndata: "
+
+
 def encode_event(name: str, data: dict[str, Any]) -> bytes:
     """One server-sent event, as the Anthropic API writes it."""
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    return _event_head(name) + orjson.dumps(data) + b"\n\n"
+
+
+def encode_events(events: list[Event]) -> bytes:
+    """The events one after the other, each as ``encode_event`` writes it."""
+    parts: list[bytes] = []
+    for name, data in events:
+        parts += (_event_head(name), orjson.dumps(data), b"\n\n")
+    return b"".join(parts)
 
 
 def ping() -> Event:
@@ -198,6 +232,24 @@ def _complete(arguments: str) -> bool:
         return False
 
 
+def plain_text(chunk: dict[str, Any]) -> str | None:
+    """The text of the commonest chunk: nothing but more (non-empty) text for choice 0, no
+    usage, no error, no finish. None for any other chunk."""
+    if chunk.get("usage") is not None or "error" in chunk:
+        return None
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1 or choice.get("index", 0) != 0:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str and text else None
+
+
 @dataclass(slots=True, eq=False)
 class _ToolCall:
     id: str
@@ -219,6 +271,21 @@ class StreamTranslator:
     finish chunk, or for ``finish()``, called when the upstream sends ``[DONE]``.
     """
 
+    __slots__ = (
+        "_blocks",
+        "_done",
+        "_held",
+        "_input_tokens",
+        "_open",
+        "_started",
+        "_stop",
+        "_tools",
+        "_usage",
+        "message_id",
+        "model",
+        "text_head",
+    )
+
     def __init__(
         self, model: str, message_id: str | None = None, *, input_tokens: int | None = None
     ) -> None:
@@ -233,6 +300,9 @@ class StreamTranslator:
         self._open: _Block | None = None
         self._tools: dict[int, _ToolCall] = {}
         self._held: list[_Held] = []
+        # While a text block is open and the stream goes on: the bytes of a text delta event up
+        # to its text (then the text as a JSON string, then TEXT_DELTA_END); else None.
+        self.text_head: bytes | None = None
 
     @property
     def usage(self) -> Usage | None:
@@ -249,6 +319,7 @@ class StreamTranslator:
         if self._done:
             return []
         self._done = True
+        self.text_head = None
         return [error_event(error_type, message)]
 
     def text_delta(self, chunk: dict[str, Any]) -> bytes | None:
@@ -257,29 +328,11 @@ class StreamTranslator:
         Byte for byte what ``feed`` and ``encode_event`` would give; None when the chunk is
         anything else (then ``feed`` handles it). Saves most of a stream's translation cost.
         """
-        if self._open != "text" or self._done or chunk.get("usage") is not None:
+        head = self.text_head
+        if head is None:
             return None
-        choices = chunk.get("choices")
-        if type(choices) is not list or len(choices) != 1 or "error" in chunk:
-            return None
-        choice = choices[0]
-        if type(choice) is not dict or choice.get("finish_reason") is not None:
-            return None
-        delta = choice.get("delta")
-        if type(delta) is not dict or len(delta) != 1 or choice.get("index", 0) != 0:
-            return None
-        text = delta.get("content")
-        if type(text) is not str or not text:
-            return None
-        return b"".join(
-            (
-                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":',
-                str(self._blocks - 1).encode(),
-                b',"delta":{"type":"text_delta","text":',
-                orjson.dumps(text),
-                b"}}\n\n",
-            )
-        )
+        text = plain_text(chunk)
+        return None if text is None else head + orjson.dumps(text) + TEXT_DELTA_END
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         usage = _usage_of(chunk.get("usage"))
@@ -337,6 +390,7 @@ class StreamTranslator:
 
     def _fail(self, error: object) -> list[Event]:
         self._done = True
+        self.text_head = None
         message = error.get("message") if isinstance(error, dict) else error
         if not isinstance(message, str) or not message:
             message = "The upstream failed mid-stream; retry the request."
@@ -418,10 +472,13 @@ class StreamTranslator:
         self._close(out)
         self._open = block
         self._blocks += 1
+        self.text_head = _TEXT_DELTA % (self._blocks - 1) if block == "text" else None
         if isinstance(block, _ToolCall):
             start = _tool_use(block.id, block.name, {})
+        elif block == "text":
+            start = {"type": "text", "text": ""}
         else:
-            start = {"type": block, block: ""} | ({"signature": ""} if block == "thinking" else {})
+            start = {"type": block, block: "", "signature": ""}
         event = {"type": "content_block_start", "index": self._blocks - 1, "content_block": start}
         out.append(("content_block_start", event))
         if isinstance(block, _ToolCall):
@@ -443,6 +500,7 @@ class StreamTranslator:
         if isinstance(self._open, _ToolCall):
             self._open.closed = True
         self._open = None
+        self.text_head = None
         out.append(
             ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
         )

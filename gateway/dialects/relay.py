@@ -5,6 +5,14 @@ here translates them into the Messages event stream. Pure.
 Once the Anthropic stream has ended for the client (``message_stop``, or an ``error`` event for an
 upstream error chunk or an upstream event that is not JSON), nothing more is written: a failure
 the gateway notices later (the upstream closing without ``[DONE]``) adds no second ending.
+
+The commonest upstream event, more text for choice 0, is translated from its bytes: an upstream
+repeats the same bytes around the text of every such chunk (``{"id":…,"choices":[{"index":0,
+"delta":{"content":`` before it, ``},"logprobs":null,"finish_reason":null}]}`` after it), so the
+relay learns that frame from one chunk it has parsed, proves it (the frame around another string
+parses to a plain text chunk), and then only decodes the string literal between the two. Any
+event that does not fit the frame exactly takes the parsing path; either way the client gets the
+same bytes.
 """
 
 from __future__ import annotations
@@ -14,8 +22,13 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.dialects import anthropic
+from gateway.dialects.anthropic import TEXT_DELTA_END, encode_events, plain_text
 from gateway.dialects.sse import DONE, event_data
 from gateway.errors import GatewayError
+
+_CONTENT = b'"delta":{"content":'
+_LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
+_NO_FRAME = (b"", b"", 0, 0)
 
 
 class Relay(Protocol):
@@ -39,18 +52,42 @@ class AnthropicRelay:
     reports the estimated output tokens (the count the gateway charges) instead of 0.
     """
 
-    __slots__ = ("chunks", "done", "translator", "usage")
+    __slots__ = ("_frame", "_learn", "chunks", "done", "translator", "usage")
 
     def __init__(self, model: str, input_tokens: int | None = None) -> None:
         self.translator = anthropic.StreamTranslator(model, input_tokens=input_tokens)
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.chunks = 0
+        # The frame of a plain text chunk: the event's bytes before and after the text literal
+        # and where the literal starts and stops (stop is 0 until a frame is learned).
+        self._frame = _NO_FRAME
+        self._learn = _LEARN_ATTEMPTS
 
     def relay(self, events: list[bytes]) -> bytes:
         parts: list[bytes] = []
         translator = self.translator
+        before, after, start, stop = self._frame
         for event in events:
+            if (
+                stop
+                and event.startswith(before)
+                and event.endswith(after)
+                and (head := translator.text_head) is not None
+            ):
+                literal = event[start:stop]
+                try:
+                    text = orjson.loads(literal)
+                except orjson.JSONDecodeError:
+                    text = None
+                # Exactly one string literal (no whitespace around it: a newline there would
+                # split the event into lines); without escapes it is already what orjson writes.
+                if type(text) is str and text and literal[0] == literal[-1] == 34:
+                    self.chunks += 1
+                    if b"\\" in literal:
+                        literal = orjson.dumps(text)
+                    parts.append(head + literal + TEXT_DELTA_END)
+                    continue
             data = event_data(event)
             if data is None:
                 continue
@@ -61,7 +98,9 @@ class AnthropicRelay:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
                 parts.append(
-                    _encode(translator.fail("The upstream sent a stream event that is not JSON."))
+                    encode_events(
+                        translator.fail("The upstream sent a stream event that is not JSON.")
+                    )
                 )
                 continue
             if not isinstance(chunk, dict):
@@ -71,18 +110,46 @@ class AnthropicRelay:
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
                 self.usage = usage
             fast = translator.text_delta(chunk)
-            parts.append(fast if fast is not None else _encode(translator.feed(chunk)))
+            parts.append(fast if fast is not None else encode_events(translator.feed(chunk)))
+            if translator.text_head and self._learn and self._learn_frame(event, data, chunk):
+                before, after, start, stop = self._frame
         return b"".join(parts)
 
+    def _learn_frame(self, event: bytes, data: bytes, chunk: dict[str, Any]) -> bool:
+        """Learn the frame of plain text chunks from one (parsed) plain text chunk, if it is one
+        and its frame is sound: the same bytes around any other string are a plain text chunk."""
+        text = plain_text(chunk)
+        if text is None:
+            return False
+        self._learn -= 1
+        literal = orjson.dumps(text)  # an upstream writing it otherwise is not learned from
+        at = data.find(_CONTENT)
+        if at < 0 or b"\n" in event:  # one line: the event is "data:" or "data: ", then data
+            return False
+        at += len(_CONTENT)
+        if not data.startswith(literal, at):
+            return False
+        head, tail = data[:at], data[at + len(literal) :]
+        if not tail:
+            return False
+        # The frame holds if another text in it parses as this one did (a second text: were the
+        # text read from elsewhere, as from a later duplicate key, both would read the same).
+        probe = "x" if text != "x" else "y"
+        try:
+            parsed = orjson.loads(head + orjson.dumps(probe) + tail)
+        except orjson.JSONDecodeError:
+            return False
+        if type(parsed) is not dict or plain_text(parsed) != probe:
+            return False
+        before = event[: len(event) - len(data)] + head
+        self._frame = (before, tail, len(before), -len(tail))
+        return True
+
     def error(self, error: GatewayError) -> bytes:
-        return _encode(self.translator.fail(error.message, error.anthropic_type))
+        return encode_events(self.translator.fail(error.message, error.anthropic_type))
 
     def finish(self) -> bytes:
-        return _encode(self.translator.finish(self.estimated_completion_tokens()))
+        return encode_events(self.translator.finish(self.estimated_completion_tokens()))
 
     def estimated_completion_tokens(self) -> int:
         return max(0, self.chunks - 2)
-
-
-def _encode(events: list[tuple[str, dict[str, Any]]]) -> bytes:
-    return b"".join(anthropic.encode_event(name, data) for name, data in events)
