@@ -110,8 +110,8 @@ class ChatHandler:
     def _settle(self, ex: Exchange, ticket: Ticket, model: str) -> None:
         usage = ex.usage
         if usage is not None:
-            ex.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            ex.completion_tokens = int(usage.get("completion_tokens") or 0)
+            ex.prompt_tokens = _count(usage.get("prompt_tokens"))
+            ex.completion_tokens = _count(usage.get("completion_tokens"))
         elif ex.upstream is not None and not ex.error:
             ex.estimated = True  # no usage from upstream: estimate what was produced
             ex.prompt_tokens = ex.prompt_estimate
@@ -385,6 +385,15 @@ def _answer_chars(answer: object) -> int:
         return len(message.get("content") or "") + len(str(message.get("tool_calls") or ""))
     except (KeyError, IndexError, TypeError, AttributeError):
         return 0
+
+
+def _count(value: object) -> int:
+    """A token count an upstream reported: a whole number ≥ 0, else 0 (never a crash)."""
+    if type(value) is int and value > 0:
+        return value
+    if type(value) is float and 0 < value < 1e15:
+        return int(value)
+    return 0
 
 
 def _str_or_none(value: object) -> str | None:

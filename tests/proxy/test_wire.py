@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 
 from gateway.proxy import wire
@@ -364,5 +365,35 @@ async def test_a_stalled_error_answer_to_a_stream_is_a_504(gateway_factory: Any)
             async with http.post(url, json=body, headers=AUTH) as r:
                 assert r.status == 504
             assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": -5, "completion_tokens": -1},
+        {"prompt_tokens": 3, "completion_tokens": "many"},
+        {"prompt_tokens": 3, "completion_tokens": 1e300},
+        {"prompt_tokens": 3, "completion_tokens": None},
+    ],
+)
+async def test_insane_usage_is_counted_as_zero_not_a_crash(
+    gateway_factory: Any, usage: dict[str, Any]
+) -> None:
+    body = orjson.dumps({"id": "x", "choices": [], "usage": usage})
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    server = await serve(fixed(raw))
+    try:
+        gateway: Server = await gateway_factory(gateway_yaml({"raw": server.url}))
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            chat = {"model": "raw-model", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(2):
+                async with http.post(url, json=chat, headers=AUTH) as r:
+                    assert r.status == 200 and await r.read() == body
+            async with http.get(f"http://127.0.0.1:{gateway.admin_port}/metrics") as r:
+                metrics = await r.text()
+        assert 'gateway_requests_total{dialect="openai",model="raw-model"' in metrics
     finally:
         await server.stop()
