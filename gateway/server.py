@@ -43,11 +43,15 @@ def _port(runner: web.AppRunner) -> int:
 
 def tune_gc() -> None:
     """Everything built at start-up lives as long as the process: move it out of the collector's
-    sight (``gc.freeze``), and collect the young generation less often, since a request's
-    garbage is short-lived and freed by reference counting anyway."""
+    sight (``gc.freeze``), and collect the young generation less often than CPython's 700
+    allocations, since a request's garbage is freed by reference counting anyway. The older
+    generations keep their default pace: a collection scans every object of its generation, and
+    with hundreds of open streams a rare, large gen-1 pass (20,000 x 50 before) stalled every
+    stream for ~10 ms (bench: 512 paced streams, added gap p99 11.8 → 3.4 ms; ~2% CPU per
+    request at saturation)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 50, 100)
+    gc.set_threshold(2_000, 10, 10)
 
 
 def warn_without_c_parser() -> None:
