@@ -37,3 +37,13 @@ def claude(server: Server, api_key: str = TEST_KEY, **kw: Any) -> anthropic.Asyn
 async def close_all() -> None:
     while OPEN:
         await OPEN.pop().close()
+
+
+# The security headers of SPEC 3, on every answer unless network.security_headers is off.
+SECURITY = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-XSS-Protection": "1; mode=block",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+    "Permissions-Policy": "camera=(self), microphone=(self)",
+}

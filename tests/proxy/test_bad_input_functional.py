@@ -9,17 +9,9 @@ import aiohttp
 import pytest
 
 from gateway.server import Server
-from tests.clients import AUTH
+from tests.clients import AUTH, SECURITY
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
-
-SECURITY = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "X-XSS-Protection": "1; mode=block",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
-    "Permissions-Policy": "camera=(self), microphone=(self)",
-}
 
 
 @pytest.fixture

@@ -12,17 +12,10 @@ import aiohttp
 import pytest
 
 from gateway.server import Server, warn_without_c_parser
-from tests.clients import AUTH
+from tests.clients import AUTH, SECURITY
 from tests.conftest import gateway_yaml
 
 HSTS = "max-age=63072000; includeSubDomains"
-SECURITY = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "X-XSS-Protection": "1; mode=block",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
-    "Permissions-Policy": "camera=(self), microphone=(self)",
-}
 
 
 @pytest.fixture(scope="module")

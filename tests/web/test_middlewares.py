@@ -16,14 +16,7 @@ from gateway.config.schema import Network
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.web import middlewares
 from gateway.web.middlewares import RequestIds, on_prepare, stamper
-
-SECURITY = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "X-XSS-Protection": "1; mode=block",
-    "Referrer-Policy": "strict-origin-when-cross-origin",
-    "Permissions-Policy": "camera=(self), microphone=(self)",
-}
+from tests.clients import SECURITY
 
 
 def reference(
