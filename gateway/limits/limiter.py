@@ -204,7 +204,10 @@ class Limiter:
         error), so its concurrency slot and reservation do not stay taken."""
         if not getattr(self.store, "admit_yields", True):
             return await self.store.admit(admission)  # completes without yielding: no gap
-        deciding = asyncio.ensure_future(self.store.admit(admission))
+        admit_now = getattr(self.store, "admit_now", None)  # a future already on its way
+        deciding = (admit_now(admission) if admit_now is not None else None) or (
+            asyncio.ensure_future(self.store.admit(admission))
+        )
         try:
             return await asyncio.shield(deciding)
         except asyncio.CancelledError:

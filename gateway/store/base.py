@@ -79,7 +79,13 @@ class Store(Protocol):
         ...
 
     # -- limits -----------------------------------------------------------------------------
-    async def admit(self, admission: Admission) -> Verdict: ...
+    async def admit(self, admission: Admission) -> Verdict:
+        """The verdict, having taken what it admits. Two optional attributes speed up the
+        limiter's call: ``admit_yields = False`` (admit never awaits, so it needs no guard
+        against a cancelled caller) and ``admit_now(admission)``, returning a future of the
+        verdict already sent (or None: use ``admit``), which completes whatever its awaiter
+        does."""
+        ...
 
     async def settle(self, settlement: Settlement) -> None: ...
 

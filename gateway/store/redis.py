@@ -46,6 +46,17 @@ def _kid(key_id: str) -> str:
     return f"gw:kid:{esc(key_id)}"
 
 
+def _chain(source: asyncio.Future[Verdict], target: asyncio.Future[Verdict]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.set_exception(StoreError("redis: cancelled"))
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        target.set_result(source.result())
+
+
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -265,6 +276,51 @@ class RedisStore:
     async def admit(self, admission: Admission) -> Verdict:
         keys, args = codec.admit_call(admission, self._now())
         return codec.verdict(admission, await self._script("admit", keys, args))
+
+    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict] | None:
+        """The hot path's ``admit``: the EVALSHA is on its way when this returns, and the
+        verdict arrives as a future (no task, no timeout context: one timer), which completes
+        even if its awaiter is cancelled. None when the lane is not connected; a reply other
+        than a verdict (NOSCRIPT after a SCRIPT FLUSH, say) takes ``admit``'s path."""
+        lane = self._lane
+        if lane is None:
+            return None
+        keys, args = codec.admit_call(admission, self._now())
+        reply = lane.send_now("EVALSHA", self._scripts["admit"].sha, len(keys), *keys, *args)
+        if reply is None:
+            return None
+        loop = asyncio.get_running_loop()
+        verdict: asyncio.Future[Verdict] = loop.create_future()
+
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not reply.done():
+                expired = True
+                lane.reset()  # fails the reply (a reply is still owed on this connection)
+
+        timer = loop.call_later(self._timeout, expire)
+
+        def done(reply: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            if verdict.done():
+                return
+            exc = None if reply.cancelled() else reply.exception()
+            if isinstance(exc, LaneError) and exc.noscript:
+                slow = asyncio.ensure_future(self.admit(admission))
+                slow.add_done_callback(lambda f: _chain(f, verdict))
+            elif exc is not None or reply.cancelled():
+                why = "timed out" if expired else (exc or "cancelled")
+                verdict.set_exception(StoreError(f"redis: {why}"))
+            else:
+                try:
+                    verdict.set_result(codec.verdict(admission, reply.result()))
+                except Exception as err:  # a reply of the wrong shape
+                    verdict.set_exception(StoreError(f"redis: unexpected admit reply ({err})"))
+
+        reply.add_done_callback(done)
+        return verdict
 
     async def settle(self, settlement: Settlement) -> None:
         keys, args = codec.settle_call(settlement, self._now())

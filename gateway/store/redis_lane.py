@@ -134,6 +134,15 @@ class Lane:
         (future,) = wire.send(_pack(args), 1)
         return await future
 
+    def send_now(self, *args: Arg) -> asyncio.Future[Any] | None:
+        """The reply's future of one command sent at once, or None when not connected (then
+        ``call``, which connects, is the way). The caller bounds the wait, and calls ``reset``
+        if it gives up on a reply still owed."""
+        wire = self._wire
+        if wire is None or wire.closed:
+            return None
+        return wire.send(_pack(args), 1)[0]
+
     async def call_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """Commands in one write; their replies in order, an error reply as a ``LaneError``
         in its place (the others still count)."""

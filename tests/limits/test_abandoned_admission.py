@@ -5,6 +5,9 @@ admitted it, so the limiter must still learn the verdict and give the slot and r
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from gateway.clock import SystemClock
 from gateway.config.load import parse_text
@@ -18,10 +21,12 @@ class SlowAnswers(RedisStore):
     """The real Redis store, whose verdicts come back only when the test says so (as when the
     network is slow after Redis has executed the script)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, fast: bool) -> None:
         super().__init__(url, 5000)
         self.executed = asyncio.Event()
         self.answer = asyncio.Event()
+        self.fast = fast  # the limiter's hot path (admit_now's future) or admit()
+        self._tasks: list[asyncio.Task[Any]] = []
 
     async def admit(self, admission: Admission) -> Verdict:
         verdict = await super().admit(admission)
@@ -29,9 +34,26 @@ class SlowAnswers(RedisStore):
         await self.answer.wait()
         return verdict
 
+    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict] | None:
+        inner = super().admit_now(admission) if self.fast else None
+        if inner is None:
+            return None
+        late: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
 
-async def test_an_abandoned_admission_is_given_back(redis_url: str) -> None:
-    store = SlowAnswers(redis_url)
+        async def answer_late() -> None:
+            verdict = await inner
+            self.executed.set()
+            await self.answer.wait()
+            late.set_result(verdict)
+
+        self._tasks.append(asyncio.ensure_future(answer_late()))
+        return late
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["admit_now", "admit"])
+async def test_an_abandoned_admission_is_given_back(redis_url: str, fast: bool) -> None:
+    store = SlowAnswers(redis_url, fast)
+    await store.ping()  # connected: the hot path is open
     config = parse_text("plans: {free: {rpm: null, monthly_tokens: null}}\n", "t", {})
     limiter = Limiter(store, config, SystemClock())
     await limiter.start()

@@ -561,3 +561,72 @@ async def test_every_limit_and_usage_key_expires(redis_url: str) -> None:
         client.close()
     finally:
         await store.close()
+
+
+# -- admit_now: the limiter's admission without a task ------------------------------------------
+async def test_admit_now_equals_admit_and_needs_a_connection(redis_url: str) -> None:
+    store = RedisStore(redis_url, 5000, FakeClock(T0))
+    try:
+        a = Admission("r1", "k", "o", rpm=5, daily=100, reserve=10)
+        assert store.admit_now(a) is None  # not connected yet: admit() connects
+        first = await store.admit(a)
+        pending = store.admit_now(Admission("r2", "k", "o", rpm=5, daily=100, reserve=10))
+        assert pending is not None
+        second = await pending
+        assert (first.requests_remaining, second.requests_remaining) == (4, 3)
+        assert (first.tokens_remaining, second.tokens_remaining) == (90, 80)
+    finally:
+        await store.close()
+
+
+async def test_admit_now_survives_a_script_flush(
+    redis_url: str, redis_process: RedisServer
+) -> None:
+    store = RedisStore(redis_url, 5000, FakeClock(T0))
+    try:
+        await store.admit(Admission("r1", "k", "o", rpm=5))
+        redis_process.call("SCRIPT", "FLUSH")
+        pending = store.admit_now(Admission("r2", "k", "o", rpm=5))
+        assert pending is not None
+        assert (await pending).requests_remaining == 3
+    finally:
+        await store.close()
+
+
+async def test_admit_now_times_out_and_the_lane_recovers(dedicated: RedisServer) -> None:
+    store = RedisStore(dedicated.url, 200)
+    try:
+        assert (await store.admit(Admission("r1", "k", "o", rpm=10))).admitted
+        dedicated.pause()
+        try:
+            pending = store.admit_now(Admission("r2", "k", "o", rpm=10))
+            assert pending is not None
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="timed out"):
+                await pending
+            assert time.monotonic() - started < 1.0
+        finally:
+            dedicated.resume()
+        verdict = await store.admit(Admission("r3", "k", "o", rpm=10))
+        assert verdict.admitted and verdict.requests_remaining in (7, 8)
+    finally:
+        await store.close()
+
+
+async def test_admit_now_completes_for_a_caller_that_left(redis_url: str) -> None:
+    """The limiter shields it: the verdict still arrives, so a lease taken for nobody can be
+    given back."""
+    store = RedisStore(redis_url, 5000, FakeClock(T0))
+    try:
+        await store.ping()
+        pending = store.admit_now(Admission("r1", "k", "o", concurrency=1))
+        assert pending is not None
+        waiter = asyncio.ensure_future(asyncio.shield(pending))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        verdict = await pending
+        assert verdict.admitted
+        refused = await store.admit(Admission("r2", "k", "o", concurrency=1))
+        assert refused.refused == "concurrency"
+    finally:
+        await store.close()
