@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -49,6 +50,12 @@ class Ticket:
     started: float
 
 
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(second: int) -> str:
+    """A whole second as Anthropic's reset time (cached: most requests share a few)."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
     headers: dict[str, str] = {}
     if verdict.requests_limit is not None:
@@ -70,10 +77,9 @@ def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
             ("tokens", verdict.tokens_limit, verdict.tokens_remaining, verdict.tokens_reset),
         ):
             if limit is not None:
-                at = datetime.fromtimestamp(verdict.now + reset, UTC)
                 headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
                 headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining or 0)
-                headers[f"anthropic-ratelimit-{kind}-reset"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+                headers[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(int(verdict.now + reset))
     return headers
 
 
