@@ -610,7 +610,10 @@ SPECIFIC = (
     ("store: redis client", ("redis/", "gateway/store/redis")),
     ("limits", ("gateway/limits/", "gateway/store/memory.py")),
     ("auth", ("gateway/auth/",)),
-    ("upstream client (aiohttp)", ("aiohttp/client", "aiohttp/connector", "proxy/upstream.py")),
+    (
+        "upstream client (proxy/wire.py; aiohttp's for pass-through)",
+        ("aiohttp/client", "aiohttp/connector", "proxy/upstream.py", "proxy/wire.py"),
+    ),
 )
 GENERIC = (
     ("aiohttp server (request parsing, response writing)", ("aiohttp/",)),
