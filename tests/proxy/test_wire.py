@@ -397,3 +397,61 @@ async def test_insane_usage_is_counted_as_zero_not_a_crash(
         assert 'gateway_requests_total{dialect="openai",model="raw-model"' in metrics
     finally:
         await server.stop()
+
+
+def _sse_chunk(text: str) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    chunk["choices"] = [{"index": 0, "delta": {"content": text}, "finish_reason": None}]
+    data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _paced(gaps: list[float], finish: bool) -> Answer:
+    async def answer(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n")
+        writer.write(b"Transfer-Encoding: chunked\r\n\r\n")
+        for i, gap in enumerate(gaps):
+            await asyncio.sleep(gap)
+            writer.write(_sse_chunk(f"t{i}"))
+            await writer.drain()
+        if finish:
+            writer.write(b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+        else:
+            await asyncio.sleep(10)
+        return False
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("gaps", "finish", "complete"),
+    [
+        ([0.0] + [0.15] * 6, True, True),  # ~0.9 s in all, never 0.4 s of silence
+        ([0.0, 0.1], False, False),  # then silence: an error event after idle (0.4 s)
+    ],
+    ids=["steady", "silent"],
+)
+async def test_a_stream_is_bounded_by_idle_silence_not_by_its_length(
+    gateway_factory: Any, gaps: list[float], finish: bool, complete: bool
+) -> None:
+    server = await serve(_paced(gaps, finish))
+    try:
+        config = gateway_yaml({"raw": server.url}).replace("idle: 5", "idle: 0.4")
+        gateway: Server = await gateway_factory(config)
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
+            body["messages"][0]["content"] = "hi"  # type: ignore[index]
+            started = asyncio.get_running_loop().time()
+            async with http.post(url, json=body, headers=AUTH) as r:
+                assert r.status == 200
+                text = (await r.read()).decode()
+            took = asyncio.get_running_loop().time() - started
+        assert text.count('"content":"t') == len(gaps)
+        assert text.rstrip().endswith("data: [DONE]") == complete
+        if not complete:
+            assert '"error"' in text and "went silent" in text
+            assert 0.4 < took < 2.0
+    finally:
+        await server.stop()
