@@ -292,7 +292,7 @@ class ChatHandler:
             self.rt.metrics.active_streams.dec()
             if task is not None:
                 self.rt.streams.discard(task)
-            response.close()
+            response.release()  # back to the pool if read to its end, else closed
             self.rt.balancer.release(upstream)
             ex.usage = relay.usage
             ex.completion_chunks = relay.estimated_completion_tokens()

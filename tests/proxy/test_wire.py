@@ -455,3 +455,21 @@ async def test_a_stream_is_bounded_by_idle_silence_not_by_its_length(
             assert 0.4 < took < 2.0
     finally:
         await server.stop()
+
+
+async def test_a_finished_stream_leaves_its_connection_for_the_next(gateway_factory: Any) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n"
+    server = await serve(fixed(head + _sse_chunk("t") + b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"))
+    try:
+        gateway: Server = await gateway_factory(gateway_yaml({"raw": server.url}))
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
+            body["messages"][0]["content"] = "hi"  # type: ignore[index]
+            for _ in range(3):
+                async with http.post(url, json=body, headers=AUTH) as r:
+                    assert (await r.read()).rstrip().endswith(b"data: [DONE]")
+        assert (server.connections, len(server.requests)) == (1, 3)
+    finally:
+        await server.stop()
