@@ -320,6 +320,20 @@ async def test_idle_connections_are_closed_after_a_while(
 
 
 # -- through the gateway ------------------------------------------------------------------------
+
+
+async def chat_through(gateway: Server, stream: bool = True) -> tuple[int, bytes, float]:
+    """One chat request to ``raw-model`` through the gateway: status, body, seconds taken."""
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
+        body = {"model": "raw-model", "stream": stream}
+        body["messages"] = [{"role": "user", "content": "hi"}]
+        started = asyncio.get_running_loop().time()
+        async with http.post(url, json=body, headers=AUTH) as r:
+            raw = await r.read()
+        return r.status, raw, asyncio.get_running_loop().time() - started
+
+
 async def test_a_garbled_upstream_is_a_502_and_the_next_request_works(
     gateway_factory: Any,
 ) -> None:
@@ -356,15 +370,8 @@ async def test_a_stalled_error_answer_to_a_stream_is_a_504(gateway_factory: Any)
     server = await serve(stall)
     try:
         config = gateway_yaml({"raw": server.url}).replace("first_byte: 5", "first_byte: 0.3")
-        gateway: Server = await gateway_factory(config)
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
-            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
-            body["messages"][0]["content"] = "hi"  # type: ignore[index]
-            started = asyncio.get_running_loop().time()
-            async with http.post(url, json=body, headers=AUTH) as r:
-                assert r.status == 504
-            assert asyncio.get_running_loop().time() - started < 3
+        status, _, took = await chat_through(await gateway_factory(config))
+        assert status == 504 and took < 3
     finally:
         await server.stop()
 
@@ -438,16 +445,9 @@ async def test_a_stream_is_bounded_by_idle_silence_not_by_its_length(
     server = await serve(_paced(gaps, finish))
     try:
         config = gateway_yaml({"raw": server.url}).replace("idle: 5", "idle: 0.4")
-        gateway: Server = await gateway_factory(config)
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
-            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
-            body["messages"][0]["content"] = "hi"  # type: ignore[index]
-            started = asyncio.get_running_loop().time()
-            async with http.post(url, json=body, headers=AUTH) as r:
-                assert r.status == 200
-                text = (await r.read()).decode()
-            took = asyncio.get_running_loop().time() - started
+        status, raw, took = await chat_through(await gateway_factory(config))
+        assert status == 200
+        text = raw.decode()
         assert text.count('"content":"t') == len(gaps)
         assert text.rstrip().endswith("data: [DONE]") == complete
         if not complete:
@@ -463,13 +463,8 @@ async def test_a_finished_stream_leaves_its_connection_for_the_next(gateway_fact
     server = await serve(fixed(head + _sse_chunk("t") + b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"))
     try:
         gateway: Server = await gateway_factory(gateway_yaml({"raw": server.url}))
-        async with aiohttp.ClientSession() as http:
-            url = f"http://127.0.0.1:{gateway.port}/v1/chat/completions"
-            body = {"model": "raw-model", "stream": True, "messages": [{"role": "user"}]}
-            body["messages"][0]["content"] = "hi"  # type: ignore[index]
-            for _ in range(3):
-                async with http.post(url, json=body, headers=AUTH) as r:
-                    assert (await r.read()).rstrip().endswith(b"data: [DONE]")
+        for _ in range(3):
+            assert (await chat_through(gateway))[1].rstrip().endswith(b"data: [DONE]")
         assert (server.connections, len(server.requests)) == (1, 3)
     finally:
         await server.stop()
