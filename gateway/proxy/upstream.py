@@ -8,7 +8,8 @@ is no total cap: a stream may run as long as it keeps producing.
 
 A non-streamed answer is one wait, bounded by the wire's read timer (``first_byte`` of silence,
 re-armed only when it fires after data came). Streams are bounded by the relay
-(``proxy.handler``): one timer for the head and first chunk, one rescheduled per chunk after that.
+(``proxy.handler``): one timer for the head and first chunk, then one watchdog (``Silence``) for
+the silences between chunks.
 """
 
 from __future__ import annotations
