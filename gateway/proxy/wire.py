@@ -219,8 +219,8 @@ class _Conn(asyncio.Protocol):
 
 
 class Response:
-    """An upstream's answer: ``status``, ``headers`` (raw pairs), its body by ``read``/
-    ``readany``; ``release()`` or ``close()`` when done with it."""
+    """An upstream's answer: ``status``, its body by ``read``/``readany``; ``release()`` or
+    ``close()`` when done with it."""
 
     __slots__ = ("_conn", "_pool", "_timeout", "_timer", "status")
 
@@ -229,10 +229,6 @@ class Response:
         self.status = conn.status
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = timeout
-
-    @property
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        return self._conn.headers
 
     async def readany(self) -> bytes:
         return await self._conn.readany()

@@ -208,6 +208,43 @@ async def test_a_streamed_body_arrives_piece_by_piece(pool: Pool) -> None:
         await server.stop()
 
 
+async def test_a_slow_reader_holds_the_upstream_back(pool: Pool) -> None:
+    """Above HIGH_WATER buffered bytes the socket is paused; every byte still arrives, in order."""
+    piece = bytes(range(256)) * 256  # 64 KiB
+    pieces = 32  # 2 MiB in all, 8 x HIGH_WATER
+
+    async def flood(_: bytes, __: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(pieces):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        return True
+
+    server = await serve(flood)
+    try:
+        response = await post(pool, server, read_timeout=None)
+        conn = response._conn
+        got, paused = bytearray(), False
+        while True:
+            for _ in range(20):  # let the upstream fill what the client allows
+                await asyncio.sleep(0)
+            paused = paused or conn.paused
+            # paused once above HIGH_WATER: at most one more socket read (256 KiB) lands after
+            assert conn.buffered <= wire.HIGH_WATER + 256 * 1024
+            chunk = await response.readany()
+            if not chunk:
+                break
+            got += chunk
+        assert paused, "reading never paused"
+        assert bytes(got) == piece * pieces
+        response.release()
+        assert len(pool.origin(server.url).idle) == 1
+    finally:
+        await server.stop()
+
+
 async def test_an_unread_answer_is_not_pooled(pool: Pool) -> None:
     server = await serve(fixed(OK))
     try:
