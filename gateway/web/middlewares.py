@@ -126,7 +126,8 @@ def edge_middleware(
         except GatewayError as err:
             return _refusal(ex, err)
         except web.HTTPException as exc:
-            if exc.status < 400:
+            if exc.status < 400:  # a redirect or the like, raised: aiohttp answers it as is
+                status = exc.status
                 raise
             return _refusal(ex, from_http(request, exc))
         finally:

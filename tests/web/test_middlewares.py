@@ -4,6 +4,7 @@ headers, values, spellings and order on every answer, whatever the handler had s
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -15,7 +16,7 @@ from gateway.clock import FakeClock, SystemClock
 from gateway.config.schema import Network
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.web import middlewares
-from gateway.web.middlewares import RequestIds, on_prepare, stamper
+from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare, stamper
 from tests.clients import SECURITY
 
 
@@ -97,3 +98,17 @@ def test_the_edge_reads_the_system_clock_directly() -> None:
     assert middlewares._unwrapped(fake.monotonic) == fake.monotonic
     reading = lambda: 1.0  # noqa: E731
     assert middlewares._unwrapped(reading) is reading
+
+
+async def test_a_raised_redirect_is_recorded_with_its_own_status() -> None:
+    seen: list[int] = []
+    edge = edge_middleware(
+        RequestIds(), time.monotonic, lambda r, ex, status, t: seen.append(status)
+    )
+
+    async def redirect(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/elsewhere")
+
+    with pytest.raises(web.HTTPFound):
+        await edge(make_mocked_request("GET", "/old"), redirect)
+    assert seen == [302]
