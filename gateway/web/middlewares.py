@@ -14,6 +14,7 @@ must be rendered in a dialect only the body can tell.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -46,6 +47,7 @@ _SECURITY = {
     "Permissions-Policy": "camera=(self), microphone=(self)",
 }
 HSTS = "max-age=63072000; includeSubDomains"
+CLIENT_CLOSED = 499  # the status recorded for a request whose client left before the answer
 SERVER = "llm-gateway"  # not aiohttp's, which names its exact version
 # What ``stamp`` sets after X-Request-ID, in the order it always has (an update replaces a header
 # the handler set, in place, and appends the others in this order): prebuilt, with the keys'
@@ -130,6 +132,11 @@ def edge_middleware(
                 status = exc.status
                 raise
             return _refusal(ex, from_http(request, exc))
+        except asyncio.CancelledError:
+            # The request ended before its answer did: the client left (or the drain time ran
+            # out). Not the gateway's error: recorded as nginx's 499, never as a 500.
+            status = CLIENT_CLOSED
+            raise
         finally:
             done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 

@@ -4,6 +4,7 @@ mock worker and to an independent fake upstream; what reaches the upstream; stre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -394,3 +395,33 @@ async def test_every_chat_alias(gateway: Server, path: str) -> None:
     ):
         assert r.status == 200
         assert (await r.json())["choices"][0]["message"]["content"] == "ok"
+
+
+async def test_a_client_that_leaves_is_a_499_not_a_500(gateway: Server, fake: FakeUpstream) -> None:
+    """In the metrics (and the access line, from the same status): a client hanging up is not
+    the gateway failing, and 5xx alerts must not fire on it."""
+    never = asyncio.Event()
+
+    async def script(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        await never.wait()
+        return web.json_response({})
+
+    fake.script = script
+    async with aiohttp.ClientSession() as http:
+        with contextlib.suppress(TimeoutError):
+            await http.post(
+                f"http://127.0.0.1:{gateway.port}/v1/chat/completions",
+                json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]},
+                headers=AUTH,
+                timeout=aiohttp.ClientTimeout(total=0.3),
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:
+            async with http.get(f"http://127.0.0.1:{gateway.admin_port}/metrics") as r:
+                text = await r.text()
+            if 'status="499"' in text:
+                break
+            assert loop.time() < deadline, "no request counted with status 499"
+            await asyncio.sleep(0.02)
+    assert 'status="500"' not in text
