@@ -46,6 +46,14 @@ def _kid(key_id: str) -> str:
     return f"gw:kid:{esc(key_id)}"
 
 
+def _raising(replies: list[Any]) -> list[Any]:
+    """The replies of a pipeline, unless one is an error reply: then that is raised."""
+    for reply in replies:
+        if isinstance(reply, LaneError):
+            raise reply
+    return replies
+
+
 def _chain(source: asyncio.Future[Verdict], target: asyncio.Future[Verdict]) -> None:
     if target.done():
         return
@@ -137,10 +145,7 @@ class RedisStore:
         if any(isinstance(r, LaneError) and r.noscript for r in replies):
             await self._lane.call("SCRIPT", "LOAD", cast(str, script.script))
             replies = await self._lane.call_many(commands)
-        for reply in replies:
-            if isinstance(reply, LaneError):
-                raise reply
-        return replies
+        return _raising(replies)
 
     async def _cmd(self, *args: Arg) -> Any:
         """One command: on the lane when there is one, else on redis-py."""
@@ -165,11 +170,7 @@ class RedisStore:
 
     async def _lane_pipe(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
         assert self._lane is not None
-        replies = await self._lane.call_many(commands)
-        for reply in replies:
-            if isinstance(reply, LaneError):
-                raise reply
-        return replies
+        return _raising(await self._lane.call_many(commands))
 
     # -- keys -------------------------------------------------------------------------------
     async def _with_use(self, records: list[KeyRecord]) -> list[KeyRecord]:
