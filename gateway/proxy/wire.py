@@ -255,15 +255,17 @@ class Response:
         self._conn.abort()
 
     # -- the read timer of a non-streamed answer -----------------------------------------
-    def arm(self, timeout: float, conn: _Conn) -> None:
-        conn.seen = False
-        self._timer = conn.loop.call_later(timeout, self._tick)
+    def arm(self) -> None:
+        """Start the read timer (``timeout`` given): it fails the answer after that long with
+        no data; when data came meanwhile, it re-arms instead."""
+        assert self._timeout is not None
+        self._conn.seen = False
+        self._timer = self._conn.loop.call_later(self._timeout, self._tick)
 
     def _tick(self) -> None:
         conn = self._conn
         if conn.seen and not conn.complete and conn.error is None:
-            assert self._timeout is not None
-            self.arm(self._timeout, conn)
+            self.arm()
         elif not conn.complete:
             conn.stalled()
 
@@ -306,7 +308,7 @@ class Pool:
         conn.send("".join(lines).encode("utf-8", "surrogateescape"), body)
         response = Response(conn, self, read_timeout)
         if read_timeout is not None:
-            response.arm(read_timeout, conn)
+            response.arm()
         try:
             await conn.head()
         except BaseException:
