@@ -1,9 +1,12 @@
 """The Anthropic path's cost next to the OpenAI path's (target: within 10 %).
 
 Runs one gateway (`gateway run`, 1 worker, memory store, access log off) pinned to CPU 0 in a
-process of its own, with the bundled mock worker and the client in this process, and reads the
-gateway's CPU time from /proc around batches of identical requests in each dialect, alternated
-five times (median). Streamed and non-streamed.
+process of its own, and reads its CPU time from /proc around batches of identical requests in
+each dialect, alternated five times (median). The upstream is canned (`dialects_upstream.py`, a
+process of its own) and it and the client (this process) run on CPU 1, so how they are scheduled
+does not change how the gateway's reads batch. Three shapes: a whole answer; a stream sent in
+one piece (every event relayed in one batch: the translation weighs most); a stream sent event
+by event 1 ms apart (relayed one event per read, as a model's tokens are).
 
     .venv/bin/python bench/dialects.py
 """
@@ -23,13 +26,11 @@ import uvloop
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import mock_worker  # noqa: E402 - after the path above
 from tests.clients import AUTH, KEYS_YAML  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
-OPENAI = {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
+OPENAI = {"max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
 ANTHROPIC = {
-    "model": "m",
     "max_tokens": 16,
     "system": "Be brief.",
     "messages": [{"role": "user", "content": "Say hello"}],
@@ -38,6 +39,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 # Requests per batch: CPU time comes in ticks (10 ms), so a batch must be long for the ratio to
 # resolve a few per cent (6,400 requests of ~160 µs = 100 ticks).
 COUNT = 6400
+# (shape, model, stream, requests per batch, requests in flight)
+SHAPES = (
+    ("non-streamed", "m-json", False, COUNT, 8),
+    ("streamed, one piece", "m-sse", True, COUNT, 8),
+    ("streamed, event by event", "m-paced", True, COUNT // 4, 16),  # 20+ reads each
+)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -45,12 +52,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / TICK
 
 
-def config(port: int, admin_port: int, mock_port: int) -> str:
+def config(port: int, admin_port: int, upstream_port: int) -> str:
+    up = f"http://127.0.0.1:{upstream_port}"
     return (
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
         f"admin: {{host: 127.0.0.1, port: {admin_port}}}\n"
-        f"upstreams: {{mock: {{url: 'http://127.0.0.1:{mock_port}'}}}}\n"
-        "models: {m: {upstreams: [mock]}}\n"
+        f"upstreams: {{json: {{url: '{up}/json'}}, sse: {{url: '{up}/sse'}}, "
+        f"paced: {{url: '{up}/paced'}}}}\n"
+        "models: {m-json: {upstreams: [json]}, m-sse: {upstreams: [sse]}, "
+        "m-paced: {upstreams: [paced]}}\n"
         "plans: {free: {max_keys: null, monthly_tokens: null, rpm: null}}\n"
         "log: {level: warning, access: false}\n" + KEYS_YAML
     )
@@ -69,26 +79,39 @@ async def wait_ready(http: aiohttp.ClientSession, admin_port: int) -> None:
 
 
 async def batch(
-    http: aiohttp.ClientSession, url: str, body: dict[str, Any], pid: int, count: int
+    http: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, Any],
+    pid: int,
+    count: int,
+    width: int,
 ) -> float:
-    """Gateway CPU microseconds per request over ``count`` requests, 8 at a time."""
+    """Gateway CPU microseconds per request over ``count`` requests, ``width`` at a time."""
 
     async def one() -> None:
         async with http.post(url, json=body, headers=AUTH) as r:
-            await r.read()
-            assert r.status == 200, r.status
+            data = await r.read()
+            assert r.status == 200, (r.status, data[:300])
+            # a whole answer, or a stream to its end in either dialect
+            assert data.endswith((b"}", b"[DONE]\n\n", b'"message_stop"}\n\n')), data[-200:]
 
     before = cpu_seconds(pid)
-    for _ in range(count // 8):
-        await asyncio.gather(*(one() for _ in range(8)))
+    for _ in range(count // width):
+        await asyncio.gather(*(one() for _ in range(width)))
     return (cpu_seconds(pid) - before) / count * 1e6
 
 
 async def main() -> None:
-    mock, mock_port = await mock_worker.start(mock_worker.MockOptions(), "127.0.0.1", 0)
-    port, admin_port = free_port(), free_port()
+    os.sched_setaffinity(0, {1})  # the client beside the upstream, off the gateway's CPU
+    upstream_port, port, admin_port = free_port(), free_port(), free_port()
+    upstream = await asyncio.create_subprocess_exec(
+        "taskset", "-c", "1", sys.executable, str(ROOT / "bench" / "dialects_upstream.py"),
+        "--port", str(upstream_port), stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert upstream.stdout is not None
+    assert (await asyncio.wait_for(upstream.stdout.readline(), 20)).strip() == b"ready"
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        handle.write(config(port, admin_port, mock_port))
+        handle.write(config(port, admin_port, upstream_port))
     gateway = await asyncio.create_subprocess_exec(
         "taskset", "-c", "0", sys.executable, "-m", "gateway", "run", "--config", handle.name,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -97,29 +120,28 @@ async def main() -> None:
     try:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, admin_port)
-            for stream in (False, True):
-                o_body, a_body = dict(OPENAI, stream=stream), dict(ANTHROPIC, stream=stream)
-                await batch(http, f"{base}/v1/chat/completions", o_body, gateway.pid, 400)
-                await batch(http, f"{base}/v1/messages", a_body, gateway.pid, 400)
+            for shape, model, stream, count, width in SHAPES:
+                o_body = dict(OPENAI, model=model, stream=stream)
+                a_body = dict(ANTHROPIC, model=model, stream=stream)
+                o_url, a_url = f"{base}/v1/chat/completions", f"{base}/v1/messages"
+                await batch(http, o_url, o_body, gateway.pid, 400, width)
+                await batch(http, a_url, a_body, gateway.pid, 400, width)
                 openai, anthropic = [], []
                 for _ in range(5):
-                    openai.append(
-                        await batch(http, f"{base}/v1/chat/completions", o_body, gateway.pid, COUNT)
-                    )
-                    anthropic.append(
-                        await batch(http, f"{base}/v1/messages", a_body, gateway.pid, COUNT)
-                    )
+                    openai.append(await batch(http, o_url, o_body, gateway.pid, count, width))
+                    anthropic.append(await batch(http, a_url, a_body, gateway.pid, count, width))
                 o, a = sorted(openai)[2], sorted(anthropic)[2]
                 print(
-                    f"{'streamed' if stream else 'non-streamed':13s} gateway CPU per request: "
-                    f"OpenAI {o:.0f} us, Anthropic {a:.0f} us, ratio {a / o:.3f} "
-                    f"(target <= 1.10)"
+                    f"{shape:25s} gateway CPU per request: OpenAI {o:.0f} us, "
+                    f"Anthropic {a:.0f} us, ratio {a / o:.3f} (target <= 1.10)",
+                    flush=True,
                 )
     finally:
         gateway.terminate()
+        upstream.terminate()
         await gateway.wait()
+        await upstream.wait()
         os.unlink(handle.name)
-        await mock.cleanup()
 
 
 if __name__ == "__main__":
