@@ -170,7 +170,12 @@ def parse_wrk(url: str, cmd: list[str], returncode: int, out: str, connections: 
 
 
 def wrk(
-    url: str, connections: int, seconds: float, cpus: str | None, key: str | None = None
+    url: str,
+    connections: int,
+    seconds: float,
+    cpus: str | None,
+    key: str | None = None,
+    delay_ms: int | None = None,
 ) -> WrkResult:
     from procs import taskset
 
@@ -182,7 +187,7 @@ def wrk(
             text=True,
             timeout=seconds + 30,
             check=False,
-            env=wrk_env(key),
+            env=wrk_env(key, delay_ms),
         )
     except subprocess.TimeoutExpired as err:
         raise ArmFailed(f"wrk ran past its deadline: {' '.join(cmd)}") from err
@@ -263,6 +268,7 @@ class ArmResult:
     pinning: str = ""
     saturation: WrkResult | None = None
     latency: WrkResult | None = None
+    half: WrkResult | None = None  # paced to about half of the saturation rate
     stream: StreamResult | None = None
     paced: PacedResult | None = None
     body_bytes: int = 0
@@ -369,6 +375,15 @@ def measure_wrk(run: Run, arm: Arm, server: Server, result: ArmResult, load: str
     lat = wrk(url, 1, settings.latency_duration, load)
     result.latency = lat
     print(f"   c1: p50 {lat.p50_ms:.3f} ms  p99 {lat.p99_ms:.3f} ms", flush=True)
+    half = wrk(
+        url, HALF_CONNECTIONS, settings.latency_duration, load, delay_ms=half_delay(arm, sat, lat)
+    )
+    result.half = half
+    print(
+        f"   paced c{HALF_CONNECTIONS}: {half.rps:,.0f} req/s ({half.rps / sat.rps:.0%} of "
+        f"saturation): p50 {half.p50_ms:.3f} ms  p99 {half.p99_ms:.3f} ms",
+        flush=True,
+    )
     if arm.stream is not None:
         s_url, s_body = arm.stream(server.url)
         result.stream = stream_client(s_url, s_body, settings.stream_duration)
@@ -384,6 +399,20 @@ def measure_wrk(run: Run, arm: Arm, server: Server, result: ArmResult, load: str
         governed_checks(server, result)
     if proc is not None:
         result.rss_loaded_mb = worker_rss_mb(proc, server.workers)
+
+
+HALF_CONNECTIONS = 16
+DIRECT_HALF_DELAY_MS = 5  # the floor's paced run: ~3,000 req/s, the gateways' half rates
+
+
+def half_delay(arm: Arm, sat: WrkResult, c1: WrkResult) -> int:
+    """wrk's pause after each answer (bench/post.lua's ``delay()``, whole ms) that paces
+    ``HALF_CONNECTIONS`` connections to about half the arm's saturation rate: each connection
+    makes one request per pause + answer time (about the c1 p50)."""
+    if arm.key == "direct":
+        return DIRECT_HALF_DELAY_MS
+    cycle_ms = HALF_CONNECTIONS / (sat.rps / 2) * 1000
+    return max(1, round(cycle_ms - c1.p50_ms))
 
 
 def measure_paced(run: Run, server: Server, result: ArmResult) -> None:

@@ -39,6 +39,7 @@ class Snapshot:
     calls: dict[str, int]
     commands: int  # total_commands_processed (scripts' inner calls included)
     reads: int  # total_reads_processed
+    cpu: float = 0.0  # used_cpu_user + used_cpu_sys of redis-server, seconds
 
 
 def snapshot(port: int) -> Snapshot:
@@ -46,6 +47,7 @@ def snapshot(port: int) -> Snapshot:
     try:
         stats = client.info("commandstats")
         general = client.info("stats")
+        cpu = client.info("cpu")
     finally:
         client.close()
     calls = {
@@ -54,7 +56,10 @@ def snapshot(port: int) -> Snapshot:
         if isinstance(value, dict)
     }
     return Snapshot(
-        calls, int(general["total_commands_processed"]), int(general["total_reads_processed"])
+        calls,
+        int(general["total_commands_processed"]),
+        int(general["total_reads_processed"]),
+        float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
     )
 
 
@@ -66,13 +71,14 @@ class RedisCost:
     calls: dict[str, float]  # by command, scripts' inner calls included
     commands: float  # every command, scripts' inner calls included
     reads: float  # Redis socket reads (≈ round trips; a large pipeline takes several)
+    cpu_us: float = 0.0  # redis-server's CPU time (user + sys), microseconds
     settle_lag: float = 0.0  # seconds from the end of the load to the last EVALSHA
 
 
 def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) -> RedisCost:
     """Per request; ``info_calls``: INFO calls made between the two snapshots (each a read)."""
     n = max(1, requests)
-    # INFO is the bench's (two calls per snapshot: two counted between the readings).
+    # INFO is the bench's (three calls per snapshot: three counted between the readings).
     calls = {
         name: (count - before.calls.get(name, 0)) / n
         for name, count in after.calls.items()
@@ -82,7 +88,8 @@ def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) 
         requests=requests,
         calls={k: v for k, v in sorted(calls.items(), key=lambda i: -i[1]) if v > 0},
         commands=sum(calls.values()),
-        reads=(after.reads - before.reads - 2 - info_calls) / n,
+        reads=(after.reads - before.reads - 3 - info_calls) / n,
+        cpu_us=(after.cpu - before.cpu) / n * 1e6,
     )
 
 
@@ -131,7 +138,7 @@ def wait_settled(port: int, budget: float = 5.0) -> tuple[float, int]:
             last, quiet_since = now, time.monotonic()
         elif time.monotonic() - quiet_since >= 0.3:
             break
-    return quiet_since - started, 2 * polls  # a snapshot is two INFO calls
+    return quiet_since - started, 3 * polls  # a snapshot is three INFO calls
 
 
 def parse_monitor(path: Path, label: str, requests: int) -> MonitorSample:

@@ -219,8 +219,9 @@ def redis_tables(results: list[ArmResult]) -> list[str]:
         "by the requests the gateway answered meanwhile, from its `gateway_requests_total`; "
         "the commands run inside the Lua scripts are counted too):",
         "",
-        "| arm | requests | commands | Redis reads (≈ round trips) | calls per command |",
-        "|---|--:|--:|--:|---|",
+        "| arm | requests | commands | Redis reads (≈ round trips) | Redis CPU µs | "
+        "calls per command |",
+        "|---|--:|--:|--:|--:|---|",
     ]
     for r in rows:
         c = r.redis
@@ -228,7 +229,8 @@ def redis_tables(results: list[ArmResult]) -> list[str]:
             continue
         calls = ", ".join(f"{k} {v:.2f}" for k, v in c.calls.items() if v >= 0.005)
         out.append(
-            f"| {r.arm.title} | {c.requests:,} | {c.commands:.3f} | {c.reads:.3f} | {calls} |"
+            f"| {r.arm.title} | {c.requests:,} | {c.commands:.3f} | {c.reads:.3f} | "
+            f"{c.cpu_us:.1f} | {calls} |"
         )
     leaks = [r for r in rows if r.leaked_leases]
     if leaks:
@@ -336,6 +338,20 @@ def ratios(results: list[ArmResult]) -> list[Row]:
         else:
             rows.append(
                 (f"{key} added p50 (c1, vs direct)", "n/a", "≤ 0.5 ms", missing(key, "direct"))
+            )
+    direct_half = r["direct"].half if "direct" in r else None
+    for key in ("gateway-1w", "governed-1w", "governed-2w"):
+        x = r.get(key)
+        if x and x.half and x.saturation and direct_half:
+            added99 = x.half.p99_ms - direct_half.p99_ms
+            rows.append(
+                (
+                    f"{key} added p99 at half saturation ({x.half.rps:,.0f} req/s = "
+                    f"{x.half.rps / x.saturation.rps:.0%}, vs direct paced alike)",
+                    f"{added99:.3f} ms",
+                    "≤ 3 ms",
+                    verdict(added99 <= 3.0),
+                )
             )
     gl, gv, pl = lat("gateway-1w"), lat("governed-1w"), lat("passthrough-1w")
     for name, a in (("gateway-1w", gl), ("governed-1w", gv)):
@@ -649,6 +665,11 @@ def method(settings: Settings, results: list[ArmResult]) -> list[str]:
         "Lua `latency:percentile`). Any non-2xx answer or timeout fails the arm.",
         f"- Pinning (taskset): {pin}.",
         "- Added latency = arm - direct, both at concurrency 1.",
+        f"- Half saturation: `wrk -t1 -c16 -d{s.latency_duration:g}s` with bench/post.lua's "
+        "`delay()` pausing each connection after every answer (whole ms) so that the rate is "
+        "about half the arm's own saturation RPS (pause = 16 / (RPS / 2) - c1 p50); direct is "
+        "paced with a 5 ms pause (~3,000 req/s, the gateways' half rates). Added p99 at half "
+        "saturation = arm's paced p99 - direct's paced p99.",
         f"- Streaming at concurrency 1: a Python aiohttp client for {s.stream_duration:g} s "
         f"(after 20 warm-up streams) against a canned SSE answer of {STREAM_CHUNKS} "
         "chat.completion.chunk events + a usage chunk + `data: [DONE]` "
