@@ -16,10 +16,13 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 
 local day, month, delta = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local kt = redis.call('HMGET', KEYS[2], 'd', 'dt', 'm', 'mt')
-if tonumber(kt[1]) == day then
+local current_day, current_month = tonumber(kt[1]) == day, tonumber(kt[3]) == month
+if current_day and current_month then
+  redis.call('HSET', KEYS[2], 'dt', math.max(0, tonumber(kt[2]) + delta),
+    'mt', math.max(0, tonumber(kt[4]) + delta))
+elseif current_day then
   redis.call('HSET', KEYS[2], 'dt', math.max(0, tonumber(kt[2]) + delta))
-end
-if tonumber(kt[3]) == month then
+elseif current_month then
   redis.call('HSET', KEYS[2], 'mt', math.max(0, tonumber(kt[4]) + delta))
 end
 local ot = redis.call('HMGET', KEYS[3], 'm', 'mt')
@@ -38,13 +41,18 @@ local model = ARGV[5]
 local new_model = redis.call('HINCRBY', usage, 'r:' .. model, 1) == 1
 redis.call('HINCRBY', usage, 'p:' .. model, ARGV[6])
 redis.call('HINCRBY', usage, 'c:' .. model, ARGV[7])
-redis.call('HINCRBY', usage, 'e:' .. model, ARGV[8])
+if ARGV[8] ~= '0' then redis.call('HINCRBY', usage, 'e:' .. model, ARGV[8]) end
 local total = tonumber(redis.call('HGET', usage, 'l:' .. model) or '0')
 redis.call('HSET', usage, 'l:' .. model, fmt(total + tonumber(ARGV[9])))
 redis.call('HINCRBY', usage, 'b' .. ARGV[10] .. ':' .. model, 1)
-if new_model then redis.call('EXPIRE', usage, keep * 86400) end
-if redis.call('ZADD', KEYS[7], used_day, used_day) == 1 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. day_id(days - keep))
+-- The day joins the index of days when its hash gains a model, and the index's TTL is renewed
+-- then too: the index outlives every day hash it names, and a day hash that already has this
+-- model is already in it.
+if new_model then
+  redis.call('EXPIRE', usage, keep * 86400)
+  if redis.call('ZADD', KEYS[7], used_day, used_day) == 1 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. day_id(days - keep))
+  end
   redis.call('EXPIRE', KEYS[7], keep * 86400)
 end
 redis.call('HSET', KEYS[5], ARGV[13], fmt(finished))

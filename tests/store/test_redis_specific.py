@@ -563,6 +563,41 @@ async def test_every_limit_and_usage_key_expires(redis_url: str) -> None:
         await store.close()
 
 
+async def test_log_and_lease_ttls_are_renewed_once_a_window(redis_url: str) -> None:
+    """An admission renews the TTLs of the rpm logs and the leases only when the last renewal is
+    a window old (or the set was empty), each renewal outlasting the window after it: no entry
+    leaves before its time, and most admissions spare three EXPIREs."""
+    clock = FakeClock(T0)
+    store = RedisStore(redis_url, 2000, clock=clock)
+    client = sync_redis.Redis.from_url(redis_url)
+    owner, key = uid("own"), uid("key")
+    logs = [f"gw:{{{owner}}}:rpm:k:{key}", f"gw:{{{owner}}}:rpm:o", f"gw:{{{owner}}}:lease:{key}"]
+
+    async def admit(n: int) -> None:
+        a = Admission(f"r{n}", key, owner, rpm=1000, concurrency=1000, plan_rpm=1000)
+        assert (await store.admit(a)).admitted
+
+    try:
+        await admit(0)
+        window = int(windows.RPM_WINDOW)
+        ttls = [client.ttl(name) for name in logs]
+        assert ttls[:2] == [2 * window + 1] * 2 and ttls[2] > window, ttls
+        for name in logs:
+            client.expire(name, 30)  # as if the last renewal were long ago
+        clock.advance(window - 1)
+        await admit(1)
+        assert [client.ttl(name) for name in logs] == [30, 30, 30]  # not due yet
+        clock.advance(1)
+        await admit(2)
+        assert all(client.ttl(name) > 2 * window for name in logs)  # due: renewed
+        client.delete(*logs)
+        await admit(3)  # empty sets get their TTL at once, renewal due or not
+        assert all(client.ttl(name) > 2 * window for name in logs)
+    finally:
+        client.close()
+        await store.close()
+
+
 # -- admit_now: the limiter's admission without a task ------------------------------------------
 async def test_admit_now_equals_admit_and_needs_a_connection(redis_url: str) -> None:
     store = RedisStore(redis_url, 5000, FakeClock(T0))
