@@ -36,6 +36,9 @@ from gateway.store.redis_lane import Arg, Lane, LaneError, supported
 
 T = TypeVar("T")
 SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
+# Settlements per EVALSHA on one Redis: one script call instead of 64 saves ~10 µs of Redis CPU
+# per settlement, and keeps each call's run (the script blocks Redis) to about a millisecond.
+SETTLE_CHUNK = 32
 
 
 def _kh(key_hash: str) -> str:
@@ -328,15 +331,24 @@ class RedisStore:
         await self._script("settle", keys, args)
 
     async def settle_many(self, settlements: list[Settlement]) -> None:
-        """All settlements in one pipeline of EVALSHAs (settle is idempotent, so a batch that
-        met an unloaded script is simply sent again after loading it)."""
+        """On one Redis, up to ``SETTLE_CHUNK`` settlements per EVALSHA (the script takes
+        several), the chunks pipelined; on a Cluster, one EVALSHA per settlement (each on its
+        owner's slot) in one pipeline. Settling is idempotent, so a batch that met an unloaded
+        script is simply sent again after loading it."""
         if not settlements:
             return
         script = self._scripts["settle"]
         now = self._now()
         calls = [codec.settle_call(s, now) for s in settlements]
         if self._lane is not None:
-            await self._on_lane(self._evalsha("settle", calls))
+            chunks = [
+                (
+                    [k for keys, _ in calls[i : i + SETTLE_CHUNK] for k in keys],
+                    [a for _, args in calls[i : i + SETTLE_CHUNK] for a in args],
+                )
+                for i in range(0, len(calls), SETTLE_CHUNK)
+            ]
+            await self._on_lane(self._evalsha("settle", chunks))
             return
 
         async def run() -> list[Any]:

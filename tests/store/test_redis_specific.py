@@ -24,7 +24,7 @@ from gateway.records import Admission, KeyRecord, Settlement, Verdict
 from gateway.store.base import StoreError
 from gateway.store.factory import create_store
 from gateway.store.memory import MemoryStore
-from gateway.store.redis import RedisStore
+from gateway.store.redis import SETTLE_CHUNK, RedisStore
 from gateway.store.redis_codec import esc
 from gateway.store.redis_conn import Target, parse
 from tests import redis_server
@@ -144,7 +144,10 @@ async def test_admit_and_settle_are_one_round_trip_each(
             side.close()
     sent = {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
     # (commandstats counts the commands the scripts run too: no GET, no SCRIPT LOAD among them)
-    assert (sent["evalsha"], sent.get("get"), sent.get("script")) == (5, None, None)
+    # One Redis settles the batch of three in one EVALSHA; a Cluster, one per settlement.
+    evalsha = 3 if kind == "redis" else 5
+    assert (sent["evalsha"], sent.get("get"), sent.get("script")) == (evalsha, None, None)
+    assert sent["set"] == 4  # every settlement ran (its settled marker), batched or not
     # admit, settle, one pipeline of three; each INFO counts its own read once more.
     assert reads_after - reads_before - len(servers) == 3
 
@@ -559,6 +562,27 @@ async def test_every_limit_and_usage_key_expires(redis_url: str) -> None:
                 continue
             assert client.ttl(name) > 0, name
         client.close()
+    finally:
+        await store.close()
+
+
+async def test_a_batch_longer_than_a_chunk_settles_every_request_once(url: str) -> None:
+    """settle_many splits a batch into EVALSHAs of SETTLE_CHUNK settlements (on one Redis):
+    each one is settled once, duplicates across chunks included, its lease released."""
+    store = RedisStore(url, 5000, FakeClock(T0))
+    try:
+        owner, count = uid("own"), SETTLE_CHUNK * 2 + 5
+        batch = []
+        for n in range(count):
+            a = Admission(f"r{n}", "k", owner, concurrency=count, daily=10**6, reserve=10)
+            v = await store.admit(a)
+            batch.append(Settlement(a, v.day, v.month, "m", 1, 2, 1.0, finished_at=T0))
+        await store.settle_many(batch + batch[SETTLE_CHUNK - 2 : SETTLE_CHUNK + 2])
+        [row] = await store.usage(owner, ["k"], 0, 99999999)
+        assert (row.requests, row.prompt_tokens, row.completion_tokens) == (count, count, 2 * count)
+        again = await store.admit(Admission("last", "k", owner, concurrency=1, daily=10**6))
+        assert again.admitted  # every lease was released
+        assert again.tokens_remaining == 10**6 - 3 * count
     finally:
         await store.close()
 
