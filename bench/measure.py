@@ -546,7 +546,8 @@ def redis_samples(run: Run, arm: Arm, server: Server, result: ArmResult, load: s
         admit = s.per_request(s.admit)
         print(
             f"   MONITOR {s.label}: {s.requests} requests; per request admit EVALSHA "
-            f"{admit:.3f}, settle EVALSHA {s.per_request(s.settle):.3f} in "
+            f"{admit:.3f}, settle EVALSHA {s.per_request(s.settle):.3f} "
+            f"({s.per_request(s.settlements):.3f} settlements) in "
             f"{s.settle_runs} runs, key-record GET {s.per_request(s.key_gets):.4f}, other GET "
             f"{s.per_request(s.other_gets):.4f}",
             flush=True,
@@ -558,6 +559,11 @@ def redis_samples(run: Run, arm: Arm, server: Server, result: ArmResult, load: s
         if s.per_request(s.settle) > 1.02:
             result.problems.append(
                 f"{s.label}: {s.per_request(s.settle):.3f} settlement EVALSHAs per request (≤ 1)"
+            )
+        if abs(s.per_request(s.settlements) - 1) > 0.05:  # a batch may straddle the edges
+            result.problems.append(
+                f"{s.label}: {s.per_request(s.settlements):.3f} settlements per request "
+                "(expected 1)"
             )
         if s.label.startswith("issued") and s.key_gets:
             result.problems.append(

@@ -93,7 +93,8 @@ def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) 
     )
 
 
-_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?')
+_LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?(?: "([^"]*)")?')
+SETTLE_KEYS = 7  # keys per settlement in a settle EVALSHA (it may carry several)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class MonitorSample:
     requests: int = 0
     admit: int = 0  # EVALSHA of admit.lua
     settle: int = 0  # EVALSHA of settle.lua
+    settlements: int = 0  # settlements those carried (their keys / SETTLE_KEYS)
     settle_runs: int = 0  # consecutive settle EVALSHAs of one connection: ≈ pipelines
     key_gets: int = 0  # GET gw:kh:<hash> (a key record) or gw:kid:<id>
     other_gets: int = 0  # other GETs (e.g. the owner's plan, cached 30 s per worker)
@@ -167,6 +169,8 @@ def parse_monitor(path: Path, label: str, requests: int) -> MonitorSample:
                 out.admit += 1
             elif name == "settle":
                 out.settle += 1
+                numkeys = match.group(4) or ""
+                out.settlements += int(numkeys) // SETTLE_KEYS if numkeys.isdigit() else 0
                 if run_client != client:
                     out.settle_runs += 1
                 run_client = client

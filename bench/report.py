@@ -253,8 +253,9 @@ def redis_tables(results: list[ArmResult]) -> list[str]:
         "`BENCH_REDIS_SAMPLE` s; EVALSHAs told apart by the SHA-1 of `gateway/store/*.lua`; a "
         "run of consecutive settle EVALSHAs from one connection ≈ one pipeline):",
         "",
-        "| arm | key | requests | admission EVALSHA | settle EVALSHA | settle pipelines "
-        "(mean size) | GET of a key record | other GET | every command sent | verdict |",
+        "| arm | key | requests | admission EVALSHA | settle EVALSHA (settlements) | settle "
+        "pipelines (mean EVALSHAs) | GET of a key record | other GET | every command sent | "
+        "verdict |",
         "|---|---|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for r in rows:
@@ -274,7 +275,8 @@ def redis_tables(results: list[ArmResult]) -> list[str]:
             bad = [p for p in r.problems if p.startswith(s.label)]
             out.append(
                 f"| {r.arm.title} | {s.label} | {s.requests:,} | {per(s.admit):.3f} "
-                f"| {per(s.settle):.3f} | {per(s.settle_runs):.3f} ({size:.1f}) "
+                f"| {per(s.settle):.3f} ({per(s.settlements):.3f}) "
+                f"| {per(s.settle_runs):.3f} ({size:.1f}) "
                 f"| {per(s.key_gets):.4f} | {per(s.other_gets):.4f} | {sent} "
                 f"| {'**FAILED**: ' + '; '.join(bad) if bad else 'ok'} |"
             )
@@ -502,8 +504,10 @@ def redis_rows(results: list[ArmResult]) -> list[Row]:
             settle = s.per_request(s.settle)
             rows.append(
                 (
-                    f"{x.arm.key} ({s.label}): settle EVALSHA / pipelines per request",
-                    f"{settle:.3f} / {s.per_request(s.settle_runs):.3f}",
+                    f"{x.arm.key} ({s.label}): settle EVALSHA / pipelines / settlements per "
+                    "request",
+                    f"{settle:.3f} / {s.per_request(s.settle_runs):.3f} / "
+                    f"{s.per_request(s.settlements):.3f}",
                     "≤ 1",
                     verdict(settle <= 1.02),
                 )
