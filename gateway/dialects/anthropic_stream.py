@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import orjson
 
 Event = tuple[str, dict[str, Any]]
+# What the translator's methods collect: events, and (in the encoded methods only) constant
+# events already encoded, exactly as ``encode_event`` writes them.
+_Out = list[Event | bytes]
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -62,6 +66,24 @@ _TEXT_DELTA = (
     b'data: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
 )
 TEXT_DELTA_END = b"}}\n\n"
+# The events of a stream that (but for an index, or the start's id, model and token count) are
+# always the same bytes, written as ``encode_event`` writes them (the tests hold them to it).
+_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":%s,"type":"message",'
+    b'"role":"assistant","model":%s,"content":[],"stop_reason":null,"stop_sequence":null,'
+    b'"usage":{"input_tokens":%s,"output_tokens":0}}}\n\n'
+)
+_BLOCK_STARTS = {
+    kind: b"event: content_block_start\n"
+    b'data: {"type":"content_block_start","index":%d,"content_block":' + block + b"}\n\n"
+    for kind, block in (
+        ("text", b'{"type":"text","text":""}'),
+        ("thinking", b'{"type":"thinking","thinking":"","signature":""}'),
+    )
+}
+_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
 
 
 class Usage(NamedTuple):
@@ -94,11 +116,16 @@ def encode_event(name: str, data: dict[str, Any]) -> bytes:
     return _event_head(name) + orjson.dumps(data) + b"\n\n"
 
 
-def encode_events(events: list[Event]) -> bytes:
-    """The events one after the other, each as ``encode_event`` writes it."""
+def encode_events(events: Iterable[Event | bytes]) -> bytes:
+    """The events one after the other, each as ``encode_event`` writes it (an event already
+    encoded, as bytes, as it is)."""
     parts: list[bytes] = []
-    for name, data in events:
-        parts += (_event_head(name), orjson.dumps(data), b"\n\n")
+    for event in events:
+        if isinstance(event, bytes):
+            parts.append(event)
+        else:
+            name, data = event
+            parts += (_event_head(name), orjson.dumps(data), b"\n\n")
     return b"".join(parts)
 
 
@@ -274,6 +301,7 @@ class StreamTranslator:
     __slots__ = (
         "_blocks",
         "_done",
+        "_encoded",
         "_held",
         "_input_tokens",
         "_open",
@@ -300,6 +328,7 @@ class StreamTranslator:
         self._open: _Block | None = None
         self._tools: dict[int, _ToolCall] = {}
         self._held: list[_Held] = []
+        self._encoded = False  # while an encoded method runs: constant events go out as bytes
         # While a text block is open and the stream goes on: the bytes of a text delta event up
         # to its text (then the text as a JSON string, then TEXT_DELTA_END); else None.
         self.text_head: bytes | None = None
@@ -322,29 +351,55 @@ class StreamTranslator:
         self.text_head = None
         return [error_event(error_type, message)]
 
-    def text_delta(self, chunk: dict[str, Any]) -> bytes | None:
-        """The commonest chunk, encoded at once: more text for the text block already open.
-
-        Byte for byte what ``feed`` and ``encode_event`` would give; None when the chunk is
-        anything else (then ``feed`` handles it). Saves most of a stream's translation cost.
-        """
+    def text_event(self, literal: bytes) -> bytes | None:
+        """The events of a plain text chunk (see ``plain_text``) whose text orjson writes as
+        ``literal``: more text for the open text block, or a text block opened for it when no
+        block is open. Byte for byte what ``feed_encoded`` would give; None when the stream is
+        elsewhere (then ``feed_encoded`` handles the chunk)."""
         head = self.text_head
-        if head is None:
+        if head is not None:
+            return head + literal + TEXT_DELTA_END
+        if self._open is not None or not self._started or self._done:
             return None
-        text = plain_text(chunk)
-        return None if text is None else head + orjson.dumps(text) + TEXT_DELTA_END
+        # as ``_switch("text")`` does when no block is open
+        self._open = "text"
+        index = self._blocks
+        self._blocks += 1
+        self.text_head = head = _TEXT_DELTA % index
+        return _BLOCK_STARTS["text"] % index + head + literal + TEXT_DELTA_END
+
+    def feed_encoded(self, chunk: dict[str, Any]) -> bytes:
+        """``encode_events(self.feed(chunk))``, byte for byte, for less work."""
+        self._encoded = True
+        try:
+            return encode_events(self._feed(chunk))
+        finally:
+            self._encoded = False
+
+    def finish_encoded(self, output_estimate: int | None = None) -> bytes:
+        """``encode_events(self.finish(output_estimate))``, byte for byte, for less work."""
+        if self._done:
+            return b""
+        self._encoded = True
+        try:
+            return encode_events(self._finish(output_estimate))
+        finally:
+            self._encoded = False
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
-        usage = _usage_of(chunk.get("usage"))
+        return cast("list[Event]", self._feed(chunk))  # no bytes outside the encoded methods
+
+    def _feed(self, chunk: dict[str, Any]) -> _Out:
+        usage = _usage_of(raw) if (raw := chunk.get("usage")) is not None else None
         if usage is not None:
             self._usage = usage
         if self._done:
             return []
         if chunk.get("error") is not None:
             return self._fail(chunk["error"])
-        out: list[Event] = []
+        out: _Out = []
         if not self._started:
-            self._start(chunk, out)
+            self._start(chunk, usage, out)
         choices = chunk.get("choices")
         for choice in choices if isinstance(choices, list) else ():
             if isinstance(choice, dict) and choice.get("index", 0) == 0:
@@ -359,19 +414,29 @@ class StreamTranslator:
         ``output_estimate`` is the gateway's count of the tokens produced, reported in
         ``message_delta`` when the upstream sent no usage (else ``output_tokens`` would be 0).
         """
+        return cast("list[Event]", self._finish(output_estimate))
+
+    def _finish(self, output_estimate: int | None) -> _Out:
         if self._done:
             return []
-        out: list[Event] = []
+        out: _Out = []
         if not self._started:
-            self._start({}, out)
+            self._start({}, None, out)
         self._end(out, output_estimate)
         return out
 
-    def _start(self, chunk: dict[str, Any], out: list[Event]) -> None:
+    def _start(self, chunk: dict[str, Any], known: Usage | None, out: _Out) -> None:
+        """``message_start`` (with ``known``, the chunk's usage) and a ``ping``."""
         self._started = True
         if self.message_id is None:
             self.message_id = _message_id(chunk.get("id"), chunk)
-        known = _usage_of(chunk.get("usage"))
+        if self._encoded:
+            tokens = known.prompt_tokens if known else self._input_tokens or 0
+            dumps = orjson.dumps
+            out.append(
+                _MESSAGE_START % (dumps(self.message_id), dumps(self.model), dumps(tokens)) + _PING
+            )
+            return
         message: dict[str, Any] = {
             "id": self.message_id,
             "type": "message",
@@ -388,7 +453,7 @@ class StreamTranslator:
         out.append(("message_start", {"type": "message_start", "message": message}))
         out.append(ping())
 
-    def _fail(self, error: object) -> list[Event]:
+    def _fail(self, error: object) -> _Out:
         self._done = True
         self.text_head = None
         message = error.get("message") if isinstance(error, dict) else error
@@ -396,9 +461,9 @@ class StreamTranslator:
             message = "The upstream failed mid-stream; retry the request."
         return [error_event("api_error", message)]
 
-    def _choice(self, choice: dict[str, Any], out: list[Event]) -> None:
+    def _choice(self, choice: dict[str, Any], out: _Out) -> None:
         delta = choice.get("delta")
-        if isinstance(delta, dict):
+        if isinstance(delta, dict) and delta:
             reasoning = _reasoning_of(delta)
             if reasoning:
                 self._text("thinking", reasoning, out)
@@ -413,7 +478,7 @@ class StreamTranslator:
             self._stop = _stop_reason(choice)
             self._close_all(out)
 
-    def _text(self, kind: str, text: str, out: list[Event]) -> None:
+    def _text(self, kind: str, text: str, out: _Out) -> None:
         if self._open == kind or not self._holding():
             self._send_text(kind, text, out)
         elif self._held and isinstance(self._held[-1], tuple) and self._held[-1][0] == kind:
@@ -421,12 +486,12 @@ class StreamTranslator:
         else:
             self._held.append((kind, text))
 
-    def _send_text(self, kind: str, text: str, out: list[Event]) -> None:
+    def _send_text(self, kind: str, text: str, out: _Out) -> None:
         if self._open != kind:
             self._switch(kind, out)
         out.append(self._delta({"type": f"{kind}_delta", kind: text}))
 
-    def _fragment(self, call: dict[str, Any], out: list[Event]) -> None:
+    def _fragment(self, call: dict[str, Any], out: _Out) -> None:
         index = call.get("index", 0)
         index = index if isinstance(index, int) else 0
         function = call.get("function")
@@ -454,13 +519,13 @@ class StreamTranslator:
         """Whether the open block is a tool call that may still get more arguments."""
         return isinstance(self._open, _ToolCall) and not _complete(self._open.arguments)
 
-    def _place(self, tool: _ToolCall, out: list[Event]) -> None:
+    def _place(self, tool: _ToolCall, out: _Out) -> None:
         if self._holding():
             self._held.append(tool)
         else:
             self._switch(tool, out)
 
-    def _drain(self, out: list[Event], force: bool = False) -> None:
+    def _drain(self, out: _Out, force: bool = False) -> None:
         while self._held and (force or not self._holding()):
             unit = self._held.pop(0)
             if isinstance(unit, _ToolCall):
@@ -468,13 +533,16 @@ class StreamTranslator:
             else:
                 self._send_text(*unit, out)
 
-    def _switch(self, block: _Block, out: list[Event]) -> None:
+    def _switch(self, block: _Block, out: _Out) -> None:
         self._close(out)
         self._open = block
         self._blocks += 1
         self.text_head = _TEXT_DELTA % (self._blocks - 1) if block == "text" else None
         if isinstance(block, _ToolCall):
             start = _tool_use(block.id, block.name, {})
+        elif self._encoded:
+            out.append(_BLOCK_STARTS[block] % (self._blocks - 1))
+            return
         elif block == "text":
             start = {"type": "text", "text": ""}
         else:
@@ -484,7 +552,7 @@ class StreamTranslator:
         if isinstance(block, _ToolCall):
             self._send_arguments(block, out)
 
-    def _send_arguments(self, tool: _ToolCall, out: list[Event]) -> None:
+    def _send_arguments(self, tool: _ToolCall, out: _Out) -> None:
         piece = tool.arguments[tool.sent :]
         if piece:
             out.append(self._delta({"type": "input_json_delta", "partial_json": piece}))
@@ -494,22 +562,25 @@ class StreamTranslator:
         event = {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta}
         return "content_block_delta", event
 
-    def _close(self, out: list[Event]) -> None:
+    def _close(self, out: _Out) -> None:
         if self._open is None:
             return
         if isinstance(self._open, _ToolCall):
             self._open.closed = True
         self._open = None
         self.text_head = None
-        out.append(
-            ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
-        )
+        if self._encoded:
+            out.append(_BLOCK_STOP % (self._blocks - 1))
+        else:
+            out.append(
+                ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
+            )
 
-    def _close_all(self, out: list[Event]) -> None:
+    def _close_all(self, out: _Out) -> None:
         self._drain(out, force=True)
         self._close(out)
 
-    def _end(self, out: list[Event], output_estimate: int | None = None) -> None:
+    def _end(self, out: _Out, output_estimate: int | None = None) -> None:
         self._close_all(out)
         self._done = True
         reason, sequence = self._stop or ("end_turn", None)
@@ -519,4 +590,4 @@ class StreamTranslator:
             usage["input_tokens"] = self._usage.prompt_tokens
         delta = {"stop_reason": reason, "stop_sequence": sequence}
         out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
-        out.append(("message_stop", {"type": "message_stop"}))
+        out.append(_MESSAGE_STOP if self._encoded else ("message_stop", {"type": "message_stop"}))

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import orjson
+from orjson import JSONDecodeError
 
 from gateway.dialects import anthropic
 from gateway.dialects.anthropic import TEXT_DELTA_END, encode_events, plain_text
@@ -29,6 +30,9 @@ from gateway.errors import GatewayError
 _CONTENT = b'"delta":{"content":'
 _LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
 _NO_FRAME = (b"", b"", 0, 0)
+# A text to prove a frame with, as orjson writes it; the other for a frame learned on the first.
+_PROBE, _OTHER_PROBE = ("x", b'"x"'), ("y", b'"y"')
+_loads, _dumps = orjson.loads, orjson.dumps
 
 
 class Relay(Protocol):
@@ -68,40 +72,39 @@ class AnthropicRelay:
         parts: list[bytes] = []
         translator = self.translator
         before, after, start, stop = self._frame
+        # Set while a frame is learned and the text block is open: a text chunk's event up to its
+        # text (read again after every event the translator takes).
+        head = translator.text_head if stop else None
         for event in events:
-            if (
-                stop
-                and event.startswith(before)
-                and event.endswith(after)
-                and (head := translator.text_head) is not None
-            ):
+            if head is not None and event.startswith(before) and event.endswith(after):
                 literal = event[start:stop]
                 try:
-                    text = orjson.loads(literal)
-                except orjson.JSONDecodeError:
+                    text = _loads(literal)
+                except JSONDecodeError:
                     text = None
                 # Exactly one string literal (no whitespace around it: a newline there would
                 # split the event into lines); without escapes it is already what orjson writes.
                 if type(text) is str and text and literal[0] == literal[-1] == 34:
                     self.chunks += 1
                     if b"\\" in literal:
-                        literal = orjson.dumps(text)
+                        literal = _dumps(text)
                     parts.append(head + literal + TEXT_DELTA_END)
                     continue
-            data = event_data(event)
-            if data is None:
+            if event.startswith(b"data: ") and b"\n" not in event:  # event_data's commonest
+                data = event[6:]
+            elif (found := event_data(event)) is not None:
+                data = found
+            else:
                 continue
             if data == DONE:
                 self.done = True
                 continue
             try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                parts.append(
-                    encode_events(
-                        translator.fail("The upstream sent a stream event that is not JSON.")
-                    )
-                )
+                chunk = _loads(data)
+            except JSONDecodeError:
+                message = "The upstream sent a stream event that is not JSON."
+                parts.append(encode_events(translator.fail(message)))
+                head = None
                 continue
             if not isinstance(chunk, dict):
                 continue
@@ -109,24 +112,32 @@ class AnthropicRelay:
             usage = chunk.get("usage")
             if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
                 self.usage = usage
-            fast = translator.text_delta(chunk)
-            parts.append(fast if fast is not None else encode_events(translator.feed(chunk)))
-            if translator.text_head and self._learn and self._learn_frame(event, data, chunk):
-                before, after, start, stop = self._frame
+            text = plain_text(chunk)
+            if text is None:
+                parts.append(translator.feed_encoded(chunk))
+            else:
+                literal = _dumps(text)
+                encoded = translator.text_event(literal)
+                parts.append(encoded if encoded is not None else translator.feed_encoded(chunk))
+                if (
+                    self._learn
+                    and translator.text_head is not None
+                    and self._learn_frame(event, data, text, literal)
+                ):
+                    before, after, start, stop = self._frame
+            head = translator.text_head if stop else None
         return b"".join(parts)
 
-    def _learn_frame(self, event: bytes, data: bytes, chunk: dict[str, Any]) -> bool:
-        """Learn the frame of plain text chunks from one (parsed) plain text chunk, if it is one
-        and its frame is sound: the same bytes around any other string are a plain text chunk."""
-        text = plain_text(chunk)
-        if text is None:
-            return False
+    def _learn_frame(self, event: bytes, data: bytes, text: str, literal: bytes) -> bool:
+        """Learn the frame of plain text chunks from one (parsed) plain text chunk, ``text``
+        (``literal`` as orjson writes it), if its frame is sound: the same bytes around any
+        other string are a plain text chunk."""
         self._learn -= 1
-        literal = orjson.dumps(text)  # an upstream writing it otherwise is not learned from
         at = data.find(_CONTENT)
         if at < 0 or b"\n" in event:  # one line: the event is "data:" or "data: ", then data
             return False
         at += len(_CONTENT)
+        # an upstream writing the text otherwise than orjson does is not learned from
         if not data.startswith(literal, at):
             return False
         head, tail = data[:at], data[at + len(literal) :]
@@ -134,10 +145,10 @@ class AnthropicRelay:
             return False
         # The frame holds if another text in it parses as this one did (a second text: were the
         # text read from elsewhere, as from a later duplicate key, both would read the same).
-        probe = "x" if text != "x" else "y"
+        probe, probe_literal = _PROBE if text != _PROBE[0] else _OTHER_PROBE
         try:
-            parsed = orjson.loads(head + orjson.dumps(probe) + tail)
-        except orjson.JSONDecodeError:
+            parsed = _loads(head + probe_literal + tail)
+        except JSONDecodeError:
             return False
         if type(parsed) is not dict or plain_text(parsed) != probe:
             return False
@@ -149,7 +160,7 @@ class AnthropicRelay:
         return encode_events(self.translator.fail(error.message, error.anthropic_type))
 
     def finish(self) -> bytes:
-        return encode_events(self.translator.finish(self.estimated_completion_tokens()))
+        return self.translator.finish_encoded(self.estimated_completion_tokens())
 
     def estimated_completion_tokens(self) -> int:
         return max(0, self.chunks - 2)

@@ -132,19 +132,20 @@ def test_any_text_relays_as_it_translates(
 def test_text_chunks_take_the_frame_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once the frame is learned (from the first text chunk), text chunks are not parsed."""
     parsed: list[bytes] = []
-    real = relay_module.event_data
+    real = relay_module._loads
 
-    def counting(event: bytes) -> bytes | None:
-        parsed.append(event)
-        return real(event)
+    def counting(data: bytes) -> Any:
+        if data.startswith(b"{"):  # a whole chunk, not the text literal of one
+            parsed.append(data)
+        return real(data)
 
-    monkeypatch.setattr(relay_module, "event_data", counting)
+    monkeypatch.setattr(relay_module, "_loads", counting)
     texts = ["Hello", " wor", "ld", ' "quoted"', "\n", "é😀", "\\"]
     chunks = [chunk({"role": "assistant", "content": ""})]
     chunks += [chunk({"content": t}) for t in texts] + [chunk({}, "stop"), usage_chunk(3, 7)]
     got, _ = pipe(sse([orjson.dumps(c) for c in chunks]), [])
     assert got == translated(chunks)
-    # the role chunk, the first text chunk, the finish and usage chunks, [DONE]
+    # the role chunk, the first text chunk and the probe of its frame, the finish and usage chunks
     assert len(parsed) == 5
 
 
