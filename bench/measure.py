@@ -375,9 +375,11 @@ def measure_wrk(run: Run, arm: Arm, server: Server, result: ArmResult, load: str
     lat = wrk(url, 1, settings.latency_duration, load)
     result.latency = lat
     print(f"   c1: p50 {lat.p50_ms:.3f} ms  p99 {lat.p99_ms:.3f} ms", flush=True)
-    half = wrk(
-        url, HALF_CONNECTIONS, settings.latency_duration, load, delay_ms=half_delay(arm, sat, lat)
-    )
+    delay = half_delay(arm, sat, lat.p50_ms)
+    if arm.key != "direct":  # calibrate: the answer time under this load, not at c1
+        trial = wrk(url, HALF_CONNECTIONS, 2, load, delay_ms=delay)
+        delay = half_delay(arm, sat, max(0.0, HALF_CONNECTIONS / trial.rps * 1000 - delay))
+    half = wrk(url, HALF_CONNECTIONS, settings.latency_duration, load, delay_ms=delay)
     result.half = half
     print(
         f"   paced c{HALF_CONNECTIONS}: {half.rps:,.0f} req/s ({half.rps / sat.rps:.0%} of "
@@ -405,14 +407,14 @@ HALF_CONNECTIONS = 16
 DIRECT_HALF_DELAY_MS = 5  # the floor's paced run: ~3,000 req/s, the gateways' half rates
 
 
-def half_delay(arm: Arm, sat: WrkResult, c1: WrkResult) -> int:
+def half_delay(arm: Arm, sat: WrkResult, answer_ms: float) -> int:
     """wrk's pause after each answer (bench/post.lua's ``delay()``, whole ms) that paces
     ``HALF_CONNECTIONS`` connections to about half the arm's saturation rate: each connection
-    makes one request per pause + answer time (about the c1 p50)."""
+    makes one request per pause + answer time (``answer_ms``)."""
     if arm.key == "direct":
         return DIRECT_HALF_DELAY_MS
     cycle_ms = HALF_CONNECTIONS / (sat.rps / 2) * 1000
-    return max(1, round(cycle_ms - c1.p50_ms))
+    return max(1, round(cycle_ms - answer_ms))
 
 
 def measure_paced(run: Run, server: Server, result: ArmResult) -> None:
