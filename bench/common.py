@@ -64,6 +64,8 @@ class Settings:
     litellm: bool = os.environ.get("BENCH_LITELLM", "1") != "0"
     litellm_install_timeout: float = env_float("BENCH_LITELLM_INSTALL_TIMEOUT", 300)
     soak: float = env_float("BENCH_SOAK", 0)
+    pairs: int = int(env_float("BENCH_PAIRS", 5))
+    pair_duration: float = env_float("BENCH_PAIR_DURATION", 5)
 
 
 class ArmFailed(Exception):

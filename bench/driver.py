@@ -27,6 +27,7 @@ from arms import Arm, Run, start_canned, wrk_arms, wrk_arms_2w
 from common import CHAT_PATH, LOAD_CPU, RESULTS, ROOT, WORK, ArmFailed, Settings
 from litellm_arm import installed_version, litellm_arm
 from measure import ArmResult, measure, probe
+from paired import run_pairs
 from procs import free_port
 from report import append_history, facts, print_summary, report
 from soak import run_soak
@@ -102,18 +103,21 @@ def main() -> int:
             return soak_main(settings, run, info)
         for arm in arms:
             results.append(measure(run, arm))
+        paired = run_pairs(run, {a.key: a for a in arms}, settings.pairs, settings.pair_duration)
     took = time.monotonic() - started
     version = installed_version()
     if version:
         info["litellm"] = f"litellm[proxy] {version} (bench/.work/litellm-env)"
-    print_summary(results)
+    print_summary(results, paired)
     if settings.arms:
         print("\nBENCH_ARMS is set: bench/RESULTS.md is left as it was.")
     else:
-        RESULTS.write_text(report(settings, info, results, took))
+        RESULTS.write_text(report(settings, info, results, took, paired))
         print(f"\nwrote {RESULTS.relative_to(ROOT)} ({took:.0f} s)")
     failed = [r.arm.key for r in results if r.error and not r.arm.optional]
-    checks = [r.arm.key for r in results if r.problems]
+    checks = [r.arm.key for r in results if r.problems] + [
+        f"paired {p.arm}" for p in paired if p.error
+    ]
     unavailable = [r.arm.key for r in results if r.error and r.arm.optional]
     if unavailable:
         print(f"not available (optional): {', '.join(unavailable)}", file=sys.stderr)

@@ -25,6 +25,7 @@ from common import (
     canned_sse,
 )
 from measure import ArmResult, WrkResult
+from paired import Paired
 from procs import QUIET_PCT
 
 Row = tuple[str, str, str, str]  # measure, value, target, verdict
@@ -719,7 +720,52 @@ def method(settings: Settings, results: list[ArmResult]) -> list[str]:
     ]
 
 
-def report(settings: Settings, info: dict[str, str], results: list[ArmResult], took: float) -> str:
+def paired_rows(paired: list[Paired]) -> list[Row]:
+    """The paired runs' ratios: the steadier verdict on a machine whose speed drifts."""
+    rows: list[Row] = []
+    for p in paired:
+        kind = p.arm.split("-")[0]
+        if p.error or not p.rps:
+            rows.append((f"{kind} / pass-through RPS, 1 worker, paired", "n/a", "≥ 0.80", "FAILED"))
+            continue
+        for name, values in (("RPS", p.rps), ("CPU per request (pass-through / arm)", p.cpu)):
+            mid = Paired.median(values)
+            rows.append(
+                (
+                    f"{kind} / pass-through {name}, 1 worker, median of {len(values)} "
+                    f"alternated pairs (range {min(values):.2f}-{max(values):.2f})",
+                    f"{mid:.2f}",
+                    "≥ 0.80",
+                    verdict(mid >= 0.8),
+                )
+            )
+    return rows
+
+
+def paired_table(paired: list[Paired]) -> list[str]:
+    if not paired:
+        return []
+    out = [
+        "| arm | baseline | RPS ratio per pair | CPU-per-request ratio per pair (baseline / arm) |",
+        "|---|---|---|---|",
+    ]
+    for p in paired:
+        if p.error:
+            out.append(f"| {p.arm} | {p.base} | FAILED: {p.error[:200]} | |")
+            continue
+        rps = ", ".join(f"{v:.2f}" for v in p.rps)
+        cpu = ", ".join(f"{v:.2f}" for v in p.cpu)
+        out.append(f"| {p.arm} | {p.base} | {rps} | {cpu} |")
+    return out
+
+
+def report(
+    settings: Settings,
+    info: dict[str, str],
+    results: list[ArmResult],
+    took: float,
+    paired: list[Paired] | None = None,
+) -> str:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmark results",
@@ -782,8 +828,26 @@ def report(settings: Settings, info: dict[str, str], results: list[ArmResult], t
         "",
         "| measure | value | target | verdict |",
         "|---|--:|--:|---|",
-        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ratios(results)],
+        *[
+            f"| {a} | {b} | {c} | {d} |"
+            for a, b, c, d in ratios(results) + paired_rows(paired or [])
+        ],
         "",
+        *(
+            [
+                "### Paired runs",
+                "",
+                "Each arm and its baseline up at once (pinned alike), saturation runs of "
+                f"{settings.pair_duration:g} s alternated A B, B A, ...; a pair's ratio is taken "
+                "back to back, so the machine's drift between minutes (tens of per cent here) "
+                "cancels. The verdict on a ratio target is the paired median.",
+                "",
+                *paired_table(paired),
+                "",
+            ]
+            if paired
+            else []
+        ),
         "## Notes",
         "",
         "- The direct arm is a twin of the canned nginx placed where the servers under test run, "
@@ -824,11 +888,11 @@ def report(settings: Settings, info: dict[str, str], results: list[ArmResult], t
     return "\n".join(lines)
 
 
-def print_summary(results: list[ArmResult]) -> None:
+def print_summary(results: list[ArmResult], paired: list[Paired] | None = None) -> None:
     print("\n" + "\n".join(arm_table(results)))
     for table in (stream_table(results), paced_table(results), redis_tables(results)):
         if table:
             print("\n" + "\n".join(table))
     print()
-    for a, b, c, d in ratios(results):
+    for a, b, c, d in ratios(results) + paired_rows(paired or []):
         print(f"{a:62} {b:>18}  target {c:11} {d}")
