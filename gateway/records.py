@@ -1,5 +1,6 @@
 """The records that cross the storage seam: API keys, admissions and their verdicts, settlements,
-usage. Plain frozen data, no behaviour beyond conversions. Pure.
+usage. Plain frozen data (``per_request`` records: frozen to the type checker), no behaviour
+beyond conversions. Pure.
 
 Key records are stored and served as camelCase JSON (the portal's form, SPEC 6); the secret is
 never part of a record, only its SHA-256 (``key_hash``), which is never served.
@@ -8,9 +9,29 @@ never part of a record, only its SHA-256 (``key_hash``), which is never served.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+_R = TypeVar("_R")
+
+if TYPE_CHECKING:
+    from typing import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def per_request(cls: type[_R]) -> type[_R]: ...
+
+else:
+
+    def per_request(cls: Callable[..., object]) -> Callable[..., object]:
+        """A record made for every request: frozen to the type checker, a plain slots
+        dataclass at run time. A frozen dataclass's ``__init__`` goes through
+        ``object.__setattr__`` for each field, ~2.4 µs more per record (Admission, Verdict and
+        Settlement are made for every governed request); nothing assigns to them, so they
+        hash by value as frozen ones do."""
+        return dataclass(slots=True, unsafe_hash=True)(cls)
+
 
 Status = Literal["ACTIVE", "REVOKED", "EXPIRED"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,7 +166,7 @@ class KeyRecord:
 Refusal = Literal["rpm", "concurrency", "daily", "monthly", "plan_rpm", "plan_monthly"]
 
 
-@dataclass(frozen=True, slots=True)
+@per_request
 class Admission:
     """One request asking to be admitted: every limit that applies, checked all-or-nothing.
 
@@ -166,7 +187,7 @@ class Admission:
     reserve: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@per_request
 class Verdict:
     """The store's answer to an ``Admission``, with what the rate-limit headers need.
 
@@ -189,7 +210,7 @@ class Verdict:
     now: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@per_request
 class Settlement:
     """The end of an admitted request: release its slot, settle its reservation to what it
     used, and record its usage (once per ``request_id``, however often this is retried)."""
