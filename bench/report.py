@@ -553,7 +553,9 @@ def litellm_rows(r: dict[str, ArmResult]) -> list[Row]:
 # --- RESULTS.md ----------------------------------------------------------------------------------
 
 
-def history_line(when: str, info: dict[str, str], results: list[ArmResult]) -> str:
+def history_line(
+    when: str, info: dict[str, str], results: list[ArmResult], paired: list[Paired] | None = None
+) -> str:
     r = by_key(results)
     parts = []
     for key in ("gateway-1w", "gateway-2w", "governed-1w", "governed-2w"):
@@ -616,6 +618,13 @@ def history_line(when: str, info: dict[str, str], results: list[ArmResult]) -> s
         )
     elif lite:
         parts.append("LiteLLM not available")
+    for pr in paired or []:
+        if pr.rps:
+            parts.append(
+                f"paired {pr.arm} / pass-through: RPS median {Paired.median(pr.rps):.2f} "
+                f"({min(pr.rps):.2f}-{max(pr.rps):.2f}), CPU/req median "
+                f"{Paired.median(pr.cpu):.2f}"
+            )
     disturbed = [x.arm.key for x in results if x.other_pct >= QUIET_PCT]
     if disturbed:
         parts.append(f"disturbed by other load: {', '.join(disturbed)}")
@@ -883,7 +892,7 @@ def report(
     for r in results:
         if r.error and not r.arm.optional:
             lines += ["", f"### {r.arm.title} FAILED", "", "```", r.error.strip()[-4000:], "```"]
-    history = [*previous_history(), history_line(when, info, results)]
+    history = [*previous_history(), history_line(when, info, results, paired)]
     lines += ["", "## History", "", *history, ""]
     return "\n".join(lines)
 
