@@ -90,18 +90,12 @@ if refused == 0 then
   redis.call('ZADD', KEYS[3], fmt(now + lease), rid)
   if renew_key or leases == 0 then redis.call('EXPIRE', KEYS[3], lease + 60 + window) end
   dtok, mtok, otok = dtok + reserve, mtok + reserve, otok + reserve
-  if renew_key then
-    redis.call('HSET', KEYS[4], 'd', day, 'dt', dtok, 'm', month, 'mt', mtok, 'x', at)
-  else
-    redis.call('HSET', KEYS[4], 'd', day, 'dt', dtok, 'm', month, 'mt', mtok)
-  end
+  -- x: the last renewal (a renewal not due keeps the one read, never nil then)
+  redis.call('HSET', KEYS[4], 'd', day, 'dt', dtok, 'm', month, 'mt', mtok,
+    'x', renew_key and at or kt[5])
   -- the TTL (longer than a month) is set when the period changes, not on every request
   if tonumber(kt[1]) ~= day then redis.call('EXPIRE', KEYS[4], ttl) end
-  if renew_owner then
-    redis.call('HSET', KEYS[5], 'm', month, 'mt', otok, 'x', at)
-  else
-    redis.call('HSET', KEYS[5], 'm', month, 'mt', otok)
-  end
+  redis.call('HSET', KEYS[5], 'm', month, 'mt', otok, 'x', renew_owner and at or ot[3])
   if tonumber(ot[1]) ~= month then redis.call('EXPIRE', KEYS[5], ttl) end
 end
 

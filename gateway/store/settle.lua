@@ -19,15 +19,16 @@ local function settle_one(k, a)
 
   local day, month, delta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
   local kt = redis.call('HMGET', KEYS[k + 2], 'd', 'dt', 'm', 'mt')
-  local current_day, current_month = tonumber(kt[1]) == day, tonumber(kt[3]) == month
-  if current_day and current_month then
-    redis.call('HSET', KEYS[k + 2], 'dt', math.max(0, tonumber(kt[2]) + delta),
-      'mt', math.max(0, tonumber(kt[4]) + delta))
-  elseif current_day then
-    redis.call('HSET', KEYS[k + 2], 'dt', math.max(0, tonumber(kt[2]) + delta))
-  elseif current_month then
-    redis.call('HSET', KEYS[k + 2], 'mt', math.max(0, tonumber(kt[4]) + delta))
+  local moved = {}  -- the counters of periods still current, moved in one HSET
+  if tonumber(kt[1]) == day then
+    table.insert(moved, 'dt')
+    table.insert(moved, math.max(0, tonumber(kt[2]) + delta))
   end
+  if tonumber(kt[3]) == month then
+    table.insert(moved, 'mt')
+    table.insert(moved, math.max(0, tonumber(kt[4]) + delta))
+  end
+  if #moved > 0 then redis.call('HSET', KEYS[k + 2], unpack(moved)) end
   local ot = redis.call('HMGET', KEYS[k + 3], 'm', 'mt')
   if tonumber(ot[1]) == month then
     redis.call('HSET', KEYS[k + 3], 'mt', math.max(0, tonumber(ot[2]) + delta))
