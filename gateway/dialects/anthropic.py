@@ -205,7 +205,7 @@ def _role(message: dict[str, Any], path: str) -> str:
     for key in ("tool_calls", "tool_call_id"):
         if key in message:
             raise _bad(f"{path}.{key}", _OPENAI_FORMS[key])
-    if role not in _BLOCKS:
+    if not isinstance(role, str) or role not in _BLOCKS:
         raise _bad(f"{path}.role", f"must be 'user' or 'assistant' (got {role!r}).")
     return str(role)
 

@@ -375,6 +375,12 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, str]] = [
         "must be 'user' or 'assistant' (got 'bot').",
     ),
     (
+        "role_not_a_string",
+        {"messages": [{"role": ["user"], "content": "hi"}]},
+        "messages[0].role",
+        "must be 'user' or 'assistant' (got ['user']).",
+    ),
+    (
         "role_system",
         {"messages": [{"role": "system", "content": "x"}, USER_HI]},
         "messages[0].role",
