@@ -193,6 +193,58 @@ def _tool_input(arguments: object) -> dict[str, Any]:
 
 def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion as an Anthropic Messages answer; vendor extras kept."""
+    plain = _plain_answer(answer, model)
+    return plain if plain is not None else _translated_answer(answer, model)
+
+
+def _plain_answer(answer: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """``_translated_answer``'s result for the commonest answer, in one pass: one choice of
+    text that stopped or ran out of tokens, with usage and a ``chatcmpl-`` id, no tool calls,
+    reasoning or vendor extras. None for anything else (the general path). The property tests
+    hold the two paths to the same output."""
+    answer_id, choices, usage = answer.get("id"), answer.get("choices"), answer.get("usage")
+    if (
+        type(answer_id) is not str
+        or not answer_id.startswith("chatcmpl-")
+        or type(choices) is not list
+        or not choices
+        or type(usage) is not dict
+        or not _NOT_CARRIED.issuperset(answer)
+    ):
+        return None
+    choice = choices[0]
+    if type(choice) is not dict:
+        return None
+    message, finish = choice.get("message"), choice.get("finish_reason")
+    if (
+        type(message) is not dict
+        or (finish != "stop" and finish != "length")
+        or choice.get("stop_reason", choice.get("matched_stop")) is not None
+        or message.get("tool_calls")
+        or message.get("function_call") is not None
+        or message.get("reasoning_content", message.get("reasoning")) is not None
+    ):
+        return None
+    text, prompt, completion = (
+        message.get("content"),
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+    )
+    if type(text) is not str or type(prompt) is not int or type(completion) is not int:
+        return None
+    return {
+        "id": "msg_" + answer_id[9:],
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": "end_turn" if finish == "stop" else "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt, "output_tokens": completion},
+    }
+
+
+def _translated_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
     choices = answer.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     message = choice.get("message") if isinstance(choice, dict) else None
