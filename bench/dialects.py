@@ -30,7 +30,14 @@ sys.path.insert(0, str(ROOT))
 from tests.clients import AUTH, KEYS_YAML  # noqa: E402
 from tests.redis_server import free_port  # noqa: E402
 
-OPENAI = {"max_tokens": 16, "messages": [{"role": "user", "content": "Say hello"}]}
+# The same conversation in each dialect, so the upstream gets the same request from both.
+OPENAI = {
+    "max_tokens": 16,
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Say hello"},
+    ],
+}
 ANTHROPIC = {
     "max_tokens": 16,
     "system": "Be brief.",
@@ -129,9 +136,14 @@ async def main() -> None:
                 await batch(http, o_url, o_body, gateway.pid, 400, width)
                 await batch(http, a_url, a_body, gateway.pid, 400, width)
                 openai, anthropic = [], []
-                for _ in range(PAIRS):
-                    openai.append(await batch(http, o_url, o_body, gateway.pid, count, width))
-                    anthropic.append(await batch(http, a_url, a_body, gateway.pid, count, width))
+                for pair in range(PAIRS):  # O A, A O, ...: neither dialect always goes first
+                    for dialect in ("openai", "anthropic")[:: 1 if pair % 2 == 0 else -1]:
+                        url, body, into = (
+                            (o_url, o_body, openai)
+                            if dialect == "openai"
+                            else (a_url, a_body, anthropic)
+                        )
+                        into.append(await batch(http, url, body, gateway.pid, count, width))
                 # each pair ran back to back: its ratio cancels the machine's drift over the run
                 ratios = sorted(a / o for a, o in zip(anthropic, openai, strict=True))
                 o, a = sorted(openai)[PAIRS // 2], sorted(anthropic)[PAIRS // 2]
