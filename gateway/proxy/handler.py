@@ -49,6 +49,14 @@ SSE_HEADERS = {
 }
 
 
+class _EventStream(web.StreamResponse):
+    """A stream answer whose head goes out with its first bytes, in one write (aiohttp sends a
+    ``StreamResponse``'s head alone at ``prepare``; its ``Response`` buffers it like this). The
+    relay writes at once after ``prepare``, so the head is never held back."""
+
+    _send_headers_immediately = False
+
+
 class ChatHandler:
     """``POST`` on every chat alias."""
 
@@ -272,7 +280,7 @@ class ChatHandler:
             if ex.anthropic
             else OpenAIRelay(ex.client_usage)
         )
-        client = web.StreamResponse(headers=SSE_HEADERS)
+        client = _EventStream(headers=SSE_HEADERS)
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)
         self.rt.metrics.active_streams.inc()
@@ -310,26 +318,28 @@ class ChatHandler:
         splitter = SSESplitter()
         idle = upstream.timeouts.idle
         loop = asyncio.get_running_loop()
+        tail = b""  # what goes out with the end of the answer, in one write
         try:
             # The upstream's silence is timed only while waiting on it (a slow client's
             # backpressure is not the upstream's silence), by one watchdog for the whole relay.
             with Silence(idle) as silence:
                 while chunk:
-                    events = splitter.feed(chunk)
-                    if events:
-                        out = relay.relay(events)
-                        if out:
-                            await client.write(out)
+                    out = relay.relay(events) if (events := splitter.feed(chunk)) else b""
+                    if response.ended:  # nothing more will come: the rest goes with the end
+                        tail = out
+                        break
+                    await client.write(out)  # the head with the first events (or alone)
                     silence.since = loop.time()
                     chunk = await read_chunk(response, upstream)
                     silence.since = None
             if not relay.done:
+                if tail:
+                    await client.write(tail)
+                    tail = b""
                 raise UpstreamUnavailable(
                     f"Upstream '{upstream.name}' ended the stream before it was complete."
                 )
-            tail = relay.finish()
-            if tail:
-                await client.write(tail)
+            tail += relay.finish()
         except TimeoutError:
             await self._stream_failed(
                 ex,
@@ -343,7 +353,7 @@ class ChatHandler:
             )
         except GatewayError as err:
             await self._stream_failed(ex, client, relay, upstream, err)
-        await client.write_eof()
+        await client.write_eof(tail)
 
     async def _stream_failed(
         self,

@@ -233,6 +233,12 @@ class Response:
     async def readany(self) -> bytes:
         return await self._conn.readany()
 
+    @property
+    def ended(self) -> bool:
+        """Whether the whole body has been read: ``readany`` would only say ``b""``."""
+        conn = self._conn
+        return conn.complete and not conn.chunks and conn.error is None
+
     async def read(self) -> bytes:
         conn, parts = self._conn, []
         while chunk := await conn.readany():
