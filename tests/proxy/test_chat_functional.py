@@ -231,6 +231,34 @@ async def test_stream_passes_each_event_as_it_arrives(gateway: Server, fake: Fak
     assert fake.seen[-1].body["stream_options"] == {"include_usage": True}
 
 
+async def test_stream_head_is_not_held_for_a_whole_first_event(
+    gateway: Server, fake: FakeUpstream
+) -> None:
+    """The head goes out with the first events; when the first piece from the upstream holds
+    no whole event, it goes out alone at once, not when the upstream sends more."""
+    gate = asyncio.Event()
+    first = chunk({"role": "assistant", "content": "hi"})
+
+    async def script(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        events = [first[:20], first[20:], b"data: [DONE]\n\n"]
+        return await sse(request, events, gate=gate)
+
+    fake.script = script
+    async with aiohttp.ClientSession() as http:
+        answer = http.post(
+            f"http://127.0.0.1:{gateway.port}/v1/chat/completions",
+            json={"model": "fake-model", "messages": [{"role": "user", "content": "x"}]}
+            | {"stream": True},
+            headers=AUTH,
+        )
+        async with await asyncio.wait_for(answer, 5) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            gate.set()
+            raw = await response.read()
+    assert raw == first + b"data: [DONE]\n\n"
+
+
 async def test_long_stream_outlives_every_timeout(gateway: Server, fake: FakeUpstream) -> None:
     """first_byte and idle are 5 s in the fixture; the stream runs past 6 s in total."""
 
