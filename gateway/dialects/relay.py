@@ -75,21 +75,24 @@ class AnthropicRelay:
         # Set while a frame is learned and the text block is open: a text chunk's event up to its
         # text (read again after every event the translator takes).
         head = translator.text_head if stop else None
+        texts = 0  # plain text chunks relayed by their frame
         for event in events:
             if head is not None and event.startswith(before) and event.endswith(after):
                 literal = event[start:stop]
-                try:
-                    text = _loads(literal)
-                except JSONDecodeError:
-                    text = None
-                # Exactly one string literal (no whitespace around it: a newline there would
-                # split the event into lines); without escapes it is already what orjson writes.
-                if type(text) is str and text and literal[0] == literal[-1] == 34:
-                    self.chunks += 1
-                    if b"\\" in literal:
-                        literal = _dumps(text)
-                    parts.append(head + literal + TEXT_DELTA_END)
-                    continue
+                # Exactly one non-empty string literal (quotes at both ends, so no whitespace
+                # around it: a newline there would split the event into lines); without escapes
+                # it is already what orjson writes.
+                if len(literal) > 2 and literal[0] == 34 == literal[-1]:
+                    try:
+                        text = _loads(literal)
+                    except JSONDecodeError:
+                        pass
+                    else:
+                        texts += 1
+                        if b"\\" in literal:
+                            literal = _dumps(text)
+                        parts.append(head + literal + TEXT_DELTA_END)
+                        continue
             if event.startswith(b"data: ") and b"\n" not in event:  # event_data's commonest
                 data = event[6:]
             elif (found := event_data(event)) is not None:
@@ -126,6 +129,7 @@ class AnthropicRelay:
                 ):
                     before, after, start, stop = self._frame
             head = translator.text_head if stop else None
+        self.chunks += texts
         return b"".join(parts)
 
     def _learn_frame(self, event: bytes, data: bytes, text: str, literal: bytes) -> bool:
