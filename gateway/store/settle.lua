@@ -46,8 +46,7 @@ local function settle_one(k, a)
   redis.call('HINCRBY', usage, 'p:' .. model, ARGV[a + 6])
   redis.call('HINCRBY', usage, 'c:' .. model, ARGV[a + 7])
   if ARGV[a + 8] ~= '0' then redis.call('HINCRBY', usage, 'e:' .. model, ARGV[a + 8]) end
-  local total = tonumber(redis.call('HGET', usage, 'l:' .. model) or '0')
-  redis.call('HSET', usage, 'l:' .. model, fmt(total + tonumber(ARGV[a + 9])))
+  redis.call('HINCRBYFLOAT', usage, 'l:' .. model, ARGV[a + 9])
   redis.call('HINCRBY', usage, 'b' .. ARGV[a + 10] .. ':' .. model, 1)
   -- The day joins the index of days when its hash gains a model, and the index's TTL is renewed
   -- then too: the index outlives every day hash it names, and a day hash that already has this
