@@ -43,6 +43,7 @@ from procs import (
     Proc,
     Stack,
     group_ticks,
+    machine_busy_ticks,
     wait_quiet,
     worker_rss_mb,
 )
@@ -275,6 +276,10 @@ class ArmResult:
     other_pct: float = 0.0
     cpu_busy: float = 0.0  # the server's CPU seconds per second during saturation
     cpu_us_per_request: float = 0.0  # the server's CPU time per request during saturation
+    # The whole machine's busy CPU (every process and the kernel) during saturation, per request
+    # and in CPUs: what bounds an arm whose processes share the machine's CPUs with the load.
+    machine_us_per_request: float = 0.0
+    machine_busy: float = 0.0
     rss_idle_mb: float = 0.0  # per worker, after the probe, before any load
     rss_loaded_mb: float = 0.0  # per worker, after every measurement
     other_top: str = ""
@@ -345,9 +350,12 @@ def measure_wrk(run: Run, arm: Arm, server: Server, result: ArmResult, load: str
     ticks = group_ticks(proc)
     before = redisstats.snapshot(server.redis_port) if server.redis_port else None
     count = answered(server) if server.redis_port else None
-    started = time.monotonic()
+    started, machine = time.monotonic(), machine_busy_ticks()
     sat = wrk(url, settings.connections, settings.duration, load)
     cpu = (group_ticks(proc) - ticks) / CLK_TCK
+    machine = (machine_busy_ticks() - machine) / CLK_TCK
+    result.machine_busy = machine / (time.monotonic() - started)
+    result.machine_us_per_request = machine / sat.requests * 1e6
     if before is not None and server.redis_port:
         # The settlements of the last answers are written after them, in batches.
         lag, polls = redisstats.wait_settled(server.redis_port)
@@ -361,7 +369,9 @@ def measure_wrk(run: Run, arm: Arm, server: Server, result: ArmResult, load: str
     result.cpu_us_per_request = cpu / sat.requests * 1e6
     print(
         f"   saturation c{sat.connections}: {sat.rps:,.0f} req/s; server CPU "
-        f"{result.cpu_busy:.0%} of a core, {result.cpu_us_per_request:.0f} µs/request",
+        f"{result.cpu_busy:.0%} of a core, {result.cpu_us_per_request:.0f} µs/request; "
+        f"the machine {result.machine_busy:.2f} CPUs busy, {result.machine_us_per_request:.0f} "
+        "µs/request",
         flush=True,
     )
     if result.redis:

@@ -228,6 +228,14 @@ class OtherLoad:
         return sum(pct.values()), ", ".join(f"{n} {p:.0f}%" for n, p in top if p >= 1)
 
 
+def machine_busy_ticks() -> int:
+    """CPU ticks every CPU of the machine has spent busy so far (all but idle and iowait):
+    the server, wrk, nginx, redis-server and the kernel's network work alike."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
 def group_ticks(proc: Proc | None) -> int:
     """CPU ticks used so far by the live processes of ``proc``'s process group."""
     if proc is None or proc.popen is None:

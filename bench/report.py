@@ -137,6 +137,28 @@ def arm_table(results: list[ArmResult]) -> list[str]:
     return out
 
 
+def machine_table(results: list[ArmResult]) -> list[str]:
+    """Where the machine's CPU went per request during each saturation run."""
+    rows = [r for r in results if r.arm.kind == "wrk" and r.saturation and r.machine_busy]
+    if not rows:
+        return []
+    out = [
+        "| arm | sat. RPS | the machine busy (CPUs) | machine CPU µs/req | server | redis-server "
+        "| the rest (wrk, the canned nginx, the kernel) |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        assert r.saturation is not None
+        redis = r.redis.cpu_us if r.redis else 0.0
+        rest = r.machine_us_per_request - r.cpu_us_per_request - redis
+        out.append(
+            f"| {r.arm.title} | {r.saturation.rps:,.0f} | {r.machine_busy:.2f} "
+            f"| {r.machine_us_per_request:.0f} | {r.cpu_us_per_request:.0f} "
+            f"| {f'{redis:.0f}' if r.redis else '—'} | {rest:.0f} |"
+        )
+    return out
+
+
 def stream_table(results: list[ArmResult]) -> list[str]:
     rows = [r for r in results if r.stream]
     if not rows:
@@ -323,6 +345,19 @@ def ratios(results: list[ArmResult]) -> list[Row]:
                         verdict(ratio >= 0.8),
                     )
                 )
+    for kind in ("gateway", "governed"):
+        g_arm, p_arm = r.get(f"{kind}-2w"), r.get("passthrough-2w")
+        if g_arm and p_arm and g_arm.machine_us_per_request and p_arm.machine_us_per_request:
+            ratio = p_arm.machine_us_per_request / g_arm.machine_us_per_request
+            rows.append(
+                (
+                    f"pass-through / {kind} whole-machine CPU per request, 2 workers "
+                    "(what bounds a 2-worker arm on a 2-CPU machine)",
+                    f"{ratio:.2f}",
+                    "—",
+                    "info",
+                )
+            )
     dl = lat("direct")
     for key in ("gateway-1w", "governed-1w"):
         gl = lat(key)
@@ -794,6 +829,19 @@ def report(
     if info.get("litellm"):
         lines.append(f"- LiteLLM: {info['litellm']}")
     lines += ["", *method(settings, results), "", "## Results", "", *arm_table(results), ""]
+    machine = machine_table(results)
+    if machine:
+        lines += [
+            "### The whole machine's CPU during saturation",
+            "",
+            "Busy time of every CPU (/proc/stat: all but idle and iowait) over the saturation run, "
+            "per request; the server's and redis-server's own shares beside it. When an arm's "
+            "processes and the load share all the machine's CPUs (the two-worker arms on a 2-CPU "
+            "machine), its RPS is bounded by this total, not by the server's own cost.",
+            "",
+            *machine,
+            "",
+        ]
     streams = stream_table(results)
     if streams:
         lines += ["### Streaming at concurrency 1", "", *streams, ""]
