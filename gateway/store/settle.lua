@@ -12,58 +12,142 @@
 -- Several settlements in one call: KEYS and ARGV hold 7 and 15 per settlement, one after the
 -- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
 -- Returns how many were settled (those settled before are skipped).
+--
+-- Only the settled marker is written per settlement. Everything else is gathered in Lua tables
+-- as the settlements are taken in order and written once per key (and per field) at the end:
+-- the leases in one ZREM, each counter hash read once and written once, each day's usage by
+-- model summed into one HINCRBY per field, the last use once per key. The script is atomic, so
+-- the end state is the one settling them one by one gives; a batch of one settlement costs what
+-- it did.
 
-local function settle_one(k, a)
-  if not redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[a + 14]) then return 0 end
-  redis.call('ZREM', KEYS[k + 1], ARGV[a + 1])
+local function ordered()  -- a table that remembers the order its keys were first set in
+  return {keys = {}, values = {}}
+end
 
-  local day, month, delta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-  local kt = redis.call('HMGET', KEYS[k + 2], 'd', 'dt', 'm', 'mt')
-  local moved = {}  -- the counters of periods still current, moved in one HSET
-  if tonumber(kt[1]) == day then
-    table.insert(moved, 'dt')
-    table.insert(moved, math.max(0, tonumber(kt[2]) + delta))
+local function slot(t, key, make)
+  local value = t.values[key]
+  if value == nil then
+    value = make()
+    t.values[key] = value
+    table.insert(t.keys, key)
   end
-  if tonumber(kt[3]) == month then
-    table.insert(moved, 'mt')
-    table.insert(moved, math.max(0, tonumber(kt[4]) + delta))
-  end
-  if #moved > 0 then redis.call('HSET', KEYS[k + 2], unpack(moved)) end
-  local ot = redis.call('HMGET', KEYS[k + 3], 'm', 'mt')
-  if tonumber(ot[1]) == month then
-    redis.call('HSET', KEYS[k + 3], 'mt', math.max(0, tonumber(ot[2]) + delta))
-  end
+  return value
+end
 
-  local finished = tonumber(ARGV[a + 11])
-  if finished == 0 then finished = clock(ARGV[a + 12]) end
-  local days = epoch_days(finished)
-  local used_day = day_id(days)
-  local keep = tonumber(ARGV[a + 15])
-  local usage = KEYS[k + 6] .. used_day
-  local model = ARGV[a + 5]
-  -- the day hash's TTL is set when it gains a model, not every time
-  local new_model = redis.call('HINCRBY', usage, 'r:' .. model, 1) == 1
-  redis.call('HINCRBY', usage, 'p:' .. model, ARGV[a + 6])
-  redis.call('HINCRBY', usage, 'c:' .. model, ARGV[a + 7])
-  if ARGV[a + 8] ~= '0' then redis.call('HINCRBY', usage, 'e:' .. model, ARGV[a + 8]) end
-  redis.call('HINCRBYFLOAT', usage, 'l:' .. model, ARGV[a + 9])
-  redis.call('HINCRBY', usage, 'b' .. ARGV[a + 10] .. ':' .. model, 1)
-  -- The day joins the index of days when its hash gains a model, and the index's TTL is renewed
-  -- then too: the index outlives every day hash it names, and a day hash that already has this
-  -- model is already in it.
-  if new_model then
-    redis.call('EXPIRE', usage, keep * 86400)
-    if redis.call('ZADD', KEYS[k + 7], used_day, used_day) == 1 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[k + 7], '-inf', '(' .. day_id(days - keep))
-    end
-    redis.call('EXPIRE', KEYS[k + 7], keep * 86400)
+local leases = ordered()     -- lease set -> request ids
+local counters = ordered()   -- token counter hash -> {fields read, fields to write}
+local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
+local last = ordered()       -- last-use hash -> ordered key id -> time
+
+-- A token counter hash (a key's: d, dt, m, mt; an owner's: m, mt), read once per batch.
+local function counter(key)
+  return slot(counters, key, function()
+    local read = redis.call('HMGET', key, 'd', 'dt', 'm', 'mt')
+    return {d = read[1], dt = read[2], m = read[3], mt = read[4], moved = ordered()}
+  end)
+end
+
+-- Counter ``field`` of a period still current, moved by ``delta`` (never below zero).
+local function move(c, period_field, period, field, delta)
+  if tonumber(c[period_field]) == period then
+    c[field] = math.max(0, tonumber(c[field]) + delta)
+    slot(c.moved, field, function() return 0 end)
+    c.moved.values[field] = c[field]
   end
-  redis.call('HSET', KEYS[k + 5], ARGV[a + 13], fmt(finished))
-  return 1
 end
 
 local settled = 0
 for i = 0, #KEYS / 7 - 1 do
-  settled = settled + settle_one(7 * i, 15 * i)
+  local k, a = 7 * i, 15 * i
+  if redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[a + 14]) then
+    settled = settled + 1
+    table.insert(slot(leases, KEYS[k + 1], function() return {} end), ARGV[a + 1])
+
+    local day, month, delta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+    local kc = counter(KEYS[k + 2])
+    move(kc, 'd', day, 'dt', delta)
+    move(kc, 'm', month, 'mt', delta)
+    move(counter(KEYS[k + 3]), 'm', month, 'mt', delta)
+
+    local finished = tonumber(ARGV[a + 11])
+    if finished == 0 then finished = clock(ARGV[a + 12]) end
+    local days = epoch_days(finished)
+    local used_day = day_id(days)
+    local u = slot(usage, KEYS[k + 6] .. used_day, function()
+      return {key = KEYS[k + 6] .. used_day, index = KEYS[k + 7], day = used_day, days = days,
+        models = ordered()}
+    end)
+    u.keep = tonumber(ARGV[a + 15])
+    local m = slot(u.models, ARGV[a + 5], function()
+      -- the latency total is added to in Lua, one settlement after the other, so the sum is
+      -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
+      local total = tonumber(redis.call('HGET', u.key, 'l:' .. ARGV[a + 5]) or '0')
+      return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
+    end)
+    m.r = m.r + 1
+    m.p = m.p + tonumber(ARGV[a + 6])
+    m.c = m.c + tonumber(ARGV[a + 7])
+    m.e = m.e + tonumber(ARGV[a + 8])
+    m.l = m.l + tonumber(ARGV[a + 9])
+    local bucket = 'b' .. ARGV[a + 10]
+    slot(m.buckets, bucket, function() return 0 end)
+    m.buckets.values[bucket] = m.buckets.values[bucket] + 1
+
+    local uses = slot(last, KEYS[k + 5], ordered)
+    slot(uses, ARGV[a + 13], function() return 0 end)
+    uses.values[ARGV[a + 13]] = finished  -- the last settled wins, as one by one
+  end
 end
+
+for _, key in ipairs(leases.keys) do
+  redis.call('ZREM', key, unpack(leases.values[key]))
+end
+
+for _, key in ipairs(counters.keys) do
+  local moved = counters.values[key].moved
+  if #moved.keys > 0 then
+    local args = {}
+    for _, field in ipairs(moved.keys) do
+      table.insert(args, field)
+      table.insert(args, moved.values[field])
+    end
+    redis.call('HSET', key, unpack(args))
+  end
+end
+
+for _, key in ipairs(usage.keys) do
+  local u = usage.values[key]
+  for _, model in ipairs(u.models.keys) do
+    local m = u.models.values[model]
+    -- the day hash's TTL is set when it gains a model, not every time
+    local new_model = redis.call('HINCRBY', key, 'r:' .. model, m.r) == m.r
+    redis.call('HINCRBY', key, 'p:' .. model, m.p)
+    redis.call('HINCRBY', key, 'c:' .. model, m.c)
+    if m.e ~= 0 then redis.call('HINCRBY', key, 'e:' .. model, m.e) end
+    redis.call('HSET', key, 'l:' .. model, fmt(m.l))
+    for _, bucket in ipairs(m.buckets.keys) do
+      redis.call('HINCRBY', key, bucket .. ':' .. model, m.buckets.values[bucket])
+    end
+    -- The day joins the index of days when its hash gains a model, and the index's TTL is
+    -- renewed then too: the index outlives every day hash it names, and a day hash that already
+    -- has this model is already in it.
+    if new_model then
+      redis.call('EXPIRE', key, u.keep * 86400)
+      if redis.call('ZADD', u.index, u.day, u.day) == 1 then
+        redis.call('ZREMRANGEBYSCORE', u.index, '-inf', '(' .. day_id(u.days - u.keep))
+      end
+      redis.call('EXPIRE', u.index, u.keep * 86400)
+    end
+  end
+end
+
+for _, key in ipairs(last.keys) do
+  local args = {}
+  for _, id in ipairs(last.values[key].keys) do
+    table.insert(args, id)
+    table.insert(args, fmt(last.values[key].values[id]))
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
 return settled

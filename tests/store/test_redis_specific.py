@@ -195,6 +195,11 @@ _ops = st.lists(
             st.just("advance"), st.sampled_from([0.25, 1.0, 7.5, 30.0, 59.75, 600.0, 3600.0])
         ),
         st.tuples(st.just("settle"), st.integers(0, 30), st.integers(0, 40)),
+        # several settled in one settle_many (one script call on one Redis), repeats included
+        st.tuples(
+            st.just("batch"),
+            st.lists(st.tuples(st.integers(0, 30), st.integers(0, 40), st.booleans()), max_size=6),
+        ),
         st.tuples(st.just("renew")),
     ),
     max_size=30,
@@ -229,6 +234,17 @@ async def test_verdicts_equal_the_memory_store(
                 s = Settlement(a, v.day, v.month, "m", op[2], 1, op[2] * 7.3, op[2] % 3 == 0)
                 await memory.settle(s)
                 await store.settle(s)
+            elif op[0] == "batch" and admitted:
+                batch = []
+                for index, tokens, other_model in op[1]:
+                    a, v = admitted[index % len(admitted)]
+                    model = "n" if other_model else "m"
+                    error = tokens % 3 == 0
+                    batch.append(
+                        Settlement(a, v.day, v.month, model, tokens, 2, tokens * 1.9, error)
+                    )
+                await memory.settle_many(batch)
+                await store.settle_many(batch)
             elif op[0] == "renew":
                 running = [a for a, _ in admitted]
                 await memory.renew_leases(running)
