@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from gateway.dialects import anthropic, anthropic_stream
 from gateway.errors import BadRequest
 
+from .golden import answer as golden_answer
+
 ODD = st.none() | st.booleans() | st.integers(-2, 3) | st.text(max_size=3) | st.just([])
 TEXTS = st.text(max_size=5) | st.sampled_from(["", "hi", '"\\\n', "é😀"])
 ROLES = st.sampled_from(["user", "assistant", "system", "tool", "developer"]) | ODD
@@ -135,21 +137,8 @@ def test_the_commonest_request_takes_the_fast_path(stream: bool | None) -> None:
 
 
 def test_the_commonest_answer_takes_the_fast_path() -> None:
-    answer = {
-        "id": "chatcmpl-7",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "up",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": "Hello!", "tool_calls": []},
-                "finish_reason": "stop",
-                "stop_reason": None,
-            }
-        ],
-        "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
-    }
+    message = {"role": "assistant", "content": "Hello!", "tool_calls": []}
+    answer = golden_answer(message, "stop", (9, 2), stop_reason=None)
     plain = anthropic_stream._plain_answer(answer, "claude-gw")
     assert plain is not None
     assert plain == anthropic_stream._translated_answer(answer, "claude-gw")
