@@ -34,6 +34,15 @@ local function slot(t, key, make)
   return value
 end
 
+local function put(t, key, value)
+  if t.values[key] == nil then table.insert(t.keys, key) end
+  t.values[key] = value
+end
+
+local function add(t, key, n)
+  put(t, key, (t.values[key] or 0) + n)
+end
+
 local leases = ordered()     -- lease set -> request ids
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
 local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
@@ -51,8 +60,7 @@ end
 local function move(c, period_field, period, field, delta)
   if tonumber(c[period_field]) == period then
     c[field] = math.max(0, tonumber(c[field]) + delta)
-    slot(c.moved, field, function() return 0 end)
-    c.moved.values[field] = c[field]
+    put(c.moved, field, c[field])
   end
 end
 
@@ -73,9 +81,9 @@ for i = 0, #KEYS / 7 - 1 do
     if finished == 0 then finished = clock(ARGV[a + 12]) end
     local days = epoch_days(finished)
     local used_day = day_id(days)
-    local u = slot(usage, KEYS[k + 6] .. used_day, function()
-      return {key = KEYS[k + 6] .. used_day, index = KEYS[k + 7], day = used_day, days = days,
-        models = ordered()}
+    local ukey = KEYS[k + 6] .. used_day
+    local u = slot(usage, ukey, function()
+      return {key = ukey, index = KEYS[k + 7], day = used_day, days = days, models = ordered()}
     end)
     u.keep = tonumber(ARGV[a + 15])
     local m = slot(u.models, ARGV[a + 5], function()
@@ -89,13 +97,8 @@ for i = 0, #KEYS / 7 - 1 do
     m.c = m.c + tonumber(ARGV[a + 7])
     m.e = m.e + tonumber(ARGV[a + 8])
     m.l = m.l + tonumber(ARGV[a + 9])
-    local bucket = 'b' .. ARGV[a + 10]
-    slot(m.buckets, bucket, function() return 0 end)
-    m.buckets.values[bucket] = m.buckets.values[bucket] + 1
-
-    local uses = slot(last, KEYS[k + 5], ordered)
-    slot(uses, ARGV[a + 13], function() return 0 end)
-    uses.values[ARGV[a + 13]] = finished  -- the last settled wins, as one by one
+    add(m.buckets, 'b' .. ARGV[a + 10], 1)
+    put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
   end
 end
 
