@@ -124,10 +124,9 @@ def to_openai_request(body: dict[str, Any], upstream_model: str) -> dict[str, An
 
 # The fields of the commonest request: a conversation of string messages, a string system prompt
 # at most, sampling settings, streamed or not; nothing else to validate or carry.
-_PLAIN_FIELDS = frozenset({"model", "messages", "max_tokens", "system", "stream"}) | {
-    "temperature",
-    "top_p",
-}
+_PLAIN_FIELDS = frozenset(
+    ("model", "messages", "max_tokens", "system", "stream", "temperature", "top_p")
+)
 
 
 def _plain_request(body: dict[str, Any], upstream_model: str) -> dict[str, Any] | None:
