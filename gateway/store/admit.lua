@@ -10,10 +10,6 @@
 -- is field x of the key's and of the owner's token counters), each renewal long enough that every
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
 -- TTL at once. That spares three EXPIREs per admission.
--- Likewise the logs and the lease set lose their expired entries at most once a second (the time
--- of the last trim is field t of the same hashes); their counts and ranks never include them
--- (ZCOUNT and ZRANGE BYSCORE over the window), so what is counted is exact either way. That
--- spares three ZREMRANGEBYSCOREs per admission.
 -- Returns {admitted, refused (0 none, 1..6 = rpm, concurrency, daily, monthly, plan_rpm,
 --   plan_monthly), retry_after (text), requests in the headers' log, its oldest time (text),
 --   day tokens, month tokens, owner month tokens, day, month, now, to midnight, to month end}
@@ -27,55 +23,29 @@ local now = clock(ARGV[9])
 local lease, window, ttl = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
 local day, month, to_midnight, to_month = periods(now)
 
-local kt = redis.call('HMGET', KEYS[4], 'd', 'dt', 'm', 'mt', 'x', 't')
-local ot = redis.call('HMGET', KEYS[5], 'm', 'mt', 'x', 't')
-
--- whether what was done at ``last`` (nil: never) is due again after ``every`` seconds
-local function due(last, every)
-  last = tonumber(last)
-  return last == nil or now - last >= every or now < last
-end
-local trim_key, trim_owner = due(kt[6], 1), due(ot[4], 1)
-local trims = {[KEYS[1]] = trim_key, [KEYS[2]] = trim_owner}
-local floor = fmt(now - window)  -- entries at or before it have left the window
-local in_window = '(' .. floor
-
 local counted = {}  -- log sizes already taken, so the headers do not count a log twice
 local function log_size(key)
-  if trims[key] then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', floor)
-    counted[key] = redis.call('ZCARD', key)
-  else
-    counted[key] = redis.call('ZCOUNT', key, in_window, '+inf')
-  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now - window))
+  counted[key] = redis.call('ZCARD', key)
   return counted[key]
-end
-
--- the score of the log's entry of rank ``rank`` (0: the oldest) in the window, or nil
-local function in_window_at(key, rank)
-  return redis.call('ZRANGE', key, in_window, '+inf', 'BYSCORE', 'LIMIT', rank, 1,
-    'WITHSCORES')[2]
 end
 
 -- nil when there is room, else the seconds until the entry whose leaving makes room leaves
 local function rpm_wait(key, limit)
   local n = log_size(key)
   if n < limit then return nil end
-  local leaving = in_window_at(key, n - limit)
+  local leaving = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')[2]
   if leaving == nil then return window end
   return tonumber(leaving) + window - now
 end
 
+local kt = redis.call('HMGET', KEYS[4], 'd', 'dt', 'm', 'mt', 'x')
+local ot = redis.call('HMGET', KEYS[5], 'm', 'mt', 'x')
 local dtok = tonumber(kt[1]) == day and tonumber(kt[2]) or 0
 local mtok = tonumber(kt[3]) == month and tonumber(kt[4]) or 0
 local otok = tonumber(ot[1]) == month and tonumber(ot[2]) or 0
-local leases
-if trim_key then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
-  leases = redis.call('ZCARD', KEYS[3])
-else
-  leases = redis.call('ZCOUNT', KEYS[3], '(' .. fmt(now), '+inf')
-end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now))
+local leases = redis.call('ZCARD', KEYS[3])
 
 local refused, retry = 0, 0
 local wait = rpm and rpm_wait(KEYS[1], rpm)
@@ -96,9 +66,15 @@ else
   end
 end
 
+-- whether the TTLs renewed at ``last`` (nil: never) are due again
+local function due(last)
+  last = tonumber(last)
+  return last == nil or now - last >= window or now < last
+end
+
 if refused == 0 then
   local at = fmt(now)
-  local renew_key, renew_owner = due(kt[5], window), due(ot[3], window)
+  local renew_key, renew_owner = due(kt[5]), due(ot[3])
   if rpm then
     redis.call('ZADD', KEYS[1], at, rid)
     if renew_key or (counted[KEYS[1]] or 0) == 0 then
@@ -114,13 +90,12 @@ if refused == 0 then
   redis.call('ZADD', KEYS[3], fmt(now + lease), rid)
   if renew_key or leases == 0 then redis.call('EXPIRE', KEYS[3], lease + 60 + window) end
   dtok, mtok, otok = dtok + reserve, mtok + reserve, otok + reserve
-  -- x: the last renewal, t: the last trim (one not due keeps the time read, never nil then)
+  -- x: the last renewal (a renewal not due keeps the one read, never nil then)
   redis.call('HSET', KEYS[4], 'd', day, 'dt', dtok, 'm', month, 'mt', mtok,
-    'x', renew_key and at or kt[5], 't', trim_key and at or kt[6])
+    'x', renew_key and at or kt[5])
   -- the TTL (longer than a month) is set when the period changes, not on every request
   if tonumber(kt[1]) ~= day then redis.call('EXPIRE', KEYS[4], ttl) end
-  redis.call('HSET', KEYS[5], 'm', month, 'mt', otok, 'x', renew_owner and at or ot[3],
-    't', trim_owner and at or ot[4])
+  redis.call('HSET', KEYS[5], 'm', month, 'mt', otok, 'x', renew_owner and at or ot[3])
   if tonumber(ot[1]) ~= month then redis.call('EXPIRE', KEYS[5], ttl) end
 end
 
@@ -134,7 +109,7 @@ if shown then
   elseif refused == 0 then
     count = count + 1  -- this admission's own entry
   end
-  if count > 0 then oldest = in_window_at(shown, 0) end
+  if count > 0 then oldest = redis.call('ZRANGE', shown, 0, 0, 'WITHSCORES')[2] end
 end
 return {refused == 0 and 1 or 0, refused, fmt(retry), count, oldest, dtok, mtok, otok, day, month,
   fmt(now), fmt(to_midnight), fmt(to_month)}

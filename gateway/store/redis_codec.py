@@ -7,10 +7,9 @@ on one Cluster slot::
     gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
     gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry
     gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), m (month id), mt,
-                                    x (when the key's log and lease TTLs were last renewed),
-                                    t (when they were last trimmed)
-    gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens), x and t (as
-                                    above, for the plan rpm log)
+                                    x (when the key's log and lease TTLs were last renewed)
+    gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens), x (as above,
+                                    for the plan rpm log)
     gw:{<owner>}:done:<requestId>   settled marker (EX 1 day): settle runs once
     gw:{<owner>}:use:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0 errors);
                                     EXPIRE USAGE_DAYS

@@ -705,34 +705,3 @@ async def test_admit_now_completes_for_a_caller_that_left(redis_url: str) -> Non
         assert refused.refused == "concurrency"
     finally:
         await store.close()
-
-
-async def test_logs_are_trimmed_once_a_second_and_count_only_their_window(redis_url: str) -> None:
-    """The rpm logs lose their expired entries at most once a second; between trims an expired
-    entry still in the log is not counted: the verdicts stay the memory store's."""
-    clock = FakeClock(T0)
-    memory, store = MemoryStore(clock), RedisStore(redis_url, 2000, clock=clock)
-    client = sync_redis.Redis.from_url(redis_url)
-    owner, key = uid("own"), uid("key")
-    log = f"gw:{{{owner}}}:rpm:k:{key}"
-
-    async def admit(n: int) -> Verdict:
-        a = Admission(f"r{n}", key, owner, rpm=2, plan_rpm=2)
-        verdict = await store.admit(a)
-        assert verdict == await memory.admit(a)
-        return verdict
-
-    try:
-        assert (await admit(1)).admitted  # trimmed (the first time), t = T0
-        clock.advance(59.5)
-        assert (await admit(2)).admitted  # trimmed again, t = T0 + 59.5
-        clock.advance(0.6)  # r1 has left the window; the next trim is not due yet
-        assert (await admit(3)).admitted  # r1 not counted ...
-        assert client.zcard(log) == 3  # ... though still in the log
-        clock.advance(1)
-        refused = await admit(4)  # r2 and r3 in the window; the trim is due
-        assert not refused.admitted and refused.retry_after == 59  # r2 leaves at T0 + 119.5
-        assert client.zcard(log) == 2
-    finally:
-        client.close()
-        await store.close()
