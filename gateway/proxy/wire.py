@@ -250,8 +250,7 @@ class Response:
         """Back to the pool if the whole answer was read and the connection stays open."""
         self._stop_timer()
         conn = self._conn
-        keep = conn.complete and not conn.chunks and conn.error is None and not conn.closed
-        if keep and conn.keep_alive:
+        if self.ended and not conn.closed and conn.keep_alive:
             self._pool.put(conn)
         else:
             conn.abort()
