@@ -43,6 +43,18 @@ local function add(t, key, n)
   put(t, key, (t.values[key] or 0) + n)
 end
 
+-- HSET of every field of an ordered table (each value through ``text`` if given), if it has any
+local function hset_all(key, t, text)
+  if #t.keys == 0 then return end
+  local args = {}
+  for _, field in ipairs(t.keys) do
+    table.insert(args, field)
+    local value = t.values[field]
+    table.insert(args, text and text(value) or value)
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
 local leases = ordered()     -- lease set -> request ids
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
 local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
@@ -107,15 +119,7 @@ for _, key in ipairs(leases.keys) do
 end
 
 for _, key in ipairs(counters.keys) do
-  local moved = counters.values[key].moved
-  if #moved.keys > 0 then
-    local args = {}
-    for _, field in ipairs(moved.keys) do
-      table.insert(args, field)
-      table.insert(args, moved.values[field])
-    end
-    redis.call('HSET', key, unpack(args))
-  end
+  hset_all(key, counters.values[key].moved)
 end
 
 for _, key in ipairs(usage.keys) do
@@ -145,12 +149,7 @@ for _, key in ipairs(usage.keys) do
 end
 
 for _, key in ipairs(last.keys) do
-  local args = {}
-  for _, id in ipairs(last.values[key].keys) do
-    table.insert(args, id)
-    table.insert(args, fmt(last.values[key].values[id]))
-  end
-  redis.call('HSET', key, unpack(args))
+  hset_all(key, last.values[key], fmt)
 end
 
 return settled
