@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from gateway.errors import (
     BadRequest,
@@ -18,43 +18,81 @@ from gateway.errors import (
 )
 from gateway.proxy.exchange import Exchange
 
+# The deadline for a whole body when the caller sets none: never under a minute, and room for
+# several stalls just short of ``idle`` (proposed as the setting ``network.body_timeout``).
+MIN_BODY_TIMEOUT = 60.0
+BODY_TIMEOUT_IDLES = 6
 
-async def read_request_body(request: web.Request, limit: int, idle: float) -> bytes:
+
+def body_timeout(idle: float) -> float:
+    """The default deadline for a whole request body, from the allowed stall ``idle``."""
+    return max(MIN_BODY_TIMEOUT, BODY_TIMEOUT_IDLES * idle)
+
+
+async def read_request_body(
+    request: web.Request, limit: int, idle: float, total: float | None = None
+) -> bytes:
     """The whole body, refused with 413 as soon as it passes ``limit`` (chunked bodies too) and
-    with 408 when the client stalls for ``idle`` seconds (a slow-body attack)."""
+    with 408 when the client stalls for ``idle`` seconds or has not sent it all within ``total``
+    seconds (default ``body_timeout(idle)``): slow-body attacks, a stall or a trickle."""
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit)
     content = request.content
-    parts: list[bytes] = []
-    size = 0
+    chunk = content.read_nowait()  # a small body is usually here already: no timer needed
+    if content.at_eof():
+        if len(chunk) > limit:
+            raise too_large(limit)
+        return chunk
+    return await _read_rest(
+        content, chunk, limit, idle, body_timeout(idle) if total is None else total
+    )
+
+
+async def _read_rest(
+    content: StreamReader, first: bytes, limit: int, idle: float, total: float
+) -> bytes:
+    """The rest of a body that is not all here yet: one timer per wait, for the stall or the
+    deadline, whichever comes first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total
+    parts, size, chunk = [first], len(first), b""
     while True:
-        chunk = content.read_nowait()  # a small body is usually here already: no timer needed
+        if size > limit:
+            raise too_large(limit)
+        chunk = content.read_nowait()
         if not chunk:
             if content.at_eof():
                 return b"".join(parts)
             try:
-                async with asyncio.timeout(idle):
+                async with asyncio.timeout(min(idle, deadline - loop.time())):
                     chunk = await content.readany()
             except TimeoutError:
-                raise RequestTimeout(
-                    f"The request body stalled for {idle:g} s; send it without pauses."
-                ) from None
+                raise _late(idle, total, loop.time() >= deadline) from None
             if not chunk:
                 return b"".join(parts)
         size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
         parts.append(chunk)
 
 
+def _late(idle: float, total: float, overdue: bool) -> RequestTimeout:
+    """The 408 of a body past its deadline (``overdue``) or stalled."""
+    if overdue:
+        return RequestTimeout(
+            f"The request body did not arrive within {total:g} s; send it faster, or less."
+        )
+    return RequestTimeout(f"The request body stalled for {idle:g} s; send it without pauses.")
+
+
 def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 of a body over ``limit`` bytes."""
     return PayloadTooLarge(
         f"The request body is larger than the limit of {limit} bytes; send a smaller request."
     )
 
 
 def parse_json(raw: bytes) -> object:
+    """The body as JSON, or the precise 400 (empty, not JSON, nested over 1,024 levels)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
