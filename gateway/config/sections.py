@@ -71,8 +71,15 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
             f"{default_plan!r} is not one of the plans ({', '.join(plans)})",
         )
     if not plans:
+        if default_plan != "free":
+            ctx.error(
+                top.items["default_plan"].line,
+                "default_plan",
+                f"{default_plan!r} is not a plan: with no plans section the only plan is "
+                f"'free'; define it under plans (plans: {{{default_plan}: {{...}}}})",
+            )
         plans = {"free": Plan("free", max_keys=None, monthly_tokens=None, rpm=None)}
-        default_plan = "free" if default_plan not in plans else default_plan
+        default_plan = "free"
     check_workers(ctx, top, listen.workers, store)
     if keys.demo and not store.is_memory:
         ctx.error(
