@@ -1,9 +1,10 @@
 """One gateway process: its listeners, its lifecycle and its shutdown.
 
-``Server.start`` binds the public listener (``SO_REUSEPORT``, so N processes share one port), the
-admin listener and, when configured, the bundled mock worker; ``Server.stop`` drains: readiness
-fails at once, the listeners close, in-flight requests and streams get ``listen.drain_timeout``
-seconds to finish.
+``Server.start`` serves the public and the admin listener on the sockets it is given (a worker's,
+bound by the supervisor: see ``ports``) or binds them itself, exclusively, before anything else
+starts; then the bundled mock worker when configured. ``Server.stop`` drains: readiness fails at
+once, the listeners close, in-flight requests and streams get ``listen.drain_timeout`` seconds to
+finish.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ssl
 
 from aiohttp import web
 
+from gateway import ports
 from gateway.app import build_runtime, create_admin_app, create_app
 from gateway.clock import Clock
 from gateway.config.reload import Outcome, Reloader, restart_needed
@@ -69,8 +71,11 @@ def warn_without_c_parser() -> None:
 class Server:
     """The listeners of one process around one ``Runtime``."""
 
-    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, clock: Clock | None = None, listeners: ports.Listeners | None = None
+    ) -> None:
         self.config = config
+        self.listeners = listeners
         self.runtime: Runtime = build_runtime(config, clock)
         self._public: web.AppRunner | None = None
         self._admin: web.AppRunner | None = None
@@ -82,6 +87,8 @@ class Server:
 
     async def start(self) -> None:
         config = self.config
+        if self.listeners is None:  # first: a port in use must fail before anything started
+            self.listeners = ports.bind_process(config)
         warn_without_c_parser()
         if config.mock_worker is not None:
             from gateway import mock_worker
@@ -102,20 +109,16 @@ class Server:
             shutdown_timeout=config.listen.drain_timeout + 1.0,  # streams end at drain_timeout
         )
         await public.setup()
-        await web.TCPSite(
-            public,
-            config.listen.host,
-            config.listen.port,
-            reuse_port=True,
-            backlog=2048,
-            ssl_context=_ssl_context(config),
-        ).start()
         self._public = public
+        context = _ssl_context(config)
+        for sock in self.listeners.public:
+            await web.SockSite(public, sock, backlog=ports.BACKLOG, ssl_context=context).start()
         self.port = _port(public)
         admin = web.AppRunner(create_admin_app(self.runtime), access_log=None)
         await admin.setup()
-        await web.TCPSite(admin, config.admin.host, config.admin.port, reuse_port=True).start()
         self._admin = admin
+        for sock in self.listeners.admin:
+            await web.SockSite(admin, sock).start()
         self.admin_port = _port(admin)
         if config.keys.demo:
             await self._issue_demo_key()
@@ -131,17 +134,19 @@ class Server:
         self.reloader.watch()  # a source that is not a file (tests) never changes
 
     async def _issue_demo_key(self) -> None:
-        """The embedded default's key: owner ``demo`` on the roomiest plan, printed once to
-        stdout (never to the log)."""
+        """The embedded default's key: owner ``demo`` on the roomiest plan (said so, since other
+        owners start on ``default_plan``), printed once to stdout (never to the log)."""
         lifecycle = self.runtime.lifecycle
         plans = self.config.plans
         roomy = next((p for p in plans.values() if p.monthly_tokens is None), None)
+        plan = self.config.default_plan
         if roomy is not None:
-            await lifecycle.set_plan("demo", roomy.name)
+            plan = await lifecycle.set_plan("demo", roomy.name)
         _, key = await lifecycle.create("demo", {"name": "Demo key"})
         base = f"http://{self.config.listen.host}:{self.port}"
         print(
-            f"\nDemo key (owner demo, in memory, gone at exit):\n  {key}\n"
+            f"\nDemo key (owner demo on plan {plan!r}; other owners start on "
+            f"{self.config.default_plan!r}; in memory, gone at exit):\n  {key}\n"
             f"Try it:\n  curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
             '-H \'Content-Type: application/json\' \\\n    -d \'{"model": "mock-model", '
             '"stream": true, "messages": [{"role": "user", "content": "Hello"}]}\'\n',
@@ -186,9 +191,11 @@ class Server:
         self._public = self._admin = self._mock = None
 
 
-async def serve(config: Config, announce: bool = True) -> None:
+async def serve(
+    config: Config, listeners: ports.Listeners | None = None, announce: bool = True
+) -> None:
     """Run until SIGTERM or SIGINT, then drain and return."""
-    server = Server(config)
+    server = Server(config, listeners=listeners)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
