@@ -26,7 +26,7 @@ from gateway.routing.router import Router
 from gateway.runtime import Runtime
 from gateway.store.base import Store
 from gateway.store.factory import create_store
-from gateway.web import admin, admin_api, public
+from gateway.web import admin, admin_api, admin_owners, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
@@ -71,7 +71,11 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     # Every process keeps its own gauges current: with several workers a scrape reaches one of
     # them, and the shared multiprocess view sums (or mins) what all of them have written.
     gauges = Periodic(1.0, lambda: admin.refresh_gauges(runtime)).start()
+    watch = admin.StoreWatch(runtime)
+    await watch.check()  # an unreachable store is said at start, then on every change
+    store_checks = Periodic(1.0, watch.check).start()
     yield
+    await store_checks.stop()
     await gauges.stop()
     await runtime.limiter.stop()
     await runtime.store.close()
@@ -135,4 +139,5 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     admin.add_routes(app, runtime)
     admin_api.add_routes(app, runtime)
+    admin_owners.add_routes(app, runtime)
     return app

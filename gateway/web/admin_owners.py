@@ -1,0 +1,69 @@
+"""``GET /admin/owners/:owner`` on the admin listener: an owner's plan, its keys and this month's
+usage against the plan (what ``gateway owners show`` prints).
+
+The plan is the one set with ``PUT /admin/owners/:owner`` (``admin_api``), else ``default_plan``
+(``planSource`` says which). Usage is the tokens and requests settled this UTC month by the
+owner's existing keys; the plan's own counter also holds the reservations of requests in flight.
+Behind the admin token like everything under ``/admin/`` (the listener's middleware checks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config.schema import Plan
+from gateway.errors import StoreUnavailable
+from gateway.limits import windows
+from gateway.records import KeyRecord, UsageDay
+from gateway.runtime import Runtime
+from gateway.store.base import StoreError
+from gateway.web.keys_api import acting_owner
+from gateway.web.respond import json_response
+
+
+async def _stored_plan(runtime: Runtime, owner: str) -> str | None:
+    try:
+        return await runtime.store.get_plan(owner)
+    except StoreError:
+        runtime.keys.on_store_error("keys_api")
+        raise StoreUnavailable("The key store is unavailable; try again shortly.") from None
+
+
+def owner_view(
+    owner: str, plan: Plan, explicit: bool, keys: list[KeyRecord], rows: list[UsageDay], now: float
+) -> dict[str, Any]:
+    """The answer: the plan and its limits, the key counts, the month's usage."""
+    return {
+        "owner": owner,
+        "plan": plan.name,
+        "planSource": "owner" if explicit else "default_plan",
+        "limits": {"maxKeys": plan.max_keys, "monthlyTokens": plan.monthly_tokens, "rpm": plan.rpm},
+        "keys": {
+            "total": len(keys),
+            "active": sum(1 for k in keys if k.status(now) == "ACTIVE"),
+        },
+        "usage": {
+            "month": windows.day_text(windows.day_id(now))[:7],
+            "requests": sum(r.requests for r in rows),
+            "tokens": sum(r.prompt_tokens + r.completion_tokens for r in rows),
+        },
+    }
+
+
+def add_routes(app: web.Application, runtime: Runtime) -> None:
+    """Register ``GET /admin/owners/{owner}``."""
+
+    async def show(request: web.Request) -> web.StreamResponse:
+        owner = str(acting_owner(None, request.match_info["owner"], required=True))
+        config, now = runtime.config, runtime.clock.time()
+        name = await _stored_plan(runtime, owner)
+        plan = config.plans.get(name or config.default_plan) or config.plans[config.default_plan]
+        keys = await runtime.lifecycle.list(owner)
+        today = windows.day_id(now)
+        rows = await runtime.lifecycle.usage(owner, [k.id for k in keys], today // 100 * 100, today)
+        view = owner_view(owner, plan, name is not None and name == plan.name, keys, rows, now)
+        return json_response(view)
+
+    app.router.add_get("/admin/owners/{owner}", show, allow_head=False)
