@@ -1,6 +1,11 @@
 """Client addresses: who is really asking (``X-Forwarded-For`` believed only from trusted
 proxies, read from the right), and matching addresses against allowlists. Pure.
 
+A header sent as several field lines is one list, the lines joined in order with commas (RFC 9110
+§5.3): ``combine`` is that join, and every reader of ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` takes all the lines through it, never only the first (a trusted proxy that
+adds its own line would otherwise have the client's forged one believed).
+
 IPv4-mapped IPv6 addresses (``::ffff:203.0.113.7``) are treated as the IPv4 address they carry,
 so they match IPv4 networks, as a dual-stack listener hands them out.
 """
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -57,17 +62,27 @@ def in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return False
 
 
+def combine(lines: Sequence[str]) -> str | None:
+    """All field lines of one header as its single value (RFC 9110 §5.3), or None."""
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
 def client_ip(
     peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
 ) -> IPAddress | None:
     """The real client: the peer, unless the peer is a trusted proxy; then the right-most
-    address of ``X-Forwarded-For`` that is not itself trusted."""
+    address of ``X-Forwarded-For`` (``combine`` of all its lines) that is not itself trusted.
+    Empty list elements are skipped, as RFC 9110 §5.6.1 asks."""
     address = parse_ip(peer)
     if address is None or not trusted or not in_networks(address, trusted):
         return address
     if not forwarded_for:
         return address
     for hop in reversed(forwarded_for.split(",")):
+        if not hop.strip():
+            continue
         hop_address = parse_ip(hop)
         if hop_address is None:
             return address  # a garbled hop: trust nothing beyond the last good one
@@ -80,3 +95,19 @@ def client_ip(
 def peer_is_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:
     address = parse_ip(peer)
     return address is not None and bool(trusted) and in_networks(address, trusted)
+
+
+def forwarded_proto(
+    peer: str | None, forwarded_proto: str | None, trusted: tuple[IPNetwork, ...]
+) -> str | None:
+    """``http`` or ``https`` as a trusted peer's ``X-Forwarded-Proto`` (``combine`` of all its
+    lines) says, else None. The right-most element wins: it is the one the trusted peer itself
+    set or saw; with several, the left ones came from farther away, maybe from the client.
+    Anything but ``http`` or ``https`` there means nothing is believed."""
+    if not forwarded_proto or not peer_is_trusted(peer, trusted):
+        return None
+    for element in reversed(forwarded_proto.split(",")):
+        value = element.strip().lower()
+        if value:
+            return value if value in ("http", "https") else None
+    return None

@@ -1,5 +1,6 @@
 """Client addresses and allowlists: property tests against an oracle built on the stdlib alone,
-and the X-Forwarded-For rules (believed only from trusted proxies, read from the right)."""
+and the X-Forwarded-For rules (believed only from trusted proxies, read from the right, every
+field line of it) and X-Forwarded-Proto's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.netaddr import client_ip, in_networks, parse_ip
+from gateway.netaddr import client_ip, combine, forwarded_proto, in_networks, parse_ip
 
 v4 = st.integers(min_value=0, max_value=2**32 - 1).map(ipaddress.IPv4Address)
 v6 = st.integers(min_value=0, max_value=2**128 - 1).map(ipaddress.IPv6Address)
@@ -77,6 +78,8 @@ TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"))
         ("::ffff:10.0.0.5", "192.0.2.1", "192.0.2.1"),  # mapped peer is a trusted IPv4
         ("10.0.0.5", "[2001:db8::2]:443", "2001:db8::2"),
         ("10.0.0.5", "192.0.2.1:5555", "192.0.2.1"),
+        ("10.0.0.5", "198.51.100.7, , 10.0.0.9,", "198.51.100.7"),  # empty elements: skipped
+        ("10.0.0.5", " , ", "10.0.0.5"),
     ],
 )
 def test_forwarded_for(peer: str, xff: str | None, expected: str) -> None:
@@ -86,3 +89,48 @@ def test_forwarded_for(peer: str, xff: str | None, expected: str) -> None:
 def test_parse_ip_refuses_nonsense() -> None:
     for text in ("", "host.example", "1.2.3", "::g", None):
         assert parse_ip(text) is None
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([], None),
+        (["1.1.1.1"], "1.1.1.1"),
+        (["1.1.1.1", "2.2.2.2, 3.3.3.3"], "1.1.1.1, 2.2.2.2, 3.3.3.3"),  # in order
+    ],
+)
+def test_field_lines_combine_in_order(lines: list[str], expected: str | None) -> None:
+    assert combine(lines) == expected
+
+
+def test_the_last_line_is_the_trusted_proxys() -> None:
+    """A client's own line first, the trusted proxy's after it: the proxy's word counts."""
+    lines = ["203.0.113.7", "198.51.100.5"]
+    assert str(client_ip("10.0.0.5", combine(lines), TRUSTED)) == "198.51.100.5"
+
+
+@given(st.lists(v4, min_size=1, max_size=6), st.integers(1, 5))
+def test_lines_read_as_their_join(hops: list[ipaddress.IPv4Address], cut: int) -> None:
+    """However a list is split into lines, it is read as the one comma-joined value."""
+    text = [str(h) for h in hops]
+    lines = [", ".join(text[:cut]), ", ".join(text[cut:])] if cut < len(text) else [", ".join(text)]
+    assert client_ip("10.0.0.5", combine(lines), TRUSTED) == client_ip(
+        "10.0.0.5", ", ".join(text), TRUSTED
+    )
+
+
+@pytest.mark.parametrize(
+    ("peer", "value", "expected"),
+    [
+        ("10.0.0.5", "https", "https"),
+        ("10.0.0.5", "HTTPS", "https"),
+        ("10.0.0.5", "https, http", "http"),  # the right-most: the nearest proxy's
+        ("10.0.0.5", "http, https", "https"),
+        ("10.0.0.5", "https, ", "https"),
+        ("10.0.0.5", "https, gopher", None),  # nonsense from the trusted side: believe nothing
+        ("10.0.0.5", None, None),
+        ("203.0.113.9", "https", None),  # an untrusted peer's claim
+    ],
+)
+def test_forwarded_proto(peer: str, value: str | None, expected: str | None) -> None:
+    assert forwarded_proto(peer, value, TRUSTED) == expected

@@ -1,5 +1,6 @@
 """Who is calling and from where, for every public route that takes a key: the real client IP
-(``network.trusted_proxies``), the key (``KeyService.authenticate``) and its IP allowlist.
+(``network.trusted_proxies``; every ``X-Forwarded-For`` line, joined), the key
+(``KeyService.authenticate``) and its IP allowlist.
 
 Permission and model checks stay with the route that knows what it serves.
 """
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.netaddr import IPAddress, client_ip
+from gateway.netaddr import IPAddress, client_ip, combine
 from gateway.proxy.exchange import EXCHANGE
 from gateway.records import KeyRecord
 from gateway.runtime import Runtime
 
 
 def resolve_client(runtime: Runtime, request: web.Request) -> IPAddress | None:
-    """The real client's address (noted on the exchange for logs and per-IP counts)."""
+    """The real client's address (noted on the exchange for logs, per-IP counts and the
+    failed-auth blocking, which must never blame an address the client wrote)."""
     client = client_ip(
         request.remote,
-        request.headers.get("X-Forwarded-For"),
+        combine(request.headers.getall("X-Forwarded-For", ())),
         runtime.config.network.trusted_proxies,
     )
     request[EXCHANGE].client_ip = str(client) if client is not None else None
