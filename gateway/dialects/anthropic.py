@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from reprlib import repr as _brief  # a bounded repr: a client's value may nest 1,024 deep
 from typing import Any
 
 from gateway.dialects.anthropic_stream import (
@@ -191,7 +192,7 @@ def _max_tokens(body: dict[str, Any]) -> int:
             ' e.g. "max_tokens": 1024.',
         )
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _bad("max_tokens", f"must be a positive integer, e.g. 1024 (got {value!r}).")
+        raise _bad("max_tokens", f"must be a positive integer, e.g. 1024 (got {_brief(value)}).")
     return value
 
 
@@ -255,7 +256,7 @@ def _role(message: dict[str, Any], path: str) -> str:
         if key in message:
             raise _bad(f"{path}.{key}", _OPENAI_FORMS[key])
     if not isinstance(role, str) or role not in _BLOCKS:
-        raise _bad(f"{path}.role", f"must be 'user' or 'assistant' (got {role!r}).")
+        raise _bad(f"{path}.role", f"must be 'user' or 'assistant' (got {_brief(role)}).")
     return str(role)
 
 
@@ -264,7 +265,7 @@ def _block_type(block: object, path: str, role: str) -> str:
         raise _bad(path, "must be a content block object with a 'type'.")
     kind = block.get("type")
     if not isinstance(kind, str) or kind not in _ALL_BLOCKS:
-        what = f"unknown content block type {kind!r}" if "type" in block else "missing"
+        what = f"unknown content block type {_brief(kind)}" if "type" in block else "missing"
         raise _bad(f"{path}.type", f"{what}; use text, image, tool_use or tool_result.")
     if kind not in _BLOCKS[role]:
         other = "a user" if role == "assistant" else "an assistant"
@@ -296,7 +297,7 @@ def _tool_message(block: dict[str, Any], path: str, issued: set[str]) -> dict[st
     if not isinstance(tool_id, str) or tool_id not in issued:
         raise _bad(
             f"{path}.tool_use_id",
-            f"{tool_id!r} is not the id of a tool_use block in an earlier assistant message;"
+            f"{_brief(tool_id)} is not the id of a tool_use block in an earlier assistant message;"
             " answer only tool calls the conversation made, with their ids as they were.",
         )
     content = block.get("content")
@@ -398,7 +399,8 @@ def _tool(tool: object, path: str) -> dict[str, Any]:
         )
     kind, name, schema = tool.get("type"), tool.get("name"), tool.get("input_schema")
     if kind not in (None, "custom"):
-        raise _bad(f"{path}.type", f"{kind!r} tools are not available here; define a custom tool.")
+        what = _brief(kind)
+        raise _bad(f"{path}.type", f"{what} tools are not available here; define a custom tool.")
     if not isinstance(name, str) or not name:
         raise _bad(f"{path}.name", "must be the tool's name.")
     if not isinstance(schema, dict):
@@ -422,7 +424,7 @@ def _tool_choice(choice: object) -> dict[str, Any]:
     elif kind in _TOOL_CHOICES:
         out["tool_choice"] = _TOOL_CHOICES[kind]
     else:
-        raise _bad("tool_choice.type", f"must be auto, any, tool or none (got {kind!r}).")
+        raise _bad("tool_choice.type", f"must be auto, any, tool or none (got {_brief(kind)}).")
     if choice.get("disable_parallel_tool_use") is True:
         out["parallel_tool_calls"] = False
     return out

@@ -36,6 +36,8 @@ from typing import Any, NamedTuple, cast
 
 import orjson
 
+from gateway.dialects import MAX_DEPTH, loads_object
+
 Event = tuple[str, dict[str, Any]]
 # What the translator's methods collect: events, and (in the encoded methods only) constant
 # events already encoded, exactly as ``encode_event`` writes them.
@@ -179,16 +181,14 @@ def _reasoning_of(message: dict[str, Any]) -> str | None:
 
 
 def _tool_input(arguments: object) -> dict[str, Any]:
-    """The ``input`` object of a tool call from its OpenAI ``arguments`` JSON string."""
+    """The ``input`` object of a tool call from its OpenAI ``arguments`` JSON string; kept raw
+    when not an object, or nested deeper than an answer can be written with it (the 4th level)."""
     if isinstance(arguments, dict):
         return arguments
     if not isinstance(arguments, str) or not arguments.strip():
         return {}
-    try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {_RAW_ARGUMENTS: arguments}
+    parsed = loads_object(arguments, MAX_DEPTH - 3)
+    return parsed if parsed is not None else {_RAW_ARGUMENTS: arguments}
 
 
 def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
@@ -306,7 +306,7 @@ def _complete(arguments: str) -> bool:
     if not text.endswith("}"):
         return False
     try:
-        return isinstance(json.loads(text), dict)
+        return isinstance(orjson.loads(text), dict)
     except ValueError:
         return False
 

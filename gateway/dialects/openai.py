@@ -86,9 +86,12 @@ class OpenAIRelay:
             if data == DONE:
                 self.done = True
             elif b'"usage":{' in data or b'"usage": {' in data:
-                chunk = orjson.loads(data)
+                try:
+                    chunk = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None  # not JSON: passed on as it came, like any other event
                 self.usage = usage_of(chunk) or self.usage
-                if not self.include_usage and not chunk.get("choices"):
+                if not self.include_usage and type(chunk) is dict and not chunk.get("choices"):
                     continue
             else:
                 self.chunks += 1

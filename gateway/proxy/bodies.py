@@ -8,6 +8,7 @@ import asyncio
 import orjson
 from aiohttp import StreamReader, web
 
+from gateway.dialects import MAX_DEPTH
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -99,6 +100,21 @@ def parse_json(raw: bytes) -> object:
         if not raw.strip():
             raise BadRequest("The request body is empty; send a JSON chat request.") from None
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+def dump_upstream(body: object) -> bytes:
+    """A request body as JSON for the upstream, or 400 when it cannot be written: nested deeper
+    than orjson writes (it reads more levels than it writes). Costs nothing but the dump itself:
+    no walk of the body beforehand."""
+    try:
+        return orjson.dumps(body)
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        if isinstance(exc, RecursionError) or "ecursion" in str(exc):
+            raise BadRequest(
+                f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and"
+                " objects, counted from the top of the body the upstream gets); flatten it."
+            ) from None
+        raise BadRequest(f"The request cannot be forwarded: {exc}.") from None
 
 
 def upstream_error(ex: Exchange, status: int, raw: bytes) -> web.Response:
