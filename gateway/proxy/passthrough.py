@@ -5,18 +5,25 @@ rate. Bodies stream both ways: a 50 MB upload is never held whole in memory.
 Auth modes: ``key`` (a valid gateway key is required; it is not forwarded), ``optional``
 (checked when sent, not forwarded), ``none`` (the gateway does not look; the headers, cookies and
 any ``Authorization`` belong to the backend and are forwarded).
+
+The path sent upstream is the one the route was matched on (normalized once, before routing, by
+``web.protocol``), in ``gateway.paths.encode``'s wire form, with the query as the client sent it;
+the URL is built ``encoded=True`` so the client library does not resolve or re-encode it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from gateway.config.schema import Route, Upstream
 from gateway.errors import (
+    BadRequest,
     NotFound,
     StoreUnavailable,
     TooManyRequests,
@@ -24,6 +31,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits.windows import retry_seconds
+from gateway.paths import encode, is_normal
 from gateway.proxy.access import authenticate, resolve_client
 from gateway.proxy.bodies import too_large
 from gateway.proxy.exchange import EXCHANGE
@@ -62,6 +70,8 @@ class PassThrough:
         return best
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not is_normal(request.path):  # only a listener that skipped web.protocol gets here
+            raise BadRequest("The request path is not acceptable: it is not normalized.")
         route = self.route_for(request.path)
         if route is None:
             raise NotFound(f"There is nothing at {request.method} {request.path}.")
@@ -121,7 +131,7 @@ class PassThrough:
             async with asyncio.timeout(timeouts.first_byte):
                 response = await self.rt.client.session.request(
                     request.method,
-                    upstream.url + request.path_qs,
+                    target(upstream.url, request),
                     data=body,
                     headers=self._headers(request, route, upstream),
                     allow_redirects=False,
@@ -151,6 +161,25 @@ class PassThrough:
             return out
         finally:
             response.release()
+
+
+@functools.lru_cache(maxsize=64)
+def _base(url: str) -> tuple[str, str, str]:
+    base = URL(url)
+    return base.scheme, base.raw_authority, base.raw_path.rstrip("/")
+
+
+def target(upstream_url: str, request: web.Request) -> URL:
+    """The upstream URL of a pass-through request: the upstream's base, the matched path in its
+    wire form, the query as sent. ``encoded=True``: nothing is resolved or re-encoded again."""
+    scheme, authority, base = _base(upstream_url)
+    return URL.build(
+        scheme=scheme,
+        authority=authority,
+        path=base + encode(request.path),
+        query_string=request.rel_url.raw_query_string,
+        encoded=True,
+    )
 
 
 async def _upload(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:

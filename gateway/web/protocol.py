@@ -6,18 +6,32 @@ such a request gets a JSON error that names the problem without echoing input, a
 with the client and the parser's verdict (its class), never the data. It carries the headers
 every answer of the app carries (X-Request-ID, Server, the security headers): no signal of the
 app reaches it, so the runner hands the app's stamper to its connections.
+
+It also normalizes every request path once, before aiohttp matches a route (SPEC 3): the
+connections build their requests through ``normalizing``, which hands the app a request whose
+target is ``gateway.paths.canonical`` of the client's, so the route, every handler and the
+pass-through see one path. A path ``gateway.paths`` refuses is sent to a route that exists only
+for this (no normalized path contains a backslash), whose handler raises ``BadRequest``: the edge
+renders it like any refusal, with the request's id, dialect, metrics and access line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import cast
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, _RequestFactory
 from aiohttp.web_request import BaseRequest
+from yarl import URL
 
+from gateway.errors import BadRequest
+from gateway.paths import PathError, canonical, is_plain
 from gateway.web.middlewares import STAMP, Stamp
 
 log = logging.getLogger("gateway.http")
@@ -65,6 +79,67 @@ class QuietRequestHandler(RequestHandler):
         return response
 
 
+PATH_REFUSAL = web.RequestKey("path_refusal", str)
+# The route of refused paths: normalized paths never contain a backslash, so no client reaches it.
+REFUSED_PATH = "/\\refused-path"
+_REFUSED_TARGET = "/%5Crefused-path"
+
+
+def normalizing(make: _RequestFactory) -> _RequestFactory:
+    """A request factory that hands ``make`` the normalized target (``gateway.paths``)."""
+
+    def make_request(
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> BaseRequest:
+        if is_plain(message.path):  # nearly every request: already normal, nothing to do
+            return make(message, payload, protocol, writer, task)
+        message, refusal = _normalized(message)
+        request = make(message, payload, protocol, writer, task)
+        if refusal is not None:
+            request[PATH_REFUSAL] = refusal
+        return request
+
+    return make_request
+
+
+def _normalized(message: RawRequestMessage) -> tuple[RawRequestMessage, str | None]:
+    """The message with its path normalized (query and fragment as sent), and why it was
+    refused, if it was."""
+    url = message.url
+    raw = url.raw_path
+    if not raw.startswith("/"):  # "*" or an authority: no route takes them anyway
+        return message, None
+    refusal = None
+    try:
+        path = canonical(raw)
+    except PathError as err:
+        path, refusal = _REFUSED_TARGET, str(err)
+    if path == raw:
+        return message, None
+    # encoded=True: the path is already in its one wire form; yarl must not touch it again.
+    url = URL.build(
+        scheme=url.scheme,
+        authority=url.raw_authority,
+        path=path,
+        query_string=url.raw_query_string,
+        fragment=url.raw_fragment,
+        encoded=True,
+    )
+    return message._replace(url=url, path=str(url)), refusal
+
+
+async def refuse_path(request: web.Request) -> web.StreamResponse:
+    """The handler of ``REFUSED_PATH``: the 400 of a path ``gateway.paths`` refused."""
+    why = request.get(PATH_REFUSAL)
+    if why is None:  # unreachable by a client; answer as if the route did not exist
+        raise web.HTTPNotFound()
+    raise BadRequest(f"The request path is not acceptable: {why}.")
+
+
 class QuietServer(web.Server):
     stamp: Stamp | None = None
 
@@ -75,10 +150,13 @@ class QuietServer(web.Server):
 
 
 class QuietAppRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections use ``QuietRequestHandler``."""
+    """An ``AppRunner`` whose connections use ``QuietRequestHandler`` and see normalized
+    request paths."""
 
     async def _make_server(self) -> web.Server:
+        self.app.router.add_route("*", REFUSED_PATH, refuse_path)  # before the app freezes
         server = await super()._make_server()
         server.__class__ = QuietServer  # same state, one overridden factory method
         cast(QuietServer, server).stamp = cast(Stamp | None, self.app.get(STAMP))
+        server.request_factory = normalizing(server.request_factory)
         return server
