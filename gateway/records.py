@@ -213,7 +213,12 @@ class Verdict:
 @per_request
 class Settlement:
     """The end of an admitted request: release its slot, settle its reservation to what it
-    used, and record its usage (once per ``request_id``, however often this is retried)."""
+    used, and record its usage (once per ``request_id``, however often this is retried).
+
+    A settlement of an admission the store made (``day`` set) counts only while its lease is
+    held: removing the lease is the settle-once marker. One without (admitted while the store
+    was down, ``day`` 0) records its usage once and charges the periods current when settled.
+    """
 
     admission: Admission
     day: int
@@ -225,6 +230,9 @@ class Settlement:
     error: bool = False
     estimated: bool = False
     finished_at: float = 0.0
+    # False: a release only (an admission nobody was served by: its caller timed out or left):
+    # the lease and the reservation are given back, no usage is recorded.
+    record: bool = True
 
 
 # Latency histogram bucket bounds (ms) for usage p50/p95; the last bucket is open.

@@ -35,9 +35,17 @@ _CODES: dict[Refusal, tuple[str, str]] = {
     "concurrency": ("concurrency_limit_exceeded", "The key has too many requests in flight"),
     "daily": ("daily_limit_exceeded", "The key's daily token limit is reached"),
     "monthly": ("monthly_limit_exceeded", "The key's monthly token limit is reached"),
-    "plan_rpm": ("plan_limit_exceeded", "The owner's plan requests-per-minute limit is reached"),
-    "plan_monthly": ("plan_limit_exceeded", "The owner's plan monthly token limit is reached"),
+    "plan_rpm": ("plan_limit_exceeded", "requests-per-minute limit"),
+    "plan_monthly": ("plan_limit_exceeded", "monthly token limit"),
 }
+
+
+def _plan_refusal(limit: str, owner: str, plan: str) -> str:
+    """Which plan refused, and how an operator moves the owner to another one."""
+    return (
+        f"The owner '{owner[:64]}' is on plan '{plan}', whose {limit} is reached "
+        f"(an operator can change the plan: gateway owners set {owner[:64]} --plan NAME)"
+    )
 
 
 @dataclass(slots=True)
@@ -119,6 +127,25 @@ class Buffer:
         self.items.extendleft(reversed(batch[:room]))
 
 
+def _expire(waiting: asyncio.Future[Verdict], seconds: float) -> None:
+    if not waiting.done():
+        waiting.set_exception(StoreError(f"store: no answer within {seconds * 1000:g} ms"))
+
+
+def _pass_on(
+    waiting: asyncio.Future[Verdict], timer: asyncio.TimerHandle, done: asyncio.Future[Verdict]
+) -> None:
+    timer.cancel()
+    if waiting.done():
+        return
+    if done.cancelled():
+        waiting.set_exception(StoreError("store: the admission was cancelled"))
+    elif (exc := done.exception()) is not None:
+        waiting.set_exception(exc)
+    else:
+        waiting.set_result(done.result())
+
+
 class Limiter:
     def __init__(self, store: Store, config: Config, clock: Clock) -> None:
         self.store = store
@@ -131,6 +158,10 @@ class Limiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
+
+    @property
+    def _timeout(self) -> float:
+        return self.config.store.timeout_ms / 1000.0
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -194,6 +225,8 @@ class Limiter:
         if verdict is not None and not verdict.admitted:
             assert verdict.refused is not None
             code, what = _CODES[verdict.refused]
+            if verdict.refused.startswith("plan_"):
+                what = _plan_refusal(what, record.owner, plan.name)
             raise TooManyRequests(
                 f"{what}; retry after {verdict.retry_after} s.",
                 code=code,
@@ -205,34 +238,51 @@ class Limiter:
         return ticket
 
     async def _decide(self, admission: Admission, model: str) -> Verdict:
-        """The store's verdict, even if this request is cancelled meanwhile (its client left):
-        an admission the store made for nobody is then settled at once (zero tokens, an
-        error), so its concurrency slot and reservation do not stay taken."""
-        if not getattr(self.store, "admit_yields", True):
-            return await self.store.admit(admission)  # completes without yielding: no gap
-        admit_now = getattr(self.store, "admit_now", None)  # a future already on its way
-        deciding = (admit_now(admission) if admit_now is not None else None) or (
-            asyncio.ensure_future(self.store.admit(admission))
-        )
+        """The store's verdict within ``store.timeout_ms``. A verdict that comes after its
+        caller stopped waiting (timed out, or its client left) is given back at once when it
+        admitted: lease and reservation released, no usage recorded."""
+        deciding = self.store.admit_now(admission)
+        if deciding.done():  # the memory store: decided already
+            return deciding.result()
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[Verdict] = loop.create_future()  # cancelled with its caller
+        timer = loop.call_later(self._timeout, _expire, waiting, self._timeout)
+        deciding.add_done_callback(functools.partial(_pass_on, waiting, timer))
         try:
-            return await asyncio.shield(deciding)
-        except asyncio.CancelledError:
-            deciding.add_done_callback(lambda done: self._abandoned(admission, model, done))
+            return await waiting
+        except (asyncio.CancelledError, StoreError):
+            timer.cancel()
+            deciding.add_done_callback(functools.partial(self._abandoned, admission, model))
             raise
 
     def _abandoned(self, admission: Admission, model: str, done: asyncio.Future[Verdict]) -> None:
         if done.cancelled() or done.exception() is not None:
-            return
+            return  # nothing was admitted, or the lost lease expires by itself
         verdict = done.result()
         if verdict.admitted:
             ticket = Ticket(admission, verdict, {}, self.clock.monotonic())
-            self._in_flight[admission.request_id] = ticket
-            self.settle(ticket, model, 0, 0, error=True, estimated=False)
+            self.release(ticket, model)
+
+    def release(self, ticket: Ticket, model: str) -> None:
+        """Give back what an admission took, for a request that was never served."""
+        self._queue(ticket, model, 0, 0, error=False, estimated=False, record=False)
 
     def settle(
         self, ticket: Ticket, model: str, prompt: int, completion: int, error: bool, estimated: bool
     ) -> None:
         """Queue the settlement; the background writer sends it (batched) right after."""
+        self._queue(ticket, model, prompt, completion, error, estimated, record=True)
+
+    def _queue(
+        self,
+        ticket: Ticket,
+        model: str,
+        prompt: int,
+        completion: int,
+        error: bool,
+        estimated: bool,
+        record: bool,
+    ) -> None:
         self._in_flight.pop(ticket.admission.request_id, None)
         verdict = ticket.verdict
         self.buffer.add(
@@ -247,6 +297,7 @@ class Limiter:
                 error=error,
                 estimated=estimated,
                 finished_at=self.clock.time(),
+                record=record,
             )
         )
         self._wake.set()
@@ -295,13 +346,10 @@ class Limiter:
         return True
 
     async def _renew(self) -> None:
-        """Leases of requests running for a while (long streams) are extended."""
+        """Leases of requests running for a while (long streams) are extended: every admitted
+        request holds one, and its settlement counts only while it is held."""
         old = self.clock.monotonic() - LEASE_SECONDS / 4
-        due = [
-            t.admission
-            for t in self._in_flight.values()
-            if t.started < old and t.admission.concurrency is not None
-        ]
+        due = [t.admission for t in self._in_flight.values() if t.started < old and t.verdict]
         if due:
             try:
                 await self.store.renew_leases(due)

@@ -15,8 +15,9 @@ Semantics every backend keeps:
   and plan-month counters) or none does. Exact under any concurrency and across processes.
   * rpm / plan_rpm: a log of admission times; at most N admissions in any rolling 60 s
     (an entry of time t stops counting at t + 60, so a steady N per minute is never refused).
-  * concurrency: a lease per request id (expires after ``LEASE_SECONDS`` unless renewed, so a
-    crashed process cannot hold slots forever), released by ``settle``.
+  * concurrency: every admitted request holds a lease (expires after ``LEASE_SECONDS`` unless
+    renewed, so a crashed or stalled process cannot hold slots for long), released by
+    ``settle``; a key's concurrency is the number of its live leases.
   * daily / monthly / plan_monthly: token counters of the current UTC day / calendar month;
     admitted iff counter + reserve ≤ limit; the counter then includes the reservation.
   * retry_after: whole seconds ≥ 1 until the refused limit admits again (the oldest rpm entry
@@ -24,7 +25,11 @@ Semantics every backend keeps:
 - ``settle`` releases the lease, moves each token counter by (used - reserved) if the period of
   the admission is still current (a period that rolled over started from zero), records usage per
   (key, model, UTC day of ``finished_at``) and the key's last use, and does all of it at most
-  once per request id (a retried settle changes nothing).
+  once per request id (a retried settle changes nothing): the lease is the marker, so nothing
+  of a request outlives it. A settlement without a verdict (admitted while the store was down)
+  has no lease: a marker that lives ``SETTLED_TTL`` keeps it once, and its tokens are charged
+  to the periods current when it is written. ``record=False`` releases without recording.
+- Request ids are the gateway's own (unique per request), never a client's.
 - Usage is kept at least 90 days.
 - ``publish``/``subscribe``: a broadcast to every process (key-cache invalidations); a
   subscriber that lost messages (reconnect) is told ``"*"``.
@@ -33,17 +38,29 @@ Semantics every backend keeps:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
 from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
 
-LEASE_SECONDS = 600.0  # a concurrency slot's lease; the limiter renews leases of long streams
+# A request's lease: the limiter renews the leases of running requests every quarter of it, so a
+# lease lost with its process (or its admission's late reply) frees its slot within this time.
+LEASE_SECONDS = 20.0
 USAGE_DAYS = 100  # usage is kept this long (SPEC: at least 90 days)
 
 
 class StoreError(Exception):
     """The store could not be reached or did not answer in time."""
+
+
+class StoreTimeout(StoreError):
+    """A call that did not answer in time, whose reply may still come: ``late`` completes with
+    it (or fails) when it does, so an admission the store made meanwhile can be given back."""
+
+    def __init__(self, message: str, late: asyncio.Future[Verdict]) -> None:
+        super().__init__(message)
+        self.late = late
 
 
 class KeyExists(Exception):
@@ -80,11 +97,14 @@ class Store(Protocol):
 
     # -- limits -----------------------------------------------------------------------------
     async def admit(self, admission: Admission) -> Verdict:
-        """The verdict, having taken what it admits. Two optional attributes speed up the
-        limiter's call: ``admit_yields = False`` (admit never awaits, so it needs no guard
-        against a cancelled caller) and ``admit_now(admission)``, returning a future of the
-        verdict already sent (or None: use ``admit``), which completes whatever its awaiter
-        does."""
+        """The verdict, having taken what it admits."""
+        ...
+
+    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict]:
+        """The limiter's ``admit``: the admission is on its way when this returns (the memory
+        store answers a future already done). The future completes whatever its awaiter does,
+        so a caller that leaves can still give back what was taken; it fails with
+        ``StoreTimeout`` after ``timeout_ms``, whose ``late`` carries the reply if it comes."""
         ...
 
     async def settle(self, settlement: Settlement) -> None: ...

@@ -22,7 +22,9 @@ from gateway.records import (
 )
 from gateway.store.base import LEASE_SECONDS, USAGE_DAYS, KeyExists
 
-SETTLED_TTL = 86400.0
+# The settled marker of a request admitted without the store (on_error: open): it only has
+# to outlive the writer's retries of that settlement.
+SETTLED_TTL = 3600.0
 
 
 @dataclass(slots=True)
@@ -45,8 +47,6 @@ class _Check:
 
 
 class MemoryStore:
-    admit_yields = False  # admit() never awaits: a cancelled caller cannot lose its verdict
-
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._calendar = windows.Calendar()
@@ -157,6 +157,15 @@ class MemoryStore:
         return _Check(reason, self._tokens(scope, period) + reserve <= limit, until)
 
     async def admit(self, admission: Admission) -> Verdict:
+        return self._admit(admission)
+
+    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict]:
+        """The verdict, already decided (nothing here awaits, so nothing can be lost)."""
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        done.set_result(self._admit(admission))
+        return done
+
+    def _admit(self, admission: Admission) -> Verdict:
         a, now = admission, self._clock.time()
         day, month, to_midnight, to_month = self._calendar.periods(now)
         leases = self._leases_of(a.key_id, now)
@@ -221,20 +230,47 @@ class MemoryStore:
 
     async def settle(self, settlement: Settlement) -> None:
         s, a, now = settlement, settlement.admission, self._clock.time()
-        if s.admission.request_id in self._settled:
-            return
         self._prune(now)
-        self._settled[a.request_id] = now + SETTLED_TTL
-        self._leases_of(a.key_id, now).pop(a.request_id, None)
-        delta = s.prompt_tokens + s.completion_tokens - a.reserve
+        if not self._settle_once(s, now):
+            return
+        used = s.prompt_tokens + s.completion_tokens
+        if s.day:  # the admission's periods, if still current, move by used - reserved
+            self._move(a, s.day, s.month, used - a.reserve, reset=False)
+        else:  # admitted without the store: charged to the periods current now
+            day, month, _, _ = self._calendar.periods(now)
+            self._move(a, day, month, used, reset=True)
+        if s.record:
+            self._record(s, now)
+
+    def _settle_once(self, s: Settlement, now: float) -> bool:
+        """Whether this settlement is the first of its request: its lease is still held (the
+        lease is the marker), or, for one admitted without the store, no marker yet."""
+        a = s.admission
+        if s.day:
+            leases = self._leases.get(a.key_id)
+            return leases is not None and leases.pop(a.request_id, None) is not None
+        marker = f"{a.owner}\0{a.request_id}"
+        if marker in self._settled:
+            return False
+        self._settled[marker] = now + SETTLED_TTL
+        return True
+
+    def _move(self, a: Admission, day: int, month: int, delta: int, reset: bool) -> None:
+        """Token counters of ``day``/``month`` moved by ``delta`` (never below zero); a counter
+        of an older period is left alone, or, with ``reset``, restarted at ``delta``."""
         for scope, period in (
-            (f"kd:{a.key_id}", s.day),
-            (f"km:{a.key_id}", s.month),
-            (f"om:{a.owner}", s.month),
+            (f"kd:{a.key_id}", day),
+            (f"km:{a.key_id}", month),
+            (f"om:{a.owner}", month),
         ):
             stored = self._counters.get(scope)
             if stored is not None and stored[0] == period:
                 self._counters[scope] = (period, max(0, stored[1] + delta))
+            elif reset:
+                self._counters[scope] = (period, max(0, delta))
+
+    def _record(self, s: Settlement, now: float) -> None:
+        a = s.admission
         finished = s.finished_at or now
         row = self._usage.setdefault(
             (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model), _Usage()

@@ -39,6 +39,7 @@ SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
 # Settlements per EVALSHA on one Redis: a script call's own cost (~10 µs of Redis CPU) is shared
 # by 32, and each call's run (a script blocks Redis meanwhile) stays about a millisecond.
 SETTLE_CHUNK = 32
+BULK_TIMEOUT = 10.0  # seconds a report's reads may take (never less than timeout_ms)
 
 
 def _kh(key_hash: str) -> str:
@@ -61,11 +62,30 @@ def _chain(source: asyncio.Future[Verdict], target: asyncio.Future[Verdict]) -> 
     if target.done():
         return
     if source.cancelled():
-        target.set_exception(StoreError("redis: cancelled"))
+        _fail(target, StoreError("redis: cancelled"))
     elif (exc := source.exception()) is not None:
-        target.set_exception(exc)
+        _fail(target, exc)
     else:
         target.set_result(source.result())
+
+
+def _fail(future: asyncio.Future[Verdict], exc: BaseException) -> None:
+    """Fail ``future``, marking its exception retrieved: a caller that left must not log it."""
+    future.set_exception(exc)
+    future.exception()
+
+
+def _why(exc: BaseException | None) -> str:
+    """An error's text for a ``StoreError`` (a timeout's own text is empty)."""
+    if exc is None:
+        return "cancelled"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+async def _lane_pipe(lane: Lane, commands: list[tuple[Arg, ...]]) -> list[Any]:
+    return _raising(await lane.call_many(commands))
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -88,14 +108,18 @@ class RedisStore:
         # Every command goes over the lean lane where it can serve the URL (see the docstring).
         lean = not self._target.cluster and supported(url)
         self._lane = Lane(url, self._timeout) if lean else None
+        # Reports (usage, key lists) read many keys: on a connection and a time budget of their
+        # own, so a large one neither delays nor times out the requests' admissions.
+        self._bulk_timeout = max(BULK_TIMEOUT, self._timeout)
+        self._bulk = Lane(url, self._bulk_timeout) if lean else None
 
     def _now(self) -> str:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
         return "" if self._clock is None else repr(self._clock.time())
 
-    async def _run(self, call: Awaitable[T]) -> T:
+    async def _run(self, call: Awaitable[T], budget: float | None = None) -> T:
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(budget or self._timeout):
                 if self._gate is None:
                     return await call
                 async with self._gate:
@@ -108,7 +132,7 @@ class RedisStore:
             if isinstance(exc, ERRORS):
                 # A Cluster client that lost a node remaps lazily; make that happen here, once.
                 self._unmapped = self._gate is not None
-                raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
+                raise StoreError(f"redis: {_why(exc)}") from exc
             raise
 
     async def _map_cluster(self) -> None:
@@ -120,16 +144,15 @@ class RedisStore:
                 await cast(RedisCluster, self._client).initialize()
                 self._unmapped = False
 
-    async def _on_lane(self, call: Coroutine[Any, Any, T]) -> T:
-        """``_run`` for a call over the lane; a timed-out call drops the lane's connection."""
-        assert self._lane is not None
+    async def _on_lane(self, call: Coroutine[Any, Any, T], budget: float | None = None) -> T:
+        """``_run`` for a call over a lane. A call that times out fails alone: its reply,
+        still owed, is read and dropped when it comes, and its neighbours on the connection
+        are untouched (a lane drops a connection only when the server stops answering)."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(budget or self._timeout):
                 return await call
         except (*ERRORS, LaneError) as exc:
-            if isinstance(exc, TimeoutError):
-                self._lane.reset()
-            raise StoreError(f"redis: {exc or type(exc).__name__}") from exc
+            raise StoreError(f"redis: {_why(exc)}") from exc
 
     async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
         if self._lane is None:
@@ -156,12 +179,15 @@ class RedisStore:
             return await self._on_lane(self._lane.call(*args))
         return await self._run(self._client.execute_command(*args))
 
-    async def _pipe(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
-        """Commands in one pipeline (not a transaction; a Cluster splits it by node)."""
+    async def _pipe(self, commands: list[tuple[Arg, ...]], bulk: bool = False) -> list[Any]:
+        """Commands in one pipeline (not a transaction; a Cluster splits it by node). ``bulk``:
+        a report's reads, on their own connection and time budget."""
         if not commands:
             return []
-        if self._lane is not None:
-            return await self._on_lane(self._lane_pipe(commands))
+        lane = self._bulk if bulk else self._lane
+        timeout = self._bulk_timeout if bulk else None
+        if lane is not None:
+            return await self._on_lane(_lane_pipe(lane, commands), timeout)
 
         async def run() -> list[Any]:
             pipe = self._client.pipeline(transaction=False)
@@ -169,16 +195,14 @@ class RedisStore:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
-        return await self._run(run())
-
-    async def _lane_pipe(self, commands: list[tuple[Arg, ...]]) -> list[Any]:
-        assert self._lane is not None
-        return _raising(await self._lane.call_many(commands))
+        return await self._run(run(), timeout)
 
     # -- keys -------------------------------------------------------------------------------
-    async def _with_use(self, records: list[KeyRecord]) -> list[KeyRecord]:
+    async def _with_use(self, records: list[KeyRecord], bulk: bool = False) -> list[KeyRecord]:
         """Merge ``last_used_at`` from the owners' last-use hashes."""
-        used = await self._pipe([("HGET", f"{tag(r.owner)}lastused", r.id) for r in records])
+        used = await self._pipe(
+            [("HGET", f"{tag(r.owner)}lastused", r.id) for r in records], bulk=bulk
+        )
         return [
             r if at is None else r.evolve(last_used_at=float(at))
             for r, at in zip(records, used, strict=True)
@@ -199,11 +223,13 @@ class RedisStore:
         """The owner's keys, oldest first (by ``created_at``, then id)."""
         members = await self._cmd("SMEMBERS", f"{tag(owner)}keys")
         ids = sorted(str(_text(m)) for m in members)
-        hashes = await self._pipe([("GET", _kid(i)) for i in ids])
-        raws = await self._pipe([("GET", _kh(h.decode())) for h in hashes if h is not None])
+        hashes = await self._pipe([("GET", _kid(i)) for i in ids], bulk=True)
+        raws = await self._pipe(
+            [("GET", _kh(h.decode())) for h in hashes if h is not None], bulk=True
+        )
         records = [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
         mine = [r for r in records if r.owner == owner]
-        return sorted(await self._with_use(mine), key=lambda r: (r.created_at, r.id))
+        return sorted(await self._with_use(mine, bulk=True), key=lambda r: (r.created_at, r.id))
 
     async def insert_key(self, record: KeyRecord, max_keys: int | None) -> bool:
         kid, kh, owned = _kid(record.id), _kh(record.key_hash), f"{tag(record.owner)}keys"
@@ -281,47 +307,33 @@ class RedisStore:
         keys, args = codec.admit_call(admission, self._now())
         return codec.verdict(admission, await self._script("admit", keys, args))
 
-    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict] | None:
-        """The hot path's ``admit``: the EVALSHA is on its way when this returns, and the
-        verdict arrives as a future (no task, no timeout context: one timer), which completes
-        even if its awaiter is cancelled. None when the lane is not connected; a reply other
-        than a verdict (NOSCRIPT after a SCRIPT FLUSH, say) takes ``admit``'s path."""
+    def admit_now(self, admission: Admission) -> asyncio.Future[Verdict]:
+        """The hot path's ``admit``: on the lane, the EVALSHA is on its way when this returns and
+        the verdict arrives as a future (no task, no timer here: the caller bounds its wait, and
+        the future still completes when the reply comes late, so what it admitted can be given
+        back). A reply other than a verdict (NOSCRIPT after a SCRIPT FLUSH, say) takes
+        ``admit``'s path; so does a lane not yet connected, and a Cluster."""
         lane = self._lane
-        if lane is None:
-            return None
-        keys, args = codec.admit_call(admission, self._now())
-        reply = lane.send_now("EVALSHA", self._scripts["admit"].sha, len(keys), *keys, *args)
+        reply = None
+        if lane is not None:
+            keys, args = codec.admit_call(admission, self._now())
+            reply = lane.send_now("EVALSHA", self._scripts["admit"].sha, len(keys), *keys, *args)
         if reply is None:
-            return None
-        loop = asyncio.get_running_loop()
-        verdict: asyncio.Future[Verdict] = loop.create_future()
-
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            if not reply.done():
-                expired = True
-                lane.reset()  # fails the reply (a reply is still owed on this connection)
-
-        timer = loop.call_later(self._timeout, expire)
+            return asyncio.ensure_future(self.admit(admission))
+        verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
 
         def done(reply: asyncio.Future[Any]) -> None:
-            timer.cancel()
-            if verdict.done():
-                return
             exc = None if reply.cancelled() else reply.exception()
             if isinstance(exc, LaneError) and exc.noscript:
                 slow = asyncio.ensure_future(self.admit(admission))
                 slow.add_done_callback(lambda f: _chain(f, verdict))
             elif exc is not None or reply.cancelled():
-                why = "timed out" if expired else (exc or "cancelled")
-                verdict.set_exception(StoreError(f"redis: {why}"))
+                _fail(verdict, StoreError(f"redis: {_why(exc)}"))
             else:
                 try:
                     verdict.set_result(codec.verdict(admission, reply.result()))
                 except Exception as err:  # a reply of the wrong shape
-                    verdict.set_exception(StoreError(f"redis: unexpected admit reply ({err})"))
+                    _fail(verdict, StoreError(f"redis: unexpected admit reply ({err})"))
 
         reply.add_done_callback(done)
         return verdict
@@ -395,10 +407,13 @@ class RedisStore:
     ) -> list[UsageDay]:
         t, wanted = tag(owner), sorted(set(key_ids))
         days = await self._pipe(
-            [("ZRANGEBYSCORE", f"{t}usedays:{esc(k)}", first_day, last_day) for k in wanted]
+            [("ZRANGEBYSCORE", f"{t}usedays:{esc(k)}", first_day, last_day) for k in wanted],
+            bulk=True,
         )
         cells = [(k, int(d)) for k, ds in zip(wanted, days, strict=True) for d in ds]
-        hashes = await self._pipe([("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in cells])
+        hashes = await self._pipe(
+            [("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in cells], bulk=True
+        )
         rows: list[UsageDay] = []
         for (key_id, day), fields in zip(cells, hashes, strict=True):
             if isinstance(fields, list):  # the lane's raw reply: field, value, field, ...
@@ -412,8 +427,9 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._subscriber.close()
-        if self._lane is not None:
-            await self._lane.close()
+        for lane in (self._lane, self._bulk):
+            if lane is not None:
+                await lane.close()
         try:
             await self._client.aclose()
         except ERRORS:

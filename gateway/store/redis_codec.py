@@ -5,12 +5,14 @@ on one Cluster slot::
 
     gw:{<owner>}:rpm:k:<keyId>      ZSET request id -> admission time (the key's rpm log)
     gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
-    gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry
+    gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry (every admitted request
+                                    holds one until settled: the settle-once marker)
     gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), m (month id), mt,
                                     x (when the key's log and lease TTLs were last renewed)
     gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens), x (as above,
                                     for the plan rpm log)
-    gw:{<owner>}:done:<requestId>   settled marker (EX 1 day): settle runs once
+    gw:{<owner>}:done:<requestId>   settled marker of a request admitted without the store
+                                    (on_error: open; EX 1 hour): settle runs once
     gw:{<owner>}:use:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0 errors);
                                     EXPIRE USAGE_DAYS
     gw:{<owner>}:usedays:<keyId>    ZSET of the days with usage (range reads)
@@ -148,6 +150,7 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
         a.key_id,
         str(int(SETTLED_TTL)),
         str(USAGE_DAYS),
+        "1" if s.record else "0",
     ]
     return keys, args
 

@@ -12,9 +12,12 @@ other calls (key records, plans, usage) ride the same connection.
 It serves plain ``redis://`` URLs (AUTH and SELECT from the URL); ``rediss://``
 and Cluster targets stay on redis-py. Failure semantics are the store's:
 
-- The caller bounds each call (``asyncio.timeout``). A call that timed out leaves a reply owed
-  on the connection, so the connection is dropped (``reset``): the next call reconnects. This is
-  what redis-py does with ``socket_timeout``.
+- The caller bounds each call (``asyncio.timeout``). A call that timed out fails alone: its
+  reply, still owed, is read and dropped when it comes (its future is done), so its neighbours
+  on the connection are untouched. redis-py drops the connection instead (``socket_timeout``),
+  which fails every call on it and loses the replies of commands Redis will still run.
+- A server that owes replies and sends nothing for ``hang`` seconds (a hung or stopped Redis)
+  loses the connection: its callers fail, and the next call reconnects.
 - A lost connection fails every call waiting on it with ``ConnectionError``; nothing is
   retried here (a retried admission could be counted twice).
 - An error reply (``-ERR …``, ``-NOSCRIPT …``) is raised as ``LaneError`` to its caller only.
@@ -51,13 +54,16 @@ def supported(url: str) -> bool:
 class _Wire(asyncio.Protocol):
     """Pipelined requests and in-order replies on one transport."""
 
-    def __init__(self) -> None:
+    def __init__(self, hang: float) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.reader = hiredis.Reader()
         self.out: list[bytes] = []
         self.closed = False
         self.loop = asyncio.get_running_loop()
+        self.hang = hang
+        self.heard = 0.0  # when the server last sent something (or a wait began)
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
@@ -69,8 +75,23 @@ class _Wire(asyncio.Protocol):
             self.loop.call_soon(self._flush)
         self.out.append(packed)
         futures = [self.loop.create_future() for _ in range(replies)]
+        if not self.waiting:
+            self.heard = self.loop.time()
         self.waiting.extend(futures)
+        if self._watch is None:
+            self._watch = self.loop.call_later(self.hang, self._check)
         return futures
+
+    def _check(self) -> None:
+        """Drop a connection whose server owes replies and has been silent for ``hang``."""
+        self._watch = None
+        if self.closed or not self.waiting:
+            return
+        silent = self.loop.time() - self.heard
+        if silent >= self.hang:
+            self.fail(ConnectionError(f"redis sent nothing for {silent:.1f} s"))
+        else:
+            self._watch = self.loop.call_later(self.hang - silent, self._check)
 
     def _flush(self) -> None:
         if self.out and self.transport is not None and not self.closed:
@@ -79,6 +100,7 @@ class _Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader, waiting = self.reader, self.waiting
+        self.heard = self.loop.time()
         reader.feed(data)
         try:
             while (reply := reader.gets()) is not False:
@@ -97,6 +119,9 @@ class _Wire(asyncio.Protocol):
         self.fail(ConnectionError(f"redis connection lost: {exc or 'closed by the server'}"))
 
     def fail(self, exc: Exception) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -111,10 +136,15 @@ class _Wire(asyncio.Protocol):
 
 class Lane:
     """``Lane(url, timeout)``: connected by the first call (the connection and its AUTH/SELECT
-    bounded by ``timeout`` seconds); ``reset()`` drops the connection."""
+    bounded by ``timeout`` seconds); ``reset()`` drops the connection. A server silent for
+    ``HANG_CALLS`` timeouts (at least ``HANG_MIN`` seconds) while it owes replies is given up."""
+
+    HANG_CALLS = 20
+    HANG_MIN = 5.0
 
     def __init__(self, url: str, timeout: float) -> None:
         self._timeout = timeout
+        self._hang = max(self.HANG_MIN, self.HANG_CALLS * timeout)
         options = parse_url(url)
         self._host = str(options.get("host", "localhost"))
         self._port = int(options.get("port", 6379))
@@ -136,8 +166,8 @@ class Lane:
 
     def send_now(self, *args: Arg) -> asyncio.Future[Any] | None:
         """The reply's future of one command sent at once, or None when not connected (then
-        ``call``, which connects, is the way). The caller bounds the wait, and calls ``reset``
-        if it gives up on a reply still owed."""
+        ``call``, which connects, is the way). The caller bounds its wait; the future completes
+        when the reply comes, however late."""
         wire = self._wire
         if wire is None or wire.closed:
             return None
@@ -168,7 +198,9 @@ class Lane:
     async def _open(self) -> _Wire:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._timeout):
-            _, wire = await loop.create_connection(_Wire, self._host, self._port)
+            _, wire = await loop.create_connection(
+                lambda: _Wire(self._hang), self._host, self._port
+            )
             try:
                 for command in self._hello:
                     (future,) = wire.send(_pack(command), 1)
@@ -180,7 +212,7 @@ class Lane:
         return wire
 
     def reset(self) -> None:
-        """Drop the connection (after a timeout: a reply is still owed on it)."""
+        """Drop the connection (every call waiting on it fails)."""
         if self._wire is not None:
             self._wire.fail(ConnectionError("redis connection dropped"))
             self._wire = None

@@ -1,24 +1,27 @@
--- Settle admitted requests, each at most once per request id (store/memory.py is the reference):
--- release its lease, move the token counters of its (still current) periods by used - reserved,
--- record its usage and the key's last use. All keys carry the owner's hash tag.
+-- Settle admitted requests, each at most once (store/memory.py is the reference): release its
+-- lease, move the token counters of its (still current) periods by used - reserved, record its
+-- usage and the key's last use. All keys carry the owner's hash tag.
+-- Once: a request admitted by the store is settled only while its lease is held, and the lease
+-- goes with the settlement (the lease is the marker: nothing of a request outlives it). One
+-- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
+-- ARGV 14 seconds, and its tokens are charged to the periods current now.
 -- KEYS: 1 the key's leases, 2 the key's token counters, 3 the owner's token counters,
---       4 the request's settled marker, 5 the owner's last-use hash (key id -> time),
+--       4 the request's settled marker (day 0 only), 5 the owner's last-use hash (key id -> time),
 --       6 the key's usage key prefix (the UTC day is appended: same tag, same slot),
 --       7 the key's usage days (ZSET of day ids, for range reads)
--- ARGV: 1 request id, 2 day, 3 month (of the admission), 4 used - reserved, 5 model,
---       6 prompt tokens, 7 completion tokens, 8 error (0/1), 9 latency ms, 10 latency bucket,
---       11 finished at (0: now), 12 clock override (''), 13 key id, 14 settled marker ttl,
---       15 days usage is kept
--- Several settlements in one call: KEYS and ARGV hold 7 and 15 per settlement, one after the
+-- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store),
+--       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
+--       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
+--       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only)
+-- Several settlements in one call: KEYS and ARGV hold 7 and 16 per settlement, one after the
 -- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
 -- Returns how many were settled (those settled before are skipped).
 --
--- Only the settled marker is written per settlement. Everything else is gathered in Lua tables
--- as the settlements are taken in order and written once per key (and per field) at the end:
--- the leases in one ZREM, each counter hash read once and written once, each day's usage by
--- model summed into one HINCRBY per field, the last use once per key. The script is atomic, so
--- the end state is the one settling them one by one gives; a batch of one settlement costs what
--- it did.
+-- Only the lease (or marker) is written per settlement. Everything else is gathered in Lua
+-- tables as the settlements are taken in order and written once per key (and per field) at the
+-- end: each counter hash read once and written once, each day's usage by model summed into one
+-- HINCRBY per field, the last use once per key. The script is atomic, so the end state is the
+-- one settling them one by one gives; a batch of one settlement costs what it did.
 
 local function ordered()  -- a table that remembers the order its keys were first set in
   return {keys = {}, values = {}}
@@ -55,7 +58,6 @@ local function hset_all(key, t, text)
   redis.call('HSET', key, unpack(args))
 end
 
-local leases = ordered()     -- lease set -> request ids
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
 local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
 local last = ordered()       -- last-use hash -> ordered key id -> time
@@ -68,54 +70,76 @@ local function counter(key)
   end)
 end
 
--- Counter ``field`` of a period still current, moved by ``delta`` (never below zero).
-local function move(c, period_field, period, field, delta)
+-- Counter ``field`` of a period still current, moved by ``delta`` (never below zero); with
+-- ``reset``, a counter of another period restarts at ``delta`` in this one.
+local function move(c, period_field, period, field, delta, reset)
   if tonumber(c[period_field]) == period then
     c[field] = math.max(0, tonumber(c[field]) + delta)
-    put(c.moved, field, c[field])
+  elseif reset then
+    c[period_field], c[field] = period, math.max(0, delta)
+    put(c.moved, period_field, period)
+  else
+    return
   end
+  put(c.moved, field, c[field])
+end
+
+-- Whether settlement ``a`` (of the request ``rid``, admitted on ``day``) is its request's first.
+local function first_time(k, a, day)
+  if day ~= 0 then return redis.call('ZREM', KEYS[k + 1], ARGV[a + 1]) == 1 end
+  return redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[a + 14]) ~= false
+end
+
+local function record(k, a, finished)
+  local days = epoch_days(finished)
+  local used_day = day_id(days)
+  local ukey = KEYS[k + 6] .. used_day
+  local u = slot(usage, ukey, function()
+    return {key = ukey, index = KEYS[k + 7], day = used_day, days = days, models = ordered()}
+  end)
+  u.keep = tonumber(ARGV[a + 15])
+  local m = slot(u.models, ARGV[a + 5], function()
+    -- the latency total is added to in Lua, one settlement after the other, so the sum is
+    -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
+    local total = tonumber(redis.call('HGET', u.key, 'l:' .. ARGV[a + 5]) or '0')
+    return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
+  end)
+  m.r = m.r + 1
+  m.p = m.p + tonumber(ARGV[a + 6])
+  m.c = m.c + tonumber(ARGV[a + 7])
+  m.e = m.e + tonumber(ARGV[a + 8])
+  m.l = m.l + tonumber(ARGV[a + 9])
+  add(m.buckets, 'b' .. ARGV[a + 10], 1)
+  put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
 end
 
 local settled = 0
 for i = 0, #KEYS / 7 - 1 do
-  local k, a = 7 * i, 15 * i
-  if redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[a + 14]) then
+  local k, a = 7 * i, 16 * i
+  local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if first_time(k, a, day) then
     settled = settled + 1
-    table.insert(slot(leases, KEYS[k + 1], function() return {} end), ARGV[a + 1])
-
-    local day, month, delta = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-    local kc = counter(KEYS[k + 2])
-    move(kc, 'd', day, 'dt', delta)
-    move(kc, 'm', month, 'mt', delta)
-    move(counter(KEYS[k + 3]), 'm', month, 'mt', delta)
-
+    local kc, oc = counter(KEYS[k + 2]), counter(KEYS[k + 3])
     local finished = tonumber(ARGV[a + 11])
-    if finished == 0 then finished = clock(ARGV[a + 12]) end
-    local days = epoch_days(finished)
-    local used_day = day_id(days)
-    local ukey = KEYS[k + 6] .. used_day
-    local u = slot(usage, ukey, function()
-      return {key = ukey, index = KEYS[k + 7], day = used_day, days = days, models = ordered()}
-    end)
-    u.keep = tonumber(ARGV[a + 15])
-    local m = slot(u.models, ARGV[a + 5], function()
-      -- the latency total is added to in Lua, one settlement after the other, so the sum is
-      -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
-      local total = tonumber(redis.call('HGET', u.key, 'l:' .. ARGV[a + 5]) or '0')
-      return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
-    end)
-    m.r = m.r + 1
-    m.p = m.p + tonumber(ARGV[a + 6])
-    m.c = m.c + tonumber(ARGV[a + 7])
-    m.e = m.e + tonumber(ARGV[a + 8])
-    m.l = m.l + tonumber(ARGV[a + 9])
-    add(m.buckets, 'b' .. ARGV[a + 10], 1)
-    put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
+    if finished == 0 or day == 0 then
+      local now = clock(ARGV[a + 12])
+      if finished == 0 then finished = now end
+      if day == 0 then  -- admitted without the store: charged to the periods current now
+        local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])
+        local today, this_month = periods(now)
+        move(kc, 'd', today, 'dt', used, true)
+        move(kc, 'm', this_month, 'mt', used, true)
+        move(oc, 'm', this_month, 'mt', used, true)
+      end
+    end
+    if day ~= 0 then
+      local delta = tonumber(ARGV[a + 4])
+      move(kc, 'd', day, 'dt', delta)
+      move(kc, 'm', month, 'mt', delta)
+      move(oc, 'm', month, 'mt', delta)
+    end
+    if ARGV[a + 16] == '1' then record(k, a, finished) end
   end
-end
-
-for _, key in ipairs(leases.keys) do
-  redis.call('ZREM', key, unpack(leases.values[key]))
 end
 
 for _, key in ipairs(counters.keys) do

@@ -291,7 +291,7 @@ async def test_leases_expire(store: Store, clock: FakeClock) -> None:
 async def test_renewed_leases_outlive_their_first_expiry(store: Store, clock: FakeClock) -> None:
     running = ask(concurrency=1)
     assert (await store.admit(running)).admitted
-    clock.advance(500)
+    clock.advance(LEASE_SECONDS * 0.8)
     await store.renew_leases([running, ask("other", "bob")])  # unknown requests are ignored
     clock.advance(LEASE_SECONDS - 1)
     assert (await store.admit(ask(concurrency=1))).refused == "concurrency"
@@ -495,13 +495,26 @@ async def test_settle_many(store: Store) -> None:
         assert [u.requests for u in await store.usage(owner, [key], 0, 99999999)] == [1]
 
 
-async def test_settle_without_a_verdict_records_usage_only(store: Store) -> None:
+async def test_settle_without_a_verdict_records_usage_and_charges_today(store: Store) -> None:
+    """A request admitted while the store was down: its usage is written once (however often
+    the settlement is retried), and its tokens count against the periods current then."""
     a = ask(daily=100, reserve=50)
-    await store.admit(a)
     s = Settlement(a, 0, 0, "m", 1, 2, 3.0, finished_at=T0)  # admitted while the store was down
     await store.settle(s)
-    assert (await store.admit(ask(daily=100))).tokens_remaining == 50
+    await store.settle_many([s, s])
+    assert (await store.admit(ask(daily=100))).tokens_remaining == 97
     assert [u.requests for u in await store.usage("alice", ["k1"], 0, 99999999)] == [1]
+
+
+async def test_a_release_gives_back_without_recording(store: Store) -> None:
+    """An admission nobody was served by (its caller timed out or left) is released: slot and
+    reservation back, no usage row."""
+    a = ask(concurrency=1, daily=100, reserve=60)
+    v = await store.admit(a)
+    await store.settle(Settlement(a, v.day, v.month, "m", 0, 0, 1.0, record=False))
+    again = await store.admit(ask(concurrency=1, daily=100, reserve=100))
+    assert again.admitted and again.tokens_remaining == 0
+    assert await store.usage("alice", ["k1"], 0, 99999999) == []
 
 
 async def test_usage_rows_by_day_and_model(store: Store, clock: FakeClock) -> None:
