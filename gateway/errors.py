@@ -162,3 +162,12 @@ class UpstreamTimeout(GatewayError):
     default_code = "upstream_timeout"
     openai_type = "server_error"
     anthropic_type = "api_error"
+
+
+SHOWN = 64  # characters of a client's value a message may quote
+
+
+def shown(value: str) -> str:
+    """A client's value as a message may quote it: a prefix at most, never the whole of a
+    value the client made large."""
+    return value if len(value) <= SHOWN else value[:SHOWN] + "…"

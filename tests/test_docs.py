@@ -215,7 +215,9 @@ def test_every_metric_is_in_the_operations_doc() -> None:
 def test_every_access_log_field_is_in_the_operations_doc() -> None:
     text = (DOCS / "operations.md").read_text(encoding="utf-8")
     request = types.SimpleNamespace(method="POST", path="/v1/chat/completions")
-    line = Observer._line(request, Exchange("req_1", 0.0), "/v1/chat/completions", 200, 0.1)  # type: ignore[arg-type]
+    line = Observer._line(
+        request, Exchange("req_1", 0.0, "own_1"), "/v1/chat/completions", 200, 0.1
+    )  # type: ignore[arg-type]
     fields = {*line, "time"}  # AccessLog.write adds the time
     missing = sorted(f for f in fields if f"`{f}`" not in text)
     assert not missing, f"docs/operations.md lacks the access-log fields {missing}"

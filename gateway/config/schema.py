@@ -122,6 +122,9 @@ class Pricing:
     output_per_mtok: float = 0.0
 
 
+DEFAULT_MAX_TOKENS = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     name: str
@@ -130,6 +133,9 @@ class Model:
     aliases: tuple[str, ...] = ()
     owned_by: str = "gateway"
     pricing: Pricing = Pricing()
+    # Completion tokens reserved for a request that names no max_tokens, so that what such
+    # requests can overshoot a token limit by is bounded too.
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
 
 
 @dataclass(frozen=True, slots=True)

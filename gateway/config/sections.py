@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from gateway.config import fields as lp
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
+    DEFAULT_MAX_TOKENS,
     PERMISSIONS,
     Admin,
     Auth,
@@ -369,6 +370,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             aliases,
             m.get("owned_by", lp.p_nonempty, "gateway"),
             pricing,
+            m.get("default_max_tokens", lp.p_int(1), DEFAULT_MAX_TOKENS),
         )
         m.done()
         for alias in (name, *aliases):

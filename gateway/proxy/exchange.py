@@ -11,8 +11,9 @@ from aiohttp import web
 
 @dataclass(slots=True)
 class Exchange:
-    request_id: str
+    request_id: str  # the label: the client's X-Request-ID if sane, else ``id``
     started: float  # monotonic
+    id: str  # the gateway's own, unique per request: the identity of what is counted
     anthropic: bool = False
     model: str | None = None
     upstream: str | None = None

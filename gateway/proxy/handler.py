@@ -31,10 +31,17 @@ from gateway.errors import (
     NotFound,
     UpstreamTimeout,
     UpstreamUnavailable,
+    shown,
 )
 from gateway.limits.limiter import Ticket
 from gateway.proxy.access import authenticate
-from gateway.proxy.bodies import parse_json, read_request_body, upstream_error
+from gateway.proxy.bodies import (
+    dump_upstream,
+    parse_json,
+    read_request_body,
+    too_large,
+    upstream_error,
+)
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
@@ -69,6 +76,10 @@ class ChatHandler:
         network = rt.config.network
         # The path and header already tell the dialect of a refusal before the body is read.
         ex.anthropic = ex.anthropic or request.path.endswith("/messages")
+        # The caller is known from the head before any of its body is held (an unauthenticated
+        # client can never make the gateway buffer a body); only a declared size comes first.
+        refuse_declared_size(request, network.max_body_bytes)
+        record = await self._authorize(request, ex)
         raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
         try:
             parsed: object = orjson.loads(raw)
@@ -77,7 +88,6 @@ class ChatHandler:
         ex.anthropic = anthropic.is_anthropic(
             request.path, "anthropic-version" in request.headers, parsed
         )
-        record = await self._authorize(request, ex)
         if parsed is None:
             parse_json(raw)  # raises the precise 400
         body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
@@ -92,9 +102,9 @@ class ChatHandler:
         payload = self._upstream_body(ex, body, route)
         ex.prompt_estimate = len(raw) // 4  # a cheap over-estimate, settled to the real usage
         ticket = await rt.limiter.admit(
-            ex.request_id,
+            ex.id,
             record,
-            ex.prompt_estimate + (max_output_tokens(body) or 0),
+            ex.prompt_estimate + (max_output_tokens(body) or route.default_max_tokens),
             ex.anthropic,
             route.name,
         )
@@ -146,7 +156,7 @@ class ChatHandler:
     def _known(ex: Exchange, name: str, route: ModelRoute | None) -> ModelRoute:
         if route is None:
             raise NotFound(
-                f"The model '{name}' does not exist; list the models with GET /v1/models.",
+                f"The model '{shown(name)}' does not exist; list the models with GET /v1/models.",
                 code="model_not_found",
                 param="model",
             )
@@ -160,7 +170,7 @@ class ChatHandler:
             translated = anthropic.to_openai_request(body, route.upstream_model)
             ex.stream = translated.get("stream") is True
             ex.client_usage = True  # the translator asks a stream for usage itself
-            return orjson.dumps(translated)
+            return dump_upstream(translated)
         ex.stream = body.get("stream") is True
         body["model"] = route.upstream_model
         if ex.stream:
@@ -170,7 +180,7 @@ class ChatHandler:
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-        return orjson.dumps(body)
+        return dump_upstream(body)
 
     async def _open(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
@@ -413,6 +423,13 @@ class Silence:
             ours = self._task.uncancel() <= self._cancelling  # no one else cancelled the task
             if ours and kind is asyncio.CancelledError:
                 raise TimeoutError from exc
+
+
+def refuse_declared_size(request: web.Request, limit: int) -> None:
+    """413 at once for a body whose declared length is over the limit (read or not)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
 
 
 def _usable(upstream: Upstream, response: Response) -> Response:

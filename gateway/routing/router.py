@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config.schema import Config, Pricing, Upstream
+from gateway.config.schema import DEFAULT_MAX_TOKENS, Config, Pricing, Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +19,7 @@ class ModelRoute:
     pricing: Pricing
     created: int
     aliases: tuple[str, ...] = ()
+    default_max_tokens: int = DEFAULT_MAX_TOKENS
 
     def allowed_by(self, models: frozenset[str] | None) -> bool:
         """May a key whose model allowlist is ``models`` use this model (by any name)?"""
@@ -40,6 +41,7 @@ class Router:
                 pricing=model.pricing,
                 created=created,
                 aliases=model.aliases,
+                default_max_tokens=model.default_max_tokens,
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):

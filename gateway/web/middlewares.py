@@ -70,10 +70,11 @@ class RequestIds:
     def new(self) -> str:
         return f"{self._prefix}{next(self._count):08x}"
 
-    def take(self, offered: str | None) -> str:
+    def label(self, offered: str | None, own: str) -> str:
+        """The request's label: the client's id if it is sane, else the gateway's own."""
         if offered and _SANE_ID.match(offered):
             return offered
-        return self.new()
+        return own
 
 
 def error_response(err: GatewayError, anthropic: bool) -> web.Response:
@@ -112,12 +113,15 @@ def edge_middleware(
     done: Callable[[web.Request, Exchange, int, float], None],
 ) -> Middleware:
     clock_monotonic = _unwrapped(clock_monotonic)
-    take = ids.take
+    new, label = ids.new, ids.label
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = request.headers
-        ex = Exchange(take(headers.get(_X_REQUEST_ID)), clock_monotonic())
+        # The client's X-Request-ID is a label (logs, tracing, upstream); what the gateway
+        # counts (rate windows, leases, settlement) is known by an id only it makes.
+        own = new()
+        ex = Exchange(label(headers.get(_X_REQUEST_ID), own), clock_monotonic(), own)
         request[EXCHANGE] = ex
         ex.anthropic = _ANTHROPIC_VERSION in headers  # for refusals of any route
         status = 500

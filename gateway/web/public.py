@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.dialects import anthropic
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, NotFound, shown
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json, read_request_body
 from gateway.proxy.exchange import EXCHANGE
-from gateway.proxy.handler import ChatHandler
+from gateway.proxy.handler import ChatHandler, refuse_declared_size
 from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
 from gateway.web import keys_api
@@ -60,19 +60,17 @@ def count_tokens_handler(
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]
         ex.anthropic = True
-        raw = await read_request_body(
-            request,
-            runtime.config.network.max_body_bytes,
-            runtime.config.network.header_timeout,
-        )
-        record = await authenticate(runtime, request)
+        network = runtime.config.network
+        refuse_declared_size(request, network.max_body_bytes)
+        record = await authenticate(runtime, request)  # before any of the body is held
         runtime.keys.check_permission(record, "chat")
+        raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
         body = parse_json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BadRequest("messages: a list of messages is required.", param="messages")
         if runtime.router.resolve(str(body.get("model", ""))) is None:
             raise NotFound(
-                f"The model '{str(body.get('model'))[:64]}' does not exist.",
+                f"The model '{shown(str(body.get('model')))}' does not exist.",
                 code="model_not_found",
             )
         return json_response({"input_tokens": anthropic.estimate_tokens(body)})

@@ -68,7 +68,7 @@ async def test_stamp_matches_header_by_header(
     settings = Network(security_headers=security, hsts=hsts)
     request = make_mocked_request("GET", "/v1/models", sslcontext=object() if secure else None)
     if with_exchange:
-        request[EXCHANGE] = Exchange("req-1", 0.0)
+        request[EXCHANGE] = Exchange("req-1", 0.0, "own-1")
     asked: list[web.Request] = []
 
     def trusts_proto(r: web.Request) -> bool:

@@ -59,7 +59,7 @@ async def request_to(app: web.Application, method: str, path: str) -> web.Reques
 
 
 def exchange(request_id: str, **fields: Any) -> Exchange:
-    ex = Exchange(request_id, 0.0)
+    ex = Exchange(request_id, 0.0, "own-1")
     for name, value in fields.items():
         setattr(ex, name, value)
     return ex
