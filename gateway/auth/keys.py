@@ -5,7 +5,8 @@ An issued key is ``<prefix>_<keyId>_<secret><checksum>``:
 - ``keyId``: ``k`` + 7 lowercase hex digits (the record id, shown in lists);
 - ``secret``: 24 base62 characters from 18 random bytes (≥ 142 bits);
 - ``checksum``: 6 base62 characters of the CRC-32 of everything before it, so a mistyped or
-  made-up key with the gateway's prefix is refused without a store lookup.
+  made-up key with the gateway's prefix is refused without a store lookup. Anyone can compute a
+  CRC: it filters typos and junk, it proves nothing; the secret is what cannot be guessed.
 
 Only the SHA-256 (hex) of the whole key is stored. Keys of any other form (declared in the
 config, or imported by hash from an older system) are looked up by their hash like any other.
@@ -84,43 +85,52 @@ def display_prefix(prefix: str, key_id: str) -> str:
 
 
 class CredentialError(Exception):
-    """The request's credentials are missing (``missing``) or unusable."""
+    """The request's credentials are unusable: ``kind`` is ``missing`` (none sent), ``conflict``
+    (two different keys) or ``malformed``; ``why`` says what to send instead (never the key)."""
 
-    def __init__(self, missing: bool, why: str) -> None:
+    def __init__(self, kind: str, why: str) -> None:
         super().__init__(why)
-        self.missing = missing
+        self.kind = kind
         self.why = why
+
+    @property
+    def missing(self) -> bool:
+        return self.kind == "missing"
 
 
 def credential(headers: Mapping[str, str], all_values: Callable[[str], list[str]]) -> str:
     """The key a request presents, from ``Authorization: Bearer`` or ``X-API-Key``.
 
-    ``all_values(name)`` gives every value of a header (to refuse duplicates). The scheme is
-    case-insensitive (RFC 9110 §11.1); surrounding whitespace is ignored; both headers may be
-    sent only with the same key.
+    ``all_values(name)`` gives every line of a header: a client (or a proxy that adds its own)
+    may send each more than once. The same key repeated is one key; two different values are
+    refused, whatever the headers, since either could be the one meant. The scheme is
+    case-insensitive (RFC 9110 §11.1); surrounding whitespace and empty lines are ignored.
     """
-    auth = all_values("Authorization")
-    api_key = all_values("X-API-Key")
-    if len(auth) > 1 or len(api_key) > 1:
-        raise CredentialError(False, "send the key once")
-    bearer = None
-    if auth:
-        scheme, _, token = auth[0].strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise CredentialError(False, "use Authorization: Bearer <key>")
-        bearer = token.strip()
-    direct = api_key[0].strip() if api_key else None
-    if (
-        bearer is not None
-        and direct is not None
-        and not hmac.compare_digest(
-            bearer.encode("utf-8", "replace"), direct.encode("utf-8", "replace")
+    sent: set[str] = set()
+    other_scheme = False
+    for line in all_values("Authorization"):
+        scheme, _, token = line.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            sent.add(token.strip())
+        elif scheme:
+            other_scheme = True
+            sent.add(line.strip())  # a value of its own: differs from any bearer token
+    sent.update(line.strip() for line in all_values("X-API-Key"))
+    sent.discard("")  # an empty header is as if absent
+    if len(sent) > 1:
+        raise CredentialError(
+            "conflict",
+            "Authorization and X-API-Key (or repeated lines of one of them) carry different "
+            "values; send one key, in one header",
         )
-    ):
-        raise CredentialError(False, "Authorization and X-API-Key name different keys")
-    key = bearer if bearer is not None else direct
-    if not key:
-        raise CredentialError(True, "no key was sent")  # absent or empty headers alike
+    if other_scheme:
+        raise CredentialError("malformed", "the Authorization header must be 'Bearer <key>'")
+    if not sent:
+        raise CredentialError("missing", "no key was sent")
+    key = sent.pop()
     if len(key) > MAX_KEY_CHARS or not _KEY_CHARS.match(key):
-        raise CredentialError(False, "the key is malformed")
+        raise CredentialError(
+            "malformed",
+            f"a key is at most {MAX_KEY_CHARS} letters, digits and . _ ~ + / = - characters",
+        )
     return key

@@ -1,9 +1,18 @@
 """Who is calling: the key service finds the caller's key record (from a local cache kept fresh
 by the store's broadcast, else the store) and refuses what SPEC 4 refuses, in its order.
 
-Failed authentications are counted per client IP in the store (exact across processes); once an
-IP passes ``auth.max_failures_per_minute`` this process refuses it locally, before any lookup,
-until the window ends.
+Failed guesses are limited per client IP, exactly across processes: each failure is counted in
+the store (``auth_failure``), the count decides the answer (past ``auth.max_failures_per_minute``
+it is a 429, whichever process counted before), and a process that has seen the count reach the
+limit refuses that IP locally, before any lookup, until the window ends.
+
+The limit protects the keys that can be guessed: keys declared in the config, keys imported by
+hash (of unknown strength), anything not in the issued form. An issued key with a good checksum
+is never refused for its address's failures, nor are its failures counted there: its 142-bit
+secret cannot be guessed online, and a made-up one costs one store read (and no write), so a
+client behind a shared NAT cannot lock its neighbours' issued keys out. Junk that is refused
+without a lookup (no key, two keys, a malformed key or a bad checksum) is not counted either: it
+cannot match any key.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from gateway.auth import keys
 from gateway.clock import Clock
@@ -22,6 +32,7 @@ from gateway.records import KeyRecord
 from gateway.store.base import Store, StoreError
 
 log = logging.getLogger("gateway.auth")
+T = TypeVar("T")
 
 POSITIVE_TTL = 60.0  # the broadcast is what keeps the cache fresh; this bounds a missed one
 NEGATIVE_TTL = 5.0
@@ -57,7 +68,9 @@ class KeyService:
         self.store = store
         self.clock = clock
         self.configure(config)
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._cache: dict[str, tuple[KeyRecord, float]] = {}  # found keys, until the expiry
+        # Hashes not found, apart: a flood of made-up keys cannot evict the found ones.
+        self._negative: dict[str, float] = {}
         self._blocked: dict[str, float] = {}
         self.on_failure: Callable[[str], None] = lambda reason: None
         self.on_store_error: Callable[[str], None] = lambda op: None
@@ -65,6 +78,7 @@ class KeyService:
     def configure(self, config: Config) -> None:
         self.config = config
         self.static = static_records(config)
+        self._issued_head = config.keys.prefix + "_"
 
     async def start(self) -> None:
         await self.store.subscribe(self.invalidate)
@@ -73,34 +87,55 @@ class KeyService:
         """A broadcast: ``*`` (drop everything) or a key hash whose record changed."""
         if message == "*":
             self._cache.clear()
+            self._negative.clear()
         else:
             self._cache.pop(message, None)
+            self._negative.pop(message, None)  # a key imported (or created) by this hash
 
     # -- the request path -------------------------------------------------------------------
     async def authenticate(
         self, headers: Mapping[str, str], all_values: Callable[[str], list[str]], client: str
     ) -> KeyRecord:
-        blocked_until = self._blocked.get(client)
-        if blocked_until is not None:
-            if blocked_until > self.clock.monotonic():
-                raise self._too_many(blocked_until - self.clock.monotonic())
-            del self._blocked[client]
         try:
             key = keys.credential(headers, all_values)
         except keys.CredentialError as exc:
-            if exc.missing:
-                self.on_failure("missing")
-                raise Unauthorized(
-                    "No API key was sent. Send it as 'Authorization: Bearer <key>' or "
-                    "'X-API-Key: <key>'."
-                ) from None
-            await self._failed(client, "malformed")
-            raise Unauthorized(INVALID) from None
-        record = await self._lookup(key)
+            self._unless_blocked(client)
+            raise self._unusable(exc) from None
+        key_hash = keys.sha256_hex(key)
+        record = self._known(key_hash)
+        if record is not None:
+            if client in self._blocked and (record.static or not key.startswith(self._issued_head)):
+                self._unless_blocked(client)  # a right guess of a guessable key is a guess too
+            return self._alive(record)
+        issued = keys.parse_issued(key, self.config.keys.prefix)
+        if issued is None or not issued.valid:
+            self._unless_blocked(client)
+            if issued is not None:  # a bad checksum: no lookup, it cannot match any key
+                self.on_failure("unknown")
+                raise Unauthorized(INVALID)
+        record = await self._fetch(key_hash, issued.key_id if issued is not None else None)
         if record is None:
-            await self._failed(client, "unknown")
+            if issued is None:
+                await self._failed(client)
+            else:
+                self.on_failure("unknown")
             raise Unauthorized(INVALID)
         return self._alive(record)
+
+    def _unusable(self, exc: keys.CredentialError) -> Unauthorized:
+        if exc.missing:
+            self.on_failure("missing")
+            return Unauthorized(
+                "No API key was sent. Send it as 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>'."
+            )
+        self.on_failure("malformed")
+        if exc.kind == "conflict":
+            return Unauthorized(exc.why[0].upper() + exc.why[1:] + ".")
+        return Unauthorized(
+            f"Invalid API key: {exc.why}. Send it as 'Authorization: Bearer <key>' or "
+            "'X-API-Key: <key>'."
+        )
 
     def _alive(self, record: KeyRecord) -> KeyRecord:
         status = record.status(self.clock.time())
@@ -118,48 +153,62 @@ class KeyService:
             )
         return record
 
-    async def _lookup(self, key: str) -> KeyRecord | None:
-        key_hash = keys.sha256_hex(key)
+    def _known(self, key_hash: str) -> KeyRecord | None:
+        """The record without the store: declared in the config, or found within the TTL."""
         static = self.static.get(key_hash)
         if static is not None:
             return static
         cached = self._cache.get(key_hash)
+        if cached is not None and cached[1] > self.clock.monotonic():
+            return cached[0]
+        return None
+
+    async def _fetch(self, key_hash: str, key_id: str | None) -> KeyRecord | None:
+        """The record from the store (``key_id``: the id an issued key names, which must match),
+        remembered either way."""
         now = self.clock.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]  # only keys that passed the checks below are ever cached
-        issued = keys.parse_issued(key, self.config.keys.prefix)
-        if issued is not None and not issued.valid:
-            return None  # a bad checksum never costs a store lookup
+        if self._negative.get(key_hash, 0.0) > now:
+            return None
         try:
             record = await self.store.get_key_by_hash(key_hash)
         except StoreError:
             self.on_store_error("key_lookup")
-            if (
-                cached is not None
-                and cached[0] is not None
-                and self.config.store.on_error == "open"
-            ):
-                return cached[0]
+            stale = self._cache.get(key_hash)
+            if stale is not None and self.config.store.on_error == "open":
+                return stale[0]
             raise StoreUnavailable("The key store is unavailable; try again shortly.") from None
-        if record is not None and issued is not None and record.id != issued.key_id:
+        if record is not None and key_id is not None and record.id != key_id:
             record = None
-        if len(self._cache) >= CACHE_MAX:
-            self._cache.clear()
-        self._cache[key_hash] = (record, now + (POSITIVE_TTL if record else NEGATIVE_TTL))
+        if record is None:
+            _remember(self._negative, key_hash, now + NEGATIVE_TTL)
+        else:
+            _remember(self._cache, key_hash, (record, now + POSITIVE_TTL))
         return record
 
-    async def _failed(self, client: str, reason: str) -> None:
-        self.on_failure(reason)
+    async def _failed(self, client: str) -> None:
+        """Count a failed guess of ``client``; 429 when it is past the limit. The count is the
+        store's, shared by every process: at most ``max_failures_per_minute`` failures are
+        answered 401 per window, whichever processes answer them."""
+        self.on_failure("unknown")
         limit = self.config.auth.max_failures_per_minute
         try:
             count, reset = await self.store.auth_failure(client)
         except StoreError:
             self.on_store_error("auth_failure")
             return
+        if count >= limit:  # this one was the last allowed: the next is refused before lookup
+            _remember(self._blocked, client, self.clock.monotonic() + reset)
         if count > limit:
-            self._blocked[client] = self.clock.monotonic() + reset
-            if len(self._blocked) > CACHE_MAX:
-                self._blocked.clear()
+            raise self._too_many(reset)
+
+    def _unless_blocked(self, client: str) -> None:
+        until = self._blocked.get(client)
+        if until is None:
+            return
+        left = until - self.clock.monotonic()
+        if left > 0:
+            raise self._too_many(left)
+        del self._blocked[client]
 
     def _too_many(self, seconds: float) -> TooManyRequests:
         return TooManyRequests(
@@ -193,6 +242,14 @@ class KeyService:
                 f"This key may not use the model '{model}'; allowed: "
                 f"{', '.join(sorted(record.models)) or 'none'}."
             )
+
+
+def _remember(table: dict[str, T], name: str, value: T) -> None:
+    """``table[name] = value``, dropping everything first at CACHE_MAX: memory stays bounded
+    whatever a client sends, and what is dropped is only looked up again."""
+    if len(table) >= CACHE_MAX and name not in table:
+        table.clear()
+    table[name] = value
 
 
 def same_token(given: str, expected: str) -> bool:

@@ -70,25 +70,42 @@ def test_hash_is_sha256_hex() -> None:
 
 
 BAD = [
-    ("empty bearer", [("Authorization", "Bearer ")], True),
-    ("nothing", [], True),
-    ("empty x-api-key", [("X-API-Key", "")], True),
-    ("no scheme", [("Authorization", "sk_gw_k1234567_abc")], False),
-    ("basic scheme", [("Authorization", "Basic dXNlcjpwYXNz")], False),
-    ("whitespace inside", [("Authorization", "Bearer sk gw")], False),
-    ("unicode", [("Authorization", "Bearer sk_gw_ключ")], False),
-    ("10 KB", [("X-API-Key", "a" * 10_240)], False),
-    ("two authorization", [("Authorization", "Bearer a1"), ("Authorization", "Bearer a1")], False),
-    ("two x-api-key", [("X-API-Key", "a1"), ("X-API-Key", "a2")], False),
-    ("both differ", [("Authorization", "Bearer a1"), ("X-API-Key", "a2")], False),
+    ("empty bearer", [("Authorization", "Bearer ")], "missing"),
+    ("nothing", [], "missing"),
+    ("empty x-api-key", [("X-API-Key", "")], "missing"),
+    ("empty lines", [("Authorization", " "), ("X-API-Key", "")], "missing"),
+    ("no scheme", [("Authorization", "sk_gw_k1234567_abc")], "malformed"),
+    ("basic scheme", [("Authorization", "Basic dXNlcjpwYXNz")], "malformed"),
+    ("whitespace inside", [("Authorization", "Bearer sk gw")], "malformed"),
+    ("unicode", [("Authorization", "Bearer sk_gw_ключ")], "malformed"),
+    ("10 KB", [("X-API-Key", "a" * 10_240)], "malformed"),
+    (
+        "two authorization",
+        [("Authorization", "Bearer a1"), ("Authorization", "Bearer a2")],
+        "conflict",
+    ),
+    ("two x-api-key", [("X-API-Key", "a1"), ("X-API-Key", "a2")], "conflict"),
+    ("both differ", [("Authorization", "Bearer a1"), ("X-API-Key", "a2")], "conflict"),
+    (
+        "bearer and basic",
+        [("Authorization", "Bearer a1"), ("Authorization", "Basic a1")],
+        "conflict",
+    ),
+    (
+        "a third differs",
+        [("X-API-Key", "a1"), ("X-API-Key", "a1"), ("X-API-Key", "a2")],
+        "conflict",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("pairs", "missing"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
-def test_bad_credentials(pairs: list[tuple[str, str]], missing: bool) -> None:
+@pytest.mark.parametrize(("pairs", "kind"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_credentials(pairs: list[tuple[str, str]], kind: str) -> None:
     with pytest.raises(keys.CredentialError) as info:
         cred(*pairs)
-    assert info.value.missing is missing
+    assert (info.value.kind, info.value.missing) == (kind, kind == "missing")
+    for _, value in pairs:  # what to send instead, never what was sent
+        assert len(value) < 3 or value.split()[-1] not in info.value.why
 
 
 @pytest.mark.parametrize(
@@ -99,6 +116,8 @@ def test_bad_credentials(pairs: list[tuple[str, str]], missing: bool) -> None:
         [("Authorization", "  BEARER   sk_gw_x  ")],
         [("X-API-Key", " sk_gw_x ")],
         [("Authorization", "Bearer sk_gw_x"), ("X-API-Key", "sk_gw_x")],
+        [("Authorization", "Bearer sk_gw_x"), ("Authorization", "bearer  sk_gw_x ")],
+        [("X-API-Key", "sk_gw_x"), ("X-API-Key", "sk_gw_x"), ("Authorization", "")],
     ],
 )
 def test_good_credentials(pairs: list[tuple[str, str]]) -> None:

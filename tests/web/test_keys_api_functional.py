@@ -181,7 +181,7 @@ async def test_bad_credentials_are_401(server: Server, route: str) -> None:
     assert (huge.status, huge.code) == (401, "invalid_api_key")
     created = await create(server)
     pairs: list[list[tuple[str, str]]] = [
-        [("Authorization", f"Bearer {TEST_KEY}"), ("Authorization", f"Bearer {TEST_KEY}")],
+        [("Authorization", f"Bearer {TEST_KEY}"), ("Authorization", f"Bearer {created['key']}")],
         [("Authorization", f"Bearer {TEST_KEY}"), ("X-API-Key", created["key"])],
     ]
     for pair in pairs:
