@@ -9,6 +9,11 @@ any ``Authorization`` belong to the backend and are forwarded).
 The path sent upstream is the one the route was matched on (normalized once, before routing, by
 ``web.protocol``), in ``gateway.paths.encode``'s wire form, with the query as the client sent it;
 the URL is built ``encoded=True`` so the client library does not resolve or re-encode it again.
+
+``X-Forwarded-For`` goes out as the incoming list (all its lines, joined) with the peer appended
+when the peer is a trusted proxy, and as the peer alone otherwise (a client's own list is not
+passed on as if the gateway vouched for it). ``X-Forwarded-Proto`` is what a trusted peer said
+(``netaddr.forwarded_proto``), else the scheme of the connection.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.schema import Route, Upstream
@@ -31,6 +37,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits.windows import retry_seconds
+from gateway.netaddr import combine, forwarded_proto, parse_ip, peer_is_trusted
 from gateway.paths import encode, is_normal
 from gateway.proxy.access import authenticate, resolve_client
 from gateway.proxy.bodies import too_large
@@ -104,17 +111,23 @@ class PassThrough:
                     retry_after=retry_seconds(reset),
                 )
 
-    def _headers(self, request: web.Request, route: Route, upstream: Upstream) -> dict[str, str]:
+    def _headers(self, request: web.Request, route: Route, upstream: Upstream) -> CIMultiDict[str]:
         drop = _NEVER if route.auth == "none" else _NEVER | _CREDENTIALS
-        named = request.headers.get("Connection")
+        named = combine(request.headers.getall("Connection", ()))
         if named:
             drop = drop | {n.strip().lower() for n in named.split(",")}
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in drop}
+        # A multidict: a header the client sent as several lines goes on as several lines.
+        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
         ex = request[EXCHANGE]
-        prior = request.headers.get("X-Forwarded-For") if ex.client_ip != request.remote else None
-        client = ex.client_ip or request.remote or ""
-        headers["X-Forwarded-For"] = f"{prior}, {client}" if prior else client
-        headers["X-Forwarded-Proto"] = "https" if request.secure else "http"
+        peer, trusted = request.remote, self.rt.config.network.trusted_proxies
+        believed = peer_is_trusted(peer, trusted)
+        prior = combine(request.headers.getall("X-Forwarded-For", ())) if believed else None
+        hop = str(parse_ip(peer) or peer or "")
+        headers["X-Forwarded-For"] = f"{prior}, {hop}" if prior else hop
+        proto = forwarded_proto(
+            peer, combine(request.headers.getall("X-Forwarded-Proto", ())), trusted
+        )
+        headers["X-Forwarded-Proto"] = proto or ("https" if request.secure else "http")
         headers["X-Forwarded-Host"] = request.host
         headers["X-Request-ID"] = ex.request_id
         if upstream.api_key and route.auth != "none":
