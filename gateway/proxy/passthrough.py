@@ -14,6 +14,10 @@ the URL is built ``encoded=True`` so the client library does not resolve or re-e
 when the peer is a trusted proxy, and as the peer alone otherwise (a client's own list is not
 passed on as if the gateway vouched for it). ``X-Forwarded-Proto`` is what a trusted peer said
 (``netaddr.forwarded_proto``), else the scheme of the connection.
+
+Timeouts are the upstream's: ``first_byte`` for the answer's head and first chunk, ``idle``
+between later chunks. A stall before anything was sent is a 504; after the head, the client's
+connection is closed, so it cannot take a cut answer for a whole one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from yarl import URL
 from gateway.config.schema import Route, Upstream
 from gateway.errors import (
     BadRequest,
+    GatewayError,
     NotFound,
     StoreUnavailable,
     TooManyRequests,
@@ -137,19 +142,38 @@ class PassThrough:
     async def _relay(
         self, request: web.Request, route: Route, upstream: Upstream, limit: int
     ) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        first_byte = loop.time() + upstream.timeouts.first_byte  # the head and first chunk
+        response = await self._send(request, route, upstream, limit, first_byte)
+        try:
+            chunk = await _next_chunk(response, upstream, first_byte, first=True)
+            out = web.StreamResponse(
+                status=response.status, headers=returned_headers(response.headers)
+            )
+            if "Content-Encoding" in response.headers:
+                out.headers["Content-Encoding"] = response.headers["Content-Encoding"]
+            if response.content_length is not None:
+                out.content_length = response.content_length
+            await out.prepare(request)
+            return await self._stream(request, out, response, upstream, chunk)
+        finally:
+            response.release()  # back to the pool if read to its end, else closed
+
+    async def _send(
+        self, request: web.Request, route: Route, upstream: Upstream, limit: int, deadline: float
+    ) -> aiohttp.ClientResponse:
         idle = self.rt.config.network.header_timeout
         body = _upload(request, limit, idle) if request.body_exists else None
-        timeouts = upstream.timeouts
         try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self.rt.client.session.request(
+            async with asyncio.timeout_at(deadline):
+                return await self.rt.client.session.request(
                     request.method,
                     target(upstream.url, request),
                     data=body,
                     headers=self._headers(request, route, upstream),
                     allow_redirects=False,
                     auto_decompress=False,
-                    timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect),
+                    timeout=aiohttp.ClientTimeout(sock_connect=upstream.timeouts.connect),
                 )
         except _TooLarge:
             raise too_large(limit) from None
@@ -159,21 +183,33 @@ class PassThrough:
             if isinstance(exc.__cause__ or exc.__context__, _TooLarge):
                 raise too_large(limit) from None
             raise UpstreamUnavailable(f"Upstream '{upstream.name}' could not be reached.") from exc
+
+    async def _stream(
+        self,
+        request: web.Request,
+        out: web.StreamResponse,
+        response: aiohttp.ClientResponse,
+        upstream: Upstream,
+        chunk: bytes,
+    ) -> web.StreamResponse:
+        """Relay the body after its head went out; a stall or a broken upstream ends it by
+        closing the client's connection, which then cannot mistake the cut for the end."""
+        loop = asyncio.get_running_loop()
         try:
-            out = web.StreamResponse(
-                status=response.status, headers=returned_headers(response.headers)
-            )
-            if "Content-Encoding" in response.headers:
-                out.headers["Content-Encoding"] = response.headers["Content-Encoding"]
-            if response.content_length is not None:
-                out.content_length = response.content_length
-            await out.prepare(request)
-            async for chunk in response.content.iter_chunked(CHUNK):
+            while chunk:
                 await out.write(chunk)
-            await out.write_eof()
+                when = loop.time() + upstream.timeouts.idle  # a slow client is not a stall
+                chunk = await _next_chunk(response, upstream, when, first=False)
+        except GatewayError:
+            request[EXCHANGE].error = True
+            response.close()
+            if request.transport is not None:
+                request.transport.close()  # what was written is flushed, the end never is
             return out
-        finally:
-            response.release()
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return out  # the client left
+        await out.write_eof()
+        return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,6 +229,27 @@ def target(upstream_url: str, request: web.Request) -> URL:
         query_string=request.rel_url.raw_query_string,
         encoded=True,
     )
+
+
+async def _next_chunk(
+    response: aiohttp.ClientResponse, upstream: Upstream, deadline: float, first: bool
+) -> bytes:
+    """The next piece of the answer (``b""`` at its end) by ``deadline``."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await response.content.read(CHUNK)
+    except TimeoutError:
+        timeouts = upstream.timeouts
+        wait = (
+            f"sent nothing within {timeouts.first_byte:g} s"
+            if first
+            else (f"went silent for {timeouts.idle:g} s in the middle of its answer")
+        )
+        raise UpstreamTimeout(f"Upstream '{upstream.name}' {wait}.") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' broke off its answer; try again."
+        ) from exc
 
 
 async def _upload(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:

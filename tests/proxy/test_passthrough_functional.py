@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -201,3 +202,89 @@ async def test_per_ip_rate_counts_clients_behind_a_trusted_proxy(
             async with http.post(url, headers={"X-Forwarded-For": client}) as r:
                 statuses.append(r.status)
     assert statuses == [200, 200, 429]
+
+
+@pytest.fixture
+async def stalling() -> AsyncIterator[str]:
+    """A backend that stalls: before its head, after its head, or in the middle of its body,
+    until the test ends."""
+    release = asyncio.Event()
+
+    async def before_head(request: web.Request) -> web.StreamResponse:
+        await release.wait()
+        return web.Response(text="late")
+
+    async def after_head(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        await release.wait()
+        await response.write_eof(b"late")
+        return response
+
+    async def mid_body(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if request.match_info["framing"] == "length":
+            response.content_length = 200_000
+        await response.prepare(request)
+        await response.write(b"x" * 100_000)
+        await release.wait()
+        await response.write_eof(b"y" * 100_000)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/api/slow/head", before_head)
+    app.router.add_get("/api/slow/first", after_head)
+    app.router.add_get("/api/slow/body/{framing}", mid_body)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    release.set()
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def slow_portal(gateway_factory: Any, stalling: str) -> Server:
+    text = gateway_yaml(
+        {"portal": stalling}, {}, extra="routes:\n  - {prefix: /api/slow/, upstream: portal}\n"
+    ).replace("first_byte: 5, idle: 5", "first_byte: 0.6, idle: 0.3")
+    server: Server = await gateway_factory(text)
+    return server
+
+
+@pytest.mark.parametrize("where", ["head", "first"])
+async def test_a_backend_silent_before_its_body_gets_a_504(slow_portal: Server, where: str) -> None:
+    """``first_byte`` bounds the head and the first chunk; nothing went out yet: a JSON 504."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(5),
+        http.get(f"http://127.0.0.1:{slow_portal.port}/api/slow/{where}", headers=AUTH) as r,
+    ):
+        body = await r.json()
+    assert r.status == 504
+    assert body["error"]["code"] == "upstream_timeout"
+    assert 0.5 < loop.time() - started < 3
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+async def test_a_backend_stalled_mid_body_is_cut_after_idle(
+    slow_portal: Server, framing: str
+) -> None:
+    """Was: held until the backend went on (> 12 s with idle: 5). Now the connection closes
+    after ``idle`` of silence, so the client sees a cut body, never a whole one."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    got = 0
+    async with (
+        aiohttp.ClientSession() as http,
+        asyncio.timeout(5),
+        http.get(f"http://127.0.0.1:{slow_portal.port}/api/slow/body/{framing}", headers=AUTH) as r,
+    ):
+        assert r.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for chunk in r.content.iter_chunked(65536):
+                got += len(chunk)
+    assert got == 100_000
+    assert 0.25 < loop.time() - started < 3
