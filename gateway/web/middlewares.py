@@ -130,12 +130,12 @@ def edge_middleware(
             status = response.status
             return response
         except GatewayError as err:
-            return _refusal(ex, err)
+            return _unread_closes(request, _refusal(ex, err))
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect or the like, raised: aiohttp answers it as is
                 status = exc.status
                 raise
-            return _refusal(ex, from_http(request, exc))
+            return _unread_closes(request, _refusal(ex, from_http(request, exc)))
         except asyncio.CancelledError:
             # The request ended before its answer did: the client left (or the drain time ran
             # out). Not the gateway's error: recorded as nginx's 499, never as a 500.
@@ -153,6 +153,14 @@ def _unwrapped(clock_monotonic: Callable[[], float]) -> Callable[[], float]:
     if getattr(clock_monotonic, "__func__", None) is SystemClock.monotonic:
         return time.monotonic
     return clock_monotonic
+
+
+def _unread_closes(request: web.Request, response: web.Response) -> web.Response:
+    """A refusal of a request whose body was not read closes the connection after it (as Envoy
+    does): the rest of the body is never read, so a refused client holds no memory here."""
+    if not request.content.is_eof():
+        response.force_close()
+    return response
 
 
 def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
