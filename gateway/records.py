@@ -49,6 +49,56 @@ def from_iso(text: str | None) -> float | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _network(net: IPNetwork, api: bool) -> str:
+    """An allowlist entry as served (a single address without its /32) or stored (as is)."""
+    return str(net.network_address) if api and net.num_addresses == 1 else str(net)
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """What a key may do: the part of a key record that self-service bounds (SPEC 6). Each field
+    means what the ``KeyRecord`` field of the same name means (``models`` None: every model,
+    ``ip_whitelist`` empty: any address, a limit or ``expires_at`` None: none)."""
+
+    permissions: frozenset[str] = frozenset({"chat"})
+    models: frozenset[str] | None = None
+    ip_whitelist: tuple[IPNetwork, ...] = ()
+    rpm_limit: int | None = None
+    max_concurrency: int | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    expires_at: float | None = None
+
+    def to_json(self, api: bool) -> dict[str, Any]:
+        """The camelCase fields, as served (``api``) or stored (full precision)."""
+        return {
+            "permissions": sorted(self.permissions),
+            "models": sorted(self.models) if self.models is not None else None,
+            "ipWhitelist": [_network(n, api) for n in self.ip_whitelist],
+            "rpmLimit": self.rpm_limit,
+            "maxConcurrency": self.max_concurrency,
+            "dailyLimit": self.daily_limit,
+            "monthlyLimit": self.monthly_limit,
+            "expiresAt": iso(self.expires_at) if api else self.expires_at,
+        }
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Rights:
+        models = data.get("models")
+        return Rights(
+            permissions=frozenset(data.get("permissions", ["chat"])),
+            models=frozenset(models) if models is not None else None,
+            ip_whitelist=tuple(
+                ipaddress.ip_network(n, strict=False) for n in data.get("ipWhitelist", [])
+            ),
+            rpm_limit=data.get("rpmLimit"),
+            max_concurrency=data.get("maxConcurrency"),
+            daily_limit=data.get("dailyLimit"),
+            monthly_limit=data.get("monthlyLimit"),
+            expires_at=data.get("expiresAt"),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
     id: str
@@ -72,6 +122,11 @@ class KeyRecord:
     revoked_at: float | None = None
     revoked_reason: str | None = None
     static: bool = False  # declared in the config: read-only through the API
+    # The most self-service may set on this key: the admin's last word on each field, or, for a
+    # key made through /api/keys, the creating key's rights. None (a record older than
+    # ceilings, or a declared key): the key's own rights.
+    ceiling: Rights | None = None
+    revoked_by: Literal["admin", "owner"] | None = None  # None when revoked: before revokedBy
 
     def status(self, now: float) -> Status:
         if self.revoked:
@@ -79,6 +134,21 @@ class KeyRecord:
         if self.expires_at is not None and now >= self.expires_at:
             return "EXPIRED"
         return "ACTIVE"
+
+    def rights(self) -> Rights:
+        return Rights(
+            self.permissions,
+            self.models,
+            self.ip_whitelist,
+            self.rpm_limit,
+            self.max_concurrency,
+            self.daily_limit,
+            self.monthly_limit,
+            self.expires_at,
+        )
+
+    def effective_ceiling(self) -> Rights:
+        return self.ceiling if self.ceiling is not None else self.rights()
 
     def to_api(self, now: float) -> dict[str, Any]:
         """The record as the key API serves it (never the hash, never the secret)."""
@@ -89,21 +159,14 @@ class KeyRecord:
             "owner": self.owner,
             "keyPrefix": self.key_prefix,
             "status": self.status(now),
-            "permissions": sorted(self.permissions),
-            "models": sorted(self.models) if self.models is not None else None,
-            "ipWhitelist": [
-                str(n) if n.num_addresses > 1 else str(n.network_address) for n in self.ip_whitelist
-            ],
-            "rpmLimit": self.rpm_limit,
-            "maxConcurrency": self.max_concurrency,
-            "dailyLimit": self.daily_limit,
-            "monthlyLimit": self.monthly_limit,
-            "expiresAt": iso(self.expires_at),
+            **self.rights().to_json(api=True),
             "createdAt": iso(self.created_at),
             "updatedAt": iso(self.updated_at),
             "lastUsedAt": iso(self.last_used_at),
             "revokedAt": iso(self.revoked_at),
             "revokedReason": self.revoked_reason,
+            "revokedBy": self.revoked_by if self.revoked else None,
+            "ceiling": self.effective_ceiling().to_json(api=True),
         }
 
     def to_store(self) -> dict[str, Any]:
@@ -116,24 +179,20 @@ class KeyRecord:
             "name": self.name,
             "description": self.description,
             "revoked": self.revoked,
-            "permissions": sorted(self.permissions),
-            "models": sorted(self.models) if self.models is not None else None,
-            "ipWhitelist": [str(n) for n in self.ip_whitelist],
-            "rpmLimit": self.rpm_limit,
-            "maxConcurrency": self.max_concurrency,
-            "dailyLimit": self.daily_limit,
-            "monthlyLimit": self.monthly_limit,
-            "expiresAt": self.expires_at,
+            **self.rights().to_json(api=False),
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
             "lastUsedAt": self.last_used_at,
             "revokedAt": self.revoked_at,
             "revokedReason": self.revoked_reason,
+            "revokedBy": self.revoked_by,
+            "ceiling": self.ceiling.to_json(api=False) if self.ceiling is not None else None,
         }
 
     @staticmethod
     def from_store(data: dict[str, Any]) -> KeyRecord:
-        models = data.get("models")
+        rights = Rights.from_json(data)
+        ceiling = data.get("ceiling")
         return KeyRecord(
             id=data["id"],
             owner=data["owner"],
@@ -142,21 +201,21 @@ class KeyRecord:
             name=data.get("name", ""),
             description=data.get("description", ""),
             revoked=bool(data.get("revoked")),
-            permissions=frozenset(data.get("permissions", ["chat"])),
-            models=frozenset(models) if models is not None else None,
-            ip_whitelist=tuple(
-                ipaddress.ip_network(n, strict=False) for n in data.get("ipWhitelist", [])
-            ),
-            rpm_limit=data.get("rpmLimit"),
-            max_concurrency=data.get("maxConcurrency"),
-            daily_limit=data.get("dailyLimit"),
-            monthly_limit=data.get("monthlyLimit"),
-            expires_at=data.get("expiresAt"),
+            permissions=rights.permissions,
+            models=rights.models,
+            ip_whitelist=rights.ip_whitelist,
+            rpm_limit=rights.rpm_limit,
+            max_concurrency=rights.max_concurrency,
+            daily_limit=rights.daily_limit,
+            monthly_limit=rights.monthly_limit,
+            expires_at=rights.expires_at,
             created_at=data.get("createdAt", 0.0),
             updated_at=data.get("updatedAt", 0.0),
             last_used_at=data.get("lastUsedAt"),
             revoked_at=data.get("revokedAt"),
             revoked_reason=data.get("revokedReason"),
+            ceiling=Rights.from_json(ceiling) if ceiling is not None else None,
+            revoked_by=data.get("revokedBy"),
         )
 
     def evolve(self, **changes: Any) -> KeyRecord:

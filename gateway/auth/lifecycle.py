@@ -1,22 +1,30 @@
 """The key lifecycle (SPEC 6): create, list, get, update, delete, regenerate, revoke, reactivate,
 and owner plans. Every change is broadcast so each process drops its cached copy at once.
 
+Each change is made by the admin (``caller`` None: ``/admin/keys``, the CLI, the demo key) or by
+a key through ``/api/keys`` (``caller``), which can never give more than the admin gave
+(``grants``): what it creates or sets is within its own rights and the changed key's ceiling,
+it regenerates only keys within its rights, and it reactivates only keys its owner revoked.
+The admin's creates and changes set the ceiling; a key created through ``/api/keys`` gets its
+creator's rights as ceiling, and takes them for every bounded field the request leaves out.
+
 Input is the API's camelCase JSON; every bad field is a 400 naming it. Keys declared in the
 config are listed but read-only (409): the config is their source of truth.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from gateway.auth import keys
+from gateway.auth import grants, keys
 from gateway.auth.ip import parse_allowlist
 from gateway.auth.service import KeyService
 from gateway.config.schema import PERMISSIONS
-from gateway.errors import BadRequest, Conflict, NotFound, StoreUnavailable
-from gateway.records import KeyRecord, UsageDay, from_iso
+from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
+from gateway.records import KeyRecord, Rights, UsageDay, from_iso
 from gateway.store.base import KeyExists, StoreError
 
 T = TypeVar("T")
@@ -37,6 +45,7 @@ _EDITABLE = {
     *_LIMITS,
 }
 MAX_DAYS = 3650
+_RIGHTS = tuple(f.name for f in dataclasses.fields(Rights))  # the attributes self-service bounds
 
 
 class KeyLifecycle:
@@ -87,8 +96,13 @@ class KeyLifecycle:
 
     # -- changing ---------------------------------------------------------------------------
     async def create(
-        self, owner: str, body: dict[str, Any], admin: bool = False
+        self,
+        owner: str,
+        body: dict[str, Any],
+        admin: bool = False,
+        caller: KeyRecord | None = None,
     ) -> tuple[KeyRecord, str | None]:
+        """A new key (``admin``: an import by ``sha256`` is allowed)."""
         allowed = _EDITABLE | ({"owner", "sha256"} if admin else {"owner"})
         _no_unknown(body, allowed)
         imported = body.get("sha256") if admin else None
@@ -101,6 +115,10 @@ class KeyLifecycle:
                 "'sha256' must be the SHA-256 of the key as 64 hex digits.", param="sha256"
             )
         fields = self._fields(body)
+        if caller is not None:
+            fields.update(_inherited(caller, body))
+            grants.check_grant(caller, _rights(fields), caller.rights(), set(body))
+        ceiling = caller.rights() if caller is not None else _rights(fields)
         plan = await self._plan(owner)
         for _ in range(5):
             key_id = keys.new_key_id(self.random_bytes)
@@ -117,6 +135,7 @@ class KeyLifecycle:
                 key_prefix=prefix,
                 created_at=self.now,
                 updated_at=self.now,
+                ceiling=ceiling,
                 **fields,
             )
             try:
@@ -138,10 +157,26 @@ class KeyLifecycle:
             return record, full
         raise Conflict("Could not allocate a key id; try again.", code="key_id_collision")
 
-    async def update(self, owner: str | None, key_id: str, body: dict[str, Any]) -> KeyRecord:
+    async def update(
+        self,
+        owner: str | None,
+        key_id: str,
+        body: dict[str, Any],
+        caller: KeyRecord | None = None,
+    ) -> KeyRecord:
         _no_unknown(body, _EDITABLE)
         record = await self._mutable(owner, key_id)
         updated = record.evolve(updated_at=self.now, **self._fields(body, partial=True))
+        ceiling = record.effective_ceiling()  # kept in the record from now on (older: none)
+        if caller is not None:
+            grants.check_grant(caller, updated.rights(), ceiling, set(body))
+        else:  # the admin's word on what it set is the new ceiling of those fields
+            rights = updated.rights()
+            ceiling = dataclasses.replace(
+                ceiling,
+                **{attr: getattr(rights, attr) for attr in _bounded_attrs(body)},
+            )
+        updated = updated.evolve(ceiling=ceiling)
         await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
         return updated
@@ -151,8 +186,12 @@ class KeyLifecycle:
         await self._guarded(self.store.delete_key(record))
         await self._announce(record.key_hash)
 
-    async def regenerate(self, owner: str | None, key_id: str) -> tuple[KeyRecord, str]:
+    async def regenerate(
+        self, owner: str | None, key_id: str, caller: KeyRecord | None = None
+    ) -> tuple[KeyRecord, str]:
         record = await self._mutable(owner, key_id)
+        if caller is not None:
+            grants.check_regenerate(caller, record)
         prefix = self.service.config.keys.prefix
         full = keys.issue(prefix, record.id, self.random_bytes)
         updated = record.evolve(
@@ -164,19 +203,34 @@ class KeyLifecycle:
         await self._announce(record.key_hash)
         return updated, full
 
-    async def revoke(self, owner: str | None, key_id: str, reason: object) -> KeyRecord:
+    async def revoke(
+        self, owner: str | None, key_id: str, reason: object, caller: KeyRecord | None = None
+    ) -> KeyRecord:
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
             raise BadRequest("'reason' must be a string of at most 500 characters.", param="reason")
         record = await self._mutable(owner, key_id)
+        if caller is not None and _revoked_by_admin(record):
+            return record  # the owner's revoke must not turn the admin's into its own
         updated = record.evolve(
-            revoked=True, revoked_at=self.now, revoked_reason=reason, updated_at=self.now
+            revoked=True,
+            revoked_at=self.now,
+            revoked_reason=reason,
+            revoked_by="admin" if caller is None else "owner",
+            updated_at=self.now,
         )
         await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
         return updated
 
-    async def reactivate(self, owner: str | None, key_id: str) -> KeyRecord:
+    async def reactivate(
+        self, owner: str | None, key_id: str, caller: KeyRecord | None = None
+    ) -> KeyRecord:
         record = await self._mutable(owner, key_id)
+        if caller is not None and _revoked_by_admin(record):
+            raise Forbidden(
+                f"The key '{record.id}' was revoked by the admin; only the admin can reactivate "
+                f"it (POST /admin/keys/{record.id}/reactivate)."
+            )
         if record.status(self.now) == "EXPIRED":
             raise Conflict(
                 "An expired key cannot be reactivated; extend it with PATCH "
@@ -184,7 +238,11 @@ class KeyLifecycle:
                 code="key_expired",
             )
         updated = record.evolve(
-            revoked=False, revoked_at=None, revoked_reason=None, updated_at=self.now
+            revoked=False,
+            revoked_at=None,
+            revoked_reason=None,
+            revoked_by=None,
+            updated_at=self.now,
         )
         await self._guarded(self.store.replace_key(updated))
         await self._announce(record.key_hash)
@@ -257,6 +315,36 @@ class KeyLifecycle:
                 f"'models' names an unknown model {unknown[0][:64]!r}.", param="models"
             )
         return frozenset(value)
+
+
+def _rights(parsed: dict[str, Any]) -> Rights:
+    """The bounded part of a new key's parsed fields."""
+    return Rights(**{attr: parsed[attr] for attr in _RIGHTS})
+
+
+def _bounded_attrs(body: dict[str, Any]) -> list[str]:
+    """The ``Rights`` attributes a request body sets."""
+    attrs = [grants.ATTRS.get(api, api) for api in grants.FIELDS if api in body]
+    if "expiresInDays" in body and "expires_at" not in attrs:
+        attrs.append("expires_at")
+    return attrs
+
+
+def _inherited(caller: KeyRecord, body: dict[str, Any]) -> dict[str, Any]:
+    """A key created through /api/keys takes the calling key's value of every bounded field the
+    body leaves out (the most it may give), but the usual ``["chat"]`` for ``permissions`` when
+    the caller has chat (least privilege, as for the admin)."""
+    taken = set(_bounded_attrs(body))
+    out = {attr: getattr(caller, attr) for attr in _RIGHTS if attr not in taken}
+    if "permissions" in out and "chat" in caller.permissions:
+        out["permissions"] = frozenset({"chat"})
+    return out
+
+
+def _revoked_by_admin(record: KeyRecord) -> bool:
+    """Revoked, and not by its owner (a revocation older than ``revokedBy`` counts as the
+    admin's: only the admin may be sure to undo it)."""
+    return record.revoked and record.revoked_by != "owner"
 
 
 def _no_unknown(body: dict[str, Any], allowed: set[str]) -> None:

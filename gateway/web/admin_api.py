@@ -8,7 +8,9 @@ loader refuses a non-loopback ``admin.host`` without a token, so only local proc
 an open one.
 
 Every error on this listener is an OpenAI-style JSON error (``{"error": {...}}``), aiohttp's own
-404/405 included. The key routes are ``keys_api``'s handlers with "any owner" as the caller.
+404/405 included. The key routes are ``keys_api``'s handlers with the admin as the caller: its
+creates and changes set what a key's owner may give it through ``/api/keys`` (its ceiling), and
+its revocations can be undone only here.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from gateway.web.keys_api import (
     KeyRoutes,
     acting_owner,
     add_key_routes,
-    any_owner,
     only_fields,
     parse_object,
+    the_admin,
 )
 from gateway.web.middlewares import error_response, from_http
 from gateway.web.respond import json_response
@@ -102,6 +104,6 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         outcome = await runtime.reload("admin")
         return json_response(outcome.to_api(), status=200 if outcome.ok else 422)
 
-    add_key_routes(app, KeyRoutes(runtime, any_owner), "/admin")
+    add_key_routes(app, KeyRoutes(runtime, the_admin), "/admin")
     app.router.add_put("/admin/owners/{owner}", set_plan)
     app.router.add_post("/admin/reload", reload)

@@ -3,12 +3,14 @@
 - public, ``/api/keys...`` and ``/api/usage/summary``: the caller is authenticated exactly like
   chat (the same 401/403/429 from ``KeyService``; no ``chat`` permission needed) and acts for its
   own key's owner only. Another owner's key is a 404, never a 403, so ids do not leak. An
-  ``owner`` named in a create body (or ``?owner=``) must be the caller's own (else 403);
+  ``owner`` named in a create body (or ``?owner=``) must be the caller's own (else 403). The
+  calling key bounds what it gives (``auth.grants``: 403 naming the field);
 - admin, ``/admin/keys...`` and ``/admin/usage/summary`` (``admin_api``): behind the admin token,
   for any owner: ``owner`` in the create body or ``?owner=`` (required to create, list and
   summarise; optional elsewhere, where it narrows the lookup to that owner).
 
-``KeyRoutes`` is parametrized by how it finds the caller (``CallerOf``); the rest is shared.
+``KeyRoutes`` is parametrized by how it finds the caller (``CallerOf``: the calling key, or None
+for the admin); the rest is shared.
 
 Answers (camelCase, the portal's form; the portal docs give no envelope, so none is added):
 ``GET .../keys`` a bare JSON array of records, newest first; create 201 and regenerate 200 the
@@ -43,22 +45,27 @@ MAX_REQUESTS = 100
 _OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")  # as config's keys.static owner
 _NUMBER = re.compile(r"^[0-9]{1,6}$")
 
-CallerOf = Callable[[web.Request], Awaitable[str | None]]
-"""The owner a request may act for: the authenticated key's owner, or None for the admin (any)."""
+CallerOf = Callable[[web.Request], Awaitable[KeyRecord | None]]
+"""Who acts: the key that authenticates the request (for its own owner, within its own rights),
+or None for the admin (any owner, anything)."""
 
 
-def key_owner_of(runtime: Runtime) -> CallerOf:
-    """Public listener: the owner of the key that authenticates the request."""
+def calling_key(runtime: Runtime) -> CallerOf:
+    """Public listener: the key that authenticates the request."""
 
-    async def caller(request: web.Request) -> str | None:
-        return (await authenticate(runtime, request)).owner
+    async def caller(request: web.Request) -> KeyRecord | None:
+        return await authenticate(runtime, request)
 
     return caller
 
 
-async def any_owner(request: web.Request) -> str | None:
-    """Admin listener (the token is checked by its middleware): any owner."""
+async def the_admin(request: web.Request) -> KeyRecord | None:
+    """Admin listener (the token is checked by its middleware): the admin."""
     return None
+
+
+def owner_of(caller: KeyRecord | None) -> str | None:
+    return caller.owner if caller is not None else None
 
 
 def acting_owner(caller: str | None, named: object, required: bool) -> str | None:
@@ -127,20 +134,23 @@ class KeyRoutes:
         self.caller_of = caller_of
 
     # -- shared steps -------------------------------------------------------------------------
-    async def _owner(self, request: web.Request, required: bool = False) -> str | None:
+    async def _owner(
+        self, request: web.Request, required: bool = False
+    ) -> tuple[KeyRecord | None, str | None]:
+        """The caller, and the owner it acts for."""
         caller = await self.caller_of(request)
-        return acting_owner(caller, request.query.get("owner"), required)
+        return caller, acting_owner(owner_of(caller), request.query.get("owner"), required)
 
     async def _with_body(
         self, request: web.Request, optional: bool = False
-    ) -> tuple[str | None, dict[str, Any]]:
+    ) -> tuple[KeyRecord | None, dict[str, Any]]:
         """The body's size is checked before the caller, its JSON after (SPEC 4's order)."""
         raw = await read_request_body(request, MAX_BODY, self.rt.config.network.header_timeout)
         caller = await self.caller_of(request)
         return caller, parse_object(raw, optional)
 
     async def _record(self, request: web.Request) -> KeyRecord:
-        owner = await self._owner(request)
+        _, owner = await self._owner(request)
         return await self.rt.lifecycle.get(owner, request.match_info["key_id"])
 
     def _answer(
@@ -156,15 +166,18 @@ class KeyRoutes:
 
     # -- keys -----------------------------------------------------------------------------------
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
-        owner = await self._owner(request, required=True)
+        _, owner = await self._owner(request, required=True)
         records = await self.rt.lifecycle.list(str(owner))
         now = self.rt.clock.time()
         return json_response([r.to_api(now) for r in records])
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         caller, body = await self._with_body(request)
-        owner = acting_owner(caller, body.get("owner", request.query.get("owner")), True)
-        record, full = await self.rt.lifecycle.create(str(owner), body, admin=caller is None)
+        named = body.get("owner", request.query.get("owner"))
+        owner = acting_owner(owner_of(caller), named, True)
+        record, full = await self.rt.lifecycle.create(
+            str(owner), body, admin=caller is None, caller=caller
+        )
         return self._answer(record, full, status=201)
 
     async def show(self, request: web.Request) -> web.StreamResponse:
@@ -172,30 +185,34 @@ class KeyRoutes:
 
     async def update(self, request: web.Request) -> web.StreamResponse:
         caller, body = await self._with_body(request)
-        owner = acting_owner(caller, request.query.get("owner"), False)
+        owner = acting_owner(owner_of(caller), request.query.get("owner"), False)
         key_id = request.match_info["key_id"]
-        return self._answer(await self.rt.lifecycle.update(owner, key_id, body))
+        return self._answer(await self.rt.lifecycle.update(owner, key_id, body, caller))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        owner = await self._owner(request)
+        _, owner = await self._owner(request)
         await self.rt.lifecycle.delete(owner, request.match_info["key_id"])
         return web.Response(status=204)
 
     async def regenerate(self, request: web.Request) -> web.StreamResponse:
-        owner = await self._owner(request)
-        record, full = await self.rt.lifecycle.regenerate(owner, request.match_info["key_id"])
+        caller, owner = await self._owner(request)
+        key_id = request.match_info["key_id"]
+        record, full = await self.rt.lifecycle.regenerate(owner, key_id, caller)
         return self._answer(record, full)
 
     async def revoke(self, request: web.Request) -> web.StreamResponse:
         caller, body = await self._with_body(request, optional=True)
-        owner = acting_owner(caller, request.query.get("owner"), False)
+        owner = acting_owner(owner_of(caller), request.query.get("owner"), False)
         only_fields(body, "reason")
         key_id = request.match_info["key_id"]
-        return self._answer(await self.rt.lifecycle.revoke(owner, key_id, body.get("reason")))
+        return self._answer(
+            await self.rt.lifecycle.revoke(owner, key_id, body.get("reason"), caller)
+        )
 
     async def reactivate(self, request: web.Request) -> web.StreamResponse:
-        owner = await self._owner(request)
-        return self._answer(await self.rt.lifecycle.reactivate(owner, request.match_info["key_id"]))
+        caller, owner = await self._owner(request)
+        key_id = request.match_info["key_id"]
+        return self._answer(await self.rt.lifecycle.reactivate(owner, key_id, caller))
 
     # -- usage ----------------------------------------------------------------------------------
     async def usage(self, request: web.Request) -> web.StreamResponse:
@@ -214,7 +231,7 @@ class KeyRoutes:
         return json_response(key_requests(rows, limit))
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
-        owner = str(await self._owner(request, required=True))
+        owner = str((await self._owner(request, required=True))[1])
         period = period_param(request)
         key_id = request.query.get("keyId") or None
         if key_id is not None:
@@ -251,4 +268,4 @@ def add_key_routes(app: web.Application, routes: KeyRoutes, base: str) -> None:
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
     """Register the public key and usage routes, for the caller's own owner."""
-    add_key_routes(app, KeyRoutes(runtime, key_owner_of(runtime)), "/api")
+    add_key_routes(app, KeyRoutes(runtime, calling_key(runtime)), "/api")

@@ -121,7 +121,12 @@ async def test_the_model_allowlist_and_permissions(server: Server) -> None:
     error = await refused(server, only_mock["key"], "other-model")
     assert (error.status_code, error.code) == (403, "permission_denied")
 
-    vision = await create(server, permissions=["vision"])
+    # a key cannot give a permission it lacks (the test key has chat only): the admin can
+    vision = (
+        await admin(server)("POST", "/admin/keys", {"owner": "tests", "permissions": ["vision"]})
+    ).body
+    refusal = await public(server)("POST", "/api/keys", {"permissions": ["vision"]})
+    assert (refusal.status, refusal.code) == (403, "permission_denied")
     error = await refused(server, vision["key"])
     assert (error.status_code, error.code) == (403, "permission_denied")
     # the key API itself needs no permission
