@@ -240,11 +240,10 @@ async def _next_chunk(
             return await response.content.read(CHUNK)
     except TimeoutError:
         timeouts = upstream.timeouts
-        wait = (
-            f"sent nothing within {timeouts.first_byte:g} s"
-            if first
-            else (f"went silent for {timeouts.idle:g} s in the middle of its answer")
-        )
+        if first:
+            wait = f"did not start its answer within {timeouts.first_byte:g} s"
+        else:
+            wait = f"went silent for {timeouts.idle:g} s in the middle of its answer"
         raise UpstreamTimeout(f"Upstream '{upstream.name}' {wait}.") from None
     except (aiohttp.ClientError, OSError) as exc:
         raise UpstreamUnavailable(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import cast
 
 import orjson
@@ -26,7 +27,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler, _RequestFactory
+from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
@@ -84,8 +85,13 @@ PATH_REFUSAL = web.RequestKey("path_refusal", str)
 REFUSED_PATH = "/\\refused-path"
 _REFUSED_TARGET = "/%5Crefused-path"
 
+RequestFactory = Callable[
+    [RawRequestMessage, StreamReader, RequestHandler, AbstractStreamWriter, "asyncio.Task[None]"],
+    BaseRequest,
+]
 
-def normalizing(make: _RequestFactory) -> _RequestFactory:
+
+def normalizing(make: RequestFactory) -> RequestFactory:
     """A request factory that hands ``make`` the normalized target (``gateway.paths``)."""
 
     def make_request(
