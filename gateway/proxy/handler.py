@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
@@ -28,24 +29,15 @@ from gateway.dialects.sse import SSESplitter
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    NotFound,
     UpstreamTimeout,
     UpstreamUnavailable,
-    shown,
 )
-from gateway.limits.limiter import Ticket
-from gateway.proxy.access import authenticate
-from gateway.proxy.bodies import (
-    dump_upstream,
-    parse_json,
-    read_request_body,
-    too_large,
-    upstream_error,
-)
+from gateway.proxy import govern
+from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
-from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
@@ -64,6 +56,34 @@ class _EventStream(web.StreamResponse):
     _send_headers_immediately = False
 
 
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """What goes to the upstream for a chat request, decided once."""
+
+    payload: bytes  # OpenAI chat JSON, the model mapped to the upstream's name
+    stream: bool
+    client_usage: bool  # a stream whose client asked for the usage chunk itself
+
+
+def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> Outbound:
+    """The upstream's request: an Anthropic body translated (the translator asks a stream for
+    usage itself), an OpenAI one passed on with its model mapped and usage always asked for."""
+    if is_anthropic:
+        translated = anthropic.to_openai_request(body, route.upstream_model)
+        return Outbound(dump_upstream(translated), translated.get("stream") is True, True)
+    stream = body.get("stream") is True
+    body["model"] = route.upstream_model
+    client_usage = False
+    if stream:
+        client_usage = wants_usage(body)
+        options = body.get("stream_options")
+        body["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+    return Outbound(dump_upstream(body), stream, client_usage)
+
+
 class ChatHandler:
     """``POST`` on every chat alias."""
 
@@ -73,14 +93,10 @@ class ChatHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex: Exchange = request[EXCHANGE]
         rt = self.rt
-        network = rt.config.network
         # The path and header already tell the dialect of a refusal before the body is read.
         ex.anthropic = ex.anthropic or request.path.endswith("/messages")
-        # The caller is known from the head before any of its body is held (an unauthenticated
-        # client can never make the gateway buffer a body); only a declared size comes first.
-        refuse_declared_size(request, network.max_body_bytes)
-        record = await self._authorize(request, ex)
-        raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
+        record = await govern.caller(rt, request, "chat")
+        raw = await govern.body(rt, request)
         try:
             parsed: object = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -91,53 +107,25 @@ class ChatHandler:
         if parsed is None:
             parse_json(raw)  # raises the precise 400
         body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
-        model = str(body["model"])
-        found = rt.router.resolve(model)
-        rt.keys.check_model(
-            record,
-            model,
-            found.allowed_by(record.models) if found else model in (record.models or ()),
+        route = govern.model(rt, ex, record, str(body["model"]))
+        out = outbound(body, route, ex.anthropic)
+        ex.stream, ex.client_usage = out.stream, out.client_usage
+        ex.region, ex.agent_id = (
+            _str_or_none(body.get("region")),
+            _str_or_none(body.get("agent_id")),
         )
-        route = self._known(ex, model, found)
-        payload = self._upstream_body(ex, body, route)
         ex.prompt_estimate = len(raw) // 4  # a cheap over-estimate, settled to the real usage
-        ticket = await rt.limiter.admit(
-            ex.id,
-            record,
-            ex.prompt_estimate + (max_output_tokens(body) or route.default_max_tokens),
-            ex.anthropic,
-            route.name,
-        )
-        ex.rate_headers = ticket.headers
+        reserve = ex.prompt_estimate + (max_output_tokens(body) or route.default_max_tokens)
+        ticket = await govern.admit(rt, ex, record, route, reserve)
         try:
-            if ex.stream:
-                return await self._stream(request, ex, route, payload)
-            return await self._complete(request, ex, route, payload)
+            if out.stream:
+                return await self._stream(request, ex, route, out.payload)
+            return await self._complete(request, ex, route, out.payload)
         except GatewayError:
             ex.error = True
             raise
         finally:
-            self._settle(ex, ticket, route.name)
-
-    async def _authorize(self, request: web.Request, ex: Exchange) -> KeyRecord:
-        """Who is calling, and may they chat from where they are (SPEC 4, rows 2-6)."""
-        record = await authenticate(self.rt, request)
-        self.rt.keys.check_permission(record, "chat")
-        return record
-
-    def _settle(self, ex: Exchange, ticket: Ticket, model: str) -> None:
-        usage = ex.usage
-        if usage is not None:
-            ex.prompt_tokens = _count(usage.get("prompt_tokens"))
-            ex.completion_tokens = _count(usage.get("completion_tokens"))
-        elif ex.upstream is not None and not ex.error:
-            ex.estimated = True  # no usage from upstream: estimate what was produced
-            ex.prompt_tokens = ex.prompt_estimate
-            ex.completion_tokens = ex.completion_chunks
-        error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
-        self.rt.limiter.settle(
-            ticket, model, ex.prompt_tokens, ex.completion_tokens, error, ex.estimated
-        )
+            govern.settle(rt, ex, ticket, route)
 
     @staticmethod
     def _check_anthropic(parsed: object) -> dict[str, object]:
@@ -151,36 +139,6 @@ class ChatHandler:
                 "messages: required; send a non-empty list of messages.", param="messages"
             )
         return parsed
-
-    @staticmethod
-    def _known(ex: Exchange, name: str, route: ModelRoute | None) -> ModelRoute:
-        if route is None:
-            raise NotFound(
-                f"The model '{shown(name)}' does not exist; list the models with GET /v1/models.",
-                code="model_not_found",
-                param="model",
-            )
-        ex.model = route.name
-        return route
-
-    def _upstream_body(self, ex: Exchange, body: dict[str, object], route: ModelRoute) -> bytes:
-        ex.region = _str_or_none(body.get("region"))
-        ex.agent_id = _str_or_none(body.get("agent_id"))
-        if ex.anthropic:
-            translated = anthropic.to_openai_request(body, route.upstream_model)
-            ex.stream = translated.get("stream") is True
-            ex.client_usage = True  # the translator asks a stream for usage itself
-            return dump_upstream(translated)
-        ex.stream = body.get("stream") is True
-        body["model"] = route.upstream_model
-        if ex.stream:
-            ex.client_usage = wants_usage(body)
-            options = body.get("stream_options")
-            body["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
-        return dump_upstream(body)
 
     async def _open(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
@@ -380,58 +338,6 @@ class ChatHandler:
         await client.write(relay.error(err))
 
 
-class Silence:
-    """``with Silence(limit) as s``: the task is cancelled (and the block raises TimeoutError)
-    once a wait that began at ``s.since`` has lasted ``limit`` seconds; ``s.since = None``
-    between waits. One timer re-armed at most once per ``limit``, where rescheduling an
-    ``asyncio.timeout`` around every wait cost two timer operations per stream chunk."""
-
-    __slots__ = ("_cancelling", "_fired", "_handle", "_limit", "_loop", "_task", "since")
-
-    def __init__(self, limit: float) -> None:
-        self.since: float | None = None
-        self._limit = limit
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._handle: asyncio.TimerHandle | None = None
-        self._cancelling = 0
-        self._fired = False
-
-    def __enter__(self) -> Silence:
-        self._cancelling = self._task.cancelling()
-        self._handle = self._loop.call_later(self._limit, self._check)
-        return self
-
-    def _check(self) -> None:
-        since, now = self.since, self._loop.time()
-        if since is not None and now - since >= self._limit:
-            self._handle, self._fired = None, True
-            self._task.cancel()
-        else:
-            start = since if since is not None else now
-            self._handle = self._loop.call_at(max(start + self._limit, now + 0.001), self._check)
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, _: object
-    ) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._fired:
-            ours = self._task.uncancel() <= self._cancelling  # no one else cancelled the task
-            if ours and kind is asyncio.CancelledError:
-                raise TimeoutError from exc
-
-
-def refuse_declared_size(request: web.Request, limit: int) -> None:
-    """413 at once for a body whose declared length is over the limit (read or not)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise too_large(limit)
-
-
 def _usable(upstream: Upstream, response: Response) -> Response:
     """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
     if response.status >= 500 or response.status == 429:
@@ -457,15 +363,6 @@ def _answer_chars(answer: object) -> int:
         return len(message.get("content") or "") + len(str(message.get("tool_calls") or ""))
     except (KeyError, IndexError, TypeError, AttributeError):
         return 0
-
-
-def _count(value: object) -> int:
-    """A token count an upstream reported: a whole number ≥ 0, else 0 (never a crash)."""
-    if type(value) is int and value > 0:
-        return value
-    if type(value) is float and 0 < value < 1e15:
-        return int(value)
-    return 0
 
 
 def _str_or_none(value: object) -> str | None:

@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.dialects import anthropic
-from gateway.errors import BadRequest, NotFound, shown
+from gateway.errors import BadRequest
+from gateway.proxy import govern
 from gateway.proxy.access import authenticate
-from gateway.proxy.bodies import parse_json, read_request_body
+from gateway.proxy.bodies import parse_json
 from gateway.proxy.exchange import EXCHANGE
-from gateway.proxy.handler import ChatHandler, refuse_declared_size
+from gateway.proxy.handler import ChatHandler
 from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
 from gateway.web import keys_api
@@ -60,19 +61,14 @@ def count_tokens_handler(
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]
         ex.anthropic = True
-        network = runtime.config.network
-        refuse_declared_size(request, network.max_body_bytes)
-        record = await authenticate(runtime, request)  # before any of the body is held
-        runtime.keys.check_permission(record, "chat")
-        raw = await read_request_body(request, network.max_body_bytes, network.header_timeout)
-        body = parse_json(raw)
+        record = await govern.caller(runtime, request, "chat")  # before any of the body is held
+        body = parse_json(await govern.body(runtime, request))
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BadRequest("messages: a list of messages is required.", param="messages")
-        if runtime.router.resolve(str(body.get("model", ""))) is None:
-            raise NotFound(
-                f"The model '{shown(str(body.get('model')))}' does not exist.",
-                code="model_not_found",
-            )
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("'model' is required: name the model to use.", param="model")
+        govern.model(runtime, ex, record, name)
         return json_response({"input_tokens": anthropic.estimate_tokens(body)})
 
     return count_tokens

@@ -1,0 +1,99 @@
+"""The governed front of every model API, as steps that each return what they found: who is
+calling (from the request head, before any of the body is held), the body within its limits,
+the model the caller may use, the admission against every limit, and its settlement.
+
+Chat composes them (``proxy.handler``); every other API a worker serves composes the same ones,
+so each is authenticated, allow-listed, limited and metered exactly as chat is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import NotFound, shown
+from gateway.limits.limiter import Ticket
+from gateway.proxy.access import authenticate
+from gateway.proxy.bodies import read_request_body, too_large
+from gateway.proxy.exchange import Exchange
+from gateway.records import KeyRecord
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+
+
+def refuse_declared_size(request: web.Request, limit: int) -> None:
+    """413 at once for a body whose declared length is over the limit (read or not)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large(limit)
+
+
+async def caller(runtime: Runtime, request: web.Request, permission: str) -> KeyRecord:
+    """The caller's key, from the head alone: its size declared within the limit, its key
+    known, active and allowed from this address, with ``permission``. No byte of the body is
+    read before this returns, so an unauthenticated client can never make the gateway hold it.
+    """
+    refuse_declared_size(request, runtime.config.network.max_body_bytes)
+    record = await authenticate(runtime, request)
+    runtime.keys.check_permission(record, permission)
+    return record
+
+
+async def body(runtime: Runtime, request: web.Request) -> bytes:
+    """The whole body, within ``network.max_body_bytes`` and its time limits."""
+    network = runtime.config.network
+    return await read_request_body(request, network.max_body_bytes, network.header_timeout)
+
+
+def model(runtime: Runtime, ex: Exchange, record: KeyRecord, name: str) -> ModelRoute:
+    """The model ``name`` (or alias) names, if the key may use it: 403 for a model the key may
+    not use (known or not: the key's list is no oracle of what exists), else 404 if unknown."""
+    found = runtime.router.resolve(name)
+    runtime.keys.check_model(
+        record, name, found.allowed_by(record.models) if found else name in (record.models or ())
+    )
+    if found is None:
+        raise NotFound(
+            f"The model '{shown(name)}' does not exist; list the models with GET /v1/models.",
+            code="model_not_found",
+            param="model",
+        )
+    ex.model = found.name
+    return found
+
+
+async def admit(
+    runtime: Runtime, ex: Exchange, record: KeyRecord, route: ModelRoute, reserve: int
+) -> Ticket:
+    """The admission of this request (by the gateway's own id) reserving ``reserve`` tokens;
+    its rate headers go on the answer, and on a refusal too."""
+    ticket = await runtime.limiter.admit(ex.id, record, reserve, ex.anthropic, route.name)
+    ex.rate_headers = ticket.headers
+    return ticket
+
+
+def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) -> None:
+    """Settle the admission to what the request used: the upstream's usage when it reported
+    one, else an estimate (the prompt estimate and what was seen of the answer), marked so."""
+    usage: dict[str, Any] | None = ex.usage
+    if usage is not None:
+        ex.prompt_tokens = count(usage.get("prompt_tokens"))
+        ex.completion_tokens = count(usage.get("completion_tokens"))
+    elif ex.upstream is not None and not ex.error:
+        ex.estimated = True
+        ex.prompt_tokens = ex.prompt_estimate
+        ex.completion_tokens = ex.completion_chunks
+    error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
+    runtime.limiter.settle(
+        ticket, route.name, ex.prompt_tokens, ex.completion_tokens, error, ex.estimated
+    )
+
+
+def count(value: object) -> int:
+    """A token count an upstream reported: a whole number ≥ 0, else 0 (never a crash)."""
+    if type(value) is int and value > 0:
+        return value
+    if type(value) is float and 0 < value < 1e15:
+        return int(value)
+    return 0
