@@ -17,7 +17,7 @@ from gateway.config.schema import Config
 from gateway.limits.limiter import Limiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
-from gateway.netaddr import peer_is_trusted
+from gateway.netaddr import combine, forwarded_proto
 from gateway.periodic import Periodic
 from gateway.proxy.upstream import UpstreamClient, probe
 from gateway.routing.balancer import Balancer
@@ -118,9 +118,12 @@ def create_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
 
     def trusts_proto(request: web.BaseRequest) -> bool:
-        return request.headers.get("X-Forwarded-Proto", "").lower() == "https" and (
-            peer_is_trusted(request.remote, runtime.config.network.trusted_proxies)
-        )
+        """Came over TLS per a trusted proxy (every X-Forwarded-Proto line, read as one list)."""
+        if "X-Forwarded-Proto" not in request.headers:
+            return False
+        lines = combine(request.headers.getall("X-Forwarded-Proto"))
+        trusted = runtime.config.network.trusted_proxies
+        return forwarded_proto(request.remote, lines, trusted) == "https"
 
     stamp = stamper(lambda: runtime.config.network, ids, trusts_proto)
     app[STAMP] = stamp

@@ -20,6 +20,7 @@ PURE = {
     "gateway.errors",
     "gateway.clock",
     "gateway.netaddr",
+    "gateway.paths",
     "gateway.config",
     "gateway.config.schema",
     "gateway.config.fields",

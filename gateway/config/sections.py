@@ -12,9 +12,12 @@ import re
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from gateway import paths
 from gateway.config import fields as lp
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
+    APIS,
+    DEFAULT_APIS,
     DEFAULT_MAX_TOKENS,
     PERMISSIONS,
     Admin,
@@ -361,6 +364,9 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
         pricing = Pricing(
             pr.get("input_per_mtok", lp.p_float(0.0), 0.0),
             pr.get("output_per_mtok", lp.p_float(0.0), 0.0),
+            pr.get("per_image", lp.p_float(0.0), 0.0),
+            pr.get("per_audio_second", lp.p_float(0.0), 0.0),
+            pr.get("per_request", lp.p_float(0.0), 0.0),
         )
         pr.done()
         out[name] = Model(
@@ -371,6 +377,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             m.get("owned_by", lp.p_nonempty, "gateway"),
             pricing,
             m.get("default_max_tokens", lp.p_int(1), DEFAULT_MAX_TOKENS),
+            m.get("apis", _apis, DEFAULT_APIS),
         )
         m.done()
         for alias in (name, *aliases):
@@ -380,6 +387,17 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
                 )
             names[alias] = name
     return out
+
+
+def _apis(node: Node) -> tuple[str, ...]:
+    """A non-empty list of the APIs a model serves, kept in the order of ``APIS``."""
+    if not isinstance(node.value, list) or not node.value:
+        raise lp.Invalid(f"expected a non-empty list of {', '.join(APIS)}")
+    values = {lp.p_str(item) for item in node.value}
+    bad = sorted(values - set(APIS))
+    if bad:
+        raise lp.Invalid(f"unknown API {bad[0]!r}; use {', '.join(APIS)}")
+    return tuple(api for api in APIS if api in values)
 
 
 def _upstream_refs(m: Obj, node: Node | None, upstreams: dict[str, Upstream]) -> tuple[str, ...]:
@@ -406,6 +424,9 @@ def _prefix(node: Node) -> str:
     text = lp.p_nonempty(node)
     if not text.startswith("/") or not text.endswith("/"):
         raise lp.Invalid(f"{text!r} must start and end with '/', e.g. /api/files/")
+    # request paths are normalized before routing: another prefix could never match
+    if "%" in text or not paths.is_normal(text):
+        raise lp.Invalid(f"{text!r} must be a normal path: no '%', '.', '..' or '//' segments")
     return str(text)
 
 

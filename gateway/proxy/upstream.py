@@ -15,10 +15,10 @@ the silences between chunks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.schema import Upstream
 from gateway.errors import UpstreamTimeout, UpstreamUnavailable
@@ -53,13 +53,13 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "ser
 
 
 def forward_headers(
-    client: Mapping[str, str], upstream: Upstream, request_id: str
+    client: CIMultiDictProxy[str], upstream: Upstream, request_id: str
 ) -> dict[str, str]:
     """The headers sent upstream: the client's end-to-end ones, never its credentials."""
-    named = client.get("Connection")
     drop = _NOT_FORWARDED
-    if named:
-        drop = drop | {n.strip().lower() for n in named.split(",")}
+    if "Connection" in client:  # every line's names (a client may send several)
+        lines = client.getall("Connection")
+        drop = drop | {n.strip().lower() for line in lines for n in line.split(",")}
     headers = {k: v for k, v in client.items() if k.lower() not in drop}
     headers["Content-Type"] = "application/json"
     headers["X-Request-ID"] = request_id
@@ -68,13 +68,13 @@ def forward_headers(
     return headers
 
 
-def returned_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    """The upstream answer's headers worth passing to the client."""
-    named = upstream.get("Connection")
-    drop = _NOT_RETURNED
-    if named:
-        drop = drop | {n.strip().lower() for n in named.split(",")}
-    return {k: v for k, v in upstream.items() if k.lower() not in drop}
+def returned_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream answer's headers worth passing to the client: repeated ones (Set-Cookie)
+    as their several lines, minus hop-by-hop ones and those any Connection line names."""
+    drop = _NOT_RETURNED | {
+        n.strip().lower() for line in upstream.getall("Connection", ()) for n in line.split(",")
+    }
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in drop)
 
 
 class UpstreamClient:

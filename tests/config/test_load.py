@@ -242,3 +242,15 @@ def test_text_settings_keep_what_was_written() -> None:
     assert errors_of("admin: {token: [1, {a: 2}]}\n") == [
         "f.yaml:1: admin.token: expected a string, got [1, {'a': 2}]"
     ]
+
+
+@pytest.mark.parametrize("prefix", ["/api//x/", "/api/../x/", "/api/%2e/", "/a/./b/"])
+def test_a_route_prefix_must_be_a_normal_path(prefix: str) -> None:
+    """Request paths are normalized before routing, so a prefix with '//', dot segments or an
+    escape could never match: the config says so instead of serving nothing."""
+    text = (
+        "upstreams: {p: {url: 'http://127.0.0.1:1'}}\nmodels: {}\n"
+        f"routes: [{{prefix: '{prefix}', upstream: p}}]\n"
+    )
+    with pytest.raises(ConfigError, match="must be a normal path"):
+        parse_text(text, "t.yaml", {})
