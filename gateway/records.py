@@ -292,6 +292,7 @@ class Settlement:
     # False: a release only (an admission nobody was served by: its caller timed out or left):
     # the lease and the reservation are given back, no usage is recorded.
     record: bool = True
+    api: str = "chat"  # the API the request used: usage is kept per model and API
 
 
 # Latency histogram bucket bounds (ms) for usage p50/p95; the last bucket is open.
@@ -332,7 +333,7 @@ def latency_bucket(ms: float) -> int:
 
 @dataclass(frozen=True, slots=True)
 class UsageDay:
-    """One key's usage of one model on one UTC day (``date`` is YYYY-MM-DD)."""
+    """One key's usage of one model through one API on one UTC day (``date`` is YYYY-MM-DD)."""
 
     date: str
     key_id: str
@@ -343,3 +344,4 @@ class UsageDay:
     errors: int = 0
     latency_ms_total: float = 0.0
     latency_buckets: tuple[int, ...] = ()  # counts per LATENCY_BOUNDS_MS bucket (+1 open)
+    api: str = "chat"  # the API the requests used (chat, responses, embeddings, ...)

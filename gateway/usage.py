@@ -82,28 +82,40 @@ def key_requests(rows: list[UsageDay], limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def summary(config: Config, period: str, rows: list[UsageDay]) -> dict[str, Any]:
-    by_model: dict[str, list[UsageDay]] = defaultdict(list)
+def _cost(config: Config, rows: Iterable[UsageDay]) -> float:
+    """What rows cost at their models' prices (a model no longer configured costs nothing)."""
+    total = 0.0
     for row in rows:
-        by_model[row.model].append(row)
-    models: list[dict[str, Any]] = []
-    for model, model_rows in sorted(by_model.items()):
-        pricing = config.models[model].pricing if model in config.models else None
-        inp = sum(r.prompt_tokens for r in model_rows)
-        out = sum(r.completion_tokens for r in model_rows)
-        cost = (
-            (inp * pricing.input_per_mtok + out * pricing.output_per_mtok) / 1e6 if pricing else 0
-        )
-        models.append(
-            {
-                "model": model,
-                "requests": sum(r.requests for r in model_rows),
-                "inputTokens": inp,
-                "outputTokens": out,
-                "cost": round(cost, 6),
-                "errors": sum(r.errors for r in model_rows),
-            }
-        )
+        model = config.models.get(row.model)
+        if model is not None:
+            pricing = model.pricing
+            total += (
+                row.prompt_tokens * pricing.input_per_mtok
+                + row.completion_tokens * pricing.output_per_mtok
+            ) / 1e6
+    return total
+
+
+def _group(config: Config, rows: list[UsageDay], name: str, by: str) -> list[dict[str, Any]]:
+    """Rows summed per ``by`` (an attribute of the rows), as ``{name: value, totals...}``."""
+    groups: dict[str, list[UsageDay]] = defaultdict(list)
+    for row in rows:
+        groups[getattr(row, by)].append(row)
+    return [
+        {
+            name: value,
+            "requests": sum(r.requests for r in group),
+            "inputTokens": sum(r.prompt_tokens for r in group),
+            "outputTokens": sum(r.completion_tokens for r in group),
+            "cost": round(_cost(config, group), 6),
+            "errors": sum(r.errors for r in group),
+        }
+        for value, group in sorted(groups.items())
+    ]
+
+
+def summary(config: Config, period: str, rows: list[UsageDay]) -> dict[str, Any]:
+    models = _group(config, rows, "model", "model")
     requests = sum(m["requests"] for m in models)
     buckets = _sum_buckets(rows)
     return {
@@ -115,4 +127,5 @@ def summary(config: Config, period: str, rows: list[UsageDay]) -> dict[str, Any]
         "latency": {"p50Ms": percentile(buckets, 0.5), "p95Ms": percentile(buckets, 0.95)},
         "errorRate": round(sum(m["errors"] for m in models) / requests, 4) if requests else 0.0,
         "byModel": models,
+        "byApi": _group(config, rows, "api", "api"),
     }

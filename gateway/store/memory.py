@@ -57,7 +57,7 @@ class MemoryStore:
         self._leases: dict[str, dict[str, float]] = {}
         self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens)
         self._settled: dict[str, float] = {}
-        self._usage: dict[tuple[str, str, int, str], _Usage] = {}
+        self._usage: dict[tuple[str, str, int, str, str], _Usage] = {}
         self._last_used: dict[str, float] = {}
         self._failures: dict[str, tuple[float, int]] = {}
         self._subscribers: list[Callable[[str], None]] = []
@@ -273,7 +273,7 @@ class MemoryStore:
         a = s.admission
         finished = s.finished_at or now
         row = self._usage.setdefault(
-            (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model), _Usage()
+            (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model, s.api), _Usage()
         )
         row.requests += 1
         row.prompt += s.prompt_tokens
@@ -339,8 +339,9 @@ class MemoryStore:
                 errors=u.errors,
                 latency_ms_total=u.latency_total,
                 latency_buckets=tuple(u.buckets),
+                api=api,
             )
-            for (o, key_id, day, model), u in sorted(self._usage.items())
+            for (o, key_id, day, model, api), u in sorted(self._usage.items(), key=_row_order)
             if o == owner and key_id in wanted and first_day <= day <= last_day
         ]
 
@@ -350,3 +351,10 @@ class MemoryStore:
 
     async def close(self) -> None:
         self._subscribers.clear()
+
+
+def _row_order(item: tuple[tuple[str, str, int, str, str], _Usage]) -> tuple[object, ...]:
+    """Rows by owner, key, day and model, a model's chat usage before its other APIs (the
+    Redis store's order)."""
+    owner, key_id, day, model, api = item[0]
+    return owner, key_id, day, model, api != "chat", api

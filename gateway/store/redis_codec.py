@@ -139,7 +139,7 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
         str(s.day),
         str(s.month),
         str(s.prompt_tokens + s.completion_tokens - a.reserve),
-        s.model,
+        usage_line(s.model, s.api),
         str(s.prompt_tokens),
         str(s.completion_tokens),
         str(int(s.error)),
@@ -155,8 +155,16 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
     return keys, args
 
 
+API_MARK = "\x1f"  # between a model and its API in a usage field (chat's fields have none)
+
+
+def usage_line(model: str, api: str) -> str:
+    """The name a model's usage through ``api`` is kept under in a day's usage hash."""
+    return model if api == "chat" else f"{model}{API_MARK}{api}"
+
+
 def usage_rows(key_id: str, day: int, fields: dict[bytes, bytes]) -> list[UsageDay]:
-    """One usage hash (one key, one day) as rows per model, models in order."""
+    """One usage hash (one key, one day) as rows per model and API, in order."""
     stats: dict[str, dict[str, bytes]] = {}
     for field, value in fields.items():
         stat, _, model = field.decode().partition(":")
@@ -165,11 +173,13 @@ def usage_rows(key_id: str, day: int, fields: dict[bytes, bytes]) -> list[UsageD
     for model in sorted(stats):
         got = stats[model]
         buckets = [int(got.get(f"b{i}", b"0")) for i in range(_BUCKETS)]
+        name, _, api = model.partition(API_MARK)
         rows.append(
             UsageDay(
                 date=windows.day_text(day),
                 key_id=key_id,
-                model=model,
+                model=name,
+                api=api or "chat",
                 requests=int(got.get("r", b"0")),
                 prompt_tokens=int(got.get("p", b"0")),
                 completion_tokens=int(got.get("c", b"0")),

@@ -611,3 +611,19 @@ async def test_hit_counters_share_the_auth_failure_windows(store: Store, clock: 
     assert await store.auth_failure("9.9.9.9") == (1, 60.0)
     assert await store.hit("authfail:9.9.9.9") == (2, 60.0)  # one counter, two names
     assert await store.auth_failure("9.9.9.9") == (3, 60.0)
+
+
+async def test_usage_is_kept_per_model_and_api(store: Store) -> None:
+    """One model used through two APIs gives two rows, the chat one first."""
+    for api, used in (("embeddings", 7), ("chat", 5), ("audio", 1), ("embeddings", 3)):
+        a = ask()
+        v = await store.admit(a)
+        await store.settle(
+            Settlement(a, v.day, v.month, "m:8b", used, 0, 1.0, finished_at=T0, api=api)
+        )
+    rows = await store.usage("alice", ["k1"], 0, 99999999)
+    assert [(r.model, r.api, r.requests, r.prompt_tokens) for r in rows] == [
+        ("m:8b", "chat", 1, 5),
+        ("m:8b", "audio", 1, 1),
+        ("m:8b", "embeddings", 2, 10),
+    ]

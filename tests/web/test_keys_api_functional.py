@@ -316,8 +316,10 @@ async def test_usage_appears_after_chat(server: Server) -> None:
         "latency",
         "errorRate",
         "byModel",
+        "byApi",
     }
     assert summary["period"] == "7d" and summary["totalRequests"] == 2
+    assert [(a["api"], a["requests"]) for a in summary["byApi"]] == [("chat", 2)]
     assert set(summary["latency"]) == {"p50Ms", "p95Ms"}
     assert [m["model"] for m in summary["byModel"]] == ["mock-model"]
     everything = (await api("GET", "/api/usage/summary")).body
