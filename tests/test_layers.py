@@ -1,4 +1,4 @@
-"""The layers of ARCHITECTURE.md, enforced by reading every module's imports.
+"""The layers of docs/architecture.md, enforced by reading every module's imports.
 
 - pure: stdlib, orjson (a codec, no I/O) and other pure modules only;
 - services: pure modules and service libraries; only ``store.redis`` imports ``redis``;
