@@ -11,8 +11,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Permission = Literal["chat", "images", "vision"]
-PERMISSIONS: frozenset[str] = frozenset({"chat", "images", "vision"})
+Permission = Literal["chat", "embeddings", "audio", "images", "vision"]
+PERMISSIONS: frozenset[str] = frozenset({"chat", "embeddings", "audio", "images", "vision"})
+# The APIs a model may serve (``models.<name>.apis``), in the order they are listed.
+APIS: tuple[str, ...] = (
+    "chat",
+    "responses",
+    "completions",
+    "embeddings",
+    "rerank",
+    "audio",
+    "images",
+)
+DEFAULT_APIS: tuple[str, ...] = ("chat", "responses", "completions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,9 @@ class Upstream:
 class Pricing:
     input_per_mtok: float = 0.0
     output_per_mtok: float = 0.0
+    per_image: float = 0.0  # each image an images request made
+    per_audio_second: float = 0.0  # each second of audio, when the worker reports them
+    per_request: float = 0.0  # each request, whatever it counted
 
 
 DEFAULT_MAX_TOKENS = 4096
@@ -136,6 +150,7 @@ class Model:
     # Completion tokens reserved for a request that names no max_tokens, so that what such
     # requests can overshoot a token limit by is bounded too.
     default_max_tokens: int = DEFAULT_MAX_TOKENS
+    apis: tuple[str, ...] = DEFAULT_APIS  # what the model serves, in the order of APIS
 
 
 @dataclass(frozen=True, slots=True)
