@@ -222,7 +222,19 @@ class KeyRecord:
         return replace(self, **changes)
 
 
-Refusal = Literal["rpm", "concurrency", "daily", "monthly", "plan_rpm", "plan_monthly"]
+Refusal = Literal[
+    "rpm",
+    "concurrency",
+    "daily",
+    "monthly",
+    "tpm",
+    "daily_budget",
+    "monthly_budget",
+    "plan_rpm",
+    "plan_monthly",
+    "plan_tpm",
+    "plan_budget",
+]
 
 
 @per_request
@@ -230,8 +242,9 @@ class Admission:
     """One request asking to be admitted: every limit that applies, checked all-or-nothing.
 
     ``None`` limits do not apply. ``reserve`` is the token reservation (estimated prompt tokens
-    plus max_tokens); it is taken from the daily, monthly and plan counters on admission and
-    settled to the real usage later.
+    plus max_tokens); it is taken from the daily, monthly and plan counters (and the rolling
+    minute's tokens) on admission and settled to the real usage later. ``reserve_cost`` is the
+    same reservation priced, in micro-dollars, for the money budgets (also micro-dollars).
     """
 
     request_id: str
@@ -244,6 +257,12 @@ class Admission:
     plan_rpm: int | None = None
     plan_monthly: int | None = None
     reserve: int = 0
+    tpm: int | None = None
+    daily_budget: int | None = None
+    monthly_budget: int | None = None
+    plan_tpm: int | None = None
+    plan_budget: int | None = None
+    reserve_cost: int = 0
 
 
 @per_request
@@ -267,6 +286,22 @@ class Verdict:
     day: int = 0
     month: int = 0
     now: float = 0.0
+    spent: Spent | None = None  # what the periods hold after this verdict (alerts read it)
+
+
+@per_request
+class Spent:
+    """What a key's and its owner's counters hold: tokens of the day, the month, the owner's
+    month and the rolling minutes (the key's, the owner's); money in micro-dollars."""
+
+    day_tokens: int = 0
+    month_tokens: int = 0
+    owner_month_tokens: int = 0
+    minute_tokens: int = 0
+    owner_minute_tokens: int = 0
+    day_cost: int = 0
+    month_cost: int = 0
+    owner_month_cost: int = 0
 
 
 @per_request
@@ -293,6 +328,7 @@ class Settlement:
     # the lease and the reservation are given back, no usage is recorded.
     record: bool = True
     api: str = "chat"  # the API the request used: usage is kept per model and API
+    cost: int = 0  # what the request cost, micro-dollars (settles ``reserve_cost``)
 
 
 # Latency histogram bucket bounds (ms) for usage p50/p95; the last bucket is open.

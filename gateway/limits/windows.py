@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from gateway.records import Admission, Refusal, Verdict
+from gateway.records import Admission, Refusal, Spent, Verdict
 
 RPM_WINDOW = 60.0
 
@@ -95,15 +95,17 @@ def verdict_of(
     refused: Refusal | None,
     retry_after: float,
     window: tuple[int, float],
-    used: tuple[int, int, int],
+    spent: Spent,
     periods: tuple[int, int, float, float, float],
+    minute_resets: tuple[float, float] = (0.0, 0.0),
 ) -> Verdict:
     """The verdict every store gives, from what it counted.
 
     ``window``: admissions in the rpm window that applies (the key's, else the plan's) and the
-    time of the oldest; ``used``: tokens counted today, this month for the key and this month
-    for the owner; ``periods``: (day, month, now, seconds to midnight, seconds to month end).
-    The headers report the tightest token limit.
+    time of the oldest; ``spent``: what the counters hold; ``periods``: (day, month, now,
+    seconds to midnight, seconds to month end); ``minute_resets``: seconds until the oldest
+    tokens of the key's and of the owner's rolling minute leave it. The headers report the
+    tightest token limit.
     """
     day, month, now, to_midnight, to_month = periods
     count, oldest = window
@@ -113,11 +115,13 @@ def verdict_of(
         remaining = max(0, req_limit - count)
         reset = (oldest + RPM_WINDOW - now) if count else 0.0
     tokens = [
-        (limit - spent, limit, until)
-        for limit, spent, until in (
-            (a.daily, used[0], to_midnight),
-            (a.monthly, used[1], to_month),
-            (a.plan_monthly, used[2], to_month),
+        (limit - used, limit, until)
+        for limit, used, until in (
+            (a.daily, spent.day_tokens, to_midnight),
+            (a.monthly, spent.month_tokens, to_month),
+            (a.plan_monthly, spent.owner_month_tokens, to_month),
+            (a.tpm, spent.minute_tokens, minute_resets[0]),
+            (a.plan_tpm, spent.owner_minute_tokens, minute_resets[1]),
         )
         if limit is not None
     ]
@@ -135,4 +139,5 @@ def verdict_of(
         day=day,
         month=month,
         now=now,
+        spent=spent,
     )

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 from gateway.clock import Clock
 from gateway.limits import windows
+from gateway.limits.minute import MinuteTokens
 from gateway.records import (
     LATENCY_BOUNDS_MS,
     Admission,
     KeyRecord,
     Refusal,
     Settlement,
+    Spent,
     UsageDay,
     Verdict,
     latency_bucket,
@@ -55,7 +57,8 @@ class MemoryStore:
         self._plans: dict[str, str] = {}
         self._logs: dict[str, deque[float]] = {}
         self._leases: dict[str, dict[str, float]] = {}
-        self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens)
+        self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens or micros)
+        self._minutes: dict[str, MinuteTokens] = {}  # the rolling minutes of tokens
         self._settled: dict[str, float] = {}
         self._usage: dict[tuple[str, str, int, str, str], _Usage] = {}
         self._last_used: dict[str, float] = {}
@@ -172,20 +175,34 @@ class MemoryStore:
         concurrency = None
         if a.concurrency is not None:
             concurrency = _Check("concurrency", len(leases) < a.concurrency, 1.0)
+        tokens, cost = a.reserve, a.reserve_cost
         checks = [
             self._rpm("rpm", f"k:{a.key_id}", a.rpm, now),
             concurrency,
-            self._quota("daily", f"kd:{a.key_id}", day, a.daily, a.reserve, to_midnight),
-            self._quota("monthly", f"km:{a.key_id}", month, a.monthly, a.reserve, to_month),
-            self._rpm("plan_rpm", f"o:{a.owner}", a.plan_rpm, now),
+            self._quota("daily", f"kd:{a.key_id}", day, a.daily, tokens, to_midnight),
+            self._quota("monthly", f"km:{a.key_id}", month, a.monthly, tokens, to_month),
+            self._minute("tpm", f"k:{a.key_id}", a.tpm, tokens, now),
+            self._quota("daily_budget", f"kdc:{a.key_id}", day, a.daily_budget, cost, to_midnight),
             self._quota(
-                "plan_monthly", f"om:{a.owner}", month, a.plan_monthly, a.reserve, to_month
+                "monthly_budget", f"kmc:{a.key_id}", month, a.monthly_budget, cost, to_month
             ),
+            self._rpm("plan_rpm", f"o:{a.owner}", a.plan_rpm, now),
+            self._quota("plan_monthly", f"om:{a.owner}", month, a.plan_monthly, tokens, to_month),
+            self._minute("plan_tpm", f"o:{a.owner}", a.plan_tpm, tokens, now),
+            self._quota("plan_budget", f"omc:{a.owner}", month, a.plan_budget, cost, to_month),
         ]
         refused = next((c for c in checks if c is not None and not c.fits), None)
         if refused is None:
             self._take(a, now, day, month, leases)
         return self._verdict(a, refused, now, day, month, to_midnight, to_month)
+
+    def _minute(
+        self, reason: Refusal, scope: str, limit: int | None, reserve: int, now: float
+    ) -> _Check | None:
+        if limit is None:
+            return None
+        wait = self._minutes.setdefault(scope, MinuteTokens()).wait(reserve, limit, now)
+        return _Check(reason, wait is None, wait or 0.0)
 
     def _take(
         self, a: Admission, now: float, day: int, month: int, leases: dict[str, float]
@@ -194,13 +211,13 @@ class MemoryStore:
             self._log(f"k:{a.key_id}", now).append(now)
         if a.plan_rpm is not None:
             self._log(f"o:{a.owner}", now).append(now)
+        if a.tpm is not None:
+            self._minutes[f"k:{a.key_id}"].add(a.request_id, a.reserve, now)
+        if a.plan_tpm is not None:
+            self._minutes[f"o:{a.owner}"].add(a.request_id, a.reserve, now)
         leases[a.request_id] = now + LEASE_SECONDS
-        for scope, period in (
-            (f"kd:{a.key_id}", day),
-            (f"km:{a.key_id}", month),
-            (f"om:{a.owner}", month),
-        ):
-            self._counters[scope] = (period, self._tokens(scope, period) + a.reserve)
+        for scope, period, amount in _counters(a, day, month, a.reserve, a.reserve_cost):
+            self._counters[scope] = (period, self._tokens(scope, period) + amount)
 
     def _verdict(
         self,
@@ -214,18 +231,26 @@ class MemoryStore:
     ) -> Verdict:
         scope = f"k:{a.key_id}" if a.rpm else f"o:{a.owner}"
         log = self._log(scope, now) if (a.rpm or a.plan_rpm) is not None else deque()
-        used = (
-            self._tokens(f"kd:{a.key_id}", day),
-            self._tokens(f"km:{a.key_id}", month),
-            self._tokens(f"om:{a.owner}", month),
+        key_minute = self._minutes.get(f"k:{a.key_id}", MinuteTokens())
+        owner_minute = self._minutes.get(f"o:{a.owner}", MinuteTokens())
+        spent = Spent(
+            day_tokens=self._tokens(f"kd:{a.key_id}", day),
+            month_tokens=self._tokens(f"km:{a.key_id}", month),
+            owner_month_tokens=self._tokens(f"om:{a.owner}", month),
+            minute_tokens=key_minute.trim(now) if a.tpm is not None else 0,
+            owner_minute_tokens=owner_minute.trim(now) if a.plan_tpm is not None else 0,
+            day_cost=self._tokens(f"kdc:{a.key_id}", day),
+            month_cost=self._tokens(f"kmc:{a.key_id}", month),
+            owner_month_cost=self._tokens(f"omc:{a.owner}", month),
         )
         return windows.verdict_of(
             a,
             refused.reason if refused else None,
             refused.retry_after if refused else 0.0,
             (len(log), log[0] if log else 0.0),
-            used,
+            spent,
             (day, month, now, to_midnight, to_month),
+            (key_minute.reset_in(now), owner_minute.reset_in(now)),
         )
 
     async def settle(self, settlement: Settlement) -> None:
@@ -235,10 +260,14 @@ class MemoryStore:
             return
         used = s.prompt_tokens + s.completion_tokens
         if s.day:  # the admission's periods, if still current, move by used - reserved
-            self._move(a, s.day, s.month, used - a.reserve, reset=False)
+            self._move(a, s.day, s.month, used - a.reserve, s.cost - a.reserve_cost, False)
+            for scope in (f"k:{a.key_id}", f"o:{a.owner}"):
+                minute = self._minutes.get(scope)
+                if minute is not None:
+                    minute.settle(a.request_id, used)
         else:  # admitted without the store: charged to the periods current now
             day, month, _, _ = self._calendar.periods(now)
-            self._move(a, day, month, used, reset=True)
+            self._move(a, day, month, used, s.cost, True)
         if s.record:
             self._record(s, now)
 
@@ -255,14 +284,12 @@ class MemoryStore:
         self._settled[marker] = now + SETTLED_TTL
         return True
 
-    def _move(self, a: Admission, day: int, month: int, delta: int, reset: bool) -> None:
-        """Token counters of ``day``/``month`` moved by ``delta`` (never below zero); a counter
-        of an older period is left alone, or, with ``reset``, restarted at ``delta``."""
-        for scope, period in (
-            (f"kd:{a.key_id}", day),
-            (f"km:{a.key_id}", month),
-            (f"om:{a.owner}", month),
-        ):
+    def _move(
+        self, a: Admission, day: int, month: int, tokens: int, cost: int, reset: bool
+    ) -> None:
+        """Counters of ``day``/``month`` moved by ``tokens`` and ``cost`` (never below zero); a
+        counter of an older period is left alone, or, with ``reset``, restarted at the delta."""
+        for scope, period, delta in _counters(a, day, month, tokens, cost):
             stored = self._counters.get(scope)
             if stored is not None and stored[0] == period:
                 self._counters[scope] = (period, max(0, stored[1] + delta))
@@ -358,3 +385,17 @@ def _row_order(item: tuple[tuple[str, str, int, str, str], _Usage]) -> tuple[obj
     Redis store's order)."""
     owner, key_id, day, model, api = item[0]
     return owner, key_id, day, model, api != "chat", api
+
+
+def _counters(
+    a: Admission, day: int, month: int, tokens: int, cost: int
+) -> tuple[tuple[str, int, int], ...]:
+    """Every counter an admission moves: (scope, its period, the amount)."""
+    return (
+        (f"kd:{a.key_id}", day, tokens),
+        (f"km:{a.key_id}", month, tokens),
+        (f"om:{a.owner}", month, tokens),
+        (f"kdc:{a.key_id}", day, cost),
+        (f"kmc:{a.key_id}", month, cost),
+        (f"omc:{a.owner}", month, cost),
+    )

@@ -7,10 +7,15 @@ on one Cluster slot::
     gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
     gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry (every admitted request
                                     holds one until settled: the settle-once marker)
-    gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), m (month id), mt,
+    gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), dc (day micro-dollars),
+                                    m (month id), mt, mc,
                                     x (when the key's log and lease TTLs were last renewed)
     gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens), x (as above,
-                                    for the plan rpm log)
+                                    for the plan rpm log), mc (the month's micro-dollars)
+    gw:{<owner>}:tpm:k:<keyId>      ZSET request id -> admission time (the key's rolling minute
+                                    of tokens; only with a tpmLimit)
+    gw:{<owner>}:tpmv:k:<keyId>     HASH request id -> tokens, s (their sum)
+    gw:{<owner>}:tpm:o, tpmv:o      the same for the plan's tpm
     gw:{<owner>}:done:<requestId>   settled marker of a request admitted without the store
                                     (on_error: open; EX 1 hour): settle runs once
     gw:{<owner>}:use:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0 errors);
@@ -38,6 +43,7 @@ from gateway.records import (
     Admission,
     Refusal,
     Settlement,
+    Spent,
     UsageDay,
     Verdict,
     latency_bucket,
@@ -54,8 +60,13 @@ REFUSALS: tuple[Refusal | None, ...] = (
     "concurrency",
     "daily",
     "monthly",
+    "tpm",
+    "daily_budget",
+    "monthly_budget",
     "plan_rpm",
     "plan_monthly",
+    "plan_tpm",
+    "plan_budget",
 )
 _UNSAFE = re.compile(r"[%{}:]")
 _BUCKETS = len(LATENCY_BOUNDS_MS) + 1
@@ -90,7 +101,17 @@ def num(value: int | None) -> str:
 # -- admit ----------------------------------------------------------------------------------
 def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
     t, k = tag(a.owner), esc(a.key_id)
-    keys = [f"{t}rpm:k:{k}", f"{t}rpm:o", f"{t}lease:{k}", f"{t}tok:{k}", f"{t}tok:o"]
+    keys = [
+        f"{t}rpm:k:{k}",
+        f"{t}rpm:o",
+        f"{t}lease:{k}",
+        f"{t}tok:{k}",
+        f"{t}tok:o",
+        f"{t}tpm:k:{k}",
+        f"{t}tpmv:k:{k}",
+        f"{t}tpm:o",
+        f"{t}tpmv:o",
+    ]
     args = [
         a.request_id,
         num(a.rpm),
@@ -104,6 +125,12 @@ def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
         repr(LEASE_SECONDS),
         repr(windows.RPM_WINDOW),
         str(COUNTER_TTL),
+        num(a.tpm),
+        num(a.daily_budget),
+        num(a.monthly_budget),
+        num(a.plan_tpm),
+        num(a.plan_budget),
+        str(a.reserve_cost),
     ]
     return keys, args
 
@@ -111,13 +138,24 @@ def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
 def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
     """The script's reply as the Verdict ``MemoryStore`` would give (same arithmetic)."""
     refused = REFUSALS[int(r[1])]
+    spent = Spent(
+        day_tokens=int(r[5]),
+        month_tokens=int(r[6]),
+        owner_month_tokens=int(r[7]),
+        minute_tokens=int(r[13]),
+        owner_minute_tokens=int(r[14]),
+        day_cost=int(r[15]),
+        month_cost=int(r[16]),
+        owner_month_cost=int(r[17]),
+    )
     return windows.verdict_of(
         a,
         refused,
         float(r[2]),
         (int(r[3]), float(r[4]) if int(r[3]) else 0.0),  # no entry: no oldest time
-        (int(r[5]), int(r[6]), int(r[7])),
+        spent,
         (int(r[8]), int(r[9]), float(r[10]), float(r[11]), float(r[12])),
+        (float(r[18]), float(r[19])),
     )
 
 
@@ -133,6 +171,8 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
         f"{t}lastused",
         f"{t}use:{k}:",
         f"{t}usedays:{k}",
+        f"{t}tpmv:k:{k}",
+        f"{t}tpmv:o",
     ]
     args = [
         a.request_id,
@@ -151,6 +191,10 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
         str(int(SETTLED_TTL)),
         str(USAGE_DAYS),
         "1" if s.record else "0",
+        str(s.cost - a.reserve_cost),
+        str(s.cost),
+        "0" if a.tpm is None else "1",
+        "0" if a.plan_tpm is None else "1",
     ]
     return keys, args
 

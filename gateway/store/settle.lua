@@ -5,15 +5,18 @@
 -- goes with the settlement (the lease is the marker: nothing of a request outlives it). One
 -- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
 -- ARGV 14 seconds, and its tokens are charged to the periods current now.
--- KEYS: 1 the key's leases, 2 the key's token counters, 3 the owner's token counters,
+-- KEYS: 1 the key's leases, 2 the key's counters, 3 the owner's counters,
 --       4 the request's settled marker (day 0 only), 5 the owner's last-use hash (key id -> time),
 --       6 the key's usage key prefix (the UTC day is appended: same tag, same slot),
---       7 the key's usage days (ZSET of day ids, for range reads)
+--       7 the key's usage days (ZSET of day ids, for range reads),
+--       8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s = their sum)
 -- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store),
 --       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
 --       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
---       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only)
--- Several settlements in one call: KEYS and ARGV hold 7 and 16 per settlement, one after the
+--       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only),
+--       17 cost - reserved cost, 18 cost (micro-dollars), 19 the key's minute counted it (1/0),
+--       20 the owner's minute did
+-- Several settlements in one call: KEYS and ARGV hold 9 and 20 per settlement, one after the
 -- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
 -- Returns how many were settled (those settled before are skipped).
 --
@@ -62,26 +65,56 @@ local counters = ordered()   -- token counter hash -> {fields read, fields to wr
 local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
 local last = ordered()       -- last-use hash -> ordered key id -> time
 
--- A token counter hash (a key's: d, dt, m, mt; an owner's: m, mt), read once per batch.
+-- A counter hash (a key's: d, dt, dc, m, mt, mc; an owner's: m, mt, mc), read once per batch.
 local function counter(key)
   return slot(counters, key, function()
-    local read = redis.call('HMGET', key, 'd', 'dt', 'm', 'mt')
-    return {d = read[1], dt = read[2], m = read[3], mt = read[4], moved = ordered()}
+    local r = redis.call('HMGET', key, 'd', 'dt', 'dc', 'm', 'mt', 'mc')
+    return {d = r[1], dt = r[2], dc = r[3], m = r[4], mt = r[5], mc = r[6], moved = ordered()}
   end)
 end
 
--- Counter ``field`` of a period still current, moved by ``delta`` (never below zero); with
--- ``reset``, a counter of another period restarts at ``delta`` in this one.
-local function move(c, period_field, period, field, delta, reset)
-  if tonumber(c[period_field]) == period then
-    c[field] = math.max(0, tonumber(c[field]) + delta)
-  elseif reset then
-    c[period_field], c[field] = period, math.max(0, delta)
-    put(c.moved, period_field, period)
-  else
-    return
+-- Whether counter ``c``'s period ``pf`` is ``period``; with ``reset``, one that held another is
+-- made current, its ``fields`` restarting at zero.
+local function current(c, pf, period, fields, reset)
+  if tonumber(c[pf]) == period then return true end
+  if not reset then return false end
+  c[pf] = period
+  put(c.moved, pf, period)
+  for _, f in ipairs(fields) do
+    c[f] = 0
+    put(c.moved, f, 0)
   end
+  return true
+end
+
+-- Counter field moved by ``delta``, never below zero.
+local function add_to(c, field, delta)
+  c[field] = math.max(0, (tonumber(c[field]) or 0) + delta)
   put(c.moved, field, c[field])
+end
+
+-- The counters of the periods ``day`` and ``month`` (if current, or made so with ``reset``)
+-- moved by ``tokens`` and ``cost``.
+local function move(kc, oc, day, month, tokens, cost, reset)
+  if current(kc, 'd', day, {'dt', 'dc'}, reset) then
+    add_to(kc, 'dt', tokens)
+    add_to(kc, 'dc', cost)
+  end
+  for _, c in ipairs({kc, oc}) do
+    if current(c, 'm', month, {'mt', 'mc'}, reset) then
+      add_to(c, 'mt', tokens)
+      add_to(c, 'mc', cost)
+    end
+  end
+end
+
+-- A request's tokens in a rolling minute become what it used, if it is still there.
+local function minute_settle(h, rid, used)
+  local held = redis.call('HGET', h, rid)
+  if held then
+    redis.call('HSET', h, rid, used)
+    redis.call('HINCRBY', h, 's', used - tonumber(held))
+  end
 end
 
 -- Whether settlement ``a`` (of the request ``rid``, admitted on ``day``) is its request's first.
@@ -114,29 +147,26 @@ local function record(k, a, finished)
 end
 
 local settled = 0
-for i = 0, #KEYS / 7 - 1 do
-  local k, a = 7 * i, 16 * i
+for i = 0, #KEYS / 9 - 1 do
+  local k, a = 9 * i, 20 * i
   local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   if first_time(k, a, day) then
     settled = settled + 1
     local kc, oc = counter(KEYS[k + 2]), counter(KEYS[k + 3])
+    local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])
     local finished = tonumber(ARGV[a + 11])
     if finished == 0 or day == 0 then
       local now = clock(ARGV[a + 12])
       if finished == 0 then finished = now end
       if day == 0 then  -- admitted without the store: charged to the periods current now
-        local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])
         local today, this_month = periods(now)
-        move(kc, 'd', today, 'dt', used, true)
-        move(kc, 'm', this_month, 'mt', used, true)
-        move(oc, 'm', this_month, 'mt', used, true)
+        move(kc, oc, today, this_month, used, tonumber(ARGV[a + 18]), true)
       end
     end
     if day ~= 0 then
-      local delta = tonumber(ARGV[a + 4])
-      move(kc, 'd', day, 'dt', delta)
-      move(kc, 'm', month, 'mt', delta)
-      move(oc, 'm', month, 'mt', delta)
+      move(kc, oc, day, month, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 17]), false)
+      if ARGV[a + 19] == '1' then minute_settle(KEYS[k + 8], ARGV[a + 1], used) end
+      if ARGV[a + 20] == '1' then minute_settle(KEYS[k + 9], ARGV[a + 1], used) end
     end
     if ARGV[a + 16] == '1' then record(k, a, finished) end
   end

@@ -627,3 +627,60 @@ async def test_usage_is_kept_per_model_and_api(store: Store) -> None:
         ("m:8b", "audio", 1, 1),
         ("m:8b", "embeddings", 2, 10),
     ]
+
+
+# -- tokens per minute and money budgets ---------------------------------------------------------
+async def test_tpm_is_a_rolling_minute_of_tokens(store: Store, clock: FakeClock) -> None:
+    """Reservations count for 60 s from their admission; a settled request counts what it used;
+    the refusal says when enough will have left the window."""
+    first = ask(tpm=100, reserve=60)
+    v1 = await store.admit(first)
+    assert v1.admitted and (v1.tokens_limit, v1.tokens_remaining) == (100, 40)
+    clock.advance(10)
+    refused = await store.admit(ask(tpm=100, reserve=50))
+    assert refused.refused == "tpm" and refused.retry_after == 50
+    await store.settle(settlement(first, v1, 30))  # used 30 of the 60 it reserved
+    second = await store.admit(ask(tpm=100, reserve=50))
+    assert second.admitted and second.tokens_remaining == 20
+    clock.advance(50)  # the first one's tokens leave the window; the second's 50 stay
+    third = await store.admit(ask(tpm=100, reserve=50))
+    assert third.admitted and third.tokens_remaining == 0
+    assert (await store.admit(ask(tpm=100, reserve=101))).refused == "tpm"
+
+
+async def test_plan_tpm_spans_the_owners_keys(store: Store) -> None:
+    assert (await store.admit(ask("k1", "bob", plan_tpm=100, reserve=70))).admitted
+    refused = await store.admit(ask("k2", "bob", plan_tpm=100, reserve=40))
+    assert refused.refused == "plan_tpm"
+    assert (await store.admit(ask("k3", "carol", plan_tpm=100, reserve=40))).admitted
+
+
+async def test_money_budgets_reserve_and_settle(store: Store) -> None:
+    """Budgets are micro-dollars reserved at admission and settled to the real cost."""
+    a = ask(daily_budget=1_000_000, reserve_cost=800_000)
+    v = await store.admit(a)
+    assert v.admitted and v.spent is not None and v.spent.day_cost == 800_000
+    refused = await store.admit(ask(daily_budget=1_000_000, reserve_cost=300_000))
+    assert refused.refused == "daily_budget" and refused.retry_after >= 1
+    await store.settle(settlement(a, v, 10, cost=100_000))
+    again = await store.admit(
+        ask(daily_budget=1_000_000, monthly_budget=1_000_000, reserve_cost=900_000)
+    )
+    assert again.admitted and again.spent is not None
+    assert (again.spent.day_cost, again.spent.month_cost) == (1_000_000, 1_000_000)
+    over = await store.admit(ask(monthly_budget=1_000_000, reserve_cost=1))
+    assert over.refused == "monthly_budget"
+
+
+async def test_plan_budget_spans_the_owners_keys(store: Store) -> None:
+    assert (await store.admit(ask("k1", "dan", plan_budget=500, reserve_cost=400))).admitted
+    assert (await store.admit(ask("k2", "dan", plan_budget=500, reserve_cost=200))).refused == (
+        "plan_budget"
+    )
+
+
+async def test_a_store_down_settlement_charges_money_today(store: Store) -> None:
+    a = ask(daily_budget=1000, reserve_cost=0)
+    await store.settle(Settlement(a, 0, 0, "m", 1, 1, 1.0, finished_at=T0, cost=600))
+    v = await store.admit(ask(daily_budget=1000, reserve_cost=500))
+    assert v.refused == "daily_budget"

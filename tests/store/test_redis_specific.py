@@ -188,6 +188,11 @@ _limits = st.fixed_dictionaries(
         "monthly": st.integers(0, 90),
         "plan_rpm": st.integers(1, 4),
         "plan_monthly": st.integers(0, 120),
+        "tpm": st.integers(0, 80),
+        "plan_tpm": st.integers(0, 100),
+        "daily_budget": st.integers(0, 500),
+        "monthly_budget": st.integers(0, 700),
+        "plan_budget": st.integers(0, 900),
     },
 )
 _ops = st.lists(
@@ -226,14 +231,18 @@ async def test_verdicts_equal_the_memory_store(
             if op[0] == "advance":
                 clock.advance(op[1])
             elif op[0] == "admit":
-                a = Admission(uid("r"), f"k{op[1]}", owner, **op[2], reserve=op[3])
+                a = Admission(
+                    uid("r"), f"k{op[1]}", owner, **op[2], reserve=op[3], reserve_cost=op[3] * 7
+                )
                 expected: Verdict = await memory.admit(a)
                 assert await store.admit(a) == expected
                 if expected.admitted:
                     admitted.append((a, expected))
             elif op[0] == "settle" and admitted:
                 a, v = admitted[op[1] % len(admitted)]
-                s = Settlement(a, v.day, v.month, "m", op[2], 1, op[2] * 7.3, op[2] % 3 == 0)
+                s = Settlement(
+                    a, v.day, v.month, "m", op[2], 1, op[2] * 7.3, op[2] % 3 == 0, cost=op[2] * 5
+                )
                 await memory.settle(s)
                 await store.settle(s)
             elif op[0] == "batch" and admitted:
@@ -243,7 +252,9 @@ async def test_verdicts_equal_the_memory_store(
                     model = "n" if other_model else "m"
                     error = tokens % 3 == 0
                     batch.append(
-                        Settlement(a, v.day, v.month, model, tokens, 2, tokens * 1.9, error)
+                        Settlement(
+                            a, v.day, v.month, model, tokens, 2, tokens * 1.9, error, cost=tokens
+                        )
                     )
                 await memory.settle_many(batch)
                 await store.settle_many(batch)
@@ -251,7 +262,9 @@ async def test_verdicts_equal_the_memory_store(
                 running = [a for a, _ in admitted]
                 await memory.renew_leases(running)
                 await store.renew_leases(running)
-        probe = Admission(uid("r"), "k0", owner, rpm=3, daily=1, monthly=1, plan_monthly=1)
+        probe = Admission(
+            uid("r"), "k0", owner, rpm=3, daily=1, monthly=1, plan_monthly=1, tpm=1, plan_budget=1
+        )
         assert await store.admit(probe) == await memory.admit(probe)
         keys = ["k0", "k1"]
         assert await store.usage(owner, keys, 0, 99991231) == await memory.usage(
