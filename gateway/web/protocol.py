@@ -31,7 +31,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
-from gateway.errors import BadRequest
+from gateway.errors import BadRequest, GatewayError
 from gateway.paths import PathError, canonical, is_plain
 from gateway.web.middlewares import STAMP, Stamp
 
@@ -101,9 +101,12 @@ def normalizing(make: RequestFactory) -> RequestFactory:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
-        if is_plain(message.path):  # nearly every request: already normal, nothing to do
+        if message.chunked and _other_codings(message):
+            message, refusal = _refused(message), _CODINGS
+        elif is_plain(message.path):  # nearly every request: already normal, nothing to do
             return make(message, payload, protocol, writer, task)
-        message, refusal = _normalized(message)
+        else:
+            message, refusal = _normalized(message)
         request = make(message, payload, protocol, writer, task)
         if refusal is not None:
             request[PATH_REFUSAL] = refusal
@@ -138,11 +141,34 @@ def _normalized(message: RawRequestMessage) -> tuple[RawRequestMessage, str | No
     return message._replace(url=url, path=str(url)), refusal
 
 
+def _other_codings(message: RawRequestMessage) -> bool:
+    """Whether a chunked request names a transfer coding besides ``chunked`` (``gzip,
+    chunked``, several lines): the gateway implements none, so it cannot frame such a body."""
+    codings = ",".join(message.headers.getall("Transfer-Encoding", ()))
+    return codings.strip().lower() != "chunked"
+
+
+def _refused(message: RawRequestMessage) -> RawRequestMessage:
+    url = message.url
+    target = URL.build(scheme=url.scheme, authority=url.raw_authority, path=_REFUSED_TARGET)
+    return message._replace(url=target, path=str(target))
+
+
+_CODINGS = "codings"  # the refusal of a transfer coding (not of a path)
+
+
 async def refuse_path(request: web.Request) -> web.StreamResponse:
-    """The handler of ``REFUSED_PATH``: the 400 of a path ``gateway.paths`` refused."""
+    """The handler of ``REFUSED_PATH``: the 400 of a path ``gateway.paths`` refused, or the 501
+    of a transfer coding the gateway does not implement (RFC 9112, 6.1)."""
     why = request.get(PATH_REFUSAL)
     if why is None:  # unreachable by a client; answer as if the route did not exist
         raise web.HTTPNotFound()
+    if why == _CODINGS:
+        raise GatewayError(
+            "Transfer-Encoding may only be chunked; send the body uncompressed.",
+            code="not_implemented",
+            status=501,
+        )
     raise BadRequest(f"The request path is not acceptable: {why}.")
 
 
