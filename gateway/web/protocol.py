@@ -150,7 +150,9 @@ def _other_codings(message: RawRequestMessage) -> bool:
 
 def _refused(message: RawRequestMessage) -> RawRequestMessage:
     url = message.url
-    target = URL.build(scheme=url.scheme, authority=url.raw_authority, path=_REFUSED_TARGET)
+    target = URL.build(
+        scheme=url.scheme, authority=url.raw_authority, path=_REFUSED_TARGET, encoded=True
+    )
     return message._replace(url=target, path=str(target))
 
 
