@@ -157,8 +157,9 @@ def _unwrapped(clock_monotonic: Callable[[], float]) -> Callable[[], float]:
 
 def _unread_closes(request: web.Request, response: web.Response) -> web.Response:
     """A refusal of a request whose body was not read closes the connection after it (as Envoy
-    does): the rest of the body is never read, so a refused client holds no memory here."""
-    if not request.content.is_eof():
+    does): the rest of the body is never read, so a refused client holds no memory here. So
+    does a 501 (a transfer coding the gateway cannot frame: what follows cannot be trusted)."""
+    if response.status == 501 or not request.content.is_eof():
         response.force_close()
     return response
 
