@@ -101,8 +101,9 @@ def normalizing(make: RequestFactory) -> RequestFactory:
         writer: AbstractStreamWriter,
         task: asyncio.Task[None],
     ) -> BaseRequest:
+        refusal: str | None = _CODINGS
         if message.chunked and _other_codings(message):
-            message, refusal = _refused(message), _CODINGS
+            message = _refused(message)
         elif is_plain(message.path):  # nearly every request: already normal, nothing to do
             return make(message, payload, protocol, writer, task)
         else:
