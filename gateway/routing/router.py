@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config.schema import DEFAULT_MAX_TOKENS, Config, Pricing, Upstream
+from gateway.config.schema import DEFAULT_APIS, DEFAULT_MAX_TOKENS, Config, Pricing, Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class ModelRoute:
     created: int
     aliases: tuple[str, ...] = ()
     default_max_tokens: int = DEFAULT_MAX_TOKENS
+    apis: tuple[str, ...] = DEFAULT_APIS  # what the model serves (``models.<name>.apis``)
 
     def allowed_by(self, models: frozenset[str] | None) -> bool:
         """May a key whose model allowlist is ``models`` use this model (by any name)?"""
@@ -42,6 +43,7 @@ class Router:
                 created=created,
                 aliases=model.aliases,
                 default_max_tokens=model.default_max_tokens,
+                apis=model.apis,
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):
