@@ -3,7 +3,8 @@
 Owns the HTTP side: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or
 SSE), API-key checks, per-request fault injection through ``x-mock-*`` headers, and the
 :class:`MockState` record tests read. What to answer is decided in ``gateway.mock_worker_plan``;
-the bytes are built in ``gateway.mock_worker_wire``.
+the bytes are built in ``gateway.mock_worker_wire``. The other APIs (completions, embeddings,
+rerank and score, audio, images, ``/tokenize``) are served by ``gateway.mock_worker_apis``.
 
 Request headers (the gateway forwards client headers upstream):
 
@@ -23,17 +24,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from gateway.mock_worker_plan import BadRequest, Plan, plan_chat
+from gateway.mock_worker_apis import MockApis
+from gateway.mock_worker_plan import BadRequest, Controls, Plan, plan_chat, read_controls
 from gateway.mock_worker_wire import (
     DONE,
     CannedChunks,
@@ -48,13 +49,6 @@ from gateway.mock_worker_wire import (
 
 _log = logging.getLogger(__name__)
 _SHUTDOWN_GRACE = 0.5  # seconds cleanup() lets in-flight answers run before cancelling them
-_CONTROL_HEADERS = (
-    "x-mock-status",
-    "x-mock-die-after",
-    "x-mock-delay",
-    "x-mock-token-delay",
-    "x-mock-no-usage",
-)
 _SSE_HEADERS = (
     ("Content-Type", "text/event-stream; charset=utf-8"),
     ("Cache-Control", "no-cache"),
@@ -83,6 +77,8 @@ class MockState:
     aborted: int = 0  # chat requests whose client went away before the answer was complete
     killed: int = 0  # chat requests cut by ``x-mock-die-after``
     keep: int = 1000
+    # The other APIs' requests: (path, headers lower-cased, JSON body or form summary).
+    api_requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
 
     def record(self, headers: dict[str, str], body: dict[str, Any]) -> None:
         self.received += 1
@@ -90,19 +86,13 @@ class MockState:
         if len(self.requests) > self.keep + self.keep // 10:  # trim in batches: amortized O(1)
             del self.requests[: len(self.requests) - self.keep]
 
+    def record_api(self, path: str, headers: dict[str, str], body: Any) -> None:
+        self.api_requests.append((path, headers, body))
+        if len(self.api_requests) > self.keep + self.keep // 10:
+            del self.api_requests[: len(self.api_requests) - self.keep]
+
 
 MOCK_STATE = web.AppKey("mock_state", MockState)
-
-
-@dataclass(frozen=True, slots=True)
-class _Controls:
-    """The ``x-mock-*`` headers of one request."""
-
-    token_delay: float
-    delay: float = 0.0
-    status: int | None = None
-    die_after: int | None = None
-    no_usage: bool = False
 
 
 def create_app(options: MockOptions = MockOptions()) -> web.Application:
@@ -114,6 +104,14 @@ def create_app(options: MockOptions = MockOptions()) -> web.Application:
     app.router.add_get("/health", worker.health)
     app.router.add_get("/v1/models", worker.models)
     app.router.add_post("/v1/chat/completions", worker.chat)
+    apis = MockApis(
+        worker.deny,
+        state.record_api,
+        worker.controls,
+        worker.canned.tokens,
+        worker.default_model,
+    )
+    apis.add_routes(app)
     app.on_shutdown.append(worker.shutdown)
     return app
 
@@ -193,7 +191,7 @@ class _Worker:
         self.auth = None if options.api_key is None else f"Bearer {options.api_key}"
         self.default_model = options.models[0] if options.models else "mock-model"
         self.call_ids = itertools.count()
-        self.controls = _Controls(token_delay=options.token_delay)
+        self.controls = Controls(token_delay=options.token_delay)
         created = int(time.time())
         listing = [
             {"id": m, "object": "model", "created": created, "owned_by": "mock"}
@@ -209,12 +207,12 @@ class _Worker:
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
     async def models(self, request: web.Request) -> web.Response:
-        denied = self._deny(request)
+        denied = self.deny(request)
         if denied is not None:
             return denied
         return web.Response(body=self.models_body, content_type="application/json")
 
-    def _deny(self, request: web.Request) -> web.Response | None:
+    def deny(self, request: web.Request) -> web.Response | None:
         if self.auth is None or request.headers.get("Authorization") == self.auth:
             return None
         return _error(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.")
@@ -233,13 +231,13 @@ class _Worker:
             state.open -= 1
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        denied = self._deny(request)
+        denied = self.deny(request)
         if denied is not None:
             return denied
         try:
             body = _parse_body(await request.read())
             self.state.record({k.lower(): v for k, v in request.headers.items()}, body)
-            controls = _read_controls(request.headers, self.controls)
+            controls = read_controls(request.headers, self.controls)
         except BadRequest as exc:
             return _error(400, exc.message)
         if controls.delay > 0:
@@ -255,7 +253,7 @@ class _Worker:
         return await self._complete(request, plan, controls)
 
     async def _complete(
-        self, request: web.Request, plan: Plan, controls: _Controls
+        self, request: web.Request, plan: Plan, controls: Controls
     ) -> web.StreamResponse:
         """Waits as long as generating would take, then answers in one JSON body."""
         generating = controls.token_delay * max(0, plan.completion_tokens - 1)
@@ -270,7 +268,7 @@ class _Worker:
         )
 
     async def _stream(
-        self, request: web.Request, plan: Plan, controls: _Controls
+        self, request: web.Request, plan: Plan, controls: Controls
     ) -> web.StreamResponse:
         """SSE like vLLM: role chunk, a chunk per token, finish chunk, usage chunk, ``[DONE]``."""
         usage_null = plan.include_usage and not controls.no_usage
@@ -299,7 +297,7 @@ class _Worker:
         plan: Plan,
         head: bytes,
         usage_null: bool,
-        controls: _Controls,
+        controls: Controls,
     ) -> bool:
         """Writes the token chunks ``token_delay`` apart; False when ``x-mock-die-after`` cut it."""
         delay, limit = controls.token_delay, controls.die_after
@@ -316,20 +314,6 @@ class _Worker:
         return False
 
 
-def _read_controls(headers: Mapping[str, str], default: _Controls) -> _Controls:
-    """The request's ``x-mock-*`` headers over ``default``; raises :class:`BadRequest`."""
-    if not any(name in headers for name in _CONTROL_HEADERS):
-        return default
-    no_usage = headers.get("x-mock-no-usage", "").strip().lower()
-    return _Controls(
-        token_delay=_seconds(headers, "x-mock-token-delay", default.token_delay),
-        delay=_seconds(headers, "x-mock-delay", 0.0),
-        status=_integer(headers, "x-mock-status", 400, 599),
-        die_after=_integer(headers, "x-mock-die-after", 0, 1 << 30),
-        no_usage=no_usage not in ("", "0", "false", "no"),
-    )
-
-
 def _parse_body(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
@@ -340,26 +324,3 @@ def _parse_body(raw: bytes) -> dict[str, Any]:
     if "messages" not in body:
         raise BadRequest("`messages` is required.")
     return body
-
-
-def _seconds(headers: Mapping[str, str], name: str, default: float) -> float:
-    value = headers.get(name)
-    if value is None:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise BadRequest(f"`{name}` must be a non-negative number of seconds, not {value!r}.")
-    return seconds
-
-
-def _integer(headers: Mapping[str, str], name: str, low: int, high: int) -> int | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    text = value.strip()
-    if not text.isdecimal() or not low <= int(text) <= high:
-        raise BadRequest(f"`{name}` must be an integer from {low} to {high}, not {value!r}.")
-    return int(text)

@@ -2,12 +2,14 @@
 
 Owns request validation (the 400s), the reply rules (canned reply, ``echo:``, ``say:N``, the tool
 round trip), the ``max_tokens`` and ``stop`` cuts, tool-call synthesis, reasoning and the token
-counts. ``gateway.mock_worker_wire`` turns a :class:`Plan` into bytes; ``gateway.mock_worker``
-serves it. A token is a whitespace-delimited word together with the whitespace before it.
+counts; and the ``x-mock-*`` request headers every API reads (:func:`read_controls`).
+``gateway.mock_worker_wire`` turns a :class:`Plan` into bytes; ``gateway.mock_worker`` serves
+it. A token is a whitespace-delimited word together with the whitespace before it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -294,3 +296,60 @@ def _value(name: str, schema: Any, variant: int) -> Any:
     if any(hint in name.lower() for hint in _PLACE_HINTS):
         return _PLACES[variant % len(_PLACES)]
     return "mock" if variant == 0 else f"mock{variant + 1}"
+
+
+CONTROL_HEADERS = (
+    "x-mock-status",
+    "x-mock-die-after",
+    "x-mock-delay",
+    "x-mock-token-delay",
+    "x-mock-no-usage",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Controls:
+    """The ``x-mock-*`` headers of one request."""
+
+    token_delay: float
+    delay: float = 0.0
+    status: int | None = None
+    die_after: int | None = None
+    no_usage: bool = False
+
+
+def read_controls(headers: Mapping[str, str], default: Controls) -> Controls:
+    """The request's ``x-mock-*`` headers over ``default``; raises :class:`BadRequest`."""
+    if not any(name in headers for name in CONTROL_HEADERS):
+        return default
+    no_usage = headers.get("x-mock-no-usage", "").strip().lower()
+    return Controls(
+        token_delay=_seconds(headers, "x-mock-token-delay", default.token_delay),
+        delay=_seconds(headers, "x-mock-delay", 0.0),
+        status=_integer(headers, "x-mock-status", 400, 599),
+        die_after=_integer(headers, "x-mock-die-after", 0, 1 << 30),
+        no_usage=no_usage not in ("", "0", "false", "no"),
+    )
+
+
+def _seconds(headers: Mapping[str, str], name: str, default: float) -> float:
+    value = headers.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise BadRequest(f"`{name}` must be a non-negative number of seconds, not {value!r}.")
+    return seconds
+
+
+def _integer(headers: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdecimal() or not low <= int(text) <= high:
+        raise BadRequest(f"`{name}` must be an integer from {low} to {high}, not {value!r}.")
+    return int(text)
