@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -68,6 +68,9 @@ class Rights:
     daily_limit: int | None = None
     monthly_limit: int | None = None
     expires_at: float | None = None
+    tpm_limit: int | None = None
+    daily_budget: int | None = None  # micro-dollars (served as dailyBudgetUsd, in dollars)
+    monthly_budget: int | None = None  # micro-dollars
 
     def to_json(self, api: bool) -> dict[str, Any]:
         """The camelCase fields, as served (``api``) or stored (full precision)."""
@@ -80,6 +83,9 @@ class Rights:
             "dailyLimit": self.daily_limit,
             "monthlyLimit": self.monthly_limit,
             "expiresAt": iso(self.expires_at) if api else self.expires_at,
+            "tpmLimit": self.tpm_limit,
+            "dailyBudgetUsd": _dollars(self.daily_budget),
+            "monthlyBudgetUsd": _dollars(self.monthly_budget),
         }
 
     @staticmethod
@@ -96,7 +102,18 @@ class Rights:
             daily_limit=data.get("dailyLimit"),
             monthly_limit=data.get("monthlyLimit"),
             expires_at=data.get("expiresAt"),
+            tpm_limit=data.get("tpmLimit"),
+            daily_budget=_micros(data.get("dailyBudgetUsd")),
+            monthly_budget=_micros(data.get("monthlyBudgetUsd")),
         )
+
+
+def _dollars(micros: int | None) -> float | None:
+    return None if micros is None else micros / 1_000_000
+
+
+def _micros(dollars: float | None) -> int | None:
+    return None if dollars is None else round(dollars * 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +144,9 @@ class KeyRecord:
     # ceilings, or a declared key): the key's own rights.
     ceiling: Rights | None = None
     revoked_by: Literal["admin", "owner"] | None = None  # None when revoked: before revokedBy
+    tpm_limit: int | None = None
+    daily_budget: int | None = None  # micro-dollars
+    monthly_budget: int | None = None  # micro-dollars
 
     def status(self, now: float) -> Status:
         if self.revoked:
@@ -136,16 +156,7 @@ class KeyRecord:
         return "ACTIVE"
 
     def rights(self) -> Rights:
-        return Rights(
-            self.permissions,
-            self.models,
-            self.ip_whitelist,
-            self.rpm_limit,
-            self.max_concurrency,
-            self.daily_limit,
-            self.monthly_limit,
-            self.expires_at,
-        )
+        return Rights(**{name: getattr(self, name) for name in RIGHTS})
 
     def effective_ceiling(self) -> Rights:
         return self.ceiling if self.ceiling is not None else self.rights()
@@ -209,6 +220,9 @@ class KeyRecord:
             daily_limit=rights.daily_limit,
             monthly_limit=rights.monthly_limit,
             expires_at=rights.expires_at,
+            tpm_limit=rights.tpm_limit,
+            daily_budget=rights.daily_budget,
+            monthly_budget=rights.monthly_budget,
             created_at=data.get("createdAt", 0.0),
             updated_at=data.get("updatedAt", 0.0),
             last_used_at=data.get("lastUsedAt"),
@@ -221,6 +235,8 @@ class KeyRecord:
     def evolve(self, **changes: Any) -> KeyRecord:
         return replace(self, **changes)
 
+
+RIGHTS = tuple(f.name for f in fields(Rights))  # the attributes self-service bounds
 
 Refusal = Literal[
     "rpm",

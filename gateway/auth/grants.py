@@ -25,6 +25,9 @@ LIMITS = {
     "maxConcurrency": "max_concurrency",
     "dailyLimit": "daily_limit",
     "monthlyLimit": "monthly_limit",
+    "tpmLimit": "tpm_limit",
+    "dailyBudgetUsd": "daily_budget",
+    "monthlyBudgetUsd": "monthly_budget",
 }
 FIELDS = ("permissions", "models", "ipWhitelist", *LIMITS, "expiresAt")
 ATTRS = {"ipWhitelist": "ip_whitelist", "expiresAt": "expires_at", **LIMITS}

@@ -24,7 +24,8 @@ from gateway.auth.ip import parse_allowlist
 from gateway.auth.service import KeyService
 from gateway.config.schema import PERMISSIONS
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
-from gateway.records import KeyRecord, Rights, UsageDay, from_iso
+from gateway.limits import money
+from gateway.records import RIGHTS, KeyRecord, Rights, UsageDay, from_iso
 from gateway.store.base import KeyExists, StoreError
 
 T = TypeVar("T")
@@ -33,7 +34,9 @@ _LIMITS = {
     "maxConcurrency": "max_concurrency",
     "dailyLimit": "daily_limit",
     "monthlyLimit": "monthly_limit",
+    "tpmLimit": "tpm_limit",
 }
+_BUDGETS = {"dailyBudgetUsd": "daily_budget", "monthlyBudgetUsd": "monthly_budget"}
 _EDITABLE = {
     "name",
     "description",
@@ -43,9 +46,10 @@ _EDITABLE = {
     "expiresInDays",
     "expiresAt",
     *_LIMITS,
+    *_BUDGETS,
 }
 MAX_DAYS = 3650
-_RIGHTS = tuple(f.name for f in dataclasses.fields(Rights))  # the attributes self-service bounds
+_RIGHTS = RIGHTS
 
 
 class KeyLifecycle:
@@ -288,6 +292,9 @@ class KeyLifecycle:
         for api, attr in _LIMITS.items():
             if not partial or api in body:
                 out[attr] = _limit(body.get(api), api)
+        for api, attr in _BUDGETS.items():
+            if not partial or api in body:
+                out[attr] = _budget(body.get(api), api)
         if "expiresInDays" in body or not partial:
             days = _limit(body.get("expiresInDays"), "expiresInDays", MAX_DAYS)
             out["expires_at"] = self.now + days * 86400 if days is not None else None
@@ -387,6 +394,17 @@ def _limit(value: object, name: str, maximum: int = 10**12) -> int | None:
             f"'{name}' must be null or a whole number from 1 to {maximum}.", param=name
         )
     return value
+
+
+def _budget(value: object, name: str) -> int | None:
+    """A budget in dollars (null: none), as whole micro-dollars."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1e9:
+        raise BadRequest(
+            f"'{name}' must be null or an amount of dollars above 0, at most 1e9.", param=name
+        )
+    return money.micros(float(value))
 
 
 def _timestamp(value: object) -> float | None:

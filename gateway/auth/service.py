@@ -57,6 +57,9 @@ def static_records(config: Config) -> dict[str, KeyRecord]:
             daily_limit=k.daily_limit,
             monthly_limit=k.monthly_limit,
             expires_at=k.expires_at,
+            tpm_limit=k.tpm_limit,
+            daily_budget=k.daily_budget,
+            monthly_budget=k.monthly_budget,
             static=True,
         )
         for k in config.keys.static

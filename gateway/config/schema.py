@@ -83,6 +83,9 @@ class StaticKey:
     daily_limit: int | None = None
     monthly_limit: int | None = None
     expires_at: float | None = None  # epoch seconds, UTC
+    tpm_limit: int | None = None
+    daily_budget: int | None = None  # micro-dollars (``daily_budget_usd``)
+    monthly_budget: int | None = None  # micro-dollars (``monthly_budget_usd``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +95,18 @@ class Keys:
     demo: bool = False  # memory:// only: issue a key for owner "demo" at start and print it
 
 
+Overage = Literal["block", "allow"]
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     max_keys: int | None = None
     monthly_tokens: int | None = None
     rpm: int | None = None
+    tpm: int | None = None  # tokens in any rolling minute, across the owner's keys
+    monthly_budget: int | None = None  # micro-dollars a month (``monthly_budget_usd``)
+    overage: Overage = "block"  # past monthly_tokens: refuse, or serve and report it apart
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config.fields import Ctx, Node, Obj
+from gateway.limits import money
 from gateway.config.schema import (
     APIS,
     DEFAULT_APIS,
@@ -27,6 +28,7 @@ from gateway.config.schema import (
     Listen,
     Log,
     MockWorker,
+    Overage,
     Model,
     Network,
     Plan,
@@ -255,9 +257,19 @@ def _static_key(o: Obj) -> StaticKey:
         daily_limit=o.get("daily_limit", limit, None),
         monthly_limit=o.get("monthly_limit", limit, None),
         expires_at=o.get("expires_at", lp.p_optional(lp.p_timestamp), None),
+        tpm_limit=o.get("tpm_limit", limit, None),
+        daily_budget=o.get("daily_budget_usd", _budget, None),
+        monthly_budget=o.get("monthly_budget_usd", _budget, None),
     )
     o.done()
     return out
+
+
+def _budget(node: Node) -> int | None:
+    """A budget in dollars (null: none), kept as whole micro-dollars."""
+    if node.value is None:
+        return None
+    return money.micros(lp.p_float(0.0, exclusive=True)(node))
 
 
 def _each(o: Obj, name: str) -> list[Obj]:
@@ -311,6 +323,9 @@ def _plans(o: Obj) -> dict[str, Plan]:
             p.get("max_keys", lp.p_optional(lp.p_int(0)), None),
             p.get("monthly_tokens", limit, None),
             p.get("rpm", limit, None),
+            p.get("tpm", limit, None),
+            p.get("monthly_budget_usd", _budget, None),
+            cast(Overage, p.get("overage", lp.p_enum("block", "allow"), "block")),
         )
         p.done()
     return plans

@@ -30,13 +30,20 @@ log = logging.getLogger("gateway.limits")
 
 PLAN_TTL = 30.0
 BATCH = 256
+CATCH_UP = 0.1  # seconds between an admission's tries to write a backlog first
+RETRY_MAX = 0.25  # seconds at most between the writer's tries while the store is down
 _CODES: dict[Refusal, tuple[str, str]] = {
     "rpm": ("rate_limit_exceeded", "The key's requests-per-minute limit is reached"),
     "concurrency": ("concurrency_limit_exceeded", "The key has too many requests in flight"),
     "daily": ("daily_limit_exceeded", "The key's daily token limit is reached"),
     "monthly": ("monthly_limit_exceeded", "The key's monthly token limit is reached"),
+    "tpm": ("tpm_exceeded", "The key's tokens-per-minute limit is reached"),
+    "daily_budget": ("budget_exceeded", "The key's daily budget is spent"),
+    "monthly_budget": ("budget_exceeded", "The key's monthly budget is spent"),
     "plan_rpm": ("plan_limit_exceeded", "requests-per-minute limit"),
     "plan_monthly": ("plan_limit_exceeded", "monthly token limit"),
+    "plan_tpm": ("tpm_exceeded", "tokens-per-minute limit"),
+    "plan_budget": ("budget_exceeded", "monthly budget"),
 }
 
 
@@ -158,6 +165,8 @@ class Limiter:
         self._tasks: list[asyncio.Task[None]] = []
         self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
+        self._writing = asyncio.Lock()
+        self._behind: float | None = None  # when writing settlements last failed, if it did
 
     @property
     def _timeout(self) -> float:
@@ -197,7 +206,10 @@ class Limiter:
         reserve: int,
         anthropic: bool,
         model: str = "",
+        reserve_cost: int = 0,
     ) -> Ticket:
+        """Admit a request reserving ``reserve`` tokens that may cost ``reserve_cost``
+        micro-dollars, against every limit of its key and its owner's plan."""
         plan = await self.plan_of(record.owner)
         admission = Admission(
             request_id=request_id,
@@ -208,9 +220,18 @@ class Limiter:
             daily=record.daily_limit,
             monthly=record.monthly_limit,
             plan_rpm=plan.rpm,
-            plan_monthly=plan.monthly_tokens,
+            # a plan that allows overage serves past its monthly tokens (usage reports it apart)
+            plan_monthly=plan.monthly_tokens if plan.overage == "block" else None,
             reserve=reserve,
+            tpm=record.tpm_limit,
+            daily_budget=record.daily_budget,
+            monthly_budget=record.monthly_budget,
+            plan_tpm=plan.tpm,
+            plan_budget=plan.monthly_budget,
+            reserve_cost=reserve_cost,
         )
+        if self._behind is not None:
+            await self._catch_up()
         try:
             verdict: Verdict | None = await self._decide(admission, model)
         except StoreError:
@@ -265,13 +286,21 @@ class Limiter:
 
     def release(self, ticket: Ticket, model: str) -> None:
         """Give back what an admission took, for a request that was never served."""
-        self._queue(ticket, model, 0, 0, error=False, estimated=False, record=False)
+        self._queue(ticket, model, 0, 0, False, False, False, 0, "chat")
 
     def settle(
-        self, ticket: Ticket, model: str, prompt: int, completion: int, error: bool, estimated: bool
+        self,
+        ticket: Ticket,
+        model: str,
+        prompt: int,
+        completion: int,
+        error: bool,
+        estimated: bool,
+        cost: int = 0,
+        api: str = "chat",
     ) -> None:
         """Queue the settlement; the background writer sends it (batched) right after."""
-        self._queue(ticket, model, prompt, completion, error, estimated, record=True)
+        self._queue(ticket, model, prompt, completion, error, estimated, True, cost, api)
 
     def _queue(
         self,
@@ -282,6 +311,8 @@ class Limiter:
         error: bool,
         estimated: bool,
         record: bool,
+        cost: int,
+        api: str,
     ) -> None:
         self._in_flight.pop(ticket.admission.request_id, None)
         verdict = ticket.verdict
@@ -298,6 +329,8 @@ class Limiter:
                 estimated=estimated,
                 finished_at=self.clock.time(),
                 record=record,
+                api=api,
+                cost=cost,
             )
         )
         self._wake.set()
@@ -331,19 +364,42 @@ class Limiter:
                 if await self._write_batch():
                     backoff = 0.05
                     continue
-                await asyncio.sleep(backoff)  # the store is down: retry, more slowly each time
-                backoff = min(2.0, backoff * 2)
+                # The store is down: retry, more slowly each time, but often enough that what
+                # waits (leases, reservations) is written soon after it is back.
+                await asyncio.sleep(backoff)
+                backoff = min(RETRY_MAX, backoff * 2)
 
     async def _write_batch(self) -> bool:
-        batch = self.buffer.take(BATCH)
-        try:
-            await self.store.settle_many(batch)
-        except StoreError:
-            self.on_store_error("settle")
-            self.buffer.put_back(batch)
-            return False
-        self.buffer.writing = 0
-        return True
+        async with self._writing:  # one batch at a time (the writer's, or a catch-up's)
+            batch = self.buffer.take(BATCH)
+            try:
+                await self.store.settle_many(batch)
+            except StoreError:
+                self.on_store_error("settle")
+                self.buffer.put_back(batch)
+                self._behind = self.clock.monotonic()
+                return False
+            self.buffer.writing = 0
+            if not self.buffer.items:
+                self._behind = None
+            return True
+
+    async def caught_up(self) -> bool:
+        """Whether nothing written while the store failed still waits (tries a write first)."""
+        if self._behind is not None and self.buffer.items:
+            self._behind = 0.0  # due now
+            await self._catch_up()
+        return self._behind is None or not self.buffer.items
+
+    async def _catch_up(self) -> None:
+        """After the store failed, what waits in the buffer goes first (at most one try per
+        ``CATCH_UP`` seconds): settlements hold leases and reservations, and an admission
+        decided before they are written would be refused for slots already free."""
+        behind = self._behind
+        if behind is not None and self.clock.monotonic() - behind >= CATCH_UP:
+            self._behind = self.clock.monotonic()
+            while self.buffer.items and await self._write_batch():
+                pass
 
     async def _renew(self) -> None:
         """Leases of requests running for a while (long streams) are extended: every admitted

@@ -36,6 +36,9 @@ class Exchange:
     agent_id: str | None = None
     final_status: int | None = None
     prompt_estimate: int = 0  # request bytes / 4: reserved, and charged when usage is missing
+    api: str = "chat"  # the API served (models.<name>.apis' words), for the log and usage
+    images: int = 0  # images an images request made
+    audio_seconds: float = 0.0  # seconds of audio an audio request took, when reported
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import NotFound, shown
+from gateway.limits import money
 from gateway.limits.limiter import Ticket
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import read_request_body, too_large
@@ -64,11 +65,20 @@ def model(runtime: Runtime, ex: Exchange, record: KeyRecord, name: str) -> Model
 
 
 async def admit(
-    runtime: Runtime, ex: Exchange, record: KeyRecord, route: ModelRoute, reserve: int
+    runtime: Runtime,
+    ex: Exchange,
+    record: KeyRecord,
+    route: ModelRoute,
+    prompt: int,
+    completion: int = 0,
 ) -> Ticket:
-    """The admission of this request (by the gateway's own id) reserving ``reserve`` tokens;
+    """The admission of this request (by the gateway's own id) reserving ``prompt`` and
+    ``completion`` tokens, and what they would cost at the model's prices (the money budgets);
     its rate headers go on the answer, and on a refusal too."""
-    ticket = await runtime.limiter.admit(ex.id, record, reserve, ex.anthropic, route.name)
+    price = money.cost(route.pricing, prompt, completion)
+    ticket = await runtime.limiter.admit(
+        ex.id, record, prompt + completion, ex.anthropic, route.name, price
+    )
     ex.rate_headers = ticket.headers
     return ticket
 
@@ -85,8 +95,24 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         ex.prompt_tokens = ex.prompt_estimate
         ex.completion_tokens = ex.completion_chunks
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
+    served = ex.upstream is not None and not error
+    price = money.cost(
+        route.pricing,
+        ex.prompt_tokens,
+        ex.completion_tokens,
+        requests=int(served),
+        images=ex.images,
+        audio_seconds=ex.audio_seconds,
+    )
     runtime.limiter.settle(
-        ticket, route.name, ex.prompt_tokens, ex.completion_tokens, error, ex.estimated
+        ticket,
+        route.name,
+        ex.prompt_tokens,
+        ex.completion_tokens,
+        error,
+        ex.estimated,
+        cost=price,
+        api=ex.api,
     )
 
 

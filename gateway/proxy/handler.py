@@ -115,8 +115,8 @@ class ChatHandler:
             _str_or_none(body.get("agent_id")),
         )
         ex.prompt_estimate = len(raw) // 4  # a cheap over-estimate, settled to the real usage
-        reserve = ex.prompt_estimate + (max_output_tokens(body) or route.default_max_tokens)
-        ticket = await govern.admit(rt, ex, record, route, reserve)
+        allowance = max_output_tokens(body) or route.default_max_tokens
+        ticket = await govern.admit(rt, ex, record, route, ex.prompt_estimate, allowance)
         try:
             if out.stream:
                 return await self._stream(request, ex, route, out.payload)

@@ -99,7 +99,7 @@ BROKEN = [
         + "'\n      permissions: [chat, admin]\n      ip_whitelist: ['1.2.3.0/33']\n",
         [
             "f.yaml:6: keys.static[0].permissions: unknown permission 'admin'; "
-            "use chat, images, vision",
+            "use audio, chat, embeddings, images, vision",
             "f.yaml:7: keys.static[0].ip_whitelist[0]: '1.2.3.0/33' is not an IP address or "
             "CIDR network",
         ],

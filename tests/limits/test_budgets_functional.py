@@ -1,0 +1,116 @@
+"""Tokens per minute, money budgets and plan overage through a real gateway on every backend:
+reservations priced at the model's prices, refusals with their codes and true Retry-After, and
+an overage plan that keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.server import Server
+from tests.clients import AUTH, TEST_KEY_SHA
+from tests.conftest import gateway_yaml
+from tests.fakes import FakeUpstream, completion
+
+PRICED = {"pricing": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}  # µ$1 / µ$2 a token
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "memory":
+        return "memory://"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def config(store: str, upstream: str, key: str = "", plan: str = "monthly_tokens: null") -> str:
+    return gateway_yaml(
+        {"up": upstream},
+        {"m": {"upstreams": ["up"], **PRICED}},
+        extra=f"keys: {{static: [{{id: b, owner: acme, sha256: '{TEST_KEY_SHA}'{key}}}]}}\n"
+        f"plans: {{free: {{max_keys: 5, rpm: null, {plan}}}}}\n"
+        f"store: {{url: '{store}'}}\n",
+    )
+
+
+async def chat(port: int, **body: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=payload, headers=AUTH) as r,
+    ):
+        return r.status, dict(r.headers), await r.json()
+
+
+async def test_tpm_refuses_what_the_minute_cannot_hold(
+    gateway_factory: Any, fake: FakeUpstream, store_url: str
+) -> None:
+    """A request held open keeps its reservation in the minute; the next one that does not
+    fit is refused tpm_exceeded, with the minute's time to wait; the headers report the minute
+    (the tightest token limit)."""
+    release, arrived = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Any, body: Any) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return web.json_response(completion("late"))
+
+    fake.script = held
+    server: Server = await gateway_factory(
+        config(store_url, fake.url, key=", tpm_limit: 1000, daily_limit: 100000")
+    )
+    first = asyncio.create_task(chat(server.port, max_tokens=600))
+    await asyncio.wait_for(arrived.wait(), 5)
+    status, headers, body = await chat(server.port, max_tokens=600)
+    assert status == 429 and body["error"]["code"] == "tpm_exceeded", body
+    assert 50 <= int(headers["Retry-After"]) <= 60
+    release.set()
+    status, headers, _ = await first
+    assert status == 200 and headers["x-ratelimit-limit-tokens"] == "1000"
+    fake.script = None
+    status, headers, _ = await chat(server.port, max_tokens=600)  # the first settled to 12
+    assert status == 200 and int(headers["x-ratelimit-remaining-tokens"]) < 400
+
+
+async def test_a_daily_budget_is_reserved_at_the_models_prices(
+    gateway_factory: Any, fake: FakeUpstream, store_url: str
+) -> None:
+    """µ$1000 a day; max_tokens 600 may cost µ$1200 at µ$2 an output token: refused before it
+    runs. 300 fits, and settles to what the answer really cost."""
+    server: Server = await gateway_factory(
+        config(store_url, fake.url, key=", daily_budget_usd: 0.001")
+    )
+    status, headers, body = await chat(server.port, max_tokens=600)
+    assert status == 429 and body["error"]["code"] == "budget_exceeded", body
+    assert int(headers["Retry-After"]) >= 1
+    for _ in range(3):  # each settles to ~µ$30 (prompt and completion of the fake's answer)
+        assert (await chat(server.port, max_tokens=300))[0] == 200
+    assert (await chat(server.port, max_tokens=480))[0] == 429
+
+
+async def test_a_plan_monthly_budget_spans_the_owners_keys(
+    gateway_factory: Any, fake: FakeUpstream, store_url: str
+) -> None:
+    server: Server = await gateway_factory(
+        config(store_url, fake.url, plan="monthly_budget_usd: 0.0005")
+    )
+    status, _, body = await chat(server.port, max_tokens=300)
+    assert status == 429 and body["error"]["code"] == "budget_exceeded"
+    assert "plan 'free'" in body["error"]["message"]
+
+
+async def test_overage_allow_serves_past_the_plans_monthly_tokens(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    blocked: Server = await gateway_factory(
+        config("memory://", fake.url, plan="monthly_tokens: 30")
+    )
+    allowed: Server = await gateway_factory(
+        config("memory://", fake.url, plan="monthly_tokens: 30, overage: allow")
+    )
+    assert [(await chat(blocked.port, max_tokens=5))[0] for _ in range(3)][-1] == 429
+    assert [(await chat(allowed.port, max_tokens=5))[0] for _ in range(3)] == [200] * 3
