@@ -40,6 +40,7 @@ SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
 # by 32, and each call's run (a script blocks Redis meanwhile) stays about a millisecond.
 SETTLE_CHUNK = 32
 BULK_TIMEOUT = 10.0  # seconds a report's reads may take (never less than timeout_ms)
+REPORT_PART = 500  # usage days read (and decoded) per round trip of a report
 
 
 def _kh(key_hash: str) -> str:
@@ -82,6 +83,19 @@ def _why(exc: BaseException | None) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     return str(exc) or type(exc).__name__
+
+
+def _usage_rows(cells: list[tuple[str, int]], hashes: list[Any]) -> list[UsageDay]:
+    rows: list[UsageDay] = []
+    for (key_id, day), fields in zip(cells, hashes, strict=True):
+        if isinstance(fields, list):  # the lane's raw reply: field, value, field, ...
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        rows.extend(codec.usage_rows(key_id, day, fields))
+    return rows
+
+
+def _records(raws: list[bytes | None]) -> list[KeyRecord]:
+    return [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
 
 
 async def _lane_pipe(lane: Lane, commands: list[tuple[Arg, ...]]) -> list[Any]:
@@ -227,7 +241,7 @@ class RedisStore:
         raws = await self._pipe(
             [("GET", _kh(h.decode())) for h in hashes if h is not None], bulk=True
         )
-        records = [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
+        records = await asyncio.to_thread(_records, raws)  # thousands: decoded off the loop
         mine = [r for r in records if r.owner == owner]
         return sorted(await self._with_use(mine, bulk=True), key=lambda r: (r.created_at, r.id))
 
@@ -411,14 +425,15 @@ class RedisStore:
             bulk=True,
         )
         cells = [(k, int(d)) for k, ds in zip(wanted, days, strict=True) for d in ds]
-        hashes = await self._pipe(
-            [("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in cells], bulk=True
-        )
         rows: list[UsageDay] = []
-        for (key_id, day), fields in zip(cells, hashes, strict=True):
-            if isinstance(fields, list):  # the lane's raw reply: field, value, field, ...
-                fields = dict(zip(fields[::2], fields[1::2], strict=True))
-            rows.extend(codec.usage_rows(key_id, day, fields))
+        # In parts, each read and decoded before the next is asked for: a report of thousands
+        # of days must not hold this process's loop (the requests' admissions wait on it).
+        for start in range(0, len(cells), REPORT_PART):
+            part = cells[start : start + REPORT_PART]
+            hashes = await self._pipe(
+                [("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in part], bulk=True
+            )
+            rows.extend(await asyncio.to_thread(_usage_rows, part, hashes))
         return rows
 
     # -- lifecycle --------------------------------------------------------------------------

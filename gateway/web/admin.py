@@ -30,6 +30,9 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         except StoreError:
             runtime.keys.on_store_error("ping")
             problems.append("store: unreachable")
+        else:
+            if not await runtime.limiter.caught_up():
+                problems.append("store: usage from its outage not yet written")
         if problems:
             return json_response({"status": "unready", "problems": problems}, status=503)
         return json_response({"status": "ready"})

@@ -165,3 +165,16 @@ async def test_an_unknown_model_name_is_quoted_only_in_part(gateway: Server) -> 
     ):
         body = await r.read()
     assert r.status == 404 and len(body) < 500, len(body)
+
+
+async def test_the_key_api_refuses_a_wrong_key_before_its_body(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """/api/keys: the caller is known from the head before its (promised) body is held."""
+    server: Server = await gateway_factory(limited("memory://", fake.url))
+    head = (
+        "POST /api/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong-key\r\n"
+        "Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n"
+    )
+    answer = await _raw_head(server.port, head)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
