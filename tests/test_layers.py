@@ -38,6 +38,7 @@ PURE = {
     "gateway.dialects.anthropic",
     "gateway.dialects.anthropic_stream",
     "gateway.dialects.relay",
+    "gateway.dialects.inputs",
 }
 HTTP_PREFIXES = ("gateway.web", "gateway.proxy", "gateway.runtime", "gateway.mock_worker")
 COMPOSITION = {

@@ -1,0 +1,200 @@
+"""What a request to a model API carries as input, checked before anything goes upstream: the
+image inputs that need the ``vision`` permission (both dialects and the Responses items), and
+the fields each non-chat API must have (legacy completions, embeddings, rerank, score, image
+generation), each bad one a 400 naming it. Pure: dict in, verdict out.
+
+The checks are those the gateway needs to route, reserve and count (the model, the input it
+estimates, ``n``, ``stream``); the worker still validates the rest of the body its own way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import BadRequest
+
+# Content parts and blocks that carry an image: OpenAI chat, Anthropic Messages, Responses.
+IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+# The pairs of fields a score request may name its two sides by (vLLM's shapes, oldest last).
+SCORE_PAIRS = (
+    ("queries", "documents"),
+    ("queries", "items"),
+    ("data_1", "data_2"),
+    ("text_1", "text_2"),
+)
+MAX_N = 128  # completions or images asked for in one request
+
+
+def has_image_input(body: object) -> bool:
+    """Whether a chat (OpenAI), Messages (Anthropic) or Responses body carries an image:
+    an ``image_url`` part, an ``image`` block (tool results included) or an ``input_image``.
+
+    Cheap for text-only chats: a message whose content is a string is passed over at once.
+    """
+    if type(body) is not dict:
+        return False
+    for key in ("messages", "input"):
+        items = body.get(key)
+        if type(items) is list and any(_carries_image(item) for item in items):
+            return True
+    return False
+
+
+def _carries_image(item: object) -> bool:
+    if type(item) is not dict:
+        return False
+    if item.get("type") in IMAGE_PARTS:  # a Responses input item that is itself an image
+        return True
+    content = item.get("content")
+    if type(content) is not list:
+        return False
+    for part in content:
+        if type(part) is dict and (part.get("type") in IMAGE_PARTS or _carries_image(part)):
+            return True
+    return False
+
+
+def _bad(param: str, problem: str) -> BadRequest:
+    return BadRequest(f"'{param}' {problem}", param=param)
+
+
+def model_of(body: object, what: str) -> dict[str, Any]:
+    """``body`` as an object with a ``model`` named, or the 400 saying what it lacks."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"The request body must be a JSON object: {what}.")
+    model = body.get("model")
+    if model is None:
+        raise _bad("model", "is required: name the model to use.")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "must be a non-empty string.")
+    return body
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _bad(name, "must be true or false.")
+    return value is True
+
+
+def whole(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    """The whole number ``body[name]`` within ``low`` to ``high``, None when absent or null."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _bad(name, f"must be a whole number ≥ {low}.")
+    if high is not None and value > high:
+        raise _bad(name, f"must be at most {high}.")
+    return value
+
+
+def _is_tokens(value: object) -> bool:
+    return type(value) is list and bool(value) and all(type(t) is int for t in value)
+
+
+def _texts_or_tokens(value: object, name: str) -> None:
+    """A string, or a non-empty list of strings, of token ids, or of lists of token ids."""
+    if isinstance(value, str):
+        return
+    if not isinstance(value, list):
+        raise _bad(name, "must be a string or a list of strings or token ids.")
+    if not value:
+        raise _bad(name, "must not be an empty list: send at least one input.")
+    if all(isinstance(v, str) for v in value) or _is_tokens(value):
+        return
+    if all(_is_tokens(v) for v in value):
+        return
+    raise _bad(name, "must be a string, or a list of strings, of token ids or of token-id lists.")
+
+
+def check_completions(body: object) -> dict[str, Any]:
+    """A legacy completions request: ``model``, ``prompt``; ``stream``, ``echo``, ``n``,
+    ``best_of`` and ``max_tokens`` of the right types."""
+    body = model_of(body, "'model' and 'prompt'")
+    if "prompt" not in body:
+        raise _bad("prompt", "is required: the text (or texts) to complete.")
+    _texts_or_tokens(body["prompt"], "prompt")
+    _flag(body, "stream")
+    _flag(body, "echo")
+    whole(body, "n", 1, MAX_N)
+    whole(body, "best_of", 1, MAX_N)
+    whole(body, "max_tokens", 1)
+    return body
+
+
+def completions_wanted(body: dict[str, Any]) -> int:
+    """How many completions a checked request asks the worker to generate."""
+    return max(body.get("n") or 1, body.get("best_of") or 1)
+
+
+def check_embeddings(body: object) -> dict[str, Any]:
+    """An embeddings request: ``model``, ``input`` (a string, strings, token ids or lists of
+    them), ``encoding_format`` float or base64, ``dimensions`` ≥ 1."""
+    body = model_of(body, "'model' and 'input'")
+    if "input" not in body:
+        raise _bad("input", "is required: the text (or texts) to embed.")
+    _texts_or_tokens(body["input"], "input")
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise _bad("encoding_format", "must be 'float' or 'base64'.")
+    whole(body, "dimensions", 1)
+    return body
+
+
+def _scored(value: object, name: str) -> None:
+    """One side of a rerank or score request: a string, an object (multimodal content) or a
+    non-empty list of them."""
+    if isinstance(value, (str, dict)):
+        return
+    if not isinstance(value, list):
+        raise _bad(name, "must be a string or a list of strings.")
+    if not value:
+        raise _bad(name, "must not be an empty list: send at least one.")
+    if not all(isinstance(v, (str, dict)) for v in value):
+        raise _bad(name, "must be a list of strings (or of content objects).")
+
+
+def check_rerank(body: object) -> dict[str, Any]:
+    """A rerank request (vLLM's and Cohere's shape): ``model``, ``query``, ``documents``."""
+    body = model_of(body, "'model', 'query' and 'documents'")
+    query = body.get("query")
+    if query is None:
+        raise _bad("query", "is required: the text to rank the documents against.")
+    if not isinstance(query, (str, dict)):
+        raise _bad("query", "must be a string.")
+    if "documents" not in body:
+        raise _bad("documents", "is required: the list of texts to rank.")
+    if isinstance(body["documents"], str):
+        raise _bad("documents", "must be a list of strings.")
+    _scored(body["documents"], "documents")
+    whole(body, "top_n", 0)
+    return body
+
+
+def check_score(body: object) -> dict[str, Any]:
+    """A score request: ``model`` and one pair of sides (``queries``/``documents``,
+    ``queries``/``items``, ``data_1``/``data_2`` or ``text_1``/``text_2``)."""
+    body = model_of(body, "'model', 'text_1' and 'text_2'")
+    for first, second in SCORE_PAIRS:
+        if first in body and second in body:
+            _scored(body[first], first)
+            _scored(body[second], second)
+            return body
+    raise BadRequest(
+        "'text_1' and 'text_2' are required (or 'queries' and 'documents'): the texts to "
+        "score against each other.",
+        param="text_1",
+    )
+
+
+def check_images(body: object) -> dict[str, Any]:
+    """An image generation request: ``model``, ``prompt``, ``n`` from 1 to 128."""
+    body = model_of(body, "'model' and 'prompt'")
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad("prompt", "is required: describe the image to make.")
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("prompt", "must be a non-empty string.")
+    whole(body, "n", 1, MAX_N)
+    _flag(body, "stream")
+    return body
