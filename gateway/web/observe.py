@@ -89,6 +89,7 @@ class Observer:
             "key_id": ex.key_id,
             "owner": ex.owner,
             "model": ex.model,
+            "api": ex.api,
             "upstream": ex.upstream,
             "prompt_tokens": ex.prompt_tokens,
             "completion_tokens": ex.completion_tokens,

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.dialects import anthropic
 from gateway.errors import BadRequest
-from gateway.proxy import govern
+from gateway.proxy import apis, govern
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json
 from gateway.proxy.exchange import EXCHANGE
@@ -42,9 +42,16 @@ def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.St
         return json_response(
             {
                 "object": "list",
-                "data": [
-                    {"id": m.name, "object": "model", "created": m.created, "owned_by": m.owned_by}
+                "data": [  # every name a client may send: the model's, then its aliases
+                    {
+                        "id": name,
+                        "object": "model",
+                        "created": m.created,
+                        "owned_by": m.owned_by,
+                        "apis": list(m.apis),
+                    }
                     for m in listed
+                    for name in (m.name, *m.aliases)
                 ],
             }
         )
@@ -84,6 +91,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     for path in ("/v1/messages/count_tokens", "/api/v1/messages/count_tokens"):
         app.router.add_post(path, count_tokens_handler(runtime))
     keys_api.add_routes(app, runtime)
+    apis.add_routes(app, runtime)
     # After the gateway's own routes, which win over a configured prefix such as /api/.
     passthrough = PassThrough(runtime)
     for route in runtime.config.routes:

@@ -1,0 +1,258 @@
+"""The multipart APIs — audio transcriptions and translations, image edits — governed like chat:
+the key from the head (before any byte of the body is held), the form's head up to its file
+(``apis.multipart``), the model the key may use and that serves the API, the admission, then the
+form streamed to one worker and its answer back.
+
+A JSON answer is read whole (it is small, or images the client asked for) to count it: audio
+seconds when the worker reports them, images made, tokens when reported; it then carries the
+model's public name. Any other answer (``text``, ``srt``, ``vtt``, a streamed transcription's
+events) is relayed as it comes, counted as a request.
+
+The upload is not replayed: once a byte of it went to a worker, a failure is the client's answer.
+A worker that refused the connection before that is replaced by another, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.config.schema import Upstream
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy import govern
+from gateway.proxy.apis import answers, forward
+from gateway.proxy.apis.answers import Counted
+from gateway.proxy.apis.json_api import NOTHING, refused, require
+from gateway.proxy.apis.multipart import Aborted, Form
+from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.upstream import forward_headers, returned_headers
+from gateway.records import KeyRecord
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+
+CHUNK = 64 * 1024
+ANSWER_MAX = 256 * 1024 * 1024  # a JSON answer read whole (images: base64 in JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class FormApi:
+    """One multipart API: its name in ``models.<name>.apis``, permission, worker path, the
+    form parts that are files, and what its answer counts."""
+
+    api: str  # audio | images
+    permission: str
+    path: str
+    files: frozenset[str]
+    file_field: str  # the part a request must send
+    counts: Callable[[object], Counted]
+
+
+TRANSCRIPTIONS = FormApi(
+    "audio", "audio", "/v1/audio/transcriptions", frozenset({"file"}), "file", answers.audio
+)
+TRANSLATIONS = FormApi(
+    "audio", "audio", "/v1/audio/translations", frozenset({"file"}), "file", answers.audio
+)
+EDITS = FormApi(
+    "images",
+    "images",
+    "/v1/images/edits",
+    frozenset({"image", "image[]", "mask"}),
+    "image",
+    answers.images,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def api_url(url: str, path: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{forward.api_path(url, path)}"
+
+
+class FormHandler:
+    """``POST`` on one multipart API."""
+
+    def __init__(self, runtime: Runtime, api: FormApi) -> None:
+        self.rt = runtime
+        self.api = api
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rt, ex = self.rt, request[EXCHANGE]
+        ex.anthropic, ex.api = False, self.api.api
+        record = await govern.caller(rt, request, self.api.permission)
+        network = rt.config.network
+        form = Form(request, self.api.files, network.max_body_bytes, network.header_timeout)
+        try:
+            return await self._serve(request, ex, record, form)
+        finally:
+            form.close()
+
+    async def _serve(
+        self, request: web.Request, ex: Exchange, record: KeyRecord, form: Form
+    ) -> web.StreamResponse:
+        rt, api = self.rt, self.api
+        await form.read_head()
+        asked = form.model()
+        route = govern.model(rt, ex, record, asked)
+        require(route, api.api, asked)
+        form.require_file(api.file_field)
+        ex.stream = form.fields.get("stream", "").strip().lower() == "true"
+        ticket = await govern.admit(rt, ex, record, route, 0)
+        try:
+            return await self._forward(request, ex, route, form, asked)
+        except GatewayError:
+            ex.error = True
+            raise
+        finally:
+            if ex.usage is None:
+                ex.usage = NOTHING  # counted as a request; never an estimate of the file
+            govern.settle(rt, ex, ticket, route)
+
+    async def _forward(
+        self, request: web.Request, ex: Exchange, route: ModelRoute, form: Form, asked: str
+    ) -> web.StreamResponse:
+        balancer, tried = self.rt.balancer, list[str]()
+        error: GatewayError | None = None
+        for _ in range(2):
+            upstream = balancer.pick(route.upstreams, tried, ex.region)
+            if upstream is None or form.sent:  # an upload begun is not sent twice
+                break
+            tried.append(upstream.name)
+            balancer.acquire(upstream)
+            try:
+                response = await self._send(request, ex, upstream, form, route.upstream_model)
+            except GatewayError as err:
+                balancer.release(upstream)
+                if form.failure is not None:
+                    raise form.failure from None
+                forward.failed(self.rt, upstream)
+                error = err
+                continue
+            balancer.succeeded(upstream)
+            ex.upstream = upstream.name
+            try:
+                return await self._answer(request, ex, (upstream, response), route, asked)
+            finally:
+                response.release()
+                balancer.release(upstream)
+        raise error or UpstreamUnavailable(
+            f"No upstream of model '{route.name}' is available; try again shortly.", status=503
+        )
+
+    async def _send(
+        self, request: web.Request, ex: Exchange, upstream: Upstream, form: Form, model: str
+    ) -> aiohttp.ClientResponse:
+        headers = forward_headers(request.headers, upstream, ex.request_id)
+        headers["Content-Type"] = f"multipart/form-data; boundary={form.boundary}"
+        timeouts = upstream.timeouts
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await self.rt.client.session.post(
+                    api_url(upstream.url, self.api.path),
+                    data=form.body(model),
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect),
+                )
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"Upstream '{upstream.name}' did not answer within {timeouts.first_byte:g} s."
+            ) from None
+        except (aiohttp.ClientError, OSError, Aborted) as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' could not be reached; try again shortly."
+            ) from exc
+        if form.failure is not None:
+            response.close()
+            raise form.failure
+        if response.status >= 500 or response.status == 429:
+            response.close()
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
+            )
+        return response
+
+    async def _answer(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        answering: tuple[Upstream, aiohttp.ClientResponse],
+        route: ModelRoute,
+        asked: str,
+    ) -> web.StreamResponse:
+        upstream, response = answering
+        if response.status != 200 or response.content_type == "application/json":
+            raw = await _whole(response, upstream)
+            if response.status != 200:
+                return refused(ex, self.api.api, asked, response.status, raw)
+            return self._counted(ex, raw, route, asked)
+        out = web.StreamResponse(headers=returned_headers(response.headers))
+        if ex.rate_headers:
+            out.headers.update(ex.rate_headers)
+        await out.prepare(request)
+        return await _relay(request, out, response, upstream)
+
+    def _counted(self, ex: Exchange, raw: bytes, route: ModelRoute, asked: str) -> web.Response:
+        try:
+            counted = self.api.counts(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            counted = Counted()
+        ex.usage = counted.usage() or NOTHING
+        ex.images, ex.audio_seconds = counted.images, counted.seconds
+        raw = answers.rename(raw, answers.renamer(route.upstream_model, asked), asked, True)
+        return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
+
+
+async def _whole(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
+    """A whole answer, each wait bounded by the upstream's ``idle``, at most ``ANSWER_MAX``."""
+    parts, size = [], 0
+    while chunk := await _next(response, upstream):
+        size += len(chunk)
+        if size > ANSWER_MAX:
+            raise UpstreamUnavailable(f"Upstream '{upstream.name}' sent an answer too large.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _next(response: aiohttp.ClientResponse, upstream: Upstream) -> bytes:
+    try:
+        async with asyncio.timeout(upstream.timeouts.idle):
+            return await response.content.read(CHUNK)
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"Upstream '{upstream.name}' went silent for {upstream.timeouts.idle:g} s."
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' broke off its answer; try again."
+        ) from exc
+
+
+async def _relay(
+    request: web.Request,
+    out: web.StreamResponse,
+    response: aiohttp.ClientResponse,
+    upstream: Upstream,
+) -> web.StreamResponse:
+    """The answer after its head went out; a stall or a broken upstream closes the client's
+    connection, which then cannot take the cut for the end."""
+    try:
+        while chunk := await _next(response, upstream):
+            await out.write(chunk)
+    except GatewayError:
+        request[EXCHANGE].error = True
+        response.close()
+        if request.transport is not None:
+            request.transport.close()
+        return out
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return out
+    await out.write_eof()
+    return out

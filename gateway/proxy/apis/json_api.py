@@ -1,0 +1,231 @@
+"""The JSON APIs beside chat — legacy completions, embeddings, rerank and score, image
+generation — as one recipe over the governed steps of ``proxy.govern``, each API a table row
+(``JsonApi``): its permission, its worker path, its body check, what it reserves and what it
+counts.
+
+The recipe: the key from the head → the body → its check (400) → the model the key may use
+(403/404) and that serves the API (400 ``model_not_supported``) → the admission (429) → the
+worker (one retry on another upstream) → the answer, with the public model name → settlement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.dialects import inputs
+from gateway.dialects.openai import OpenAIRelay, wants_usage
+from gateway.errors import BadRequest, GatewayError, shown
+from gateway.proxy import govern
+from gateway.proxy.apis import answers, forward
+from gateway.proxy.apis.answers import Counted
+from gateway.proxy.bodies import dump_upstream, upstream_error
+from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+
+NOTHING = {"prompt_tokens": 0, "completion_tokens": 0}  # an answer that counts no tokens
+
+
+Reserve = Callable[[dict[str, Any], ModelRoute, int], tuple[int, int]]
+
+
+def estimated_input(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
+    """Embeddings, rerank, score: the input alone (nothing is generated)."""
+    return estimate, 0
+
+
+def generated(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
+    """Completions: the prompt, and the most every completion asked for may generate."""
+    limit = body.get("max_tokens") or route.default_max_tokens
+    return estimate, limit * inputs.completions_wanted(body)
+
+
+def no_tokens(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
+    """Image generation: counted in images, not tokens."""
+    return 0, 0
+
+
+def counted_images(raw: bytes) -> Counted:
+    try:
+        return answers.images(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return Counted()
+
+
+@dataclass(frozen=True, slots=True)
+class JsonApi:
+    """One JSON API: what ``models.<name>.apis`` calls it, and how it is governed."""
+
+    api: str  # completions | embeddings | rerank | images
+    permission: str
+    path: str  # on the worker (under its root; a /v1 base URL is understood)
+    check: Callable[[object], dict[str, Any]]
+    reserve: Reserve  # the (prompt, completion) tokens an admission reserves
+    counts: Callable[[bytes], Counted]
+    estimates: bool  # without reported usage, charge the estimate (else: nothing)
+    streams: bool = False
+
+
+COMPLETIONS = JsonApi(
+    "completions",
+    "chat",
+    "/v1/completions",
+    inputs.check_completions,
+    generated,
+    answers.tokens,
+    True,
+    True,
+)
+EMBEDDINGS = JsonApi(
+    "embeddings",
+    "embeddings",
+    "/v1/embeddings",
+    inputs.check_embeddings,
+    estimated_input,
+    answers.tokens,
+    True,
+)
+RERANK = JsonApi(
+    "rerank",
+    "embeddings",
+    "/v1/rerank",
+    inputs.check_rerank,
+    estimated_input,
+    answers.tokens,
+    False,
+)
+RERANK_V2 = JsonApi(
+    "rerank",
+    "embeddings",
+    "/v2/rerank",
+    inputs.check_rerank,
+    estimated_input,
+    answers.tokens,
+    False,
+)
+SCORE = JsonApi(
+    "rerank", "embeddings", "/v1/score", inputs.check_score, estimated_input, answers.tokens, False
+)
+IMAGES = JsonApi(
+    "images",
+    "images",
+    "/v1/images/generations",
+    inputs.check_images,
+    no_tokens,
+    counted_images,
+    False,
+)
+
+
+def require(route: ModelRoute, api: str, asked: str) -> None:
+    """400 ``model_not_supported`` when the model does not serve ``api``."""
+    if api not in route.apis:
+        raise BadRequest(
+            f"The model '{shown(asked)}' does not serve the {api} API (it serves "
+            f"{', '.join(route.apis)}); use a model that does: GET /v1/models lists each "
+            "model's apis.",
+            code="model_not_supported",
+            param="model",
+        )
+
+
+def parse(raw: bytes) -> object:
+    """The body as JSON, or the 400 saying why not."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if not raw.strip():
+            raise BadRequest("The request body is empty; send a JSON object.") from None
+        raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
+
+
+def refused(ex: Exchange, api: str, asked: str, status: int, raw: bytes) -> web.Response:
+    """A worker's own 4xx in the client's form; its 404 (no such path or model there) is the
+    model not serving the API, never a 404 the client would take for its own mistake."""
+    if status == 404:
+        ex.upstream_status = status
+        raise BadRequest(
+            f"The model '{shown(asked)}' does not serve the {api} API: its worker answered 404 "
+            "(the operator's models.<name>.apis may be wrong).",
+            code="model_not_supported",
+            param="model",
+        )
+    return upstream_error(ex, status, raw)
+
+
+class JsonHandler:
+    """``POST`` on every alias of one JSON API."""
+
+    def __init__(self, runtime: Runtime, api: JsonApi) -> None:
+        self.rt = runtime
+        self.api = api
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rt, api, ex = self.rt, self.api, request[EXCHANGE]
+        ex.anthropic, ex.api = False, api.api
+        record = await govern.caller(rt, request, api.permission)
+        raw = await govern.body(rt, request)
+        body = api.check(parse(raw))
+        asked = str(body["model"])
+        route = govern.model(rt, ex, record, asked)
+        require(route, api.api, asked)
+        payload = self._outbound(ex, body, route)
+        ex.prompt_estimate = len(raw) // 4 if api.estimates else 0
+        prompt, completion = api.reserve(body, route, ex.prompt_estimate)
+        ticket = await govern.admit(rt, ex, record, route, prompt, completion)
+        try:
+            opened = await forward.open_answer(rt, request, ex, route, api.path, payload)
+            upstream, response, answer = opened
+            if ex.stream and response.status == 200:
+                relay = OpenAIRelay(ex.client_usage)
+                pattern = answers.renamer(route.upstream_model, asked)
+                renamed = forward.renaming(pattern, asked)
+                return await forward.relay_stream(rt, request, ex, opened, relay, renamed)
+            rt.balancer.release(upstream)
+            if response.status != 200:
+                return refused(ex, api.api, asked, response.status, answer)
+            return self._answer(ex, route, asked, answer)
+        except GatewayError:
+            ex.error = True
+            raise
+        finally:
+            govern.settle(rt, ex, ticket, route)
+
+    def _outbound(self, ex: Exchange, body: dict[str, Any], route: ModelRoute) -> bytes:
+        """The worker's request: the model mapped to its name there; a stream always asks for
+        the usage (dropped again unless the client asked for it too)."""
+        if body.get("stream") is True:
+            if not self.api.streams:
+                raise BadRequest(
+                    f"'stream' is not supported on the {self.api.api} API through the gateway; "
+                    "send stream: false.",
+                    param="stream",
+                )
+            ex.stream, ex.client_usage = True, wants_usage(body)
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        body["model"] = route.upstream_model
+        region, agent = body.get("region"), body.get("agent_id")
+        ex.region = region if isinstance(region, str) and region else None
+        ex.agent_id = agent if isinstance(agent, str) and agent else None
+        return dump_upstream(body)
+
+    def _answer(self, ex: Exchange, route: ModelRoute, asked: str, raw: bytes) -> web.Response:
+        counted = self.api.counts(raw)
+        ex.usage = counted.usage()
+        if ex.usage is None:
+            if self.api.estimates:
+                ex.completion_chunks = len(raw) // 4 if self.api.streams else 0
+            else:
+                ex.usage = NOTHING
+        ex.images = counted.images
+        raw = answers.rename(raw, answers.renamer(route.upstream_model, asked), asked, True)
+        return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
