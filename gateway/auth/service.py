@@ -26,6 +26,7 @@ from gateway.auth import keys
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.errors import Forbidden, StoreUnavailable, TooManyRequests, Unauthorized
+from gateway.limits import money
 from gateway.limits.windows import retry_seconds
 from gateway.netaddr import IPAddress, in_networks
 from gateway.records import KeyRecord
@@ -58,8 +59,8 @@ def static_records(config: Config) -> dict[str, KeyRecord]:
             monthly_limit=k.monthly_limit,
             expires_at=k.expires_at,
             tpm_limit=k.tpm_limit,
-            daily_budget=k.daily_budget,
-            monthly_budget=k.monthly_budget,
+            daily_budget=money.micros(k.daily_budget_usd),
+            monthly_budget=money.micros(k.monthly_budget_usd),
             static=True,
         )
         for k in config.keys.static

@@ -65,6 +65,7 @@ class Network:
     trusted_proxies: tuple[IPNetwork, ...] = ()
     max_body_bytes: int = 52_428_800
     header_timeout: float = 10.0
+    body_timeout: float = 60.0  # seconds a whole request body may take to arrive
     security_headers: bool = True
     hsts: bool = True
 
@@ -84,8 +85,8 @@ class StaticKey:
     monthly_limit: int | None = None
     expires_at: float | None = None  # epoch seconds, UTC
     tpm_limit: int | None = None
-    daily_budget: int | None = None  # micro-dollars (``daily_budget_usd``)
-    monthly_budget: int | None = None  # micro-dollars (``monthly_budget_usd``)
+    daily_budget_usd: float | None = None
+    monthly_budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,7 @@ class Plan:
     monthly_tokens: int | None = None
     rpm: int | None = None
     tpm: int | None = None  # tokens in any rolling minute, across the owner's keys
-    monthly_budget: int | None = None  # micro-dollars a month (``monthly_budget_usd``)
+    monthly_budget_usd: float | None = None  # dollars a month, across the owner's keys
     overage: Overage = "block"  # past monthly_tokens: refuse, or serve and report it apart
 
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config.fields import Ctx, Node, Obj
-from gateway.limits import money
 from gateway.config.schema import (
     APIS,
     DEFAULT_APIS,
@@ -206,6 +205,7 @@ def _network(o: Obj) -> Network:
         ),
         max_body_bytes=o.get("max_body_bytes", lp.p_int(1), 52_428_800),
         header_timeout=o.get("header_timeout", lp.p_float(0.0, exclusive=True), 10.0),
+        body_timeout=o.get("body_timeout", lp.p_float(0.0, exclusive=True), 60.0),
         security_headers=o.get("security_headers", lp.p_bool, True),
         hsts=o.get("hsts", lp.p_bool, True),
     )
@@ -258,18 +258,18 @@ def _static_key(o: Obj) -> StaticKey:
         monthly_limit=o.get("monthly_limit", limit, None),
         expires_at=o.get("expires_at", lp.p_optional(lp.p_timestamp), None),
         tpm_limit=o.get("tpm_limit", limit, None),
-        daily_budget=o.get("daily_budget_usd", _budget, None),
-        monthly_budget=o.get("monthly_budget_usd", _budget, None),
+        daily_budget_usd=o.get("daily_budget_usd", _budget, None),
+        monthly_budget_usd=o.get("monthly_budget_usd", _budget, None),
     )
     o.done()
     return out
 
 
-def _budget(node: Node) -> int | None:
-    """A budget in dollars (null: none), kept as whole micro-dollars."""
+def _budget(node: Node) -> float | None:
+    """A budget in dollars (null: none)."""
     if node.value is None:
         return None
-    return money.micros(lp.p_float(0.0, exclusive=True)(node))
+    return lp.p_float(0.0, exclusive=True)(node)
 
 
 def _each(o: Obj, name: str) -> list[Obj]:

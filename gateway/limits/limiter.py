@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
+from gateway.limits import money
 from gateway.limits.windows import reset_text
 from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
@@ -227,7 +228,7 @@ class Limiter:
             daily_budget=record.daily_budget,
             monthly_budget=record.monthly_budget,
             plan_tpm=plan.tpm,
-            plan_budget=plan.monthly_budget,
+            plan_budget=money.micros(plan.monthly_budget_usd),
             reserve_cost=reserve_cost,
         )
         if self._behind is not None:

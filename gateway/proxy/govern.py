@@ -44,7 +44,9 @@ async def caller(runtime: Runtime, request: web.Request, permission: str) -> Key
 async def body(runtime: Runtime, request: web.Request) -> bytes:
     """The whole body, within ``network.max_body_bytes`` and its time limits."""
     network = runtime.config.network
-    return await read_request_body(request, network.max_body_bytes, network.header_timeout)
+    return await read_request_body(
+        request, network.max_body_bytes, network.header_timeout, network.body_timeout
+    )
 
 
 def model(runtime: Runtime, ex: Exchange, record: KeyRecord, name: str) -> ModelRoute:

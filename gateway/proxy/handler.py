@@ -224,7 +224,7 @@ class ChatHandler:
         if ex.usage is None:
             ex.completion_chunks = _answer_chars(answer) // 4
         if ex.anthropic:
-            raw = orjson.dumps(anthropic.to_anthropic_response(answer, route.name))
+            raw = _translated(anthropic.to_anthropic_response(answer, route.name), upstream)
         return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
 
     async def _stream(
@@ -336,6 +336,17 @@ class ChatHandler:
         self._failed(upstream)
         ex.error = True
         await client.write(relay.error(err))
+
+
+def _translated(answer: dict[str, object], upstream: Upstream) -> bytes:
+    """A translated answer as JSON; one nested deeper than JSON can be written is the
+    upstream's fault (502), not a crash."""
+    try:
+        return orjson.dumps(answer)
+    except (orjson.JSONEncodeError, RecursionError):
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' sent an answer nested too deeply to pass on."
+        ) from None
 
 
 def _usable(upstream: Upstream, response: Response) -> Response:

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 
@@ -178,3 +179,62 @@ async def test_the_key_api_refuses_a_wrong_key_before_its_body(
     )
     answer = await _raw_head(server.port, head)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+
+
+async def test_an_answer_nested_too_deep_to_translate_is_the_upstreams_502(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """A worker's answer whose vendor extra nests deeper than JSON can be written back (after
+    the Anthropic translation adds a level) is a 502 naming the upstream, never a 500."""
+
+    async def deep(request: Any, body: Any) -> web.StreamResponse:
+        answer = completion("hi")
+        nested: Any = "x"
+        for _ in range(300):
+            nested = [nested]
+        answer["choices"][0]["message"]["vendor"] = nested
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    fake.script = deep
+    server: Server = await gateway_factory(limited("memory://", fake.url))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{server.port}/v1/messages",
+            json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+            headers={**AUTH, "anthropic-version": "2023-06-01"},
+        ) as r,
+    ):
+        body = await r.json()
+    assert r.status == 502 and body["error"]["type"] == "overloaded_error", body
+
+
+async def test_a_trickled_body_meets_network_body_timeout(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """A body sent a few bytes at a time, never stalling for header_timeout, is cut at
+    network.body_timeout with 408."""
+    server: Server = await gateway_factory(
+        limited("memory://", fake.url) + "network: {body_timeout: 1, header_timeout: 5}\n"
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            (
+                "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: {AUTH['Authorization']}\r\nContent-Length: 1000\r\n\r\n"
+            ).encode()
+        )
+        started = asyncio.get_running_loop().time()
+        answer = b""
+        while not answer:
+            writer.write(b" ")
+            await writer.drain()
+            try:
+                answer = await asyncio.wait_for(reader.read(65536), 0.2)
+            except TimeoutError:
+                assert asyncio.get_running_loop().time() - started < 4, "never cut"
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:60]
+    assert asyncio.get_running_loop().time() - started < 3
