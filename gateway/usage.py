@@ -82,7 +82,7 @@ def key_requests(rows: list[UsageDay], limit: int) -> list[dict[str, Any]]:
     return out
 
 
-def _cost(config: Config, rows: Iterable[UsageDay]) -> float:
+def usage_cost(config: Config, rows: Iterable[UsageDay]) -> float:
     """What rows cost at their models' prices (a model no longer configured costs nothing)."""
     total = 0.0
     for row in rows:
@@ -107,7 +107,7 @@ def _group(config: Config, rows: list[UsageDay], name: str, by: str) -> list[dic
             "requests": sum(r.requests for r in group),
             "inputTokens": sum(r.prompt_tokens for r in group),
             "outputTokens": sum(r.completion_tokens for r in group),
-            "cost": round(_cost(config, group), 6),
+            "cost": round(usage_cost(config, group), 6),
             "errors": sum(r.errors for r in group),
         }
         for value, group in sorted(groups.items())

@@ -13,11 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config.schema import Plan
+from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable
 from gateway.limits import windows
 from gateway.records import KeyRecord, UsageDay
 from gateway.runtime import Runtime
+from gateway.usage import usage_cost
 from gateway.store.base import StoreError
 from gateway.web.keys_api import acting_owner
 from gateway.web.respond import json_response
@@ -32,14 +33,29 @@ async def _stored_plan(runtime: Runtime, owner: str) -> str | None:
 
 
 def owner_view(
-    owner: str, plan: Plan, explicit: bool, keys: list[KeyRecord], rows: list[UsageDay], now: float
+    config: Config,
+    owner: str,
+    plan: Plan,
+    explicit: bool,
+    keys: list[KeyRecord],
+    rows: list[UsageDay],
+    now: float,
 ) -> dict[str, Any]:
-    """The answer: the plan and its limits, the key counts, the month's usage."""
+    """The answer: the plan and its limits, the key counts, the month's usage (and, on a plan
+    that allows overage, the tokens past its monthly tokens, apart)."""
+    tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
     return {
         "owner": owner,
         "plan": plan.name,
         "planSource": "owner" if explicit else "default_plan",
-        "limits": {"maxKeys": plan.max_keys, "monthlyTokens": plan.monthly_tokens, "rpm": plan.rpm},
+        "limits": {
+            "maxKeys": plan.max_keys,
+            "monthlyTokens": plan.monthly_tokens,
+            "rpm": plan.rpm,
+            "tpm": plan.tpm,
+            "monthlyBudgetUsd": plan.monthly_budget_usd,
+            "overage": plan.overage,
+        },
         "keys": {
             "total": len(keys),
             "active": sum(1 for k in keys if k.status(now) == "ACTIVE"),
@@ -47,9 +63,18 @@ def owner_view(
         "usage": {
             "month": windows.day_text(windows.day_id(now))[:7],
             "requests": sum(r.requests for r in rows),
-            "tokens": sum(r.prompt_tokens + r.completion_tokens for r in rows),
+            "tokens": tokens,
+            "cost": round(usage_cost(config, rows), 6),
+            "overageTokens": overage(plan, tokens),
         },
     }
+
+
+def overage(plan: Plan, tokens: int) -> int:
+    """Tokens this month past the plan's monthly tokens (0 when it blocks at them)."""
+    if plan.overage != "allow" or plan.monthly_tokens is None:
+        return 0
+    return max(0, tokens - plan.monthly_tokens)
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
@@ -63,7 +88,8 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         keys = await runtime.lifecycle.list(owner)
         today = windows.day_id(now)
         rows = await runtime.lifecycle.usage(owner, [k.id for k in keys], today // 100 * 100, today)
-        view = owner_view(owner, plan, name is not None and name == plan.name, keys, rows, now)
+        explicit = name is not None and name == plan.name
+        view = owner_view(config, owner, plan, explicit, keys, rows, now)
         return json_response(view)
 
     app.router.add_get("/admin/owners/{owner}", show, allow_head=False)

@@ -34,6 +34,7 @@ def config(store: str, upstream: str, key: str = "", plan: str = "monthly_tokens
         extra=f"keys: {{static: [{{id: b, owner: acme, sha256: '{TEST_KEY_SHA}'{key}}}]}}\n"
         f"plans: {{free: {{max_keys: 5, rpm: null, {plan}}}}}\n"
         f"store: {{url: '{store}'}}\n",
+        admin_token="admin-token-0123456789",
     )
 
 
@@ -113,4 +114,15 @@ async def test_overage_allow_serves_past_the_plans_monthly_tokens(
         config("memory://", fake.url, plan="monthly_tokens: 30, overage: allow")
     )
     assert [(await chat(blocked.port, max_tokens=5))[0] for _ in range(3)][-1] == 429
-    assert [(await chat(allowed.port, max_tokens=5))[0] for _ in range(3)] == [200] * 3
+    assert [(await chat(allowed.port, max_tokens=5))[0] for _ in range(4)] == [200] * 4
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"http://127.0.0.1:{allowed.admin_port}/admin/owners/acme",
+            headers={"Authorization": "Bearer admin-token-0123456789"},
+        ) as r,
+    ):
+        owner = await r.json()
+    tokens = owner["usage"]["tokens"]
+    assert owner["limits"]["overage"] == "allow" and tokens > 30
+    assert owner["usage"]["overageTokens"] == tokens - 30
