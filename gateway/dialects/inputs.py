@@ -40,18 +40,23 @@ def has_image_input(body: object) -> bool:
     return False
 
 
-def _carries_image(item: object) -> bool:
+def _carries_image(item: object, depth: int = 0) -> bool:
+    """An image in a message (or input item), in its content, or in the content of a block
+    in it (a tool result): two levels down at most, so no nesting a client sends can make the
+    walk deep."""
     if type(item) is not dict:
         return False
-    if item.get("type") in IMAGE_PARTS:  # a Responses input item that is itself an image
+    if _is_image(item):  # a Responses input item that is itself an image
         return True
     content = item.get("content")
-    if type(content) is not list:
+    if type(content) is not list or depth > 1:
         return False
-    for part in content:
-        if type(part) is dict and (part.get("type") in IMAGE_PARTS or _carries_image(part)):
-            return True
-    return False
+    return any(_carries_image(part, depth + 1) for part in content)
+
+
+def _is_image(part: dict[str, Any]) -> bool:
+    kind = part.get("type")
+    return type(kind) is str and kind in IMAGE_PARTS  # a client's "type" may be anything
 
 
 def _bad(param: str, problem: str) -> BadRequest:

@@ -57,6 +57,18 @@ def test_has_image_input(body: object, expected: bool) -> None:
     assert inputs.has_image_input(body) is expected
 
 
+def test_no_nesting_makes_the_image_walk_deep() -> None:
+    deep: dict[str, Any] = {"type": "text", "text": "x"}
+    for _ in range(5000):
+        deep = {"type": "tool_result", "content": [deep]}
+    assert inputs.has_image_input({"messages": [{"role": "user", "content": [deep]}]}) is False
+    listed: Any = {"type": "image_url"}
+    for _ in range(5000):
+        listed = [listed]
+    body = {"messages": [{"role": "user", "content": listed}]}
+    assert inputs.has_image_input(body) is False
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: (

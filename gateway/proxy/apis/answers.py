@@ -40,27 +40,27 @@ class Counted:
 
 
 def usage_in(raw: bytes) -> dict[str, Any] | None:
-    """The last top-level-looking ``"usage": {...}`` object of a JSON answer, parsed alone;
-    None when there is none (or it is not an object)."""
-    at = raw.rfind(_USAGE_KEY)
-    if at < 0:
-        return None
-    start = at + len(_USAGE_KEY)
-    while start < len(raw) and raw[start] in _SPACE:
-        start += 1
-    if start >= len(raw) or raw[start] != ord(":"):
-        return None
-    start += 1
-    while start < len(raw) and raw[start] in _SPACE:
-        start += 1
-    end = _object_end(raw, start)
-    if end is None:
-        return None
-    try:
-        usage = orjson.loads(raw[start:end])
-    except orjson.JSONDecodeError:
-        return None
-    return usage if isinstance(usage, dict) else None
+    """The last ``"usage": {...}`` object of a JSON answer, parsed alone (a ``"usage"`` key
+    whose value is not an object is passed over); None when there is none."""
+    at = len(raw)
+    while (at := raw.rfind(_USAGE_KEY, 0, at)) >= 0:
+        start = _skip(raw, at + len(_USAGE_KEY))
+        if start < len(raw) and raw[start] == ord(":"):
+            start = _skip(raw, start + 1)
+            end = _object_end(raw, start)
+            if end is not None:
+                try:
+                    usage = orjson.loads(raw[start:end])
+                except orjson.JSONDecodeError:
+                    return None
+                return usage if isinstance(usage, dict) else None
+    return None
+
+
+def _skip(raw: bytes, at: int) -> int:
+    while at < len(raw) and raw[at] in _SPACE:
+        at += 1
+    return at
 
 
 def _object_end(raw: bytes, start: int) -> int | None:
