@@ -184,6 +184,7 @@ async def test_worker_failures(served: tuple[Server, MockState], fake: FakeUpstr
             web.json_response({"error": {"message": "boom"}}, status=500),
             web.json_response({"error": {"message": "input is too long"}}, status=400),
             web.json_response({"detail": "Not Found"}, status=404),
+            web.Response(text="<html>oops</html>", content_type="text/html"),
         ]
     )
 
@@ -199,6 +200,8 @@ async def test_worker_failures(served: tuple[Server, MockState], fake: FakeUpstr
     status, _, answer = await post(server, "/v1/embeddings", json=body)
     assert status == 400 and answer["error"]["code"] == "model_not_supported"
     assert "answered 404" in answer["error"]["message"]
+    status, _, answer = await post(server, "/v1/embeddings", json=body)
+    assert status == 502 and "not JSON" in answer["error"]["message"]
 
 
 async def test_a_failing_worker_is_retried_on_another(

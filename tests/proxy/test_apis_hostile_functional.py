@@ -74,6 +74,22 @@ async def test_bad_json_is_400(
 
 
 @pytest.mark.parametrize("path", JSON_PATHS)
+async def test_json_nested_past_what_can_be_forwarded_is_400(
+    served: tuple[Server, MockState], path: str
+) -> None:
+    server, state = served
+    deep = b"[" * 1000 + b"]" * 1000
+    raw = (
+        b'{"model": "mock-model", "input": "x", "prompt": "x", "query": "q", "documents": ["d"], '
+        b'"text_1": "a", "text_2": "b", "extra": ' + deep + b"}"
+    )
+    headers = {**bearer(), "Content-Type": "application/json"}
+    status, _, body = await post(server, path, data=raw, headers=headers)
+    assert status == 400 and "nested too deeply" in body["error"]["message"], body
+    assert state.api_requests == []
+
+
+@pytest.mark.parametrize("path", JSON_PATHS)
 async def test_a_json_body_over_the_limit_is_413(
     served: tuple[Server, MockState], path: str
 ) -> None:

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.dialects import inputs
 from gateway.dialects.openai import OpenAIRelay, wants_usage
-from gateway.errors import BadRequest, GatewayError, shown
+from gateway.errors import BadRequest, GatewayError, UpstreamUnavailable, shown
 from gateway.proxy import govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.answers import Counted
@@ -219,6 +219,8 @@ class JsonHandler:
         return dump_upstream(body)
 
     def _answer(self, ex: Exchange, route: ModelRoute, asked: str, raw: bytes) -> web.Response:
+        if raw.lstrip()[:1] != b"{":  # not parsed whole (it may be large): a JSON object at least
+            raise UpstreamUnavailable(f"Upstream '{ex.upstream}' sent an answer that is not JSON.")
         counted = self.api.counts(raw)
         ex.usage = counted.usage()
         if ex.usage is None:
