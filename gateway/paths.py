@@ -1,4 +1,4 @@
-"""Request paths, decoded and normalized once before any route is matched (SPEC 3). Pure.
+"""Request paths, decoded and normalized once before any route is matched. Pure.
 
 ``normalize`` turns the path of a request target into the one path the gateway matches and
 forwards: percent-decoded (as UTF-8), ``.`` and ``..`` segments resolved, repeated slashes

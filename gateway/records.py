@@ -2,7 +2,7 @@
 usage. Plain frozen data (``per_request`` records: frozen to the type checker), no behaviour
 beyond conversions. Pure.
 
-Key records are stored and served as camelCase JSON (the portal's form, SPEC 6); the secret is
+Key records are stored and served as camelCase JSON (the portal's form); the secret is
 never part of a record, only its SHA-256 (``key_hash``), which is never served.
 """
 
@@ -56,7 +56,7 @@ def _network(net: IPNetwork, api: bool) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rights:
-    """What a key may do: the part of a key record that self-service bounds (SPEC 6). Each field
+    """What a key may do: the part of a key record that self-service bounds. Each field
     means what the ``KeyRecord`` field of the same name means (``models`` None: every model,
     ``ip_whitelist`` empty: any address, a limit or ``expires_at`` None: none)."""
 

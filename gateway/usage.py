@@ -1,4 +1,4 @@
-"""Usage reports from the store's per-key, per-model, per-day rows (SPEC 6 and 7): a key's daily
+"""Usage reports from the store's per-key, per-model, per-day rows: a key's daily
 usage and request history, and an owner's summary with cost and latency percentiles."""
 
 from __future__ import annotations

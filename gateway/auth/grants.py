@@ -1,4 +1,4 @@
-"""What self-service may give (SPEC 6): through ``/api/keys`` with a key, a key created or
+"""What self-service may give: through ``/api/keys`` with a key, a key created or
 changed gets at most the calling key's rights, and never more than its own ceiling (what the
 admin set on it; for a key made through ``/api/keys``, the creating key's rights then). A
 request that asks for more is refused, naming each field: a refusal says what was wrong, a

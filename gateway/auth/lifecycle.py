@@ -1,4 +1,4 @@
-"""The key lifecycle (SPEC 6): create, list, get, update, delete, regenerate, revoke, reactivate,
+"""The key lifecycle: create, list, get, update, delete, regenerate, revoke, reactivate,
 and owner plans. Every change is broadcast so each process drops its cached copy at once.
 
 Each change is made by the admin (``caller`` None: ``/admin/keys``, the CLI, the demo key) or by

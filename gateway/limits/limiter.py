@@ -1,4 +1,4 @@
-"""Admission and settlement of requests against every limit of their key and owner (SPEC 4).
+"""Admission and settlement of requests against every limit of their key and owner (docs/api.md, Limits).
 
 ``admit`` is one store round trip. Its verdict becomes the ``x-ratelimit-*`` headers (and the
 ``anthropic-ratelimit-*`` ones) or a 429 with a true ``Retry-After``. Settlements are queued and

@@ -47,7 +47,7 @@ from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
 # A request's lease: the limiter renews the leases of running requests every quarter of it, so a
 # lease lost with its process (or its admission's late reply) frees its slot within this time.
 LEASE_SECONDS = 20.0
-USAGE_DAYS = 100  # usage is kept this long (SPEC: at least 90 days)
+USAGE_DAYS = 100  # usage is kept this long (the promise: at least 90 days)
 
 
 class StoreError(Exception):

@@ -1,4 +1,4 @@
-"""The admin API on the admin listener (SPEC 8): ``/admin/keys...`` for any owner, owner plans,
+"""The admin API on the admin listener: ``/admin/keys...`` for any owner, owner plans,
 usage summaries and reload, behind ``Authorization: Bearer <admin.token>``.
 
 The token is checked (in constant time) for every path under ``/admin/`` before routing, so an

@@ -1,4 +1,4 @@
-"""The key-management and usage API (SPEC 6, 7), one set of handlers for two listeners:
+"""The key-management and usage API, one set of handlers for two listeners:
 
 - public, ``/api/keys...`` and ``/api/usage/summary``: the caller is authenticated exactly like
   chat (the same 401/403/429 from ``KeyService``; no ``chat`` permission needed) and acts for its

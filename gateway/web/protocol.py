@@ -7,7 +7,7 @@ with the client and the parser's verdict (its class), never the data. It carries
 every answer of the app carries (X-Request-ID, Server, the security headers): no signal of the
 app reaches it, so the runner hands the app's stamper to its connections.
 
-It also normalizes every request path once, before aiohttp matches a route (SPEC 3): the
+It also normalizes every request path once, before aiohttp matches a route: the
 connections build their requests through ``normalizing``, which hands the app a request whose
 target is ``gateway.paths.canonical`` of the client's, so the route, every handler and the
 pass-through see one path. A path ``gateway.paths`` refuses is sent to a route that exists only
