@@ -13,16 +13,19 @@ from aiohttp import web
 from gateway.auth.lifecycle import KeyLifecycle
 from gateway.auth.service import KeyService
 from gateway.clock import Clock, SystemClock
-from gateway.config.schema import Config
+from gateway.config.schema import Config, Upstream
 from gateway.limits.limiter import Limiter
 from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.netaddr import combine, forwarded_proto
 from gateway.periodic import Periodic
-from gateway.proxy.upstream import UpstreamClient, probe
+from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.upstream import UpstreamClient, probe, scrape
 from gateway.routing.balancer import Balancer
+from gateway.routing.discovery import Discovery
 from gateway.routing.health import HealthChecker
 from gateway.routing.router import Router
+from gateway.routing.signals import SignalScraper
 from gateway.runtime import Runtime
 from gateway.store.base import Store
 from gateway.store.factory import create_store
@@ -82,18 +85,44 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
+    """The upstream client, and what watches the upstreams: health checks, DNS discovery (the
+    first addresses found before serving) and the workers' signals."""
     runtime = app[RUNTIME]
-    client = runtime.client
+    client, balancer = runtime.client, runtime.balancer
     await client.start()
-    checker = HealthChecker(
-        runtime.balancer,
-        lambda: runtime.config.upstreams.values(),
-        lambda upstream, path: probe(client, upstream, path),
+
+    def upstreams() -> list[Upstream]:  # a discovered entry stands for its addresses
+        return balancer.expand(runtime.config.upstreams.values())
+
+    checker = HealthChecker(balancer, upstreams, lambda u, path: probe(client, u, path))
+    discovery = Discovery(
+        balancer, lambda: runtime.config.upstreams.values(), checker.check, runtime.clock
     )
-    checker.start()
+    await discovery.sweep()
+    scraper = SignalScraper(
+        balancer,
+        upstreams,
+        lambda u, path, seconds: scrape(client, u, path, seconds),
+        lambda: runtime.config.routing.signals_interval,
+        runtime.clock,
+        runtime.metrics,
+    )
+    for job in (checker, discovery, scraper):
+        job.start()
     yield
-    await checker.stop()
+    for job in (scraper, discovery, checker):
+        await job.stop()
     await client.close()
+
+
+async def _routing_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``routing.expose_headers``: the upstream and the model that served the answer."""
+    ex = request.get(EXCHANGE)
+    if ex is not None:
+        if ex.upstream is not None:
+            response.headers["x-gateway-upstream"] = ex.upstream
+        if ex.model is not None:
+            response.headers["x-gateway-model"] = ex.model
 
 
 def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -128,6 +157,8 @@ def create_app(runtime: Runtime) -> web.Application:
     stamp = stamper(lambda: runtime.config.network, ids, trusts_proto)
     app[STAMP] = stamp
     app.on_response_prepare.append(on_prepare(stamp))
+    if config.routing.expose_headers:  # read at start: nothing per request when it is off
+        app.on_response_prepare.append(_routing_headers)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_services)
     if observer.access is not None:

@@ -114,6 +114,53 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.upstream_retries = Counter(
+            "gateway_upstream_retries",
+            "Attempts on another upstream of the same model, by model and the failure before.",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "gateway_model_fallbacks",
+            "Requests moved on to a fallback model, by model, fallback and the failure before.",
+            ["model", "fallback", "reason"],
+            registry=r,
+        )
+        self.retry_budget_exhausted = Counter(
+            "gateway_retry_budget_exhausted",
+            "Retries not made because the retries in flight were at the model's budget.",
+            ["model"],
+            registry=r,
+        )
+        # What each worker's metrics_path said last (every process reads it: the max is it).
+        self.upstream_queue = Gauge(
+            "gateway_upstream_queue",
+            "Requests waiting in the worker's queue, as its metrics_path said last.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_running = Gauge(
+            "gateway_upstream_running",
+            "Requests the worker is running, as its metrics_path said last.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_kv_cache = Gauge(
+            "gateway_upstream_kv_cache_usage",
+            "Share of the worker's KV cache in use (0 to 1), as its metrics_path said last.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.upstream_signals_age = Gauge(
+            "gateway_upstream_signals_age_seconds",
+            "Seconds since the worker's metrics_path was last read.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.active_streams = Gauge(
             "gateway_active_streams",
             "Streams being relayed.",

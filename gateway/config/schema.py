@@ -135,6 +135,9 @@ class Upstream:
     max_concurrency: int = 256
     timeouts: Timeouts = Timeouts()
     health_path: str | None = None  # None: try /health, then /v1/models
+    metrics_path: str | None = None  # a Prometheus page of worker signals (queue, KV cache)
+    discover: Literal["dns"] | None = None  # "dns": one upstream per address of the URL's host
+    discover_interval: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,28 @@ class Pricing:
 
 
 DEFAULT_MAX_TOKENS = 4096
+
+Policy = Literal["least_loaded", "round_robin", "random", "affinity"]
+RETRY_KINDS = ("connect", "5xx", "429", "timeout", "context_length")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRouting:
+    """How a model's upstream is chosen (``gateway.routing.balancer``)."""
+
+    policy: Policy = "least_loaded"
+    affinity_prefix_tokens: int = 256
+    load_factor: float = 1.25
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """What a request that failed before its first byte reached the client tries next."""
+
+    attempts: int = 2  # upstreams tried per model of the chain, the first included
+    on: frozenset[str] = frozenset({"connect", "5xx", "429", "timeout"})
+    budget_percent: float = 20.0  # retries in flight, as a share of requests in flight
+    timeout: float | None = None  # an attempt's longest wait for its first byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +186,9 @@ class Model:
     # requests can overshoot a token limit by is bounded too.
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     apis: tuple[str, ...] = DEFAULT_APIS  # what the model serves, in the order of APIS
+    routing: ModelRouting = ModelRouting()
+    fallbacks: tuple[str, ...] = ()  # other models, tried in order when this one fails
+    retry: Retry = Retry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +216,14 @@ class MockWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """Routing settings of the whole gateway (a model's own are ``ModelRouting``)."""
+
+    expose_headers: bool = False  # x-gateway-upstream and x-gateway-model on every answer
+    signals_interval: float = 1.0  # seconds between scrapes of each upstream's metrics_path
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated configuration. ``source`` is the file it came from."""
 
@@ -205,3 +241,4 @@ class Config:
     log: Log = Log()
     mock_worker: MockWorker | None = None
     source: str = "<defaults>"
+    routing: Routing = Routing()  # given by name: other sections are added after ``source`` too

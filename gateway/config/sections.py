@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway import paths
 from gateway.config import fields as lp
+from gateway.config import routing_sections as rs
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
@@ -68,6 +69,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     )
     log_obj.done()
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
+    routing = rs.routing(top.obj("routing"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -110,6 +112,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         log,
         mock,
         source,
+        routing=routing,
     )
 
 
@@ -363,6 +366,7 @@ def _upstreams(o: Obj) -> dict[str, Upstream]:
             max_concurrency=u.get("max_concurrency", lp.p_int(1), 256),
             timeouts=timeouts,
             health_path=u.get("health_path", lp.p_optional(lp.p_str), None),
+            **rs.upstream_settings(u),
         )
         u.done()
     return out
@@ -393,6 +397,9 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             pricing,
             m.get("default_max_tokens", lp.p_int(1), DEFAULT_MAX_TOKENS),
             m.get("apis", _apis, DEFAULT_APIS),
+            routing=rs.model_routing(m.obj("routing")),
+            fallbacks=rs.fallbacks(m),
+            retry=rs.retry(m.obj("retry")),
         )
         m.done()
         for alias in (name, *aliases):
@@ -401,6 +408,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
                     m.line, m.sub("aliases"), f"{alias!r} already names model {names[alias]!r}"
                 )
             names[alias] = name
+    rs.check_fallbacks(o, out)
     return out
 
 

@@ -101,12 +101,12 @@ class ChatHandler:
             parsed: object = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = None
-        ex.anthropic = anthropic.is_anthropic(
-            request.path, "anthropic-version" in request.headers, parsed
-        )
         if parsed is None:
+            ex.anthropic = anthropic.is_anthropic(
+                request.path, "anthropic-version" in request.headers, parsed
+            )
             parse_json(raw)  # raises the precise 400
-        body = check_request(parsed) if not ex.anthropic else self._check_anthropic(parsed)
+        body = self.chat_body(request, ex, parsed)
         route = govern.model(rt, ex, record, str(body["model"]))
         out = outbound(body, route, ex.anthropic)
         ex.stream, ex.client_usage = out.stream, out.client_usage
@@ -126,6 +126,28 @@ class ChatHandler:
             raise
         finally:
             govern.settle(rt, ex, ticket, route)
+
+    def chat_body(self, request: web.Request, ex: Exchange, parsed: object) -> dict[str, object]:
+        """The request as a chat body of its dialect (decided here, once), checked; an API
+        that is not chat (Responses) overrides this to translate its body into OpenAI chat."""
+        ex.anthropic = anthropic.is_anthropic(
+            request.path, "anthropic-version" in request.headers, parsed
+        )
+        return self._check_anthropic(parsed) if ex.anthropic else check_request(parsed)
+
+    def new_relay(self, ex: Exchange, route: ModelRoute) -> Relay:
+        """What turns the worker's OpenAI stream into the client's events."""
+        if ex.anthropic:
+            return AnthropicRelay(route.name, input_tokens=ex.prompt_estimate)
+        return OpenAIRelay(ex.client_usage)
+
+    def answer(
+        self, ex: Exchange, answer: dict[str, object], raw: bytes, route: ModelRoute
+    ) -> bytes:
+        """A whole answer (the worker's OpenAI JSON, parsed and raw) as the client's bytes."""
+        if ex.anthropic:
+            return orjson.dumps(anthropic.to_anthropic_response(answer, route.name))
+        return raw
 
     @staticmethod
     def _check_anthropic(parsed: object) -> dict[str, object]:
@@ -223,8 +245,12 @@ class ChatHandler:
         ex.usage = usage_of(answer)
         if ex.usage is None:
             ex.completion_chunks = _answer_chars(answer) // 4
-        if ex.anthropic:
-            raw = _translated(anthropic.to_anthropic_response(answer, route.name), upstream)
+        try:
+            raw = self.answer(ex, answer, raw, route)
+        except (orjson.JSONEncodeError, RecursionError):  # the worker's answer, nested too deep
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' sent an answer nested too deeply to pass on."
+            ) from None
         return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
 
     async def _stream(
@@ -243,11 +269,7 @@ class ChatHandler:
                 response.release()
                 self.rt.balancer.release(upstream)
             return upstream_error(ex, response.status, raw)
-        relay: Relay = (
-            AnthropicRelay(route.name, input_tokens=ex.prompt_estimate)
-            if ex.anthropic
-            else OpenAIRelay(ex.client_usage)
-        )
+        relay = self.new_relay(ex, route)
         client = _EventStream(headers=SSE_HEADERS)
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)
@@ -336,17 +358,6 @@ class ChatHandler:
         self._failed(upstream)
         ex.error = True
         await client.write(relay.error(err))
-
-
-def _translated(answer: dict[str, object], upstream: Upstream) -> bytes:
-    """A translated answer as JSON; one nested deeper than JSON can be written is the
-    upstream's fault (502), not a crash."""
-    try:
-        return orjson.dumps(answer)
-    except (orjson.JSONEncodeError, RecursionError):
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' sent an answer nested too deeply to pass on."
-        ) from None
 
 
 def _usable(upstream: Upstream, response: Response) -> Response:

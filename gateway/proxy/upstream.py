@@ -116,12 +116,19 @@ class UpstreamClient:
         return target
 
     async def post(
-        self, upstream: Upstream, body: bytes, headers: dict[str, str], stream: bool = False
+        self,
+        upstream: Upstream,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool = False,
+        wait: float | None = None,
     ) -> Response:
         """POST a chat request; returns at the answer's head (a stream's caller bounds the
-        wait itself, a whole answer is bounded by ``first_byte`` of silence)."""
+        wait itself, a whole answer is bounded by ``wait`` of silence: by default the
+        upstream's ``first_byte``)."""
         origin, path = self.chat_target(upstream)
         timeouts = upstream.timeouts
+        silence = wait or timeouts.first_byte
         try:
             return await self.pool.post(
                 origin,
@@ -129,7 +136,7 @@ class UpstreamClient:
                 headers,
                 body,
                 timeouts.connect,
-                None if stream else timeouts.first_byte,
+                None if stream else silence,
             )
         except ConnectTimeout as exc:
             raise UpstreamUnavailable(
@@ -142,7 +149,7 @@ class UpstreamClient:
             ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' sent nothing within {timeouts.first_byte:g} s."
+                f"Upstream '{upstream.name}' sent nothing within {silence:g} s."
             ) from exc
         except WireError as exc:
             raise UpstreamUnavailable(
@@ -184,3 +191,22 @@ async def probe(client: UpstreamClient, upstream: Upstream, path: str) -> bool:
                 return 200 <= response.status < 300
     except (TimeoutError, aiohttp.ClientError, OSError):
         return False
+
+
+async def scrape(
+    client: UpstreamClient, upstream: Upstream, path: str, seconds: float
+) -> str | None:
+    """The text of the worker's metrics page, or None if it did not answer 200 within
+    ``seconds``. ``path`` is under the server's root (where vLLM, TGI and llama.cpp serve
+    ``/metrics``), whatever path the URL has. At most 4 MiB is read (vLLM's is ~100 KiB)."""
+    headers = {"Authorization": f"Bearer {upstream.api_key}"} if upstream.api_key else {}
+    root = "/".join(upstream.url.split("/", 3)[:3])  # scheme://host:port
+    try:
+        async with asyncio.timeout(seconds):
+            async with client.session.get(root + path, headers=headers) as response:
+                if response.status != 200:
+                    return None
+                raw = await response.content.read(4 * 1024 * 1024)
+                return raw.decode("utf-8", "replace")
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None

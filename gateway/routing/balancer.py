@@ -1,19 +1,36 @@
-"""Choosing an upstream for a request: least in-flight requests per weight, region first,
-skipping upstreams that are full or ejected after failures.
+"""Choosing an upstream for a request, by the model's policy, region first, skipping upstreams
+that are full or ejected after failures.
+
+- ``least_loaded`` (default): least load per weight, ties broken at random (so idle upstreams
+  share sequential traffic rather than the first taking it all).
+- ``round_robin``: each usable upstream in turn; ``random``: at random, by weight.
+- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``).
+
+An upstream's load is its requests in flight from this process; while its worker signals are
+fresh (``routing.signals``) it is also what the worker says it holds from every process: the
+larger of in flight and running, plus its queue, plus the share of its KV cache in use. Every
+policy passes over a worker with a queue while one without is usable.
 
 Per-process state; an upstream keeps its state across reloads as long as its name stays.
+Discovered upstreams (``discover: dns``) stand in for the entry they were found for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock
-from gateway.config.schema import Upstream
+from gateway.config.schema import ModelRouting, Upstream
+from gateway.routing.retry import RetryBudget
+from gateway.routing.ring import Ring
 
 BASE_EJECT = 1.0
 MAX_EJECT = 60.0
+_AWAY = 1e12  # added to the score of an upstream outside the requested region
+_INF = float("inf")
+_DEFAULT = ModelRouting()
 
 
 @dataclass(slots=True)
@@ -21,14 +38,33 @@ class UpstreamState:
     in_flight: int = 0
     failures: int = 0
     ejected_until: float = 0.0
+    # The worker's own signals (``routing.signals``), believed until ``signals_until``.
+    waiting: float = 0.0
+    running: float = 0.0
+    cache: float = 0.0  # KV cache in use, 0 to 1
+    signals_until: float = 0.0
+
+    def load(self, now: float) -> float:
+        if self.signals_until > now:
+            return max(self.in_flight, self.running) + self.waiting + self.cache
+        return self.in_flight
+
+    def queued(self, now: float) -> bool:
+        return self.waiting > 0 and self.signals_until > now
 
 
 class Balancer:
-    """Tracks in-flight counts and failures of every upstream of this process."""
+    """Tracks in-flight counts, failures and signals of every upstream of this process."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
         self._clock = clock
+        self.rng = rng or random.Random()  # ties and the random policy; tests seed it
         self._state: dict[str, UpstreamState] = {}
+        self._members: dict[str, tuple[Upstream, ...]] = {}  # discovered, by entry name
+        self._rings: dict[tuple[str, ...], Ring] = {}
+        self._turns: dict[str, int] = {}  # round_robin's position, per model
+        self.in_flight = 0  # requests holding an upstream, all upstreams together
+        self.budget = RetryBudget()
 
     def state(self, name: str) -> UpstreamState:
         state = self._state.get(name)
@@ -37,44 +73,165 @@ class Balancer:
         return state
 
     def healthy(self, upstream: Upstream) -> bool:
+        members = self._members.get(upstream.name) if self._members else None
+        if members:
+            return any(self.healthy(m) for m in members)
         return self.state(upstream.name).ejected_until <= self._clock.monotonic()
 
     def pick(
-        self, pool: Iterable[Upstream], exclude: Iterable[str] = (), region: str | None = None
+        self,
+        pool: Sequence[Upstream],
+        exclude: Iterable[str] = (),
+        region: str | None = None,
+        routing: ModelRouting = _DEFAULT,
+        key: int | None = None,
+        model: str = "",
     ) -> Upstream | None:
-        """The best upstream of ``pool``, or None if every one is excluded or full.
+        """The upstream of ``pool`` the policy chooses, or None if every one is excluded or
+        full. ``key``: the request's affinity key; ``model``: whose round_robin turn it is.
 
         Ejected upstreams are passed over while another is usable; when every one is ejected the
         least recently failed is tried anyway (Envoy's "panic" mode), so a one-upstream model is
         not black-holed by one failure.
         """
-        pool = [u for u in pool if u.name not in exclude]
-        return self._least_loaded(pool, region, self._clock.monotonic()) or self._least_loaded(
-            pool, region, float("inf")
-        )
+        if self._members:
+            pool = self.expand(pool)
+        if exclude:
+            pool = [u for u in pool if u.name not in exclude]
+        policy = routing.policy
+        if policy == "least_loaded" or (policy == "affinity" and key is None):
+            now = self._clock.monotonic()
+            return self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
+        if policy == "affinity":
+            assert key is not None
+            return self._affinity(pool, region, routing.load_factor, key)
+        return self._spread(pool, region, policy == "round_robin", model)
 
     def _least_loaded(
-        self, pool: list[Upstream], region: str | None, now: float
+        self, pool: Sequence[Upstream], region: str | None, now: float
     ) -> Upstream | None:
         best: Upstream | None = None
-        best_score = (2, 0.0)
+        best_score = _INF
+        ties = 0
+        states = self._state
         for upstream in pool:
-            state = self.state(upstream.name)
+            state = states.get(upstream.name) or self.state(upstream.name)
             if state.ejected_until > now or state.in_flight >= upstream.max_concurrency:
                 continue
-            score = (
-                0 if region is None or upstream.region == region else 1,
-                (state.in_flight + 1) / upstream.weight,
-            )
+            if state.signals_until > now:
+                score = (
+                    max(state.in_flight, state.running) + state.waiting + state.cache + 1
+                ) / upstream.weight
+            else:
+                score = (state.in_flight + 1) / upstream.weight
+            if region is not None and upstream.region != region:
+                score += _AWAY
             if score < best_score:
-                best, best_score = upstream, score
+                best, best_score, ties = upstream, score, 1
+            elif score == best_score:  # reservoir sampling: each of k ties kept with 1/k
+                ties += 1
+                if self.rng.random() * ties < 1.0:
+                    best = upstream
         return best
 
+    def _usable(self, pool: Sequence[Upstream], now: float) -> list[bool]:
+        usable = []
+        for upstream in pool:
+            state = self.state(upstream.name)
+            usable.append(state.ejected_until <= now and state.in_flight < upstream.max_concurrency)
+        return usable
+
+    def _candidates(self, pool: Sequence[Upstream], region: str | None) -> list[Upstream]:
+        """The usable upstreams of the best tier: in the region before outside it, without a
+        queue before with one; ejected ones only when nothing else is left."""
+        now = self._clock.monotonic()
+        usable = self._usable(pool, now)
+        if not any(usable):
+            usable = self._usable(pool, _INF)
+        tiers: list[list[Upstream]] = [[], [], [], []]
+        for upstream, ok in zip(pool, usable, strict=True):
+            if ok:
+                away = region is not None and upstream.region != region
+                tiers[2 * away + self.state(upstream.name).queued(now)].append(upstream)
+        return next((tier for tier in tiers if tier), [])
+
+    def _spread(
+        self, pool: Sequence[Upstream], region: str | None, in_turn: bool, model: str
+    ) -> Upstream | None:
+        candidates = self._candidates(pool, region)
+        if not candidates:
+            return None
+        if in_turn:
+            turn = self._turns.get(model, 0)
+            self._turns[model] = turn + 1
+            return candidates[turn % len(candidates)]
+        return self.rng.choices(candidates, [u.weight for u in candidates])[0]
+
+    def _affinity(
+        self, pool: Sequence[Upstream], region: str | None, load_factor: float, key: int
+    ) -> Upstream | None:
+        ring = self.ring(pool)
+        now = self._clock.monotonic()
+        weights = [u.weight for u in pool]
+        loads = [self.state(u.name).load(now) for u in pool]
+        for moment in (now, _INF):  # the second pass: panic, every upstream ejected
+            usable = self._usable(pool, moment)
+            if region is not None and any(usable):
+                local = [ok and u.region == region for u, ok in zip(pool, usable, strict=True)]
+                usable = local if any(local) else usable
+            index = ring.choose(key, loads, usable, weights, load_factor)
+            if index is not None:
+                return pool[index]
+        return None
+
+    def ring(self, pool: Sequence[Upstream]) -> Ring:
+        """The pool's ring, built once per set of names and weights."""
+        names = tuple(u.name for u in pool)
+        ring = self._rings.get(names)
+        if ring is None:
+            if len(self._rings) >= 1024:  # discovery churn must not grow this without bound
+                self._rings.clear()
+            ring = self._rings[names] = Ring(names, [u.weight for u in pool])
+        return ring
+
+    # -- discovery --------------------------------------------------------------------------
+    def expand(self, pool: Iterable[Upstream]) -> list[Upstream]:
+        """``pool`` with every discovered entry replaced by the upstreams found for it."""
+        out: list[Upstream] = []
+        for upstream in pool:
+            members = self._members.get(upstream.name)
+            if members is None:
+                out.append(upstream)
+            else:
+                out.extend(members)
+        return out
+
+    def set_members(self, name: str, members: tuple[Upstream, ...] | None) -> None:
+        """The upstreams entry ``name`` resolved to (None: it stands for itself again)."""
+        if members is None:
+            self._members.pop(name, None)
+        else:
+            self._members[name] = members
+
+    def members(self, name: str) -> tuple[Upstream, ...] | None:
+        return self._members.get(name)
+
+    def forget(self, name: str) -> bool:
+        """Drop a vanished upstream's state once nothing is in flight to it."""
+        state = self._state.get(name)
+        if state is not None and state.in_flight > 0:
+            return False
+        self._state.pop(name, None)
+        return True
+
+    # -- the request path -------------------------------------------------------------------
     def acquire(self, upstream: Upstream) -> None:
         self.state(upstream.name).in_flight += 1
+        self.in_flight += 1
 
     def release(self, upstream: Upstream) -> None:
         self.state(upstream.name).in_flight -= 1
+        self.in_flight -= 1
 
     def succeeded(self, upstream: Upstream) -> None:
         state = self.state(upstream.name)
@@ -89,3 +246,11 @@ class Balancer:
         # The exponent is capped: 2 ** 1024 does not fit a float, and 60 s is reached at 2 ** 6.
         cool_down = min(MAX_EJECT, BASE_EJECT * 2 ** min(state.failures - 1, 16))
         state.ejected_until = self._clock.monotonic() + cool_down
+
+    def observe(
+        self, name: str, waiting: float, running: float, cache: float, until: float
+    ) -> None:
+        """A worker's signals, believed until ``until`` (monotonic)."""
+        state = self.state(name)
+        state.waiting, state.running, state.cache = waiting, running, cache
+        state.signals_until = until

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.config.schema import DEFAULT_APIS, DEFAULT_MAX_TOKENS, Config, Pricing, Upstream
+from gateway.config.schema import (
+    DEFAULT_APIS,
+    DEFAULT_MAX_TOKENS,
+    Config,
+    ModelRouting,
+    Pricing,
+    Retry,
+    Upstream,
+)
+
+_ROUTING, _RETRY = ModelRouting(), Retry()  # the defaults, shared
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +31,9 @@ class ModelRoute:
     aliases: tuple[str, ...] = ()
     default_max_tokens: int = DEFAULT_MAX_TOKENS
     apis: tuple[str, ...] = DEFAULT_APIS  # what the model serves (``models.<name>.apis``)
+    routing: ModelRouting = _ROUTING  # how its upstream is chosen
+    fallbacks: tuple[str, ...] = ()  # models tried next, in order, when it fails
+    retry: Retry = _RETRY
 
     def allowed_by(self, models: frozenset[str] | None) -> bool:
         """May a key whose model allowlist is ``models`` use this model (by any name)?"""
@@ -44,6 +57,9 @@ class Router:
                 aliases=model.aliases,
                 default_max_tokens=model.default_max_tokens,
                 apis=model.apis,
+                routing=model.routing,
+                fallbacks=model.fallbacks,
+                retry=model.retry,
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):

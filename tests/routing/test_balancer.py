@@ -1,11 +1,18 @@
-"""Balancing: least in-flight per weight, region first, ejection with a growing cool-down, and
-panic mode when every upstream is ejected."""
+"""Balancing: least in-flight per weight (ties at random), round robin, random, affinity with
+bounded loads, worker signals, region first, ejection with a growing cool-down, panic mode when
+every upstream is ejected, and discovered members standing for their entry."""
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
+import pytest
+
 from gateway.clock import FakeClock
-from gateway.config.schema import Upstream
+from gateway.config.schema import ModelRouting, Upstream
 from gateway.routing.balancer import MAX_EJECT, Balancer
+from gateway.routing.ring import key_hash
 
 
 def up(name: str, weight: float = 1.0, region: str | None = None, cap: int = 256) -> Upstream:
@@ -67,3 +74,149 @@ def test_panic_mode_when_all_are_ejected() -> None:
     b.failed(a)
     assert b.pick([a]) is a  # a one-upstream model is not black-holed by one failure
     assert b.pick([a], exclude=["a"]) is None
+
+
+# --- policies ------------------------------------------------------------------------------
+
+
+def seeded(clock: FakeClock | None = None) -> Balancer:
+    return Balancer(clock or FakeClock(), random.Random(7))
+
+
+def test_ties_are_broken_at_random() -> None:
+    """Sequential requests (nothing in flight) to idle upstreams share the traffic: before,
+    the first upstream took all 20."""
+    b = seeded()
+    pool = [up("a"), up("b"), up("c")]
+    picks = Counter(b.pick(pool).name for _ in range(300))  # type: ignore[union-attr]
+    assert set(picks) == {"a", "b", "c"} and min(picks.values()) > 60, picks
+
+
+def test_ties_never_beat_a_less_loaded_upstream() -> None:
+    b = seeded()
+    a, c = up("a"), up("c")
+    b.acquire(a)
+    assert all(b.pick([a, c]) is c for _ in range(50))
+
+
+def test_round_robin_takes_turns_and_skips_the_ejected() -> None:
+    b = seeded()
+    pool = [up("a"), up("b"), up("c")]
+    rr = ModelRouting(policy="round_robin")
+    names = [b.pick(pool, routing=rr, model="m").name for _ in range(6)]  # type: ignore[union-attr]
+    assert names == ["a", "b", "c", "a", "b", "c"]
+    b.failed(pool[1])
+    names = [b.pick(pool, routing=rr, model="m").name for _ in range(4)]  # type: ignore[union-attr]
+    assert "b" not in names and set(names) == {"a", "c"}
+
+
+def test_random_follows_the_weights() -> None:
+    b = seeded()
+    pool = [up("a", weight=3), up("b")]
+    picks = Counter(
+        b.pick(pool, routing=ModelRouting(policy="random")).name  # type: ignore[union-attr]
+        for _ in range(4000)
+    )
+    assert 0.7 < picks["a"] / 4000 < 0.8, picks
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "round_robin", "random", "affinity"])
+def test_a_worker_with_a_queue_is_passed_over_by_every_policy(policy: str) -> None:
+    clock = FakeClock()
+    b = seeded(clock)
+    pool = [up("a"), up("b")]
+    b.observe("a", waiting=4, running=8, cache=0.9, until=clock.monotonic() + 3)
+    routing = ModelRouting(policy=policy, load_factor=1.0)  # type: ignore[arg-type]
+    for key in range(40):
+        chosen = b.pick(pool, routing=routing, key=key_hash(b"%d" % key), model="m")
+        assert chosen is not None and chosen.name == "b"
+
+
+def test_stale_signals_fall_back_to_in_flight_counts() -> None:
+    clock = FakeClock()
+    b = seeded(clock)
+    a, c = up("a"), up("c")
+    b.observe("a", waiting=50, running=50, cache=1.0, until=clock.monotonic() + 3)
+    assert b.pick([a, c]) is c
+    clock.advance(3.01)
+    b.acquire(c)
+    assert b.pick([a, c]) is a  # the queue it once had is no longer believed
+
+
+def test_running_requests_from_other_processes_count() -> None:
+    clock = FakeClock()
+    b = seeded(clock)
+    a, c = up("a"), up("c")
+    b.observe("a", waiting=0, running=6, cache=0.1, until=clock.monotonic() + 3)
+    b.acquire(c)
+    b.acquire(c)
+    assert b.pick([a, c]) is c  # 2 of ours on c, but a runs 6 (sent by other gateways)
+
+
+def test_affinity_keeps_a_key_on_its_upstream_until_the_bound() -> None:
+    b = seeded()
+    pool = [up("a"), up("b"), up("c")]
+    routing = ModelRouting(policy="affinity", load_factor=1.25)
+    key = key_hash(b"conversation 1")
+    home = b.pick(pool, routing=routing, key=key)
+    assert home is not None
+    assert all(b.pick(pool, routing=routing, key=key) is home for _ in range(20))
+    held = [home]
+    b.acquire(home)  # one in flight: its bound with 2 in flight is ceil(1.25 * 2 / 3) = 1
+    other = b.pick(pool, routing=routing, key=key)
+    assert other is not None and other is not home
+    b.acquire(other)
+    held.append(other)
+    for u in held:
+        b.release(u)
+    assert b.pick(pool, routing=routing, key=key) is home
+
+
+def test_affinity_prefers_the_region_and_skips_the_ejected() -> None:
+    b = seeded()
+    pool = [up(f"u{i}", region="oslo" if i < 2 else "bergen") for i in range(4)]
+    routing = ModelRouting(policy="affinity")
+    for i in range(50):
+        chosen = b.pick(pool, region="bergen", routing=routing, key=key_hash(b"%d" % i))
+        assert chosen is not None and chosen.region == "bergen"
+    b.failed(pool[2])
+    b.failed(pool[3])
+    chosen = b.pick(pool, region="bergen", routing=routing, key=1)
+    assert chosen is not None and chosen.region == "oslo"
+    for u in pool[:2]:
+        b.failed(u)
+    assert b.pick(pool, routing=routing, key=1) is not None  # panic: all ejected, one tried
+
+
+def test_affinity_without_a_key_is_least_loaded() -> None:
+    b = seeded()
+    a, c = up("a"), up("c")
+    b.acquire(a)
+    assert b.pick([a, c], routing=ModelRouting(policy="affinity"), key=None) is c
+
+
+def test_discovered_members_stand_for_their_entry() -> None:
+    clock = FakeClock()
+    b = seeded(clock)
+    entry = up("pool")
+    m1, m2 = up("pool@10.0.0.1:80"), up("pool@10.0.0.2:80")
+    b.set_members("pool", (m1, m2))
+    picks = {b.pick([entry]).name for _ in range(40)}  # type: ignore[union-attr]
+    assert picks == {m1.name, m2.name}
+    b.failed(m1)
+    assert b.healthy(entry)
+    b.failed(m2)
+    assert not b.healthy(entry)
+    b.set_members("pool", None)
+    assert b.pick([entry]) is entry
+
+
+def test_in_flight_counts_every_upstream() -> None:
+    b = seeded()
+    a, c = up("a"), up("c")
+    b.acquire(a)
+    b.acquire(c)
+    b.acquire(c)
+    assert b.in_flight == 3
+    b.release(c)
+    assert b.in_flight == 2

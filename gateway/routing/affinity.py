@@ -1,0 +1,99 @@
+"""The affinity key of a chat request: which requests should land on the same worker. Pure.
+
+An explicit session wins: ``prompt_cache_key``, else ``session_id``, else ``user`` (the OpenAI
+field; an Anthropic ``metadata.user_id`` arrives as ``user``, and Claude Code's, a JSON object
+or a ``…_session_<uuid>`` string, yields its session id). Otherwise the key is the canonical
+text of the prompt's prefix: the system prompt and the messages before the first assistant
+turn, cut at ``affinity_prefix_tokens`` times 4 characters. Stopping before the first answer keeps
+one key for every turn of a conversation (turn 5 starts with the same system prompt and opening
+message as turn 1), so the worker that holds its KV cache keeps getting it.
+
+Computed from the body the upstream receives (OpenAI chat JSON, whichever dialect the client
+spoke), so both dialects key alike.
+"""
+
+from __future__ import annotations
+
+import re
+
+import orjson
+
+from gateway.routing.ring import key_hash
+
+CHARS_PER_TOKEN = 4
+_SESSION_SUFFIX = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
+
+
+def affinity_key(payload: bytes, prefix_tokens: int) -> int | None:
+    """The ring position of this request, or None when it has neither session nor prompt."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    session = session_of(body)
+    if session is not None:
+        return key_hash(b"session\0" + session.encode("utf-8", "surrogatepass"))
+    text = prefix_text(body.get("messages"), prefix_tokens * CHARS_PER_TOKEN)
+    if not text:
+        return None
+    return key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass"))
+
+
+def session_of(body: dict[str, object]) -> str | None:
+    """The session the client named, if any."""
+    for field in ("prompt_cache_key", "session_id"):
+        value = body.get(field)
+        if isinstance(value, str) and value:
+            return value
+    user = body.get("user")
+    if not isinstance(user, str) or not user:
+        return None
+    return claude_code_session(user) or user
+
+
+def claude_code_session(user_id: str) -> str | None:
+    """Claude Code's ``metadata.user_id`` names the user and the session; the session is what
+    shares a prompt. It is a JSON object with ``session_id`` or ``user_…_session_<uuid>``."""
+    if user_id.startswith("{"):
+        try:
+            parsed = orjson.loads(user_id)
+        except orjson.JSONDecodeError:
+            return None
+        session = parsed.get("session_id") if isinstance(parsed, dict) else None
+        return session if isinstance(session, str) and session else None
+    found = _SESSION_SUFFIX.search(user_id)
+    return found.group(1) if found else None
+
+
+def prefix_text(messages: object, limit: int) -> str:
+    """The system prompt and the messages before the first assistant turn as one text (role,
+    then content, per message), at most ``limit`` characters."""
+    if not isinstance(messages, list):
+        return ""
+    parts: list[str] = []
+    size = 0
+    for message in messages:
+        if not isinstance(message, dict) or message.get("role") == "assistant":
+            break
+        text = f"{message.get('role')}\n{content_text(message.get('content'))}\n"
+        parts.append(text)
+        size += len(text)
+        if size >= limit:
+            break
+    return "".join(parts)[:limit]
+
+
+def content_text(content: object) -> str:
+    """A message's content as text: a string as is, parts by their text (other parts, e.g. an
+    image, by their JSON, which is the same for the same part)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return "" if content is None else orjson.dumps(content).decode()
+    out = []
+    for part in content:
+        text = part.get("text") if isinstance(part, dict) else None
+        out.append(text if isinstance(text, str) else orjson.dumps(part).decode())
+    return "".join(out)

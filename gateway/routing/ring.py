@@ -1,0 +1,96 @@
+"""Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2017). Pure.
+
+Each upstream owns points on a 64-bit ring, placed by a stable hash of its name (BLAKE2b, never
+Python's per-process ``hash``), so every gateway process builds the same ring. A request's key
+is hashed onto the ring and walks clockwise to the first upstream that may take it: usable
+(not ejected, not full) and, with ``m`` requests in flight counting this one, carrying less
+than ``ceil(load_factor * m * its weight share)``. Every upstream past that bound is skipped,
+so none carries more than ``load_factor`` times its share of the mean. Adding or removing an
+upstream moves only the keys whose walk meets its points.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+from collections.abc import Sequence
+
+POINTS_PER_WEIGHT = 100  # points per unit of weight: shares within a few % of the weights
+_MAX_POINTS = 10_000
+
+
+def key_hash(data: bytes) -> int:
+    """A 64-bit position on the ring, the same in every process and on every machine."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Ring:
+    """The points of a pool's upstreams (by their index in the pool), sorted."""
+
+    __slots__ = ("owners", "points", "size")
+
+    def __init__(self, names: Sequence[str], weights: Sequence[float]) -> None:
+        placed: list[tuple[int, int]] = []
+        for index, (name, weight) in enumerate(zip(names, weights, strict=True)):
+            count = min(_MAX_POINTS, max(1, round(POINTS_PER_WEIGHT * weight)))
+            seed = name.encode("utf-8", "surrogateescape")
+            placed.extend((key_hash(seed + b"#%d" % i), index) for i in range(count))
+        placed.sort()
+        self.points = [p for p, _ in placed]
+        self.owners = [o for _, o in placed]
+        self.size = len(names)
+
+    def walk(self, key: int) -> list[int]:
+        """Every upstream once, in the order the key meets them clockwise."""
+        order: list[int] = []
+        seen = 0
+        points, owners = len(self.points), self.owners
+        start = bisect.bisect_left(self.points, key)
+        for step in range(points):
+            owner = owners[(start + step) % points]
+            if not seen >> owner & 1:
+                seen |= 1 << owner
+                order.append(owner)
+                if len(order) == self.size:
+                    break
+        return order
+
+    def owner(self, key: int) -> int:
+        """The upstream the key belongs to when nothing is loaded or excluded."""
+        return self.owners[bisect.bisect_left(self.points, key) % len(self.points)]
+
+    def choose(
+        self,
+        key: int,
+        loads: Sequence[float],
+        usable: Sequence[bool],
+        weights: Sequence[float],
+        load_factor: float,
+    ) -> int | None:
+        """The index of the first usable upstream on the key's walk under its bound, or None
+        when no upstream is usable. With ``load_factor`` ≥ 1 some usable upstream is always
+        under its bound (the bounds add up to at least the load plus this request)."""
+        total = weight = 0.0
+        for i, ok in enumerate(usable):
+            if ok:
+                total += loads[i]
+                weight += weights[i]
+        if weight <= 0.0:
+            return None
+        scale = load_factor * (total + 1.0) / weight
+        points, owners = len(self.points), self.owners
+        start = bisect.bisect_left(self.points, key)
+        seen, left = 0, self.size
+        for step in range(points):  # ``walk``, stopping at the first that may take the key
+            owner = owners[(start + step) % points]
+            if seen >> owner & 1:
+                continue
+            # The bound is a whole number of requests; 1e-9 absorbs the float error of the scale.
+            if usable[owner] and loads[owner] < math.ceil(scale * weights[owner] - 1e-9):
+                return owner
+            seen |= 1 << owner
+            left -= 1
+            if not left:
+                break
+        return None
