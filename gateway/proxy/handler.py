@@ -38,6 +38,7 @@ from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
+from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
@@ -167,25 +168,45 @@ class ChatHandler:
     ) -> tuple[Upstream, Response, bytes]:
         """An answering upstream, its response and the whole body (a stream: its first chunk).
 
-        A failure before any byte reached the client is retried once on another upstream.
+        A failure before any byte reached the client is retried as the model's ``retry`` says:
+        on other upstreams, then on its ``fallbacks`` (``routing.chain``), within the budget.
         """
-        balancer, tried = self.rt.balancer, list[str]()
+        rt, headers = self.rt, request.headers
+        balancer = rt.balancer
+        caller = ex.client_ip or "-"
+        chain = Chain(
+            balancer,
+            rt.router,
+            rt.metrics,
+            route,
+            payload,
+            ex.region,
+            lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
+        )
+        upstream = chain.first() or await chain.fall_back("connect")
         error: GatewayError | None = None
-        for _ in range(2):
-            upstream = balancer.pick(route.upstreams, tried, ex.region)
-            if upstream is None:
-                break
-            tried.append(upstream.name)
+        while upstream is not None:
             balancer.acquire(upstream)
             try:
-                response, first = await self._attempt(request, ex, upstream, payload)
+                response, first = await self._attempt(
+                    request, ex, upstream, chain.payload, chain.peek, chain.wait(upstream)
+                )
             except GatewayError as err:
-                balancer.release(upstream)
-                self._failed(upstream)
-                error = err
+                kind, error, failed = chain.failure(err, ex.upstream_status), err, upstream
+                if kind is not None and kind != "context_length":
+                    self._failed(failed)
+                try:  # decided while this request still holds its upstream: the budget counts it
+                    upstream = await chain.after(failed, kind)
+                finally:
+                    balancer.release(failed)
                 continue
+            except BaseException:  # cancelled (the client left): the upstream is not held
+                balancer.release(upstream)
+                chain.done()
+                raise
+            chain.done()
             balancer.succeeded(upstream)
-            ex.upstream = upstream.name
+            ex.upstream, ex.model = upstream.name, chain.model.name
             return upstream, response, first
         raise error or UpstreamUnavailable(
             f"No upstream of model '{route.name}' is available; try again shortly.", status=503
@@ -196,31 +217,44 @@ class ChatHandler:
         self.rt.metrics.upstream_failures.labels(upstream.name).inc()
 
     async def _attempt(
-        self, request: web.Request, ex: Exchange, upstream: Upstream, payload: bytes
+        self,
+        request: web.Request,
+        ex: Exchange,
+        upstream: Upstream,
+        payload: bytes,
+        peek: bool = False,
+        wait: float | None = None,
     ) -> tuple[Response, bytes]:
+        """One try: ``peek`` reads a refusal to tell a context-length error (a fallback may
+        take it); ``wait`` bounds the wait for the first byte (default: ``first_byte``)."""
         headers = forward_headers(request.headers, upstream, ex.request_id)
-        client = self.rt.client
+        client, wait = self.rt.client, wait or upstream.timeouts.first_byte
+        ex.upstream_status = None  # the worker's status tells a 5xx from a 429 from no answer
         if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
-            answer = _usable(upstream, await client.post(upstream, payload, headers))
+            answer = await client.post(upstream, payload, headers, wait=wait)
+            ex.upstream_status = answer.status
             try:
-                return answer, await read_body(answer, upstream)
+                body = await read_body(_usable(upstream, answer), upstream)
             finally:
                 answer.release()
+            if peek and (too_long := Chain.context_exceeded(answer.status, body)):
+                raise too_long
+            return answer, body
         response: Response | None = None
         try:  # one timer for the head and the first chunk: the time to first token
-            async with asyncio.timeout(upstream.timeouts.first_byte):
-                response = _usable(
-                    upstream, await client.post(upstream, payload, headers, stream=True)
-                )
-                if response.status != 200:
+            async with asyncio.timeout(wait):
+                response = await client.post(upstream, payload, headers, stream=True)
+                ex.upstream_status = response.status
+                if _usable(upstream, response).status != 200:
+                    if peek:
+                        raise Chain.refused(response.status, await read_body(response, upstream))
                     return response, b""
                 first = await read_chunk(response, upstream)
         except TimeoutError:
             if response is not None:
                 response.close()
             raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' sent nothing within "
-                f"{upstream.timeouts.first_byte:g} s."
+                f"Upstream '{upstream.name}' sent nothing within {wait:g} s."
             ) from None
         except GatewayError:
             if response is not None:
