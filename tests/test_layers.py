@@ -1,7 +1,8 @@
 """The layers of docs/architecture.md, enforced by reading every module's imports.
 
 - pure: stdlib, orjson (a codec, no I/O) and other pure modules only;
-- services: pure modules and service libraries; only ``store.redis`` imports ``redis``;
+- services: pure modules and service libraries; only ``store.redis*`` (and the alert queue's
+  ``store.events_redis``) import ``redis``;
 - HTTP (``web.*``, ``proxy.*``, ``runtime``): the only importers of ``aiohttp.web``;
 - composition (``app``, ``server``, ``workers``, ``ports``, ``cli.*``, ``__main__``): nothing
   outside the composition layer imports them.
@@ -39,6 +40,10 @@ PURE = {
     "gateway.dialects.anthropic_stream",
     "gateway.dialects.relay",
     "gateway.dialects.inputs",
+    "gateway.alerts",
+    "gateway.alerts.thresholds",
+    "gateway.alerts.events",
+    "gateway.alerts.upstreams",
 }
 HTTP_PREFIXES = ("gateway.web", "gateway.proxy", "gateway.runtime", "gateway.mock_worker")
 COMPOSITION = {
@@ -106,7 +111,7 @@ def test_only_http_modules_import_aiohttp_web() -> None:
 def test_only_the_redis_store_imports_redis() -> None:
     for name, imported in modules().items():
         if any(t == "redis" or t.startswith("redis.") for t in imported):
-            assert name.startswith("gateway.store.redis"), name
+            assert name.startswith(("gateway.store.redis", "gateway.store.events_redis")), name
 
 
 def test_nothing_imports_the_composition_layer() -> None:

@@ -1,0 +1,178 @@
+"""The alert store on Redis or Redis Cluster (``store.events`` semantics), shared by every
+gateway process of the store, so the queue survives a restart of any of them.
+
+Every key is under the ``{alerts}`` hash tag (one Cluster slot), so each call is one atomic
+script or command: ``gw:{alerts}:due`` (sorted set: item id by due time), ``gw:{alerts}:items``
+(hash: item id → payload), ``gw:{alerts}:once:<marker>``, ``gw:{alerts}:leader``,
+``gw:{alerts}:state:<name>`` and ``gw:{alerts}:expiry`` (sorted set: key id by expiry). Alerts
+are few, so one slot is plenty. Time is Redis ``TIME`` (``clock`` is a test hook, as in
+``store.redis``). Its own redis-py client, off the request path (``store.redis_conn``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
+
+from gateway.clock import Clock
+from gateway.store.base import StoreError
+from gateway.store.events import Item
+from gateway.store.redis_conn import ERRORS, client, parse
+
+T = TypeVar("T")
+PREFIX = "gw:{alerts}:"
+DUE, ITEMS, LEADER, EXPIRY = (PREFIX + name for name in ("due", "items", "leader", "expiry"))
+
+_NOW = """
+local function now(arg)
+  if arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function at(seconds) return string.format('%.3f', seconds) end
+"""
+# KEYS: due, items, marker. ARGV: now, marker ttl in ms ('' = no marker), then id, payload, ...
+ENQUEUE = (
+    _NOW
+    + """
+local t = now(ARGV[1])
+if ARGV[2] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[2]) then
+  return 0
+end
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[1], at(t), ARGV[i])
+  end
+end
+return 1
+"""
+)
+# KEYS: due, items. ARGV: now, count, lease seconds. Returns id, payload, id, payload, ...
+CLAIM = (
+    _NOW
+    + """
+local t = now(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', at(t), 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local payload = redis.call('HGET', KEYS[2], id)
+  if payload then
+    redis.call('ZADD', KEYS[1], at(t + tonumber(ARGV[3])), id)
+    out[#out + 1] = id
+    out[#out + 1] = payload
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+)
+# KEYS: due, items. ARGV: now, id, payload, delay seconds.
+RETRY = (
+    _NOW
+    + """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[1], at(now(ARGV[1]) + tonumber(ARGV[4])), ARGV[2])
+end
+return 1
+"""
+)
+ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+# KEYS: leader. ARGV: holder, ttl in ms.
+LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+SWAP = """
+local before = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return before
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class RedisEventStore:
+    def __init__(self, url: str, timeout_ms: int, clock: Clock | None = None) -> None:
+        self.timeout = max(1.0, timeout_ms / 1000.0)  # off the request path: no need to hurry
+        self.clock = clock
+        self.client = client(parse(url), self.timeout)
+        register = self.client.register_script
+        self._enqueue, self._claim, self._retry = (
+            register(ENQUEUE),
+            register(CLAIM),
+            register(RETRY),
+        )
+        self._ack, self._lead, self._resign = register(ACK), register(LEAD), register(RESIGN)
+        self._swap = register(SWAP)
+
+    def _now(self) -> str:
+        return repr(self.clock.time()) if self.clock is not None else ""
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await call
+        except ERRORS as exc:
+            raise StoreError(f"redis (alerts): {exc or type(exc).__name__}") from None
+
+    async def enqueue(self, items: list[Item], once: tuple[str, float] | None = None) -> bool:
+        marker, ttl = (PREFIX + "once:" + once[0], str(_ms(once[1]))) if once else (DUE, "")
+        args: list[Any] = [self._now(), ttl]
+        for item_id, payload in items:
+            args += [item_id, payload]
+        return bool(await self._call(self._enqueue([DUE, ITEMS, marker], args)))
+
+    async def claim(self, count: int, lease: float) -> list[Item]:
+        reply = await self._call(self._claim([DUE, ITEMS], [self._now(), count, lease]))
+        return [(reply[i].decode(), bytes(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def ack(self, item_id: str) -> None:
+        await self._call(self._ack([DUE, ITEMS], [item_id]))
+
+    async def retry(self, item_id: str, payload: bytes, delay: float) -> None:
+        await self._call(self._retry([DUE, ITEMS], [self._now(), item_id, payload, delay]))
+
+    async def depth(self) -> int:
+        return int(await self._call(self.client.hlen(ITEMS)))
+
+    async def leader(self, holder: str, ttl: float) -> bool:
+        return bool(await self._call(self._lead([LEADER], [holder, _ms(ttl)])))
+
+    async def resign(self, holder: str) -> None:
+        await self._call(self._resign([LEADER], [holder]))
+
+    async def swap(self, name: str, value: str, ttl: float) -> str | None:
+        before = await self._call(self._swap([PREFIX + "state:" + name], [value, _ms(ttl)]))
+        return before.decode() if before is not None else None
+
+    async def watch_expiry(self, key_id: str, expires_at: float) -> None:
+        await self._call(self.client.zadd(EXPIRY, {key_id: expires_at}))
+
+    async def unwatch_expiry(self, key_id: str) -> None:
+        await self._call(self.client.zrem(EXPIRY, key_id))
+
+    async def expiring(self, until: float) -> list[tuple[str, float]]:
+        reply = await self._call(self.client.zrangebyscore(EXPIRY, "-inf", until, withscores=True))
+        pairs = cast(list[tuple[bytes, float]], reply)  # withscores: (member, score) pairs
+        return [(member.decode(), float(score)) for member, score in pairs]
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except ERRORS:
+            pass  # closing a connection that is gone already
