@@ -223,6 +223,38 @@ class Routing:
     signals_interval: float = 1.0  # seconds between scrapes of each upstream's metrics_path
 
 
+# The events an alert webhook may ask for (``alerts.webhooks[].events``).
+EVENTS: tuple[str, ...] = (
+    "usage.threshold",
+    "key.expiring",
+    "key.revoked",
+    "upstream.down",
+    "upstream.up",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A receiver of alert events: each event of ``events`` is POSTed to ``url`` (``json``: the
+    event itself; ``slack``: ``{"text": ...}``), signed with ``secret``."""
+
+    url: str = field(repr=False)  # Slack-style URLs carry a token in their path
+    secret: str = field(repr=False)
+    events: tuple[str, ...] = EVENTS
+    format: Literal["json", "slack"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Alerts:
+    """Alert webhooks and their delivery: ``timeout`` per POST, ``give_up_after`` seconds of
+    failed retries, ``down_after`` seconds an upstream stays ejected before it is reported."""
+
+    webhooks: tuple[Webhook, ...] = ()
+    timeout: float = 10.0
+    give_up_after: float = 86_400.0
+    down_after: float = 10.0
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated configuration. ``source`` is the file it came from."""
@@ -242,3 +274,4 @@ class Config:
     mock_worker: MockWorker | None = None
     source: str = "<defaults>"
     routing: Routing = Routing()  # given by name: other sections are added after ``source`` too
+    alerts: Alerts = Alerts()

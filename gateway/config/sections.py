@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config import routing_sections as rs
+from gateway.config import section_alerts
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
@@ -69,6 +70,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     )
     log_obj.done()
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
+    alerts = section_alerts.read(top.obj("alerts"))
     routing = rs.routing(top.obj("routing"))
     top.done()
     if plans and default_plan not in plans:
@@ -113,6 +115,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         mock,
         source,
         routing=routing,
+        alerts=alerts,
     )
 
 

@@ -1,0 +1,91 @@
+"""The reader of the ``alerts`` section: webhooks that receive the gateway's alert events.
+
+Kept apart from ``config.sections`` (which calls it) for the module-size rule. A webhook's URL
+is kept exactly as written (a receiver may need its trailing slash); its secret may come from
+``${VAR}`` and must not be empty: every POST is signed with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from gateway.config import fields as lp
+from gateway.config.fields import Node, Obj
+from gateway.config.schema import EVENTS, Alerts, Webhook
+
+
+def read(o: Obj) -> Alerts:
+    hooks: list[Webhook] = []
+    for item in _items(o, "webhooks"):
+        hook = _webhook(item)
+        if hook.url and any((h.url, h.format) == (hook.url, hook.format) for h in hooks):
+            o.ctx.error(
+                item.line,
+                item.path,
+                "another webhook has this url and format; merge their events into one",
+            )
+        hooks.append(hook)
+    positive = lp.p_float(0.0, exclusive=True)
+    out = Alerts(
+        webhooks=tuple(hooks),
+        timeout=o.get("timeout", positive, 10.0),
+        give_up_after=o.get("give_up_after", positive, 86_400.0),
+        down_after=o.get("down_after", lp.p_float(0.0), 10.0),
+    )
+    o.done()
+    return out
+
+
+def _items(o: Obj, name: str) -> list[Obj]:
+    node = o.node(name)
+    if node is None or node.value is None:
+        return []
+    if not isinstance(node.value, list):
+        o.ctx.error(node.line, o.sub(name), "expected a list of webhooks")
+        return []
+    return [Obj(o.ctx, item, f"{o.sub(name)}[{i}]") for i, item in enumerate(node.value)]
+
+
+def _webhook(o: Obj) -> Webhook:
+    out = Webhook(
+        url=o.need("url", _url, ""),  # "": reported already
+        secret=o.need("secret", _secret, ""),
+        events=o.get("events", _events, EVENTS),
+        format=cast(Any, o.get("format", lp.p_enum("json", "slack"), "json")),
+    )
+    o.done()
+    return out
+
+
+def _url(node: Node) -> str:
+    text = lp.p_nonempty(node).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # the URL itself is not echoed: a Slack-style URL carries its token in the path
+        raise lp.Invalid("expected an http:// or https:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise lp.Invalid("the URL has a bad port") from None
+    return text
+
+
+def _secret(node: Node) -> str:
+    text = lp.p_str(node)
+    if not text:
+        raise lp.Invalid(
+            "must not be empty: every POST is signed with it (X-Gateway-Signature); "
+            'e.g. secret: "${ALERT_SECRET}"'
+        )
+    return text
+
+
+def _events(node: Node) -> tuple[str, ...]:
+    if not isinstance(node.value, list) or not node.value:
+        raise lp.Invalid(f"expected a non-empty list of {', '.join(EVENTS)}")
+    values = {lp.p_str(item) for item in node.value}
+    bad = sorted(values - set(EVENTS))
+    if bad:
+        raise lp.Invalid(f"unknown event {bad[0]!r}; use {', '.join(EVENTS)}")
+    return tuple(event for event in EVENTS if event in values)
