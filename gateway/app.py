@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from gateway.alerts.service import AlertService
 from gateway.auth.lifecycle import KeyLifecycle
 from gateway.auth.service import KeyService
 from gateway.clock import Clock, SystemClock
@@ -28,12 +29,14 @@ from gateway.routing.router import Router
 from gateway.routing.signals import SignalScraper
 from gateway.runtime import Runtime
 from gateway.store.base import Store
+from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
 from gateway.web import admin, admin_api, admin_owners, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
 RUNTIME = web.AppKey("runtime", Runtime)
+ALERTS = web.AppKey("alerts", AlertService)
 
 
 def build_runtime(
@@ -60,16 +63,42 @@ def build_runtime(
     )
 
 
+def build_alerts(runtime: Runtime) -> AlertService:
+    """The alert service (it runs only when ``alerts.webhooks`` is set at start): its queue in
+    the store, upstream health as this process's balancer sees it."""
+    return AlertService(
+        lambda: runtime.config.alerts,
+        runtime.store,
+        create_event_store(runtime.config.store, runtime.clock),
+        runtime.clock,
+        runtime.metrics,
+        static_keys=lambda: runtime.keys.static.values(),
+        health=lambda: [
+            (u.name, _answering(runtime.balancer, u)) for u in runtime.config.upstreams.values()
+        ],
+    )
+
+
+def _answering(balancer: Balancer, upstream: Upstream) -> bool:
+    """Whether the upstream (or one of its discovered addresses) has answered since its last
+    failure, to a request or a health probe; a cool-down that merely ran out does not count.
+    What ``upstream.down``/``upstream.up`` alerts watch."""
+    return any(balancer.state(m.name).failures == 0 for m in balancer.expand([upstream]))
+
+
 async def _services(app: web.Application) -> AsyncIterator[None]:
-    """Start the store subscription and the limiter's writer; on the way out, flush usage."""
-    runtime = app[RUNTIME]
+    """Start the store subscription, the limiter's writer and the alerts; on the way out, flush
+    usage and queued alerts."""
+    runtime, alerts = app[RUNTIME], app[ALERTS]
 
     def broadcast(message: str) -> None:
         runtime.keys.invalidate(message)
         runtime.limiter.invalidate(message)
+        alerts.key_changed(message)  # a revoked key, or one with an expiry to watch
 
     await runtime.store.subscribe(broadcast)
     await runtime.limiter.start()
+    await alerts.start()
 
     # Every process keeps its own gauges current: with several workers a scrape reaches one of
     # them, and the shared multiprocess view sums (or mins) what all of them have written.
@@ -80,6 +109,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     yield
     await store_checks.stop()
     await gauges.stop()
+    await alerts.stop()
     await runtime.limiter.stop()
     await runtime.store.close()
 
@@ -145,6 +175,7 @@ def create_app(runtime: Runtime) -> web.Application:
         client_max_size=config.network.max_body_bytes,
     )
     app[RUNTIME] = runtime
+    app[ALERTS] = build_alerts(runtime)
 
     def trusts_proto(request: web.BaseRequest) -> bool:
         """Came over TLS per a trusted proxy (every X-Forwarded-Proto line, read as one list)."""

@@ -196,6 +196,20 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.alert_deliveries = Counter(
+            "gateway_alert_deliveries",
+            "Alert deliveries (one event to one webhook), by event type and result: queued, "
+            "sent (2xx), failed (an attempt; retried), dropped (given up).",
+            ["type", "result"],
+            registry=r,
+        )
+        self.alert_queue = Gauge(
+            "gateway_alert_queue",
+            "Alert deliveries waiting in the store, as the sending process counts them.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
 
     def render(self) -> bytes:
         directory = multiprocess_dir()

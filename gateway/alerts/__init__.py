@@ -1,0 +1,1 @@
+"""The alert service: webhooks, their queue and leader, thresholds."""
