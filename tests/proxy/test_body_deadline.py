@@ -152,14 +152,12 @@ def test_the_default_deadline_is_a_minute_at_least_and_six_stalls() -> None:
 
 
 @pytest.fixture
-async def edge(
-    gateway_factory: GatewayFactory, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
-) -> Server:
-    """A gateway whose body deadline, by default six stalls of header_timeout 0.3 s, is 1.8 s
-    (the one-minute floor lowered for the test)."""
-    monkeypatch.setattr(bodies, "MIN_BODY_TIMEOUT", 0.0)
+async def edge(gateway_factory: GatewayFactory, fake: FakeUpstream) -> Server:
+    """A gateway whose body deadline (network.body_timeout) is 1.8 s, stalls 0.3 s."""
     server: Server = await gateway_factory(
-        gateway_yaml({"fake": fake.url}, extra="network: {header_timeout: 0.3}\n")
+        gateway_yaml(
+            {"fake": fake.url}, extra="network: {header_timeout: 0.3, body_timeout: 1.8}\n"
+        )
     )
     return server
 
