@@ -31,6 +31,7 @@ PURE = {
     "gateway.records",
     "gateway.limits",
     "gateway.limits.windows",
+    "gateway.limits.money",
     "gateway.routing",
     "gateway.routing.router",
     "gateway.dialects",

@@ -4,8 +4,9 @@ work that turns what they report into events in the store's durable queue.
 Hooks never wait and never touch the store; they are called on the request path or from
 callbacks, and do nothing at all when no webhook is configured (the service is not started):
 
-- ``observe_usage(record, plan, used)``: after an admission; every token or money threshold
-  crossed (50, 80, 100 %) becomes one ``usage.threshold`` event per period.
+- ``observe_verdict(record, plan, verdict)`` (or ``observe_usage`` with a ``UsageSnapshot``):
+  after an admission; every token or money threshold crossed (50, 80, 100 %) becomes one
+  ``usage.threshold`` event per period.
 - ``key_changed(message)``: every store broadcast; a key's hash is looked up in the background:
   a revoked key gives ``key.revoked`` (once per revocation), a key with an expiry is indexed
   for ``key.expiring``. ``key_revoked(record)`` says the same directly.
@@ -39,7 +40,7 @@ from gateway.alerts.upstreams import UpstreamViews
 from gateway.clock import Clock
 from gateway.config.schema import Alerts, Plan
 from gateway.metrics import Metrics
-from gateway.records import KeyRecord, iso
+from gateway.records import KeyRecord, Verdict, iso
 from gateway.store.base import Store, StoreError
 from gateway.store.events import EventStore
 
@@ -107,6 +108,11 @@ class AlertService:
             self._seen[marker] = None
             data = crossing.data(record.id, record.owner)
             self._emit("usage.threshold", data, ("threshold|" + marker, crossing.ttl()))
+
+    def observe_verdict(self, record: KeyRecord, plan: Plan, verdict: Verdict) -> None:
+        """``observe_usage`` from an admitting verdict's counters (``Verdict.spent``)."""
+        if self.active and (used := th.UsageSnapshot.of(verdict)) is not None:
+            self.observe_usage(record, plan, used)
 
     def key_changed(self, message: str) -> None:
         """A store broadcast: a key's hash (a key changed), ``plan:<owner>`` or ``*``."""

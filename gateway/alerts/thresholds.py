@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.schema import Plan
-from gateway.records import KeyRecord
+from gateway.limits.money import micros
+from gateway.records import KeyRecord, Verdict
 
 PERCENTS = (50, 80, 100)
 MICROS = 1_000_000
@@ -52,6 +53,26 @@ class UsageSnapshot:
     owner_month_cost_micros: int = 0
     tpm_tokens: int = 0
     owner_tpm_tokens: int = 0
+
+    @staticmethod
+    def of(verdict: Verdict) -> UsageSnapshot | None:
+        """What an admitting verdict says the counters hold (None: it says nothing)."""
+        spent = verdict.spent
+        if spent is None:
+            return None
+        return UsageSnapshot(
+            day=verdict.day,
+            month=verdict.month,
+            minute=int(verdict.now // 60),
+            day_tokens=spent.day_tokens,
+            month_tokens=spent.month_tokens,
+            owner_month_tokens=spent.owner_month_tokens,
+            day_cost_micros=spent.day_cost,
+            month_cost_micros=spent.month_cost,
+            owner_month_cost_micros=spent.owner_month_cost,
+            tpm_tokens=spent.minute_tokens,
+            owner_tpm_tokens=spent.owner_minute_tokens,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +128,12 @@ def limits_of(record: KeyRecord, plan: Plan) -> Limits:
     return Limits(
         daily_tokens=record.daily_limit,
         monthly_tokens=record.monthly_limit,
+        tpm=record.tpm_limit,
+        daily_budget_micros=record.daily_budget,
+        monthly_budget_micros=record.monthly_budget,
         plan_monthly_tokens=plan.monthly_tokens,
+        plan_monthly_budget_micros=micros(plan.monthly_budget_usd),
+        plan_tpm=plan.tpm,
     )
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.alerts.thresholds import UsageSnapshot
 from gateway.config.schema import Plan
-from gateway.records import KeyRecord
+from gateway.records import KeyRecord, Spent, Verdict
 from gateway.server import Server
 from tests.alerts.conftest import (
     SECRET,
@@ -186,6 +186,22 @@ async def test_thresholds_fire_once_per_period(
     alerts.observe_usage(key, plan, UsageSnapshot(day2, 202612, day_tokens=800))
     await receiver.wait(lambda: len(receiver.posts) == 7)
     assert receiver.posts[-1].body["data"]["percent"] == 80
+
+
+async def test_money_thresholds_from_an_admitting_verdict(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, receiver: Receiver
+) -> None:
+    server = await start(gateway_factory, fake, alerts_yaml(receiver.url, form="slack"))
+    key = KeyRecord(id="k2", owner="acme", key_hash="0" * 64, daily_budget=2_000_000)
+    spent = Spent(day_tokens=10, day_cost=1_700_000)  # $1.70 of a $2.00 daily budget
+    verdict = Verdict(True, day=20261206, month=202612, now=1_796_000_000.0, spent=spent)
+    alerts_of(server).observe_verdict(key, Plan("team", monthly_budget_usd=100.0), verdict)
+    await receiver.wait(lambda: len(receiver.posts) == 2)
+    texts = sorted(p.body["text"] for p in receiver.posts)
+    assert texts[0].startswith(
+        "[gateway] Key k2 has used 50% of its dailyBudgetUsd for 2026-12-06 ($1.70 of $2.00)"
+    )
+    assert "80% of its dailyBudgetUsd" in texts[1]
 
 
 async def test_a_key_about_to_expire(

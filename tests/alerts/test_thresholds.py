@@ -16,7 +16,7 @@ from gateway.alerts.thresholds import (
     limits_of,
 )
 from gateway.config.schema import Plan
-from gateway.records import KeyRecord
+from gateway.records import KeyRecord, Spent, Verdict
 
 DAY1, MONTH = 20261206, 202612
 
@@ -101,9 +101,47 @@ def test_no_limit_or_a_zero_limit_crosses_nothing() -> None:
 
 
 def test_limits_of_a_key_and_plan() -> None:
-    record = KeyRecord(id="k", owner="o", key_hash="0" * 64, daily_limit=5, monthly_limit=7)
-    limits = limits_of(record, Plan("p", monthly_tokens=9))
-    assert (limits.daily_tokens, limits.monthly_tokens, limits.plan_monthly_tokens) == (5, 7, 9)
+    record = KeyRecord(
+        id="k",
+        owner="o",
+        key_hash="0" * 64,
+        daily_limit=5,
+        monthly_limit=7,
+        tpm_limit=11,
+        daily_budget=2_500_000,
+        monthly_budget=9_000_000,
+    )
+    plan = Plan("p", monthly_tokens=9, tpm=13, monthly_budget_usd=12.5)
+    assert limits_of(record, plan) == Limits(
+        daily_tokens=5,
+        monthly_tokens=7,
+        tpm=11,
+        daily_budget_micros=2_500_000,
+        monthly_budget_micros=9_000_000,
+        plan_monthly_tokens=9,
+        plan_monthly_budget_micros=12_500_000,
+        plan_tpm=13,
+    )
+    assert limits_of(KeyRecord(id="k", owner="o", key_hash="0" * 64), Plan("p")) == Limits()
+
+
+def test_a_snapshot_from_an_admitting_verdict() -> None:
+    spent = Spent(1, 2, 3, 4, 5, 6, 7, 8)
+    verdict = Verdict(True, day=DAY1, month=MONTH, now=1_796_000_123.5, spent=spent)
+    assert UsageSnapshot.of(verdict) == UsageSnapshot(
+        day=DAY1,
+        month=MONTH,
+        minute=1_796_000_123 // 60,
+        day_tokens=1,
+        month_tokens=2,
+        owner_month_tokens=3,
+        tpm_tokens=4,
+        owner_tpm_tokens=5,
+        day_cost_micros=6,
+        month_cost_micros=7,
+        owner_month_cost_micros=8,
+    )
+    assert UsageSnapshot.of(Verdict(True, day=DAY1, month=MONTH)) is None
 
 
 @given(st.integers(1, 10**12), st.integers(0, 10**13))
