@@ -86,8 +86,11 @@ class Sender:
             except TimeoutError:
                 pass
             self.wake.clear()
-            while self.leading and await self._round():
-                pass  # a full batch: there may be more due
+            try:
+                while self.leading and await self._round():
+                    pass  # a full batch: there may be more due
+            except Exception:  # one bad round must not end the deliveries for good
+                log.exception("alert sender round failed")
 
     async def close(self) -> None:
         if self._session is not None:
@@ -111,7 +114,12 @@ class Sender:
         return len(claimed) == self.tuning.batch
 
     async def _deliver(self, item_id: str, payload: bytes) -> None:
-        delivery = Delivery.decode(payload)
+        try:
+            delivery = Delivery.decode(payload)
+        except (ValueError, KeyError, TypeError):  # not ours, or from a future version
+            log.warning("alert queue item unreadable; dropped", extra={"item": item_id[:80]})
+            await self.events.ack(item_id)
+            return
         settings = self.settings()
         hook = next((h for h in settings.webhooks if hook_id(h) == delivery.hook), None)
         try:

@@ -97,6 +97,8 @@ class AlertService:
         if not self.active:
             return
         if record.expires_at is not None and self._indexed.get(record.id) != record.expires_at:
+            if len(self._indexed) >= SEEN_MAX:
+                self._indexed.clear()
             self._indexed[record.id] = record.expires_at
             self._look_at(record)
         for crossing in th.crossed(th.limits_of(record, plan), used):
@@ -181,6 +183,9 @@ class AlertService:
                 except StoreError:
                     await asyncio.sleep(backoff)  # the store is down: retry, more slowly
                     backoff = min(2.0, backoff * 2)
+                except Exception:  # a bad item must not stop the ones behind it
+                    log.exception("alert intake failed; the item is dropped")
+                    (self._keys or self._pending).popleft()
             self._drained.set()
 
     async def _intake_one(self) -> None:
@@ -278,8 +283,10 @@ class AlertService:
                 since = self.upstreams.since(name) or self.clock.monotonic()
                 began = self.clock.time() - (self.clock.monotonic() - since)
                 self._emit("upstream.down", {"upstream": name, "since": iso(began)}, None)
-            elif state == "up" and before == "down":
-                self._emit("upstream.up", {"upstream": name}, None)
+            elif state == "up":
+                if before == "down":
+                    self._emit("upstream.up", {"upstream": name}, None)
+                self.upstreams.said_up(name)  # only now: a failed swap is tried again
 
     async def scan_expiries(self) -> None:
         """Every indexed key expiring within 7 days, and every declared key with an expiry."""

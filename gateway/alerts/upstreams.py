@@ -35,13 +35,12 @@ class UpstreamViews:
 
     def changes(self, now: float, down_after: float) -> list[Change]:
         """Upstreams to report: "down" on every look while down (the report keeps the shared
-        state alive), "up" once when one this process reported comes back."""
+        state alive), "up" when one this process reported comes back, until ``said_up``."""
         out: list[Change] = []
         for name, healthy in self._views.items():
             if healthy:
                 self._ejected_since.pop(name, None)
                 if name in self._down:
-                    self._down.discard(name)
                     out.append((name, "up"))
                 continue
             since = self._ejected_since.setdefault(name, now)
@@ -49,3 +48,7 @@ class UpstreamViews:
                 self._down.add(name)
                 out.append((name, "down"))
         return out
+
+    def said_up(self, name: str) -> None:
+        """The "up" of ``name`` reached the store: stop reporting it."""
+        self._down.discard(name)
