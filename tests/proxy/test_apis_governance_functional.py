@@ -207,6 +207,8 @@ async def test_worker_failures(served: tuple[Server, MockState], fake: FakeUpstr
 async def test_a_failing_worker_is_retried_on_another(
     gateway_factory: Any, mock: tuple[int, MockState], fake: FakeUpstream
 ) -> None:
+    """The request's region puts the broken worker first; its 503 is retried on the other."""
+
     async def broken(request: web.Request, body: Any) -> web.StreamResponse:
         return web.json_response({"error": {"message": "down"}}, status=503)
 
@@ -215,9 +217,12 @@ async def test_a_failing_worker_is_retried_on_another(
         {"fake": fake.url, "mock": f"http://127.0.0.1:{mock[0]}"},
         {"both": {"upstreams": ["fake", "mock"], "apis": EVERY_API}},
         extra=keys_yaml(),
-    )
+    ).replace(f"url: '{fake.url}'", f"url: '{fake.url}', region: near")
+    assert "region: near" in text
     server: Server = await gateway_factory(text)
-    answer = await sdk(server).embeddings.create(model="both", input="x y")
+    answer = await sdk(server).embeddings.create(
+        model="both", input="x y", extra_body={"region": "near"}
+    )
     assert answer.usage.prompt_tokens == 2
     assert [s.path for s in fake.seen] == ["/v1/embeddings"]
 
