@@ -7,9 +7,10 @@ that are full or ejected after failures.
 - ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``).
 
 An upstream's load is its requests in flight from this process; while its worker signals are
-fresh (``routing.signals``) it is also what the worker says it holds from every process: the
-larger of in flight and running, plus its queue, plus the share of its KV cache in use. Every
-policy passes over a worker with a queue while one without is usable.
+fresh (``routing.signals``), plus what the worker held from other processes when it was last
+read (its running and waiting requests less this process's in flight then) and the share of its
+KV cache in use. This process's part is always current; the others' is as old as the last read.
+Every policy passes over a worker with a queue while one without is usable.
 
 Per-process state; an upstream keeps its state across reloads as long as its name stays.
 Discovered upstreams (``discover: dns``) stand in for the entry they were found for.
@@ -42,11 +43,12 @@ class UpstreamState:
     waiting: float = 0.0
     running: float = 0.0
     cache: float = 0.0  # KV cache in use, 0 to 1
+    others: float = 0.0  # running + waiting not sent by this process, when last read
     signals_until: float = 0.0
 
     def load(self, now: float) -> float:
         if self.signals_until > now:
-            return max(self.in_flight, self.running) + self.waiting + self.cache
+            return self.in_flight + self.others + self.cache
         return self.in_flight
 
     def queued(self, now: float) -> bool:
@@ -61,7 +63,8 @@ class Balancer:
         self.rng = rng or random.Random()  # ties and the random policy; tests seed it
         self._state: dict[str, UpstreamState] = {}
         self._members: dict[str, tuple[Upstream, ...]] = {}  # discovered, by entry name
-        self._rings: dict[tuple[str, ...], Ring] = {}
+        self._rings: dict[tuple[tuple[str, float], ...], Ring] = {}
+        self._rings_by_id: dict[int, tuple[Sequence[Upstream], Ring]] = {}
         self._turns: dict[str, int] = {}  # round_robin's position, per model
         self.in_flight = 0  # requests holding an upstream, all upstreams together
         self.budget = RetryBudget()
@@ -119,9 +122,7 @@ class Balancer:
             if state.ejected_until > now or state.in_flight >= upstream.max_concurrency:
                 continue
             if state.signals_until > now:
-                score = (
-                    max(state.in_flight, state.running) + state.waiting + state.cache + 1
-                ) / upstream.weight
+                score = (state.in_flight + state.others + state.cache + 1) / upstream.weight
             else:
                 score = (state.in_flight + 1) / upstream.weight
             if region is not None and upstream.region != region:
@@ -172,26 +173,35 @@ class Balancer:
     ) -> Upstream | None:
         ring = self.ring(pool)
         now = self._clock.monotonic()
-        weights = [u.weight for u in pool]
-        loads = [self.state(u.name).load(now) for u in pool]
-        for moment in (now, _INF):  # the second pass: panic, every upstream ejected
-            usable = self._usable(pool, moment)
-            if region is not None and any(usable):
-                local = [ok and u.region == region for u, ok in zip(pool, usable, strict=True)]
-                usable = local if any(local) else usable
-            index = ring.choose(key, loads, usable, weights, load_factor)
-            if index is not None:
-                return pool[index]
-        return None
+        loads, usable, local = [], [], []
+        for upstream in pool:
+            state = self.state(upstream.name)
+            loads.append(state.load(now))
+            ok = state.ejected_until <= now and state.in_flight < upstream.max_concurrency
+            usable.append(ok)
+            local.append(ok and upstream.region == region)
+        if region is not None and any(local):
+            usable = local  # the region's upstreams first, others only when none is usable
+        index = ring.choose(key, loads, usable, ring.weights, load_factor)
+        if index is None:  # panic: every upstream ejected (or full): the ring among the rest
+            index = ring.choose(key, loads, self._usable(pool, _INF), ring.weights, load_factor)
+        return pool[index] if index is not None else None
 
     def ring(self, pool: Sequence[Upstream]) -> Ring:
-        """The pool's ring, built once per set of names and weights."""
-        names = tuple(u.name for u in pool)
-        ring = self._rings.get(names)
+        """The pool's ring, built once per set of names and weights (a model's own pool is
+        found by identity: nothing to gather per request)."""
+        known = self._rings_by_id.get(id(pool))
+        if known is not None and known[0] is pool:
+            return known[1]
+        shape = tuple((u.name, u.weight) for u in pool)
+        ring = self._rings.get(shape)
         if ring is None:
             if len(self._rings) >= 1024:  # discovery churn must not grow this without bound
                 self._rings.clear()
-            ring = self._rings[names] = Ring(names, [u.weight for u in pool])
+                self._rings_by_id.clear()
+            ring = self._rings[shape] = Ring([n for n, _ in shape], [w for _, w in shape])
+        if isinstance(pool, tuple):  # a route's pool lives as long as its route
+            self._rings_by_id[id(pool)] = (pool, ring)
         return ring
 
     # -- discovery --------------------------------------------------------------------------
@@ -253,4 +263,5 @@ class Balancer:
         """A worker's signals, believed until ``until`` (monotonic)."""
         state = self.state(name)
         state.waiting, state.running, state.cache = waiting, running, cache
+        state.others = max(0.0, running + waiting - state.in_flight)
         state.signals_until = until

@@ -28,7 +28,7 @@ def key_hash(data: bytes) -> int:
 class Ring:
     """The points of a pool's upstreams (by their index in the pool), sorted."""
 
-    __slots__ = ("owners", "points", "size")
+    __slots__ = ("owners", "points", "size", "weights")
 
     def __init__(self, names: Sequence[str], weights: Sequence[float]) -> None:
         placed: list[tuple[int, int]] = []
@@ -40,6 +40,7 @@ class Ring:
         self.points = [p for p, _ in placed]
         self.owners = [o for _, o in placed]
         self.size = len(names)
+        self.weights = list(weights)
 
     def walk(self, key: int) -> list[int]:
         """Every upstream once, in the order the key meets them clockwise."""
