@@ -182,6 +182,7 @@ class ChatHandler:
             payload,
             ex.region,
             lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
+            ex.request_id,
         )
         upstream = chain.first() or await chain.fall_back("connect")
         error: GatewayError | None = None

@@ -36,6 +36,7 @@ class Chain:
         "_fallback",
         "_key",
         "_key_model",
+        "_label",
         "_record",
         "_retrying",
         "attempts",
@@ -58,11 +59,13 @@ class Chain:
         payload: bytes,
         region: str | None,
         record: Callable[[], Awaitable[KeyRecord]],
+        label: str = "",
     ) -> None:
         self.balancer, self.router, self.metrics = balancer, router, metrics
         self.route = self.model = route  # the model asked for; the one being tried
         self.payload, self.region = payload, region
         self._record = record  # the caller's key, asked for only if a fallback comes up
+        self._label = label  # the request's id, in the log line of each failed attempt
         self._allowed: frozenset[str] | None = _UNSET
         self.tried: list[str] = []
         self.attempts = 0  # upstreams tried of ``model``
@@ -121,7 +124,12 @@ class Chain:
             return None
         log.info(
             "upstream attempt failed",
-            extra={"model": self.model.name, "upstream": failed.name, "reason": kind},
+            extra={
+                "request_id": self._label,
+                "model": self.model.name,
+                "upstream": failed.name,
+                "reason": kind,
+            },
         )
         if not self.balancer.budget.allows(policy.budget_percent, self.balancer.in_flight):
             self.metrics.retry_budget_exhausted.labels(self.route.name).inc()

@@ -272,3 +272,27 @@ async def test_a_client_that_leaves_before_the_first_byte_frees_its_upstream(
     await until(lambda: balancer.in_flight == 0, what="the upstream released")
     assert balancer.state("small-a").in_flight + balancer.state("small-b").in_flight == 0
     small_a.gate.set()
+
+
+async def test_every_failed_attempt_is_logged_with_the_request_id(
+    gateway_factory: GatewayFactory, fleet: list[Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    small_a, small_b, _ = fleet
+    small_a.status = small_b.status = 503
+    server = await gateway_factory(config(urls(fleet), models()))
+    caplog.set_level("INFO", logger="gateway.routing")
+    answer = await sdk(server).chat.completions.with_raw_response.create(
+        model="small",
+        messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"X-Request-ID": "trace-16"},
+    )
+    assert answer.headers["X-Request-ID"] == "trace-16"
+    attempts = [
+        (r.request_id, r.model, r.upstream, r.reason)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "gateway.routing"
+    ]
+    assert sorted(attempts) == [
+        ("trace-16", "small", "small-a", "5xx"),
+        ("trace-16", "small", "small-b", "5xx"),
+    ]
