@@ -40,6 +40,13 @@ def has_image_input(body: object) -> bool:
     return False
 
 
+def may_carry_image(raw: bytes) -> bool:
+    """Whether a request's bytes could hold an image part: they name ``image``, or hold a
+    ``\\u`` escape (``"\\u0069mage_url"`` parses to ``"image_url"``). A cheap test before
+    ``has_image_input``, so a plain text chat pays one byte search."""
+    return b"image" in raw or b"\\u" in raw
+
+
 def _carries_image(item: object, depth: int = 0) -> bool:
     """An image in a message (or input item), in its content, or in the content of a block
     in it (a tool result): two levels down at most, so no nesting a client sends can make the

@@ -57,6 +57,17 @@ def test_has_image_input(body: object, expected: bool) -> None:
     assert inputs.has_image_input(body) is expected
 
 
+def test_the_byte_test_never_misses_an_image() -> None:
+    """``may_carry_image`` on the bytes is only a shortcut: an image spelled with JSON escapes
+    is still seen."""
+    escaped = rb'{"messages":[{"role":"user","content":[{"type":"\u0069mage_url"}]}]}'
+    body = orjson.loads(escaped)
+    assert b"image" not in escaped and inputs.may_carry_image(escaped)
+    assert inputs.has_image_input(body)
+    plain = orjson.dumps({"messages": [{"role": "user", "content": "hi"}]})
+    assert not inputs.may_carry_image(plain)
+
+
 def test_no_nesting_makes_the_image_walk_deep() -> None:
     deep: dict[str, Any] = {"type": "text", "text": "x"}
     for _ in range(5000):
@@ -70,7 +81,12 @@ def test_no_nesting_makes_the_image_walk_deep() -> None:
 
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)  # what orjson reads and writes
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8)
+    | st.sampled_from(["image_url", "image", "input_image", "text", "tool_result"]),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
@@ -117,6 +133,13 @@ def test_no_json_breaks_the_checks(body: Any) -> None:
             assert err.status == 400 and err.message
         else:
             assert isinstance(checked["model"], str) and checked["model"]
+
+
+@given(JSON)
+def test_whatever_carries_an_image_passes_the_byte_test(body: Any) -> None:
+    raw = orjson.dumps(body)
+    if inputs.has_image_input(body):
+        assert inputs.may_carry_image(raw)
 
 
 @pytest.mark.parametrize(
