@@ -1,16 +1,15 @@
-"""The answer direction of the Anthropic dialect: an upstream OpenAI chat completion, whole or
-streamed chunk by chunk, turned into an Anthropic Messages answer or event stream. Pure.
+"""The Anthropic Messages event stream of an upstream OpenAI chat stream, chunk by chunk: the
+``StreamTranslator``, whose events go to a writer (``anthropic_events``): as ``(name, data)``
+pairs, or as their bytes for the relay. Pure.
 
 Choices the Anthropic contract leaves open, made here:
 
-- The message id is ``msg_`` + the OpenAI id without its ``chatcmpl-`` prefix, so the same answer
-  always gets the same id; an answer without an id gets ``msg_`` + a hash of itself.
-- ``reasoning_content`` (or vLLM's newer ``reasoning``) becomes a ``thinking`` block before the
-  text, with an empty ``signature``: the reasoning reaches the client in the place Anthropic's own
-  extended thinking uses, and nothing pretends to be signed.
-- Tool ``arguments`` that are not a JSON object are kept, not dropped: ``input`` becomes
-  ``{"_raw_arguments": "<what the model wrote>"}``; empty arguments become ``{}``. In a stream the
-  fragments go out as ``partial_json`` exactly as they came.
+- Reasoning (``reasoning_content``, or vLLM's newer ``reasoning``) streams as a ``thinking`` block
+  of ``thinking_delta`` events, closed by a ``signature_delta`` (``gateway-unsigned``), as the
+  Anthropic API closes its own; a thinking block can come back after text or tool calls
+  (interleaved thinking).
+- Tool-call fragments go out as ``partial_json`` exactly as they came; the ``input`` of a call
+  whose arguments are not an object is what the whole answer gives (``anthropic_answer``).
 - Stream blocks follow the Anthropic API strictly: one block open at a time, indices in order.
   Text and thinking can always be closed and a new block started. A tool call cannot be reopened,
   so when fragments of parallel calls interleave, only the open call streams live; the others are
@@ -18,297 +17,36 @@ Choices the Anthropic contract leaves open, made here:
   complete JSON object (or when the answer ends). Calls streamed one after the other, as OpenAI
   and vLLM send them, are never held.
 - An upstream chunk carrying ``error`` becomes an ``error`` event and ends the stream.
-- A whole answer keeps the upstream's vendor extras (``model_output_metadata``, ...) as top-level
-  fields of the ``message``; the official SDKs ignore unknown fields and keep them reachable
-  (Python: ``message.model_extra``). OpenAI's own answer fields (``system_fingerprint``,
-  ``service_tier``, ``object``, ``created``, vLLM's ``prompt_logprobs`` and the like) are not
-  carried: they describe the OpenAI exchange, not the Anthropic message. Reasoning travels as
-  ``thinking`` blocks. Streams carry no extras (``message_start`` is Anthropic's shape only).
+- Streams carry no vendor extras (``message_start`` is Anthropic's shape only).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import Any
 
 import orjson
 
-from gateway.dialects import MAX_DEPTH, loads_object
-
-Event = tuple[str, dict[str, Any]]
-# What the translator's methods collect: events, and (in the encoded methods only) constant
-# events already encoded, exactly as ``encode_event`` writes them.
-_Out = list[Event | bytes]
-
-_STOP_REASONS = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "end_turn",
-}
-_ID_PREFIXES = ("chatcmpl-", "cmpl-", "msg_")
-# Top-level keys of an upstream answer that never go into an Anthropic ``message``: the OpenAI
-# envelope (translated or meaningless here), OpenAI/vLLM-only serving fields, and the names of
-# ``Message`` fields this translation does not fill (an upstream value there would not match the
-# SDK's type for them).
-_NOT_CARRIED = frozenset(
-    {"id", "object", "created", "model", "choices", "usage"}
-    | {"system_fingerprint", "service_tier", "prompt_logprobs", "prompt_token_ids"}
-    | {"kv_transfer_params"}
-    | {"container", "diagnostics", "stop_details"}
+from gateway.dialects.anthropic_answer import (
+    Usage,
+    message_id,
+    reasoning_of,
+    stop_reason,
+    string,
+    tool_id,
+    tool_use,
+    usage_of,
 )
-_RAW_ARGUMENTS = "_raw_arguments"
-# A text delta event is ``_TEXT_DELTA % index`` + the text as a JSON string + ``TEXT_DELTA_END``.
-_TEXT_DELTA = (
-    b"event: content_block_delta\n"
-    b'data: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":'
+from gateway.dialects.anthropic_events import (
+    BLOCK_STARTS,
+    TEXT_DELTA,
+    TEXT_DELTA_END,
+    ByteWriter,
+    Event,
+    EventWriter,
+    Writer,
+    error_event,
 )
-TEXT_DELTA_END = b"}}\n\n"
-# The events of a stream that (but for an index, or the start's id, model and token count) are
-# always the same bytes, written as ``encode_event`` writes them (the tests hold them to it).
-_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-_MESSAGE_START = (
-    b'event: message_start\ndata: {"type":"message_start","message":{"id":%s,"type":"message",'
-    b'"role":"assistant","model":%s,"content":[],"stop_reason":null,"stop_sequence":null,'
-    b'"usage":{"input_tokens":%s,"output_tokens":0}}}\n\n'
-)
-_BLOCK_STARTS = {
-    kind: b"event: content_block_start\n"
-    b'data: {"type":"content_block_start","index":%d,"content_block":' + block + b"}\n\n"
-    for kind, block in (
-        ("text", b'{"type":"text","text":""}'),
-        ("thinking", b'{"type":"thinking","thinking":"","signature":""}'),
-    )
-}
-_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
-
-
-class Usage(NamedTuple):
-    prompt_tokens: int
-    completion_tokens: int
-
-
-_EVENT_HEADS = {
-    name: b"event: " + name.encode() + b"\ndata: "
-    for name in (
-        "message_start",
-        "content_block_start",
-        "content_block_delta",
-        "content_block_stop",
-        "message_delta",
-        "message_stop",
-        "ping",
-        "error",
-    )
-}
-
-
-def _event_head(name: str) -> bytes:
-    head = _EVENT_HEADS.get(name)
-    return head if head is not None else b"event: " + name.encode() + b"\ndata: "
-
-
-def encode_event(name: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event, as the Anthropic API writes it."""
-    return _event_head(name) + orjson.dumps(data) + b"\n\n"
-
-
-def encode_events(events: Iterable[Event | bytes]) -> bytes:
-    """The events one after the other, each as ``encode_event`` writes it (an event already
-    encoded, as bytes, as it is)."""
-    parts: list[bytes] = []
-    for event in events:
-        if isinstance(event, bytes):
-            parts.append(event)
-        else:
-            name, data = event
-            parts += (_event_head(name), orjson.dumps(data), b"\n\n")
-    return b"".join(parts)
-
-
-def ping() -> Event:
-    return "ping", {"type": "ping"}
-
-
-def error_event(error_type: str, message: str) -> Event:
-    return "error", {"type": "error", "error": {"type": error_type, "message": message}}
-
-
-def _message_id(openai_id: object, seed: object) -> str:
-    """``msg_`` + the tail of the upstream id; without one, ``msg_`` + a hash of ``seed``."""
-    if not isinstance(openai_id, str) or not openai_id:
-        canonical = json.dumps(seed, sort_keys=True, default=str).encode()
-        return "msg_" + hashlib.sha256(canonical).hexdigest()[:24]
-    for prefix in _ID_PREFIXES:
-        if openai_id.startswith(prefix):
-            return "msg_" + openai_id[len(prefix) :]
-    return "msg_" + openai_id
-
-
-def _stop_reason(choice: dict[str, Any]) -> tuple[str, str | None]:
-    """``(stop_reason, stop_sequence)`` of an OpenAI choice.
-
-    vLLM names the stop string that ended the answer in ``stop_reason``, SGLang in ``matched_stop``
-    (both give a token id instead when a stop token ended it, which is an ordinary end of turn).
-    """
-    finish = choice.get("finish_reason")
-    matched = choice.get("stop_reason", choice.get("matched_stop"))
-    if finish == "stop" and isinstance(matched, str):
-        return "stop_sequence", matched
-    return _STOP_REASONS.get(finish, "end_turn") if isinstance(finish, str) else "end_turn", None
-
-
-def _usage_of(value: object) -> Usage | None:
-    """The token counts of an OpenAI ``usage`` object, if it has any."""
-    if not isinstance(value, dict):
-        return None
-    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
-    if not isinstance(prompt, int) and not isinstance(completion, int):
-        return None
-    return Usage(
-        prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0
-    )
-
-
-def _reasoning_of(message: dict[str, Any]) -> str | None:
-    reasoning = message.get("reasoning_content", message.get("reasoning"))
-    return reasoning if isinstance(reasoning, str) and reasoning else None
-
-
-def _tool_input(arguments: object) -> dict[str, Any]:
-    """The ``input`` object of a tool call from its OpenAI ``arguments`` JSON string; kept raw
-    when not an object, or nested deeper than an answer can be written with it (the 4th level)."""
-    if isinstance(arguments, dict):
-        return arguments
-    if not isinstance(arguments, str) or not arguments.strip():
-        return {}
-    parsed = loads_object(arguments, MAX_DEPTH - 3)
-    return parsed if parsed is not None else {_RAW_ARGUMENTS: arguments}
-
-
-def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
-    """An OpenAI chat completion as an Anthropic Messages answer; vendor extras kept."""
-    plain = _plain_answer(answer, model)
-    return plain if plain is not None else _translated_answer(answer, model)
-
-
-def _plain_answer(answer: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """``_translated_answer``'s result for the commonest answer, in one pass: one choice of
-    text that stopped or ran out of tokens, with usage and a ``chatcmpl-`` id, no tool calls,
-    reasoning or vendor extras. None for anything else (the general path). The property tests
-    hold the two paths to the same output."""
-    answer_id, choices, usage = answer.get("id"), answer.get("choices"), answer.get("usage")
-    if (
-        type(answer_id) is not str
-        or not answer_id.startswith("chatcmpl-")
-        or type(choices) is not list
-        or not choices
-        or type(usage) is not dict
-        or not _NOT_CARRIED.issuperset(answer)
-    ):
-        return None
-    choice = choices[0]
-    if type(choice) is not dict:
-        return None
-    message, finish = choice.get("message"), choice.get("finish_reason")
-    if (
-        type(message) is not dict
-        or (finish != "stop" and finish != "length")
-        or choice.get("stop_reason", choice.get("matched_stop")) is not None
-        or message.get("tool_calls")
-        or message.get("function_call") is not None
-        or message.get("reasoning_content", message.get("reasoning")) is not None
-    ):
-        return None
-    text, prompt, completion = (
-        message.get("content"),
-        usage.get("prompt_tokens"),
-        usage.get("completion_tokens"),
-    )
-    if type(text) is not str or type(prompt) is not int or type(completion) is not int:
-        return None
-    return {
-        "id": "msg_" + answer_id[9:],
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": [{"type": "text", "text": text}] if text else [],
-        "stop_reason": "end_turn" if finish == "stop" else "max_tokens",
-        "stop_sequence": None,
-        "usage": {"input_tokens": prompt, "output_tokens": completion},
-    }
-
-
-def _translated_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
-    choices = answer.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices else {}
-    message = choice.get("message") if isinstance(choice, dict) else None
-    msg_id = _message_id(answer.get("id"), answer)
-    reason, sequence = _stop_reason(choice if isinstance(choice, dict) else {})
-    usage = _usage_of(answer.get("usage")) or Usage(0, 0)
-    out: dict[str, Any] = {
-        "id": msg_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": _answer_blocks(message if isinstance(message, dict) else {}, msg_id),
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
-    }
-    for key, value in answer.items():
-        if key not in _NOT_CARRIED:
-            out.setdefault(key, value)  # model_output_metadata and other vendor extras
-    return out
-
-
-def _answer_blocks(message: dict[str, Any], msg_id: str) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    reasoning = _reasoning_of(message)
-    if reasoning:
-        blocks.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, str) and text:
-        blocks.append({"type": "text", "text": text})
-    calls = message.get("tool_calls")
-    if not isinstance(calls, list):
-        legacy = message.get("function_call")
-        calls = [{"function": legacy}] if isinstance(legacy, dict) else []
-    for i, call in enumerate(calls):
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            call_id = _str(call.get("id")) or _tool_id(msg_id, i)
-            arguments = _tool_input(function.get("arguments"))
-            blocks.append(_tool_use(call_id, _str(function.get("name")), arguments))
-    return blocks
-
-
-def _tool_id(msg_id: str, index: int) -> str:
-    return f"toolu_{msg_id.removeprefix('msg_')}_{index}"
-
-
-def _tool_use(call_id: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _complete(arguments: str) -> bool:
-    """Whether tool arguments already form a JSON object (nothing but whitespace can follow)."""
-    text = arguments.rstrip()
-    if not text.endswith("}"):
-        return False
-    try:
-        return isinstance(orjson.loads(text), dict)
-    except ValueError:
-        return False
 
 
 def plain_text(chunk: dict[str, Any]) -> str | None:
@@ -329,6 +67,17 @@ def plain_text(chunk: dict[str, Any]) -> str | None:
     return text if type(text) is str and text else None
 
 
+def _complete(arguments: str) -> bool:
+    """Whether tool arguments already form a JSON object (nothing but whitespace can follow)."""
+    text = arguments.rstrip()
+    if not text.endswith("}"):
+        return False
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except ValueError:
+        return False
+
+
 @dataclass(slots=True, eq=False)
 class _ToolCall:
     id: str
@@ -344,7 +93,8 @@ _Held = _ToolCall | tuple[str, str]
 
 
 class StreamTranslator:
-    """Feed upstream ``chat.completion.chunk`` dicts in order; get back the Anthropic events.
+    """Feed upstream ``chat.completion.chunk`` dicts in order; get back the Anthropic events
+    (``feed``, ``finish``) or their bytes (``feed_encoded``, ``finish_encoded``, ``text_event``).
 
     ``message_delta`` (stop reason and usage) waits for the usage-only chunk that follows the
     finish chunk, or for ``finish()``, called when the upstream sends ``[DONE]``.
@@ -353,7 +103,6 @@ class StreamTranslator:
     __slots__ = (
         "_blocks",
         "_done",
-        "_encoded",
         "_held",
         "_input_tokens",
         "_open",
@@ -380,7 +129,6 @@ class StreamTranslator:
         self._open: _Block | None = None
         self._tools: dict[int, _ToolCall] = {}
         self._held: list[_Held] = []
-        self._encoded = False  # while an encoded method runs: constant events go out as bytes
         # While a text block is open and the stream goes on: the bytes of a text delta event up
         # to its text (then the text as a JSON string, then TEXT_DELTA_END); else None.
         self.text_head: bytes | None = None
@@ -417,39 +165,46 @@ class StreamTranslator:
         self._open = "text"
         index = self._blocks
         self._blocks += 1
-        self.text_head = head = _TEXT_DELTA % index
-        return _BLOCK_STARTS["text"] % index + head + literal + TEXT_DELTA_END
+        self.text_head = head = TEXT_DELTA % index
+        return BLOCK_STARTS["text"] % index + head + literal + TEXT_DELTA_END
+
+    def feed(self, chunk: dict[str, Any]) -> list[Event]:
+        """The events of one upstream chunk."""
+        out = EventWriter()
+        self._feed(chunk, out)
+        return out.events
 
     def feed_encoded(self, chunk: dict[str, Any]) -> bytes:
         """``encode_events(self.feed(chunk))``, byte for byte, for less work."""
-        self._encoded = True
-        try:
-            return encode_events(self._feed(chunk))
-        finally:
-            self._encoded = False
+        out = ByteWriter()
+        self._feed(chunk, out)
+        return out.joined()
+
+    def finish(self, output_estimate: int | None = None) -> list[Event]:
+        """The closing events, once the upstream stream has ended (idempotent).
+
+        ``output_estimate`` is the gateway's count of the tokens produced, reported in
+        ``message_delta`` when the upstream sent no usage (else ``output_tokens`` would be 0).
+        """
+        out = EventWriter()
+        self._finish(output_estimate, out)
+        return out.events
 
     def finish_encoded(self, output_estimate: int | None = None) -> bytes:
         """``encode_events(self.finish(output_estimate))``, byte for byte, for less work."""
-        if self._done:
-            return b""
-        self._encoded = True
-        try:
-            return encode_events(self._finish(output_estimate))
-        finally:
-            self._encoded = False
+        out = ByteWriter()
+        self._finish(output_estimate, out)
+        return out.joined()
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
-        return cast("list[Event]", self._feed(chunk))  # no bytes outside the encoded methods
-
-    def _feed(self, chunk: dict[str, Any]) -> _Out:
-        usage = _usage_of(raw) if (raw := chunk.get("usage")) is not None else None
+    def _feed(self, chunk: dict[str, Any], out: Writer) -> None:
+        usage = usage_of(raw) if (raw := chunk.get("usage")) is not None else None
         if usage is not None:
             self._usage = usage
         if self._done:
-            return []
+            return
         if chunk.get("error") is not None:
-            return self._fail(chunk["error"])
-        out: _Out = []
+            self._fail(chunk["error"], out)
+            return
         if not self._started:
             self._start(chunk, usage, out)
         choices = chunk.get("choices")
@@ -458,65 +213,34 @@ class StreamTranslator:
                 self._choice(choice, out)
         if self._stop is not None and usage is not None:
             self._end(out)
-        return out
 
-    def finish(self, output_estimate: int | None = None) -> list[Event]:
-        """The closing events, once the upstream stream has ended (idempotent).
-
-        ``output_estimate`` is the gateway's count of the tokens produced, reported in
-        ``message_delta`` when the upstream sent no usage (else ``output_tokens`` would be 0).
-        """
-        return cast("list[Event]", self._finish(output_estimate))
-
-    def _finish(self, output_estimate: int | None) -> _Out:
+    def _finish(self, output_estimate: int | None, out: Writer) -> None:
         if self._done:
-            return []
-        out: _Out = []
+            return
         if not self._started:
             self._start({}, None, out)
         self._end(out, output_estimate)
-        return out
 
-    def _start(self, chunk: dict[str, Any], known: Usage | None, out: _Out) -> None:
+    def _start(self, chunk: dict[str, Any], known: Usage | None, out: Writer) -> None:
         """``message_start`` (with ``known``, the chunk's usage) and a ``ping``."""
         self._started = True
         if self.message_id is None:
-            self.message_id = _message_id(chunk.get("id"), chunk)
-        if self._encoded:
-            tokens = known.prompt_tokens if known else self._input_tokens or 0
-            dumps = orjson.dumps
-            out.append(
-                _MESSAGE_START % (dumps(self.message_id), dumps(self.model), dumps(tokens)) + _PING
-            )
-            return
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": known.prompt_tokens if known else self._input_tokens or 0,
-                "output_tokens": 0,
-            },
-        }
-        out.append(("message_start", {"type": "message_start", "message": message}))
-        out.append(ping())
+            self.message_id = message_id(chunk.get("id"), chunk)
+        tokens = known.prompt_tokens if known else self._input_tokens or 0
+        out.start(self.message_id, self.model, tokens)
 
-    def _fail(self, error: object) -> _Out:
+    def _fail(self, error: object, out: Writer) -> None:
         self._done = True
         self.text_head = None
         message = error.get("message") if isinstance(error, dict) else error
         if not isinstance(message, str) or not message:
             message = "The upstream failed mid-stream; retry the request."
-        return [error_event("api_error", message)]
+        out.event(error_event("api_error", message))
 
-    def _choice(self, choice: dict[str, Any], out: _Out) -> None:
+    def _choice(self, choice: dict[str, Any], out: Writer) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict) and delta:
-            reasoning = _reasoning_of(delta)
+            reasoning = reasoning_of(delta)
             if reasoning:
                 self._text("thinking", reasoning, out)
             content = delta.get("content")
@@ -527,10 +251,10 @@ class StreamTranslator:
                 if isinstance(call, dict):
                     self._fragment(call, out)
         if choice.get("finish_reason") is not None:
-            self._stop = _stop_reason(choice)
+            self._stop = stop_reason(choice)
             self._close_all(out)
 
-    def _text(self, kind: str, text: str, out: _Out) -> None:
+    def _text(self, kind: str, text: str, out: Writer) -> None:
         if self._open == kind or not self._holding():
             self._send_text(kind, text, out)
         elif self._held and isinstance(self._held[-1], tuple) and self._held[-1][0] == kind:
@@ -538,12 +262,12 @@ class StreamTranslator:
         else:
             self._held.append((kind, text))
 
-    def _send_text(self, kind: str, text: str, out: _Out) -> None:
+    def _send_text(self, kind: str, text: str, out: Writer) -> None:
         if self._open != kind:
             self._switch(kind, out)
-        out.append(self._delta({"type": f"{kind}_delta", kind: text}))
+        out.text(self._blocks - 1, kind, text)
 
-    def _fragment(self, call: dict[str, Any], out: _Out) -> None:
+    def _fragment(self, call: dict[str, Any], out: Writer) -> None:
         index = call.get("index", 0)
         index = index if isinstance(index, int) else 0
         function = call.get("function")
@@ -556,7 +280,7 @@ class StreamTranslator:
             tool.arguments = arguments
             self._place(tool, out)
         elif not tool.closed:  # after a complete object only whitespace (or bad JSON) can come
-            tool.name = tool.name or _str(function.get("name"))
+            tool.name = tool.name or string(function.get("name"))
             tool.arguments += arguments
             if tool is self._open:
                 self._send_arguments(tool, out)
@@ -564,20 +288,20 @@ class StreamTranslator:
 
     def _new_tool(self, index: int, call_id: object, name: object) -> _ToolCall:
         if not isinstance(call_id, str) or not call_id:
-            call_id = _tool_id(self.message_id or "", index)
-        return _ToolCall(call_id, _str(name))
+            call_id = tool_id(self.message_id or "", index)
+        return _ToolCall(call_id, string(name))
 
     def _holding(self) -> bool:
         """Whether the open block is a tool call that may still get more arguments."""
         return isinstance(self._open, _ToolCall) and not _complete(self._open.arguments)
 
-    def _place(self, tool: _ToolCall, out: _Out) -> None:
+    def _place(self, tool: _ToolCall, out: Writer) -> None:
         if self._holding():
             self._held.append(tool)
         else:
             self._switch(tool, out)
 
-    def _drain(self, out: _Out, force: bool = False) -> None:
+    def _drain(self, out: Writer, force: bool = False) -> None:
         while self._held and (force or not self._holding()):
             unit = self._held.pop(0)
             if isinstance(unit, _ToolCall):
@@ -585,54 +309,41 @@ class StreamTranslator:
             else:
                 self._send_text(*unit, out)
 
-    def _switch(self, block: _Block, out: _Out) -> None:
+    def _switch(self, block: _Block, out: Writer) -> None:
         self._close(out)
         self._open = block
+        index = self._blocks
         self._blocks += 1
-        self.text_head = _TEXT_DELTA % (self._blocks - 1) if block == "text" else None
+        self.text_head = TEXT_DELTA % index if block == "text" else None
         if isinstance(block, _ToolCall):
-            start = _tool_use(block.id, block.name, {})
-        elif self._encoded:
-            out.append(_BLOCK_STARTS[block] % (self._blocks - 1))
-            return
-        elif block == "text":
-            start = {"type": "text", "text": ""}
-        else:
-            start = {"type": block, block: "", "signature": ""}
-        event = {"type": "content_block_start", "index": self._blocks - 1, "content_block": start}
-        out.append(("content_block_start", event))
-        if isinstance(block, _ToolCall):
+            out.open_block(index, tool_use(block.id, block.name, {}))
             self._send_arguments(block, out)
+        else:
+            out.open_text(index, block)
 
-    def _send_arguments(self, tool: _ToolCall, out: _Out) -> None:
+    def _send_arguments(self, tool: _ToolCall, out: Writer) -> None:
         piece = tool.arguments[tool.sent :]
         if piece:
-            out.append(self._delta({"type": "input_json_delta", "partial_json": piece}))
+            out.delta(self._blocks - 1, {"type": "input_json_delta", "partial_json": piece})
             tool.sent = len(tool.arguments)
 
-    def _delta(self, delta: dict[str, Any]) -> Event:
-        event = {"type": "content_block_delta", "index": self._blocks - 1, "delta": delta}
-        return "content_block_delta", event
-
-    def _close(self, out: _Out) -> None:
-        if self._open is None:
+    def _close(self, out: Writer) -> None:
+        block = self._open
+        if block is None:
             return
-        if isinstance(self._open, _ToolCall):
-            self._open.closed = True
+        if isinstance(block, _ToolCall):
+            block.closed = True
+        elif block == "thinking":
+            out.signature(self._blocks - 1)
         self._open = None
         self.text_head = None
-        if self._encoded:
-            out.append(_BLOCK_STOP % (self._blocks - 1))
-        else:
-            out.append(
-                ("content_block_stop", {"type": "content_block_stop", "index": self._blocks - 1})
-            )
+        out.close(self._blocks - 1)
 
-    def _close_all(self, out: _Out) -> None:
+    def _close_all(self, out: Writer) -> None:
         self._drain(out, force=True)
         self._close(out)
 
-    def _end(self, out: _Out, output_estimate: int | None = None) -> None:
+    def _end(self, out: Writer, output_estimate: int | None = None) -> None:
         self._close_all(out)
         self._done = True
         reason, sequence = self._stop or ("end_turn", None)
@@ -640,6 +351,4 @@ class StreamTranslator:
         if self._usage is not None:
             usage = {"output_tokens": self._usage.completion_tokens}
             usage["input_tokens"] = self._usage.prompt_tokens
-        delta = {"stop_reason": reason, "stop_sequence": sequence}
-        out.append(("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
-        out.append(_MESSAGE_STOP if self._encoded else ("message_stop", {"type": "message_stop"}))
+        out.end({"stop_reason": reason, "stop_sequence": sequence}, usage)

@@ -168,6 +168,7 @@ class Limiter:
         self.on_store_error: Callable[[str], None] = lambda op: None
         self._writing = asyncio.Lock()
         self._behind: float | None = None  # when writing settlements last failed, if it did
+        self._recovered = asyncio.Event()  # a write succeeded (the writer need not back off)
 
     @property
     def _timeout(self) -> float:
@@ -366,8 +367,11 @@ class Limiter:
                     backoff = 0.05
                     continue
                 # The store is down: retry, more slowly each time, but often enough that what
-                # waits (leases, reservations) is written soon after it is back.
-                await asyncio.sleep(backoff)
+                # waits (leases, reservations) is written soon after it is back; at once when
+                # an admission's catch-up found it back.
+                self._recovered.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recovered.wait(), backoff)
                 backoff = min(RETRY_MAX, backoff * 2)
 
     async def _write_batch(self) -> bool:
@@ -383,6 +387,7 @@ class Limiter:
             self.buffer.writing = 0
             if not self.buffer.items:
                 self._behind = None
+            self._recovered.set()
             return True
 
     async def caught_up(self) -> bool:

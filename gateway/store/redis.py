@@ -6,35 +6,32 @@ all processes. ``MemoryStore`` is the reference; the contract suite runs against
   script, so processes with skewed clocks agree. Key layout: ``store.redis_codec``.
 - ``clock`` is a test hook only: when given, its ``time()`` is passed to the scripts instead of
   ``TIME`` (rollovers and windows under a ``FakeClock``). Production passes none.
-- On one Redis (``redis://``) every command goes over ``store.redis_lane``: one
-  pipelined connection, far cheaper per call than redis-py, and it notices a server that went
-  away while idle (so a restarted Redis costs no failed call). A Cluster (and ``rediss://``)
-  uses redis-py's clients. The subscription always has a redis-py connection of its own.
+- This module holds semantics only (key layout, scripts, the Store methods); how commands reach
+  Redis is ``store.transport``: the lane on one Redis, redis-py on a Cluster or TLS, one reply
+  shape and one failure policy. The subscription has a redis-py connection of its own.
 - Connections are made lazily, by the first call (no ``connect()`` step); the subscriber's
   connection by ``subscribe``. ``close()`` closes them all.
-- Every call is bounded by ``timeout_ms`` (socket timeouts and ``asyncio.timeout``); any Redis
-  error or timeout becomes ``StoreError`` here, at this one boundary.
+- Every call is bounded by ``timeout_ms`` (reports by their own budget); any Redis error or
+  timeout is a ``StoreError``, raised by the transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar, cast
+from collections.abc import Callable
+from typing import Any
 
 import orjson
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 
 from gateway.clock import Clock
 from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
 from gateway.store import redis_codec as codec
 from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError
 from gateway.store.redis_codec import esc, num, tag
-from gateway.store.redis_conn import ERRORS, POOL, Subscriber, client, parse
-from gateway.store.redis_lane import Arg, Lane, LaneError, supported
+from gateway.store.redis_conn import Subscriber, parse
+from gateway.store.redis_lane import Arg
+from gateway.store.transport import ClientTransport, Script, transport_for, why
 
-T = TypeVar("T")
 SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
 # Settlements per EVALSHA on one Redis: a script call's own cost (~10 µs of Redis CPU) is shared
 # by 32, and each call's run (a script blocks Redis meanwhile) stays about a millisecond.
@@ -49,14 +46,6 @@ def _kh(key_hash: str) -> str:
 
 def _kid(key_id: str) -> str:
     return f"gw:kid:{esc(key_id)}"
-
-
-def _raising(replies: list[Any]) -> list[Any]:
-    """The replies of a pipeline, unless one is an error reply: then that is raised."""
-    for reply in replies:
-        if isinstance(reply, LaneError):
-            raise reply
-    return replies
 
 
 def _chain(source: asyncio.Future[Verdict], target: asyncio.Future[Verdict]) -> None:
@@ -76,30 +65,16 @@ def _fail(future: asyncio.Future[Verdict], exc: BaseException) -> None:
     future.exception()
 
 
-def _why(exc: BaseException | None) -> str:
-    """An error's text for a ``StoreError`` (a timeout's own text is empty)."""
-    if exc is None:
-        return "cancelled"
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    return str(exc) or type(exc).__name__
-
-
 def _usage_rows(cells: list[tuple[str, int]], hashes: list[Any]) -> list[UsageDay]:
     rows: list[UsageDay] = []
     for (key_id, day), fields in zip(cells, hashes, strict=True):
-        if isinstance(fields, list):  # the lane's raw reply: field, value, field, ...
-            fields = dict(zip(fields[::2], fields[1::2], strict=True))
-        rows.extend(codec.usage_rows(key_id, day, fields))
+        pairs = dict(zip(fields[::2], fields[1::2], strict=True))  # field, value, field, ...
+        rows.extend(codec.usage_rows(key_id, day, pairs))
     return rows
 
 
 def _records(raws: list[bytes | None]) -> list[KeyRecord]:
     return [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
-
-
-async def _lane_pipe(lane: Lane, commands: list[tuple[Arg, ...]]) -> list[Any]:
-    return _raising(await lane.call_many(commands))
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -110,106 +85,29 @@ class RedisStore:
     """``RedisStore(url, timeout_ms)``; ``clock`` only in tests (see the module docstring)."""
 
     def __init__(self, url: str, timeout_ms: int, clock: Clock | None = None) -> None:
-        self._target = parse(url)
+        target = parse(url)
         self._timeout = timeout_ms / 1000.0
         self._clock = clock
-        self._client = client(self._target, self._timeout)
-        self._scripts = {name: self._client.register_script(codec.script(name)) for name in SCRIPTS}
-        self._subscriber = Subscriber(self._target, self._client, self._timeout)
-        self._unmapped = self._target.cluster
-        self._map_lock = asyncio.Lock()
-        self._gate = asyncio.Semaphore(POOL) if self._target.cluster else None
-        # Every command goes over the lean lane where it can serve the URL (see the docstring).
-        lean = not self._target.cluster and supported(url)
-        self._lane = Lane(url, self._timeout) if lean else None
+        self._scripts = {name: Script(name, codec.script(name)) for name in SCRIPTS}
         # Reports (usage, key lists) read many keys: on a connection and a time budget of their
         # own, so a large one neither delays nor times out the requests' admissions.
-        self._bulk_timeout = max(BULK_TIMEOUT, self._timeout)
-        self._bulk = Lane(url, self._bulk_timeout) if lean else None
+        self._io = transport_for(target, self._timeout, max(BULK_TIMEOUT, self._timeout))
+        main = self._io.client if isinstance(self._io, ClientTransport) else None
+        self._subscriber = Subscriber(target, main, self._timeout)
 
     def _now(self) -> str:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
         return "" if self._clock is None else repr(self._clock.time())
 
-    async def _run(self, call: Awaitable[T], budget: float | None = None) -> T:
-        try:
-            async with asyncio.timeout(budget or self._timeout):
-                if self._gate is None:
-                    return await call
-                async with self._gate:
-                    if self._unmapped:
-                        await self._map_cluster()
-                    return await call
-        except BaseException as exc:
-            if isinstance(call, Coroutine):
-                call.close()  # never started when the mapping failed
-            if isinstance(exc, ERRORS):
-                # A Cluster client that lost a node remaps lazily; make that happen here, once.
-                self._unmapped = self._gate is not None
-                raise StoreError(f"redis: {_why(exc)}") from exc
-            raise
-
-    async def _map_cluster(self) -> None:
-        """Map a Cluster's slots (once, or again after an error; a no-op when the client needs
-        no remapping) under a lock, before commands: redis-py's lazy mapping, when many first
-        commands race into it, recycles connections under in-flight commands."""
-        async with self._map_lock:
-            if self._unmapped:
-                await cast(RedisCluster, self._client).initialize()
-                self._unmapped = False
-
-    async def _on_lane(self, call: Coroutine[Any, Any, T], budget: float | None = None) -> T:
-        """``_run`` for a call over a lane. A call that times out fails alone: its reply,
-        still owed, is read and dropped when it comes, and its neighbours on the connection
-        are untouched (a lane drops a connection only when the server stops answering)."""
-        try:
-            async with asyncio.timeout(budget or self._timeout):
-                return await call
-        except (*ERRORS, LaneError) as exc:
-            raise StoreError(f"redis: {_why(exc)}") from exc
-
     async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
-        if self._lane is None:
-            return await self._run(self._scripts[name](keys, args))
-        return (await self._on_lane(self._evalsha(name, [(keys, args)])))[0]
-
-    async def _evalsha(self, name: str, calls: list[tuple[list[str], list[str]]]) -> list[Any]:
-        """EVALSHA of one script per call, pipelined on the lane; loads the script once when
-        Redis does not know it (every script here may run again: a NOSCRIPT ran nothing)."""
-        assert self._lane is not None
-        script = self._scripts[name]
-        commands: list[tuple[Arg, ...]] = [
-            ("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls
-        ]
-        replies = await self._lane.call_many(commands)
-        if any(isinstance(r, LaneError) and r.noscript for r in replies):
-            await self._lane.call("SCRIPT", "LOAD", cast(str, script.script))
-            replies = await self._lane.call_many(commands)
-        return _raising(replies)
+        return (await self._io.evalsha(self._scripts[name], [(keys, args)]))[0]
 
     async def _cmd(self, *args: Arg) -> Any:
-        """One command: on the lane when there is one, else on redis-py."""
-        if self._lane is not None:
-            return await self._on_lane(self._lane.call(*args))
-        return await self._run(self._client.execute_command(*args))
+        return await self._io.call(*args)
 
     async def _pipe(self, commands: list[tuple[Arg, ...]], bulk: bool = False) -> list[Any]:
-        """Commands in one pipeline (not a transaction; a Cluster splits it by node). ``bulk``:
-        a report's reads, on their own connection and time budget."""
-        if not commands:
-            return []
-        lane = self._bulk if bulk else self._lane
-        timeout = self._bulk_timeout if bulk else None
-        if lane is not None:
-            return await self._on_lane(_lane_pipe(lane, commands), timeout)
-
-        async def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            return list(await pipe.execute())
-
-        return await self._run(run(), timeout)
+        """Commands in one pipeline (not a transaction; a Cluster splits it by node)."""
+        return await self._io.pipeline(commands, bulk)
 
     # -- keys -------------------------------------------------------------------------------
     async def _with_use(self, records: list[KeyRecord], bulk: bool = False) -> list[KeyRecord]:
@@ -327,22 +225,18 @@ class RedisStore:
         the future still completes when the reply comes late, so what it admitted can be given
         back). A reply other than a verdict (NOSCRIPT after a SCRIPT FLUSH, say) takes
         ``admit``'s path; so does a lane not yet connected, and a Cluster."""
-        lane = self._lane
-        reply = None
-        if lane is not None:
-            keys, args = codec.admit_call(admission, self._now())
-            reply = lane.send_now("EVALSHA", self._scripts["admit"].sha, len(keys), *keys, *args)
+        reply = self._io.send_now(self._scripts["admit"], codec.admit_call(admission, self._now()))
         if reply is None:
             return asyncio.ensure_future(self.admit(admission))
         verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
 
         def done(reply: asyncio.Future[Any]) -> None:
             exc = None if reply.cancelled() else reply.exception()
-            if isinstance(exc, LaneError) and exc.noscript:
+            if exc is not None and str(exc).startswith("NOSCRIPT"):
                 slow = asyncio.ensure_future(self.admit(admission))
                 slow.add_done_callback(lambda f: _chain(f, verdict))
             elif exc is not None or reply.cancelled():
-                _fail(verdict, StoreError(f"redis: {_why(exc)}"))
+                _fail(verdict, StoreError(f"redis: {why(exc)}"))
             else:
                 try:
                     verdict.set_result(codec.verdict(admission, reply.result()))
@@ -363,33 +257,17 @@ class RedisStore:
         script is simply sent again after loading it."""
         if not settlements:
             return
-        script = self._scripts["settle"]
         now = self._now()
         calls = [codec.settle_call(s, now) for s in settlements]
-        if self._lane is not None:
-            chunks = [
-                (
-                    [k for keys, _ in calls[i : i + SETTLE_CHUNK] for k in keys],
-                    [a for _, args in calls[i : i + SETTLE_CHUNK] for a in args],
-                )
-                for i in range(0, len(calls), SETTLE_CHUNK)
-            ]
-            await self._on_lane(self._evalsha("settle", chunks))
-            return
-
-        async def run() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return list(await pipe.execute(raise_on_error=False))
-
-        results = await self._run(run())
-        if any(isinstance(r, NoScriptError) for r in results):
-            script.sha = await self._run(self._client.script_load(script.script))
-            results = await self._run(run())
-        for result in results:
-            if isinstance(result, Exception):
-                raise StoreError(f"redis: {result}") from result
+        size = 1 if self._io.spans_slots else SETTLE_CHUNK
+        chunks = [
+            (
+                [k for keys, _ in calls[i : i + size] for k in keys],
+                [a for _, args in calls[i : i + size] for a in args],
+            )
+            for i in range(0, len(calls), size)
+        ]
+        await self._io.evalsha(self._scripts["settle"], chunks)
 
     async def renew_leases(self, admissions: list[Admission]) -> None:
         by_owner: dict[str, list[Admission]] = {}
@@ -442,10 +320,4 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._subscriber.close()
-        for lane in (self._lane, self._bulk):
-            if lane is not None:
-                await lane.close()
-        try:
-            await self._client.aclose()
-        except ERRORS:
-            pass
+        await self._io.close()

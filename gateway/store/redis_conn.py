@@ -99,7 +99,7 @@ def client(target: Target, timeout: float) -> Client:
     )
 
 
-def node_client(target: Target, main: Client, attempt: int, timeout: float) -> Redis:
+def node_client(target: Target, main: Client | None, attempt: int, timeout: float) -> Redis:
     """A plain client to one node, for the subscription (rotating over nodes on retries)."""
     if not target.cluster:
         return Redis.from_url(target.url, **_options(timeout))
@@ -120,7 +120,7 @@ def node_client(target: Target, main: Client, attempt: int, timeout: float) -> R
 class Subscriber:
     """Delivers ``gw:invalidate`` broadcasts to callbacks, from one background task."""
 
-    def __init__(self, target: Target, main: Client, timeout: float) -> None:
+    def __init__(self, target: Target, main: Client | None, timeout: float) -> None:
         self.callbacks: list[Callable[[str], None]] = []
         self.ready = asyncio.Event()  # set while subscribed
         self.idle = 5.0  # seconds without traffic before a PING probe

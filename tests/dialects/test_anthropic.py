@@ -37,6 +37,11 @@ from .golden import (
 
 UPSTREAM = "vendor/upstream-model"
 USER_HI = {"role": "user", "content": "hi"}
+PNG_BLOCK = {
+    "type": "image",
+    "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+}
+PNG_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}}
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Current weather of a city",
@@ -293,18 +298,255 @@ TRANSLATIONS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("no_stream", {"stream": False}, {"stream": False}),
     (
         "extras_forwarded",
+        {"top_k": 5, "region": "oslo", "agent_id": "a1", "chat_template_kwargs": {"x": 1}},
+        {"top_k": 5, "region": "oslo", "agent_id": "a1", "chat_template_kwargs": {"x": 1}},
+    ),
+    (
+        "anthropic_only_fields_stripped",
         {
-            "thinking": {"type": "enabled", "budget_tokens": 1024},
-            "top_k": 5,
-            "region": "oslo",
-            "agent_id": "a1",
+            "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            "cache_control": {"type": "ephemeral"},
+            "container": "c1",
+            "mcp_servers": [],
+            "service_tier": "auto",
+            "speed": "fast",
+            "inference_geo": "us",
+            "diagnostics": {"previous_message_id": "msg_1"},
+        },
+        {},
+    ),
+    (
+        "thinking_enabled_small_budget",
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+        {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "low"},
+    ),
+    (
+        "thinking_enabled_medium_budget",
+        {"thinking": {"type": "enabled", "budget_tokens": 4096}},
+        {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "medium"},
+    ),
+    (
+        "thinking_enabled_large_budget",
+        {"thinking": {"type": "enabled", "budget_tokens": 16384}},
+        {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"},
+    ),
+    (
+        "thinking_adaptive_with_effort",
+        {
+            "thinking": {"type": "adaptive", "display": "omitted"},
+            "output_config": {"effort": "max"},
+        },
+        {"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "high"},
+    ),
+    (
+        "thinking_disabled",
+        {"thinking": {"type": "disabled"}},
+        {"chat_template_kwargs": {"enable_thinking": False}},
+    ),
+    (
+        "thinking_of_a_type_to_come",
+        {"thinking": {"type": "auto"}, "output_config": {"effort": "extreme"}},
+        {},
+    ),
+    (
+        "effort_beats_budget_and_client_template_kwargs_win",
+        {
+            "thinking": {"type": "enabled", "budget_tokens": 32000},
+            "output_config": {"effort": "low"},
+            "chat_template_kwargs": {"enable_thinking": False, "custom": 1},
         },
         {
-            "thinking": {"type": "enabled", "budget_tokens": 1024},
-            "top_k": 5,
-            "region": "oslo",
-            "agent_id": "a1",
+            "chat_template_kwargs": {"enable_thinking": False, "custom": 1},
+            "reasoning_effort": "low",
         },
+    ),
+    (
+        "output_format",
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": {"type": "object"}},
+            }
+        },
+    ),
+    (
+        "tool_extras_dropped",
+        {
+            "tools": [
+                {**WEATHER_TOOL, "cache_control": {"type": "ephemeral"}, "defer_loading": True},
+                {**WEATHER_TOOL, "type": "custom", "strict": True, "input_examples": [{}]},
+            ]
+        },
+        {"tools": [WEATHER_FUNCTION, WEATHER_FUNCTION]},
+    ),
+    (
+        "system_turn_after_user_folded_into_it",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                {
+                    "role": "system",
+                    "content": [
+                        {"type": "text", "text": "# Env", "cache_control": {"type": "ephemeral"}}
+                    ],
+                },
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "hi\n\n<system-reminder>\n# Env\n</system-reminder>"}
+            ]
+        },
+    ),
+    (
+        "system_turn_after_assistant_goes_to_next_user",
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": "Hello."},
+                {"role": "system", "content": "Be brief."},
+                {"role": "system", "content": "Be kind."},
+                {"role": "user", "content": "Again"},
+            ]
+        },
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": "Hello."},
+                {
+                    "role": "user",
+                    "content": "<system-reminder>\nBe brief.\n</system-reminder>\n\n"
+                    "<system-reminder>\nBe kind.\n</system-reminder>\n\nAgain",
+                },
+            ]
+        },
+    ),
+    (
+        "system_turn_first_and_last",
+        {
+            "messages": [
+                {"role": "system", "content": "First."},
+                USER_HI,
+                {"role": "assistant", "content": "Hello."},
+                {"role": "system", "content": "Last."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "<system-reminder>\nFirst.\n</system-reminder>\n\nhi"},
+                {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "<system-reminder>\nLast.\n</system-reminder>"},
+            ]
+        },
+    ),
+    (
+        "system_turn_after_tool_results",
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": [tool_use("t1", "Oslo")]},
+                {"role": "user", "content": [tool_result("t1")]},
+                {"role": "system", "content": "Note."},
+                {"role": "system", "content": "More."},
+            ]
+        },
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": None, "tool_calls": [tool_call("t1", "Oslo")]},
+                {"role": "tool", "tool_call_id": "t1", "content": "sunny"},
+                {
+                    "role": "user",
+                    "content": "<system-reminder>\nNote.\n</system-reminder>\n\n"
+                    "<system-reminder>\nMore.\n</system-reminder>",
+                },
+            ]
+        },
+    ),
+    (
+        "system_turn_after_an_image",
+        {
+            "messages": [
+                {"role": "user", "content": [PNG_BLOCK]},
+                {"role": "system", "content": "Note."},
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        PNG_PART,
+                        {"type": "text", "text": "<system-reminder>\nNote.\n</system-reminder>"},
+                    ],
+                }
+            ]
+        },
+    ),
+    (
+        "tool_result_with_image_reference_and_document",
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": [tool_use("t1", "Oslo")]},
+                {
+                    "role": "user",
+                    "content": [
+                        tool_result(
+                            "t1",
+                            [
+                                {"type": "text", "text": "Here:", "cache_control": {"type": "x"}},
+                                PNG_BLOCK,
+                                {"type": "tool_reference", "tool_name": "CronCreate"},
+                                {
+                                    "type": "document",
+                                    "source": {
+                                        "type": "text",
+                                        "media_type": "text/plain",
+                                        "data": "notes",
+                                    },
+                                },
+                            ],
+                        ),
+                        {"type": "text", "text": "Go on."},
+                    ],
+                },
+            ]
+        },
+        {
+            "messages": [
+                USER_HI,
+                {"role": "assistant", "content": None, "tool_calls": [tool_call("t1", "Oslo")]},
+                {
+                    "role": "tool",
+                    "tool_call_id": "t1",
+                    "content": "Here:\n[image attached below]\nTool loaded: CronCreate\nnotes",
+                },
+                {"role": "user", "content": [PNG_PART, {"type": "text", "text": "Go on."}]},
+            ]
+        },
+    ),
+    (
+        "document_content_blocks",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {
+                                "type": "content",
+                                "content": [{"type": "text", "text": "d"}],
+                            },
+                        },
+                        {"type": "text", "text": "Sum up."},
+                    ],
+                }
+            ]
+        },
+        {"messages": [{"role": "user", "content": "d\nSum up."}]},
     ),
 ]
 
@@ -366,25 +608,31 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, str]] = [
         "role_missing",
         {"messages": [{"content": "hi"}]},
         "messages[0].role",
-        "must be 'user' or 'assistant' (got None).",
+        "must be 'user', 'assistant' or 'system' (got None).",
     ),
     (
         "role_unknown",
         {"messages": [{"role": "bot", "content": "hi"}]},
         "messages[0].role",
-        "must be 'user' or 'assistant' (got 'bot').",
+        "must be 'user', 'assistant' or 'system' (got 'bot').",
     ),
     (
         "role_not_a_string",
         {"messages": [{"role": ["user"], "content": "hi"}]},
         "messages[0].role",
-        "must be 'user' or 'assistant' (got ['user']).",
+        "must be 'user', 'assistant' or 'system' (got ['user']).",
     ),
     (
-        "role_system",
-        {"messages": [{"role": "system", "content": "x"}, USER_HI]},
-        "messages[0].role",
-        "'system' is an OpenAI role; put the system prompt in the top-level 'system' field.",
+        "role_system_empty",
+        {"messages": [USER_HI, {"role": "system", "content": ""}]},
+        "messages[1].content",
+        EMPTY,
+    ),
+    (
+        "role_system_image",
+        {"messages": [USER_HI, {"role": "system", "content": [{"type": "image"}]}]},
+        "messages[1].content[0].type",
+        TEXT_ONLY,
     ),
     (
         "role_tool",
@@ -485,10 +733,57 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, str]] = [
         f"'t1' {NOT_ISSUED}",
     ),
     (
-        "tool_result_image",
+        "tool_result_image_without_source",
         {"messages": [USER_HI, ASSISTANT_T1, user(tool_result("t1", [{"type": "image"}]))]},
+        "messages[2].content[0].content[0].source",
+        'must be {"type": "base64", "media_type", "data"} or {"type": "url", "url"}.',
+    ),
+    (
+        "tool_result_tool_use",
+        {"messages": [USER_HI, ASSISTANT_T1, user(tool_result("t1", [TOOL_USE_NO_ID]))]},
         "messages[2].content[0].content[0].type",
-        TEXT_ONLY,
+        "a tool result holds text, image and tool_reference blocks.",
+    ),
+    (
+        "tool_result_not_a_list",
+        {"messages": [USER_HI, ASSISTANT_T1, user(tool_result("t1", {"type": "text"}))]},
+        "messages[2].content[0].content",
+        "must be a string or a list of content blocks.",
+    ),
+    (
+        "tool_reference_without_name",
+        {
+            "messages": [
+                USER_HI,
+                ASSISTANT_T1,
+                user(tool_result("t1", [{"type": "tool_reference"}])),
+            ]
+        },
+        "messages[2].content[0].content[0].tool_name",
+        "must name the tool loaded.",
+    ),
+    (
+        "document_pdf",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "application/pdf",
+                                "data": "JVBERi0=",
+                            },
+                        }
+                    ],
+                }
+            ]
+        },
+        "messages[0].content[0].source",
+        "only plain-text documents reach the worker"
+        ' ({"type": "text", "media_type": "text/plain", "data": ...}); send a PDF\'s text.',
     ),
     (
         "tool_use_without_id",
@@ -544,7 +839,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str, str]] = [
         "server_tool",
         {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
         "tools[0].type",
-        "'web_search_20250305' tools are not available here; define a custom tool.",
+        "'web_search_20250305' is a server tool the worker cannot run;"
+        " define a custom tool instead.",
     ),
     (
         "tools_not_list",
@@ -681,7 +977,11 @@ def test_whole_answer() -> None:
         "role": "assistant",
         "model": "claude-gw",
         "content": [
-            {"type": "thinking", "thinking": "User wants weather.", "signature": ""},
+            {
+                "type": "thinking",
+                "thinking": "User wants weather.",
+                "signature": "gateway-unsigned",
+            },
             {"type": "text", "text": "Let me check."},
             {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Oslo"}},
             {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Rome"}},
@@ -704,7 +1004,7 @@ ANSWER_SHAPES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {
             "id": "msg_1",
             "content": [
-                {"type": "thinking", "thinking": "r", "signature": ""},
+                {"type": "thinking", "thinking": "r", "signature": "gateway-unsigned"},
                 {"type": "text", "text": "x"},
             ],
         },
@@ -894,6 +1194,12 @@ def test_estimate_survives_any_nesting() -> None:
 # --- golden cases ---------------------------------------------------------------------------------
 
 WEATHER_CHOICE_FORMS = {"tools": [WEATHER_TOOL, {**WEATHER_TOOL, "name": "get_time"}]}
+EPHEMERAL = {"type": "ephemeral"}
+READ_TOOL = {
+    "name": "Read",
+    "description": "Reads a file.",
+    "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}},
+}
 GOLDEN: dict[str, tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] = {
     "text_system_string": (
         body(
@@ -1036,6 +1342,77 @@ GOLDEN: dict[str, tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]] =
             chunk({"content": "4"}),
             chunk({}, "stop"),
             usage_chunk(15, 9),
+        ],
+    ),
+    # What Claude Code sends (a second turn, cut short): a system turn between the others,
+    # adaptive thinking with an effort, context management and cache marks, its session in
+    # metadata.user_id, a deferred tool; the worker thinks, then calls a tool.
+    "claude_code_turn": (
+        body(
+            max_tokens=32000,
+            system=[
+                {"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.332;"},
+                {"type": "text", "text": "You are Claude Code.", "cache_control": EPHEMERAL},
+            ],
+            messages=[
+                {"role": "user", "content": [{"type": "text", "text": "Read notes.txt"}]},
+                {"role": "system", "content": [{"type": "text", "text": "# Environment\ncwd: /w"}]},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {
+                            "type": "thinking",
+                            "thinking": "Read it.",
+                            "signature": "gateway-unsigned",
+                        },
+                        {
+                            "type": "tool_use",
+                            "id": "call_r1",
+                            "name": "Read",
+                            "input": {"file_path": "/w/notes.txt"},
+                        },
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "call_r1",
+                            "content": "1\tthe code is 7",
+                            "cache_control": EPHEMERAL,
+                        }
+                    ],
+                },
+            ],
+            tools=[
+                {**READ_TOOL, "cache_control": EPHEMERAL},
+                {**READ_TOOL, "name": "DeferredToolPlaceholder", "defer_loading": True},
+            ],
+            metadata={"user_id": '{"device_id":"d1","account_uuid":"","session_id":"s-1"}'},
+            thinking={"type": "adaptive", "display": "omitted"},
+            context_management={"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
+            output_config={"effort": "high"},
+            stream=True,
+        ),
+        answer(
+            {
+                "role": "assistant",
+                "content": None,
+                "reasoning_content": "The code is 7; check the other file.",
+                "tool_calls": [
+                    {**tool_call("call_r2", "x"), "function": {"name": "Read", "arguments": "{}"}}
+                ],
+            },
+            "tool_calls",
+            (420, 31),
+        ),
+        [
+            chunk({"role": "assistant", "reasoning_content": "The code is 7;"}),
+            chunk({"reasoning_content": " check the other file."}),
+            chunk(fragment(0, "{}", "call_r2", "Read")),
+            chunk({}, "tool_calls"),
+            usage_chunk(420, 31),
         ],
     ),
 }

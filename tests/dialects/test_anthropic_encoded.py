@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects import anthropic_stream
+from gateway.dialects import anthropic_events
 from gateway.dialects.anthropic import StreamTranslator, encode_event, plain_text
 
 from .golden import chunk, fragment, usage_chunk
@@ -97,14 +97,38 @@ def test_many_blocks_encode_as_their_events() -> None:
 
 @pytest.mark.parametrize("index", [0, 1, 9, 10, 99, 12345, 2**40])
 def test_constant_events_are_what_encode_event_writes(index: int) -> None:
+    events = anthropic_events
     stop = {"type": "content_block_stop", "index": index}
-    assert anthropic_stream._BLOCK_STOP % index == encode_event("content_block_stop", stop)
+    assert events.BLOCK_STOP % index == encode_event("content_block_stop", stop)
     for kind, block in [
         ("text", {"type": "text", "text": ""}),
         ("thinking", {"type": "thinking", "thinking": "", "signature": ""}),
     ]:
         start = {"type": "content_block_start", "index": index, "content_block": block}
         expected = encode_event("content_block_start", start)
-        assert anthropic_stream._BLOCK_STARTS[kind] % index == expected
-    assert encode_event("ping", {"type": "ping"}) == anthropic_stream._PING
-    assert encode_event("message_stop", {"type": "message_stop"}) == anthropic_stream._MESSAGE_STOP
+        assert events.BLOCK_STARTS[kind] % index == expected
+    signature = {"type": "signature_delta", "signature": events.SIGNATURE}
+    delta = {"type": "content_block_delta", "index": index, "delta": signature}
+    assert events.SIGNATURE_DELTA % index == encode_event("content_block_delta", delta)
+    assert encode_event("ping", {"type": "ping"}) == events.PING
+    assert encode_event("message_stop", {"type": "message_stop"}) == events.MESSAGE_STOP
+
+
+def test_the_two_writers_agree_call_for_call() -> None:
+    """Every call a translator makes on its writer, on both writers: the same bytes."""
+    as_events, as_bytes = anthropic_events.EventWriter(), anthropic_events.ByteWriter()
+    for writer in (as_events, as_bytes):
+        writer.start("msg_1", "m", 3)
+        writer.open_text(0, "thinking")
+        writer.text(0, "thinking", 'é"\n')
+        writer.signature(0)
+        writer.close(0)
+        writer.open_text(1, "text")
+        writer.text(1, "text", "\u2028")
+        writer.close(1)
+        writer.open_block(2, {"type": "tool_use", "id": "c", "name": "f", "input": {}})
+        writer.delta(2, {"type": "input_json_delta", "partial_json": "{}"})
+        writer.close(2)
+        writer.end({"stop_reason": "tool_use", "stop_sequence": None}, {"output_tokens": 1})
+        writer.event(anthropic_events.error_event("api_error", "x"))
+    assert as_bytes.joined() == anthropic_events.encode_events(as_events.events)

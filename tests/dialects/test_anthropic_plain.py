@@ -1,5 +1,5 @@
 """The translation's fast paths for the commonest shapes (``_plain_request``: string messages, a
-string system prompt, sampling, ``stream``; ``_plain_answer``: one text choice with usage) give
+string system prompt, sampling, ``stream``; ``plain_answer``: one text choice with usage) give
 exactly what the general paths give — the same output, byte for byte once encoded, and the same
 400 when the input is bad — for requests and answers near those shapes and off them."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.dialects import anthropic, anthropic_stream
+from gateway.dialects import anthropic, anthropic_answer
 from gateway.errors import BadRequest
 
 from .golden import answer as golden_answer
@@ -57,6 +57,9 @@ def requests(draw: st.DrawFn) -> dict[str, Any]:
         ("metadata", st.just({"user_id": "u1"}) | ODD),
         ("stop_sequences", st.just(["END"]) | ODD),
         ("top_k", st.integers(1, 5)),
+        ("thinking", st.just({"type": "adaptive"}) | ODD),
+        ("output_config", st.just({"effort": "high"}) | ODD),
+        ("context_management", st.just({"edits": []})),
     ):
         if draw(st.integers(0, 3)) == 0:
             body[field] = draw(values)
@@ -70,11 +73,14 @@ def outcome(translate: Any, *args: Any) -> tuple[str, object]:
         return "400", (str(err), err.param)
 
 
-@given(requests())
+@given(requests(), st.none() | st.integers(1, 4096))
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
-def test_a_request_translates_the_same_by_either_path(body: dict[str, Any]) -> None:
-    fast = outcome(anthropic.to_openai_request, body, "up")
-    assert fast == outcome(anthropic._translated_request, body, "up")
+def test_a_request_translates_the_same_by_either_path(
+    body: dict[str, Any], ceiling: int | None
+) -> None:
+    """With or without the model's ``max_output_tokens`` (``ceiling``)."""
+    fast = outcome(anthropic.to_openai_request, body, "up", ceiling)
+    assert fast == outcome(anthropic._translated_request, body, "up", ceiling)
 
 
 USAGE = st.fixed_dictionaries(
@@ -118,8 +124,8 @@ def answers(draw: st.DrawFn) -> dict[str, Any]:
 @given(answers())
 @settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 def test_an_answer_translates_the_same_by_either_path(answer: dict[str, Any]) -> None:
-    fast = orjson.dumps(anthropic_stream.to_anthropic_response(answer, "claude-gw"))
-    assert fast == orjson.dumps(anthropic_stream._translated_answer(answer, "claude-gw"))
+    fast = orjson.dumps(anthropic_answer.to_anthropic_response(answer, "claude-gw"))
+    assert fast == orjson.dumps(anthropic_answer.translated_answer(answer, "claude-gw"))
 
 
 @pytest.mark.parametrize("stream", [None, False, True])
@@ -139,6 +145,6 @@ def test_the_commonest_request_takes_the_fast_path(stream: bool | None) -> None:
 def test_the_commonest_answer_takes_the_fast_path() -> None:
     message = {"role": "assistant", "content": "Hello!", "tool_calls": []}
     answer = golden_answer(message, "stop", (9, 2), stop_reason=None)
-    plain = anthropic_stream._plain_answer(answer, "claude-gw")
+    plain = anthropic_answer.plain_answer(answer, "claude-gw")
     assert plain is not None
-    assert plain == anthropic_stream._translated_answer(answer, "claude-gw")
+    assert plain == anthropic_answer.translated_answer(answer, "claude-gw")

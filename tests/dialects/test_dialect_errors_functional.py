@@ -257,8 +257,8 @@ async def test_upstream_dying_mid_stream(gateway: Server) -> None:
 
 BAD_INPUT: list[tuple[str, dict[str, Any], str]] = [
     (
-        "openai system role",
-        {"messages": [{"role": "system", "content": "Be brief."}, *HELLO]},
+        "openai developer role",
+        {"messages": [{"role": "developer", "content": "Be brief."}, *HELLO]},
         "top-level 'system'",
     ),
     (

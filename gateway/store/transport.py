@@ -1,0 +1,221 @@
+"""How the Redis store reaches Redis: one ``RedisTransport`` Protocol, and its two
+implementations, chosen by ``transport_for``.
+
+- ``LaneTransport``: one Redis (``redis://``) over ``store.redis_lane``, a pipelined connection
+  far cheaper per call than redis-py. A report's reads get a lane of their own (``bulk``).
+- ``ClientTransport``: a Cluster (and ``rediss://``) over redis-py's clients.
+
+Both give one reply shape (what hiredis parses: bytes, ints, lists; a hash as its flat list of
+fields and values), one failure policy (any error, error reply or timeout is ``StoreError``,
+raised by the call that met it alone: a call that times out never fails its neighbours), and
+``evalsha`` handles NOSCRIPT once (loads the script and runs the calls again: a NOSCRIPT ran
+nothing). ``send_now`` is the hot path's admission: the script's reply as a future, sent before
+it returns, not bounded in time (the caller bounds its wait), or None when it cannot be sent
+now (then ``evalsha``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
+
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from gateway.store.base import StoreError
+from gateway.store.redis_conn import ERRORS, POOL, Client, Target, client
+from gateway.store.redis_lane import Arg, Lane, LaneError, supported
+
+T = TypeVar("T")
+Command = tuple[Arg, ...]
+Call = tuple[list[str], list[str]]  # a script call's KEYS and ARGV
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+class RedisTransport(Protocol):
+    spans_slots: bool  # a Cluster: one script call may not touch two owners' keys
+
+    async def call(self, *args: Arg) -> Any: ...
+
+    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+        """The replies in order; ``bulk``: a report's reads (a connection and a time budget
+        of their own)."""
+        ...
+
+    async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]: ...
+
+    def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None: ...
+
+    async def close(self) -> None: ...
+
+
+def why(exc: BaseException | None) -> str:
+    """An error's text for a ``StoreError`` (a timeout's own text is empty)."""
+    if exc is None:
+        return "cancelled"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return str(exc) or type(exc).__name__
+
+
+def _raising(replies: list[Any]) -> list[Any]:
+    for reply in replies:
+        if isinstance(reply, LaneError | Exception):
+            raise StoreError(f"redis: {why(reply)}")
+    return replies
+
+
+def _evalshas(script: Script, calls: list[Call]) -> list[Command]:
+    return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+
+
+def _noscript(reply: object) -> bool:
+    """Redis did not know the script (a restart or SCRIPT FLUSH): it ran nothing."""
+    return isinstance(reply, NoScriptError) or (
+        isinstance(reply, LaneError) and str(reply).startswith("NOSCRIPT")
+    )
+
+
+class LaneTransport:
+    """One Redis over two lanes: the requests' and the reports'."""
+
+    spans_slots = False
+
+    def __init__(self, url: str, timeout: float, bulk_timeout: float) -> None:
+        self._timeout, self._bulk_timeout = timeout, bulk_timeout
+        self._lane = Lane(url, timeout)
+        self._bulk = Lane(url, bulk_timeout)
+
+    async def _bounded(self, call: Coroutine[Any, Any, T], budget: float) -> T:
+        try:
+            async with asyncio.timeout(budget):
+                return await call
+        except (*ERRORS, LaneError) as exc:
+            raise StoreError(f"redis: {why(exc)}") from exc
+
+    async def call(self, *args: Arg) -> Any:
+        return await self._bounded(self._lane.call(*args), self._timeout)
+
+    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+        if not commands:
+            return []
+        lane, budget = (self._bulk, self._bulk_timeout) if bulk else (self._lane, self._timeout)
+        return _raising(await self._bounded(lane.call_many(commands), budget))
+
+    async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
+        return await self._bounded(self._evalsha(script, calls), self._timeout)
+
+    async def _evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
+        commands = _evalshas(script, calls)
+        replies = await self._lane.call_many(commands)
+        if any(_noscript(r) for r in replies):
+            await self._lane.call("SCRIPT", "LOAD", script.source)
+            replies = await self._lane.call_many(commands)
+        return _raising(replies)
+
+    def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
+        keys, args = call
+        return self._lane.send_now("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def close(self) -> None:
+        await self._lane.close()
+        await self._bulk.close()
+
+
+class ClientTransport:
+    """A Cluster (or TLS) over redis-py: a bounded number of calls at once per node, the
+    slots mapped under a lock before the first command and again after an error."""
+
+    def __init__(self, target: Target, timeout: float, bulk_timeout: float) -> None:
+        self._timeout, self._bulk_timeout = timeout, bulk_timeout
+        self.client: Client = client(target, timeout)
+        self.spans_slots = target.cluster
+        self._unmapped = target.cluster
+        self._map_lock = asyncio.Lock()
+        self._gate = asyncio.Semaphore(POOL) if target.cluster else None
+
+    async def _run(self, call: Awaitable[T], budget: float | None = None) -> T:
+        try:
+            async with asyncio.timeout(budget or self._timeout):
+                if self._gate is None:
+                    return await call
+                async with self._gate:
+                    if self._unmapped:
+                        await self._map_cluster()
+                    return await call
+        except BaseException as exc:
+            if isinstance(call, Coroutine):
+                call.close()  # never started when the mapping failed
+            if isinstance(exc, ERRORS):
+                # A Cluster client that lost a node remaps lazily; make that happen here, once.
+                self._unmapped = self._gate is not None
+                raise StoreError(f"redis: {why(exc)}") from exc
+            raise
+
+    async def _map_cluster(self) -> None:
+        """redis-py's lazy mapping, when many first commands race into it, recycles
+        connections under in-flight commands: map once, under a lock, before commands."""
+        async with self._map_lock:
+            if self._unmapped:
+                await cast(RedisCluster, self.client).initialize()
+                self._unmapped = False
+
+    async def call(self, *args: Arg) -> Any:
+        return _flat(await self._run(self.client.execute_command(*args)))
+
+    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+        if not commands:
+            return []
+        return _raising(
+            await self._run(self._piped(commands), self._bulk_timeout if bulk else None)
+        )
+
+    async def _piped(self, commands: Sequence[Command]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return [_flat(r) for r in await pipe.execute(raise_on_error=False)]
+
+    async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
+        commands = _evalshas(script, calls)
+        replies = await self._run(self._piped(commands))
+        if any(_noscript(r) for r in replies):
+            await self._run(self.client.script_load(script.source))
+            replies = await self._run(self._piped(commands))
+        return _raising(replies)
+
+    def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
+        return None  # redis-py cannot send before its task runs: evalsha is the way
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except ERRORS:
+            pass
+
+
+def _flat(reply: Any) -> Any:
+    """redis-py's reply in the lane's shape: a hash (a dict) as its flat list of fields and
+    values."""
+    if isinstance(reply, dict):
+        return [item for pair in reply.items() for item in pair]
+    return reply
+
+
+def transport_for(target: Target, timeout: float, bulk_timeout: float) -> RedisTransport:
+    """The lane for one Redis it can serve (``redis://``), redis-py for the rest."""
+    if not target.cluster and supported(target.url):
+        return LaneTransport(target.url, timeout, bulk_timeout)
+    return ClientTransport(target, timeout, bulk_timeout)
