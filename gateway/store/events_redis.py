@@ -15,10 +15,12 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
 
+from redis.commands.core import AsyncScript
+
 from gateway.clock import Clock
 from gateway.store.base import StoreError
 from gateway.store.events import Item
-from gateway.store.redis_conn import ERRORS, client, parse
+from gateway.store.redis_conn import ERRORS, Client, client, parse
 
 T = TypeVar("T")
 PREFIX = "gw:{alerts}:"
@@ -101,6 +103,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return before
 """
 
+SCRIPTS = {
+    "enqueue": ENQUEUE,
+    "claim": CLAIM,
+    "retry": RETRY,
+    "ack": ACK,
+    "lead": LEAD,
+    "resign": RESIGN,
+    "swap": SWAP,
+}
+
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
@@ -108,17 +120,24 @@ def _ms(seconds: float) -> int:
 
 class RedisEventStore:
     def __init__(self, url: str, timeout_ms: int, clock: Clock | None = None) -> None:
+        self.url = url
         self.timeout = max(1.0, timeout_ms / 1000.0)  # off the request path: no need to hurry
         self.clock = clock
-        self.client = client(parse(url), self.timeout)
-        register = self.client.register_script
-        self._enqueue, self._claim, self._retry = (
-            register(ENQUEUE),
-            register(CLAIM),
-            register(RETRY),
-        )
-        self._ack, self._lead, self._resign = register(ACK), register(LEAD), register(RESIGN)
-        self._swap = register(SWAP)
+        self._client: Client | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    @property
+    def client(self) -> Client:
+        """Made on first use: a gateway without webhooks never makes one."""
+        if self._client is None:
+            self._client = client(parse(self.url), self.timeout)
+            register = self._client.register_script
+            self._scripts = {name: register(text) for name, text in SCRIPTS.items()}
+        return self._client
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        self.client  # noqa: B018 - made on first use
+        return self._scripts[name](keys, args)
 
     def _now(self) -> str:
         return repr(self.clock.time()) if self.clock is not None else ""
@@ -135,29 +154,33 @@ class RedisEventStore:
         args: list[Any] = [self._now(), ttl]
         for item_id, payload in items:
             args += [item_id, payload]
-        return bool(await self._call(self._enqueue([DUE, ITEMS, marker], args)))
+        return bool(await self._call(self._script("enqueue", [DUE, ITEMS, marker], args)))
 
     async def claim(self, count: int, lease: float) -> list[Item]:
-        reply = await self._call(self._claim([DUE, ITEMS], [self._now(), count, lease]))
+        reply = await self._call(self._script("claim", [DUE, ITEMS], [self._now(), count, lease]))
         return [(reply[i].decode(), bytes(reply[i + 1])) for i in range(0, len(reply), 2)]
 
     async def ack(self, item_id: str) -> None:
-        await self._call(self._ack([DUE, ITEMS], [item_id]))
+        await self._call(self._script("ack", [DUE, ITEMS], [item_id]))
 
     async def retry(self, item_id: str, payload: bytes, delay: float) -> None:
-        await self._call(self._retry([DUE, ITEMS], [self._now(), item_id, payload, delay]))
+        await self._call(
+            self._script("retry", [DUE, ITEMS], [self._now(), item_id, payload, delay])
+        )
 
     async def depth(self) -> int:
         return int(await self._call(self.client.hlen(ITEMS)))
 
     async def leader(self, holder: str, ttl: float) -> bool:
-        return bool(await self._call(self._lead([LEADER], [holder, _ms(ttl)])))
+        return bool(await self._call(self._script("lead", [LEADER], [holder, _ms(ttl)])))
 
     async def resign(self, holder: str) -> None:
-        await self._call(self._resign([LEADER], [holder]))
+        await self._call(self._script("resign", [LEADER], [holder]))
 
     async def swap(self, name: str, value: str, ttl: float) -> str | None:
-        before = await self._call(self._swap([PREFIX + "state:" + name], [value, _ms(ttl)]))
+        before = await self._call(
+            self._script("swap", [PREFIX + "state:" + name], [value, _ms(ttl)])
+        )
         return before.decode() if before is not None else None
 
     async def watch_expiry(self, key_id: str, expires_at: float) -> None:
@@ -172,7 +195,9 @@ class RedisEventStore:
         return [(member.decode(), float(score)) for member, score in pairs]
 
     async def close(self) -> None:
+        if self._client is None:
+            return
         try:
-            await self.client.aclose()
+            await self._client.aclose()
         except ERRORS:
             pass  # closing a connection that is gone already
