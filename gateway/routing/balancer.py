@@ -47,8 +47,10 @@ class UpstreamState:
     signals_until: float = 0.0
 
     def load(self, now: float) -> float:
+        """Requests the worker holds, as far as this process knows (affinity's bound counts
+        requests: the cache share, a tie-breaker of least_loaded, would widen it)."""
         if self.signals_until > now:
-            return self.in_flight + self.others + self.cache
+            return self.in_flight + self.others
         return self.in_flight
 
     def queued(self, now: float) -> bool:

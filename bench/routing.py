@@ -1,0 +1,375 @@
+"""The routing bench (issue 16): does affinity routing pay on GPU workers, and what does choosing
+cost?
+
+    .venv/bin/python bench/routing.py            # about 3 minutes; prints the tables
+
+1. **Policies on a GPU fleet.** 4 simulated GPU workers (``bench/gpu_worker.py``: a prefix cache
+   of 3,000 blocks of 16 tokens, 0.2 ms per uncached prompt token, 20 ms per output token, 4
+   slots and a queue, vLLM's metrics) behind 2 gateway processes (``gateway run``, each its own
+   memory store; the client alternates between them; signals read every 0.1 s, the same share
+   of a simulated request's half second as the default 1 s is of a real one). A multi-turn
+   workload (48 conversations of 10 turns, each turn extending the previous prompt; 4 shared
+   system prompts) is replayed under each policy, 16 requests in flight, streamed, 16 output
+   tokens. Measured: time to first token at the client, the prefix-cache hit rate against the
+   ideal (one worker with an infinite cache, the same requests in the same order), and the
+   workers' loads (running + waiting) sampled every 20 ms against ``ceil(load_factor x mean)``.
+2. **A worker made 3x slower mid-run** (affinity): its share of new requests per 0.5 s, when a
+   second of it first fell to two thirds of its share before, and its share once settled.
+3. **The cost of choosing**, in this process (``timeit``): the pick of the code before issue 16
+   (``git show`` of its balancer) against today's, least_loaded and affinity (key and pick), and
+   the whole first attempt's bookkeeping (``routing.chain``) against the old loop's.
+4. **The chat arm's CPU**: one gateway process in front of an instant worker, 3 x 4000
+   requests alternated between ``least_loaded`` and ``affinity``; the gateway's CPU per request.
+
+Everything listens on 127.0.0.1 on free ports; processes are stopped on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+import routing_cost
+from common import BENCH_KEY, PYTHON, WORK, percentile
+from gpu_worker import BLOCK, block_hashes, prompt_text
+from procs import Proc, Stack, free_port, wait_listening
+
+RUN = WORK / "routing"
+WORKERS = 4
+GATEWAYS = 2
+IN_FLIGHT = 16
+LOAD_FACTOR = 1.25
+# A simulated request lasts about half a second (real ones: seconds to minutes): the signals are
+# read at the same fraction of a request's life as the default 1 s is of a real one.
+SIGNALS_INTERVAL = 0.1
+POLICIES = ("least_loaded", "round_robin", "affinity")
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()  # noqa: SIM905
+
+
+def words(rng: random.Random, chars: int) -> str:
+    out: list[str] = []
+    while sum(len(w) + 1 for w in out) < chars:
+        out.append(rng.choice(WORDS) + str(rng.randrange(1000)))
+    return " ".join(out)
+
+
+def workload(conversations: int, turns: int, seed: int = 16) -> list[list[list[dict[str, str]]]]:
+    """Each conversation's prompts, turn by turn: 4 shared system prompts, a long opening
+    message of its own, then an answer and a follow-up per turn."""
+    rng = random.Random(seed)
+    systems = [f"You are assistant {i}. " + words(rng, 600) for i in range(4)]
+    out = []
+    for c in range(conversations):
+        messages = [
+            {"role": "system", "content": systems[c % len(systems)]},
+            {"role": "user", "content": f"Document {c}: " + words(rng, 2000)},
+        ]
+        prompts = [list(messages)]
+        for _ in range(turns - 1):
+            messages += [
+                {"role": "assistant", "content": words(rng, 400)},
+                {"role": "user", "content": words(rng, 200)},
+            ]
+            prompts.append(list(messages))
+        out.append(prompts)
+    return out
+
+
+def ideal_hits(prompts: list[list[dict[str, str]]]) -> tuple[int, int]:
+    """(hit tokens, prompt tokens) of one worker with an infinite cache, in this order."""
+    seen: set[bytes] = set()
+    hits = total = 0
+    for messages in prompts:
+        text = prompt_text({"messages": messages})
+        blocks = block_hashes(text)
+        total += max(1, len(text) // 4)
+        hit = 0
+        for name in blocks:
+            if name not in seen:
+                break
+            hit += 1
+        hits += hit * BLOCK
+        seen.update(blocks)
+    return hits, total
+
+
+def gateway_config(policy: str, ports: list[int], port: int, admin: int) -> str:
+    from gateway.auth.keys import sha256_hex
+
+    upstreams = "\n".join(
+        f"  gpu{i}: {{url: 'http://127.0.0.1:{p}', metrics_path: /metrics, max_concurrency: 64}}"
+        for i, p in enumerate(ports)
+    )
+    pool = ", ".join(f"gpu{i}" for i in range(len(ports)))
+    return f"""
+listen: {{host: 127.0.0.1, port: {port}}}
+admin: {{host: 127.0.0.1, port: {admin}}}
+log: {{level: warning, access: false}}
+keys: {{static: [{{id: bench, owner: bench, sha256: '{sha256_hex(BENCH_KEY)}'}}]}}
+upstreams:
+{upstreams}
+models:
+  sim:
+    upstreams: [{pool}]
+    routing: {{policy: {policy}, load_factor: {LOAD_FACTOR}}}
+routing: {{signals_interval: {SIGNALS_INTERVAL}}}
+"""
+
+
+class Fleet:
+    """The GPU workers (one process) and the gateways of one policy."""
+
+    def __init__(self, stack: Stack, args: list[str] | None = None) -> None:
+        self.stack = stack
+        self.ports = [free_port() for _ in range(WORKERS)]
+        cmd = [str(PYTHON), "bench/gpu_worker.py", *[f"--port={p}" for p in self.ports]]
+        self.proc = stack.start(Proc("gpu-workers", cmd + (args or []), RUN / "gpu.log"))
+        for port in self.ports:
+            wait_listening(self.proc, port)
+        self.gateways: list[tuple[Proc, int]] = []
+
+    def start_gateways(self, policy: str, count: int = GATEWAYS) -> list[int]:
+        for proc, _ in self.gateways:
+            proc.stop()
+        self.gateways = []
+        for n in range(count):
+            port, admin = free_port(), free_port()
+            path = RUN / f"gateway-{policy}-{n}.yaml"
+            path.write_text(gateway_config(policy, self.ports, port, admin))
+            cmd = [str(PYTHON), "-m", "gateway", "run", "--config", str(path)]
+            proc = self.stack.start(Proc(f"gateway-{n}", cmd, RUN / f"gateway-{n}.log"))
+            wait_listening(proc, port)
+            self.gateways.append((proc, port))
+        return [port for _, port in self.gateways]
+
+    async def control(self, http: aiohttp.ClientSession, index: int, **asked: Any) -> None:
+        url = f"http://127.0.0.1:{self.ports[index]}/control"
+        async with http.post(url, json=asked) as r:
+            assert r.status == 200
+
+    async def stats(self, http: aiohttp.ClientSession) -> list[dict[str, Any]]:
+        out = []
+        for port in self.ports:
+            async with http.get(f"http://127.0.0.1:{port}/stats") as r:
+                out.append(await r.json())
+        return out
+
+
+async def sample_loads(
+    http: aiohttp.ClientSession, fleet: Fleet, samples: list[list[float]], stop: asyncio.Event
+) -> None:
+    """Every 20 ms, every worker's requests in the system (running + waiting)."""
+    while not stop.is_set():
+        row = []
+        for port in fleet.ports:
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                text = await r.text()
+            row.append(sum(float(x.split()[-1]) for x in text.splitlines()[:2]))
+        samples.append(row)
+        await asyncio.sleep(0.02)
+
+
+async def one_request(
+    http: aiohttp.ClientSession, port: int, messages: list[dict[str, str]]
+) -> float:
+    """Stream one turn; the seconds to its first content event."""
+    body = {"model": "sim", "stream": True, "max_tokens": 16, "messages": messages}
+    started = time.monotonic()
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+    async with http.post(
+        f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers
+    ) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{r.status}: {await r.text()}")
+        ttft = None
+        async for line in r.content:
+            if ttft is None and line.startswith(b"data: {"):
+                ttft = time.monotonic() - started
+        return ttft if ttft is not None else math.nan
+
+
+async def replay(
+    http: aiohttp.ClientSession,
+    ports: list[int],
+    convs: list[list[list[dict[str, str]]]],
+    deadline: float = math.inf,
+) -> tuple[list[float], list[list[dict[str, str]]]]:
+    """Every conversation's turns in order, IN_FLIGHT requests at once, each the next turn of
+    the conversation waiting longest; requests alternate between the gateways. Lanes stop at
+    ``deadline`` (monotonic) if it comes first."""
+    ready = list(range(len(convs)))
+    turn = [0] * len(convs)
+    ttfts: list[float] = []
+    order: list[list[dict[str, str]]] = []
+    count = 0
+
+    async def lane() -> None:
+        nonlocal count
+        while ready and time.monotonic() < deadline:
+            c = ready.pop(0)
+            messages = convs[c][turn[c]]
+            order.append(messages)
+            count += 1
+            ttfts.append(await one_request(http, ports[count % len(ports)], messages))
+            turn[c] += 1
+            if turn[c] < len(convs[c]):
+                ready.append(c)
+
+    await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
+    return ttfts, order
+
+
+def over_bound(samples: list[list[float]]) -> tuple[float, float]:
+    """Share of samples where some worker held more than ceil(load_factor x mean), and the
+    largest max/mean seen when at least one request per worker was in the system."""
+    over, ratios = 0, []
+    for row in samples:
+        total = sum(row)
+        if total <= 0:
+            continue
+        if max(row) > math.ceil(LOAD_FACTOR * total / len(row)):
+            over += 1
+        if total >= len(row):
+            ratios.append(max(row) / (total / len(row)))
+    busy = sum(1 for row in samples if sum(row) > 0)
+    return (over / busy if busy else 0.0), (max(ratios) if ratios else 0.0)
+
+
+async def policy_run(
+    http: aiohttp.ClientSession, fleet: Fleet, policy: str, convs: Any
+) -> dict[str, Any]:
+    ports = fleet.start_gateways(policy)
+    for i in range(WORKERS):
+        await fleet.control(http, i, reset=True)
+    await asyncio.sleep(1.5)  # the gateways read the workers' signals once
+    samples: list[list[float]] = []
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_loads(http, fleet, samples, stop))
+    started = time.monotonic()
+    ttfts, order = await replay(http, ports, convs)
+    elapsed = time.monotonic() - started
+    stop.set()
+    await sampler
+    stats = await fleet.stats(http)
+    hits = sum(s["hits"] for s in stats) / max(1, sum(s["queries"] for s in stats))
+    ideal_hit, ideal_total = ideal_hits(order)
+    share, worst = over_bound(samples)
+    return {
+        "policy": policy,
+        "requests": len(ttfts),
+        "seconds": elapsed,
+        "ttft_p50_ms": 1000 * statistics.median(ttfts),
+        "ttft_p95_ms": 1000 * percentile(ttfts, 95),
+        "hit_rate": hits,
+        "ideal_hit_rate": ideal_hit / ideal_total,
+        "per_worker": [len(s["arrivals"]) for s in stats],
+        "over_bound_share": share,
+        "max_over_mean": worst,
+    }
+
+
+async def slow_worker_run(
+    http: aiohttp.ClientSession, fleet: Fleet, convs: Any, slow_at: float = 5.0
+) -> dict[str, Any]:
+    """Affinity; worker 2 made 3x slower ``slow_at`` seconds in (for 10 s more); its share of
+    arrivals."""
+    ports = fleet.start_gateways("affinity")
+    for i in range(WORKERS):
+        await fleet.control(http, i, reset=True)
+    await asyncio.sleep(1.5)
+    origin = time.monotonic()
+
+    async def slow_down() -> None:
+        await asyncio.sleep(slow_at)
+        await fleet.control(http, 2, slow=3.0)
+
+    await asyncio.gather(replay(http, ports, convs, origin + slow_at + 10), slow_down())
+    stats = await fleet.stats(http)
+    return shares(stats, origin, slow_at)
+
+
+def shares(stats: list[dict[str, Any]], origin: float, slow_at: float) -> dict[str, Any]:
+    """The slow worker's share of arrivals per 0.5 s; when a second of it (two windows) first
+    fell to two thirds of its share before, and its share once settled (3 s to 10 s after)."""
+    arrivals = [[t - origin for t in s["arrivals"]] for s in stats]
+    end = max(t for a in arrivals for t in a)
+    windows = []
+    t = 0.0
+    while t < end:
+        total = sum(1 for a in arrivals for x in a if t <= x < t + 0.5)
+        slow = sum(1 for x in arrivals[2] if t <= x < t + 0.5)
+        windows.append((t, slow / total if total else 0.0))
+        t += 0.5
+    before = [s for w, s in windows if 1.0 <= w < slow_at]
+    base = statistics.mean(before) if before else 0.0
+    seconds = [(w, (a + b) / 2) for (w, a), (_, b) in itertools.pairwise(windows)]
+    moved = next((w + 1.0 - slow_at for w, s in seconds if w >= slow_at and s <= base * 2 / 3), -1)
+    later = [s for w, s in windows if slow_at + 3 <= w < slow_at + 10]
+    return {
+        "share_before": base,
+        "moved_after_s": moved,
+        "share_after": statistics.mean(later) if later else math.nan,
+        "windows": windows,
+    }
+
+
+async def fleet_bench(conversations: int, turns: int) -> dict[str, Any]:
+    RUN.mkdir(parents=True, exist_ok=True)
+    convs = workload(conversations, turns)
+    results: dict[str, Any] = {}
+    with Stack() as stack:
+        fleet = Fleet(stack)
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            results["policies"] = [await policy_run(http, fleet, p, convs) for p in POLICIES]
+            slow = workload(400, 6, seed=7)  # more than 15 s of work: the deadline ends it
+            results["slow"] = await slow_worker_run(http, fleet, slow)
+    return results
+
+
+def report(fleet: dict[str, Any], cost: dict[str, Any]) -> str:
+    lines = [
+        "| policy | requests | TTFT p50 ms | TTFT p95 ms | prefix-cache hits | of the ideal "
+        "| requests per worker | samples over ceil(1.25 x mean) | max/mean |",
+        "|---|--:|--:|--:|--:|--:|---|--:|--:|",
+    ]
+    for r in fleet["policies"]:
+        lines.append(
+            f"| {r['policy']} | {r['requests']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f}"
+            f" | {r['hit_rate']:.1%} | {r['hit_rate'] / r['ideal_hit_rate']:.1%}"
+            f" | {' / '.join(map(str, r['per_worker']))} | {r['over_bound_share']:.1%}"
+            f" | {r['max_over_mean']:.2f} |"
+        )
+    slow = fleet["slow"]
+    lines += [
+        "",
+        f"Worker made 3x slower (affinity): its share of arrivals before "
+        f"{slow['share_before']:.1%}; a second of it at two thirds of that or less ended "
+        f"{slow['moved_after_s']:.1f} s after the slowdown; {slow['share_after']:.1%} from 3 s "
+        "to 10 s after it.",
+        "",
+        routing_cost.table(cost),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    conversations = int(os.environ.get("BENCH_ROUTING_CONVERSATIONS", 48))
+    turns = int(os.environ.get("BENCH_ROUTING_TURNS", 10))
+    fleet = asyncio.run(fleet_bench(conversations, turns))
+    cost = routing_cost.measure(RUN)
+    text = report(fleet, cost)
+    print(text)
+    (RUN / "results.json").write_text(json.dumps({"fleet": fleet, "cost": cost}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
