@@ -247,7 +247,7 @@ class ChatHandler:
                 response = await client.post(upstream, payload, headers, stream=True)
                 ex.upstream_status = response.status
                 if _usable(upstream, response).status != 200:
-                    if peek:
+                    if peek and response.status in Chain.REFUSALS:
                         raise Chain.refused(response.status, await read_body(response, upstream))
                     return response, b""
                 first = await read_chunk(response, upstream)

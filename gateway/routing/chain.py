@@ -20,7 +20,13 @@ from gateway.metrics import Metrics
 from gateway.records import KeyRecord
 from gateway.routing.affinity import affinity_key
 from gateway.routing.balancer import Balancer
-from gateway.routing.retry import context_exceeded, failure_kind, refusal, with_model
+from gateway.routing.retry import (
+    REFUSALS,
+    context_exceeded,
+    failure_kind,
+    refusal,
+    with_model,
+)
 from gateway.routing.router import ModelRoute, Router
 
 log = logging.getLogger("gateway.routing")
@@ -77,6 +83,7 @@ class Chain:
     # What the HTTP layer asks of a failed attempt (``routing.retry``).
     failure = staticmethod(failure_kind)
     context_exceeded = staticmethod(context_exceeded)
+    REFUSALS = REFUSALS  # the statuses a context-length refusal comes with
 
     @staticmethod
     def refused(status: int, raw: bytes) -> GatewayError:

@@ -17,7 +17,13 @@ import re
 
 import orjson
 
-from gateway.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    PayloadTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 MIN_RETRIES = 10  # retries in flight always allowed: a gateway with little traffic retries all
 REFUSALS = (400, 413, 422)  # what vLLM, llama.cpp (400) and TGI (422) answer a long prompt
@@ -75,9 +81,12 @@ def context_exceeded(status: int, raw: bytes) -> ContextLengthExceeded | None:
     return ContextLengthExceeded(message, status=status)
 
 
-def refusal(status: int, raw: bytes) -> BadRequest:
-    """A worker's refusal as the client sees it: its status and its message."""
+def refusal(status: int, raw: bytes) -> GatewayError:
+    """A worker's refusal (one of ``REFUSALS``) as the client sees it when it is passed on:
+    its status and its message."""
     message = upstream_message(raw) or f"The upstream refused the request ({status})."
+    if status == 413:
+        return PayloadTooLarge(message)
     return BadRequest(message, status=status)
 
 

@@ -296,3 +296,31 @@ async def test_every_failed_attempt_is_logged_with_the_request_id(
         ("trace-16", "small", "small-a", "5xx"),
         ("trace-16", "small", "small-b", "5xx"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "seen", "code"),
+    [(404, 404, "model_not_found"), (401, 502, "upstream_unavailable"), (413, 413, None)],
+)
+async def test_other_refusals_keep_their_shape_with_context_fallbacks_on(
+    gateway_factory: GatewayFactory, fleet: list[Worker], status: int, seen: int, code: str | None
+) -> None:
+    """Reading a stream's refusal for a context-length error changes nothing else: a 404 is
+    still the model's, a worker's 401 still the operator's 502, a 413 still a 413."""
+    small_a, small_b, big = fleet
+    small_a.status = small_b.status = status
+    retry = {"on": ["connect", "context_length"]}
+    server = await gateway_factory(config(urls(fleet), models(retry)))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{server.port}/v1/chat/completions",
+            json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            headers=AUTH,
+        ) as r,
+    ):
+        body = await r.json()
+    assert r.status == seen
+    if code is not None:
+        assert body["error"]["code"] == code
+    assert big.chats == 0
