@@ -1,0 +1,230 @@
+"""The OpenAI Responses API, answer side: a worker's chat completion as a ``response`` object,
+and the parts of it the event stream (``dialects.responses_stream``) shares. Pure.
+
+The ``response`` carries what the request asked for (``instructions``, ``tools``,
+``tool_choice``, ``max_output_tokens``, ``metadata``, ``text``, ``reasoning``, …: the ``Shape``,
+decided once per request) and the answer as output items: a ``reasoning`` item when the worker
+sent ``reasoning_content`` (or ``reasoning``), a ``message`` with one ``output_text`` part for its
+text, and a ``function_call`` per tool call (a namespaced tool's flat name split back into
+``namespace`` and ``name``). ``usage`` is ``input_tokens``/``output_tokens``/``total_tokens`` with
+their details objects. A worker that stopped at its token limit gives ``status: incomplete``
+(``incomplete_details.reason: max_output_tokens``), as OpenAI does.
+
+Item ids derive from the response's own (``msg_<hex>_<index>``, ``fc_…``, ``rs_…``), so a
+response's ids are unique and the same in its stream and its stored copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+ECHOED = ("instructions", "max_output_tokens", "previous_response_id", "temperature", "top_p")
+ECHOED_OR_NULL = ("user", "prompt_cache_key", "reasoning")
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What every ``response`` object of one request carries besides its output."""
+
+    id: str  # resp_<hex>
+    created_at: int
+    model: str  # the public name the client asked for
+    echo: dict[str, Any]  # the request's fields the response repeats
+    names: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat → (namespace, name)
+
+    def item_id(self, prefix: str, index: int) -> str:
+        return f"{prefix}_{self.id[5:]}_{index}"
+
+    def response(self, status: str, output: list[Any], usage: Any = None) -> dict[str, Any]:
+        """The ``response`` object in ``status`` with ``output`` (and ``usage``)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "model": self.model,
+            "output": output,
+        }
+        out.update(self.echo)
+        out["usage"] = usage
+        return out
+
+
+def shape(
+    body: dict[str, Any],
+    response_id: str,
+    created_at: int,
+    model: str,
+    names: dict[str, tuple[str, str]] | None = None,
+) -> Shape:
+    """The shape of the responses to a checked request ``body``; ``names``: the flat names
+    of its namespaced tools (``Translated.names``)."""
+    echo: dict[str, Any] = {name: body.get(name) for name in ECHOED}
+    echo.update({name: body[name] for name in ECHOED_OR_NULL if body.get(name) is not None})
+    if isinstance(body.get("reasoning"), dict):  # what OpenAI repeats of it
+        echo["reasoning"] = {
+            k: v for k, v in body["reasoning"].items() if k in ("effort", "summary")
+        }
+    echo["tools"] = [t for t in body.get("tools") or () if _kept(t)]
+    echo["tool_choice"] = body.get("tool_choice") or "auto"
+    echo["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
+    echo["text"] = body.get("text") or {"format": {"type": "text"}}
+    echo["store"] = body.get("store") is not False
+    echo["metadata"] = body.get("metadata") or {}
+    echo["truncation"] = "disabled"
+    echo["background"] = False
+    return Shape(response_id, created_at, model, echo, names or {})
+
+
+def _kept(tool: object) -> bool:
+    """Tools echoed in the response: those the model was given (hosted ones were not)."""
+    return isinstance(tool, dict) and tool.get("type") in ("function", "namespace")
+
+
+def usage_of(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+    """A chat ``usage`` as the Responses ``usage`` (``estimate``: input and output tokens to
+    report when the worker sent none)."""
+    if isinstance(chat_usage, dict) and isinstance(chat_usage.get("prompt_tokens"), int):
+        prompt, completion = chat_usage["prompt_tokens"], _int(chat_usage.get("completion_tokens"))
+        cached = _detail(chat_usage, "prompt_tokens_details", "cached_tokens")
+        reasoning = _detail(chat_usage, "completion_tokens_details", "reasoning_tokens")
+    else:
+        (prompt, completion), cached, reasoning = estimate, 0, 0
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": prompt + completion,
+    }
+
+
+def _int(value: object) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
+def _detail(usage: dict[str, Any], part: str, name: str) -> int:
+    details = usage.get(part)
+    return _int(details.get(name)) if isinstance(details, dict) else 0
+
+
+def reasoning_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": status,
+    }
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str | None, status: str = "completed") -> dict[str, Any]:
+    content = [] if text is None else [text_part(text)]
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "assistant",
+        "status": status,
+        "content": content,
+    }
+
+
+def call_item(
+    shape: Shape, item_id: str, call_id: str, name: str, arguments: str, status: str = "completed"
+) -> dict[str, Any]:
+    """A ``function_call`` item; a flat name the request's namespaces made is split back."""
+    item: dict[str, Any] = {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+    }
+    split = shape.names.get(name)
+    if split is not None:
+        item["namespace"], item["name"] = split
+    return item
+
+
+def arguments_of(value: object) -> str:
+    """A tool call's arguments as the JSON text Responses clients parse (an object some
+    workers send is written out; nothing at all is ``{}``)."""
+    if isinstance(value, str):
+        return value or "{}"
+    if value is None:
+        return "{}"
+    try:
+        return orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return "{}"
+
+
+def status_of(finish_reason: object) -> tuple[str, dict[str, str] | None]:
+    """The response's ``status`` and ``incomplete_details`` for a chat ``finish_reason``."""
+    reason = INCOMPLETE.get(finish_reason) if isinstance(finish_reason, str) else None
+    return ("incomplete", {"reason": reason}) if reason else ("completed", None)
+
+
+def reasoning_of(message: dict[str, Any]) -> str | None:
+    """The reasoning a worker sent beside its answer (vLLM: ``reasoning_content``, newer
+    versions ``reasoning``)."""
+    for key in ("reasoning_content", "reasoning"):
+        text = message.get(key)
+        if isinstance(text, str) and text:
+            return text
+    return None
+
+
+def to_response(answer: dict[str, Any], shape: Shape, estimate: tuple[int, int]) -> dict[str, Any]:
+    """A whole chat completion (parsed) as the ``response`` object."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    choice = choice if isinstance(choice, dict) else {}
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
+    output = output_items(message, shape)
+    status, details = status_of(choice.get("finish_reason"))
+    out = shape.response(status, output, usage_of(answer.get("usage"), estimate))
+    out["incomplete_details"] = details
+    return out
+
+
+def output_items(message: dict[str, Any], shape: Shape) -> list[dict[str, Any]]:
+    """The output items of a chat ``message``: reasoning, text, function calls, in order."""
+    items: list[dict[str, Any]] = []
+    reasoning = reasoning_of(message)
+    if reasoning is not None:
+        items.append(reasoning_item(shape.item_id("rs", len(items)), reasoning))
+    content = message.get("content")
+    if isinstance(content, str) and content:
+        items.append(message_item(shape.item_id("msg", len(items)), content))
+    calls = message.get("tool_calls")
+    for i, call in enumerate(calls if isinstance(calls, list) else ()):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        name, arguments = function.get("name"), function.get("arguments")
+        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        items.append(
+            call_item(
+                shape,
+                shape.item_id("fc", len(items)),
+                call_id or shape.item_id("call", i),
+                name if isinstance(name, str) else "",
+                arguments_of(arguments),
+            )
+        )
+    if not items:  # an empty answer is an empty message, as OpenAI answers it
+        items.append(message_item(shape.item_id("msg", 0), ""))
+    return items

@@ -1,0 +1,215 @@
+"""Properties of the Responses translation, over requests and worker streams near the real
+shapes and far off them: checking and translating a request raises nothing but a 400; a
+translated request is plain JSON; whatever chunks a worker sends, the event stream is valid SSE
+whose sequence numbers count from 0, begins with ``response.created``, ends once (completed,
+incomplete or failed) and is accepted event by event by the official SDK's types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from gateway.dialects.responses import check, translate
+from gateway.dialects.responses_answer import shape, to_response
+from gateway.dialects.responses_stream import ResponsesRelay
+from gateway.errors import BadRequest, UpstreamUnavailable
+
+from .responses_golden import parse_events
+
+ODD = (
+    st.none()
+    | st.booleans()
+    | st.integers(-2, 3)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3)
+    | st.just([])
+    | st.just({})
+    | st.just([[1]])
+    | st.just({"a": {"b": None}})
+)
+TEXTS = st.text(max_size=6) | st.sampled_from(["", "hi", '"\\\n', "é😀", "a\u2028b"])
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | TEXTS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXTS, inner, max_size=3),
+    max_leaves=8,
+)
+EVENTS: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
+
+
+def odd_or(strategy: Any) -> Any:
+    """``strategy``, and now and then (one in eight) a value of some odd type instead."""
+    return st.integers(0, 7).flatmap(lambda n: ODD if n == 0 else strategy)
+
+
+PARTS = st.fixed_dictionaries(
+    {"type": st.sampled_from(["input_text", "output_text", "refusal", "input_image", "x"])},
+    optional={
+        "text": odd_or(TEXTS),
+        "refusal": TEXTS,
+        "image_url": odd_or(st.just("data:image/png;base64,AA")),
+    },
+)
+ITEMS = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": odd_or(
+            st.sampled_from(["message", "function_call", "function_call_output", "reasoning"])
+        ),
+        "role": odd_or(st.sampled_from(["user", "assistant", "system", "developer"])),
+        "content": odd_or(TEXTS | st.lists(PARTS, max_size=3)),
+        "call_id": odd_or(TEXTS),
+        "name": odd_or(TEXTS),
+        "namespace": odd_or(TEXTS),
+        "arguments": odd_or(st.just('{"a":1}')),
+        "output": odd_or(TEXTS | st.lists(PARTS, max_size=2)),
+    },
+)
+TOOLS = st.fixed_dictionaries(
+    {
+        "type": odd_or(st.sampled_from(["function", "namespace", "web_search", "custom"])),
+        "name": odd_or(st.sampled_from(["f", "g", "ns", "ns__f"]) | TEXTS),
+    },
+    optional={
+        "parameters": JSON,
+        "tools": odd_or(st.lists(st.fixed_dictionaries({"type": st.just("function"),
+                                                         "name": odd_or(TEXTS)}), max_size=2)),
+    },
+)  # fmt: skip
+CHOICE = odd_or(
+    st.sampled_from(["auto", "none", "required"])
+    | st.fixed_dictionaries(
+        {"type": st.sampled_from(["function", "allowed_tools", "web_search"])},
+        optional={"name": TEXTS, "mode": ODD | st.just("auto"), "tools": st.just([{"name": "f"}])},
+    )
+)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 15)) == 0:
+        return draw(JSON)
+    body: dict[str, Any] = {
+        "model": draw(odd_or(st.just("m"))),
+        "input": draw(odd_or(TEXTS | st.lists(ITEMS, max_size=4))),
+    }
+    for name, values in (
+        ("instructions", TEXTS),
+        ("tools", st.lists(TOOLS, max_size=3)),
+        ("tool_choice", CHOICE),
+        ("stream", st.booleans()),
+        ("max_output_tokens", st.integers(1, 100)),
+        ("temperature", st.floats(0, 2)),
+        ("reasoning", st.just({"effort": "low"})),
+        ("text", st.just({"format": {"type": "json_schema", "name": "n", "schema": {}}})),
+        ("previous_response_id", TEXTS),
+        ("metadata", st.just({"k": "v"})),
+        ("background", st.just(False)),
+        ("top_k", JSON),
+    ):
+        if draw(st.integers(0, 2)) == 0:
+            body[name] = draw(odd_or(values))
+    return body
+
+
+@given(requests(), st.lists(ITEMS, max_size=2), st.sampled_from(["drop", "reject"]))
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+def test_a_request_translates_or_is_a_400(body: Any, history: list[Any], hosted: str) -> None:
+    try:
+        plan = translate(check(body), history, hosted)
+    except BadRequest as err:
+        assert err.status == 400 and err.message
+        return
+    assert orjson.loads(orjson.dumps(plan.chat)) == plan.chat
+    assert plan.chat["messages"] and all(isinstance(m["role"], str) for m in plan.chat["messages"])
+    made = shape(body, "resp_" + "a" * 48, 1, "m", plan.names)
+    assert orjson.dumps(made.response("in_progress", []))
+
+
+DELTAS = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": odd_or(st.just("assistant")),
+        "content": odd_or(TEXTS),
+        "reasoning_content": odd_or(TEXTS),
+        "tool_calls": odd_or(
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "index": odd_or(st.integers(0, 2)),
+                        "id": odd_or(st.sampled_from(["call_a", "call_b"])),
+                        "function": odd_or(
+                            st.fixed_dictionaries(
+                                {},
+                                optional={
+                                    "name": odd_or(st.sampled_from(["f", "ns__g"])),
+                                    "arguments": odd_or(TEXTS),
+                                },
+                            )
+                        ),
+                    },
+                ),
+                max_size=2,
+            )
+        ),
+    },
+)
+CHUNKS = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": odd_or(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"delta": odd_or(DELTAS)},
+                    optional={
+                        "index": odd_or(st.just(0)),
+                        "finish_reason": odd_or(st.sampled_from(["stop", "length", "tool_calls"])),
+                    },
+                ),
+                max_size=2,
+            )
+        ),
+        "usage": odd_or(st.just({"prompt_tokens": 3, "completion_tokens": 2})),
+        "error": st.none() | st.just({"message": "boom"}) | ODD,
+    },
+)
+RAW = st.sampled_from([b"data: [DONE]", b"data: {nope", b": keep-alive", b"data: 7"])
+
+
+@given(
+    st.lists(CHUNKS.map(lambda c: b"data: " + orjson.dumps(c)) | RAW, max_size=8),
+    st.sampled_from(["finish", "error"]),
+)
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+def test_any_worker_stream_gives_a_valid_event_stream(events: list[bytes], end: str) -> None:
+    made = shape({"model": "m", "input": "x"}, "resp_" + "b" * 48, 1, "m", {"ns__g": ("ns", "g")})
+    relay = ResponsesRelay(made, 3)
+    raw = b"".join(relay.relay([event]) for event in events)
+    raw += relay.finish() if end == "finish" else relay.error(UpstreamUnavailable("gone"))
+    parsed = parse_events(raw)
+    assert [e["sequence_number"] for e in parsed] == list(range(len(parsed)))
+    assert parsed[0]["type"] == "response.created"
+    ends = [e["type"] for e in parsed if e["type"] in ENDINGS]
+    assert len(ends) == 1 and parsed[-1]["type"] == ends[0]
+    for event in parsed:
+        EVENTS.validate_python(event)
+    assert (relay.final is not None) == (ends[0] != "response.failed")
+
+
+ENDINGS = {"response.completed", "response.incomplete", "response.failed"}
+
+
+@given(st.one_of(JSON, st.fixed_dictionaries({}, optional={"choices": odd_or(
+    st.lists(st.fixed_dictionaries({}, optional={"message": odd_or(DELTAS),
+                                                "finish_reason": ODD}), max_size=2)),
+    "usage": JSON})))  # fmt: skip
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_any_whole_answer_gives_a_response(answer: Any) -> None:
+    made = shape({"model": "m", "input": "x"}, "resp_" + "c" * 48, 1, "m")
+    response = to_response(answer if isinstance(answer, dict) else {}, made, (1, 1))
+    assert orjson.loads(orjson.dumps(response))["output"]
