@@ -174,6 +174,9 @@ class Retry:
     timeout: float | None = None  # an attempt's longest wait for its first byte
 
 
+ResponsesMode = Literal["translate", "native"]
+
+
 @dataclass(frozen=True, slots=True)
 class Model:
     name: str
@@ -189,6 +192,7 @@ class Model:
     routing: ModelRouting = ModelRouting()
     fallbacks: tuple[str, ...] = ()  # other models, tried in order when this one fails
     retry: Retry = Retry()
+    responses: ResponsesMode = "translate"  # Responses requests: as chat, or the worker's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,15 @@ class Alerts:
 
 
 @dataclass(frozen=True, slots=True)
+class Responses:
+    """The Responses API's stored responses and the tools translate mode cannot give a worker."""
+
+    ttl_days: int = 30  # how long a stored response is kept
+    hosted_tools: Literal["drop", "reject"] = "drop"  # web_search, file_search, ...
+    max_stored_bytes: int = 1_048_576  # a larger response (with its input) is not stored
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated configuration. ``source`` is the file it came from."""
 
@@ -275,3 +288,4 @@ class Config:
     source: str = "<defaults>"
     routing: Routing = Routing()  # given by name: other sections are added after ``source`` too
     alerts: Alerts = Alerts()
+    responses: Responses = Responses()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config import routing_sections as rs
-from gateway.config import section_alerts
+from gateway.config import section_alerts, section_responses
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
@@ -72,6 +72,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
     alerts = section_alerts.read(top.obj("alerts"))
     routing = rs.routing(top.obj("routing"))
+    responses = section_responses.read(top.obj("responses"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -116,6 +117,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         source,
         routing=routing,
         alerts=alerts,
+        responses=responses,
     )
 
 
@@ -403,6 +405,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             routing=rs.model_routing(m.obj("routing")),
             fallbacks=rs.fallbacks(m),
             retry=rs.retry(m.obj("retry")),
+            responses=m.get("responses", section_responses.mode, "translate"),
         )
         m.done()
         for alias in (name, *aliases):
