@@ -31,6 +31,7 @@ from gateway.runtime import Runtime
 from gateway.store.base import Store
 from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
+from gateway.store.responses_store import create_responses_store
 from gateway.web import admin, admin_api, admin_owners, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
@@ -60,6 +61,7 @@ def build_runtime(
         lifecycle=KeyLifecycle(keys),
         limiter=limiter,
         metrics=metrics,
+        responses=create_responses_store(config.store, clock),
     )
 
 
@@ -112,6 +114,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await alerts.stop()
     await runtime.limiter.stop()
     await runtime.store.close()
+    await runtime.responses.close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
 from gateway.routing.router import Router
 from gateway.store.base import Store
+from gateway.store.responses_store import ResponsesStore
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Runtime:
     lifecycle: KeyLifecycle
     limiter: Limiter
     metrics: Metrics
+    responses: ResponsesStore  # stored Responses (``/v1/responses``), apart from ``store``
     draining: bool = False
     usage_dropped_seen: int = 0
     streams: set[asyncio.Task[Any]] = field(default_factory=set)  # relaying, for the drain
