@@ -370,8 +370,9 @@ class Limiter:
                 # waits (leases, reservations) is written soon after it is back; at once when
                 # an admission's catch-up found it back.
                 self._recovered.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._recovered.wait(), backoff)
+                with contextlib.suppress(TimeoutError):  # (wait_for could swallow a cancel)
+                    async with asyncio.timeout(backoff):
+                        await self._recovered.wait()
                 backoff = min(RETRY_MAX, backoff * 2)
 
     async def _write_batch(self) -> bool:
