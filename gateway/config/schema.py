@@ -192,6 +192,9 @@ class Model:
     routing: ModelRouting = ModelRouting()
     fallbacks: tuple[str, ...] = ()  # other models, tried in order when this one fails
     retry: Retry = Retry()
+    # The most completion tokens the worker generates for one request: a larger max_tokens
+    # (Claude Code asks 32,000) is lowered to it instead of failing at the worker. None: no cap.
+    max_output_tokens: int | None = None
     responses: ResponsesMode = "translate"  # Responses requests: as chat, or the worker's own
 
 

@@ -405,6 +405,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             routing=rs.model_routing(m.obj("routing")),
             fallbacks=rs.fallbacks(m),
             retry=rs.retry(m.obj("retry")),
+            max_output_tokens=m.get("max_output_tokens", lp.p_optional(lp.p_int(1)), None),
             responses=m.get("responses", section_responses.mode, "translate"),
         )
         m.done()

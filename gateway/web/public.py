@@ -62,8 +62,9 @@ def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.St
 def count_tokens_handler(
     runtime: Runtime,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """``POST /v1/messages/count_tokens``: an ESTIMATE (about four characters a token), not the
-    model's tokenizer; good for budgeting, not for billing."""
+    """``POST /v1/messages/count_tokens``: the model's own count when one of its workers serves
+    ``/tokenize``, else an ESTIMATE (about four characters a token); the
+    ``X-Gateway-Token-Count`` header says which (``exact`` or ``estimate``)."""
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]
@@ -75,14 +76,31 @@ def count_tokens_handler(
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("'model' is required: name the model to use.", param="model")
-        govern.model(runtime, ex, record, name)
-        return json_response({"input_tokens": anthropic.estimate_tokens(body)})
+        route = govern.model(runtime, ex, record, name)
+        exact = await apis.count_tokens_exact(runtime, route, body, ex.request_id)
+        count = exact if exact is not None else anthropic.estimate_tokens(body)
+        answer = json_response({"input_tokens": count})
+        answer.headers["X-Gateway-Token-Count"] = "estimate" if exact is None else "exact"
+        return answer
 
     return count_tokens
 
 
+async def probe(request: web.Request) -> web.StreamResponse:
+    """``HEAD /`` and ``GET /`` (and Claude Code's ``/api/hello``): a 200 without a key, as the
+    Anthropic API answers the probes an agent sends before its first request."""
+    return web.Response(status=200)
+
+
+# Answered by ``probe`` unless a configured pass-through route serves the path.
+PROBE_PATHS = ("/", "/api/hello")
+
+
 def add_routes(app: web.Application, runtime: Runtime) -> None:
     chat = ChatHandler(runtime)
+    for path in PROBE_PATHS:
+        if not any(path.startswith(route.prefix) for route in runtime.config.routes):
+            app.router.add_get(path, probe)  # and HEAD
     models = models_handler(runtime)
     for path in CHAT_PATHS:
         app.router.add_post(path, chat.handle)
