@@ -36,6 +36,7 @@ FIELDS = {
     "agent_id",
     "region",
     "error",
+    "api",
 }
 
 

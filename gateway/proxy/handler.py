@@ -16,7 +16,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config.schema import Upstream
-from gateway.dialects import anthropic
+from gateway.dialects import anthropic, inputs
 from gateway.dialects.openai import (
     OpenAIRelay,
     check_request,
@@ -33,6 +33,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.proxy import govern
+from gateway.proxy.apis.json_api import require
 from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.timers import Silence
@@ -108,7 +109,10 @@ class ChatHandler:
             )
             parse_json(raw)  # raises the precise 400
         body = self.chat_body(request, ex, parsed)
+        if inputs.may_carry_image(raw) and inputs.has_image_input(body):
+            rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
         route = govern.model(rt, ex, record, str(body["model"]))
+        require(route, ex.api, str(body["model"]))  # 400 model_not_supported
         out = outbound(body, route, ex.anthropic)
         ex.stream, ex.client_usage = out.stream, out.client_usage
         ex.region, ex.agent_id = (

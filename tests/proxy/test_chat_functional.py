@@ -394,7 +394,7 @@ async def test_refused_connection_is_502(gateway_factory: Any) -> None:
 async def test_models_list(gateway: Server) -> None:
     listed = await sdk(gateway).models.list()
     ids = [m.id for m in listed.data]
-    assert ids == ["mock-model", "mock-reasoner", "fake-model"]
+    assert ids == ["mock-model", "gpt-4o-mini", "mock-reasoner", "fake-model"]  # aliases too
     assert all(m.object == "model" and m.owned_by == "gateway" for m in listed.data)
     async with aiohttp.ClientSession() as http:
         for path in ("/models", "/v1/llm/models", "/api/chat/models", "/api/models"):
