@@ -39,6 +39,7 @@ from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
+from gateway.records import KeyRecord
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
@@ -113,13 +114,28 @@ class ChatHandler:
             rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
         route = govern.model(rt, ex, record, str(body["model"]))
         require(route, ex.api, str(body["model"]))  # 400 model_not_supported
+        return await self.serve(request, ex, record, route, body, len(raw) // 4)
+
+    async def serve(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        record: KeyRecord,
+        route: ModelRoute,
+        body: dict[str, object],
+        estimate: int,
+    ) -> web.StreamResponse:
+        """The recipe from the model on, for a checked chat ``body`` whose prompt is about
+        ``estimate`` tokens: admitted, answered, settled. Another API (Responses) calls it
+        after its own front: its caller, body, model and translation into chat."""
+        rt = self.rt
         out = outbound(body, route, ex.anthropic)
         ex.stream, ex.client_usage = out.stream, out.client_usage
         ex.region, ex.agent_id = (
             _str_or_none(body.get("region")),
             _str_or_none(body.get("agent_id")),
         )
-        ex.prompt_estimate = len(raw) // 4  # a cheap over-estimate, settled to the real usage
+        ex.prompt_estimate = estimate  # a cheap over-estimate, settled to the real usage
         allowance = max_output_tokens(body) or route.default_max_tokens
         ticket = await govern.admit(rt, ex, record, route, ex.prompt_estimate, allowance)
         try:
@@ -145,6 +161,10 @@ class ChatHandler:
         if ex.anthropic:
             return AnthropicRelay(route.name, input_tokens=ex.prompt_estimate)
         return OpenAIRelay(ex.client_usage)
+
+    def event_stream(self) -> web.StreamResponse:
+        """The client's (unprepared) event stream: Responses keeps the answer before its end."""
+        return _EventStream(headers=SSE_HEADERS)
 
     def answer(
         self, ex: Exchange, answer: dict[str, object], raw: bytes, route: ModelRoute
@@ -309,7 +329,7 @@ class ChatHandler:
                 self.rt.balancer.release(upstream)
             return upstream_error(ex, response.status, raw)
         relay = self.new_relay(ex, route)
-        client = _EventStream(headers=SSE_HEADERS)
+        client = self.event_stream()
         if ex.rate_headers:
             client.headers.update(ex.rate_headers)
         self.rt.metrics.active_streams.inc()

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.dialects import anthropic
 from gateway.errors import BadRequest
-from gateway.proxy import apis, govern
+from gateway.proxy import apis, govern, responses
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json
 from gateway.proxy.exchange import EXCHANGE
@@ -110,6 +110,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         app.router.add_post(path, count_tokens_handler(runtime))
     keys_api.add_routes(app, runtime)
     apis.add_routes(app, runtime)
+    responses.add_routes(app, runtime)
     # After the gateway's own routes, which win over a configured prefix such as /api/.
     passthrough = PassThrough(runtime)
     for route in runtime.config.routes:

@@ -1,0 +1,226 @@
+"""The OpenAI Responses API: ``POST /v1/responses`` (and its aliases) in both modes of a model,
+and ``GET``/``DELETE /v1/responses/{id}`` over the stored responses.
+
+The front is governed as every model API is (``proxy.govern``): the key from the head with the
+``chat`` permission, the body, its check (400), the model the key may use and that serves
+``responses`` (400 ``model_not_supported``), the stored conversation a ``previous_response_id``
+names (404 for an unknown id, another owner's included), ``vision`` when an image is in the
+input. Then, by ``models.<name>.responses``:
+
+- ``translate`` (default): the request becomes chat (``dialects.responses``) and the chat recipe
+  (``ChatHandler.serve``) admits, routes, answers and settles it, through a per-request
+  ``_Turn`` whose seams turn the worker's answer into a ``response`` (``answer``) or its stream
+  into Responses events (``new_relay``), and keep the response before the stream's last bytes
+  (``event_stream``): a client that continues from it at once finds it stored;
+- ``native``: forwarded to the worker's own ``/v1/responses`` (``proxy.responses_native``).
+
+``store`` (default true) keeps the response and the input it answered for the caller's owner for
+``responses.ttl_days``; a record over ``responses.max_stored_bytes`` is not kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.dialects import inputs, responses
+from gateway.dialects.relay import Relay
+from gateway.dialects.responses_answer import Shape, shape, to_response
+from gateway.dialects.responses_stream import ResponsesRelay
+from gateway.errors import NotFound, StoreUnavailable, shown
+from gateway.proxy import govern, responses_native
+from gateway.proxy.apis.json_api import parse, require
+from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.handler import SSE_HEADERS, ChatHandler
+from gateway.records import KeyRecord
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+from gateway.store.base import StoreError
+from gateway.store.responses_store import new_id, valid_id
+from gateway.web.respond import json_response
+
+log = logging.getLogger("gateway.proxy")
+
+PATHS = ("/v1/responses", "/responses", "/api/v1/responses", "/v1/llm/responses")
+DROPPED = "x-gateway-dropped-tools"
+DAY = 86_400.0
+
+Keep = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _KeptStream(web.StreamResponse):
+    """The client's event stream; before its end goes out, ``before_end`` runs (the response
+    is stored), so nothing the client reads comes before the response is kept."""
+
+    _send_headers_immediately = False  # the head goes with the first events, as for chat
+
+    def __init__(self, before_end: Callable[[], Awaitable[None]], headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self._before_end = before_end
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        await self._before_end()
+        await super().write_eof(data)
+
+
+class _Turn(ChatHandler):
+    """The chat recipe for one translated Responses request: its seams answer in Responses."""
+
+    def __init__(self, runtime: Runtime, shape: Shape, keep: Keep, headers: dict[str, str]):
+        super().__init__(runtime)
+        self.shape, self.keep, self.headers = shape, keep, headers
+        self.relay: ResponsesRelay | None = None
+        self.final: dict[str, Any] | None = None
+
+    def new_relay(self, ex: Exchange, route: ModelRoute) -> Relay:
+        self.relay = ResponsesRelay(self.shape, ex.prompt_estimate)
+        return self.relay
+
+    def answer(
+        self, ex: Exchange, answer: dict[str, object], raw: bytes, route: ModelRoute
+    ) -> bytes:
+        estimate = (ex.prompt_estimate, ex.completion_chunks)
+        self.final = to_response(answer, self.shape, estimate)
+        return orjson.dumps(self.final)
+
+    def event_stream(self) -> web.StreamResponse:
+        return _KeptStream(self._before_end, {**SSE_HEADERS, **self.headers})
+
+    async def _before_end(self) -> None:
+        if self.relay is not None and self.relay.final is not None:
+            await self.keep(self.relay.final)
+
+
+class ResponsesHandler:
+    """Every Responses route: create on each alias, retrieve and delete by id."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        rt, ex = self.rt, request[EXCHANGE]
+        ex.api = "responses"
+        record = await govern.caller(rt, request, "chat")
+        raw = await govern.body(rt, request)
+        body = responses.check(parse(raw))
+        asked: str = body["model"]
+        route = govern.model(rt, ex, record, asked)
+        require(route, "responses", asked)
+        history, size = await self._history(record.owner, body.get("previous_response_id"))
+        items = responses.items_of(body)
+        if inputs.has_image_input({"input": [*history, *items]}):
+            rt.keys.check_permission(record, "vision")
+        estimate = (len(raw) + size) // 4
+        keep = self._keeper(record.owner, body, history + items)
+        model = rt.config.models.get(route.name)
+        if model is not None and model.responses == "native":
+            return await responses_native.create(
+                rt, request, ex, (record, route), body, history, estimate, keep
+            )
+        return await self._translated(request, ex, record, route, body, history, estimate, keep)
+
+    async def _translated(
+        self,
+        request: web.Request,
+        ex: Exchange,
+        record: KeyRecord,
+        route: ModelRoute,
+        body: dict[str, Any],
+        history: list[Any],
+        estimate: int,
+        keep: Keep,
+    ) -> web.StreamResponse:
+        rt = self.rt
+        plan = responses.translate(body, history, rt.config.responses.hosted_tools)
+        headers = {DROPPED: ", ".join(plan.dropped)} if plan.dropped else {}
+        made = shape(body, new_id(), int(rt.clock.time()), body["model"], plan.names)
+        turn = _Turn(rt, made, keep, headers)
+        answer = await turn.serve(request, ex, record, route, plan.chat, estimate)
+        if turn.final is not None:
+            await keep(turn.final)
+        if not answer.prepared:
+            answer.headers.update(headers)
+        return answer
+
+    def _keeper(self, owner: str, body: dict[str, Any], items: list[Any]) -> Keep:
+        """What stores a finished response (with the input it answered), when asked to."""
+        settings, responses_store = self.rt.config.responses, self.rt.responses
+
+        async def keep(response: dict[str, Any]) -> None:
+            if body.get("store") is False or response.get("status") == "failed":
+                return
+            try:
+                record = orjson.dumps({"response": response, "input": items})
+            except (orjson.JSONEncodeError, RecursionError):
+                return  # nested past what can be written: answered, not kept
+            if len(record) > settings.max_stored_bytes:
+                log.info("response %s not stored: %d bytes", response.get("id"), len(record))
+                return
+            try:
+                await responses_store.put(
+                    owner, str(response["id"]), record, settings.ttl_days * DAY
+                )
+            except StoreError:  # the answer is given already; only its continuation is lost
+                self.rt.keys.on_store_error("responses")
+
+        return keep
+
+    async def _history(self, owner: str, previous: object) -> tuple[list[Any], int]:
+        """The conversation a ``previous_response_id`` continues (its input, then its output)
+        and the stored record's size; 404 when the owner has no such response."""
+        if previous is None:
+            return [], 0
+        raw = await self._stored(owner, str(previous), "previous_response_id")
+        record = orjson.loads(raw)
+        return [*record["input"], *record["response"]["output"]], len(raw)
+
+    async def _stored(self, owner: str, response_id: str, param: str | None = None) -> bytes:
+        found = None
+        if valid_id(response_id):
+            try:
+                found = await self.rt.responses.get(owner, response_id)
+            except StoreError:
+                self.rt.keys.on_store_error("responses")
+                raise StoreUnavailable("The response store is unavailable; try again.") from None
+        if found is None:
+            raise NotFound(
+                f"No response with id '{shown(response_id)}' is stored for this key's owner "
+                "(responses are kept when sent with store: true, for responses.ttl_days).",
+                param=param,
+            )
+        return found
+
+    async def retrieve(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/responses/{id}``: the stored response."""
+        ex = request[EXCHANGE]
+        ex.api = "responses"
+        record = await govern.caller(self.rt, request, "chat")
+        raw = await self._stored(record.owner, request.match_info["id"])
+        return json_response(orjson.loads(raw)["response"])
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        """``DELETE /v1/responses/{id}``: the stored response removed."""
+        ex = request[EXCHANGE]
+        ex.api = "responses"
+        record = await govern.caller(self.rt, request, "chat")
+        response_id = request.match_info["id"]
+        await self._stored(record.owner, response_id)
+        try:
+            await self.rt.responses.delete(record.owner, response_id)
+        except StoreError:
+            self.rt.keys.on_store_error("responses")
+            raise StoreUnavailable("The response store is unavailable; try again.") from None
+        return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+def add_routes(app: web.Application, runtime: Runtime) -> None:
+    """``POST`` on every alias; ``GET`` and ``DELETE`` of ``<alias>/{id}``."""
+    handler = ResponsesHandler(runtime)
+    for path in PATHS:
+        app.router.add_post(path, handler.create)
+        app.router.add_get(path + "/{id}", handler.retrieve, allow_head=False)
+        app.router.add_delete(path + "/{id}", handler.delete)

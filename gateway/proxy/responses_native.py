@@ -1,0 +1,203 @@
+"""Responses in native mode (``models.<name>.responses: native``): the request forwarded to the
+worker's own ``/v1/responses``, governed as translate mode is (admitted with the same
+reservation, settled to the ``usage`` of the worker's response), its answer with the public
+model name, and its stream relayed without buffering (``dialects.responses_native``).
+
+The gateway keeps the conversation state itself: a ``previous_response_id`` is expanded into the
+stored input and output before the worker sees the request, and the worker is asked not to store
+(``store: false``); the worker's response is kept for the owner under the worker's own id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from gateway.config.schema import Upstream
+from gateway.dialects import responses
+from gateway.dialects.responses_native import NativeRelay, chat_usage
+from gateway.dialects.sse import SSESplitter
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy import govern
+from gateway.proxy.apis import answers, forward
+from gateway.proxy.apis.json_api import refused
+from gateway.proxy.bodies import dump_upstream
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.timers import Silence
+from gateway.proxy.upstream import read_chunk
+from gateway.proxy.wire import Response
+from gateway.records import KeyRecord
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+
+Keep = Callable[[dict[str, Any]], Awaitable[None]]
+Opened = tuple[Upstream, Response, bytes]
+PATH = "/v1/responses"
+
+
+def payload(body: dict[str, Any], history: list[Any], route: ModelRoute) -> bytes:
+    """The worker's request: the model mapped, the stored conversation in ``input``."""
+    out = dict(body)
+    out["model"] = route.upstream_model
+    if history:
+        out["input"] = [*history, *responses.items_of(body)]
+    out.pop("previous_response_id", None)
+    out["store"] = False
+    return dump_upstream(out)
+
+
+async def create(
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    who: tuple[KeyRecord, ModelRoute],
+    body: dict[str, Any],
+    history: list[Any],
+    estimate: int,
+    keep: Keep,
+) -> web.StreamResponse:
+    record, route = who
+    sent = payload(body, history, route)
+    ex.stream = body.get("stream") is True
+    region, agent = body.get("region"), body.get("agent_id")
+    ex.region = region if isinstance(region, str) and region else None
+    ex.agent_id = agent if isinstance(agent, str) and agent else None
+    ex.prompt_estimate = estimate
+    limit = responses.max_output_tokens(body) or route.default_max_tokens
+    ticket = await govern.admit(rt, ex, record, route, estimate, limit)
+    try:
+        opened = await forward.open_answer(rt, request, ex, route, PATH, sent)
+        upstream, response, first = opened
+        if ex.stream and response.status == 200:
+            ending = (answers.renamer(route.upstream_model, str(body["model"])), keep)
+            return await _stream(rt, request, ex, opened, (str(body["model"]), ending))
+        rt.balancer.release(upstream)
+        if response.status != 200:
+            return refused(ex, "responses", str(body["model"]), response.status, first)
+        return await _whole(ex, str(body["model"]), first, keep)
+    except GatewayError:
+        ex.error = True
+        raise
+    finally:
+        govern.settle(rt, ex, ticket, route)
+
+
+async def _whole(ex: Exchange, public: str, raw: bytes, keep: Keep) -> web.Response:
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise UpstreamUnavailable(f"Upstream '{ex.upstream}' sent an answer that is not JSON.")
+    ex.usage = chat_usage(answer.get("usage"))
+    if ex.usage is None:
+        ex.completion_chunks = len(raw) // 4
+    answer["model"] = public
+    try:
+        body = orjson.dumps(answer)
+    except (orjson.JSONEncodeError, RecursionError):  # the worker's answer, nested too deep
+        raise UpstreamUnavailable(
+            f"Upstream '{ex.upstream}' sent an answer nested too deeply to pass on."
+        ) from None
+    await keep(answer)
+    return web.Response(body=body, content_type="application/json", headers=ex.rate_headers)
+
+
+class _EventStream(web.StreamResponse):
+    _send_headers_immediately = False  # the head goes with the first events
+
+
+Ending = tuple[str, tuple[re.Pattern[bytes] | None, Keep]]  # public name, rename, keep
+
+
+async def _stream(
+    rt: Runtime, request: web.Request, ex: Exchange, opened: Opened, ending: Ending
+) -> web.StreamResponse:
+    upstream, response, _ = opened
+    relay = NativeRelay()
+    client = _EventStream(headers=forward.SSE_HEADERS)
+    if ex.rate_headers:
+        client.headers.update(ex.rate_headers)
+    rt.metrics.active_streams.inc()
+    task = asyncio.current_task()
+    if task is not None:
+        rt.streams.add(task)
+    try:
+        await client.prepare(request)
+        await _pump(rt, ex, client, relay, opened, ending)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        pass  # the client left; what was produced so far is still charged
+    finally:
+        rt.metrics.active_streams.dec()
+        if task is not None:
+            rt.streams.discard(task)
+        response.release()
+        rt.balancer.release(upstream)
+        ex.usage = relay.usage
+        ex.completion_chunks = relay.estimated_completion_tokens()
+        if relay.usage is None and relay.done and not ex.error:
+            ex.estimated = True
+    return client
+
+
+async def _pump(
+    rt: Runtime,
+    ex: Exchange,
+    client: web.StreamResponse,
+    relay: NativeRelay,
+    opened: Opened,
+    ending: Ending,
+) -> None:
+    """Relay until the worker's stream ends; the response is kept before its terminal event
+    goes out. A failure after the head is an ``error`` event."""
+    upstream, response, chunk = opened
+    public, (pattern, keep) = ending
+    splitter, idle, kept = SSESplitter(), upstream.timeouts.idle, False
+    loop = asyncio.get_running_loop()
+    try:
+        with Silence(idle) as silence:
+            while chunk:
+                if events := splitter.feed(chunk):
+                    head, tail = relay.relay(events)
+                    await client.write(answers.rename(head, pattern, public, False))
+                    if tail:
+                        if relay.final is not None and not kept:
+                            kept = True
+                            relay.final["model"] = public
+                            await keep(relay.final)
+                        await client.write(answers.rename(tail, pattern, public, False))
+                silence.since = loop.time()
+                chunk = await read_chunk(response, upstream)
+                silence.since = None
+        if not relay.done:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' ended the stream before it was complete."
+            )
+    except TimeoutError:
+        err: GatewayError = UpstreamTimeout(
+            f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the answer."
+        )
+        await _broken(rt, ex, client, relay, upstream, err)
+    except GatewayError as exc:
+        await _broken(rt, ex, client, relay, upstream, exc)
+    await client.write_eof()
+
+
+async def _broken(
+    rt: Runtime,
+    ex: Exchange,
+    client: web.StreamResponse,
+    relay: NativeRelay,
+    upstream: Upstream,
+    err: GatewayError,
+) -> None:
+    """The head is sent: the client learns of the failure from an ``error`` event."""
+    forward.failed(rt, upstream)
+    ex.error = True
+    await client.write(relay.error(err))
