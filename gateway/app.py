@@ -179,6 +179,7 @@ def create_app(runtime: Runtime) -> web.Application:
     )
     app[RUNTIME] = runtime
     app[ALERTS] = build_alerts(runtime)
+    runtime.limiter.on_admitted = app[ALERTS].observe_verdict  # usage thresholds
 
     def trusts_proto(request: web.BaseRequest) -> bool:
         """Came over TLS per a trusted proxy (every X-Forwarded-Proto line, read as one list)."""

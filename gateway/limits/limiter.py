@@ -169,6 +169,8 @@ class Limiter:
         self._writing = asyncio.Lock()
         self._behind: float | None = None  # when writing settlements last failed, if it did
         self._recovered = asyncio.Event()  # a write succeeded (the writer need not back off)
+        # told of every admission the store decided (alerts watch the thresholds; must not await)
+        self.on_admitted: Callable[[KeyRecord, Plan, Verdict], None] = lambda r, p, v: None
 
     @property
     def _timeout(self) -> float:
@@ -258,6 +260,8 @@ class Limiter:
             )
         ticket = Ticket(admission, verdict, headers, self.clock.monotonic())
         self._in_flight[request_id] = ticket
+        if verdict is not None:
+            self.on_admitted(record, plan, verdict)
         return ticket
 
     async def _decide(self, admission: Admission, model: str) -> Verdict:
