@@ -136,6 +136,10 @@ class ResponsesHandler:
     ) -> web.StreamResponse:
         rt = self.rt
         plan = responses.translate(body, history, rt.config.responses.hosted_tools)
+        model = rt.config.models.get(route.name)
+        ceiling = model.max_output_tokens if model is not None else None
+        if ceiling is not None and plan.chat.get("max_tokens", 0) > ceiling:
+            plan.chat["max_tokens"] = ceiling  # what the model's workers generate at most
         headers = {DROPPED: ", ".join(plan.dropped)} if plan.dropped else {}
         made = shape(body, new_id(), int(rt.clock.time()), body["model"], plan.names)
         turn = _Turn(rt, made, keep, headers)

@@ -41,10 +41,15 @@ Opened = tuple[Upstream, Response, bytes]
 PATH = "/v1/responses"
 
 
-def payload(body: dict[str, Any], history: list[Any], route: ModelRoute) -> bytes:
-    """The worker's request: the model mapped, the stored conversation in ``input``."""
+def payload(
+    body: dict[str, Any], history: list[Any], route: ModelRoute, ceiling: int | None
+) -> bytes:
+    """The worker's request: the model mapped, the stored conversation in ``input``,
+    ``max_output_tokens`` lowered to the model's ``ceiling``."""
     out = dict(body)
     out["model"] = route.upstream_model
+    if ceiling is not None and (out.get("max_output_tokens") or 0) > ceiling:
+        out["max_output_tokens"] = ceiling
     if history:
         out["input"] = [*history, *responses.items_of(body)]
     out.pop("previous_response_id", None)
@@ -63,13 +68,16 @@ async def create(
     keep: Keep,
 ) -> web.StreamResponse:
     record, route = who
-    sent = payload(body, history, route)
+    model = rt.config.models.get(route.name)
+    ceiling = model.max_output_tokens if model is not None else None
+    sent = payload(body, history, route, ceiling)
     ex.stream = body.get("stream") is True
     region, agent = body.get("region"), body.get("agent_id")
     ex.region = region if isinstance(region, str) and region else None
     ex.agent_id = agent if isinstance(agent, str) and agent else None
     ex.prompt_estimate = estimate
     limit = responses.max_output_tokens(body) or route.default_max_tokens
+    limit = min(limit, ceiling) if ceiling is not None else limit
     ticket = await govern.admit(rt, ex, record, route, estimate, limit)
     try:
         opened = await forward.open_answer(rt, request, ex, route, PATH, sent)

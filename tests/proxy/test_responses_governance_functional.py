@@ -187,3 +187,23 @@ async def test_a_worker_failing_mid_stream_fails_the_response(
         await sdk(server, default_headers={"x-mock-status": "500"}).responses.create(
             model="mock-model", input="x"
         )
+
+
+async def test_max_output_tokens_is_clamped_to_the_models(
+    gateway_factory: Any, mock: tuple[int, MockState], fake: FakeUpstream
+) -> None:
+    """A model whose workers generate at most 500 tokens: a request asking 5,000 is sent with
+    500 and reserves 500 (a daily limit of 1,000 admits it)."""
+    text = (
+        responses_yaml(mock[0], fake.url)
+        .replace('"upstream_model": "mock-upstream",', '"upstream_model": "mock-upstream", '
+                 '"max_output_tokens": 500,')
+        .replace("permissions: ['chat'], rpm_limit: 2", "permissions: ['chat'], daily_limit: 1000")
+    )  # fmt: skip
+    server = await gateway_factory(text)
+    server_state = mock[1]
+    answer = await sdk(server, api_key=RPM2_KEY).responses.create(
+        model="mock-model", input="hi", max_output_tokens=5000
+    )
+    assert answer.max_output_tokens == 5000  # what was asked, as OpenAI repeats it
+    assert server_state.requests[-1][1]["max_tokens"] == 500
