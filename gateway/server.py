@@ -22,7 +22,7 @@ from gateway import ports
 from gateway.app import build_runtime, create_admin_app, create_app
 from gateway.clock import Clock
 from gateway.config.reload import Outcome, Reloader, restart_needed
-from gateway.config.schema import Config
+from gateway.config.schema import PERMISSIONS, Config
 from gateway.runtime import Runtime
 from gateway.web.protocol import QuietAppRunner
 
@@ -142,7 +142,9 @@ class Server:
         plan = self.config.default_plan
         if roomy is not None:
             plan = await lifecycle.set_plan("demo", roomy.name)
-        _, key = await lifecycle.create("demo", {"name": "Demo key"})
+        # every API the demo serves: chat, embeddings, audio, images (and vision)
+        demo = {"name": "Demo key", "permissions": sorted(PERMISSIONS)}
+        _, key = await lifecycle.create("demo", demo)
         base = f"http://{self.config.listen.host}:{self.port}"
         print(
             f"\nDemo key (owner demo on plan {plan!r}; other owners start on "

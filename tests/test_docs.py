@@ -53,9 +53,10 @@ plans: {{free: {{}}}}
 keys: {{static: [{{id: k, owner: o, sha256: "{"0" * 64}"}}]}}
 routes: [{{prefix: /p/, upstream: u}}]
 mock_worker: {{}}
+alerts: {{webhooks: [{{url: "http://127.0.0.1:1/hook", secret: s}}]}}
 """
 ENTRY = {"<name>": {"upstreams": "u", "models": "m", "plans": "free"}}
-LIST_SECTIONS = {"keys.static", "routes"}
+LIST_SECTIONS = {"keys.static", "routes", "alerts.webhooks"}
 
 
 def _is_dataclass_type(hint: Any) -> bool:

@@ -134,7 +134,14 @@ async def test_owners_set_and_show_through_the_admin_api(server: Server) -> None
     code, out, err = await agateway("owners", "show", "acme", "--json", *target(server))
     view = orjson.loads(out)
     assert view["plan"] == "pro" and view["planSource"] == "owner"
-    assert view["limits"] == {"maxKeys": 10, "monthlyTokens": 50000, "rpm": 40000}
+    assert view["limits"] == {
+        "maxKeys": 10,
+        "monthlyTokens": 50000,
+        "rpm": 40000,
+        "tpm": None,
+        "monthlyBudgetUsd": None,
+        "overage": "block",
+    }
     assert view["keys"] == {"total": 2, "active": 2}
     assert view["usage"]["requests"] == 1 and view["usage"]["tokens"] > 0
     code, out, _ = await agateway("owners", "show", "acme", *target(server))
