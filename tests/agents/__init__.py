@@ -1,0 +1,1 @@
+"""The real coding agents (Claude Code, Codex CLI) through the gateway."""
