@@ -235,6 +235,8 @@ def test_restart_sections_are_in_the_operations_doc() -> None:
 # --- README and docs stand on their own --------------------------------------------------------
 REPO = DOCS.parent
 PAGES = [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+
+
 def _pages() -> list[pathlib.Path]:
     return PAGES
 

@@ -1,5 +1,6 @@
 """Who is calling: the key service finds the caller's key record (from a local cache kept fresh
-by the store's broadcast, else the store) and refuses what the admission order refuses, in that order (docs/api.md).
+by the store's broadcast, else the store) and refuses what the admission order refuses, in that
+order (docs/api.md).
 
 Failed guesses are limited per client IP, exactly across processes: each failure is counted in
 the store (``auth_failure``), the count decides the answer (past ``auth.max_failures_per_minute``

@@ -1,4 +1,5 @@
-"""Admission and settlement of requests against every limit of their key and owner (docs/api.md, Limits).
+"""Admission and settlement of requests against every limit of their key and owner (the
+limits of docs/api.md).
 
 ``admit`` is one store round trip. Its verdict becomes the ``x-ratelimit-*`` headers (and the
 ``anthropic-ratelimit-*`` ones) or a 429 with a true ``Retry-After``. Settlements are queued and

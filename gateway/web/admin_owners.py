@@ -18,8 +18,8 @@ from gateway.errors import StoreUnavailable
 from gateway.limits import windows
 from gateway.records import KeyRecord, UsageDay
 from gateway.runtime import Runtime
-from gateway.usage import usage_cost
 from gateway.store.base import StoreError
+from gateway.usage import usage_cost
 from gateway.web.keys_api import acting_owner
 from gateway.web.respond import json_response
 
