@@ -39,6 +39,7 @@ from gateway.config.schema import (
     Store,
     Timeouts,
     Tls,
+    Tracing,
     Upstream,
 )
 
@@ -73,6 +74,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     alerts = section_alerts.read(top.obj("alerts"))
     routing = rs.routing(top.obj("routing"))
     responses = section_responses.read(top.obj("responses"))
+    tracing = _tracing(top.obj("tracing"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -117,6 +119,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         source,
         routing=routing,
         alerts=alerts,
+        tracing=tracing,
         responses=responses,
     )
 
@@ -491,3 +494,21 @@ def _mock_worker(o: Obj) -> MockWorker:
     )
     o.done()
     return out
+
+
+def _tracing(o: Obj) -> Tracing:
+    out = Tracing(
+        otlp_endpoint=o.get("otlp_endpoint", lp.p_optional(_url), None),
+        sample_ratio=o.get("sample_ratio", _ratio, 1.0),
+        service_name=o.get("service_name", lp.p_nonempty, "gateway"),
+        max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
+    )
+    o.done()
+    return out
+
+
+def _ratio(node: Node) -> float:
+    value = lp.p_float(0.0)(node)
+    if value > 1.0:
+        raise lp.Invalid(f"must be from 0 to 1 (a fraction of new traces), got {value:g}")
+    return value

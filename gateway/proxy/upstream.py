@@ -15,6 +15,7 @@ the silences between chunks.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,17 +51,26 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "expect",
 }
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+_TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
 
 
 def forward_headers(
-    client: CIMultiDictProxy[str], upstream: Upstream, request_id: str
+    client: CIMultiDictProxy[str],
+    upstream: Upstream,
+    request_id: str,
+    trace: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The headers sent upstream: the client's end-to-end ones, never its credentials."""
-    drop = _NOT_FORWARDED
+    """The headers sent upstream: the client's end-to-end ones, never its credentials. With
+    ``trace`` (tracing on: the attempt's ``traceparent``, and ``tracestate`` when the client's
+    trace is continued) the client's own trace context headers are replaced by it; without,
+    they pass as they came."""
+    drop = _NOT_FORWARDED if trace is None else _NOT_FORWARDED | _TRACE_CONTEXT
     if "Connection" in client:  # every line's names (a client may send several)
         lines = client.getall("Connection")
         drop = drop | {n.strip().lower() for line in lines for n in line.split(",")}
     headers = {k: v for k, v in client.items() if k.lower() not in drop}
+    if trace is not None:
+        headers.update(trace)
     headers["Content-Type"] = "application/json"
     headers["X-Request-ID"] = request_id
     if upstream.api_key:

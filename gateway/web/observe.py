@@ -1,4 +1,5 @@
-"""What every answered request leaves behind: its metrics and its access-log line.
+"""What every answered request leaves behind: its metrics, its access-log line, and (refusals
+only) an entry in the process's ring of recent refusals that the console shows.
 
 Called once per request by the edge middleware, after the answer (streams included) ended.
 Never a secret, never a body: only the ``Exchange``'s fields.
@@ -6,6 +7,8 @@ Never a secret, never a body: only the ``Exchange``'s fields.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
 from aiohttp import web
@@ -21,10 +24,50 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+RECENT_REFUSALS = 200
+
+# One refused request: (epoch seconds, reason, status, route, key id, owner, model, client IP,
+# request id).
+Refused = tuple[float, str, int, str, str | None, str | None, str | None, str | None, str]
+
+
+class RecentRefusals:
+    """The last ``RECENT_REFUSALS`` refusals of this process, newest last: one bounded deque,
+    appended to once per refused request (never on an admitted one)."""
+
+    def __init__(self, size: int = RECENT_REFUSALS) -> None:
+        self.entries: deque[Refused] = deque(maxlen=size)
+
+    def owners(self) -> set[str]:
+        return {entry[5] for entry in self.entries if entry[5]}
+
+    def to_api(self) -> list[dict[str, Any]]:
+        """Newest first, as the console's API serves them."""
+        return [
+            {
+                "time": at,
+                "reason": reason,
+                "status": status,
+                "route": route,
+                "keyId": key_id,
+                "owner": owner,
+                "model": model,
+                "clientIp": client_ip,
+                "requestId": request_id,
+            }
+            for at, reason, status, route, key_id, owner, model, client_ip, request_id in reversed(
+                self.entries
+            )
+        ]
+
+
 class Observer:
-    def __init__(self, metrics: Metrics, access: AccessLog | None) -> None:
+    def __init__(
+        self, metrics: Metrics, access: AccessLog | None, recent: RecentRefusals | None = None
+    ) -> None:
         self.metrics = metrics
         self.access = access
+        self.recent = recent.entries if recent is not None else None
         # Labelled children by label values: ``labels()`` costs a lock, a tuple and a ``str`` of
         # every value each time. A child is made when the original call would have made it (a
         # child is a series on /metrics from then on, even at zero).
@@ -52,6 +95,20 @@ class Observer:
             if refused is None:
                 refused = self._refused[refusal] = self.metrics.refusals.labels(refusal)
             refused.inc()
+            if self.recent is not None:
+                self.recent.append(
+                    (
+                        time.time(),
+                        refusal,
+                        status,
+                        route,
+                        ex.key_id,
+                        ex.owner,
+                        ex.model,
+                        ex.client_ip,
+                        ex.request_id,
+                    )
+                )
         ttft = ex.ttft
         upstream = ex.upstream
         if ttft is not None and upstream is not None:
