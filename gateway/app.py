@@ -23,17 +23,18 @@ from gateway.periodic import Periodic
 from gateway.proxy.exchange import EXCHANGE
 from gateway.proxy.upstream import UpstreamClient, probe, scrape
 from gateway.routing.balancer import Balancer
+from gateway.routing.capacity import Capacity
 from gateway.routing.discovery import Discovery
 from gateway.routing.health import HealthChecker
 from gateway.routing.router import Router
 from gateway.routing.signals import SignalScraper
 from gateway.runtime import Runtime
 from gateway.store.base import Store
+from gateway.store.capacity_factory import create_lease_store
 from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
 from gateway.store.responses_store import create_responses_store
-from gateway.tracing import Tracer, build_tracer
-from gateway.web import admin, admin_api, admin_owners, console, public
+from gateway.web import admin, admin_api, admin_owners, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
@@ -51,10 +52,12 @@ def build_runtime(
     limiter = Limiter(store, config, clock)
     keys.on_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
     limiter.on_store_error = keys.on_store_error = lambda op: metrics.store_errors.labels(op).inc()
+    balancer = Balancer(clock)
+    leases = create_lease_store(config.store)
     return Runtime(
         config=config,
         router=Router(config, created=int(clock.time())),
-        balancer=Balancer(clock),
+        balancer=balancer,
         client=UpstreamClient(),
         clock=clock,
         store=store,
@@ -62,8 +65,8 @@ def build_runtime(
         lifecycle=KeyLifecycle(keys),
         limiter=limiter,
         metrics=metrics,
-        tracer=build_tracer(config.tracing),
         responses=create_responses_store(config.store, clock),
+        capacity=Capacity(balancer, clock, metrics, config.scheduling, leases),
     )
 
 
@@ -117,6 +120,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await runtime.limiter.stop()
     await runtime.store.close()
     await runtime.responses.close()
+    if runtime.capacity is not None:
+        await runtime.capacity.close()
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -170,21 +175,11 @@ def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[Non
     return flush_every_second
 
 
-def _tracing(tracer: Tracer) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def export_in_the_background(app: web.Application) -> AsyncIterator[None]:
-        await tracer.start()
-        yield
-        await tracer.stop()  # what is queued goes out first
-
-    return export_in_the_background
-
-
 def create_app(runtime: Runtime) -> web.Application:
     """The public listener's application."""
     config = runtime.config
     ids = RequestIds()
-    access = AccessLog() if config.log.access else None
-    observer = Observer(runtime.metrics, access, runtime.refusals)
+    observer = Observer(runtime.metrics, AccessLog() if config.log.access else None)
     app = web.Application(
         middlewares=[edge_middleware(ids, runtime.clock.monotonic, observer.done)],
         client_max_size=config.network.max_body_bytes,
@@ -210,8 +205,6 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(_services)
     if observer.access is not None:
         app.cleanup_ctx.append(_flusher(observer.access))
-    if runtime.tracer.enabled:
-        app.cleanup_ctx.append(_tracing(runtime.tracer))
     public.add_routes(app, runtime)
     return app
 
@@ -223,5 +216,4 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.add_routes(app, runtime)
     admin_api.add_routes(app, runtime)
     admin_owners.add_routes(app, runtime)
-    console.add_routes(app, runtime)  # /console and its read-only API under /admin/console/
     return app

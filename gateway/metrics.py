@@ -209,6 +209,32 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.queue_length = Gauge(
+            "gateway_queue_length",
+            "Requests waiting for a slot of a full model, by the owner's plan.",
+            ["plan"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds",
+            "Time requests waited in the queue of a full model (served or not), by plan.",
+            ["plan"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_grants = Counter(
+            "gateway_queue_grants",
+            "Slots handed to waiting requests, by the owner's plan (their split follows shares).",
+            ["plan"],
+            registry=r,
+        )
+        self.queue_refused = Counter(
+            "gateway_queue_refused",
+            "Requests refused 429 queue_full, by plan and the bound passed (owner, gateway).",
+            ["plan", "bound"],
+            registry=r,
+        )
 
 
     def render(self) -> bytes:

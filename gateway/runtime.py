@@ -17,11 +17,10 @@ from gateway.limits.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.proxy.upstream import UpstreamClient
 from gateway.routing.balancer import Balancer
+from gateway.routing.capacity import Capacity
 from gateway.routing.router import Router
 from gateway.store.base import Store
 from gateway.store.responses_store import ResponsesStore
-from gateway.tracing import NO_TRACER, Tracer
-from gateway.web.observe import RecentRefusals
 
 
 @dataclass(slots=True)
@@ -41,12 +40,13 @@ class Runtime:
     usage_dropped_seen: int = 0
     streams: set[asyncio.Task[Any]] = field(default_factory=set)  # relaying, for the drain
     reload: Callable[[str], Awaitable[Outcome]] | None = None
-    tracer: Tracer = NO_TRACER  # read at start: a reload does not change it
-    refusals: RecentRefusals = field(default_factory=RecentRefusals)  # the console's, per process
+    capacity: Capacity | None = None  # upstream slots and the queue of full models
 
     def apply(self, config: Config) -> None:
         """Swap in a new config whole; requests in flight keep the objects they hold."""
         self.router = Router(config, created=int(self.clock.time()))
         self.keys.configure(config)
         self.limiter.configure(config)
+        if self.capacity is not None:
+            self.capacity.scheduling = config.scheduling
         self.config = config

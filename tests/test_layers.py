@@ -32,6 +32,7 @@ PURE = {
     "gateway.limits",
     "gateway.limits.windows",
     "gateway.limits.money",
+    "gateway.limits.fairqueue",
     "gateway.routing",
     "gateway.routing.router",
     "gateway.dialects",

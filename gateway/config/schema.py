@@ -108,6 +108,9 @@ class Plan:
     tpm: int | None = None  # tokens in any rolling minute, across the owner's keys
     monthly_budget_usd: float | None = None  # dollars a month, across the owner's keys
     overage: Overage = "block"  # past monthly_tokens: refuse, or serve and report it apart
+    share: float = 1.0  # weight in the queue for full models (fair queuing by owner)
+    priority: int = 0  # a higher class is served first from that queue
+    max_queued: int | None = None  # the owner's requests waiting at once; None: only max_queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +135,7 @@ class Upstream:
     api_key: str | None = field(default=None, repr=False)
     region: str | None = None
     weight: float = 1.0
-    max_concurrency: int = 256
+    max_concurrency: int | None = None  # requests at once, all gateway processes; None: no cap
     timeouts: Timeouts = Timeouts()
     health_path: str | None = None  # None: try /health, then /v1/models
     metrics_path: str | None = None  # a Prometheus page of worker signals (queue, KV cache)
@@ -263,22 +266,20 @@ class Alerts:
 
 
 @dataclass(frozen=True, slots=True)
+class Scheduling:
+    """The queue in front of models whose upstreams are all at their ``max_concurrency``."""
+
+    max_wait: float = 30.0  # seconds a request may wait for a slot; then 503 queue_timeout
+    max_queue: int = 10_000  # requests waiting at once, all models; past it 429 queue_full
+
+
+@dataclass(frozen=True, slots=True)
 class Responses:
     """The Responses API's stored responses and the tools translate mode cannot give a worker."""
 
     ttl_days: int = 30  # how long a stored response is kept
     hosted_tools: Literal["drop", "reject"] = "drop"  # web_search, file_search, ...
     max_stored_bytes: int = 1_048_576  # a larger response (with its input) is not stored
-
-
-@dataclass(frozen=True, slots=True)
-class Tracing:
-    """OpenTelemetry traces over OTLP/HTTP (JSON); off while ``otlp_endpoint`` is None."""
-
-    otlp_endpoint: str | None = None  # the collector's base URL; spans go to <it>/v1/traces
-    sample_ratio: float = 1.0  # of new traces; a client's traceparent decides its own
-    service_name: str = "gateway"
-    max_queue: int = 2048  # spans waiting for export; beyond, new ones are dropped (counted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,5 +302,5 @@ class Config:
     source: str = "<defaults>"
     routing: Routing = Routing()  # given by name: other sections are added after ``source`` too
     alerts: Alerts = Alerts()
-    tracing: Tracing = Tracing()
     responses: Responses = Responses()
+    scheduling: Scheduling = Scheduling()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config import routing_sections as rs
-from gateway.config import section_alerts, section_responses
+from gateway.config import section_alerts, section_responses, section_scheduling
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
@@ -39,7 +39,6 @@ from gateway.config.schema import (
     Store,
     Timeouts,
     Tls,
-    Tracing,
     Upstream,
 )
 
@@ -74,7 +73,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     alerts = section_alerts.read(top.obj("alerts"))
     routing = rs.routing(top.obj("routing"))
     responses = section_responses.read(top.obj("responses"))
-    tracing = _tracing(top.obj("tracing"))
+    scheduling = section_scheduling.read(top.obj("scheduling"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -119,8 +118,8 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         source,
         routing=routing,
         alerts=alerts,
-        tracing=tracing,
         responses=responses,
+        scheduling=scheduling,
     )
 
 
@@ -337,6 +336,7 @@ def _plans(o: Obj) -> dict[str, Plan]:
             p.get("tpm", limit, None),
             p.get("monthly_budget_usd", _budget, None),
             cast(Overage, p.get("overage", lp.p_enum("block", "allow"), "block")),
+            **section_scheduling.plan_settings(p),
         )
         p.done()
     return plans
@@ -371,7 +371,7 @@ def _upstreams(o: Obj) -> dict[str, Upstream]:
             api_key=u.get("api_key", lp.p_optional(lp.p_str), None),
             region=u.get("region", lp.p_optional(lp.p_str), None),
             weight=u.get("weight", lp.p_float(0.0, exclusive=True), 1.0),
-            max_concurrency=u.get("max_concurrency", lp.p_int(1), 256),
+            max_concurrency=u.get("max_concurrency", lp.p_optional(lp.p_int(1)), None),
             timeouts=timeouts,
             health_path=u.get("health_path", lp.p_optional(lp.p_str), None),
             **rs.upstream_settings(u),
@@ -494,21 +494,3 @@ def _mock_worker(o: Obj) -> MockWorker:
     )
     o.done()
     return out
-
-
-def _tracing(o: Obj) -> Tracing:
-    out = Tracing(
-        otlp_endpoint=o.get("otlp_endpoint", lp.p_optional(_url), None),
-        sample_ratio=o.get("sample_ratio", _ratio, 1.0),
-        service_name=o.get("service_name", lp.p_nonempty, "gateway"),
-        max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
-    )
-    o.done()
-    return out
-
-
-def _ratio(node: Node) -> float:
-    value = lp.p_float(0.0)(node)
-    if value > 1.0:
-        raise lp.Invalid(f"must be from 0 to 1 (a fraction of new traces), got {value:g}")
-    return value

@@ -208,7 +208,7 @@ class ChatHandler:
             lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
             ex.request_id,
         )
-        upstream = chain.first() or await chain.fall_back("connect")
+        upstream = await self._first(chain, ex) or await chain.fall_back("connect")
         error: GatewayError | None = None
         while upstream is not None:
             balancer.acquire(upstream)
@@ -236,6 +236,15 @@ class ChatHandler:
         raise error or UpstreamUnavailable(
             f"No upstream of model '{route.name}' is available; try again shortly.", status=503
         )
+
+    async def _first(self, chain: Chain, ex: Exchange) -> Upstream | None:
+        """The first upstream: the balancer's pick, or a slot after a wait in the model's
+        queue when every upstream is full (``routing.capacity``)."""
+        capacity = self.rt.capacity
+        if capacity is None:
+            return chain.first()
+        owner = ex.owner or "-"
+        return await capacity.first(chain, owner, lambda: self.rt.limiter.plan_of(owner))
 
     def _failed(self, upstream: Upstream) -> None:
         self.rt.balancer.failed(upstream)

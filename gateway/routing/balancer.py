@@ -19,7 +19,7 @@ Discovered upstreams (``discover: dns``) stand in for the entry they were found 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gateway.clock import Clock
@@ -57,6 +57,11 @@ class UpstreamState:
         return self.waiting > 0 and self.signals_until > now
 
 
+def _full(state: UpstreamState, upstream: Upstream) -> bool:
+    cap = upstream.max_concurrency
+    return cap is not None and state.in_flight >= cap
+
+
 class Balancer:
     """Tracks in-flight counts, failures and signals of every upstream of this process."""
 
@@ -70,6 +75,7 @@ class Balancer:
         self._turns: dict[str, int] = {}  # round_robin's position, per model
         self.in_flight = 0  # requests holding an upstream, all upstreams together
         self.budget = RetryBudget()
+        self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
 
     def state(self, name: str) -> UpstreamState:
         state = self._state.get(name)
@@ -121,7 +127,7 @@ class Balancer:
         states = self._state
         for upstream in pool:
             state = states.get(upstream.name) or self.state(upstream.name)
-            if state.ejected_until > now or state.in_flight >= upstream.max_concurrency:
+            if state.ejected_until > now or _full(state, upstream):
                 continue
             if state.signals_until > now:
                 score = (state.in_flight + state.others + state.cache + 1) / upstream.weight
@@ -141,7 +147,7 @@ class Balancer:
         usable = []
         for upstream in pool:
             state = self.state(upstream.name)
-            usable.append(state.ejected_until <= now and state.in_flight < upstream.max_concurrency)
+            usable.append(state.ejected_until <= now and not _full(state, upstream))
         return usable
 
     def _candidates(self, pool: Sequence[Upstream], region: str | None) -> list[Upstream]:
@@ -179,7 +185,7 @@ class Balancer:
         for upstream in pool:
             state = self.state(upstream.name)
             loads.append(state.load(now))
-            ok = state.ejected_until <= now and state.in_flight < upstream.max_concurrency
+            ok = state.ejected_until <= now and not _full(state, upstream)
             usable.append(ok)
             local.append(ok and upstream.region == region)
         if region is not None and any(local):
@@ -242,6 +248,14 @@ class Balancer:
         self.in_flight += 1
 
     def release(self, upstream: Upstream) -> None:
+        self.state(upstream.name).in_flight -= 1
+        self.in_flight -= 1
+        if self.on_release is not None:
+            self.on_release(upstream)
+
+    def handover(self, upstream: Upstream) -> None:
+        """A slot counted for a waiting request, uncounted just before its handler counts it
+        (``routing.capacity``): no release, nothing is woken."""
         self.state(upstream.name).in_flight -= 1
         self.in_flight -= 1
 

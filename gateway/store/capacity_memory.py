@@ -1,0 +1,48 @@
+"""Upstream leases in this process (``store.capacity`` semantics), on an injected clock: the
+twin the Redis implementation is held to, for tests. The gateway on ``memory://`` needs none:
+the balancer's in-flight count is the whole truth of one process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.clock import Clock
+from gateway.store.capacity import LEASE_SECONDS
+
+
+class MemoryLeaseStore:
+    def __init__(self, clock: Clock, lease_seconds: float = LEASE_SECONDS) -> None:
+        self.clock = clock
+        self.lease_seconds = lease_seconds
+        self._sets: dict[str, dict[str, float]] = {}
+
+    def _live(self, upstream: str) -> dict[str, float]:
+        now = self.clock.monotonic()
+        leases = self._sets.setdefault(upstream, {})
+        for lease in [lease for lease, until in leases.items() if until <= now]:
+            del leases[lease]
+        return leases
+
+    async def acquire(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
+        for index, (upstream, cap) in enumerate(candidates):
+            leases = self._live(upstream)
+            if len(leases) < cap:
+                leases[lease] = self.clock.monotonic() + self.lease_seconds
+                return index
+        return -1
+
+    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
+        for upstream, lease in leases:
+            held = self._live(upstream)
+            if lease in held:
+                held[lease] = self.clock.monotonic() + self.lease_seconds
+
+    async def release(self, leases: Sequence[tuple[str, str]]) -> None:
+        for upstream, lease in leases:
+            self._sets.get(upstream, {}).pop(lease, None)
+
+    async def held(self, upstream: str) -> int:
+        return len(self._live(upstream))
+
+    async def close(self) -> None:
+        self._sets.clear()

@@ -1,0 +1,210 @@
+"""Full models over real sockets: an upstream with ``max_concurrency`` held busy by a fake
+upstream that counts the requests it holds at once; requests wait in the fair queue instead of
+getting a 503, are served by their owners' shares, and are refused (429 queue_full, 503
+queue_timeout) with a Retry-After; with two gateways on one Redis the cap holds across both."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.server import Server
+from tests.clients import TEST_KEY, TEST_KEY_SHA
+from tests.conftest import GatewayFactory, gateway_yaml
+from tests.fakes import FakeUpstream, completion
+
+HEAVY_KEY = "heavy-static-key-0123456789abcdef"
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Busy:
+    """What the fake upstream does with each request: hold it (``gate`` closed) or for
+    ``delay`` seconds, counting requests held at once and recording who was served."""
+
+    delay: float = 0.0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    held: int = 0
+    peak: int = 0
+    served: list[str] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        self.served.append(str(body["messages"][0]["content"]))
+        self.arrived.set()
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)  # the worker's own work, not a wait of the test
+            else:
+                await self.gate.wait()
+        finally:
+            self.held -= 1
+        return web.json_response(completion("done"))
+
+
+def config(url: str, cap: int, store: str = "memory://", extra: str = "") -> str:
+    return gateway_yaml(
+        {"gpu": url},
+        {"m": {"upstreams": ["gpu"]}},
+        extra=(
+            "keys: {static: ["
+            f"{{id: light, owner: light, sha256: '{TEST_KEY_SHA}'}}, "
+            f"{{id: heavy, owner: heavy, sha256: '{_sha(HEAVY_KEY)}'}}]}}\n"
+            "plans: {free: {share: 1, max_queued: 50}, pro: {share: 4, max_queued: 50}}\n"
+            f"store: {{url: '{store}'}}\n" + extra
+        ),
+    ).replace(f"url: '{url}',", f"url: '{url}', max_concurrency: {cap},")
+
+
+async def chat(
+    http: aiohttp.ClientSession, server: Server, who: str, key: str = TEST_KEY
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    async with http.post(
+        f"http://127.0.0.1:{server.port}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "m", "messages": [{"role": "user", "content": who}]},
+    ) as reply:
+        return reply.status, dict(reply.headers), orjson.loads(await reply.read())
+
+
+async def until(check: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def queued(http: aiohttp.ClientSession, server: Server, plan: str = "free") -> float:
+    """The gateway's own count of waiting requests of ``plan`` (its /metrics page)."""
+    async with http.get(f"http://127.0.0.1:{server.admin_port}/metrics") as reply:
+        text = await reply.text()
+    for line in text.splitlines():
+        if line.startswith(f'gateway_queue_length{{plan="{plan}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def test_shares_split_slots_one_to_four(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Two owners, plans of shares 1 and 4, each with far more requests than the upstream's 2
+    slots: while both wait, the heavy owner is served about 4 times as often; every request
+    is served (none refused) and the upstream never holds more than 2."""
+    busy = Busy(delay=0.01)
+    fake.script = busy
+    server = await gateway_factory(config(fake.url, 2))
+    await server.runtime.store.set_plan("heavy", "pro")
+    tasks = []
+    for _ in range(30):
+        tasks.append(asyncio.create_task(chat(http, server, "light")))
+        tasks.append(asyncio.create_task(chat(http, server, "heavy", HEAVY_KEY)))
+    answers = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert [status for status, _, _ in answers] == [200] * 60
+    assert busy.peak == 2
+    first = busy.served[:30]  # both owners still had plenty waiting
+    assert 21 <= first.count("heavy") <= 27, first
+
+
+async def test_a_request_that_waits_too_long_gets_queue_timeout(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    busy = Busy()
+    fake.script = busy
+    server = await gateway_factory(config(fake.url, 1, extra="scheduling: {max_wait: 0.3}\n"))
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    started = time.monotonic()
+    status, headers, body = await chat(http, server, "second")
+    assert (status, body["error"]["code"]) == (503, "queue_timeout")
+    assert 0.3 <= time.monotonic() - started < 3
+    assert int(headers["Retry-After"]) >= 1
+    assert busy.served == ["first"]  # the waiting one never reached the upstream
+    busy.gate.set()
+    assert (await holder)[0] == 200
+
+
+async def test_past_max_queued_is_refused_queue_full(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    busy = Busy()
+    fake.script = busy
+    text = config(fake.url, 1).replace("free: {share: 1, max_queued: 50}", "free: {max_queued: 1}")
+    server = await gateway_factory(text)
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    waiting = asyncio.create_task(chat(http, server, "second"))
+    await until(lambda: _equals(queued(http, server), 1.0))
+    status, headers, body = await chat(http, server, "third")
+    assert (status, body["error"]["code"]) == (429, "queue_full")
+    assert int(headers["Retry-After"]) >= 1
+    busy.gate.set()
+    assert [(await holder)[0], (await waiting)[0]] == [200, 200]
+    assert busy.served == ["first", "second"]
+
+
+async def test_a_client_that_leaves_frees_its_place(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The owner may queue one request: once the waiting client hangs up, another of the
+    owner's requests takes its place, and is the one served when the slot frees."""
+    busy = Busy()
+    fake.script = busy
+    text = config(fake.url, 1).replace("free: {share: 1, max_queued: 50}", "free: {max_queued: 1}")
+    server = await gateway_factory(text)
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    leaving = asyncio.create_task(chat(http, server, "leaves"))
+    await until(lambda: _equals(queued(http, server), 1.0))
+    leaving.cancel()
+    await until(lambda: _equals(queued(http, server), 0.0))
+    staying = asyncio.create_task(chat(http, server, "stays"))
+    await until(lambda: _equals(queued(http, server), 1.0))
+    busy.gate.set()
+    assert [(await holder)[0], (await staying)[0]] == [200, 200]
+    assert busy.served == ["first", "stays"]
+
+
+@pytest.mark.parametrize("gateways", [2])
+async def test_two_gateways_on_redis_never_pass_the_cap(
+    gateways: int,
+    gateway_factory: GatewayFactory,
+    fake: FakeUpstream,
+    redis_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Two gateways sharing one Redis, an upstream with max_concurrency 2: 24 requests sent to
+    both at once are all served, and the upstream never holds more than 2 at a time (each
+    gateway alone would have allowed 2)."""
+    busy = Busy(delay=0.02)
+    fake.script = busy
+    servers = [await gateway_factory(config(fake.url, 2, redis_url)) for _ in range(gateways)]
+    tasks = [asyncio.create_task(chat(http, servers[i % gateways], f"r{i}")) for i in range(24)]
+    answers = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert [status for status, _, _ in answers] == [200] * 24
+    assert busy.peak == 2
+    assert len(busy.served) == 24
+
+
+async def _equals(value: Awaitable[float], expected: float) -> bool:
+    return await value == expected
