@@ -34,7 +34,8 @@ from gateway.store.capacity_factory import create_lease_store
 from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
 from gateway.store.responses_store import create_responses_store
-from gateway.web import admin, admin_api, admin_owners, public
+from gateway.tracing import Tracer, build_tracer
+from gateway.web import admin, admin_api, admin_owners, console, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
@@ -65,6 +66,7 @@ def build_runtime(
         lifecycle=KeyLifecycle(keys),
         limiter=limiter,
         metrics=metrics,
+        tracer=build_tracer(config.tracing),
         responses=create_responses_store(config.store, clock),
         capacity=Capacity(balancer, clock, metrics, config.scheduling, leases),
     )
@@ -175,11 +177,21 @@ def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[Non
     return flush_every_second
 
 
+def _tracing(tracer: Tracer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def export_in_the_background(app: web.Application) -> AsyncIterator[None]:
+        await tracer.start()
+        yield
+        await tracer.stop()  # what is queued goes out first
+
+    return export_in_the_background
+
+
 def create_app(runtime: Runtime) -> web.Application:
     """The public listener's application."""
     config = runtime.config
     ids = RequestIds()
-    observer = Observer(runtime.metrics, AccessLog() if config.log.access else None)
+    access = AccessLog() if config.log.access else None
+    observer = Observer(runtime.metrics, access, runtime.refusals)
     app = web.Application(
         middlewares=[edge_middleware(ids, runtime.clock.monotonic, observer.done)],
         client_max_size=config.network.max_body_bytes,
@@ -205,6 +217,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app.cleanup_ctx.append(_services)
     if observer.access is not None:
         app.cleanup_ctx.append(_flusher(observer.access))
+    if runtime.tracer.enabled:
+        app.cleanup_ctx.append(_tracing(runtime.tracer))
     public.add_routes(app, runtime)
     return app
 
@@ -216,4 +230,5 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.add_routes(app, runtime)
     admin_api.add_routes(app, runtime)
     admin_owners.add_routes(app, runtime)
+    console.add_routes(app, runtime)  # /console and its read-only API under /admin/console/
     return app

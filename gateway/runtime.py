@@ -21,6 +21,8 @@ from gateway.routing.capacity import Capacity
 from gateway.routing.router import Router
 from gateway.store.base import Store
 from gateway.store.responses_store import ResponsesStore
+from gateway.tracing import NO_TRACER, Tracer
+from gateway.web.observe import RecentRefusals
 
 
 @dataclass(slots=True)
@@ -40,6 +42,8 @@ class Runtime:
     usage_dropped_seen: int = 0
     streams: set[asyncio.Task[Any]] = field(default_factory=set)  # relaying, for the drain
     reload: Callable[[str], Awaitable[Outcome]] | None = None
+    tracer: Tracer = NO_TRACER  # read at start: a reload does not change it
+    refusals: RecentRefusals = field(default_factory=RecentRefusals)  # the console's, per process
     capacity: Capacity | None = None  # upstream slots and the queue of full models
 
     def apply(self, config: Config) -> None:

@@ -283,6 +283,16 @@ class Responses:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """OpenTelemetry traces over OTLP/HTTP (JSON); off while ``otlp_endpoint`` is None."""
+
+    otlp_endpoint: str | None = None  # the collector's base URL; spans go to <it>/v1/traces
+    sample_ratio: float = 1.0  # of new traces; a client's traceparent decides its own
+    service_name: str = "gateway"
+    max_queue: int = 2048  # spans waiting for export; beyond, new ones are dropped (counted)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, validated configuration. ``source`` is the file it came from."""
 
@@ -300,6 +310,7 @@ class Config:
     log: Log = Log()
     mock_worker: MockWorker | None = None
     source: str = "<defaults>"
+    tracing: Tracing = Tracing()
     routing: Routing = Routing()  # given by name: other sections are added after ``source`` too
     alerts: Alerts = Alerts()
     responses: Responses = Responses()

@@ -39,6 +39,7 @@ from gateway.config.schema import (
     Store,
     Timeouts,
     Tls,
+    Tracing,
     Upstream,
 )
 
@@ -74,6 +75,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     routing = rs.routing(top.obj("routing"))
     responses = section_responses.read(top.obj("responses"))
     scheduling = section_scheduling.read(top.obj("scheduling"))
+    tracing = _tracing(top.obj("tracing"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -118,6 +120,7 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
         source,
         routing=routing,
         alerts=alerts,
+        tracing=tracing,
         responses=responses,
         scheduling=scheduling,
     )
@@ -494,3 +497,21 @@ def _mock_worker(o: Obj) -> MockWorker:
     )
     o.done()
     return out
+
+
+def _tracing(o: Obj) -> Tracing:
+    out = Tracing(
+        otlp_endpoint=o.get("otlp_endpoint", lp.p_optional(_url), None),
+        sample_ratio=o.get("sample_ratio", _ratio, 1.0),
+        service_name=o.get("service_name", lp.p_nonempty, "gateway"),
+        max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
+    )
+    o.done()
+    return out
+
+
+def _ratio(node: Node) -> float:
+    value = lp.p_float(0.0)(node)
+    if value > 1.0:
+        raise lp.Invalid(f"must be from 0 to 1 (a fraction of new traces), got {value:g}")
+    return value
