@@ -54,7 +54,10 @@ def build_runtime(
     keys.on_failure = lambda reason: metrics.auth_failures.labels(reason).inc()
     limiter.on_store_error = keys.on_store_error = lambda op: metrics.store_errors.labels(op).inc()
     balancer = Balancer(clock)
-    leases = create_lease_store(config.store)
+    capacity = Capacity(
+        balancer, clock, metrics, config.scheduling, create_lease_store(config.store)
+    )
+    capacity.configure(config)
     return Runtime(
         config=config,
         router=Router(config, created=int(clock.time())),
@@ -68,7 +71,7 @@ def build_runtime(
         metrics=metrics,
         tracer=build_tracer(config.tracing),
         responses=create_responses_store(config.store, clock),
-        capacity=Capacity(balancer, clock, metrics, config.scheduling, leases),
+        capacity=capacity,
     )
 
 

@@ -52,5 +52,5 @@ class Runtime:
         self.keys.configure(config)
         self.limiter.configure(config)
         if self.capacity is not None:
-            self.capacity.scheduling = config.scheduling
+            self.capacity.configure(config)
         self.config = config

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.clock import Clock
-from gateway.config.schema import Plan, Scheduling, Upstream
+from gateway.config.schema import Config, Plan, Scheduling, Upstream
 from gateway.errors import TooManyRequests, UpstreamUnavailable
 from gateway.limits.fairqueue import Entry, FairQueue
 from gateway.metrics import Metrics
@@ -109,6 +109,18 @@ class Capacity:
         self._ids = itertools.count()
         self._me = uuid.uuid4().hex[:12]
         balancer.on_release = self._freed
+
+    def configure(self, config: Config) -> None:
+        """The scheduling settings, and a series of every queue metric for each plan (at 0,
+        so that a dashboard shows a plan that never waited)."""
+        self.scheduling = config.scheduling
+        m = self.metrics
+        for plan in config.plans:
+            m.queue_length.labels(plan)
+            m.queue_wait.labels(plan)
+            m.queue_grants.labels(plan)
+            for bound in ("owner", "gateway"):
+                m.queue_refused.labels(plan, bound)
 
     # -- the request path -------------------------------------------------------------------
     async def first(
