@@ -206,7 +206,12 @@ class ByteWriter:
         self.parts: list[bytes] = []
 
     def joined(self) -> bytes:
-        return b"".join(self.parts)
+        """The bytes written since the last call (and the writer emptied)."""
+        parts = self.parts
+        if not parts:
+            return b""
+        self.parts = []
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def start(self, message_id: str, model: str, input_tokens: int) -> None:
         dumps = orjson.dumps

@@ -110,6 +110,7 @@ class StreamTranslator:
         "_stop",
         "_tools",
         "_usage",
+        "_writer",
         "message_id",
         "model",
         "text_head",
@@ -129,6 +130,7 @@ class StreamTranslator:
         self._open: _Block | None = None
         self._tools: dict[int, _ToolCall] = {}
         self._held: list[_Held] = []
+        self._writer = ByteWriter()  # the encoded methods' writer, emptied by each
         # While a text block is open and the stream goes on: the bytes of a text delta event up
         # to its text (then the text as a JSON string, then TEXT_DELTA_END); else None.
         self.text_head: bytes | None = None
@@ -176,9 +178,8 @@ class StreamTranslator:
 
     def feed_encoded(self, chunk: dict[str, Any]) -> bytes:
         """``encode_events(self.feed(chunk))``, byte for byte, for less work."""
-        out = ByteWriter()
-        self._feed(chunk, out)
-        return out.joined()
+        self._feed(chunk, self._writer)
+        return self._writer.joined()
 
     def finish(self, output_estimate: int | None = None) -> list[Event]:
         """The closing events, once the upstream stream has ended (idempotent).
@@ -192,9 +193,8 @@ class StreamTranslator:
 
     def finish_encoded(self, output_estimate: int | None = None) -> bytes:
         """``encode_events(self.finish(output_estimate))``, byte for byte, for less work."""
-        out = ByteWriter()
-        self._finish(output_estimate, out)
-        return out.joined()
+        self._finish(output_estimate, self._writer)
+        return self._writer.joined()
 
     def _feed(self, chunk: dict[str, Any], out: Writer) -> None:
         usage = usage_of(raw) if (raw := chunk.get("usage")) is not None else None
