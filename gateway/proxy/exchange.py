@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.tracing import NO_SPAN, RequestSpan
+
 
 @dataclass(slots=True)
 class Exchange:
@@ -39,6 +41,7 @@ class Exchange:
     api: str = "chat"  # the API served (models.<name>.apis' words), for the log and usage
     images: int = 0  # images an images request made
     audio_seconds: float = 0.0  # seconds of audio an audio request took, when reported
+    span: RequestSpan = NO_SPAN  # its trace span (tracing off: the shared no-op)
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

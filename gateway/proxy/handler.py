@@ -43,6 +43,7 @@ from gateway.records import KeyRecord
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
+from gateway.tracing import Span
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -72,10 +73,14 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
     """The upstream's request: an Anthropic body translated (the translator asks a stream for
     usage itself), an OpenAI one passed on with its model mapped and usage always asked for."""
     if is_anthropic:
-        translated = anthropic.to_openai_request(body, route.upstream_model)
+        translated = anthropic.to_openai_request(
+            body, route.upstream_model, route.max_output_tokens
+        )
         return Outbound(dump_upstream(translated), translated.get("stream") is True, True)
     stream = body.get("stream") is True
     body["model"] = route.upstream_model
+    if route.max_output_tokens is not None:
+        _clamp(body, route.max_output_tokens)
     client_usage = False
     if stream:
         client_usage = wants_usage(body)
@@ -87,6 +92,14 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
     return Outbound(dump_upstream(body), stream, client_usage)
 
 
+def _clamp(body: dict[str, object], ceiling: int) -> None:
+    """``max_tokens`` / ``max_completion_tokens`` above the model's ceiling lowered to it."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if type(value) is int and value > ceiling:
+            body[name] = ceiling
+
+
 class ChatHandler:
     """``POST`` on every chat alias."""
 
@@ -95,6 +108,11 @@ class ChatHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ex: Exchange = request[EXCHANGE]
+        ex.span = self.rt.tracer.request(ex, request)
+        with ex.span:
+            return await self._chat(request, ex)
+
+    async def _chat(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
         rt = self.rt
         # The path and header already tell the dialect of a refusal before the body is read.
         ex.anthropic = ex.anthropic or request.path.endswith("/messages")
@@ -137,7 +155,10 @@ class ChatHandler:
         )
         ex.prompt_estimate = estimate  # a cheap over-estimate, settled to the real usage
         allowance = max_output_tokens(body) or route.default_max_tokens
-        ticket = await govern.admit(rt, ex, record, route, ex.prompt_estimate, allowance)
+        if route.max_output_tokens is not None:  # what the model's workers generate at most
+            allowance = min(allowance, route.max_output_tokens)
+        with ex.span.child("admission"):
+            ticket = await govern.admit(rt, ex, record, route, ex.prompt_estimate, allowance)
         try:
             if out.stream:
                 return await self._stream(request, ex, route, out.payload)
@@ -146,7 +167,8 @@ class ChatHandler:
             ex.error = True
             raise
         finally:
-            govern.settle(rt, ex, ticket, route)
+            with ex.span.child("settlement"):
+                govern.settle(rt, ex, ticket, route)
 
     def chat_body(self, request: web.Request, ex: Exchange, parsed: object) -> dict[str, object]:
         """The request as a chat body of its dialect (decided here, once), checked; an API
@@ -213,9 +235,16 @@ class ChatHandler:
         while upstream is not None:
             balancer.acquire(upstream)
             try:
-                response, first = await self._attempt(
-                    request, ex, upstream, chain.payload, chain.peek, chain.wait(upstream)
-                )
+                with ex.span.attempt(upstream.name) as attempt:
+                    response, first = await self._attempt(
+                        request,
+                        ex,
+                        upstream,
+                        chain.payload,
+                        attempt,
+                        chain.peek,
+                        chain.wait(upstream),
+                    )
             except GatewayError as err:
                 kind, error, failed = chain.failure(err, ex.upstream_status), err, upstream
                 if kind is not None and kind != "context_length":
@@ -256,12 +285,13 @@ class ChatHandler:
         ex: Exchange,
         upstream: Upstream,
         payload: bytes,
+        attempt: Span,
         peek: bool = False,
         wait: float | None = None,
     ) -> tuple[Response, bytes]:
         """One try: ``peek`` reads a refusal to tell a context-length error (a fallback may
         take it); ``wait`` bounds the wait for the first byte (default: ``first_byte``)."""
-        headers = forward_headers(request.headers, upstream, ex.request_id)
+        headers = forward_headers(request.headers, upstream, ex.request_id, attempt.trace_headers)
         client, wait = self.rt.client, wait or upstream.timeouts.first_byte
         ex.upstream_status = None  # the worker's status tells a 5xx from a 429 from no answer
         if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
@@ -295,6 +325,7 @@ class ChatHandler:
                 response.close()
             raise
         ex.ttft = self.rt.clock.monotonic() - ex.started
+        attempt.event("first_token")
         return response, first
 
     async def _complete(

@@ -30,6 +30,7 @@ class ModelRoute:
     created: int
     aliases: tuple[str, ...] = ()
     default_max_tokens: int = DEFAULT_MAX_TOKENS
+    max_output_tokens: int | None = None  # a larger max_tokens is lowered to this
     apis: tuple[str, ...] = DEFAULT_APIS  # what the model serves (``models.<name>.apis``)
     routing: ModelRouting = _ROUTING  # how its upstream is chosen
     fallbacks: tuple[str, ...] = ()  # models tried next, in order, when it fails
@@ -56,6 +57,7 @@ class Router:
                 created=created,
                 aliases=model.aliases,
                 default_max_tokens=model.default_max_tokens,
+                max_output_tokens=model.max_output_tokens,
                 apis=model.apis,
                 routing=model.routing,
                 fallbacks=model.fallbacks,

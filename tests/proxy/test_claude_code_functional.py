@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.config.load import ConfigError, parse_text
 from gateway.server import Server
-from tests.clients import claude
+from tests.clients import claude, sdk
 from tests.conftest import GatewayFactory, gateway_yaml
 from tests.fakes import FakeUpstream, completion
 
@@ -74,11 +74,6 @@ def test_max_output_tokens_is_read_from_the_config() -> None:
             parse_text(model_yaml(bad), "t.yaml", env={})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chat handler does not pass the model's max_output_tokens to the translation yet"
-    " (proxy/handler.py outbound(); routing/router.py ModelRoute): see the issue 22 report",
-)
 async def test_a_larger_max_tokens_is_lowered_to_the_model_s_ceiling(
     gateway_factory: GatewayFactory, fake: FakeUpstream
 ) -> None:
@@ -87,7 +82,10 @@ async def test_a_larger_max_tokens_is_lowered_to_the_model_s_ceiling(
     )
     server = await gateway_factory(text)
     await claude(server).messages.create(
-        model="capped", max_tokens=32000, messages=[{"role": "user", "content": "hi"}]
+        model="capped",
+        max_tokens=32000,
+        messages=[{"role": "user", "content": "hi"}],
+        timeout=30,  # the SDK refuses a long non-streamed request without one
     )
     assert fake.seen[-1].body["max_tokens"] == 1000
 
@@ -124,3 +122,22 @@ async def test_thinking_asked_and_given_back(gateway: Server, fake: FakeUpstream
         }
     ]
     assert not {"thinking", "output_config", "context_management"} & sent.keys()
+
+
+async def test_an_openai_max_tokens_is_lowered_to_the_model_s_ceiling(
+    gateway_factory: GatewayFactory, fake: FakeUpstream
+) -> None:
+    """The same ceiling in the OpenAI dialect, for both names of the field."""
+    text = gateway_yaml(
+        {"fake": fake.url}, {"capped": {"upstreams": ["fake"], "max_output_tokens": 1000}}
+    )
+    server = await gateway_factory(text)
+    client = sdk(server)
+    await client.chat.completions.create(
+        model="capped", max_tokens=32000, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert fake.seen[-1].body["max_tokens"] == 1000
+    await client.chat.completions.create(
+        model="capped", max_completion_tokens=500, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert fake.seen[-1].body["max_completion_tokens"] == 500
