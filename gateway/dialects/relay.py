@@ -12,7 +12,8 @@ repeats the same bytes around the text of every such chunk (``{"id":…,"choices
 relay learns that frame from one chunk it has parsed, proves it (the frame around another string
 parses to a plain text chunk), and then only decodes the string literal between the two. Any
 event that does not fit the frame exactly takes the parsing path; either way the client gets the
-same bytes.
+same bytes. The Responses relay (``dialects.responses_stream``) learns frames the same way
+(``learn_frame``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,37 @@ class Relay(Protocol):
     def finish(self) -> bytes: ...
 
     def estimated_completion_tokens(self) -> int: ...
+
+
+Frame = tuple[bytes, bytes, int, int]  # before the text literal, after it, its start and stop
+
+
+def learn_frame(event: bytes, data: bytes, text: str, literal: bytes) -> Frame | None:
+    """The frame of plain text chunks, learned from one (parsed) plain text chunk ``event``
+    (its ``data``, its ``text``, ``literal`` as orjson writes it), if the frame is sound: the
+    same bytes around any other string are a plain text chunk. A relay that knows the frame
+    reads a text chunk's text from its bytes alone (``event[start:stop]``, one literal)."""
+    at = data.find(_CONTENT)
+    if at < 0 or b"\n" in event:  # one line: the event is "data:" or "data: ", then data
+        return None
+    at += len(_CONTENT)
+    # an upstream writing the text otherwise than orjson does is not learned from
+    if not data.startswith(literal, at):
+        return None
+    head, tail = data[:at], data[at + len(literal) :]
+    if not tail:
+        return None
+    # The frame holds if another text in it parses as this one did (a second text: were the
+    # text read from elsewhere, as from a later duplicate key, both would read the same).
+    probe, probe_literal = _PROBE if text != _PROBE[0] else _OTHER_PROBE
+    try:
+        parsed = _loads(head + probe_literal + tail)
+    except JSONDecodeError:
+        return None
+    if type(parsed) is not dict or plain_text(parsed) != probe:
+        return None
+    before = event[: len(event) - len(data)] + head
+    return (before, tail, len(before), -len(tail))
 
 
 class AnthropicRelay:
@@ -133,31 +165,12 @@ class AnthropicRelay:
         return b"".join(parts)
 
     def _learn_frame(self, event: bytes, data: bytes, text: str, literal: bytes) -> bool:
-        """Learn the frame of plain text chunks from one (parsed) plain text chunk, ``text``
-        (``literal`` as orjson writes it), if its frame is sound: the same bytes around any
-        other string are a plain text chunk."""
+        """Learn the frame of plain text chunks (``learn_frame``) from one of them."""
         self._learn -= 1
-        at = data.find(_CONTENT)
-        if at < 0 or b"\n" in event:  # one line: the event is "data:" or "data: ", then data
+        frame = learn_frame(event, data, text, literal)
+        if frame is None:
             return False
-        at += len(_CONTENT)
-        # an upstream writing the text otherwise than orjson does is not learned from
-        if not data.startswith(literal, at):
-            return False
-        head, tail = data[:at], data[at + len(literal) :]
-        if not tail:
-            return False
-        # The frame holds if another text in it parses as this one did (a second text: were the
-        # text read from elsewhere, as from a later duplicate key, both would read the same).
-        probe, probe_literal = _PROBE if text != _PROBE[0] else _OTHER_PROBE
-        try:
-            parsed = _loads(head + probe_literal + tail)
-        except JSONDecodeError:
-            return False
-        if type(parsed) is not dict or plain_text(parsed) != probe:
-            return False
-        before = event[: len(event) - len(data)] + head
-        self._frame = (before, tail, len(before), -len(tail))
+        self._frame = frame
         return True
 
     def error(self, error: GatewayError) -> bytes:

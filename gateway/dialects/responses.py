@@ -49,6 +49,19 @@ DROPPED_ITEMS = frozenset(
     }
 )  # fmt: skip
 ECHO_DEPTH = MAX_DEPTH - 8  # an echoed field sits at most this much deeper in an event
+# The type each field must have when sent (not null); ``object``: any (checked elsewhere).
+FIELDS: dict[str, type] = {
+    "stream": bool, "store": bool, "parallel_tool_calls": bool, "instructions": str,
+    "previous_response_id": str, "user": str, "prompt_cache_key": str, "temperature": float,
+    "top_p": float, "metadata": dict, "reasoning": dict, "text": dict,
+    "background": object, "conversation": object, "prompt": object,
+}  # fmt: skip
+PROBLEMS = {
+    bool: "must be true or false.",
+    str: "must be a string.",
+    float: "must be a number.",
+    dict: "must be an object.",
+}
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 
@@ -70,51 +83,45 @@ def _bad(param: str, problem: str) -> BadRequest:
 
 def check(body: object) -> dict[str, Any]:
     """``body`` as a Responses request (the fields the gateway routes, reserves and stores by,
-    of the right types), or the 400 naming what is wrong."""
+    of the right types), or the 400 naming what is wrong. One pass over the fields sent."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object with 'model' and 'input'.")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model", "is required: name the model to use (a non-empty string).")
     _input(body.get("input"), body.get("previous_response_id") is not None)
-    for flag in ("stream", "store", "parallel_tool_calls"):
-        if body.get(flag) is not None and not isinstance(body[flag], bool):
-            raise _bad(flag, "must be true or false.")
-    for name in ("instructions", "previous_response_id", "user", "prompt_cache_key"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise _bad(name, "must be a string.")
-    for name in ("temperature", "top_p"):
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise _bad(name, "must be a number.")
-    for name in ("metadata", "reasoning", "text"):
-        if body.get(name) is not None and not isinstance(body[name], dict):
-            raise _bad(name, "must be an object.")
-    for name in UNSUPPORTED:
-        if body.get(name) not in (None, False):
+    for name, value in body.items():
+        kind = FIELDS.get(name)
+        if kind is None or value is None:
+            continue
+        if kind is not object and (type(value) is not kind and not _number(kind, value)):
+            raise _bad(name, PROBLEMS[kind])
+        if kind is dict and not within_depth(value, ECHO_DEPTH):
+            raise _too_deep(name)
+        if name in UNSUPPORTED and value is not False:
             raise _bad(name, "is not supported by the gateway; send the conversation in 'input'.")
     max_output_tokens(body)
-    _shallow(body)
+    tools = body.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        namespace = isinstance(tool, dict) and tool.get("type") == "namespace"
+        if namespace and not within_depth(tool, ECHO_DEPTH):
+            raise _too_deep("tools")
     return body
 
 
-def _shallow(body: dict[str, Any]) -> None:
+def _number(kind: type, value: object) -> bool:
+    """A JSON number where a float is asked (an integer is one too)."""
+    return kind is float and type(value) is int
+
+
+def _too_deep(name: str) -> BadRequest:
     """The fields a ``response`` repeats deeper than the request had them (inside an event's
-    ``response``) nest shallow enough to be written there."""
-    tools = body.get("tools")
-    nested = (
-        [t for t in tools if isinstance(t, dict) and t.get("type") == "namespace"]
-        if (isinstance(tools, list))
-        else []
+    ``response``) must nest shallow enough to be written there."""
+    return BadRequest(
+        f"'{name}' is nested too deeply (at most {ECHO_DEPTH} levels inside 'text', "
+        "'metadata', 'reasoning' and namespace tools); flatten it.",
+        param=name,
     )
-    for name in ("text", "metadata", "reasoning"):
-        if body.get(name) is not None:
-            nested.append(body[name])
-    if any(not within_depth(value, ECHO_DEPTH) for value in nested):
-        raise BadRequest(
-            f"The request is nested too deeply (at most {ECHO_DEPTH} levels inside 'text', "
-            "'metadata', 'reasoning' and namespace tools); flatten it."
-        )
 
 
 def _input(value: object, continued: bool) -> None:

@@ -21,6 +21,11 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects import MAX_DEPTH
+from gateway.errors import BadRequest
+
+_dumps = orjson.dumps
+
 ECHOED = ("instructions", "max_output_tokens", "previous_response_id", "temperature", "top_p")
 ECHOED_OR_NULL = ("user", "prompt_cache_key", "reasoning")
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -28,32 +33,70 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 @dataclass(frozen=True, slots=True)
 class Shape:
-    """What every ``response`` object of one request carries besides its output."""
+    """What every ``response`` object of one request carries besides its output: ``echo``,
+    also encoded once (``echo_json``, its members), as every event of a stream repeats it."""
 
     id: str  # resp_<hex>
     created_at: int
     model: str  # the public name the client asked for
     echo: dict[str, Any]  # the request's fields the response repeats
     names: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat → (namespace, name)
+    echo_json: bytes = b""
 
     def item_id(self, prefix: str, index: int) -> str:
         return f"{prefix}_{self.id[5:]}_{index}"
 
-    def response(self, status: str, output: list[Any], usage: Any = None) -> dict[str, Any]:
-        """The ``response`` object in ``status`` with ``output`` (and ``usage``)."""
+    def response(
+        self,
+        status: str,
+        output: list[Any],
+        usage: Any = None,
+        details: Any = None,
+        error: Any = None,
+    ) -> dict[str, Any]:
+        """The ``response`` object in ``status`` with ``output`` (and ``usage``,
+        ``incomplete_details``, ``error``)."""
         out: dict[str, Any] = {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
             "status": status,
-            "error": None,
-            "incomplete_details": None,
+            "error": error,
+            "incomplete_details": details,
             "model": self.model,
             "output": output,
         }
         out.update(self.echo)
         out["usage"] = usage
         return out
+
+    def encode(
+        self,
+        status: str,
+        output: bytes,
+        usage: Any = None,
+        details: Any = None,
+        error: Any = None,
+    ) -> bytes:
+        """``response(...)`` as JSON, ``output`` given encoded: the echo is not encoded again."""
+        return b"".join(
+            (
+                b'{"id":"%s","object":"response","created_at":%d,"status":"%s","error":'
+                % (self.id.encode(), self.created_at, status.encode()),
+                _dumps(error),
+                b',"incomplete_details":',
+                _dumps(details),
+                b',"model":',
+                _dumps(self.model),
+                b',"output":',
+                output,
+                b",",
+                self.echo_json,
+                b',"usage":',
+                _dumps(usage),
+                b"}",
+            )
+        )
 
 
 def shape(
@@ -79,7 +122,14 @@ def shape(
     echo["metadata"] = body.get("metadata") or {}
     echo["truncation"] = "disabled"
     echo["background"] = False
-    return Shape(response_id, created_at, model, echo, names or {})
+    try:
+        echo_json = _dumps(echo)[1:-1]
+    except (orjson.JSONEncodeError, RecursionError):
+        raise BadRequest(
+            f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and "
+            "objects); flatten it."
+        ) from None
+    return Shape(response_id, created_at, model, echo, names or {}, echo_json)
 
 
 def _kept(tool: object) -> bool:
@@ -195,9 +245,21 @@ def to_response(answer: dict[str, Any], shape: Shape, estimate: tuple[int, int])
     message = message if isinstance(message, dict) else {}
     output = output_items(message, shape)
     status, details = status_of(choice.get("finish_reason"))
-    out = shape.response(status, output, usage_of(answer.get("usage"), estimate))
-    out["incomplete_details"] = details
-    return out
+    return shape.response(status, output, usage_of(answer.get("usage"), estimate), details)
+
+
+def encode_response(
+    answer: dict[str, Any], shape: Shape, estimate: tuple[int, int]
+) -> tuple[bytes, str]:
+    """``to_response`` encoded (the echo encoded once, in the shape), and its status."""
+    response = to_response(answer, shape, estimate)
+    encoded = shape.encode(
+        response["status"],
+        _dumps(response["output"]),
+        response["usage"],
+        response["incomplete_details"],
+    )
+    return encoded, response["status"]
 
 
 def output_items(message: dict[str, Any], shape: Shape) -> list[dict[str, Any]]:

@@ -31,24 +31,53 @@ from typing import Any
 import orjson
 from orjson import JSONDecodeError
 
+from gateway.dialects.anthropic_stream import plain_text
+from gateway.dialects.relay import Frame, learn_frame
 from gateway.dialects.responses_answer import (
     Shape,
     arguments_of,
     call_item,
-    message_item,
-    reasoning_item,
     reasoning_of,
     status_of,
-    text_part,
     usage_of,
 )
 from gateway.dialects.sse import DONE, event_data
 from gateway.errors import GatewayError
 
 _dumps, _loads = orjson.dumps, orjson.loads
-_DELTA = {"message": "response.output_text.delta", "reasoning": "response.reasoning_text.delta"}
 _DONE = {"message": "response.output_text.done", "reasoning": "response.reasoning_text.done"}
+# The bytes of each kind of item's events (the same JSON as ``responses_answer``'s dicts: the
+# golden files and the SDK replays compare the stream's response with the whole answer's).
+_ADDED = {
+    "message": b'"output_index":%d,"item":{"id":"%s","type":"message","role":"assistant",'
+    b'"status":"in_progress","content":[]}',
+    "reasoning": b'"output_index":%d,"item":{"id":"%s","type":"reasoning","summary":[],'
+    b'"content":[],"status":"in_progress"}',
+}
+_PART = {
+    "message": b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}',
+    "reasoning": b'{"type":"reasoning_text","text":%s}',
+}
+_PART_ADDED = {
+    kind: b'"item_id":"%s","output_index":%d,"content_index":0,"part":' + part % b'""'
+    for kind, part in _PART.items()
+}
+_DELTA_HEAD = {
+    "message": b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"item_id":"%s","output_index":%d,"content_index":0,"logprobs":[],"delta":',
+    "reasoning": b"event: response.reasoning_text.delta\ndata: "
+    b'{"type":"response.reasoning_text.delta","item_id":"%s","output_index":%d,'
+    b'"content_index":0,"delta":',
+}
+_TEXT_DONE = {"message": b'"text":%s,"logprobs":[]', "reasoning": b'"text":%s'}
+_ITEM = {
+    "message": b'{"id":"%s","type":"message","role":"assistant","status":"completed",'
+    b'"content":[%s]}',
+    "reasoning": b'{"id":"%s","type":"reasoning","summary":[],"content":[%s],"status":"completed"}',
+}
 _PREFIX = {"message": "msg", "reasoning": "rs"}
+_LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
+_NO_FRAME: Frame = (b"", b"", 0, 0)
 
 
 def encode(kind: str, data: dict[str, Any]) -> bytes:
@@ -99,12 +128,12 @@ class ResponsesStream:
         self.input_estimate = input_estimate
         self.seq = 0
         self.started = self.ended = False
-        self.items: list[dict[str, Any] | None] = []  # by output index, once done
+        self.items: list[bytes | None] = []  # encoded, by output index, once done
         self.open: _Open | None = None
         self.calls: dict[int, _Call] = {}  # by the chat tool call's index
         self.finish_reason: object = None
         self.usage: dict[str, Any] | None = None  # the worker's (chat) usage
-        self.final: dict[str, Any] | None = None
+        self.final: bytes | None = None  # the last response, encoded, once it ended well
         self.out: list[bytes] = []
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
@@ -112,15 +141,24 @@ class ResponsesStream:
         self.seq += 1
         self.out.append(encode(kind, {"type": kind, **data}))
 
+    def _emit_response(self, kind: str, response: bytes) -> None:
+        """An event carrying the whole ``response`` (given encoded)."""
+        name = kind.encode()
+        self.out.append(
+            b'event: %s\ndata: {"type":"%s","response":%s,"sequence_number":%d}\n\n'
+            % (name, name, response, self.seq)
+        )
+        self.seq += 1
+
     def _take(self) -> bytes:
         out, self.out = self.out, []
         return b"".join(out)
 
     def _start(self) -> None:
         self.started = True
-        created = self.shape.response("in_progress", [])
-        self._emit("response.created", {"response": created})
-        self._emit("response.in_progress", {"response": created})
+        created = self.shape.encode("in_progress", b"[]")
+        self._emit_response("response.created", created)
+        self._emit_response("response.in_progress", created)
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """The events one chat chunk makes."""
@@ -139,14 +177,17 @@ class ResponsesStream:
                 self._choice(choice)
         return self._take()
 
-    def text(self, text: str) -> bytes:
-        """The events of more answer text (the commonest chunk's whole meaning)."""
-        if self.ended:
-            return b""
-        if not self.started:
-            self._start()
-        self._text("message", text)
-        return self._take()
+    def more_text(self, text: str, literal: bytes | None = None) -> bytes | None:
+        """The event of more answer text while the message is being written (the commonest
+        chunk, when it is nothing else), in one step; None when that is not the case.
+        ``literal``: ``text`` as orjson writes it, when known."""
+        item = self.open
+        if item is None or item.kind != "message" or self.ended:
+            return None
+        item.parts.append(text)
+        seq = self.seq
+        self.seq += 1
+        return item.head + (literal or _dumps(text)) + b',"sequence_number":%d}\n\n' % seq
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
@@ -178,47 +219,38 @@ class ResponsesStream:
         index = len(self.items)
         self.items.append(None)
         item = _Open(kind, index, self.shape.item_id(_PREFIX[kind], index))
-        if kind == "message":
-            added, part = message_item(item.id, None, "in_progress"), text_part("")
-        else:
-            added = reasoning_item(item.id, "", "in_progress")
-            added["content"], part = [], {"type": "reasoning_text", "text": ""}
-        self._emit("response.output_item.added", {"output_index": index, "item": added})
-        self._emit(
-            "response.content_part.added",
-            {"item_id": item.id, "output_index": index, "content_index": 0, "part": part},
-        )
-        kind_name = _DELTA[kind]
-        logprobs = ',"logprobs":[]' if kind == "message" else ""
-        item.head = (
-            b"event: %s\ndata: {"
-            b'"type":"%s","item_id":"%s","output_index":%d,"content_index":0%s,"delta":'
-            % (kind_name.encode(), kind_name.encode(), item.id.encode(), index, logprobs.encode())
-        )
+        iid = item.id.encode()
+        self._raw("response.output_item.added", _ADDED[kind] % (index, iid))
+        self._raw("response.content_part.added", _PART_ADDED[kind] % (iid, index))
+        item.head = _DELTA_HEAD[kind] % (iid, index)
         self.open = item
         return item
 
     def _close(self) -> None:
-        """The open reasoning or message item, done."""
+        """The open reasoning or message item, done (its text encoded once)."""
         item, self.open = self.open, None
         if item is None:
             return
-        text = "".join(item.parts)
-        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
-        if item.kind == "message":
-            part = text_part(text)
-            self._emit(_DONE["message"], {**where, "text": text, "logprobs": []})
-            done = message_item(item.id, text)
-        else:
-            part = {"type": "reasoning_text", "text": text}
-            self._emit(_DONE["reasoning"], {**where, "text": text})
-            done = reasoning_item(item.id, text)
-        self._emit("response.content_part.done", {**where, "part": part})
-        self._done(item.index, done)
+        text = _dumps("".join(item.parts))
+        iid, kind = item.id.encode(), item.kind
+        where = b'"item_id":"%s","output_index":%d,"content_index":0,' % (iid, item.index)
+        part = _PART[kind] % text
+        self._raw(_DONE[kind], where + _TEXT_DONE[kind] % text)
+        self._raw("response.content_part.done", where + b'"part":' + part)
+        self._done(item.index, _ITEM[kind] % (iid, part))
 
-    def _done(self, index: int, item: dict[str, Any]) -> None:
+    def _raw(self, kind: str, members: bytes) -> None:
+        """An event whose data's members (besides its type and number) are ``members``."""
+        name = kind.encode()
+        self.out.append(
+            b'event: %s\ndata: {"type":"%s",%s,"sequence_number":%d}\n\n'
+            % (name, name, members, self.seq)
+        )
+        self.seq += 1
+
+    def _done(self, index: int, item: bytes) -> None:
         self.items[index] = item
-        self._emit("response.output_item.done", {"output_index": index, "item": item})
+        self._raw("response.output_item.done", b'"output_index":%d,"item":%s' % (index, item))
 
     def _fragment(self, fragment: dict[str, Any]) -> None:
         function = fragment.get("function")
@@ -261,7 +293,8 @@ class ResponsesStream:
             "response.function_call_arguments.done",
             {"item_id": call.id, "output_index": call.index, "arguments": arguments},
         )
-        self._done(call.index, call_item(self.shape, call.id, call.call_id, call.name, arguments))
+        item = call_item(self.shape, call.id, call.call_id, call.name, arguments)
+        self._done(call.index, _dumps(item))
 
     def finish(self, output_estimate: int = 0) -> bytes:
         """The end of a complete answer: every item done, then ``response.completed`` (or
@@ -278,12 +311,14 @@ class ResponsesStream:
             self._close_call(call)
         status, details = status_of(self.finish_reason)
         usage = usage_of(self.usage, (self.input_estimate, output_estimate))
-        final = self.shape.response(status, [i for i in self.items if i is not None], usage)
-        final["incomplete_details"] = details
-        self.final = final
+        self.final = self.shape.encode(status, self._output(), usage, details)
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        self._emit(kind, {"response": final})
+        self._emit_response(kind, self.final)
         return self._take()
+
+    def _output(self) -> bytes:
+        """The items done so far, as the response's ``output``."""
+        return b"[" + b",".join(i for i in self.items if i is not None) + b"]"
 
     def fail(self, message: str, code: str = "server_error") -> bytes:
         """The end of a failed answer: an ``error`` event and ``response.failed``."""
@@ -293,9 +328,9 @@ class ResponsesStream:
             self._start()
         self.ended = True
         self._emit("error", {"code": code, "message": message, "param": None})
-        failed = self.shape.response("failed", [i for i in self.items if i is not None])
-        failed["error"] = {"code": "server_error", "message": message}
-        self._emit("response.failed", {"response": failed})
+        error = {"code": "server_error", "message": message}
+        failed = self.shape.encode("failed", self._output(), None, None, error)
+        self._emit_response("response.failed", failed)
         return self._take()
 
 
@@ -305,41 +340,84 @@ def _message_of(error: object) -> str:
 
 
 class ResponsesRelay:
-    """Relays a worker's chat stream to a Responses client (``dialects.relay.Relay``)."""
+    """Relays a worker's chat stream to a Responses client (``dialects.relay.Relay``).
 
-    __slots__ = ("chunks", "done", "stream", "usage")
+    More text for the message being written, the commonest chunk, is translated from its bytes
+    once the frame around its text is learned and proven (``dialects.relay.learn_frame``, as the
+    Anthropic relay does): only the string literal is decoded, and the client gets the bytes the
+    parsing path would give."""
+
+    __slots__ = ("_frame", "_learn", "chunks", "done", "stream", "usage")
 
     def __init__(self, shape: Shape, input_estimate: int = 0) -> None:
         self.stream = ResponsesStream(shape, input_estimate)
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.chunks = 0
+        self._frame: Frame | None = None
+        self._learn = _LEARN_ATTEMPTS
 
     @property
-    def final(self) -> dict[str, Any] | None:
-        """The completed ``response`` (None until the answer ended well)."""
+    def final(self) -> bytes | None:
+        """The completed (or incomplete) ``response``, encoded; None until the answer ended
+        well."""
         return self.stream.final
 
     def relay(self, events: list[bytes]) -> bytes:
         parts: list[bytes] = []
-        stream = self.stream
         for event in events:
-            data = event_data(event)
+            framed = self._framed(event) if self._frame is not None else None
+            if framed is not None:
+                parts.append(framed)
+                continue
+            # a one-line event is "data: " and its data (event_data's commonest case, inline)
+            data = event[6:] if event.startswith(b"data: ") and b"\n" not in event else None
+            data = data if data is not None else event_data(event)
             if data is None:
                 continue  # comments and keep-alives: the Responses stream has its own events
             if data == DONE:
                 self.done = True
                 continue
-            try:
-                chunk = _loads(data)
-            except JSONDecodeError:
-                parts.append(stream.fail("The upstream sent a stream event that is not JSON."))
-                continue
-            if type(chunk) is dict:
-                self.chunks += 1
-                parts.append(stream.feed(chunk))
-        self.usage = stream.usage
+            parts.append(self._parsed(event, data))
+        self.usage = self.stream.usage
         return b"".join(parts)
+
+    def _framed(self, event: bytes) -> bytes | None:
+        """A text chunk of the learned frame, translated from its bytes (None: not one)."""
+        before, after, start, stop = self._frame or _NO_FRAME
+        if not (event.startswith(before) and event.endswith(after)):
+            return None
+        literal = event[start:stop]
+        # Exactly one string literal (quotes at both ends, nothing around them); without
+        # escapes it is already what orjson writes.
+        if len(literal) < 3 or literal[0] != 34 or literal[-1] != 34:
+            return None
+        try:
+            text = _loads(literal)
+        except JSONDecodeError:
+            return None
+        more = self.stream.more_text(text, literal if b"\\" not in literal else None)
+        if more is not None:
+            self.chunks += 1
+        return more
+
+    def _parsed(self, event: bytes, data: bytes) -> bytes:
+        stream = self.stream
+        try:
+            chunk = _loads(data)
+        except JSONDecodeError:
+            return stream.fail("The upstream sent a stream event that is not JSON.")
+        if type(chunk) is not dict:
+            return b""
+        self.chunks += 1
+        text = plain_text(chunk)
+        more = stream.more_text(text) if text is not None else None
+        if more is None:
+            return stream.feed(chunk)
+        if self._learn and text is not None:
+            self._learn -= 1
+            self._frame = learn_frame(event, data, text, _dumps(text)) or self._frame
+        return more
 
     def error(self, error: GatewayError) -> bytes:
         return self.stream.fail(error.message, error.code)

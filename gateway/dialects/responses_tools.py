@@ -36,6 +36,9 @@ class Tools:
     choice: object = None  # the chat tool_choice (None: the worker's default)
 
 
+NO_TOOLS = Tools([], {}, ())
+
+
 def flat_name(namespace: str, name: str) -> str:
     """The chat function name of ``name`` in ``namespace``."""
     return namespace.rstrip("_") + SEPARATOR + name.lstrip("_")
@@ -52,7 +55,9 @@ def label(tool: dict[str, Any]) -> str:
 
 def tools_of(tools: object, choice: object, hosted: str) -> Tools:
     """The chat side of ``tools`` and ``tool_choice``; ``hosted``: ``drop`` or ``reject``."""
-    if tools is None:
+    if tools is None or tools == []:
+        if choice is None:
+            return NO_TOOLS  # the commonest request: no tools at all
         tools = []
     if not isinstance(tools, list):
         raise BadRequest("'tools' must be a list of tools.", param="tools")

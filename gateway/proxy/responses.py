@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.dialects import inputs, responses
 from gateway.dialects.relay import Relay
-from gateway.dialects.responses_answer import Shape, shape, to_response
+from gateway.dialects.responses_answer import Shape, encode_response, shape
 from gateway.dialects.responses_stream import ResponsesRelay
 from gateway.errors import NotFound, StoreUnavailable, shown
 from gateway.proxy import govern, responses_native
@@ -49,7 +49,7 @@ PATHS = ("/v1/responses", "/responses", "/api/v1/responses", "/v1/llm/responses"
 DROPPED = "x-gateway-dropped-tools"
 DAY = 86_400.0
 
-Keep = Callable[[dict[str, Any]], Awaitable[None]]
+Keep = Callable[[str, bytes], Awaitable[None]]  # a finished response: its id, its JSON
 
 
 class _KeptStream(web.StreamResponse):
@@ -74,7 +74,7 @@ class _Turn(ChatHandler):
         super().__init__(runtime)
         self.shape, self.keep, self.headers = shape, keep, headers
         self.relay: ResponsesRelay | None = None
-        self.final: dict[str, Any] | None = None
+        self.final: bytes | None = None  # a whole answer, encoded
 
     def new_relay(self, ex: Exchange, route: ModelRoute) -> Relay:
         self.relay = ResponsesRelay(self.shape, ex.prompt_estimate)
@@ -84,15 +84,15 @@ class _Turn(ChatHandler):
         self, ex: Exchange, answer: dict[str, object], raw: bytes, route: ModelRoute
     ) -> bytes:
         estimate = (ex.prompt_estimate, ex.completion_chunks)
-        self.final = to_response(answer, self.shape, estimate)
-        return orjson.dumps(self.final)
+        self.final = encode_response(answer, self.shape, estimate)[0]
+        return self.final
 
     def event_stream(self) -> web.StreamResponse:
         return _KeptStream(self._before_end, {**SSE_HEADERS, **self.headers})
 
     async def _before_end(self) -> None:
         if self.relay is not None and self.relay.final is not None:
-            await self.keep(self.relay.final)
+            await self.keep(self.shape.id, self.relay.final)
 
 
 class ResponsesHandler:
@@ -145,7 +145,7 @@ class ResponsesHandler:
         turn = _Turn(rt, made, keep, headers)
         answer = await turn.serve(request, ex, record, route, plan.chat, estimate)
         if turn.final is not None:
-            await keep(turn.final)
+            await keep(made.id, turn.final)
         if not answer.prepared:
             answer.headers.update(headers)
         return answer
@@ -154,20 +154,18 @@ class ResponsesHandler:
         """What stores a finished response (with the input it answered), when asked to."""
         settings, responses_store = self.rt.config.responses, self.rt.responses
 
-        async def keep(response: dict[str, Any]) -> None:
-            if body.get("store") is False or response.get("status") == "failed":
+        async def keep(response_id: str, response: bytes) -> None:
+            if body.get("store") is False:
                 return
             try:
-                record = orjson.dumps({"response": response, "input": items})
+                record = b'{"response":' + response + b',"input":' + orjson.dumps(items) + b"}"
             except (orjson.JSONEncodeError, RecursionError):
                 return  # nested past what can be written: answered, not kept
             if len(record) > settings.max_stored_bytes:
-                log.info("response %s not stored: %d bytes", response.get("id"), len(record))
+                log.info("response %s not stored: %d bytes", response_id, len(record))
                 return
             try:
-                await responses_store.put(
-                    owner, str(response["id"]), record, settings.ttl_days * DAY
-                )
+                await responses_store.put(owner, response_id, record, settings.ttl_days * DAY)
             except StoreError:  # the answer is given already; only its continuation is lost
                 self.rt.keys.on_store_error("responses")
 
@@ -179,8 +177,8 @@ class ResponsesHandler:
         if previous is None:
             return [], 0
         raw = await self._stored(owner, str(previous), "previous_response_id")
-        record = orjson.loads(raw)
-        return [*record["input"], *record["response"]["output"]], len(raw)
+        response, items = _record(raw)
+        return [*items, *response["output"]], len(raw)
 
     async def _stored(self, owner: str, response_id: str, param: str | None = None) -> bytes:
         found = None
@@ -204,7 +202,7 @@ class ResponsesHandler:
         ex.api = "responses"
         record = await govern.caller(self.rt, request, "chat")
         raw = await self._stored(record.owner, request.match_info["id"])
-        return json_response(orjson.loads(raw)["response"])
+        return json_response(_record(raw)[0])
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /v1/responses/{id}``: the stored response removed."""
@@ -219,6 +217,20 @@ class ResponsesHandler:
             self.rt.keys.on_store_error("responses")
             raise StoreUnavailable("The response store is unavailable; try again.") from None
         return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
+def _record(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """A stored record's response and the input it answered (a record this version cannot
+    read is a response no longer there)."""
+    try:
+        record = orjson.loads(raw)
+        response, items = record["response"], record["input"]
+        output = response.get("output") if isinstance(response, dict) else None
+        if isinstance(output, list) and isinstance(items, list):
+            return response, items
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        pass
+    raise NotFound("The stored response can no longer be read; create it again.")
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:

@@ -36,7 +36,7 @@ from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
-Keep = Callable[[dict[str, Any]], Awaitable[None]]
+Keep = Callable[[str, bytes], Awaitable[None]]  # a finished response: its id, its JSON
 Opened = tuple[Upstream, Response, bytes]
 PATH = "/v1/responses"
 
@@ -113,8 +113,18 @@ async def _whole(ex: Exchange, public: str, raw: bytes, keep: Keep) -> web.Respo
         raise UpstreamUnavailable(
             f"Upstream '{ex.upstream}' sent an answer nested too deeply to pass on."
         ) from None
-    await keep(answer)
+    await _keep(keep, answer)
     return web.Response(body=body, content_type="application/json", headers=ex.rate_headers)
+
+
+async def _keep(keep: Keep, response: dict[str, Any]) -> None:
+    """Store the worker's response (under the worker's id) when it can be written."""
+    response_id = response.get("id")
+    if isinstance(response_id, str) and response_id:
+        try:
+            await keep(response_id, orjson.dumps(response))
+        except (orjson.JSONEncodeError, RecursionError):
+            pass  # nested past what can be written: answered, not kept
 
 
 class _EventStream(web.StreamResponse):
@@ -178,7 +188,7 @@ async def _pump(
                         if relay.final is not None and not kept:
                             kept = True
                             relay.final["model"] = public
-                            await keep(relay.final)
+                            await _keep(keep, relay.final)
                         await client.write(answers.rename(tail, pattern, public, False))
                 silence.since = loop.time()
                 chunk = await read_chunk(response, upstream)

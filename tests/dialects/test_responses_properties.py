@@ -25,7 +25,7 @@ ODD = (
     st.none()
     | st.booleans()
     | st.integers(-2, 3)
-    | st.floats(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False)  # as JSON has them
     | st.text(max_size=3)
     | st.just([])
     | st.just({})
@@ -34,7 +34,7 @@ ODD = (
 )
 TEXTS = st.text(max_size=6) | st.sampled_from(["", "hi", '"\\\n', "é😀", "a\u2028b"])
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | TEXTS,
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | TEXTS,  # as orjson reads
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXTS, inner, max_size=3),
     max_leaves=8,
 )
@@ -213,3 +213,62 @@ def test_any_whole_answer_gives_a_response(answer: Any) -> None:
     made = shape({"model": "m", "input": "x"}, "resp_" + "c" * 48, 1, "m")
     response = to_response(answer if isinstance(answer, dict) else {}, made, (1, 1))
     assert orjson.loads(orjson.dumps(response))["output"]
+
+
+FRAMED_TEXTS = st.text(max_size=8) | st.sampled_from(['"', "\\", "\n", "é😀", "\u2028", 'a"b'])
+
+
+@st.composite
+def text_streams(draw: st.DrawFn) -> list[bytes]:
+    """A worker's stream as vLLM writes it (one frame around every text), now and then
+    another chunk: a reasoning delta, a tool call, text with a finish, a comment."""
+
+    def framed(delta: dict[str, Any], finish: Any = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                "model": "m", "choices": [choice]}  # fmt: skip
+        return b"data: " + orjson.dumps(body)
+
+    events = [framed({"role": "assistant", "content": ""})]
+    for _ in range(draw(st.integers(0, 12))):
+        kind = draw(st.sampled_from(["text"] * 6 + ["reasoning", "call", "finish", "comment"]))
+        if kind == "text":
+            events.append(framed({"content": draw(FRAMED_TEXTS)}))
+        elif kind == "reasoning":
+            events.append(framed({"reasoning_content": draw(FRAMED_TEXTS)}))
+        elif kind == "call":
+            call = {"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}
+            events.append(framed({"tool_calls": [call]}))
+        elif kind == "finish":
+            events.append(framed({"content": draw(FRAMED_TEXTS)}, "stop"))
+        else:
+            events.append(b": keep-alive")
+    return [*events, b"data: [DONE]"]
+
+
+@given(text_streams(), st.integers(1, 3))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_framed_text_gives_the_bytes_of_the_parsing_path(events: list[bytes], batch: int) -> None:
+    made = shape({"model": "m", "input": "x"}, "resp_" + "d" * 48, 1, "m")
+    fast, slow = ResponsesRelay(made, 2), ResponsesRelay(made, 2)
+    slow._learn = 0  # never learns a frame: every chunk is parsed
+    batches = [events[i : i + batch] for i in range(0, len(events), batch)]
+    assert [fast.relay(b) for b in batches] == [slow.relay(b) for b in batches]
+    assert fast.finish() == slow.finish() and fast.usage == slow.usage
+
+
+@given(
+    st.sampled_from(["in_progress", "completed", "incomplete", "failed"]),
+    st.lists(st.dictionaries(TEXTS, JSON, max_size=2), max_size=2),
+    JSON,
+    st.none() | st.just({"reason": "max_output_tokens"}),
+    st.none() | st.just({"code": "server_error", "message": "x"}),
+)
+def test_an_encoded_response_is_the_response(
+    status: str, output: list[Any], usage: Any, details: Any, error: Any
+) -> None:
+    body = {"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}],
+            "metadata": {"k": "v"}, "instructions": "é"}  # fmt: skip
+    made = shape(body, "resp_" + "e" * 48, 7, "pub")
+    encoded = made.encode(status, orjson.dumps(output), usage, details, error)
+    assert orjson.loads(encoded) == made.response(status, output, usage, details, error)
