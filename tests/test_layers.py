@@ -22,6 +22,7 @@ PURE = {
     "gateway.clock",
     "gateway.netaddr",
     "gateway.paths",
+    "gateway.bounded",
     "gateway.config",
     "gateway.config.schema",
     "gateway.config.fields",

@@ -21,9 +21,9 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 
 from gateway.auth import keys
+from gateway.bounded import remember
 from gateway.clock import Clock
 from gateway.config.schema import Config
 from gateway.errors import Forbidden, StoreUnavailable, TooManyRequests, Unauthorized
@@ -34,11 +34,10 @@ from gateway.records import KeyRecord
 from gateway.store.base import Store, StoreError
 
 log = logging.getLogger("gateway.auth")
-T = TypeVar("T")
 
 POSITIVE_TTL = 60.0  # the broadcast is what keeps the cache fresh; this bounds a missed one
 NEGATIVE_TTL = 5.0
-CACHE_MAX = 100_000
+CACHE_MAX = 50_000  # records a process keeps (~1.5 KB each: ~75 MB at the bound)
 
 INVALID = "Invalid API key. Check the key you sent, or create a new one under /api/keys."
 
@@ -185,9 +184,9 @@ class KeyService:
         if record is not None and key_id is not None and record.id != key_id:
             record = None
         if record is None:
-            _remember(self._negative, key_hash, now + NEGATIVE_TTL)
+            remember(self._negative, key_hash, now + NEGATIVE_TTL, CACHE_MAX)
         else:
-            _remember(self._cache, key_hash, (record, now + POSITIVE_TTL))
+            remember(self._cache, key_hash, (record, now + POSITIVE_TTL), CACHE_MAX)
         return record
 
     async def _failed(self, client: str) -> None:
@@ -202,7 +201,7 @@ class KeyService:
             self.on_store_error("auth_failure")
             return
         if count >= limit:  # this one was the last allowed: the next is refused before lookup
-            _remember(self._blocked, client, self.clock.monotonic() + reset)
+            remember(self._blocked, client, self.clock.monotonic() + reset, CACHE_MAX)
         if count > limit:
             raise self._too_many(reset)
 
@@ -247,14 +246,6 @@ class KeyService:
                 f"This key may not use the model '{model}'; allowed: "
                 f"{', '.join(sorted(record.models)) or 'none'}."
             )
-
-
-def _remember(table: dict[str, T], name: str, value: T) -> None:
-    """``table[name] = value``, dropping everything first at CACHE_MAX: memory stays bounded
-    whatever a client sends, and what is dropped is only looked up again."""
-    if len(table) >= CACHE_MAX and name not in table:
-        table.clear()
-    table[name] = value
 
 
 def same_token(given: str, expected: str) -> bool:

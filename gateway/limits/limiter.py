@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from gateway.bounded import remember
 from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
@@ -30,7 +31,10 @@ from gateway.store.base import LEASE_SECONDS, Store, StoreError
 
 log = logging.getLogger("gateway.limits")
 
-PLAN_TTL = 30.0
+# An owner's plan is cached this long (a change is broadcast to every process at once; the TTL
+# bounds a missed broadcast), for at most PLANS_MAX owners.
+PLAN_TTL = 300.0
+PLANS_MAX = 100_000
 BATCH = 256
 CATCH_UP = 0.1  # seconds between an admission's tries to write a backlog first
 RETRY_MAX = 0.25  # seconds at most between the writer's tries while the store is down
@@ -200,7 +204,7 @@ class Limiter:
             self.on_store_error("plan")
         plans = self.config.plans
         plan = plans.get(name or self.config.default_plan) or plans[self.config.default_plan]
-        self._plans[owner] = (plan, now + PLAN_TTL)
+        remember(self._plans, owner, (plan, now + PLAN_TTL), PLANS_MAX)
         return plan
 
     # -- the request path -------------------------------------------------------------------
