@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
@@ -217,3 +218,28 @@ def p_timestamp(node: Node) -> float:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp()
     raise Invalid(f"expected an ISO 8601 time, got {_show(value)}")
+
+
+def p_http_url(node: Node) -> str:
+    """A base http:// or https:// URL with a host and a sane port (trailing slashes dropped)."""
+    text = p_nonempty(node).strip().rstrip("/")
+    _check_url(text, f"{text!r} is not an http:// or https:// URL", f"{text!r} has a bad port")
+    return text
+
+
+def p_secret_url(node: Node) -> str:
+    """An http:// or https:// URL kept as written, never quoted in a message (a webhook URL
+    may carry a token)."""
+    text = p_nonempty(node).strip()
+    _check_url(text, "expected an http:// or https:// URL with a host", "the URL has a bad port")
+    return text
+
+
+def _check_url(text: str, not_http: str, bad_port: str) -> None:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(not_http)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise Invalid(bad_port) from None

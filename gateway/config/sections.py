@@ -10,12 +10,11 @@ import ipaddress
 import os
 import re
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config import routing_sections as rs
-from gateway.config import section_alerts, section_responses, section_scheduling
+from gateway.config import section_alerts, section_responses, section_scheduling, section_tracing
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
@@ -29,9 +28,9 @@ from gateway.config.schema import (
     Listen,
     Log,
     MockWorker,
-    Overage,
     Model,
     Network,
+    Overage,
     Plan,
     Pricing,
     Route,
@@ -39,7 +38,6 @@ from gateway.config.schema import (
     Store,
     Timeouts,
     Tls,
-    Tracing,
     Upstream,
 )
 
@@ -72,10 +70,10 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     log_obj.done()
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
     alerts = section_alerts.read(top.obj("alerts"))
+    tracing = section_tracing.read(top.obj("tracing"))
     routing = rs.routing(top.obj("routing"))
     responses = section_responses.read(top.obj("responses"))
     scheduling = section_scheduling.read(top.obj("scheduling"))
-    tracing = _tracing(top.obj("tracing"))
     top.done()
     if plans and default_plan not in plans:
         ctx.error(
@@ -345,18 +343,6 @@ def _plans(o: Obj) -> dict[str, Plan]:
     return plans
 
 
-def _url(node: Node) -> str:
-    text = lp.p_nonempty(node).rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise lp.Invalid(f"{text!r} is not an http:// or https:// URL")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise lp.Invalid(f"{text!r} has a bad port") from None
-    return str(text)
-
-
 def _upstreams(o: Obj) -> dict[str, Upstream]:
     out = {}
     for name, u in _entries(o):
@@ -370,7 +356,7 @@ def _upstreams(o: Obj) -> dict[str, Upstream]:
         t.done()
         out[name] = Upstream(
             name=name,
-            url=u.need("url", _url, "http://invalid"),
+            url=u.need("url", lp.p_http_url, "http://invalid"),
             api_key=u.get("api_key", lp.p_optional(lp.p_str), None),
             region=u.get("region", lp.p_optional(lp.p_str), None),
             weight=u.get("weight", lp.p_float(0.0, exclusive=True), 1.0),
@@ -497,21 +483,3 @@ def _mock_worker(o: Obj) -> MockWorker:
     )
     o.done()
     return out
-
-
-def _tracing(o: Obj) -> Tracing:
-    out = Tracing(
-        otlp_endpoint=o.get("otlp_endpoint", lp.p_optional(_url), None),
-        sample_ratio=o.get("sample_ratio", _ratio, 1.0),
-        service_name=o.get("service_name", lp.p_nonempty, "gateway"),
-        max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
-    )
-    o.done()
-    return out
-
-
-def _ratio(node: Node) -> float:
-    value = lp.p_float(0.0)(node)
-    if value > 1.0:
-        raise lp.Invalid(f"must be from 0 to 1 (a fraction of new traces), got {value:g}")
-    return value
