@@ -134,6 +134,11 @@ class _Wire(asyncio.Protocol):
                 future.exception()  # retrieved: a caller that left must not log it
 
 
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
 class Lane:
     """``Lane(url, timeout)``: connected by the first call (the connection and its AUTH/SELECT
     bounded by ``timeout`` seconds); ``reset()`` drops the connection. A server silent for
@@ -192,6 +197,8 @@ class Lane:
     async def _connect(self) -> _Wire:
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
+            # retrieved here: when every caller gave up, nobody else reads its failure
+            self._connecting.add_done_callback(_retrieve)
         # Shielded: a caller that gives up does not cancel the connection the others wait for.
         return await asyncio.shield(self._connecting)
 
