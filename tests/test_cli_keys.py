@@ -230,3 +230,22 @@ async def test_the_readme_flow_on_both_stores(
     with pytest.raises(openai.AuthenticationError) as refused:
         await chat(server, key)
     assert refused.value.code == "key_revoked"
+
+
+async def test_budgets_and_tpm_from_the_command_line(server: Server) -> None:
+    """The budget limits are options of create and update: dollars and tokens a minute."""
+    out = await keys(
+        server, "create", "--owner", "acme", "--tpm", "5000", "--daily-budget", "2.5",
+        "--monthly-budget", "40",
+    )  # fmt: skip
+    (key,) = KEY.findall(out)
+    key_id = key.split("_")[2]
+    assert re.search(r"tpm limit\s+5000", out) and re.search(r"daily budget usd\s+2\.5", out)
+    updated = await keys(server, "update", key_id, "--daily-budget", "none", "--tpm", "100")
+    assert re.search(r"daily budget usd\s+-", updated) and re.search(r"tpm limit\s+100", updated)
+    shown = orjson.loads(await keys(server, "show", key_id, "--json"))
+    assert (shown["tpmLimit"], shown["dailyBudgetUsd"], shown["monthlyBudgetUsd"]) == (
+        100,
+        None,
+        40.0,
+    )

@@ -33,6 +33,9 @@ _LIMITS = (
     ("concurrency", "maxConcurrency"),
     ("daily", "dailyLimit"),
     ("monthly", "monthlyLimit"),
+    ("tpm", "tpmLimit"),
+    ("daily_budget", "dailyBudgetUsd"),
+    ("monthly_budget", "monthlyBudgetUsd"),
     ("expires_in_days", "expiresInDays"),
 )
 _SHOWN = (
@@ -49,6 +52,9 @@ _SHOWN = (
     ("max concurrency", "maxConcurrency"),
     ("daily limit", "dailyLimit"),
     ("monthly limit", "monthlyLimit"),
+    ("tpm limit", "tpmLimit"),
+    ("daily budget usd", "dailyBudgetUsd"),
+    ("monthly budget usd", "monthlyBudgetUsd"),
     ("expires at", "expiresAt"),
     ("created at", "createdAt"),
     ("updated at", "updatedAt"),
@@ -183,6 +189,20 @@ def _limit(text: str) -> int | str:
     return value
 
 
+def _dollars(text: str) -> float | str:
+    if text == "none":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an amount of dollars or 'none'"
+        ) from None
+    if not 0 < value <= 1e9:
+        raise argparse.ArgumentTypeError("must be above 0 dollars (or 'none' for no budget)")
+    return value
+
+
 def _days(text: str) -> int:
     value = _limit(text)
     if not isinstance(value, int) or value > 90:
@@ -198,8 +218,10 @@ def _field_options(parser: argparse.ArgumentParser, update: bool) -> None:
     parser.add_argument(
         "--ip", action="append", help="an allowed IP or CIDR (repeatable; 'none' clears)"
     )
-    for name in ("rpm", "concurrency", "daily", "monthly", "expires-in-days"):
+    for name in ("rpm", "concurrency", "daily", "monthly", "tpm", "expires-in-days"):
         parser.add_argument(f"--{name}", type=_limit, metavar="N", help="a number, or 'none'")
+    for name in ("daily-budget", "monthly-budget"):
+        parser.add_argument(f"--{name}", type=_dollars, metavar="USD", help="dollars, or 'none'")
     if update:
         parser.add_argument("--expires-at", help="an ISO 8601 time, or 'none'")
 
