@@ -92,6 +92,7 @@ async def test_a_read_tool_loop(
     for body in worker.seen:
         assert_chat_a_strict_template_takes(body)
     assert first["chat_template_kwargs"] == {"enable_thinking": True}
+    assert first["max_tokens"] == 8192  # it asked 32,000: the model's max_output_tokens
     assert first["reasoning_effort"] in ("low", "medium", "high")
     assert '"session_id"' in first["user"]  # the affinity key: Claude Code's session
     assert {"Read", "Bash"} <= {tool["function"]["name"] for tool in first["tools"]}
