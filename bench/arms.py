@@ -246,9 +246,11 @@ def gateway_config(
 ) -> Path:
     timeouts = {"connect": 5, "first_byte": 30, "idle": 30}
     base = f"http://127.0.0.1:{run.canned_port}"
+    # No max_concurrency: a set cap is counted across processes (a lease in the store per
+    # request), which these arms do not measure; bench/capacity arms would.
     upstreams: dict[str, Any] = {
-        "canned": {"url": base, "max_concurrency": 4096, "timeouts": timeouts},
-        "canned-sse": {"url": base + "/sse", "max_concurrency": 4096, "timeouts": timeouts},
+        "canned": {"url": base, "timeouts": timeouts},
+        "canned-sse": {"url": base + "/sse", "timeouts": timeouts},
     }
     models: dict[str, Any] = {
         "bench-model": {"upstreams": ["canned"]},
@@ -256,7 +258,7 @@ def gateway_config(
     }
     if run.paced_port:
         paced = f"http://127.0.0.1:{run.paced_port}"
-        upstreams["paced"] = {"url": paced, "max_concurrency": 4096, "timeouts": timeouts}
+        upstreams["paced"] = {"url": paced, "timeouts": timeouts}
         models["bench-paced"] = {"upstreams": ["paced"]}
     key: dict[str, Any] = {
         "id": "bench",
