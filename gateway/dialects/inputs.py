@@ -136,8 +136,15 @@ def check_completions(body: object) -> dict[str, Any]:
 
 
 def completions_wanted(body: dict[str, Any]) -> int:
-    """How many completions a checked request asks the worker to generate."""
-    return max(body.get("n") or 1, body.get("best_of") or 1)
+    """How many completions a checked request asks the worker to generate: ``n`` (or
+    ``best_of``) for each of its prompts (a list of texts, or of token lists, is several)."""
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and not _ints(prompt) else 1
+    return max(body.get("n") or 1, body.get("best_of") or 1) * prompts
+
+
+def _ints(values: list[Any]) -> bool:
+    return all(type(v) is int for v in values)
 
 
 def check_embeddings(body: object) -> dict[str, Any]:
@@ -181,6 +188,20 @@ def check_rerank(body: object) -> dict[str, Any]:
     _scored(body["documents"], "documents")
     whole(body, "top_n", 0)
     return body
+
+
+def scored_pairs(body: dict[str, Any]) -> tuple[int, int]:
+    """A checked rerank or score request's (characters of one side, pairs scored): the worker
+    reads that side once for every item of the other, so its cost grows with their product."""
+    sides = [("query", "documents"), *SCORE_PAIRS]
+    for first, second in sides:
+        if first in body and second in body:
+            one, other = body[first], body[second]
+            items = len(other) if isinstance(other, list) else 1
+            if isinstance(one, list):  # several against several: pair by pair, or one to many
+                return max((len(str(x)) for x in one), default=0), max(items, len(one))
+            return len(str(one)), items
+    return 0, 1
 
 
 def check_score(body: object) -> dict[str, Any]:

@@ -73,11 +73,12 @@ async def admit(
     route: ModelRoute,
     prompt: int,
     completion: int = 0,
+    images: int = 0,
 ) -> Ticket:
     """The admission of this request (by the gateway's own id) reserving ``prompt`` and
     ``completion`` tokens, and what they would cost at the model's prices (the money budgets);
     its rate headers go on the answer, and on a refusal too."""
-    price = money.cost(route.pricing, prompt, completion)
+    price = money.cost(route.pricing, prompt, completion, images=images)
     ticket = await runtime.limiter.admit(
         ex.id, record, prompt + completion, ex.anthropic, route.name, price
     )

@@ -92,6 +92,12 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
     return Outbound(dump_upstream(body), stream, client_usage)
 
 
+def _choices(body: dict[str, object]) -> int:
+    """How many answers a chat request asks for (``n``, 1 by default)."""
+    n = body.get("n")
+    return n if type(n) is int and n > 1 else 1
+
+
 def _clamp(body: dict[str, object], ceiling: int) -> None:
     """``max_tokens`` / ``max_completion_tokens`` above the model's ceiling lowered to it."""
     for name in ("max_tokens", "max_completion_tokens"):
@@ -157,6 +163,7 @@ class ChatHandler:
         allowance = max_output_tokens(body) or route.default_max_tokens
         if route.max_output_tokens is not None:  # what the model's workers generate at most
             allowance = min(allowance, route.max_output_tokens)
+        allowance *= _choices(body)  # every choice asked for may be as long
         with ex.span.child("admission"):
             ticket = await govern.admit(rt, ex, record, route, ex.prompt_estimate, allowance)
         try:

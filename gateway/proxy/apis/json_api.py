@@ -39,6 +39,12 @@ def estimated_input(body: dict[str, Any], route: ModelRoute, estimate: int) -> t
     return estimate, 0
 
 
+def paired_input(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
+    """Rerank and score: the body, and one side read again for every pair the worker scores."""
+    chars, pairs = inputs.scored_pairs(body)
+    return estimate + chars // 4 * pairs, 0
+
+
 def generated(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
     """Completions: the prompt, and the most every completion asked for may generate."""
     limit = body.get("max_tokens") or route.default_max_tokens
@@ -48,6 +54,12 @@ def generated(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[i
 def no_tokens(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
     """Image generation: counted in images, not tokens."""
     return 0, 0
+
+
+def _wanted(body: dict[str, Any]) -> int:
+    """The images a request asks for (``n``, 1 by default)."""
+    n = body.get("n")
+    return n if type(n) is int and n > 0 else 1
 
 
 def counted_images(raw: bytes) -> Counted:
@@ -95,7 +107,7 @@ RERANK = JsonApi(
     "embeddings",
     "/v1/rerank",
     inputs.check_rerank,
-    estimated_input,
+    paired_input,
     answers.tokens,
     False,
 )
@@ -104,12 +116,12 @@ RERANK_V2 = JsonApi(
     "embeddings",
     "/v2/rerank",
     inputs.check_rerank,
-    estimated_input,
+    paired_input,
     answers.tokens,
     False,
 )
 SCORE = JsonApi(
-    "rerank", "embeddings", "/v1/score", inputs.check_score, estimated_input, answers.tokens, False
+    "rerank", "embeddings", "/v1/score", inputs.check_score, paired_input, answers.tokens, False
 )
 IMAGES = JsonApi(
     "images",
@@ -177,7 +189,8 @@ class JsonHandler:
         payload = self._outbound(ex, body, route)
         ex.prompt_estimate = len(raw) // 4 if api.estimates else 0
         prompt, completion = api.reserve(body, route, ex.prompt_estimate)
-        ticket = await govern.admit(rt, ex, record, route, prompt, completion)
+        images = _wanted(body) if api.api == "images" else 0  # priced per image
+        ticket = await govern.admit(rt, ex, record, route, prompt, completion, images)
         try:
             opened = await forward.open_answer(rt, request, ex, route, api.path, payload)
             upstream, response, answer = opened

@@ -165,6 +165,8 @@ class Form:
                 part = await self._part()
             while part is not None:
                 name, filename = self._names(part)
+                if name in self.fields:  # the worker must see what the gateway decided by
+                    raise BadRequest(f"The form field '{shown(name)}' appears twice; send it once.")
                 yield part_head(self.boundary, name, filename, part)
                 while chunk := await self._guard(part.read_chunk(CHUNK)):
                     yield chunk
