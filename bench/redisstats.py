@@ -94,7 +94,7 @@ def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) 
 
 
 _LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?(?: "([^"]*)")?')
-SETTLE_KEYS = 7  # keys per settlement in a settle EVALSHA (it may carry several)
+SETTLE_KEYS = 9  # keys per settlement in a settle EVALSHA (it may carry several)
 
 
 @dataclass
