@@ -13,6 +13,7 @@ import math
 from gateway.config.schema import Pricing
 
 MICROS = 1_000_000
+FREE = Pricing()
 
 
 def micros(usd: float | None) -> int | None:
@@ -34,6 +35,8 @@ def cost(
     audio_seconds: float = 0.0,
 ) -> int:
     """What a request costs at ``pricing``, in whole micro-dollars (rounded up)."""
+    if pricing == FREE:  # most models: nothing to price
+        return 0
     total = (
         prompt * pricing.input_per_mtok
         + completion * pricing.output_per_mtok

@@ -48,6 +48,9 @@ class _Check:
     retry_after: float
 
 
+_NO_MINUTE = MinuteTokens()  # read only: the minute of a key or owner without a tpm limit
+
+
 class MemoryStore:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -231,8 +234,12 @@ class MemoryStore:
     ) -> Verdict:
         scope = f"k:{a.key_id}" if a.rpm else f"o:{a.owner}"
         log = self._log(scope, now) if (a.rpm or a.plan_rpm) is not None else deque()
-        key_minute = self._minutes.get(f"k:{a.key_id}", MinuteTokens())
-        owner_minute = self._minutes.get(f"o:{a.owner}", MinuteTokens())
+        key_minute = (
+            self._minutes.get(f"k:{a.key_id}", _NO_MINUTE) if a.tpm is not None else _NO_MINUTE
+        )
+        owner_minute = (
+            self._minutes.get(f"o:{a.owner}", _NO_MINUTE) if a.plan_tpm is not None else _NO_MINUTE
+        )
         spent = Spent(
             day_tokens=self._tokens(f"kd:{a.key_id}", day),
             month_tokens=self._tokens(f"km:{a.key_id}", month),
