@@ -112,8 +112,9 @@ class ResponsesHandler:
         require(route, "responses", asked)
         history, size = await self._history(record.owner, body.get("previous_response_id"))
         items = responses.items_of(body)
-        if inputs.has_image_input({"input": [*history, *items]}):
-            rt.keys.check_permission(record, "vision")
+        maybe = history or inputs.may_carry_image(raw)  # a text request pays one byte search
+        if maybe and inputs.has_image_input({"input": [*history, *items]}):
+            rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
         estimate = (len(raw) + size) // 4
         keep = self._keeper(record.owner, body, history + items)
         model = rt.config.models.get(route.name)

@@ -175,21 +175,13 @@ async def _pump(
     """Relay until the worker's stream ends; the response is kept before its terminal event
     goes out. A failure after the head is an ``error`` event."""
     upstream, response, chunk = opened
-    public, (pattern, keep) = ending
     splitter, idle, kept = SSESplitter(), upstream.timeouts.idle, False
     loop = asyncio.get_running_loop()
     try:
         with Silence(idle) as silence:
             while chunk:
                 if events := splitter.feed(chunk):
-                    head, tail = relay.relay(events)
-                    await client.write(answers.rename(head, pattern, public, False))
-                    if tail:
-                        if relay.final is not None and not kept:
-                            kept = True
-                            relay.final["model"] = public
-                            await _keep(keep, relay.final)
-                        await client.write(answers.rename(tail, pattern, public, False))
+                    kept = await _deliver(client, relay, events, ending, kept)
                 silence.since = loop.time()
                 chunk = await read_chunk(response, upstream)
                 silence.since = None
@@ -205,6 +197,23 @@ async def _pump(
     except GatewayError as exc:
         await _broken(rt, ex, client, relay, upstream, exc)
     await client.write_eof()
+
+
+async def _deliver(
+    client: web.StreamResponse, relay: NativeRelay, events: list[bytes], ending: Ending, kept: bool
+) -> bool:
+    """Write a batch of events with the public model name; before the terminal event, keep
+    the response (once). Whether it is kept."""
+    public, (pattern, keep) = ending
+    head, tail = relay.relay(events)
+    await client.write(answers.rename(head, pattern, public, False))
+    if tail:
+        if relay.final is not None and not kept:
+            kept = True
+            relay.final["model"] = public
+            await _keep(keep, relay.final)
+        await client.write(answers.rename(tail, pattern, public, False))
+    return kept
 
 
 async def _broken(
