@@ -236,7 +236,6 @@ class Metrics:
             registry=r,
         )
 
-
     def render(self) -> bytes:
         directory = multiprocess_dir()
         if directory is None:
