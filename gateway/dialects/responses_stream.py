@@ -76,6 +76,7 @@ _ITEM = {
     "reasoning": b'{"id":"%s","type":"reasoning","summary":[],"content":[%s],"status":"completed"}',
 }
 _PREFIX = {"message": "msg", "reasoning": "rs"}
+_SEQ = b',"sequence_number":%d}\n\n'  # the end of every event
 _LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
 _NO_FRAME: Frame = (b"", b"", 0, 0)
 
@@ -177,17 +178,22 @@ class ResponsesStream:
                 self._choice(choice)
         return self._take()
 
-    def more_text(self, text: str, literal: bytes | None = None) -> bytes | None:
+    def writing(self) -> _Open | None:
+        """The message being written (more text goes to it as it is), if any."""
+        item = self.open
+        return item if item is not None and item.kind == "message" and not self.ended else None
+
+    def more_text(self, text: str) -> bytes | None:
         """The event of more answer text while the message is being written (the commonest
         chunk, when it is nothing else), in one step; None when that is not the case.
-        ``literal``: ``text`` as orjson writes it, when known."""
+        """
         item = self.open
         if item is None or item.kind != "message" or self.ended:
             return None
         item.parts.append(text)
         seq = self.seq
         self.seq += 1
-        return item.head + (literal or _dumps(text)) + b',"sequence_number":%d}\n\n' % seq
+        return item.head + _dumps(text) + _SEQ % seq
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
@@ -354,7 +360,7 @@ class ResponsesRelay:
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.chunks = 0
-        self._frame: Frame | None = None
+        self._frame: Frame = _NO_FRAME  # stop is 0 until a frame is learned
         self._learn = _LEARN_ATTEMPTS
 
     @property
@@ -365,11 +371,28 @@ class ResponsesRelay:
 
     def relay(self, events: list[bytes]) -> bytes:
         parts: list[bytes] = []
+        stream = self.stream
+        before, after, start, stop = self._frame
+        item = stream.writing() if stop else None  # the message, while a frame is known
+        texts = 0  # text chunks taken from their bytes
         for event in events:
-            framed = self._framed(event) if self._frame is not None else None
-            if framed is not None:
-                parts.append(framed)
-                continue
+            if item is not None and event.startswith(before) and event.endswith(after):
+                literal = event[start:stop]
+                # Exactly one non-empty string literal (quotes at both ends, nothing around
+                # them); without escapes it is already what orjson writes.
+                if len(literal) > 2 and literal[0] == 34 == literal[-1]:
+                    try:
+                        text = _loads(literal)
+                    except JSONDecodeError:
+                        pass
+                    else:
+                        item.parts.append(text)
+                        if b"\\" in literal:
+                            literal = _dumps(text)
+                        parts.append(item.head + literal + _SEQ % stream.seq)
+                        stream.seq += 1
+                        texts += 1
+                        continue
             # a one-line event is "data: " and its data (event_data's commonest case, inline)
             data = event[6:] if event.startswith(b"data: ") and b"\n" not in event else None
             data = data if data is not None else event_data(event)
@@ -379,27 +402,11 @@ class ResponsesRelay:
                 self.done = True
                 continue
             parts.append(self._parsed(event, data))
-        self.usage = self.stream.usage
+            before, after, start, stop = self._frame
+            item = stream.writing() if stop else None
+        self.chunks += texts
+        self.usage = stream.usage
         return b"".join(parts)
-
-    def _framed(self, event: bytes) -> bytes | None:
-        """A text chunk of the learned frame, translated from its bytes (None: not one)."""
-        before, after, start, stop = self._frame or _NO_FRAME
-        if not (event.startswith(before) and event.endswith(after)):
-            return None
-        literal = event[start:stop]
-        # Exactly one string literal (quotes at both ends, nothing around them); without
-        # escapes it is already what orjson writes.
-        if len(literal) < 3 or literal[0] != 34 or literal[-1] != 34:
-            return None
-        try:
-            text = _loads(literal)
-        except JSONDecodeError:
-            return None
-        more = self.stream.more_text(text, literal if b"\\" not in literal else None)
-        if more is not None:
-            self.chunks += 1
-        return more
 
     def _parsed(self, event: bytes, data: bytes) -> bytes:
         stream = self.stream
