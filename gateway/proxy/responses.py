@@ -110,7 +110,8 @@ class ResponsesHandler:
         asked: str = body["model"]
         route = govern.model(rt, ex, record, asked)
         require(route, "responses", asked)
-        history, size = await self._history(record.owner, body.get("previous_response_id"))
+        previous = body.get("previous_response_id")
+        history, size = await self._history(record.owner, previous) if previous else ([], 0)
         items = responses.items_of(body)
         maybe = history or inputs.may_carry_image(raw)  # a text request pays one byte search
         if maybe and inputs.has_image_input({"input": [*history, *items]}):
