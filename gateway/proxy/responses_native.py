@@ -22,15 +22,12 @@ from aiohttp import web
 from gateway.config.schema import Upstream
 from gateway.dialects import responses
 from gateway.dialects.responses_native import NativeRelay, chat_usage
-from gateway.dialects.sse import SSESplitter
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.proxy import govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.json_api import refused
 from gateway.proxy.bodies import dump_upstream
 from gateway.proxy.exchange import Exchange
-from gateway.proxy.timers import Silence
-from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
@@ -174,29 +171,13 @@ async def _pump(
 ) -> None:
     """Relay until the worker's stream ends; the response is kept before its terminal event
     goes out. A failure after the head is an ``error`` event."""
-    upstream, response, chunk = opened
-    splitter, idle, kept = SSESplitter(), upstream.timeouts.idle, False
-    loop = asyncio.get_running_loop()
-    try:
-        with Silence(idle) as silence:
-            while chunk:
-                if events := splitter.feed(chunk):
-                    kept = await _deliver(client, relay, events, ending, kept)
-                silence.since = loop.time()
-                chunk = await read_chunk(response, upstream)
-                silence.since = None
-        if not relay.done:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' ended the stream before it was complete."
-            )
-    except TimeoutError:
-        err: GatewayError = UpstreamTimeout(
-            f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the answer."
-        )
-        await _broken(rt, ex, client, relay, upstream, err)
-    except GatewayError as exc:
-        await _broken(rt, ex, client, relay, upstream, exc)
-    await client.write_eof()
+    kept = False
+
+    async def deliver(events: list[bytes]) -> None:
+        nonlocal kept
+        kept = await _deliver(client, relay, events, ending, kept)
+
+    await forward.pump(rt, ex, client, relay, opened, deliver)
 
 
 async def _deliver(
@@ -214,17 +195,3 @@ async def _deliver(
             await _keep(keep, relay.final)
         await client.write(answers.rename(tail, pattern, public, False))
     return kept
-
-
-async def _broken(
-    rt: Runtime,
-    ex: Exchange,
-    client: web.StreamResponse,
-    relay: NativeRelay,
-    upstream: Upstream,
-    err: GatewayError,
-) -> None:
-    """The head is sent: the client learns of the failure from an ``error`` event."""
-    forward.failed(rt, upstream)
-    ex.error = True
-    await client.write(relay.error(err))

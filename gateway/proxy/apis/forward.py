@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -212,6 +213,14 @@ async def relay_stream(
     return client
 
 
+class Streamed(Protocol):
+    """A relay whose stream can end whole (``done``) or broken (``error``'s event)."""
+
+    done: bool
+
+    def error(self, error: GatewayError) -> bytes: ...
+
+
 async def _pump(
     rt: Runtime,
     ex: Exchange,
@@ -220,6 +229,23 @@ async def _pump(
     renamed: Renamer,
     stream: tuple[Upstream, Response, bytes],
 ) -> None:
+    async def deliver(events: list[bytes]) -> None:
+        await client.write(renamed(relay.relay(events)))
+
+    await pump(rt, ex, client, relay, stream, deliver)
+
+
+async def pump(
+    rt: Runtime,
+    ex: Exchange,
+    client: web.StreamResponse,
+    relay: Streamed,
+    stream: tuple[Upstream, Response, bytes],
+    deliver: Callable[[list[bytes]], Awaitable[None]],
+) -> None:
+    """Relay a worker's stream until it ends: each batch of events to ``deliver``, the
+    worker's silence bounded by its ``idle``; a failure after the head is the relay's error
+    event (no status can say it any more), and the worker counts as failed."""
     upstream, response, chunk = stream
     splitter, idle = SSESplitter(), upstream.timeouts.idle
     loop = asyncio.get_running_loop()
@@ -227,7 +253,7 @@ async def _pump(
         with Silence(idle) as silence:
             while chunk:
                 if events := splitter.feed(chunk):
-                    await client.write(renamed(relay.relay(events)))
+                    await deliver(events)
                 silence.since = loop.time()
                 chunk = await read_chunk(response, upstream)
                 silence.since = None
@@ -236,10 +262,10 @@ async def _pump(
                 f"Upstream '{upstream.name}' ended the stream before it was complete."
             )
     except TimeoutError:
-        err: GatewayError = UpstreamTimeout(
+        silent = (
             f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the answer."
         )
-        await _broken(rt, ex, client, relay, upstream, err)
+        await _broken(rt, ex, client, relay, upstream, UpstreamTimeout(silent))
     except GatewayError as exc:
         await _broken(rt, ex, client, relay, upstream, exc)
     await client.write_eof()
@@ -249,12 +275,12 @@ async def _broken(
     rt: Runtime,
     ex: Exchange,
     client: web.StreamResponse,
-    relay: OpenAIRelay,
+    relay: Streamed,
     upstream: Upstream,
     err: GatewayError,
 ) -> None:
     """The head is sent: the client learns of the failure from an error event and the missing
-    ``[DONE]``, never from a status."""
+    end, never from a status."""
     failed(rt, upstream)
     ex.error = True
     await client.write(relay.error(err))
