@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from gateway.mock_worker_plan import BadRequest, plan_chat, text_of
+from gateway.mock_worker.plan import BadRequest, plan_chat, text_of
 
 EMBEDDING_SIZE = 16  # dimensions unless the request names ``dimensions``
 MAX_DIMENSIONS = 8192

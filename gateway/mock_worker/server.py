@@ -2,9 +2,9 @@
 
 Owns the HTTP side: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (JSON or
 SSE), API-key checks, per-request fault injection through ``x-mock-*`` headers, and the
-:class:`MockState` record tests read. What to answer is decided in ``gateway.mock_worker_plan``;
-the bytes are built in ``gateway.mock_worker_wire``. The other APIs (completions, embeddings,
-rerank and score, audio, images, ``/tokenize``) are served by ``gateway.mock_worker_apis``.
+:class:`MockState` record tests read. What to answer is decided in ``gateway.mock_worker.plan``;
+the bytes are built in ``gateway.mock_worker.wire``. The other APIs (completions, embeddings,
+rerank and score, audio, images, ``/tokenize``) are served by ``gateway.mock_worker.apis``.
 
 Request headers (the gateway forwards client headers upstream):
 
@@ -33,9 +33,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.mock_worker_apis import MockApis
-from gateway.mock_worker_plan import BadRequest, Controls, Plan, plan_chat, read_controls
-from gateway.mock_worker_wire import (
+from gateway.mock_worker.apis import MockApis
+from gateway.mock_worker.plan import BadRequest, Controls, Plan, plan_chat, read_controls
+from gateway.mock_worker.wire import (
     DONE,
     CannedChunks,
     chunk_head,

@@ -3,7 +3,7 @@
 Owns request validation (the 400s), the reply rules (canned reply, ``echo:``, ``say:N``, the tool
 round trip), the ``max_tokens`` and ``stop`` cuts, tool-call synthesis, reasoning and the token
 counts; and the ``x-mock-*`` request headers every API reads (:func:`read_controls`).
-``gateway.mock_worker_wire`` turns a :class:`Plan` into bytes; ``gateway.mock_worker`` serves
+``gateway.mock_worker.wire`` turns a :class:`Plan` into bytes; ``gateway.mock_worker`` serves
 it. A token is a whitespace-delimited word together with the whitespace before it.
 """
 

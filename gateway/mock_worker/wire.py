@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.mock_worker_plan import Plan, ToolCall, tokenize
+from gateway.mock_worker.plan import Plan, ToolCall, tokenize
 
 DONE = b"data: [DONE]\n\n"
 ROLE_DELTA = b'{"role":"assistant","content":""}'

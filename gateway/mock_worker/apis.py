@@ -3,7 +3,7 @@
 ``/v2/rerank``, ``/v1/score``, ``/score``, ``/v1/audio/transcriptions`` and
 ``/v1/audio/translations`` (multipart; ``stream=true`` as SSE), ``/v1/images/generations``,
 ``/v1/images/edits`` (multipart) and ``/tokenize``. What each answers is decided in
-``gateway.mock_worker_shapes``.
+``gateway.mock_worker.shapes``.
 
 The ``x-mock-*`` headers act as on chat: ``x-mock-status`` answers that status,
 ``x-mock-delay`` waits before the head, ``x-mock-no-usage`` leaves the usage out,
@@ -21,9 +21,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import mock_worker_shapes as shapes
-from gateway.mock_worker_plan import BadRequest, Controls, read_controls
-from gateway.mock_worker_wire import error_body
+from gateway.mock_worker import shapes
+from gateway.mock_worker.plan import BadRequest, Controls, read_controls
+from gateway.mock_worker.wire import error_body
 
 Deny = Callable[[web.Request], web.Response | None]
 Record = Callable[[str, dict[str, str], Any], None]
