@@ -35,7 +35,7 @@ from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
 from gateway.store.responses_store import create_responses_store
 from gateway.tracing import Tracer, build_tracer
-from gateway.web import admin, admin_api, admin_owners, console, public
+from gateway.web import admin, admin_alerts, admin_api, admin_owners, console, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
 from gateway.web.observe import Observer
 
@@ -200,7 +200,7 @@ def create_app(runtime: Runtime) -> web.Application:
         client_max_size=config.network.max_body_bytes,
     )
     app[RUNTIME] = runtime
-    app[ALERTS] = build_alerts(runtime)
+    app[ALERTS] = runtime.alerts = build_alerts(runtime)
     runtime.limiter.on_admitted = app[ALERTS].observe_verdict  # usage thresholds
 
     def trusts_proto(request: web.BaseRequest) -> bool:
@@ -233,5 +233,6 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     admin.add_routes(app, runtime)
     admin_api.add_routes(app, runtime)
     admin_owners.add_routes(app, runtime)
+    admin_alerts.add_routes(app, runtime)
     console.add_routes(app, runtime)  # /console and its read-only API under /admin/console/
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.auth.lifecycle import KeyLifecycle
 from gateway.auth.service import KeyService
@@ -23,6 +23,9 @@ from gateway.store.base import Store
 from gateway.store.responses_store import ResponsesStore
 from gateway.tracing import NO_TRACER, Tracer
 from gateway.web.observe import RecentRefusals
+
+if TYPE_CHECKING:
+    from gateway.alerts.service import AlertService
 
 
 @dataclass(slots=True)
@@ -45,6 +48,7 @@ class Runtime:
     tracer: Tracer = NO_TRACER  # read at start: a reload does not change it
     refusals: RecentRefusals = field(default_factory=RecentRefusals)  # the console's, per process
     capacity: Capacity | None = None  # upstream slots and the queue of full models
+    alerts: AlertService | None = None  # set by ``app.create_app``; the admin API reads it
 
     def apply(self, config: Config) -> None:
         """Swap in a new config whole; requests in flight keep the objects they hold."""

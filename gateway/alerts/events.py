@@ -34,14 +34,24 @@ def hook_id(hook: Webhook) -> str:
     return hashlib.sha256(f"{hook.format}|{hook.url}".encode()).hexdigest()[:16]
 
 
+STATES = ("queued", "retrying", "sent", "dropped")
+TEST = "alert.test"  # the type of ``gateway alerts test``: sent to every webhook
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One event on its way to one webhook: what the queue holds."""
+    """One event on its way to one webhook: what the queue holds, and what the store's history
+    of deliveries keeps of it (``state``; the outcome of the last attempt, ``last``, at ``at``;
+    when the next is due, ``next``)."""
 
     hook: str
     event: dict[str, Any]
     first_at: float
-    attempts: int = 0
+    attempts: int = 0  # attempts that failed
+    state: str = "queued"
+    last: str | None = None  # the last attempt's HTTP status, or the error's name, or why dropped
+    at: float | None = None
+    next: float | None = None
 
     @property
     def id(self) -> str:
@@ -52,27 +62,63 @@ class Delivery:
         return str(self.event["type"])
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {"hook": self.hook, "event": self.event, "firstAt": self.first_at, "n": self.attempts}
-        )
+        data = {
+            "hook": self.hook,
+            "event": self.event,
+            "firstAt": self.first_at,
+            "n": self.attempts,
+        }
+        if self.state != "queued":
+            data |= {"s": self.state, "last": self.last, "at": self.at, "next": self.next}
+        return orjson.dumps(data)
 
     @staticmethod
     def decode(raw: bytes) -> Delivery:
         data = orjson.loads(raw)
-        return Delivery(data["hook"], data["event"], float(data["firstAt"]), int(data["n"]))
+        state = str(data.get("s", "queued"))
+        return Delivery(
+            data["hook"],
+            data["event"],
+            float(data["firstAt"]),
+            int(data["n"]),
+            state if state in STATES else "queued",
+            None if data.get("last") is None else str(data["last"]),
+            _number(data.get("at")),
+            _number(data.get("next")),
+        )
 
-    def failed(self) -> Delivery:
-        return replace(self, attempts=self.attempts + 1)
+    def failed(self, outcome: str, now: float, delay: float) -> Delivery:
+        """After a failed attempt: retried ``delay`` seconds from ``now``."""
+        return replace(
+            self, attempts=self.attempts + 1, state="retrying", last=outcome, at=now,
+            next=now + delay,
+        )  # fmt: skip
+
+    def ended(self, state: str, outcome: str, now: float) -> Delivery:
+        """Sent (``outcome``: the status) or dropped (``outcome``: why)."""
+        return replace(self, state=state, last=outcome, at=now, next=None)
+
+    @property
+    def attempts_made(self) -> int:
+        return self.attempts + (1 if self.state == "sent" else 0)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def deliveries(event: dict[str, Any], hooks: tuple[Webhook, ...], now: float) -> list[Delivery]:
-    """One delivery per webhook that asked for the event's type."""
-    return [Delivery(hook_id(h), event, now) for h in hooks if event["type"] in h.events]
+    """One delivery per webhook that asked for the event's type (a test event: every one)."""
+    return [
+        Delivery(hook_id(h), event, now)
+        for h in hooks
+        if event["type"] in h.events or event["type"] == TEST
+    ]
 
 
-def retry_delay(attempts: int) -> float:
+def retry_delay(attempts: int, first: float = FIRST_RETRY) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones: 2, 4, 8, … 600."""
-    return min(MAX_RETRY, FIRST_RETRY * 2.0 ** max(0, attempts - 1))
+    return min(MAX_RETRY, first * 2.0 ** max(0, attempts - 1))
 
 
 def render(event: dict[str, Any], form: str) -> bytes:
@@ -128,6 +174,8 @@ def summary(event: dict[str, Any]) -> str:
         text = f"Upstream {data['upstream']} is down (no answer since {data['since']})"
     elif kind == "upstream.up":
         text = f"Upstream {data['upstream']} is up again"
+    elif kind == TEST:
+        text = f"Test event: {data.get('message') or 'the webhook works'}"
     else:
         text = kind
     return _escape(f"[gateway] {text} ({event['id']})")

@@ -20,7 +20,14 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.alerts.events import Delivery, hook_id, render, retry_delay, signature
+from gateway.alerts.events import (
+    FIRST_RETRY,
+    Delivery,
+    hook_id,
+    render,
+    retry_delay,
+    signature,
+)
 from gateway.clock import Clock
 from gateway.config.schema import Alerts, Webhook
 from gateway.metrics import Metrics
@@ -35,6 +42,7 @@ class Tuning:
     """Intervals of the alert service, in seconds (tests shorten them)."""
 
     tick: float = 1.0  # lease renewal, upstream looks, the queue gauge
+    first_retry: float = FIRST_RETRY  # the retry schedule: this, twice it, … (at most 10 min)
     leader_ttl: float = 5.0  # a dead leader's lease lapses this long after its last renewal
     poll: float = 1.0  # how often the leader looks for due deliveries
     batch: int = 32  # deliveries claimed (and POSTed concurrently) at once
@@ -125,32 +133,40 @@ class Sender:
         try:
             if hook is None:
                 await self._drop(item_id, delivery, "its webhook is no longer configured")
-            elif await self._post(hook, delivery):
-                await self.events.ack(item_id)
+                return
+            outcome = await self._post(hook, delivery)
+            if outcome.isdigit() and 200 <= int(outcome) < 300:
+                sent = delivery.ended("sent", outcome, self.clock.time())
+                await self.events.ack(item_id, sent.encode())
                 self._count(delivery, "sent")
             else:
-                await self._failed(item_id, delivery, settings)
+                await self._failed(item_id, delivery, settings, outcome)
         except StoreError:
             pass  # the claim lapses and the delivery comes back: at least once
 
-    async def _failed(self, item_id: str, delivery: Delivery, settings: Alerts) -> None:
+    async def _failed(
+        self, item_id: str, delivery: Delivery, settings: Alerts, outcome: str
+    ) -> None:
         self._count(delivery, "failed")
-        delivery = delivery.failed()
-        delay = retry_delay(delivery.attempts)
-        if self.clock.time() + delay - delivery.first_at > settings.give_up_after:
+        now = self.clock.time()
+        delay = retry_delay(delivery.attempts + 1, self.tuning.first_retry)
+        delivery = delivery.failed(outcome, now, delay)
+        if now + delay - delivery.first_at > settings.give_up_after:
             await self._drop(item_id, delivery, f"no 2xx in {delivery.attempts} attempts")
             return
         await self.events.retry(item_id, delivery.encode(), delay)
 
     async def _drop(self, item_id: str, delivery: Delivery, why: str) -> None:
-        await self.events.ack(item_id)
+        dropped = delivery.ended("dropped", why, self.clock.time())
+        await self.events.ack(item_id, dropped.encode())
         self._count(delivery, "dropped")
         log.warning(
             "alert dropped",
             extra={"event": delivery.event["id"], "type": delivery.type, "reason": why},
         )
 
-    async def _post(self, hook: Webhook, delivery: Delivery) -> bool:
+    async def _post(self, hook: Webhook, delivery: Delivery) -> str:
+        """The outcome of one POST: the HTTP status, or the name of the error."""
         body = render(delivery.event, hook.format)
         headers = {
             "Content-Type": "application/json",
@@ -171,12 +187,12 @@ class Sender:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             status = type(exc).__name__
         if isinstance(status, int) and 200 <= status < 300:
-            return True
+            return str(status)
         log.warning(
             "alert delivery failed; will retry",
             extra={"host": urlsplit(hook.url).hostname, "status": status, "type": delivery.type},
         )
-        return False
+        return str(status)
 
     def _count(self, delivery: Delivery, result: str) -> None:
         self.metrics.alert_deliveries.labels(delivery.type, result).inc()

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.alerts import thresholds as th
-from gateway.alerts.events import deliveries, new_event
+from gateway.alerts.events import TEST, deliveries, new_event
 from gateway.alerts.sender import Sender, Tuning
 from gateway.alerts.upstreams import UpstreamViews
 from gateway.clock import Clock
@@ -141,6 +141,20 @@ class AlertService:
         self._pending.append(Pending(new_event(kind, data, self.clock.time()), once))
         self._drained.clear()
         self._ready.set()
+
+    async def send_test(self, message: str) -> tuple[dict[str, Any], int]:
+        """An ``alert.test`` event for every configured webhook, queued in the store now (a
+        ``StoreError`` reaches the caller); the event and how many webhooks it is queued for.
+        The sender delivers it as any other event."""
+        now = self.clock.time()
+        event = new_event(TEST, {"message": message, "requestedBy": "admin"}, now)
+        queued = deliveries(event, self.settings().webhooks, now)
+        if queued:
+            await self.events.enqueue([(d.id, d.encode()) for d in queued])
+            for delivery in queued:
+                self.metrics.alert_deliveries.labels(delivery.type, "queued").inc()
+            self.sender.wake.set()
+        return event, len(queued)
 
     # -- start and stop ---------------------------------------------------------------------
     async def start(self) -> None:

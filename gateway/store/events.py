@@ -12,6 +12,11 @@ Semantics every backend keeps:
 - ``claim`` hands out up to ``count`` due items and hides them for ``lease`` seconds: a sender
   that dies with them lets them come back. ``ack`` removes an item for good; ``retry`` stores
   its new bytes and makes it due ``delay`` seconds from now. ``depth`` counts queued items.
+- The history: ``enqueue`` also records each item it adds (its payload) in a history of the
+  ``HISTORY`` most recent items, oldest forgotten first; ``retry`` records the item's new
+  payload there, ``ack`` its final ``record`` when one is given (an item already forgotten
+  stays forgotten). ``recent(count)`` lists the history newest first; ``records(ids)`` looks
+  items up in it (None: not there). What ``GET /admin/alerts/events`` shows.
 - ``leader(holder, ttl)`` takes or renews a lease that one holder at a time has; it lapses
   ``ttl`` seconds after its last renewal. ``resign`` gives it up (only its holder can).
 - ``swap(name, value, ttl)`` sets a shared value and returns the one before (None: unset or
@@ -26,6 +31,7 @@ from __future__ import annotations
 from typing import Protocol
 
 Item = tuple[str, bytes]  # (id, payload)
+HISTORY = 1000  # items the history keeps
 
 
 class EventStore(Protocol):
@@ -34,11 +40,16 @@ class EventStore(Protocol):
 
     async def claim(self, count: int, lease: float) -> list[Item]: ...
 
-    async def ack(self, item_id: str) -> None: ...
+    async def ack(self, item_id: str, record: bytes | None = None) -> None: ...
 
     async def retry(self, item_id: str, payload: bytes, delay: float) -> None: ...
 
     async def depth(self) -> int: ...
+
+    # -- the history --------------------------------------------------------------------------
+    async def recent(self, count: int) -> list[Item]: ...
+
+    async def records(self, ids: list[str]) -> list[bytes | None]: ...
 
     # -- coordination ---------------------------------------------------------------------------
     async def leader(self, holder: str, ttl: float) -> bool: ...

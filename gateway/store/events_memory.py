@@ -3,8 +3,10 @@ with time from the injected clock. Not durable past the process, as the memory s
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from gateway.clock import Clock
-from gateway.store.events import Item
+from gateway.store.events import HISTORY, Item
 
 
 class MemoryEventStore:
@@ -16,6 +18,7 @@ class MemoryEventStore:
         self._values: dict[str, tuple[str, float]] = {}
         self._leader: tuple[str, float] | None = None
         self._expiry: dict[str, float] = {}
+        self._history: OrderedDict[str, bytes] = OrderedDict()  # oldest first
 
     def _live(self, until: float) -> bool:
         return until > self.clock.time()
@@ -33,6 +36,10 @@ class MemoryEventStore:
             if item_id not in self._items:
                 self._items[item_id] = payload
                 self._due[item_id] = now
+                self._history[item_id] = payload
+                self._history.move_to_end(item_id)
+        while len(self._history) > HISTORY:
+            self._history.popitem(last=False)
         return True
 
     async def claim(self, count: int, lease: float) -> list[Item]:
@@ -42,17 +49,28 @@ class MemoryEventStore:
             self._due[item_id] = now + lease
         return [(item_id, self._items[item_id]) for _, item_id in due]
 
-    async def ack(self, item_id: str) -> None:
+    async def ack(self, item_id: str, record: bytes | None = None) -> None:
         self._items.pop(item_id, None)
         self._due.pop(item_id, None)
+        if record is not None and item_id in self._history:
+            self._history[item_id] = record
 
     async def retry(self, item_id: str, payload: bytes, delay: float) -> None:
         if item_id in self._items:
             self._items[item_id] = payload
             self._due[item_id] = self.clock.time() + delay
+            if item_id in self._history:
+                self._history[item_id] = payload
 
     async def depth(self) -> int:
         return len(self._items)
+
+    async def recent(self, count: int) -> list[Item]:
+        newest = reversed(self._history.items())
+        return [pair for _, pair in zip(range(max(0, count)), newest, strict=False)]
+
+    async def records(self, ids: list[str]) -> list[bytes | None]:
+        return [self._history.get(item_id) for item_id in ids]
 
     async def leader(self, holder: str, ttl: float) -> bool:
         current = self._leader

@@ -3,10 +3,12 @@ gateway process of the store, so the queue survives a restart of any of them.
 
 Every key is under the ``{alerts}`` hash tag (one Cluster slot), so each call is one atomic
 script or command: ``gw:{alerts}:due`` (sorted set: item id by due time), ``gw:{alerts}:items``
-(hash: item id → payload), ``gw:{alerts}:once:<marker>``, ``gw:{alerts}:leader``,
-``gw:{alerts}:state:<name>`` and ``gw:{alerts}:expiry`` (sorted set: key id by expiry). Alerts
-are few, so one slot is plenty. Time is Redis ``TIME`` (``clock`` is a test hook, as in
-``store.redis``). Its own redis-py client, off the request path (``store.redis_conn``).
+(hash: item id → payload), ``gw:{alerts}:history`` (hash: item id → its last record) with
+``gw:{alerts}:history:at`` (sorted set: item id by enqueue time), ``gw:{alerts}:once:<marker>``,
+``gw:{alerts}:leader``, ``gw:{alerts}:state:<name>`` and ``gw:{alerts}:expiry`` (sorted set:
+key id by expiry). Alerts are few, so one slot is plenty. Time is Redis ``TIME`` (``clock`` is
+a test hook, as in ``store.redis``). Its own redis-py client, off the request path
+(``store.redis_conn``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from redis.commands.core import AsyncScript
 
 from gateway.clock import Clock
 from gateway.store.base import StoreError
-from gateway.store.events import Item
+from gateway.store.events import HISTORY, Item
 from gateway.store.redis_conn import ERRORS, Client, client, parse
 
 T = TypeVar("T")
 PREFIX = "gw:{alerts}:"
 DUE, ITEMS, LEADER, EXPIRY = (PREFIX + name for name in ("due", "items", "leader", "expiry"))
+HIST, HIST_AT = PREFIX + "history", PREFIX + "history:at"
 
 _NOW = """
 local function now(arg)
@@ -34,7 +37,8 @@ local function now(arg)
 end
 local function at(seconds) return string.format('%.3f', seconds) end
 """
-# KEYS: due, items, marker. ARGV: now, marker ttl in ms ('' = no marker), then id, payload, ...
+# KEYS: due, items, marker, history, history:at. ARGV: now, marker ttl in ms ('' = no marker),
+# history size, then id, payload, ...
 ENQUEUE = (
     _NOW
     + """
@@ -42,10 +46,19 @@ local t = now(ARGV[1])
 if ARGV[2] ~= '' and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[2]) then
   return 0
 end
-for i = 3, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('ZADD', KEYS[1], at(t), ARGV[i])
+    redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', KEYS[5], at(t), ARGV[i])
   end
+end
+local over = redis.call('ZCARD', KEYS[5]) - tonumber(ARGV[3])
+if over > 0 then
+  for _, id in ipairs(redis.call('ZRANGE', KEYS[5], 0, over - 1)) do
+    redis.call('HDEL', KEYS[4], id)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, over - 1)
 end
 return 1
 """
@@ -70,21 +83,40 @@ end
 return out
 """
 )
-# KEYS: due, items. ARGV: now, id, payload, delay seconds.
+# KEYS: due, items, history. ARGV: now, id, payload, delay seconds.
 RETRY = (
     _NOW
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
   redis.call('ZADD', KEYS[1], at(now(ARGV[1]) + tonumber(ARGV[4])), ARGV[2])
+  if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
+    redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+  end
 end
 return 1
 """
 )
+# KEYS: due, items, history. ARGV: id, its final record ('' = none).
 ACK = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+if ARGV[2] ~= '' and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+end
 return 1
+"""
+# KEYS: history, history:at. ARGV: count. Returns id, record, ... newest first.
+RECENT = """
+local out = {}
+for _, id in ipairs(redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
+  local record = redis.call('HGET', KEYS[1], id)
+  if record then
+    out[#out + 1] = id
+    out[#out + 1] = record
+  end
+end
+return out
 """
 # KEYS: leader. ARGV: holder, ttl in ms.
 LEAD = """
@@ -108,6 +140,7 @@ SCRIPTS = {
     "claim": CLAIM,
     "retry": RETRY,
     "ack": ACK,
+    "recent": RECENT,
     "lead": LEAD,
     "resign": RESIGN,
     "swap": SWAP,
@@ -151,25 +184,37 @@ class RedisEventStore:
 
     async def enqueue(self, items: list[Item], once: tuple[str, float] | None = None) -> bool:
         marker, ttl = (PREFIX + "once:" + once[0], str(_ms(once[1]))) if once else (DUE, "")
-        args: list[Any] = [self._now(), ttl]
+        args: list[Any] = [self._now(), ttl, HISTORY]
         for item_id, payload in items:
             args += [item_id, payload]
-        return bool(await self._call(self._script("enqueue", [DUE, ITEMS, marker], args)))
+        keys = [DUE, ITEMS, marker, HIST, HIST_AT]
+        return bool(await self._call(self._script("enqueue", keys, args)))
 
     async def claim(self, count: int, lease: float) -> list[Item]:
         reply = await self._call(self._script("claim", [DUE, ITEMS], [self._now(), count, lease]))
         return [(reply[i].decode(), bytes(reply[i + 1])) for i in range(0, len(reply), 2)]
 
-    async def ack(self, item_id: str) -> None:
-        await self._call(self._script("ack", [DUE, ITEMS], [item_id]))
+    async def ack(self, item_id: str, record: bytes | None = None) -> None:
+        await self._call(self._script("ack", [DUE, ITEMS, HIST], [item_id, record or b""]))
 
     async def retry(self, item_id: str, payload: bytes, delay: float) -> None:
-        await self._call(
-            self._script("retry", [DUE, ITEMS], [self._now(), item_id, payload, delay])
-        )
+        args = [self._now(), item_id, payload, delay]
+        await self._call(self._script("retry", [DUE, ITEMS, HIST], args))
 
     async def depth(self) -> int:
         return int(await self._call(self.client.hlen(ITEMS)))
+
+    async def recent(self, count: int) -> list[Item]:
+        if count <= 0:
+            return []
+        reply = await self._call(self._script("recent", [HIST, HIST_AT], [count]))
+        return [(reply[i].decode(), bytes(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+    async def records(self, ids: list[str]) -> list[bytes | None]:
+        if not ids:
+            return []
+        reply = await self._call(self.client.hmget(HIST, ids))
+        return [None if r is None else r if isinstance(r, bytes) else r.encode() for r in reply]
 
     async def leader(self, holder: str, ttl: float) -> bool:
         return bool(await self._call(self._script("lead", [LEADER], [holder, _ms(ttl)])))

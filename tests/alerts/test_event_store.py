@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from gateway.clock import FakeClock
-from gateway.store.events import EventStore
+from gateway.store.events import HISTORY, EventStore
 from gateway.store.events_memory import MemoryEventStore
 
 T0 = 1_700_000_000.0
@@ -152,3 +152,40 @@ async def test_expiry_index(events: EventStore) -> None:
     await events.unwatch_expiry("k1")
     await events.unwatch_expiry("nope")
     assert await events.expiring(T0 + 600) == [("k2", T0 + 500)]
+
+
+async def test_the_history_keeps_the_last_record_of_each_item(
+    events: EventStore, clock: FakeClock
+) -> None:
+    await events.enqueue([("a", b"a:queued")])
+    clock.advance(1)
+    await events.enqueue([("b", b"b:queued"), ("c", b"c:queued")], once=("hist", 60))
+    clock.advance(1)
+    assert not await events.enqueue([("d", b"d")], once=("hist", 60))  # not added: not listed
+    await events.claim(10, lease=60)
+    await events.retry("a", b"a:retrying", delay=5)
+    await events.ack("b", b"b:sent")
+    await events.ack("c")  # no record given: the history keeps what it had
+    recent = await events.recent(10)
+    assert recent[0] == ("c", b"c:queued") or recent[0] == ("b", b"b:sent")  # same instant
+    assert sorted(recent) == [("a", b"a:retrying"), ("b", b"b:sent"), ("c", b"c:queued")]
+    assert recent[-1] == ("a", b"a:retrying")  # the oldest last
+    assert await events.recent(1) in ([("b", b"b:sent")], [("c", b"c:queued")])
+    assert await events.recent(0) == []
+    assert await events.records(["b", "zz", "a"]) == [b"b:sent", None, b"a:retrying"]
+    assert await events.depth() == 1  # the history is not the queue
+
+
+async def test_the_history_forgets_the_oldest_past_its_size(
+    events: EventStore, clock: FakeClock
+) -> None:
+    batch = 100
+    for n in range(0, HISTORY + batch, batch):
+        await events.enqueue([(f"i{n + i:05}", b"x") for i in range(batch)])
+        clock.advance(1)
+    recent = await events.recent(HISTORY + batch)
+    assert len(recent) == HISTORY
+    assert recent[0][0] == f"i{HISTORY + batch - 1:05}" and recent[-1][0] == f"i{batch:05}"
+    assert await events.records(["i00000", f"i{batch:05}"]) == [None, b"x"]
+    await events.ack("i00000", b"late")  # forgotten: an ack does not bring it back
+    assert await events.records(["i00000"]) == [None]

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway.alerts.events import (
+    TEST,
     Delivery,
     deliveries,
     hook_id,
@@ -44,9 +45,13 @@ def test_a_delivery_renders_the_same_bytes_after_a_round_trip() -> None:
     event = new_event("key.expiring", {"keyId": "k", "days": 7, "name": "é"}, NOW)
     hook = Webhook("https://h.example/x", "s")
     (delivery,) = deliveries(event, (hook,), NOW)
-    again = Delivery.decode(delivery.failed().encode())
+    assert Delivery.decode(delivery.encode()) == delivery
+    again = Delivery.decode(delivery.failed("503", NOW + 1, 2.0).encode())
     assert again.attempts == 1 and again.id == delivery.id == f"{event['id']}.{hook_id(hook)}"
     assert render(again.event, "json") == render(event, "json") == orjson.dumps(event)
+    assert (again.state, again.last, again.at, again.next) == ("retrying", "503", NOW + 1, NOW + 3)
+    sent = Delivery.decode(again.ended("sent", "200", NOW + 3).encode())
+    assert (sent.state, sent.last, sent.next, sent.attempts_made) == ("sent", "200", None, 2)
 
 
 def test_only_webhooks_that_asked_get_a_delivery() -> None:
@@ -58,6 +63,8 @@ def test_only_webhooks_that_asked_get_a_delivery() -> None:
     )
     got = deliveries(event, hooks, NOW)
     assert [d.hook for d in got] == [hook_id(hooks[1]), hook_id(hooks[2])]
+    test = new_event(TEST, {"message": "hello"}, NOW)
+    assert len(deliveries(test, hooks, NOW)) == 3  # a test event goes to every webhook
     assert hook_id(hooks[1]) != hook_id(hooks[2])
     assert hook_id(Webhook("https://b.example", "other secret")) == hook_id(hooks[1])
 
@@ -67,6 +74,7 @@ def test_the_retry_schedule() -> None:
     assert delays[0] <= 5.0  # the first retry within 5 s
     assert delays[:5] == [2.0, 4.0, 8.0, 16.0, 32.0]
     assert max(delays) == 600.0 and delays == sorted(delays)
+    assert [retry_delay(n, first=0.2) for n in (1, 2, 3)] == [0.2, 0.4, 0.8]  # tests shorten it
 
 
 @pytest.mark.parametrize(
@@ -108,6 +116,7 @@ def test_the_retry_schedule() -> None:
             "Upstream gpu-1 is down (no answer since 2026-12-01T00:00:00Z)",
         ),
         ("upstream.up", {"upstream": "gpu-1"}, "Upstream gpu-1 is up again"),
+        ("alert.test", {"message": "<!here> hi"}, "Test event: &lt;!here&gt; hi"),
     ],
 )  # fmt: skip
 def test_slack_lines(kind: str, data: dict[str, object], text: str) -> None:
