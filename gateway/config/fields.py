@@ -3,18 +3,24 @@ settings by name (what is left over is an error), and the scalar parsers.
 
 A parser takes a ``Node`` and returns a value or raises ``Invalid`` with a message that completes
 ``dotted.path: ``. Pure: no I/O.
+
+Defaults are written once, in the dataclasses of ``config.schema``: a reader passes a dataclass
+only the settings the file gives (``Obj.settings``), and its constructor fills in the rest;
+where a reader needs a default as a value, ``default`` reads it from the dataclass.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 
 @dataclass(slots=True)
@@ -85,13 +91,64 @@ class Obj:
             self.ctx.error(self.line, self.sub(name), "is required")
         return self.get(name, parse, default)
 
+    def settings(self, cls: type[Any], **parsers: Callable[[Node], Any]) -> dict[str, Any]:
+        """The fields of ``cls`` this mapping sets, each read by its parser, as keywords for
+        ``cls``. A setting left out, or invalid (reported), is not among them: the dataclass's
+        default stands. A parser named after no field of ``cls`` is a programming error."""
+        stray = parsers.keys() - {f.name for f in fields(cls)}
+        if stray:
+            raise TypeError(f"{cls.__name__} has no field {sorted(stray)[0]!r}")
+        out: dict[str, Any] = {}
+        for name, parse in parsers.items():
+            node = self.node(name)
+            if node is None:
+                continue
+            try:
+                out[name] = parse(node)
+            except Invalid as exc:
+                self.ctx.error(node.line, self.sub(name), str(exc))
+        return out
+
     def obj(self, name: str) -> Obj:
         return Obj(self.ctx, self.node(name), self.sub(name))
+
+    def each(self, name: str, what: str = "a list") -> list[Obj]:
+        """The items of the list of mappings ``name``, each as an ``Obj``."""
+        node = self.node(name)
+        if node is None or node.value is None:
+            return []
+        if not isinstance(node.value, list):
+            self.ctx.error(node.line, self.sub(name), f"expected {what}")
+            return []
+        return [Obj(self.ctx, item, f"{self.sub(name)}[{i}]") for i, item in enumerate(node.value)]
+
+    def entries(self) -> list[tuple[str, Obj]]:
+        """The entries of a mapping of named mappings (``upstreams``, ``models``, ``plans``)."""
+        out = []
+        for name, node in self.items.items():
+            self.taken.add(name)
+            if not _NAME.match(name):
+                self.ctx.error(node.line, self.sub(name), f"{name!r} is not a valid name")
+            out.append((name, Obj(self.ctx, node, self.sub(name))))
+        return out
 
     def done(self) -> None:
         for name, node in self.items.items():
             if name not in self.taken:
                 self.ctx.error(node.line, self.sub(name), "unknown setting")
+
+
+def default(cls: type[Any], name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``cls`` (a ``slots`` dataclass keeps it
+    only in its fields, not as a class attribute)."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            raise TypeError(f"{cls.__name__}.{name} has no default")
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
 
 
 # --- scalar parsers: each takes a Node and returns a value or raises Invalid -------------------
@@ -127,6 +184,14 @@ def p_nonempty(node: Node) -> str:
     text = p_str(node)
     if not text:
         raise Invalid("must not be empty")
+    return text
+
+
+def p_name(node: Node) -> str:
+    """A name of something the configuration defines or refers to (a key, a model, ...)."""
+    text = p_nonempty(node)
+    if not _NAME.match(text):
+        raise Invalid(f"{text!r} is not a valid name (letters, digits and ._:/@+- only)")
     return text
 
 

@@ -1,5 +1,6 @@
-"""The readers of the routing settings: a model's ``routing``, ``retry`` and ``fallbacks``, an
-upstream's ``metrics_path`` and ``discover``, and the top-level ``routing`` section.
+"""The readers of the routing settings: a model's ``routing`` and ``retry`` and the check of its
+``fallbacks``, an upstream's ``metrics_path`` and ``discover``, and the top-level ``routing``
+section.
 
 Apart from ``config.sections`` (which calls them) to keep that module within its size; same
 contract: each reader takes an ``Obj`` and returns frozen settings, errors go to the ``Ctx``.
@@ -7,11 +8,11 @@ contract: each reader takes an ``Obj`` and returns frozen settings, errors go to
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from gateway.config import fields as lp
 from gateway.config.fields import Node, Obj
-from gateway.config.schema import RETRY_KINDS, Model, ModelRouting, Retry, Routing
+from gateway.config.schema import RETRY_KINDS, Model, ModelRouting, Retry, Routing, Upstream
 
 POLICIES = ("least_loaded", "round_robin", "random", "affinity")
 
@@ -19,8 +20,11 @@ POLICIES = ("least_loaded", "round_robin", "random", "affinity")
 def routing(o: Obj) -> Routing:
     """The top-level ``routing`` section."""
     out = Routing(
-        expose_headers=o.get("expose_headers", lp.p_bool, False),
-        signals_interval=o.get("signals_interval", lp.p_float(0.0, exclusive=True), 1.0),
+        **o.settings(
+            Routing,
+            expose_headers=lp.p_bool,
+            signals_interval=lp.p_float(0.0, exclusive=True),
+        )
     )
     o.done()
     return out
@@ -29,9 +33,12 @@ def routing(o: Obj) -> Routing:
 def model_routing(o: Obj) -> ModelRouting:
     """``models.<name>.routing``."""
     out = ModelRouting(
-        policy=cast(Any, o.get("policy", lp.p_enum(*POLICIES), "least_loaded")),
-        affinity_prefix_tokens=o.get("affinity_prefix_tokens", lp.p_int(1, 1_000_000), 256),
-        load_factor=o.get("load_factor", lp.p_float(1.0), 1.25),
+        **o.settings(
+            ModelRouting,
+            policy=lp.p_enum(*POLICIES),
+            affinity_prefix_tokens=lp.p_int(1, 1_000_000),
+            load_factor=lp.p_float(1.0),
+        )
     )
     o.done()
     return out
@@ -40,18 +47,16 @@ def model_routing(o: Obj) -> ModelRouting:
 def retry(o: Obj) -> Retry:
     """``models.<name>.retry``."""
     out = Retry(
-        attempts=o.get("attempts", lp.p_int(1, 16), 2),
-        on=o.get("on", _kinds, frozenset({"connect", "5xx", "429", "timeout"})),
-        budget_percent=o.get("budget_percent", _percent, 20.0),
-        timeout=o.get("timeout", lp.p_optional(lp.p_float(0.0, exclusive=True)), None),
+        **o.settings(
+            Retry,
+            attempts=lp.p_int(1, 16),
+            on=_kinds,
+            budget_percent=_percent,
+            timeout=lp.p_optional(lp.p_float(0.0, exclusive=True)),
+        )
     )
     o.done()
     return out
-
-
-def fallbacks(m: Obj) -> tuple[str, ...]:
-    """``models.<name>.fallbacks``: names, checked against the models by ``check_fallbacks``."""
-    return m.get("fallbacks", lp.p_list(lp.p_nonempty, m.ctx, m.sub("fallbacks")), ())
 
 
 def check_fallbacks(o: Obj, models: dict[str, Model]) -> None:
@@ -70,11 +75,12 @@ def check_fallbacks(o: Obj, models: dict[str, Model]) -> None:
 
 def upstream_settings(u: Obj) -> dict[str, Any]:
     """An upstream's ``metrics_path``, ``discover`` and ``discover_interval``, as keywords."""
-    return {
-        "metrics_path": u.get("metrics_path", lp.p_optional(_path), None),
-        "discover": u.get("discover", lp.p_optional(lp.p_enum("dns")), None),
-        "discover_interval": u.get("discover_interval", lp.p_float(0.0, exclusive=True), 10.0),
-    }
+    return u.settings(
+        Upstream,
+        metrics_path=lp.p_optional(_path),
+        discover=lp.p_optional(lp.p_enum("dns")),
+        discover_interval=lp.p_float(0.0, exclusive=True),
+    )
 
 
 def _path(node: Node) -> str:

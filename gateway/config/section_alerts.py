@@ -7,8 +7,6 @@ is kept exactly as written (a receiver may need its trailing slash); its secret 
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 from gateway.config import fields as lp
 from gateway.config.fields import Node, Obj
 from gateway.config.schema import EVENTS, Alerts, Webhook
@@ -16,7 +14,7 @@ from gateway.config.schema import EVENTS, Alerts, Webhook
 
 def read(o: Obj) -> Alerts:
     hooks: list[Webhook] = []
-    for item in _items(o, "webhooks"):
+    for item in o.each("webhooks", "a list of webhooks"):
         hook = _webhook(item)
         if hook.url and any((h.url, h.format) == (hook.url, hook.format) for h in hooks):
             o.ctx.error(
@@ -28,22 +26,10 @@ def read(o: Obj) -> Alerts:
     positive = lp.p_float(0.0, exclusive=True)
     out = Alerts(
         webhooks=tuple(hooks),
-        timeout=o.get("timeout", positive, 10.0),
-        give_up_after=o.get("give_up_after", positive, 86_400.0),
-        down_after=o.get("down_after", lp.p_float(0.0), 10.0),
+        **o.settings(Alerts, timeout=positive, give_up_after=positive, down_after=lp.p_float(0.0)),
     )
     o.done()
     return out
-
-
-def _items(o: Obj, name: str) -> list[Obj]:
-    node = o.node(name)
-    if node is None or node.value is None:
-        return []
-    if not isinstance(node.value, list):
-        o.ctx.error(node.line, o.sub(name), "expected a list of webhooks")
-        return []
-    return [Obj(o.ctx, item, f"{o.sub(name)}[{i}]") for i, item in enumerate(node.value)]
 
 
 def _webhook(o: Obj) -> Webhook:
@@ -51,8 +37,7 @@ def _webhook(o: Obj) -> Webhook:
         # the URL is not echoed in errors: a Slack-style URL carries its token in the path
         url=o.need("url", lp.p_secret_url, ""),  # "": reported already
         secret=o.need("secret", _secret, ""),
-        events=o.get("events", _events, EVENTS),
-        format=cast(Any, o.get("format", lp.p_enum("json", "slack"), "json")),
+        **o.settings(Webhook, events=_events, format=lp.p_enum("json", "slack")),
     )
     o.done()
     return out

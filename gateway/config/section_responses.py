@@ -6,7 +6,7 @@ Kept apart from ``config.sections`` (which calls it) for the module-size rule.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+from typing import cast
 
 from gateway.config import fields as lp
 from gateway.config.fields import Node, Obj
@@ -18,18 +18,15 @@ MAX_STORED_BYTES = 64 * 1_048_576
 
 def read(o: Obj) -> Responses:
     out = Responses(
-        ttl_days=o.get("ttl_days", lp.p_int(1, 3650), 30),
-        hosted_tools=o.get("hosted_tools", _hosted, "drop"),
-        max_stored_bytes=o.get(
-            "max_stored_bytes", lp.p_int(MIN_STORED_BYTES, MAX_STORED_BYTES), 1_048_576
-        ),
+        **o.settings(
+            Responses,
+            ttl_days=lp.p_int(1, 3650),
+            hosted_tools=lp.p_enum("drop", "reject"),
+            max_stored_bytes=lp.p_int(MIN_STORED_BYTES, MAX_STORED_BYTES),
+        )
     )
     o.done()
     return out
-
-
-def _hosted(node: Node) -> Literal["drop", "reject"]:
-    return cast(Literal["drop", "reject"], lp.p_enum("drop", "reject")(node))
 
 
 def mode(node: Node) -> ResponsesMode:

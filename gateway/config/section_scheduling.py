@@ -10,27 +10,25 @@ from typing import Any
 
 from gateway.config import fields as lp
 from gateway.config.fields import Node, Obj
-from gateway.config.schema import Scheduling
+from gateway.config.schema import Plan, Scheduling
 
 MAX_WAIT = 3600.0  # an hour: past it a client should be told to come back, not kept
 
 
 def read(o: Obj) -> Scheduling:
-    out = Scheduling(
-        max_wait=o.get("max_wait", _wait, 30.0),
-        max_queue=o.get("max_queue", lp.p_int(0), 10_000),
-    )
+    out = Scheduling(**o.settings(Scheduling, max_wait=_wait, max_queue=lp.p_int(0)))
     o.done()
     return out
 
 
 def plan_settings(p: Obj) -> dict[str, Any]:
     """A plan's ``share``, ``priority`` and ``max_queued``, as keywords of ``Plan``."""
-    return {
-        "share": p.get("share", lp.p_float(0.0, exclusive=True), 1.0),
-        "priority": p.get("priority", lp.p_int(-1000, 1000), 0),
-        "max_queued": p.get("max_queued", lp.p_optional(lp.p_int(0)), None),
-    }
+    return p.settings(
+        Plan,
+        share=lp.p_float(0.0, exclusive=True),
+        priority=lp.p_int(-1000, 1000),
+        max_queued=lp.p_optional(lp.p_int(0)),
+    )
 
 
 def _wait(node: Node) -> float:

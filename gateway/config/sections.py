@@ -8,42 +8,38 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
-from typing import Any, cast
 
 from gateway import paths
 from gateway.config import fields as lp
 from gateway.config import routing_sections as rs
-from gateway.config import section_alerts, section_responses, section_scheduling, section_tracing
+from gateway.config import (
+    section_alerts,
+    section_keys,
+    section_responses,
+    section_scheduling,
+    section_tracing,
+)
 from gateway.config.fields import Ctx, Node, Obj
 from gateway.config.schema import (
     APIS,
-    DEFAULT_APIS,
-    DEFAULT_MAX_TOKENS,
-    PERMISSIONS,
     Admin,
     Auth,
     Config,
-    Keys,
     Listen,
     Log,
     MockWorker,
     Model,
     Network,
-    Overage,
     Plan,
     Pricing,
     Route,
-    StaticKey,
     Store,
     Timeouts,
     Tls,
     Upstream,
 )
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,15}(_[A-Za-z0-9]{1,16})?$")
+FREE: str = lp.default(Config, "default_plan")  # the one plan when no plans are configured
 
 
 def build(top: Obj, ctx: Ctx, source: str) -> Config:
@@ -51,23 +47,14 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
     admin = _admin(top.obj("admin"))
     store = _store(top.obj("store"))
     network = _network(top.obj("network"))
-    keys = _keys(top.obj("keys"))
-    plans = _plans(top.obj("plans"))
-    default_plan = top.get("default_plan", lp.p_nonempty, "free")
-    auth_obj = top.obj("auth")
-    auth = Auth(auth_obj.get("max_failures_per_minute", lp.p_int(1), 20))
-    auth_obj.done()
+    keys = section_keys.keys(top.obj("keys"))
+    plans = section_keys.plans(top.obj("plans"))
+    default_plan = top.get("default_plan", lp.p_nonempty, FREE)
+    auth = _auth(top.obj("auth"))
     upstreams = _upstreams(top.obj("upstreams"))
     models = _models(top.obj("models"), upstreams)
     routes = _routes(top, upstreams)
-    log_obj = top.obj("log")
-    log = Log(
-        level=cast(
-            Any, log_obj.get("level", lp.p_enum("debug", "info", "warning", "error"), "info")
-        ),
-        access=log_obj.get("access", lp.p_bool, True),
-    )
-    log_obj.done()
+    log = _log(top.obj("log"))
     mock = _mock_worker(top.obj("mock_worker")) if top.has("mock_worker") else None
     alerts = section_alerts.read(top.obj("alerts"))
     tracing = section_tracing.read(top.obj("tracing"))
@@ -82,15 +69,15 @@ def build(top: Obj, ctx: Ctx, source: str) -> Config:
             f"{default_plan!r} is not one of the plans ({', '.join(plans)})",
         )
     if not plans:
-        if default_plan != "free":
+        if default_plan != FREE:
             ctx.error(
                 top.items["default_plan"].line,
                 "default_plan",
                 f"{default_plan!r} is not a plan: with no plans section the only plan is "
-                f"'free'; define it under plans (plans: {{{default_plan}: {{...}}}})",
+                f"{FREE!r}; define it under plans (plans: {{{default_plan}: {{...}}}})",
             )
-        plans = {"free": Plan("free", max_keys=None, monthly_tokens=None, rpm=None)}
-        default_plan = "free"
+        plans = {FREE: Plan(FREE)}
+        default_plan = FREE
     check_workers(ctx, top, listen.workers, store)
     if keys.demo and not store.is_memory:
         ctx.error(
@@ -159,11 +146,28 @@ def _listen(o: Obj) -> Listen:
     else:
         o.node("tls")
     out = Listen(
-        host=o.get("host", lp.p_nonempty, "0.0.0.0"),
-        port=o.get("port", lp.p_int(0, 65535), 8080),
-        workers=o.get("workers", lp.p_int(1, 256), 1),
         tls=tls,
-        drain_timeout=o.get("drain_timeout", lp.p_float(0.0), 30.0),
+        **o.settings(
+            Listen,
+            host=lp.p_nonempty,
+            port=lp.p_int(0, 65535),
+            workers=lp.p_int(1, 256),
+            drain_timeout=lp.p_float(0.0),
+        ),
+    )
+    o.done()
+    return out
+
+
+def _auth(o: Obj) -> Auth:
+    out = Auth(**o.settings(Auth, max_failures_per_minute=lp.p_int(1)))
+    o.done()
+    return out
+
+
+def _log(o: Obj) -> Log:
+    out = Log(
+        **o.settings(Log, level=lp.p_enum("debug", "info", "warning", "error"), access=lp.p_bool)
     )
     o.done()
     return out
@@ -180,9 +184,9 @@ def _readable(node: Node) -> str:
 
 def _admin(o: Obj) -> Admin:
     out = Admin(
-        host=o.get("host", lp.p_nonempty, "127.0.0.1"),
-        port=o.get("port", lp.p_int(0, 65535), 9090),
-        token=o.get("token", lp.p_optional(lp.p_str), None),
+        **o.settings(
+            Admin, host=lp.p_nonempty, port=lp.p_int(0, 65535), token=lp.p_optional(lp.p_str)
+        )
     )
     o.done()
     return out
@@ -200,208 +204,105 @@ def _store_url(node: Node) -> str:
 
 def _store(o: Obj) -> Store:
     out = Store(
-        url=o.get("url", _store_url, "memory://"),
-        on_error=cast(Any, o.get("on_error", lp.p_enum("closed", "open"), "closed")),
-        timeout_ms=o.get("timeout_ms", lp.p_int(1, 60_000), 250),
-        buffer_max=o.get("buffer_max", lp.p_int(0), 100_000),
+        **o.settings(
+            Store,
+            url=_store_url,
+            on_error=lp.p_enum("closed", "open"),
+            timeout_ms=lp.p_int(1, 60_000),
+            buffer_max=lp.p_int(0),
+        )
     )
     o.done()
     return out
 
 
 def _network(o: Obj) -> Network:
+    positive = lp.p_float(0.0, exclusive=True)
     out = Network(
-        trusted_proxies=o.get(
-            "trusted_proxies", lp.p_list(lp.p_network, o.ctx, o.sub("trusted_proxies")), ()
-        ),
-        max_body_bytes=o.get("max_body_bytes", lp.p_int(1), 52_428_800),
-        header_timeout=o.get("header_timeout", lp.p_float(0.0, exclusive=True), 10.0),
-        body_timeout=o.get("body_timeout", lp.p_float(0.0, exclusive=True), 60.0),
-        security_headers=o.get("security_headers", lp.p_bool, True),
-        hsts=o.get("hsts", lp.p_bool, True),
+        **o.settings(
+            Network,
+            trusted_proxies=lp.p_list(lp.p_network, o.ctx, o.sub("trusted_proxies")),
+            max_body_bytes=lp.p_int(1),
+            header_timeout=positive,
+            body_timeout=positive,
+            security_headers=lp.p_bool,
+            hsts=lp.p_bool,
+        )
     )
     o.done()
     return out
-
-
-def _name(node: Node) -> str:
-    text = lp.p_nonempty(node)
-    if not _NAME.match(text):
-        raise lp.Invalid(f"{text!r} is not a valid name (letters, digits and ._:/@+- only)")
-    return str(text)
-
-
-def _sha256(node: Node) -> str:
-    text = lp.p_str(node).strip().lower()
-    if not _HEX64.match(text):
-        raise lp.Invalid("expected the SHA-256 of the key as 64 hex digits (never the key itself)")
-    return str(text)
-
-
-def _permissions(node: Node) -> frozenset[str]:
-    if not isinstance(node.value, list):
-        raise lp.Invalid(f"expected a list of {', '.join(sorted(PERMISSIONS))}")
-    values = {lp.p_str(item) for item in node.value}
-    bad = values - PERMISSIONS
-    if bad:
-        raise lp.Invalid(
-            f"unknown permission {sorted(bad)[0]!r}; use {', '.join(sorted(PERMISSIONS))}"
-        )
-    return frozenset(values)
-
-
-def _static_key(o: Obj) -> StaticKey:
-    limit = lp.p_optional(lp.p_int(1))
-    models = o.get("models", lp.p_optional(lp.p_list(_name, o.ctx, o.sub("models"))), None)
-    out = StaticKey(
-        id=o.need("id", _name, ""),
-        owner=o.need("owner", _name, ""),
-        sha256=o.need("sha256", _sha256, ""),
-        name=o.get("name", lp.p_str, ""),
-        permissions=o.get("permissions", _permissions, frozenset({"chat"})),
-        models=frozenset(models) if models is not None else None,
-        ip_whitelist=o.get(
-            "ip_whitelist", lp.p_list(lp.p_network, o.ctx, o.sub("ip_whitelist")), ()
-        ),
-        rpm_limit=o.get("rpm_limit", limit, None),
-        max_concurrency=o.get("max_concurrency", limit, None),
-        daily_limit=o.get("daily_limit", limit, None),
-        monthly_limit=o.get("monthly_limit", limit, None),
-        expires_at=o.get("expires_at", lp.p_optional(lp.p_timestamp), None),
-        tpm_limit=o.get("tpm_limit", limit, None),
-        daily_budget_usd=o.get("daily_budget_usd", _budget, None),
-        monthly_budget_usd=o.get("monthly_budget_usd", _budget, None),
-    )
-    o.done()
-    return out
-
-
-def _budget(node: Node) -> float | None:
-    """A budget in dollars (null: none)."""
-    if node.value is None:
-        return None
-    return lp.p_float(0.0, exclusive=True)(node)
-
-
-def _each(o: Obj, name: str) -> list[Obj]:
-    """The items of a list of mappings, each as an ``Obj``."""
-    node = o.node(name)
-    if node is None or node.value is None:
-        return []
-    if not isinstance(node.value, list):
-        o.ctx.error(node.line, o.sub(name), "expected a list")
-        return []
-    return [lp.Obj(o.ctx, item, f"{o.sub(name)}[{i}]") for i, item in enumerate(node.value)]
-
-
-def _entries(o: Obj) -> list[tuple[str, Obj]]:
-    """The entries of a mapping of named mappings (``upstreams``, ``models``, ``plans``)."""
-    out = []
-    for name, node in o.items.items():
-        o.taken.add(name)
-        if not _NAME.match(name):
-            o.ctx.error(node.line, o.sub(name), f"{name!r} is not a valid name")
-        out.append((name, lp.Obj(o.ctx, node, o.sub(name))))
-    return out
-
-
-def _keys(o: Obj) -> Keys:
-    prefix = o.get("prefix", lp.p_nonempty, "sk_gw")
-    if not _PREFIX.match(prefix):
-        o.ctx.error(
-            o.items["prefix"].line,
-            o.sub("prefix"),
-            f"{prefix!r} must be letters and digits with at most one underscore, e.g. sk_gw",
-        )
-    static = tuple(_static_key(item) for item in _each(o, "static"))
-    seen: dict[str, str] = {}
-    for key in static:
-        for label, value in (("id", key.id), ("sha256", key.sha256)):
-            if value and f"{label}:{value}" in seen:
-                o.ctx.error(o.line, o.sub("static"), f"two keys share the {label} {value[:12]!r}")
-            seen[f"{label}:{value}"] = key.id
-    demo = o.get("demo", lp.p_bool, False)
-    o.done()
-    return Keys(prefix=prefix, static=static, demo=demo)
-
-
-def _plans(o: Obj) -> dict[str, Plan]:
-    limit = lp.p_optional(lp.p_int(1))
-    plans = {}
-    for name, p in _entries(o):
-        plans[name] = Plan(
-            name,
-            p.get("max_keys", lp.p_optional(lp.p_int(0)), None),
-            p.get("monthly_tokens", limit, None),
-            p.get("rpm", limit, None),
-            p.get("tpm", limit, None),
-            p.get("monthly_budget_usd", _budget, None),
-            cast(Overage, p.get("overage", lp.p_enum("block", "allow"), "block")),
-            **section_scheduling.plan_settings(p),
-        )
-        p.done()
-    return plans
 
 
 def _upstreams(o: Obj) -> dict[str, Upstream]:
     out = {}
-    for name, u in _entries(o):
-        t = u.obj("timeouts")
-        positive = lp.p_float(0.0, exclusive=True)
-        timeouts = Timeouts(
-            t.get("connect", positive, 5.0),
-            t.get("first_byte", positive, 300.0),
-            t.get("idle", positive, 120.0),
-        )
-        t.done()
+    for name, u in o.entries():
         out[name] = Upstream(
             name=name,
             url=u.need("url", lp.p_http_url, "http://invalid"),
-            api_key=u.get("api_key", lp.p_optional(lp.p_str), None),
-            region=u.get("region", lp.p_optional(lp.p_str), None),
-            weight=u.get("weight", lp.p_float(0.0, exclusive=True), 1.0),
-            max_concurrency=u.get("max_concurrency", lp.p_optional(lp.p_int(1)), None),
-            timeouts=timeouts,
-            health_path=u.get("health_path", lp.p_optional(lp.p_str), None),
+            timeouts=_timeouts(u.obj("timeouts")),
+            **u.settings(
+                Upstream,
+                api_key=lp.p_optional(lp.p_str),
+                region=lp.p_optional(lp.p_str),
+                weight=lp.p_float(0.0, exclusive=True),
+                max_concurrency=lp.p_optional(lp.p_int(1)),
+                health_path=lp.p_optional(lp.p_str),
+            ),
             **rs.upstream_settings(u),
         )
         u.done()
     return out
 
 
+def _timeouts(o: Obj) -> Timeouts:
+    positive = lp.p_float(0.0, exclusive=True)
+    out = Timeouts(**o.settings(Timeouts, connect=positive, first_byte=positive, idle=positive))
+    o.done()
+    return out
+
+
+def _pricing(o: Obj) -> Pricing:
+    price = lp.p_float(0.0)
+    out = Pricing(
+        **o.settings(
+            Pricing,
+            input_per_mtok=price,
+            output_per_mtok=price,
+            per_image=price,
+            per_audio_second=price,
+            per_request=price,
+        )
+    )
+    o.done()
+    return out
+
+
 def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
     out: dict[str, Model] = {}
     names: dict[str, str] = {}
-    for name, m in _entries(o):
+    for name, m in o.entries():
         refs_node = m.node("upstreams")
         refs = _upstream_refs(m, refs_node, upstreams)
-        aliases: tuple[str, ...] = m.get("aliases", lp.p_list(_name, m.ctx, m.sub("aliases")), ())
-        pr = m.obj("pricing")
-        pricing = Pricing(
-            pr.get("input_per_mtok", lp.p_float(0.0), 0.0),
-            pr.get("output_per_mtok", lp.p_float(0.0), 0.0),
-            pr.get("per_image", lp.p_float(0.0), 0.0),
-            pr.get("per_audio_second", lp.p_float(0.0), 0.0),
-            pr.get("per_request", lp.p_float(0.0), 0.0),
-        )
-        pr.done()
-        out[name] = Model(
+        out[name] = model = Model(
             name,
             refs,
-            m.get("upstream_model", lp.p_nonempty, name),
-            aliases,
-            m.get("owned_by", lp.p_nonempty, "gateway"),
-            pricing,
-            m.get("default_max_tokens", lp.p_int(1), DEFAULT_MAX_TOKENS),
-            m.get("apis", _apis, DEFAULT_APIS),
+            m.get("upstream_model", lp.p_nonempty, name),  # by default the model's own name
+            pricing=_pricing(m.obj("pricing")),
             routing=rs.model_routing(m.obj("routing")),
-            fallbacks=rs.fallbacks(m),
             retry=rs.retry(m.obj("retry")),
-            max_output_tokens=m.get("max_output_tokens", lp.p_optional(lp.p_int(1)), None),
-            responses=m.get("responses", section_responses.mode, "translate"),
+            **m.settings(
+                Model,
+                aliases=lp.p_list(lp.p_name, m.ctx, m.sub("aliases")),
+                owned_by=lp.p_nonempty,
+                default_max_tokens=lp.p_int(1),
+                apis=_apis,
+                fallbacks=lp.p_list(lp.p_nonempty, m.ctx, m.sub("fallbacks")),
+                max_output_tokens=lp.p_optional(lp.p_int(1)),
+                responses=section_responses.mode,
+            ),
         )
         m.done()
-        for alias in (name, *aliases):
+        for alias in (name, *model.aliases):
             if alias in names and names[alias] != name:
                 m.ctx.error(
                     m.line, m.sub("aliases"), f"{alias!r} already names model {names[alias]!r}"
@@ -454,7 +355,7 @@ def _prefix(node: Node) -> str:
 
 def _routes(top: Obj, upstreams: dict[str, Upstream]) -> tuple[Route, ...]:
     out = []
-    for r in _each(top, "routes"):
+    for r in top.each("routes"):
         upstream = r.need("upstream", lp.p_nonempty, "")
         if upstream and upstream not in upstreams:
             r.ctx.error(
@@ -466,9 +367,12 @@ def _routes(top: Obj, upstreams: dict[str, Upstream]) -> tuple[Route, ...]:
             Route(
                 prefix=r.need("prefix", _prefix, "/"),
                 upstream=upstream,
-                auth=cast(Any, r.get("auth", lp.p_enum("none", "key", "optional"), "key")),
-                ip_rpm=r.get("ip_rpm", lp.p_optional(lp.p_int(1)), None),
-                max_body_bytes=r.get("max_body_bytes", lp.p_optional(lp.p_int(1)), None),
+                **r.settings(
+                    Route,
+                    auth=lp.p_enum("none", "key", "optional"),
+                    ip_rpm=lp.p_optional(lp.p_int(1)),
+                    max_body_bytes=lp.p_optional(lp.p_int(1)),
+                ),
             )
         )
         r.done()
@@ -477,9 +381,9 @@ def _routes(top: Obj, upstreams: dict[str, Upstream]) -> tuple[Route, ...]:
 
 def _mock_worker(o: Obj) -> MockWorker:
     out = MockWorker(
-        host=o.get("host", lp.p_nonempty, "127.0.0.1"),
-        port=o.get("port", lp.p_int(0, 65535), 8001),
-        token_delay=o.get("token_delay", lp.p_float(0.0), 0.0),
+        **o.settings(
+            MockWorker, host=lp.p_nonempty, port=lp.p_int(0, 65535), token_delay=lp.p_float(0.0)
+        )
     )
     o.done()
     return out
