@@ -3,7 +3,8 @@
 With several worker processes, ``prometheus_client``'s multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``gateway run`` before any worker starts) gives ``/metrics``
 one view over all of them. No label carries a key id or an owner: cardinality stays bounded by
-the config (routes, models, upstreams) and the fixed reason codes.
+the config (routes, models, upstreams), the fixed reason codes and the fixed names of the APIs
+(``API_LABELS``; a route serves one API, so ``api`` adds no series beside ``route``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ DURATION_BUCKETS = (
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# The ``api`` label: the API a model route serves (``models.<name>.apis``' words), or empty for
+# a route that serves none (the model list, count_tokens, the key API, pass-through routes).
+API_LABELS = ("chat", "responses", "completions", "embeddings", "rerank", "audio", "images", "")
+
 
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
@@ -58,14 +63,14 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
-            "Requests answered, by route, model, status and dialect.",
-            ["route", "model", "status", "dialect"],
+            "Requests answered, by route, model, status, dialect and API.",
+            ["route", "model", "status", "dialect", "api"],
             registry=r,
         )
         self.duration = Histogram(
             "gateway_request_duration_seconds",
-            "Time from request to the end of the answer.",
-            ["route", "dialect"],
+            "Time from request to the end of the answer, by route, dialect and API.",
+            ["route", "dialect", "api"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
@@ -78,8 +83,9 @@ class Metrics:
         )
         self.tokens = Counter(
             "gateway_tokens",
-            "Tokens charged, by model, kind (prompt, completion) and whether they were estimated.",
-            ["model", "kind", "estimated"],
+            "Tokens charged, by model, kind (prompt, completion), whether they were estimated, "
+            "and API.",
+            ["model", "kind", "estimated", "api"],
             registry=r,
         )
         self.refusals = Counter(
@@ -225,8 +231,9 @@ class Metrics:
         )
         self.queue_grants = Counter(
             "gateway_queue_grants",
-            "Slots handed to waiting requests, by the owner's plan (their split follows shares).",
-            ["plan"],
+            "Slots handed to waiting requests, by the owner's plan and its share (while several "
+            "plans wait, their rates follow their shares).",
+            ["plan", "share"],
             registry=r,
         )
         self.queue_refused = Counter(

@@ -25,7 +25,7 @@ from gateway.dialects.responses_native import NativeRelay, chat_usage
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.proxy import govern
 from gateway.proxy.apis import answers, forward
-from gateway.proxy.apis.json_api import refused
+from gateway.proxy.apis.json_api import answered_as, refused
 from gateway.proxy.bodies import dump_upstream
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.wire import Response
@@ -77,15 +77,19 @@ async def create(
     limit = min(limit, ceiling) if ceiling is not None else limit
     ticket = await govern.admit(rt, ex, record, route, estimate, limit)
     try:
-        opened = await forward.open_answer(rt, request, ex, route, PATH, sent)
+        post = ("responses", forward.poster(rt, PATH))
+        opened = await forward.open_answer(rt, request, ex, route, post, sent)
         upstream, response, first = opened
+        asked = str(body["model"])
+        worker, public = answered_as(rt, ex, route, asked)
         if ex.stream and response.status == 200:
-            ending = (answers.renamer(route.upstream_model, str(body["model"])), keep)
-            return await _stream(rt, request, ex, opened, (str(body["model"]), ending))
-        rt.balancer.release(upstream)
+            ending = (answers.renamer(worker, public), keep)
+            return await _stream(rt, request, ex, opened, (public, ending))
+        if not ex.stream:
+            rt.balancer.release(upstream)
         if response.status != 200:
-            return refused(ex, "responses", str(body["model"]), response.status, first)
-        return await _whole(ex, str(body["model"]), first, keep)
+            return refused(ex, "responses", asked, response.status, first)
+        return await _whole(ex, public, first, keep)
     except GatewayError:
         ex.error = True
         raise

@@ -71,21 +71,35 @@ class Observer:
         # Labelled children by label values: ``labels()`` costs a lock, a tuple and a ``str`` of
         # every value each time. A child is made when the original call would have made it (a
         # child is a series on /metrics from then on, even at zero).
-        self._answered: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
-        self._tokens: dict[tuple[str, bool], tuple[Any, Any]] = {}
+        self._answered: dict[tuple[str, str, int, str, str], tuple[Any, Any]] = {}
+        self._tokens: dict[tuple[str, bool, str], tuple[Any, Any]] = {}
         self._ttft: dict[tuple[str, str], Any] = {}
         self._refused: dict[str, Any] = {}
+        # Imported here: the public routes import the runtime, which imports this module.
+        from gateway.web.public import CHAT_PATHS
+
+        self._chat_routes = frozenset(CHAT_PATHS)
+
+    def api_of(self, ex: Exchange, route: str) -> str:
+        """The ``api`` label: the API the route serves (one of ``metrics.API_LABELS``; each
+        handler of another API names its own before anything can refuse), empty for a route
+        that serves none. An exchange starts as chat, so only chat's own routes keep it."""
+        api = ex.api
+        if api == "chat" and route not in self._chat_routes:
+            return ""
+        return api
 
     def done(self, request: web.Request, ex: Exchange, status: int, duration: float) -> None:
         route = route_of(request)
         dialect = "anthropic" if ex.anthropic else "openai"
         model = ex.model or ""
-        key = (route, model, status, dialect)
+        api = self.api_of(ex, route)
+        key = (route, model, status, dialect, api)
         answered = self._answered.get(key)
         if answered is None:  # the request counter's child and the duration histogram's
             answered = self._answered[key] = (
-                self.metrics.requests.labels(route, model, str(status), dialect),
-                self.metrics.duration.labels(route, dialect),
+                self.metrics.requests.labels(route, model, str(status), dialect, api),
+                self.metrics.duration.labels(route, dialect, api),
             )
         answered[0].inc()
         answered[1].observe(duration)
@@ -117,23 +131,25 @@ class Observer:
                 first = self._ttft[(model, upstream)] = self.metrics.ttft.labels(model, upstream)
             first.observe(ttft)
         if ex.prompt_tokens or ex.completion_tokens:
-            tokens = self._tokens.get((model, ex.estimated))
+            tokens = self._tokens.get((model, ex.estimated, api))
             if tokens is None:
                 estimated = "true" if ex.estimated else "false"
-                tokens = self._tokens[(model, ex.estimated)] = (
-                    self.metrics.tokens.labels(model, "prompt", estimated),
-                    self.metrics.tokens.labels(model, "completion", estimated),
+                tokens = self._tokens[(model, ex.estimated, api)] = (
+                    self.metrics.tokens.labels(model, "prompt", estimated, api),
+                    self.metrics.tokens.labels(model, "completion", estimated, api),
                 )
             tokens[0].inc(ex.prompt_tokens)
             tokens[1].inc(ex.completion_tokens)
         if self.access is not None:
-            self.access.write(self._line(request, ex, route, status, duration))
+            self.access.write(self._line(request, ex, (route, api), status, duration))
 
     @staticmethod
     def _line(
-        request: web.Request, ex: Exchange, route: str, status: int, duration: float
+        request: web.Request, ex: Exchange, where: tuple[str, str], status: int, duration: float
     ) -> dict[str, object]:
-        """The access line (SPEC 8), in this key order; ``AccessLog.write`` appends "time"."""
+        """The access line (SPEC 8), in this key order; ``AccessLog.write`` appends "time".
+        ``where``: the route and the API it serves (null for a route that serves none)."""
+        route, api = where
         ttft = ex.ttft
         return {
             "request_id": ex.request_id,
@@ -143,10 +159,11 @@ class Observer:
             "status": status,
             "duration_ms": round(duration * 1000, 2),
             "ttft_ms": round(ttft * 1000, 2) if ttft is not None else None,
+            "queue_ms": round(ex.queue_wait * 1000, 2) if ex.queue_wait is not None else None,
             "key_id": ex.key_id,
             "owner": ex.owner,
             "model": ex.model,
-            "api": ex.api,
+            "api": api or None,
             "upstream": ex.upstream,
             "prompt_tokens": ex.prompt_tokens,
             "completion_tokens": ex.completion_tokens,

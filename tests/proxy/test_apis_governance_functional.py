@@ -150,7 +150,7 @@ async def test_usage_is_settled_per_key(served: tuple[Server, MockState]) -> Non
     assert (found["promptTokens"], found["completionTokens"]) == (4, 2)
 
 
-async def test_the_access_log_names_the_api(
+async def test_the_access_log_and_the_metrics_name_the_api(
     mock: tuple[int, MockState], fake: FakeUpstream, capfd: pytest.CaptureFixture[str]
 ) -> None:
     server = Server(parse_text(apis_yaml(mock[0], fake.url), "t.yaml", env={}))
@@ -159,6 +159,21 @@ async def test_the_access_log_names_the_api(
         for what in ("embed", "rerank", "audio", "images", "complete"):
             assert (await status_of(server, TEST_KEY, what))[0] == 200
         await post(server, "/v1/embeddings", json={"model": "chat-only", "input": "x"})
+        chat = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}]}
+        assert (await post(server, "/v1/chat/completions", json=chat))[0] == 200
+        answer = {"model": "mock-model", "input": "hi"}
+        assert (await post(server, "/v1/responses", json=answer))[0] == 200
+        assert (await post(server, "/v1/chat/completions", json=chat, headers={}))[0] == 401
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{server.port}/v1/models", headers=bearer()) as r,
+        ):
+            assert r.status == 200
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{server.admin_port}/metrics") as r,
+        ):
+            metrics = await r.text()
     finally:
         await server.stop()
     lines = [
@@ -173,8 +188,37 @@ async def test_the_access_log_names_the_api(
         ("images", 200),
         ("completions", 200),
         ("embeddings", 400),
+        ("chat", 200),
+        ("responses", 200),
+        ("chat", 401),
+        (None, 200),  # the model list serves no API
     ]
-    assert lines[0]["prompt_tokens"] == 3 and lines[-1]["error"] == "model_not_supported"
+    assert lines[0]["prompt_tokens"] == 3 and lines[5]["error"] == "model_not_supported"
+    requests = _series(metrics, "gateway_requests_total")
+    assert {(x["route"], x["api"]) for x in requests} == {
+        ("/v1/embeddings", "embeddings"),
+        ("/v1/rerank", "rerank"),
+        ("/v1/audio/transcriptions", "audio"),
+        ("/v1/images/generations", "images"),
+        ("/v1/completions", "completions"),
+        ("/v1/chat/completions", "chat"),
+        ("/v1/responses", "responses"),
+        ("/v1/models", ""),
+    }
+    tokens = {x["api"] for x in _series(metrics, "gateway_tokens_total")}
+    assert tokens == {"embeddings", "rerank", "completions", "chat", "responses"}
+    durations = {x["api"] for x in _series(metrics, "gateway_request_duration_seconds_count")}
+    assert durations == {x["api"] for x in requests}
+
+
+def _series(metrics: str, name: str) -> list[dict[str, str]]:
+    """The label sets of every series of ``name`` in a Prometheus text exposition."""
+    found = []
+    for line in metrics.splitlines():
+        if line.startswith(name + "{"):
+            labels = line[len(name) + 1 : line.index("}")]
+            found.append(dict(pair.split("=", 1) for pair in labels.split('",') if pair))
+    return [{k: v.strip('"') for k, v in x.items()} for x in found]
 
 
 async def test_worker_failures(served: tuple[Server, MockState], fake: FakeUpstream) -> None:

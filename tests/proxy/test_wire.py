@@ -438,7 +438,7 @@ async def test_insane_usage_is_counted_as_zero_not_a_crash(
                     assert r.status == 200 and await r.read() == body
             async with http.get(f"http://127.0.0.1:{gateway.admin_port}/metrics") as r:
                 metrics = await r.text()
-        assert 'gateway_requests_total{dialect="openai",model="raw-model"' in metrics
+        assert 'gateway_requests_total{api="chat",dialect="openai",model="raw-model"' in metrics
     finally:
         await server.stop()
 

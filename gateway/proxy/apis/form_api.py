@@ -9,7 +9,8 @@ model's public name. Any other answer (``text``, ``srt``, ``vtt``, a streamed tr
 events) is relayed as it comes, counted as a request.
 
 The upload is not replayed: once a byte of it went to a worker, a failure is the client's answer.
-A worker that refused the connection before that is replaced by another, once.
+Before that, attempts go as chat's (``proxy.attempts``): the model's upstream queue when its
+upstreams are capped, another upstream or a fallback model as its ``retry`` says.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ import orjson
 from aiohttp import web
 
 from gateway.config.schema import Upstream
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
-from gateway.proxy import govern
+from gateway.dialects.inputs import MAX_N
+from gateway.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy import attempts, govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.answers import Counted
-from gateway.proxy.apis.json_api import NOTHING, refused, require
+from gateway.proxy.apis.json_api import NOTHING, answered_as, refused, require
 from gateway.proxy.apis.multipart import Aborted, Form
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.upstream import forward_headers, returned_headers
 from gateway.records import KeyRecord
+from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
+from gateway.tracing import Span
 
 CHUNK = 64 * 1024
 ANSWER_MAX = 256 * 1024 * 1024  # a JSON answer read whole (images: base64 in JSON)
@@ -52,6 +56,7 @@ class FormApi:
     files: frozenset[str]
     file_field: str  # the part a request must send
     counts: Callable[[object], Counted]
+    reserved_by: frozenset[str] = frozenset()  # fields read before the file, for the admission
 
 
 TRANSCRIPTIONS = FormApi(
@@ -67,6 +72,7 @@ EDITS = FormApi(
     frozenset({"image", "image[]", "mask"}),
     "image",
     answers.images,
+    frozenset({"n"}),
 )
 
 
@@ -74,6 +80,18 @@ EDITS = FormApi(
 def api_url(url: str, path: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{forward.api_path(url, path)}"
+
+
+def wanted(form: Form) -> int:
+    """The images an edit asks for: its ``n`` field, 1 to ``MAX_N`` (1 when absent); an ``n``
+    after the file is refused by the form (``reserved_by``)."""
+    value = form.fields.get("n")
+    if value is None:
+        return 1
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 4 and 1 <= int(text) <= MAX_N):
+        raise BadRequest(f"'n' must be a whole number from 1 to {MAX_N}.", param="n")
+    return int(text)
 
 
 class FormHandler:
@@ -88,7 +106,13 @@ class FormHandler:
         ex.anthropic, ex.api = False, self.api.api
         record = await govern.caller(rt, request, self.api.permission)
         network = rt.config.network
-        form = Form(request, self.api.files, network.max_body_bytes, network.header_timeout)
+        form = Form(
+            request,
+            self.api.files,
+            network.max_body_bytes,
+            network.header_timeout,
+            self.api.reserved_by,
+        )
         try:
             return await self._serve(request, ex, record, form)
         finally:
@@ -104,7 +128,8 @@ class FormHandler:
         require(route, api.api, asked)
         form.require_file(api.file_field)
         ex.stream = form.fields.get("stream", "").strip().lower() == "true"
-        ticket = await govern.admit(rt, ex, record, route, 0)
+        images = wanted(form) if api.api == "images" else 0  # priced per image, as generations
+        ticket = await govern.admit(rt, ex, record, route, 0, 0, images)
         try:
             return await self._forward(request, ex, route, form, asked)
         except GatewayError:
@@ -118,42 +143,49 @@ class FormHandler:
     async def _forward(
         self, request: web.Request, ex: Exchange, route: ModelRoute, form: Form, asked: str
     ) -> web.StreamResponse:
-        balancer, tried = self.rt.balancer, list[str]()
-        error: GatewayError | None = None
-        for _ in range(2):
-            upstream = balancer.pick(route.upstreams, tried, ex.region)
-            if upstream is None or form.sent:  # an upload begun is not sent twice
-                break
-            tried.append(upstream.name)
-            balancer.acquire(upstream)
+        """The form to a worker, attempted as chat is (``proxy.attempts``) while no byte of
+        the upload went out: once one did, a failure is the client's answer."""
+        rt = self.rt
+
+        async def attempt(
+            upstream: Upstream, chain: Chain, span: Span
+        ) -> tuple[aiohttp.ClientResponse, bytes]:
+            model, wait = chain.model.upstream_model, chain.wait(upstream)
             try:
-                response = await self._send(request, ex, upstream, form, route.upstream_model)
-            except GatewayError as err:
-                balancer.release(upstream)
-                if form.failure is not None:
+                return await self._send(request, ex, (upstream, span), form, (model, wait)), b""
+            except GatewayError:
+                if form.failure is not None:  # the client's upload failed: never retried
                     raise form.failure from None
-                forward.failed(self.rt, upstream)
-                error = err
-                continue
-            balancer.succeeded(upstream)
-            ex.upstream = upstream.name
-            try:
-                return await self._answer(request, ex, (upstream, response), route, asked)
-            finally:
-                response.release()
-                balancer.release(upstream)
-        raise error or UpstreamUnavailable(
-            f"No upstream of model '{route.name}' is available; try again shortly.", status=503
+                raise
+
+        chain = attempts.new_chain(
+            rt, request, ex, attempts.serving(rt, route, self.api.api), b"{}"
         )
+        opened = await attempts.open_with(rt, ex, chain, attempt, lambda: not form.sent)
+        upstream, response, _ = opened
+        try:
+            return await self._answer(request, ex, (upstream, response), route, asked)
+        finally:
+            response.release()
+            rt.balancer.release(upstream)
 
     async def _send(
-        self, request: web.Request, ex: Exchange, upstream: Upstream, form: Form, model: str
+        self,
+        request: web.Request,
+        ex: Exchange,
+        target: tuple[Upstream, Span],
+        form: Form,
+        sent: tuple[str, float],
     ) -> aiohttp.ClientResponse:
-        headers = forward_headers(request.headers, upstream, ex.request_id)
+        """One try: the form (``sent``: the worker's model name, the wait for the head)."""
+        upstream, span = target
+        model, wait = sent
+        headers = forward_headers(request.headers, upstream, ex.request_id, span.trace_headers)
         headers["Content-Type"] = f"multipart/form-data; boundary={form.boundary}"
         timeouts = upstream.timeouts
+        ex.upstream_status = None
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout(wait):
                 response = await self.rt.client.session.post(
                     api_url(upstream.url, self.api.path),
                     data=form.body(model),
@@ -163,7 +195,7 @@ class FormHandler:
                 )
         except TimeoutError:
             raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' did not answer within {timeouts.first_byte:g} s."
+                f"Upstream '{upstream.name}' did not answer within {wait:g} s."
             ) from None
         except (aiohttp.ClientError, OSError, Aborted) as exc:
             raise UpstreamUnavailable(
@@ -172,6 +204,7 @@ class FormHandler:
         if form.failure is not None:
             response.close()
             raise form.failure
+        ex.upstream_status = response.status
         if response.status >= 500 or response.status == 429:
             response.close()
             raise UpstreamUnavailable(
@@ -192,21 +225,22 @@ class FormHandler:
             raw = await _whole(response, upstream)
             if response.status != 200:
                 return refused(ex, self.api.api, asked, response.status, raw)
-            return self._counted(ex, raw, route, asked)
+            return self._counted(ex, raw, answered_as(self.rt, ex, route, asked))
         out = web.StreamResponse(headers=returned_headers(response.headers))
         if ex.rate_headers:
             out.headers.update(ex.rate_headers)
         await out.prepare(request)
         return await _relay(request, out, response, upstream)
 
-    def _counted(self, ex: Exchange, raw: bytes, route: ModelRoute, asked: str) -> web.Response:
+    def _counted(self, ex: Exchange, raw: bytes, names: tuple[str, str]) -> web.Response:
         try:
             counted = self.api.counts(orjson.loads(raw))
         except orjson.JSONDecodeError:
             counted = Counted()
         ex.usage = counted.usage() or NOTHING
         ex.images, ex.audio_seconds = counted.images, counted.seconds
-        raw = answers.rename(raw, answers.renamer(route.upstream_model, asked), asked, True)
+        worker, public = names
+        raw = answers.rename(raw, answers.renamer(worker, public), public, True)
         return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)
 
 

@@ -1,7 +1,8 @@
 """JSON requests of the non-chat APIs to a model's workers, over the lean pool
 (``proxy.wire``) the chat path uses: the worker's path for the API (under a root or a ``/v1``
-base URL), one retry on another upstream before any byte reached the client, and the relay of a
-streamed answer (legacy completions) event by event.
+base URL), the attempts as chat makes them (``proxy.attempts``: the model's upstream queue,
+retries and fallbacks before any byte reached the client), and the relay of a streamed answer
+(legacy completions) event by event.
 
 Timeouts are the upstream's, as for chat: ``first_byte`` for the head and first chunk (a whole
 answer: each silence), ``idle`` between the chunks of a stream.
@@ -23,10 +24,12 @@ from gateway.config.schema import Upstream
 from gateway.dialects.openai import OpenAIRelay
 from gateway.dialects.sse import SSESplitter
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy import attempts
 from gateway.proxy.apis.answers import rename
+from gateway.proxy.attempts import Post
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.timers import Silence
-from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import ConnectError, ConnectTimeout, Response, WireError
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
@@ -48,120 +51,69 @@ def api_path(url: str, path: str) -> str:
     return base + path
 
 
-async def post(
-    rt: Runtime,
-    upstream: Upstream,
-    path: str,
-    payload: bytes,
-    headers: dict[str, str],
-    stream: bool,
-) -> Response:
-    """POST ``payload`` to ``path`` of ``upstream``; returns at the answer's head (a whole answer
-    is bounded by ``first_byte`` of silence, a stream by its caller)."""
-    pool, timeouts = rt.client.pool, upstream.timeouts
-    try:
-        return await pool.post(
-            pool.origin(upstream.url),
-            api_path(upstream.url, path),
-            headers,
-            payload,
-            timeouts.connect,
-            None if stream else timeouts.first_byte,
-        )
-    except ConnectTimeout as exc:
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' did not accept a connection within "
-            f"{timeouts.connect:g} s; try again shortly."
-        ) from exc
-    except ConnectError as exc:
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' refused the connection; try again shortly."
-        ) from exc
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"Upstream '{upstream.name}' sent nothing within {timeouts.first_byte:g} s."
-        ) from exc
-    except WireError as exc:
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' failed before answering; try again shortly."
-        ) from exc
+def poster(rt: Runtime, path: str) -> Post:
+    """How a request of the API at ``path`` is POSTed to an upstream (``attempts.Post``)."""
 
+    async def post(
+        upstream: Upstream,
+        payload: bytes,
+        headers: dict[str, str],
+        stream: bool,
+        wait: float | None,
+    ) -> Response:
+        pool, timeouts = rt.client.pool, upstream.timeouts
+        silence = wait or timeouts.first_byte
+        try:
+            return await pool.post(
+                pool.origin(upstream.url),
+                api_path(upstream.url, path),
+                headers,
+                payload,
+                timeouts.connect,
+                None if stream else silence,
+            )
+        except ConnectTimeout as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' did not accept a connection within "
+                f"{timeouts.connect:g} s; try again shortly."
+            ) from exc
+        except ConnectError as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' refused the connection; try again shortly."
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"Upstream '{upstream.name}' sent nothing within {silence:g} s."
+            ) from exc
+        except WireError as exc:
+            raise UpstreamUnavailable(
+                f"Upstream '{upstream.name}' failed before answering; try again shortly."
+            ) from exc
 
-def failed(rt: Runtime, upstream: Upstream) -> None:
-    rt.balancer.failed(upstream)
-    rt.metrics.upstream_failures.labels(upstream.name).inc()
+    return post
 
 
 async def open_answer(
-    rt: Runtime, request: web.Request, ex: Exchange, route: ModelRoute, path: str, payload: bytes
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    route: ModelRoute,
+    api: tuple[str, Post],
+    payload: bytes,
 ) -> tuple[Upstream, Response, bytes]:
-    """An answering upstream (acquired: the caller releases it), its response and its whole
-    body (a stream answering 200: its first chunk, the response still open). A failure before
-    any byte reached the client is retried once on another upstream."""
-    balancer, tried = rt.balancer, list[str]()
-    error: GatewayError | None = None
-    for _ in range(2):
-        upstream = balancer.pick(route.upstreams, tried, ex.region)
-        if upstream is None:
-            break
-        tried.append(upstream.name)
-        balancer.acquire(upstream)
-        try:
-            response, first = await _attempt(rt, request, ex, upstream, path, payload)
-        except GatewayError as err:
-            balancer.release(upstream)
-            failed(rt, upstream)
-            error = err
-            continue
-        balancer.succeeded(upstream)
-        ex.upstream = upstream.name
-        return upstream, response, first
-    raise error or UpstreamUnavailable(
-        f"No upstream of model '{route.name}' is available; try again shortly.", status=503
+    """An answering upstream (held: the caller releases it), its response and its whole body
+    (a stream answering 200: its first chunk, the response still open; a refused stream: its
+    refusal read whole, the upstream released). ``api``: the API's name and its ``poster``.
+    Attempts go as chat's do (``proxy.attempts``): the model's upstream queue, retries,
+    fallbacks that serve the API, per-attempt timeouts."""
+    name, post = api
+    opened = await attempts.open_upstream(
+        rt, request, ex, attempts.serving(rt, route, name), payload, post
     )
-
-
-async def _attempt(
-    rt: Runtime, request: web.Request, ex: Exchange, upstream: Upstream, path: str, payload: bytes
-) -> tuple[Response, bytes]:
-    headers = forward_headers(request.headers, upstream, ex.request_id)
-    if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
-        answer = _usable(upstream, await post(rt, upstream, path, payload, headers, False))
-        try:
-            return answer, await read_body(answer, upstream)
-        finally:
-            answer.release()
-    response: Response | None = None
-    try:  # one timer for the head and the first chunk
-        async with asyncio.timeout(upstream.timeouts.first_byte):
-            response = _usable(upstream, await post(rt, upstream, path, payload, headers, True))
-            if response.status != 200:  # a refusal: read whole, like a whole answer
-                refusal = await read_body(response, upstream)
-                response.release()
-                return response, refusal
-            first = await read_chunk(response, upstream)
-    except TimeoutError:
-        if response is not None:
-            response.close()
-        raise UpstreamTimeout(
-            f"Upstream '{upstream.name}' sent nothing within {upstream.timeouts.first_byte:g} s."
-        ) from None
-    except GatewayError:
-        if response is not None:
-            response.close()
-        raise
-    ex.ttft = rt.clock.monotonic() - ex.started
-    return response, first
-
-
-def _usable(upstream: Upstream, response: Response) -> Response:
-    """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
-    if response.status >= 500 or response.status == 429:
-        response.close()
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
-        )
-    return response
+    upstream, response, _ = opened
+    if ex.stream and response.status != 200:
+        return upstream, response, await attempts.refusal_of(rt, upstream, response)
+    return opened
 
 
 class _EventStream(web.StreamResponse):
@@ -281,6 +233,6 @@ async def _broken(
 ) -> None:
     """The head is sent: the client learns of the failure from an error event and the missing
     end, never from a status."""
-    failed(rt, upstream)
+    attempts.failed(rt, upstream)
     ex.error = True
     await client.write(relay.error(err))

@@ -146,6 +146,15 @@ def require(route: ModelRoute, api: str, asked: str) -> None:
         )
 
 
+def answered_as(rt: Runtime, ex: Exchange, route: ModelRoute, asked: str) -> tuple[str, str]:
+    """The worker's name of the model that answered, and the name its answer carries: the one
+    the client asked for, or a fallback's own name (``ex.model``) when a fallback answered."""
+    if ex.model == route.name:
+        return route.upstream_model, asked
+    used = rt.router.resolve(ex.model or route.name) or route
+    return used.upstream_model, used.name
+
+
 def parse(raw: bytes) -> object:
     """The body as JSON, or the 400 saying why not."""
     try:
@@ -176,6 +185,7 @@ class JsonHandler:
     def __init__(self, runtime: Runtime, api: JsonApi) -> None:
         self.rt = runtime
         self.api = api
+        self.post = (api.api, forward.poster(runtime, api.path))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rt, api, ex = self.rt, self.api, request[EXCHANGE]
@@ -192,17 +202,18 @@ class JsonHandler:
         images = _wanted(body) if api.api == "images" else 0  # priced per image
         ticket = await govern.admit(rt, ex, record, route, prompt, completion, images)
         try:
-            opened = await forward.open_answer(rt, request, ex, route, api.path, payload)
+            opened = await forward.open_answer(rt, request, ex, route, self.post, payload)
             upstream, response, answer = opened
+            worker, public = answered_as(rt, ex, route, asked)
             if ex.stream and response.status == 200:
                 relay = OpenAIRelay(ex.client_usage)
-                pattern = answers.renamer(route.upstream_model, asked)
-                renamed = forward.renaming(pattern, asked)
+                renamed = forward.renaming(answers.renamer(worker, public), public)
                 return await forward.relay_stream(rt, request, ex, opened, relay, renamed)
-            rt.balancer.release(upstream)
+            if not ex.stream:
+                rt.balancer.release(upstream)
             if response.status != 200:
                 return refused(ex, api.api, asked, response.status, answer)
-            return self._answer(ex, route, asked, answer)
+            return self._answer(ex, (worker, public), answer)
         except GatewayError:
             ex.error = True
             raise
@@ -231,7 +242,7 @@ class JsonHandler:
         ex.agent_id = agent if isinstance(agent, str) and agent else None
         return dump_upstream(body)
 
-    def _answer(self, ex: Exchange, route: ModelRoute, asked: str, raw: bytes) -> web.Response:
+    def _answer(self, ex: Exchange, names: tuple[str, str], raw: bytes) -> web.Response:
         if raw.lstrip()[:1] != b"{":  # not parsed whole (it may be large): a JSON object at least
             raise UpstreamUnavailable(f"Upstream '{ex.upstream}' sent an answer that is not JSON.")
         counted = self.api.counts(raw)
@@ -242,5 +253,6 @@ class JsonHandler:
             else:
                 ex.usage = NOTHING
         ex.images = counted.images
-        raw = answers.rename(raw, answers.renamer(route.upstream_model, asked), asked, True)
+        worker, public = names
+        raw = answers.rename(raw, answers.renamer(worker, public), public, True)
         return web.Response(body=raw, content_type="application/json", headers=ex.rate_headers)

@@ -1,21 +1,23 @@
-"""A multipart form (audio transcription and translation, image edits) read as it arrives and
-sent on to the worker as it is read: never held whole.
+"""A multipart form (audio transcription and translation, image edits) read as it arrives and sent
+on to the worker as it is read: never held whole.
 
 The gateway needs the ``model`` field before the file: it picks the worker by it, and sends the
-worker its own name for the model. Clients that write fields before files (the OpenAI Python SDK,
-curl ``-F`` in the order given) are streamed from the first byte of the file on. A client that
-sends the file first (the OpenAI Node SDK when ``file`` is written before ``model``) is still
-served: the parts before ``model`` are spooled to an unnamed temporary file (within
-``network.max_body_bytes``, gone when closed) and sent from there once the model is known.
+worker its own name for the model. Fields the admission is decided by (an image edit's ``n``) must
+come before the first file that follows ``model``; after it they are a 400. Clients that write
+fields before files (the OpenAI Python SDK, curl ``-F`` in the order given) are streamed from the
+first byte of the file on. A client that sends the file first (the OpenAI Node SDK when ``file`` is
+written before ``model``) is still served: the parts before ``model`` are spooled to an unnamed
+temporary file (within ``network.max_body_bytes``, gone when closed) and sent from there once the
+model is known.
 
 What goes upstream is the same form re-encoded with a boundary of the gateway's own: ``model``
-first (the worker's name), then every other part in the order sent, each with its name, file
-name and ``Content-Type``. Fields (parts without a file name) are held while the head is read, at
-most ``FIELD_MAX`` bytes each and ``PARTS_MAX`` parts before the first file.
+first (the worker's name), then every other part in the order sent, each with its name, file name
+and ``Content-Type``. Fields (parts without a file name) are held while the head is read, at most
+``FIELD_MAX`` bytes each and ``PARTS_MAX`` parts before the first file.
 
-A malformed form is a 400, a body past the limit a 413, a stall of ``network.header_timeout`` a
-408 — while the head is read, before any upstream is called; later, while the file streams, the
-same errors end the upload and answer the client (``failure``).
+A malformed form is a 400, a body past the limit a 413, a stall of ``network.header_timeout`` a 408
+— while the head is read, before any upstream is called; later, while the file streams, the same
+errors end the upload and answer the client (``failure``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,14 @@ def part_head(boundary: str, name: str, filename: str | None, part: BodyPartRead
 class Form:
     """One request's form: ``read_head`` first, then ``body`` streams it to the worker."""
 
-    def __init__(self, request: web.Request, files: frozenset[str], limit: int, idle: float):
+    def __init__(
+        self,
+        request: web.Request,
+        files: frozenset[str],
+        limit: int,
+        idle: float,
+        before_file: frozenset[str] = frozenset(),
+    ):
         if request.content_type != "multipart/form-data":
             raise BadRequest(
                 "Send the request as multipart/form-data, with a 'model' field and the file.",
@@ -86,6 +95,7 @@ class Form:
                 "70 characters)."
             ) from None
         self._files, self._limit, self._idle = files, limit, idle
+        self._before_file = before_file  # fields the admission is decided by: never after it
         self.fields: dict[str, str] = {}  # the fields the gateway reads (KNOWN), as text
         self.has_file = False
         self.boundary = "gateway-" + secrets.token_hex(16)
@@ -119,11 +129,11 @@ class Form:
                 raise BadRequest(f"The form has more than {PARTS_MAX} fields before its file.")
             value = await self._field(part, name)
             if name in KNOWN:
+                if name in self.fields:  # which one would the worker take?
+                    raise BadRequest(f"The form field '{shown(name)}' appears twice; send it once.")
                 self.fields[name] = value.decode("utf-8", "replace")
             if name == "model":
-                if self._spool is not None:
-                    return  # the rest streams from here
-                continue
+                continue  # (parts spooled before it: fields after it still join the spool)
             encoded = part_head(self.boundary, name, None, part) + value + b"\r\n"
             if self._spool is not None:
                 self._spool.write(encoded)
@@ -167,6 +177,12 @@ class Form:
                 name, filename = self._names(part)
                 if name in self.fields:  # the worker must see what the gateway decided by
                     raise BadRequest(f"The form field '{shown(name)}' appears twice; send it once.")
+                if name in self._before_file and filename is None:
+                    raise BadRequest(
+                        f"The form field '{shown(name)}' must come before the file: the gateway "
+                        "reserves by it.",
+                        param=shown(name),
+                    )
                 yield part_head(self.boundary, name, filename, part)
                 while chunk := await self._guard(part.read_chunk(CHUNK)):
                     yield chunk

@@ -20,7 +20,7 @@ import orjson
 from gateway.config.schema import Upstream
 from gateway.dialects import anthropic
 from gateway.errors import GatewayError
-from gateway.proxy.apis.forward import post
+from gateway.proxy.apis.forward import poster
 from gateway.proxy.upstream import read_body
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
@@ -64,7 +64,8 @@ async def _tokenize(
         headers["Authorization"] = f"Bearer {upstream.api_key}"
     if request_id:
         headers["X-Request-ID"] = request_id
-    response = await post(runtime, upstream, "/tokenize", orjson.dumps(ask), headers, False)
+    post = poster(runtime, "/tokenize")
+    response = await post(upstream, orjson.dumps(ask), headers, False, None)
     try:
         raw = await read_body(response, upstream)
     finally:

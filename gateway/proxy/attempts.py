@@ -1,0 +1,227 @@
+"""One way to pick and call an upstream for every model API: chat, Responses (both modes),
+completions, embeddings, rerank and score, images, audio.
+
+``open_with`` makes the attempts of one request before any byte of its answer reached the
+client: the first upstream from the model's queue when its upstreams are capped
+(``routing.capacity``), then, after a failure of a kind the model's ``retry`` names, another of
+its upstreams or a fallback model's (``routing.chain``), within the retry budget, each attempt
+traced and bounded by its per-attempt timeout. What one attempt is differs by API: a JSON POST
+over the lean pool (``json_attempt``; chat's path or another API's) or a multipart upload
+(``proxy.apis.form_api``).
+
+A fallback model is followed only when it serves the API asked for (``serving``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+
+from gateway.config.schema import Upstream
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.exchange import Exchange
+from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.proxy.wire import Response
+from gateway.routing.chain import Chain
+from gateway.routing.router import ModelRoute
+from gateway.runtime import Runtime
+from gateway.tracing import Span
+
+R = TypeVar("R")
+
+# POST a body to an upstream: (upstream, body, headers, stream, wait) → the answer's head.
+# A whole answer's silences are bounded by ``wait``; a stream's caller bounds its own wait.
+Post = Callable[[Upstream, bytes, dict[str, str], bool, float | None], Awaitable[Response]]
+# One try on an upstream, for the chain's current model: (upstream, chain, span) → the answer
+# and its whole body (a stream answering 200: its first chunk; a refused stream: nothing).
+Attempt = Callable[[Upstream, Chain, Span], Awaitable[tuple[R, bytes]]]
+
+
+def serving(rt: Runtime, route: ModelRoute, api: str) -> ModelRoute:
+    """``route`` with only the fallbacks that serve ``api`` (a chat-only fallback never gets
+    an embeddings request)."""
+    if not route.fallbacks:
+        return route
+    resolve = rt.router.resolve
+    kept = tuple(f for f in route.fallbacks if (t := resolve(f)) is not None and api in t.apis)
+    return (
+        route if len(kept) == len(route.fallbacks) else dataclasses.replace(route, fallbacks=kept)
+    )
+
+
+def new_chain(
+    rt: Runtime, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
+) -> Chain:
+    """The request's way through its model's upstreams and fallbacks; the caller's key is read
+    again only if a fallback comes up (it is checked against the key's models)."""
+    headers, caller = request.headers, ex.client_ip or "-"
+    return Chain(
+        rt.balancer,
+        rt.router,
+        rt.metrics,
+        route,
+        payload,
+        ex.region,
+        lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
+        ex.request_id,
+    )
+
+
+async def first(rt: Runtime, chain: Chain, ex: Exchange) -> Upstream | None:
+    """The first upstream: the balancer's pick, or a slot after a wait in the model's queue
+    when every upstream is full (``routing.capacity``)."""
+    capacity = rt.capacity
+    if capacity is None:
+        return chain.first()
+    owner = ex.owner or "-"
+    return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner))
+
+
+def failed(rt: Runtime, upstream: Upstream) -> None:
+    """An upstream's failure: counted, and told to the balancer (which may eject it)."""
+    rt.balancer.failed(upstream)
+    rt.metrics.upstream_failures.labels(upstream.name).inc()
+
+
+async def open_with(
+    rt: Runtime,
+    ex: Exchange,
+    chain: Chain,
+    attempt: Attempt[R],
+    again: Callable[[], bool] | None = None,
+) -> tuple[Upstream, R, bytes]:
+    """An answering upstream (held: the caller releases it), its answer and body (see
+    ``Attempt``). A failure is retried as the model's ``retry`` says, unless ``again`` says the
+    request can no longer be sent (an upload begun)."""
+    balancer, route = rt.balancer, chain.route
+    upstream = await first(rt, chain, ex) or await chain.fall_back("connect")
+    error: GatewayError | None = None
+    while upstream is not None:
+        balancer.acquire(upstream)
+        try:
+            with ex.span.attempt(upstream.name) as span:
+                answer, body = await attempt(upstream, chain, span)
+        except GatewayError as err:
+            kind, error, failure = chain.failure(err, ex.upstream_status), err, upstream
+            if kind is not None and kind != "context_length":
+                failed(rt, failure)
+            if again is not None and not again():
+                kind = None  # nothing more is tried
+            try:  # decided while this request still holds its upstream: the budget counts it
+                upstream = await chain.after(failure, kind)
+            finally:
+                balancer.release(failure)
+            continue
+        except BaseException:  # cancelled (the client left): the upstream is not held
+            balancer.release(upstream)
+            chain.done()
+            raise
+        chain.done()
+        balancer.succeeded(upstream)
+        ex.upstream, ex.model = upstream.name, chain.model.name
+        return upstream, answer, body
+    raise error or UpstreamUnavailable(
+        f"No upstream of model '{route.name}' is available; try again shortly.", status=503
+    )
+
+
+async def open_upstream(
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    route: ModelRoute,
+    payload: bytes,
+    post: Post,
+) -> tuple[Upstream, Response, bytes]:
+    """``open_with`` for a JSON request: ``payload`` POSTed by ``post``."""
+    chain = new_chain(rt, request, ex, route, payload)
+    return await open_with(rt, ex, chain, json_attempt(rt, request, ex, post))
+
+
+def json_attempt(rt: Runtime, request: web.Request, ex: Exchange, post: Post) -> Attempt[Response]:
+    async def attempt(upstream: Upstream, chain: Chain, span: Span) -> tuple[Response, bytes]:
+        return await try_json(
+            rt, request, ex, post, upstream, chain.payload, span, chain.peek, chain.wait(upstream)
+        )
+
+    return attempt
+
+
+async def try_json(
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    post: Post,
+    upstream: Upstream,
+    payload: bytes,
+    span: Span,
+    peek: bool = False,
+    wait: float | None = None,
+) -> tuple[Response, bytes]:
+    """One try: ``peek`` reads a refusal to tell a context-length error (a fallback may take
+    it); ``wait`` bounds the wait for the first byte (default: ``first_byte``)."""
+    headers = forward_headers(request.headers, upstream, ex.request_id, span.trace_headers)
+    wait = wait or upstream.timeouts.first_byte
+    ex.upstream_status = None  # the worker's status tells a 5xx from a 429 from no answer
+    if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
+        answer = await post(upstream, payload, headers, False, wait)
+        ex.upstream_status = answer.status
+        try:
+            body = await read_body(usable(upstream, answer), upstream)
+        finally:
+            answer.release()
+        if peek and (too_long := Chain.context_exceeded(answer.status, body)):
+            raise too_long
+        return answer, body
+    response: Response | None = None
+    try:  # one timer for the head and the first chunk: the time to first token
+        async with asyncio.timeout(wait):
+            response = await post(upstream, payload, headers, True, None)
+            ex.upstream_status = response.status
+            if usable(upstream, response).status != 200:
+                if peek and response.status in Chain.REFUSALS:
+                    raise Chain.refused(response.status, await read_body(response, upstream))
+                return response, b""
+            first_chunk = await read_chunk(response, upstream)
+    except TimeoutError:
+        if response is not None:
+            response.close()
+        raise UpstreamTimeout(
+            f"Upstream '{upstream.name}' sent nothing within {wait:g} s."
+        ) from None
+    except GatewayError:
+        if response is not None:
+            response.close()
+        raise
+    ex.ttft = rt.clock.monotonic() - ex.started
+    span.event("first_token")
+    return response, first_chunk
+
+
+async def refusal_of(rt: Runtime, upstream: Upstream, response: Response) -> bytes:
+    """The body of a stream's refusal (its head said not 200), bounded like a whole answer;
+    the response is released and the upstream given back."""
+    try:
+        async with asyncio.timeout(upstream.timeouts.first_byte):
+            return await read_body(response, upstream)
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"Upstream '{upstream.name}' stalled while sending its answer."
+        ) from None
+    finally:
+        response.release()
+        rt.balancer.release(upstream)
+
+
+def usable(upstream: Upstream, response: Response) -> Response:
+    """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
+    if response.status >= 500 or response.status == 429:
+        response.close()
+        raise UpstreamUnavailable(
+            f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
+        )
+    return response
