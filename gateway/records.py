@@ -54,11 +54,11 @@ def _network(net: IPNetwork, api: bool) -> str:
     return str(net.network_address) if api and net.num_addresses == 1 else str(net)
 
 
-@dataclass(frozen=True, slots=True)
-class Rights:
-    """What a key may do: the part of a key record that self-service bounds. Each field
-    means what the ``KeyRecord`` field of the same name means (``models`` None: every model,
-    ``ip_whitelist`` empty: any address, a limit or ``expires_at`` None: none)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RightFields:
+    """What a key may do, declared once for ``Rights`` and ``KeyRecord`` (keyword-only: a key
+    record's own fields keep their places). ``models`` None: every model; ``ip_whitelist``
+    empty: any address; a limit or ``expires_at`` None: none."""
 
     permissions: frozenset[str] = frozenset({"chat"})
     models: frozenset[str] | None = None
@@ -71,6 +71,18 @@ class Rights:
     tpm_limit: int | None = None
     daily_budget: int | None = None  # micro-dollars (served as dailyBudgetUsd, in dollars)
     monthly_budget: int | None = None  # micro-dollars
+
+    def rights(self) -> Rights:
+        """These fields alone, as ``Rights``."""
+        return Rights(**self.right_fields())
+
+    def right_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in RIGHTS}
+
+
+@dataclass(frozen=True, slots=True)
+class Rights(RightFields):
+    """What a key may do: the part of a key record that self-service bounds."""
 
     def to_json(self, api: bool) -> dict[str, Any]:
         """The camelCase fields, as served (``api``) or stored (full precision)."""
@@ -117,7 +129,9 @@ def _micros(dollars: float | None) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class KeyRecord:
+class KeyRecord(RightFields):
+    """An API key as stored: who owns it, its state, and its rights (``RightFields``)."""
+
     id: str
     owner: str
     key_hash: str = field(repr=False)
@@ -125,14 +139,6 @@ class KeyRecord:
     name: str = ""
     description: str = ""
     revoked: bool = False
-    permissions: frozenset[str] = frozenset({"chat"})
-    models: frozenset[str] | None = None
-    ip_whitelist: tuple[IPNetwork, ...] = ()
-    rpm_limit: int | None = None
-    max_concurrency: int | None = None
-    daily_limit: int | None = None
-    monthly_limit: int | None = None
-    expires_at: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     last_used_at: float | None = None
@@ -144,9 +150,6 @@ class KeyRecord:
     # ceilings, or a declared key): the key's own rights.
     ceiling: Rights | None = None
     revoked_by: Literal["admin", "owner"] | None = None  # None when revoked: before revokedBy
-    tpm_limit: int | None = None
-    daily_budget: int | None = None  # micro-dollars
-    monthly_budget: int | None = None  # micro-dollars
 
     def status(self, now: float) -> Status:
         if self.revoked:
@@ -154,9 +157,6 @@ class KeyRecord:
         if self.expires_at is not None and now >= self.expires_at:
             return "EXPIRED"
         return "ACTIVE"
-
-    def rights(self) -> Rights:
-        return Rights(**{name: getattr(self, name) for name in RIGHTS})
 
     def effective_ceiling(self) -> Rights:
         return self.ceiling if self.ceiling is not None else self.rights()
@@ -212,17 +212,7 @@ class KeyRecord:
             name=data.get("name", ""),
             description=data.get("description", ""),
             revoked=bool(data.get("revoked")),
-            permissions=rights.permissions,
-            models=rights.models,
-            ip_whitelist=rights.ip_whitelist,
-            rpm_limit=rights.rpm_limit,
-            max_concurrency=rights.max_concurrency,
-            daily_limit=rights.daily_limit,
-            monthly_limit=rights.monthly_limit,
-            expires_at=rights.expires_at,
-            tpm_limit=rights.tpm_limit,
-            daily_budget=rights.daily_budget,
-            monthly_budget=rights.monthly_budget,
+            **rights.right_fields(),
             created_at=data.get("createdAt", 0.0),
             updated_at=data.get("updatedAt", 0.0),
             last_used_at=data.get("lastUsedAt"),
@@ -236,7 +226,7 @@ class KeyRecord:
         return replace(self, **changes)
 
 
-RIGHTS = tuple(f.name for f in fields(Rights))  # the attributes self-service bounds
+RIGHTS = tuple(f.name for f in fields(RightFields))  # the attributes self-service bounds
 
 Refusal = Literal[
     "rpm",
