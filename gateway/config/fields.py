@@ -244,6 +244,21 @@ def p_enum(*choices: str) -> Callable[[Node], str]:
     return parse
 
 
+def p_some(choices: tuple[str, ...], noun: str) -> Callable[[Node], tuple[str, ...]]:
+    """A non-empty list of some of ``choices`` (each a ``noun``), kept in their order."""
+
+    def parse(node: Node) -> tuple[str, ...]:
+        if not isinstance(node.value, list) or not node.value:
+            raise Invalid(f"expected a non-empty list of {', '.join(choices)}")
+        values = {p_str(item) for item in node.value}
+        bad = sorted(values - set(choices))
+        if bad:
+            raise Invalid(f"unknown {noun} {bad[0]!r}; use {', '.join(choices)}")
+        return tuple(choice for choice in choices if choice in values)
+
+    return parse
+
+
 def p_list(parse: Callable[[Node], T], ctx: Ctx, path: str) -> Callable[[Node], tuple[T, ...]]:
     """A list whose items are parsed one by one; a bad item is reported at its own line."""
 

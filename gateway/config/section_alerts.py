@@ -37,7 +37,7 @@ def _webhook(o: Obj) -> Webhook:
         # the URL is not echoed in errors: a Slack-style URL carries its token in the path
         url=o.need("url", lp.p_secret_url, ""),  # "": reported already
         secret=o.need("secret", _secret, ""),
-        **o.settings(Webhook, events=_events, format=lp.p_enum("json", "slack")),
+        **o.settings(Webhook, events=lp.p_some(EVENTS, "event"), format=lp.p_enum("json", "slack")),
     )
     o.done()
     return out
@@ -51,13 +51,3 @@ def _secret(node: Node) -> str:
             'e.g. secret: "${ALERT_SECRET}"'
         )
     return text
-
-
-def _events(node: Node) -> tuple[str, ...]:
-    if not isinstance(node.value, list) or not node.value:
-        raise lp.Invalid(f"expected a non-empty list of {', '.join(EVENTS)}")
-    values = {lp.p_str(item) for item in node.value}
-    bad = sorted(values - set(EVENTS))
-    if bad:
-        raise lp.Invalid(f"unknown event {bad[0]!r}; use {', '.join(EVENTS)}")
-    return tuple(event for event in EVENTS if event in values)

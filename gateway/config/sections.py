@@ -295,7 +295,7 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
                 aliases=lp.p_list(lp.p_name, m.ctx, m.sub("aliases")),
                 owned_by=lp.p_nonempty,
                 default_max_tokens=lp.p_int(1),
-                apis=_apis,
+                apis=lp.p_some(APIS, "API"),
                 fallbacks=lp.p_list(lp.p_nonempty, m.ctx, m.sub("fallbacks")),
                 max_output_tokens=lp.p_optional(lp.p_int(1)),
                 responses=section_responses.mode,
@@ -310,17 +310,6 @@ def _models(o: Obj, upstreams: dict[str, Upstream]) -> dict[str, Model]:
             names[alias] = name
     rs.check_fallbacks(o, out)
     return out
-
-
-def _apis(node: Node) -> tuple[str, ...]:
-    """A non-empty list of the APIs a model serves, kept in the order of ``APIS``."""
-    if not isinstance(node.value, list) or not node.value:
-        raise lp.Invalid(f"expected a non-empty list of {', '.join(APIS)}")
-    values = {lp.p_str(item) for item in node.value}
-    bad = sorted(values - set(APIS))
-    if bad:
-        raise lp.Invalid(f"unknown API {bad[0]!r}; use {', '.join(APIS)}")
-    return tuple(api for api in APIS if api in values)
 
 
 def _upstream_refs(m: Obj, node: Node | None, upstreams: dict[str, Upstream]) -> tuple[str, ...]:
