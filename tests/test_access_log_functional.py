@@ -23,6 +23,7 @@ FIELDS = {
     "status",
     "duration_ms",
     "ttft_ms",
+    "queue_ms",
     "key_id",
     "owner",
     "model",

@@ -24,6 +24,7 @@ class Exchange:
     region: str | None = None
     usage: dict[str, Any] | None = None
     ttft: float | None = None
+    queue_wait: float | None = None  # seconds getting a slot of a capped model (its queue)
     completion_chunks: int = 0
     upstream_status: int | None = None
     key_id: str | None = None

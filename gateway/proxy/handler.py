@@ -36,12 +36,15 @@ from gateway.proxy import govern
 from gateway.proxy.apis.json_api import require
 from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.queued import EarlyHead
 from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
+from gateway.routing.capacity import slot
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
+from gateway.routing.waiting import Tick
 from gateway.runtime import Runtime
 from gateway.tracing import Span
 
@@ -217,7 +220,12 @@ class ChatHandler:
         return parsed
 
     async def _open(
-        self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
+        self,
+        request: web.Request,
+        ex: Exchange,
+        route: ModelRoute,
+        payload: bytes,
+        tick: Tick | None = None,
     ) -> tuple[Upstream, Response, bytes]:
         """An answering upstream, its response and the whole body (a stream: its first chunk).
 
@@ -237,7 +245,9 @@ class ChatHandler:
             lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
             ex.request_id,
         )
-        upstream = await self._first(chain, ex) or await chain.fall_back("connect")
+        upstream = await self._first(chain, ex, tick) or await slot(
+            rt.capacity, chain, await chain.fall_back("connect")
+        )
         error: GatewayError | None = None
         while upstream is not None:
             balancer.acquire(upstream)
@@ -257,7 +267,7 @@ class ChatHandler:
                 if kind is not None and kind != "context_length":
                     self._failed(failed)
                 try:  # decided while this request still holds its upstream: the budget counts it
-                    upstream = await chain.after(failed, kind)
+                    upstream = await slot(rt.capacity, chain, await chain.after(failed, kind))
                 finally:
                     balancer.release(failed)
                 continue
@@ -273,14 +283,19 @@ class ChatHandler:
             f"No upstream of model '{route.name}' is available; try again shortly.", status=503
         )
 
-    async def _first(self, chain: Chain, ex: Exchange) -> Upstream | None:
+    async def _first(self, chain: Chain, ex: Exchange, tick: Tick | None) -> Upstream | None:
         """The first upstream: the balancer's pick, or a slot after a wait in the model's
-        queue when every upstream is full (``routing.capacity``)."""
-        capacity = self.rt.capacity
+        queue when every upstream is full (``routing.capacity``); ``tick``: a waiting
+        stream's ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
+        rt = self.rt
+        capacity = rt.capacity
         if capacity is None:
             return chain.first()
-        owner = ex.owner or "-"
-        return await capacity.first(chain, owner, lambda: self.rt.limiter.plan_of(owner))
+        owner, started = ex.owner or "-", rt.clock.monotonic()
+        try:
+            return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner), tick)
+        finally:
+            ex.queue_wait = rt.clock.monotonic() - started
 
     def _failed(self, upstream: Upstream) -> None:
         self.rt.balancer.failed(upstream)
@@ -362,7 +377,16 @@ class ChatHandler:
     async def _stream(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
     ) -> web.StreamResponse:
-        upstream, response, chunk = await self._open(request, ex, route, payload)
+        client = self.event_stream()
+        early = EarlyHead(request, client, ex.rate_headers)  # sent if the request must wait
+        opening = self._open(request, ex, route, payload, early.tick)
+
+        def error(err: GatewayError) -> bytes:
+            return self.new_relay(ex, route).error(err)
+
+        if (opened := await early.opening(ex, error, opening)) is None:
+            return client  # failed after the head went out: an error event said so
+        upstream, response, chunk = opened
         if response.status != 200:
             try:  # an error answer to a stream request: bounded like a whole answer
                 async with asyncio.timeout(upstream.timeouts.first_byte):
@@ -374,10 +398,12 @@ class ChatHandler:
             finally:
                 response.release()
                 self.rt.balancer.release(upstream)
+            if early.sent:
+                await early.refused(ex, error, response.status, raw)
+                return client
             return upstream_error(ex, response.status, raw)
         relay = self.new_relay(ex, route)
-        client = self.event_stream()
-        if ex.rate_headers:
+        if ex.rate_headers and not early.sent:
             client.headers.update(ex.rate_headers)
         self.rt.metrics.active_streams.inc()
         task = asyncio.current_task()

@@ -1,24 +1,23 @@
-"""Upstream slots and the queue in front of full models.
+"""Upstream slots and the queue in front of full models: the one way to an upstream.
 
-``first`` is the handler's pick. While nobody waits for the model it is the balancer's pick,
-plus, on a shared store, one lease (``store.capacity``) when the upstream has a
-``max_concurrency``: the cap then counts every gateway process. An upstream without one costs
-nothing more than before.
+Every call to an upstream takes its slot here: a request's first attempt through
+``Capacity.first`` (which may wait for one), every retry and fallback through ``slot``, any
+other call through ``Capacity.take``; the caller then counts it in this process's balancer
+(``Balancer.acquire``, at once, no await between). When the upstream has a ``max_concurrency``
+and the store is shared, the slot is a lease in the store (``store.capacity``), so that the
+cap counts every gateway process; ``Balancer.release`` gives both back. An upstream without a
+cap costs nothing more than the balancer's count.
 
-When every upstream of the model is at its cap, the request waits in the model's fair queue
-(``limits.fairqueue``: weighted by the owner's plan ``share``, higher ``priority`` first, FIFO
-within an owner) until a slot frees, at most ``scheduling.max_wait``: then 503
-``queue_timeout``. An owner past its plan's ``max_queued``, or a gateway past
-``scheduling.max_queue`` waiting requests, gets 429 ``queue_full``. Both carry a Retry-After
-from the rate at which the model's slots have been freeing. A client that leaves takes its
-request out at once.
+When every upstream of a model (all capped, no ``fallbacks``) is full, the request waits in the
+model's weighted fair queue (by the owner's plan ``share``, higher ``priority`` first, FIFO
+within an owner) until a slot frees, at most ``scheduling.max_wait`` (then 503
+``queue_timeout``); past its owner's ``max_queued`` or the process's ``max_queue``, 429
+``queue_full``. On ``memory://`` the queue is this process's (``routing.waiting_local``); on a
+shared store it is the store's, one queue per model for every process (``routing.waiting_shared``),
+and a slot released anywhere goes to its head in the same store call.
 
-One pump per waiting model hands freed slots to the head of its queue: a slot this process
-frees wakes it at once; on a shared store it also asks the store every ``POLL`` seconds, so a
-slot another process frees is found within that. A granted slot is counted (``Balancer.acquire``)
-before its waiter resumes, so a newcomer cannot take it; the handler counts it again, so the
-waiter hands the pump's count back (``Balancer.handover``) just before.
-
+The first attempt's lease looks at the model's queue in the same store call: while anyone
+waits, a newcomer joins them rather than passing them (one round trip when nobody waits).
 Leases held are renewed every ``RENEW_SECONDS`` in one store call and released in batches.
 Leases are fungible per upstream: when this process's in-flight count to an upstream falls below
 the leases it holds, one is released.
@@ -30,59 +29,24 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 from gateway.clock import Clock
 from gateway.config.schema import Config, Plan, Scheduling, Upstream
-from gateway.errors import TooManyRequests, UpstreamUnavailable
-from gateway.limits.fairqueue import Entry, FairQueue
+from gateway.errors import UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.routing.balancer import Balancer
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
+from gateway.routing.waiting import Tick, share_label
+from gateway.routing.waiting_local import LocalRoom
+from gateway.routing.waiting_shared import SharedRoom
 from gateway.store.base import StoreError
-from gateway.store.capacity import RENEW_SECONDS, LeaseStore
+from gateway.store.capacity import RENEW_SECONDS, LeaseStore, WaitRoom
 
 log = logging.getLogger("gateway.routing")
-
-POLL = 0.005  # seconds between a waiting pump's looks at the shared store
-TICK = 5.0  # seconds between ``: queued`` comments to a waiting stream
-FIRST_TICK = 1.0
-
-
-@dataclass(slots=True, eq=False)
-class Waiter:
-    chain: Chain
-    plan: Plan
-    granted: asyncio.Future[Upstream]
-    since: float
-
-
-class ModelQueue:
-    """The requests of this process waiting for one model, and the pump that serves them."""
-
-    def __init__(self, route: ModelRoute) -> None:
-        self.route = route
-        self.fair: FairQueue[Waiter] = FairQueue()
-        self.wake = asyncio.Event()
-        self.pump: asyncio.Task[None] | None = None
-        self.rate = 0.0  # slots granted per second, smoothed
-        self.last_grant = 0.0
-
-    def granted(self, now: float) -> None:
-        if self.last_grant:
-            gap = max(now - self.last_grant, 1e-3)
-            self.rate = 0.8 * self.rate + 0.2 / gap if self.rate else 1.0 / gap
-        self.last_grant = now
-
-    def retry_after(self, ahead: int, ceiling: float) -> int:
-        """Seconds until about ``ahead`` more slots have freed, at the recent rate."""
-        if self.rate <= 0.0:
-            return max(1, math.ceil(ceiling))
-        return max(1, math.ceil(min((ahead + 1) / self.rate, ceiling)))
 
 
 class Capacity:
@@ -97,30 +61,33 @@ class Capacity:
         leases: LeaseStore | None = None,
     ) -> None:
         self.balancer, self.clock, self.metrics = balancer, clock, metrics
-        self.scheduling = scheduling
         self.leases = leases
-        self._queues: dict[str, ModelQueue] = {}
-        self._waiting = 0
-        self._by_owner: dict[str, int] = {}
+        self._me = uuid.uuid4().hex[:12]
+        self.local = LocalRoom(clock, metrics, scheduling, balancer)
+        self.shared: SharedRoom | None = None
+        if leases is not None and _is_wait_room(leases):
+            room = cast(WaitRoom, leases)
+            self.shared = SharedRoom(clock, metrics, scheduling, room, self._me, self._give)
         self._held: dict[str, list[str]] = {}  # upstream → leases this process holds
         self._to_release: list[tuple[str, str]] = []
         self._flush: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._ids = itertools.count()
-        self._me = uuid.uuid4().hex[:12]
         balancer.on_release = self._freed
 
     def configure(self, config: Config) -> None:
         """The scheduling settings, and a series of every queue metric for each plan (at 0,
         so that a dashboard shows a plan that never waited)."""
-        self.scheduling = config.scheduling
+        for room in (self.local, self.shared):
+            if room is not None:
+                room.scheduling = config.scheduling
         m = self.metrics
-        for plan in config.plans:
-            m.queue_length.labels(plan)
-            m.queue_wait.labels(plan)
-            m.queue_grants.labels(plan)
+        for name, plan in config.plans.items():
+            m.queue_length.labels(name)
+            m.queue_wait.labels(name)
+            m.queue_grants.labels(name, share_label(plan.share))
             for bound in ("owner", "gateway"):
-                m.queue_refused.labels(plan, bound)
+                m.queue_refused.labels(name, bound)
 
     # -- the request path -------------------------------------------------------------------
     async def first(
@@ -128,204 +95,108 @@ class Capacity:
         chain: Chain,
         owner: str,
         plan: Callable[[], Awaitable[Plan]],
-        tick: Callable[[], Awaitable[None]] | None = None,
+        tick: Tick | None = None,
     ) -> Upstream | None:
-        """The upstream for a request's first attempt, waiting in the model's queue when every
-        one is full; None (today's 503) for a model with fallbacks or without any cap."""
+        """The upstream of a request's first attempt, its slot taken (the caller counts it
+        with ``Balancer.acquire`` at once, and ``Balancer.release`` gives both back), after a
+        wait in the model's queue when every one is full; None (today's 503) when full and the
+        model has fallbacks or an upstream without a cap."""
         route = chain.route
-        queue = self._queues.get(route.name)
-        if queue is None or not len(queue.fair):
-            upstream = chain.first()
-            if upstream is not None:
-                if self.leases is None or upstream.max_concurrency is None:
-                    return upstream
-                taken = await self._leased(chain, upstream)
-                if taken is not None:
-                    return taken
-                chain.tried.pop()
-                chain.attempts -= 1
-        if route.fallbacks or not any(u.max_concurrency for u in route.upstreams):
+        queued = _queues(route)
+        upstream = None if self.local.busy(route.name) else chain.first()
+        if upstream is not None:
+            if self.leases is None or upstream.max_concurrency is None:
+                return upstream
+            pool = [upstream, *(u for u in self._pool(chain) if u is not upstream)]
+            taken = await self._lease(pool, route.name if queued else None)
+            if taken is not None:
+                if taken is not upstream:
+                    chain.tried[-1] = taken.name
+                return taken
+            chain.tried.pop()
+            chain.attempts -= 1
+        if not queued:
             return None
-        return await self._wait(chain, owner, await plan(), tick)
+        if self.shared is None:
+            upstream = await self.local.wait(chain, owner, await plan(), tick)
+            self.balancer.handover(upstream)  # counted by the pump; the caller counts it again
+            return upstream
+        return await self._wait_shared(chain, owner, await plan(), tick)
 
-    async def _leased(self, chain: Chain, upstream: Upstream) -> Upstream | None:
-        """A lease on ``upstream`` or, if it is full everywhere, on another upstream of the
-        model with a slot (the chain's attempt renamed to it)."""
-        pool = [upstream, *(u for u in chain.model.upstreams if u is not upstream)]
-        taken = await self._lease(pool)
-        if taken is not None and taken is not upstream:
-            chain.tried[-1] = taken.name
-        return taken
+    async def take(
+        self, upstream: Upstream, alternatives: Sequence[Upstream] = ()
+    ) -> Upstream | None:
+        """A slot for a call to ``upstream`` (or, when it is full across processes, to the
+        first of ``alternatives`` with one), taken for a caller that counts it with
+        ``Balancer.acquire`` at once (``Balancer.release`` gives both back); None when every
+        one is full. Under a cap on a shared store, a lease; else nothing more than the count."""
+        if self.leases is None or upstream.max_concurrency is None:
+            return upstream
+        pool = [upstream, *(u for u in alternatives if u is not upstream)]
+        return await self._lease(pool, None)
 
-    async def _lease(self, pool: list[Upstream]) -> Upstream | None:
-        """One store call: a slot on the first upstream of ``pool`` with one free, held."""
+    async def _wait_shared(
+        self, chain: Chain, owner: str, plan: Plan, tick: Tick | None
+    ) -> Upstream | None:
+        assert self.shared is not None
+        pool = self._pool(chain)
+        spec = [(u.name, u.max_concurrency or 0) for u in pool]
+        try:
+            name, lease = await self.shared.wait(chain, owner, plan, tick, spec)
+        except StoreError as exc:  # the store is down: each process keeps its own count
+            log.warning("capacity queue failed", extra={"reason": str(exc)})
+            return chain.first()
+        upstream = next((u for u in pool if u.name == name), None)
+        if upstream is None:  # the configuration changed while it waited
+            self._give(name, lease)
+            raise UpstreamUnavailable(
+                f"No upstream of model '{chain.route.name}' is available; try again shortly.",
+                status=503,
+            )
+        self._held.setdefault(name, []).append(lease)
+        self._start_renewer()
+        chain.tried.append(name)
+        chain.attempts += 1
+        return upstream
+
+    def _pool(self, chain: Chain) -> list[Upstream]:
+        return self.balancer.expand(chain.model.upstreams)
+
+    async def _lease(self, pool: list[Upstream], queue: str | None) -> Upstream | None:
+        """One store call: a slot on the first upstream of ``pool`` with one free, held.
+        ``queue``: the model whose waiting requests a newcomer may not pass."""
         assert self.leases is not None
         capped = [u for u in pool if u.max_concurrency is not None]
         if len(capped) < len(pool):  # an uncapped upstream is never full
             return next(u for u in pool if u.max_concurrency is None)
-        lease = f"{self._me}:{next(self._ids)}"
+        lease = f"{self._me}:l{next(self._ids)}"
         try:
             index = await self.leases.acquire(
-                [(u.name, u.max_concurrency or 0) for u in capped], lease
+                [(u.name, u.max_concurrency or 0) for u in capped], lease, queue
             )
         except StoreError as exc:  # the store is down: each process keeps its own count
             log.warning("capacity lease failed", extra={"reason": str(exc)})
             return pool[0]
         if index < 0:
             return None
-        self._held.setdefault(capped[index].name, []).append(lease)
+        taken = capped[index]
+        self._held.setdefault(taken.name, []).append(lease)
         self._start_renewer()
-        return capped[index]
-
-    async def _wait(
-        self,
-        chain: Chain,
-        owner: str,
-        plan: Plan,
-        tick: Callable[[], Awaitable[None]] | None,
-    ) -> Upstream:
-        route = chain.route
-        queue = self._queues.get(route.name)
-        if queue is None:
-            queue = self._queues[route.name] = ModelQueue(route)
-        self._refuse_if_full(queue, owner, plan)
-        loop = asyncio.get_running_loop()
-        waiter = Waiter(chain, plan, loop.create_future(), self.clock.monotonic())
-        entry = queue.fair.push(owner, plan.share, plan.priority, waiter)
-        self._joined(owner, plan, 1)
-        if queue.pump is None or queue.pump.done():
-            queue.pump = asyncio.create_task(self._pump(queue))
-        try:
-            upstream = await self._granted(waiter, tick)
-        except TimeoutError:
-            self._abandon(queue, entry)
-            raise self.timed_out(route, self.scheduling.max_wait) from None
-        except BaseException:
-            self._abandon(queue, entry)
-            raise
-        finally:
-            self._joined(owner, plan, -1)
-            self.metrics.queue_wait.labels(plan.name).observe(self.clock.monotonic() - waiter.since)
-        self.balancer.handover(upstream)  # the handler counts it again at once
-        return upstream
-
-    async def _granted(
-        self, waiter: Waiter, tick: Callable[[], Awaitable[None]] | None
-    ) -> Upstream:
-        deadline = waiter.since + self.scheduling.max_wait
-        pause = FIRST_TICK
-        while True:
-            if waiter.granted.done():
-                return waiter.granted.result()
-            left = deadline - self.clock.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            step = min(left, pause) if tick is not None else left
-            await asyncio.wait((waiter.granted,), timeout=step)
-            if (
-                not waiter.granted.done()
-                and tick is not None
-                and deadline - self.clock.monotonic() > 0
-            ):
-                await tick()
-                pause = TICK
-
-    def _abandon(self, queue: ModelQueue, entry: Entry[Waiter]) -> None:
-        """The waiter left (timeout, client gone): its place, or the slot it was given, back."""
-        waiter = entry.item
-        queue.fair.remove(entry)
-        if waiter.granted.done() and not waiter.granted.cancelled():
-            self.balancer.release(waiter.granted.result())
-        else:
-            waiter.granted.cancel()
-
-    def timed_out(self, route: ModelRoute, waited: float) -> UpstreamUnavailable:
-        queue = self._queues.get(route.name)
-        after = queue.retry_after(len(queue.fair), self.scheduling.max_wait) if queue else 1
-        return UpstreamUnavailable(
-            f"Every upstream of model '{route.name}' stayed busy for the {waited:g} s this "
-            f"request waited; retry after {after} s.",
-            code="queue_timeout",
-            status=503,
-            retry_after=after,
-        )
-
-    def _refuse_if_full(self, queue: ModelQueue, owner: str, plan: Plan) -> None:
-        mine = self._by_owner.get(owner, 0)
-        over_owner = plan.max_queued is not None and mine >= plan.max_queued
-        if not over_owner and self._waiting < self.scheduling.max_queue:
-            return
-        ahead = mine if over_owner else len(queue.fair)
-        after = queue.retry_after(ahead, self.scheduling.max_wait)
-        self.metrics.queue_refused.labels(plan.name, "owner" if over_owner else "gateway").inc()
-        what = (
-            f"your {mine} requests already waiting for busy upstreams (plan limit)"
-            if over_owner
-            else f"the gateway's queue of {self._waiting} waiting requests"
-        )
-        raise TooManyRequests(
-            f"Model '{queue.route.name}' is at capacity and {what} is full; retry after {after} s.",
-            code="queue_full",
-            retry_after=after,
-        )
-
-    def _joined(self, owner: str, plan: Plan, delta: int) -> None:
-        self._waiting += delta
-        left = self._by_owner.get(owner, 0) + delta
-        if left > 0:
-            self._by_owner[owner] = left
-        else:
-            self._by_owner.pop(owner, None)
-        self.metrics.queue_length.labels(plan.name).inc(delta)
-
-    # -- the pump ---------------------------------------------------------------------------
-    async def _pump(self, queue: ModelQueue) -> None:
-        """Hands each slot that frees to the head of ``queue``, while anyone waits."""
-        poll = POLL if self.leases is not None else None
-        while (entry := queue.fair.peek()) is not None:
-            queue.wake.clear()
-            upstream = await self._slot(entry.item.chain)
-            if upstream is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.wake.wait(), poll)
-                continue
-            if not entry.queued or entry.item.granted.done():  # it left while we asked
-                self.balancer.release(upstream)
-                continue
-            queue.fair.pop()
-            queue.granted(self.clock.monotonic())
-            self.metrics.queue_grants.labels(entry.item.plan.name).inc()
-            entry.item.granted.set_result(upstream)
-
-    async def _slot(self, chain: Chain) -> Upstream | None:
-        """A free slot for ``chain``'s request, counted in the balancer, or None."""
-        upstream = chain.first()
-        if upstream is None:
-            return None
-        chain.tried.pop()  # the pick is the pump's; the request's own attempt comes later
-        chain.attempts -= 1
-        if self.leases is not None and upstream.max_concurrency is not None:
-            pool = [upstream, *(u for u in chain.model.upstreams if u is not upstream)]
-            taken = await self._lease(pool)
-            if taken is None:
-                return None
-            upstream = taken
-        self.balancer.acquire(upstream)
-        chain.tried.append(upstream.name)
-        chain.attempts += 1
-        return upstream
+        return taken
 
     # -- slots freed, leases renewed --------------------------------------------------------
     def _freed(self, upstream: Upstream) -> None:
         """``Balancer.release``'s hook: give a lease back if one is spare, wake the queues."""
         held = self._held.get(upstream.name)
         if held and len(held) > self.balancer.state(upstream.name).in_flight:
-            self._to_release.append((upstream.name, held.pop()))
-            if self._flush is None or self._flush.done():
-                self._flush = asyncio.get_running_loop().create_task(self._release())
-        for queue in self._queues.values():
-            if len(queue.fair):
-                queue.wake.set()
+            self._give(upstream.name, held.pop())
+        self.local.freed()
+
+    def _give(self, upstream: str, lease: str) -> None:
+        """A lease back to the store (with the others of this turn of the loop, in one call)."""
+        self._to_release.append((upstream, lease))
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.get_running_loop().create_task(self._release())
 
     async def _release(self) -> None:
         await asyncio.sleep(0)  # the releases of this turn of the loop go in one call
@@ -351,7 +222,10 @@ class Capacity:
                     log.warning("capacity renewal failed", extra={"reason": str(exc)})
 
     async def close(self) -> None:
-        tasks = [self._renewer, self._flush, *(q.pump for q in self._queues.values())]
+        await self.local.close()
+        if self.shared is not None:
+            await self.shared.close()
+        tasks = [self._renewer, self._flush]
         for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
@@ -362,5 +236,34 @@ class Capacity:
         if self.leases is not None:
             held = [(name, lease) for name, leases in self._held.items() for lease in leases]
             with contextlib.suppress(StoreError):
-                await self.leases.release(held)
+                await self.leases.release(held + self._to_release)
             await self.leases.close()
+
+
+async def slot(
+    capacity: Capacity | None, chain: Chain, upstream: Upstream | None
+) -> Upstream | None:
+    """The slot of a retry's or a fallback's ``upstream`` (what ``Chain.after`` or
+    ``Chain.fall_back`` picked), taken as ``Capacity.take`` does: on it or, when it is full
+    across processes, on another untried upstream of the chain's model (the attempt renamed to
+    it). None when there is none; then the retry is given up (its budget handed back). What
+    every attempt after a request's first calls before ``Balancer.acquire``."""
+    if upstream is None or capacity is None:
+        return upstream
+    others = [u for u in chain.model.upstreams if u.name not in chain.tried]
+    taken = await capacity.take(upstream, others)
+    if taken is None:
+        chain.done()
+    elif taken is not upstream and chain.tried:
+        chain.tried[-1] = taken.name
+    return taken
+
+
+def _queues(route: ModelRoute) -> bool:
+    """Does a request to ``route`` wait when its upstreams are full? Only if every one has a
+    cap (an uncapped one is never full) and the model has no fallbacks to try instead."""
+    return not route.fallbacks and all(u.max_concurrency for u in route.upstreams)
+
+
+def _is_wait_room(store: object) -> bool:
+    return all(callable(getattr(store, name, None)) for name in ("join", "leave", "sweep"))

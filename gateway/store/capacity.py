@@ -1,24 +1,35 @@
-"""Upstream slots shared by every gateway process of a store: the Protocol the capacity service
+"""Upstream slots shared by every gateway process of a store: the Protocols the capacity service
 (``routing.capacity``) needs, apart from the main store's seam (``store.base``).
 
 A slot is a lease: a member of the upstream's lease set with an expiry, taken before a request
 goes to the upstream, renewed while it lives, removed when it ends. A process that dies stops
 renewing, and its leases expire: the slots heal within one lease time.
+
+A shared store also keeps the waiting room of full models (``WaitRoom``): one queue per model in
+weighted fair order by owner, served by the store itself. A released lease goes to the head of
+the queue of a model waiting for its upstream in the same call, as a lease whose id is the
+waiting request's ticket, and the ticket's process is told at once (``GrantListener``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 LEASE_SECONDS = 4.0  # a dead process's slots come back within this
 RENEW_SECONDS = 1.0  # how often a live process renews the leases it holds
+SWEEP_SECONDS = 0.25  # how often a process with waiting requests vouches for them and sweeps
+
+Deliver = Callable[[str, str], None]  # (ticket, upstream) of a grant
 
 
 class LeaseStore(Protocol):
-    async def acquire(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
+    async def acquire(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> int:
         """Take a slot as ``lease`` on the first of ``candidates`` (upstream name, cap) with one
-        free; its index, or -1 if every one is full."""
+        free; its index, or -1 if every one is full (or if requests wait in the queue of model
+        ``queue``: a newcomer does not pass them)."""
         ...
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
@@ -26,7 +37,7 @@ class LeaseStore(Protocol):
         ...
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
-        """Give (upstream name, lease) pairs back."""
+        """Give (upstream name, lease) pairs back (to the waiting room's next, if shared)."""
         ...
 
     async def held(self, upstream: str) -> int:
@@ -34,3 +45,42 @@ class LeaseStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class GrantListener(Protocol):
+    async def ready(self, seconds: float) -> bool:
+        """Subscribed (within ``seconds``)?"""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class WaitRoom(Protocol):
+    """The queues of full models, shared by every process of the store."""
+
+    async def join(
+        self,
+        model: str,
+        ticket: str,
+        owner: str,
+        share: float,
+        priority: int,
+        most: int | None,
+        upstreams: Sequence[tuple[str, int]],
+    ) -> tuple[int, str | int]:
+        """Queue ``ticket`` (``<process>:<n>``) of ``owner``: (1, upstream) granted at once,
+        (0, requests ahead) waiting, (-1, the owner's waiting) past ``most``."""
+        ...
+
+    async def leave(self, model: str, ticket: str) -> int:
+        """Take a ticket out: 0 it waited, 1 it had been granted (the slot passed on), -1."""
+        ...
+
+    async def sweep(self, model: str, tickets: Sequence[str]) -> list[str]:
+        """Vouch for this process's ``tickets``, hand slots freed by expiry on, and tell each
+        ticket's fate: '' waiting, an upstream's name granted, '-' gone."""
+        ...
+
+    def listen(self, process: str, deliver: Deliver, lost: Callable[[], None]) -> GrantListener:
+        """Grants to ``process``'s tickets, as they happen; ``lost``: some may have been missed."""
+        ...

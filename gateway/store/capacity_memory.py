@@ -23,7 +23,9 @@ class MemoryLeaseStore:
             del leases[lease]
         return leases
 
-    async def acquire(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
+    async def acquire(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> int:
         for index, (upstream, cap) in enumerate(candidates):
             leases = self._live(upstream)
             if len(leases) < cap:

@@ -1,32 +1,54 @@
-"""Upstream leases on Redis or Redis Cluster (``store.capacity`` semantics), shared by every
-gateway process of the store.
+"""Upstream leases and the waiting room of full models on Redis or Redis Cluster
+(``store.capacity`` semantics), shared by every gateway process of the store.
 
-Keys: ``gw:{cap}:<upstream>``, a sorted set of lease ids by expiry (ms, Redis ``TIME``), all
-under one hash tag so that one script can look at every upstream of a model on a Cluster.
-``capacity_acquire.lua`` takes a slot (one EVALSHA per request to a capped upstream);
-``capacity_renew.lua`` renews or releases any number of leases in one EVALSHA. Its own
-connection through the store's transport (``store.transport``: the lane on one Redis, redis-py
-for a Cluster), apart from the main store's.
+Keys: ``gw:{cap}:<upstream>``, a sorted set of lease ids by expiry (ms, Redis ``TIME``); the
+queues under ``gw:{cap}|q|<model>|`` and ``gw:{cap}|w|<upstream>`` (``capacity_queue.lua``
+says what each holds). All under one hash tag, so that one script can look at every upstream
+and queue on a Cluster. ``capacity_acquire.lua`` takes a slot (one EVALSHA per request to a
+capped upstream, the model's queue looked at in the same call); ``capacity_renew.lua`` renews
+any number of leases in one EVALSHA; ``capacity_release.lua`` gives leases back and hands the
+freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the waiting room.
+Its own connection through the store's transport (``store.transport``: the lane on one Redis,
+redis-py for a Cluster), apart from the main store's, and one subscription for grants.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 
-from gateway.store.capacity import LEASE_SECONDS
+from gateway.store.capacity import LEASE_SECONDS, Deliver
+from gateway.store.capacity_grants import RedisGrantListener
 from gateway.store.redis_conn import parse
 from gateway.store.transport import RedisTransport, Script, transport_for
 
 PREFIX = "gw:{cap}:"
+QUEUE = "gw:{cap}|q|"
+MIN_SHARE = 1e-3  # the cost of a request is 1 / share: bounded, so that tags keep their width
 
 
-def _script(name: str) -> Script:
-    return Script(name, resources.files("gateway.store").joinpath(name).read_text())
+def _source(name: str) -> str:
+    return resources.files("gateway.store").joinpath(name).read_text()
+
+
+def _script(name: str, library: bool = False) -> Script:
+    return Script(name, (_source("capacity_queue.lua") if library else "") + _source(name))
 
 
 ACQUIRE = _script("capacity_acquire.lua")
 RENEW = _script("capacity_renew.lua")
+RELEASE = _script("capacity_release.lua", library=True)
+JOIN = _script("capacity_join.lua", library=True)
+LEAVE = _script("capacity_leave.lua", library=True)
+SWEEP = _script("capacity_sweep.lua", library=True)
+
+
+def queue_key(model: str) -> str:
+    return f"{QUEUE}{model}|z"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RedisLeaseStore:
@@ -43,27 +65,67 @@ class RedisLeaseStore:
             self._transport = transport_for(parse(self.url), self.timeout, self.timeout)
         return self._transport
 
-    async def acquire(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
+    async def acquire(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> int:
         keys = [PREFIX + name for name, _ in candidates]
-        args = [lease, self.lease_ms, *(str(cap) for _, cap in candidates)]
+        if queue is not None:
+            keys.append(queue_key(queue))
+        flag = "0" if queue is None else "1"
+        args = [lease, self.lease_ms, flag, *(str(cap) for _, cap in candidates)]
         (index,) = await self.transport.evalsha(ACQUIRE, [(keys, args)])
         return int(index) - 1
 
-    async def _renew_or_release(self, leases: Sequence[tuple[str, str]], ms: str) -> None:
+    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:
             keys = [PREFIX + name for name, _ in leases]
-            await self.transport.evalsha(RENEW, [(keys, [ms, *(lease for _, lease in leases)])])
-
-    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
-        await self._renew_or_release(leases, self.lease_ms)
+            args = [self.lease_ms, *(lease for _, lease in leases)]
+            await self.transport.evalsha(RENEW, [(keys, args)])
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
-        await self._renew_or_release(leases, "0")
+        if leases:
+            keys = [PREFIX + name for name, _ in leases]
+            args = [self.lease_ms, *(lease for _, lease in leases)]
+            await self.transport.evalsha(RELEASE, [(keys, args)])
 
     async def held(self, upstream: str) -> int:
         seconds, micros = await self.transport.call("TIME")
         ms = int(seconds) * 1000 + int(micros) // 1000
         return int(await self.transport.call("ZCOUNT", PREFIX + upstream, str(ms + 1), "+inf"))
+
+    # -- the waiting room -------------------------------------------------------------------
+    async def join(
+        self,
+        model: str,
+        ticket: str,
+        owner: str,
+        share: float,
+        priority: int,
+        most: int | None,
+        upstreams: Sequence[tuple[str, int]],
+    ) -> tuple[int, str | int]:
+        cost = f"{1.0 / max(share, MIN_SHARE):.6f}"
+        args = [model, ticket, owner, cost, str(priority), self.lease_ms]
+        args.append(str(-1 if most is None else most))
+        for name, cap in upstreams:
+            args += [name, str(cap)]
+        ((status, value),) = await self.transport.evalsha(JOIN, [([queue_key(model)], args)])
+        return (1, _text(value)) if int(status) == 1 else (int(status), int(value))
+
+    async def leave(self, model: str, ticket: str) -> int:
+        args = [model, ticket, self.lease_ms]
+        (answer,) = await self.transport.evalsha(LEAVE, [([queue_key(model)], args)])
+        return int(answer)
+
+    async def sweep(self, model: str, tickets: Sequence[str]) -> list[str]:
+        args = [model, self.lease_ms, *tickets]
+        (fates,) = await self.transport.evalsha(SWEEP, [([queue_key(model)], args)])
+        return [_text(fate) for fate in fates]
+
+    def listen(
+        self, process: str, deliver: Deliver, lost: Callable[[], None]
+    ) -> RedisGrantListener:
+        return RedisGrantListener(self.url, self.timeout, process, deliver, lost)
 
     async def close(self) -> None:
         if self._transport is not None:

@@ -1,17 +1,12 @@
--- Renew (ARGV[1] = lease ms) or release (ARGV[1] = '0') leases.
--- KEYS: a lease set per lease; ARGV[i + 1]: the lease id in KEYS[i].
--- Expired leases are dropped first, so a renewal (XX: only members still there) never revives
--- a lease whose slot another process may already hold.
+-- Renew leases by another ARGV[1] ms. KEYS: a lease set per lease; ARGV[i + 1]: the lease id in
+-- KEYS[i]. Expired leases are dropped first, so a renewal (XX: only members still there) never
+-- revives a lease whose slot another process may already hold.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  if ttl == 0 then
-    redis.call('ZREM', key, ARGV[i + 1])
-  else
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
-    redis.call('PEXPIRE', key, ttl * 4)
-  end
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl * 4)
 end
 return #KEYS
