@@ -284,7 +284,8 @@ class Responses:
 
 @dataclass(frozen=True, slots=True)
 class Tracing:
-    """OpenTelemetry traces over OTLP/HTTP (JSON); off while ``otlp_endpoint`` is None."""
+    """OpenTelemetry traces over OTLP/HTTP (the ``tracing`` extra); off while ``otlp_endpoint``
+    is None."""
 
     otlp_endpoint: str | None = None  # the collector's base URL; spans go to <it>/v1/traces
     sample_ratio: float = 1.0  # of new traces; a client's traceparent decides its own

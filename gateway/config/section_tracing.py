@@ -1,21 +1,33 @@
-"""The ``tracing`` section: OpenTelemetry export settings (off while no endpoint is set)."""
+"""The ``tracing`` section: OpenTelemetry export settings (off while no endpoint is set). An
+endpoint set where the ``tracing`` extra is not installed is an error naming what to install."""
 
 from __future__ import annotations
 
 from gateway.config import fields as lp
 from gateway.config.fields import Node, Obj
 from gateway.config.schema import Tracing
+from gateway.tracing import INSTALL, sdk_installed
 
 
 def read(o: Obj) -> Tracing:
     out = Tracing(
-        otlp_endpoint=o.get("otlp_endpoint", lp.p_optional(lp.p_http_url), None),
+        otlp_endpoint=o.get("otlp_endpoint", _endpoint, None),
         sample_ratio=o.get("sample_ratio", _ratio, 1.0),
         service_name=o.get("service_name", lp.p_nonempty, "gateway"),
         max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
     )
     o.done()
     return out
+
+
+def _endpoint(node: Node) -> str | None:
+    value = lp.p_optional(lp.p_http_url)(node)
+    if value is not None and not sdk_installed():
+        raise lp.Invalid(
+            "tracing needs the OpenTelemetry SDK and its OTLP/HTTP exporter, an optional extra "
+            f"that is not installed: {INSTALL} (or leave otlp_endpoint empty: tracing off)"
+        )
+    return value
 
 
 def _ratio(node: Node) -> float:
