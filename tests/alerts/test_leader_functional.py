@@ -18,7 +18,15 @@ from gateway.alerts.thresholds import UsageSnapshot
 from gateway.config.schema import Plan
 from gateway.records import KeyRecord
 from gateway.server import Server
-from tests.alerts.conftest import SECRET, Receiver, alerts_of, alerts_yaml, new_key, revoke
+from tests.alerts.conftest import (
+    SECRET,
+    Receiver,
+    admin,
+    alerts_of,
+    alerts_yaml,
+    new_key,
+    revoke,
+)
 from tests.conftest import GatewayFactory, gateway_yaml
 from tests.fakes import FakeUpstream
 from tests.redis_server import RedisServer, free_port
@@ -115,6 +123,11 @@ async def test_queued_events_survive_a_restart(
     assert delivered.event_id == failed.event_id and delivered.raw == failed.raw
     assert delivered.body["data"]["keyId"] == key
     await settled(second)
+    # the history survived the restart too: the new process shows the first one's attempt
+    status, event = await admin(second, "GET", f"/admin/alerts/events/{delivered.event_id}")
+    assert status == 200 and event["data"]["keyId"] == key
+    (delivery,) = event["deliveries"]
+    assert (delivery["state"], delivery["attempts"], delivery["lastResult"]) == ("sent", 2, "200")
 
 
 # -- real processes: a sender killed with SIGKILL -------------------------------------------------
