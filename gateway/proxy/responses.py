@@ -1,5 +1,6 @@
 """The OpenAI Responses API: ``POST /v1/responses`` (and its aliases) in both modes of a model,
-and ``GET``/``DELETE /v1/responses/{id}`` over the stored responses.
+and ``GET``/``DELETE /v1/responses/{id}`` over the stored responses (with ``input_items`` and
+``cancel``: ``proxy.responses_items``).
 
 The front is governed as every model API is (``proxy.govern``): the key from the head with the
 ``chat`` permission, the body, its check (400), the model the key may use and that serves
@@ -32,7 +33,7 @@ from gateway.dialects.relay import Relay
 from gateway.dialects.responses_answer import Shape, encode_response, shape
 from gateway.dialects.responses_stream import ResponsesRelay
 from gateway.errors import NotFound, StoreUnavailable, shown
-from gateway.proxy import govern, responses_native
+from gateway.proxy import govern, responses_items, responses_native
 from gateway.proxy.apis.json_api import parse, require
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.handler import SSE_HEADERS, ChatHandler
@@ -206,6 +207,25 @@ class ResponsesHandler:
         raw = await self._stored(record.owner, request.match_info["id"])
         return json_response(_record(raw)[0])
 
+    async def input_items(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/responses/{id}/input_items``: the input the stored response answered."""
+        ex = request[EXCHANGE]
+        ex.api = "responses"
+        record = await govern.caller(self.rt, request, "chat")
+        response_id = request.match_info["id"]
+        items = _record(await self._stored(record.owner, response_id))[1]
+        return json_response(responses_items.page(response_id, items, request.query))
+
+    async def cancel(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/responses/{id}/cancel``: a 400 for a stored response (none runs in the
+        background), a 404 for an unknown one."""
+        ex = request[EXCHANGE]
+        ex.api = "responses"
+        record = await govern.caller(self.rt, request, "chat")
+        response_id = request.match_info["id"]
+        await self._stored(record.owner, response_id)
+        raise responses_items.not_cancellable(response_id)
+
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /v1/responses/{id}``: the stored response removed."""
         ex = request[EXCHANGE]
@@ -236,9 +256,12 @@ def _record(raw: bytes) -> tuple[dict[str, Any], list[Any]]:
 
 
 def add_routes(app: web.Application, runtime: Runtime) -> None:
-    """``POST`` on every alias; ``GET`` and ``DELETE`` of ``<alias>/{id}``."""
+    """``POST`` on every alias; ``GET`` and ``DELETE`` of ``<alias>/{id}``; ``GET`` of its
+    ``input_items`` and ``POST`` of its ``cancel`` (``proxy.responses_items``)."""
     handler = ResponsesHandler(runtime)
     for path in PATHS:
         app.router.add_post(path, handler.create)
         app.router.add_get(path + "/{id}", handler.retrieve, allow_head=False)
         app.router.add_delete(path + "/{id}", handler.delete)
+        app.router.add_get(path + "/{id}/input_items", handler.input_items, allow_head=False)
+        app.router.add_post(path + "/{id}/cancel", handler.cancel)

@@ -141,15 +141,19 @@ class Observer:
             tokens[0].inc(ex.prompt_tokens)
             tokens[1].inc(ex.completion_tokens)
         if self.access is not None:
-            self.access.write(self._line(request, ex, (route, api), status, duration))
+            self.access.write(self._line(request, ex, route, status, duration, api))
 
     @staticmethod
     def _line(
-        request: web.Request, ex: Exchange, where: tuple[str, str], status: int, duration: float
+        request: web.Request,
+        ex: Exchange,
+        route: str,
+        status: int,
+        duration: float,
+        api: str | None = None,
     ) -> dict[str, object]:
         """The access line (SPEC 8), in this key order; ``AccessLog.write`` appends "time".
-        ``where``: the route and the API it serves (null for a route that serves none)."""
-        route, api = where
+        ``api``: the API the route serves (``api_of``; empty: null); by default the exchange's."""
         ttft = ex.ttft
         return {
             "request_id": ex.request_id,
@@ -163,7 +167,7 @@ class Observer:
             "key_id": ex.key_id,
             "owner": ex.owner,
             "model": ex.model,
-            "api": api or None,
+            "api": (ex.api if api is None else api) or None,
             "upstream": ex.upstream,
             "prompt_tokens": ex.prompt_tokens,
             "completion_tokens": ex.completion_tokens,
