@@ -88,9 +88,7 @@ class _Child:
 
     @property
     def trace_headers(self) -> Mapping[str, str]:
-        headers: dict[str, str] = {}
-        _PROPAGATOR.inject(headers, set_span_in_context(self.span))
-        return headers
+        return _injected(self.span)
 
     def event(self, name: str, attributes: Mapping[str, Attr] | None = None) -> None:
         self.span.add_event(name, attributes)
@@ -108,29 +106,49 @@ class _Child:
         _ended(self.span, exc)
 
 
+def _root(tracer: OtelTracer, incoming: Incoming) -> OtelSpan:
+    """The request's span: the client's trace continued, or a new one (the sampler decides)."""
+    headers = incoming.headers
+    parent = parse_traceparent(headers.getall("traceparent", ()))
+    context = None
+    if parent is not None:
+        state = parse_tracestate(headers.getall("tracestate", ()))
+        context = _remote(Parent(parent.trace_id, parent.span_id, parent.sampled, state))
+    method, path = incoming.method, incoming.path
+    return tracer.start_span(
+        f"{method} {path}"[:MAX_TEXT],
+        context,
+        SpanKind.SERVER,
+        {"http.request.method": bounded(method), "url.path": bounded(path)},
+    )
+
+
+def _injected(span: OtelSpan) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    _PROPAGATOR.inject(headers, set_span_in_context(span))
+    return headers
+
+
+class _Unsampled(NoSpan):
+    """Tracing on, this request not sampled: nothing recorded (no child span is even made),
+    but the worker is told, so that it does not sample what the gateway did not."""
+
+    __slots__ = ("trace_headers",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.trace_headers = headers
+
+
 class _Request(_Child):
-    """The span of one request (the server span); its end reads the request's record."""
+    """The span of one sampled request (the server span); its end reads the request's
+    record."""
 
     __slots__ = ("_attempts", "_context", "_ex", "_tracer")
 
-    def __init__(self, tracer: OtelTracer, ex: Facts, incoming: Incoming) -> None:
-        headers = incoming.headers
-        parent = parse_traceparent(headers.getall("traceparent", ()))
-        context = None
-        if parent is not None:
-            state = parse_tracestate(headers.getall("tracestate", ()))
-            context = _remote(Parent(parent.trace_id, parent.span_id, parent.sampled, state))
-        method, path = incoming.method, incoming.path
-        super().__init__(
-            tracer.start_span(
-                f"{method} {path}"[:MAX_TEXT],
-                context,
-                SpanKind.SERVER,
-                {"http.request.method": bounded(method), "url.path": bounded(path)},
-            )
-        )
+    def __init__(self, tracer: OtelTracer, ex: Facts, span: OtelSpan) -> None:
+        super().__init__(span)
         self._tracer, self._ex, self._attempts = tracer, ex, 0
-        self._context = set_span_in_context(self.span)
+        self._context = set_span_in_context(span)
 
     def child(self, name: str) -> _Child:
         return _Child(self._tracer.start_span(name, self._context, SpanKind.INTERNAL))
@@ -149,11 +167,10 @@ class _Request(_Child):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         span, ex = self.span, self._ex
-        if span.is_recording():
-            span.set_attributes(facts(ex, request_status(ex, exc)))
-            if exc is None and ex.error:
-                span.set_attribute("error.type", "upstream")
-                span.set_status(Status(StatusCode.ERROR, "the upstream failed midway"))
+        span.set_attributes(facts(ex, request_status(ex, exc)))
+        if exc is None and ex.error:
+            span.set_attribute("error.type", "upstream")
+            span.set_status(Status(StatusCode.ERROR, "the upstream failed midway"))
         _ended(span, exc)
 
 
@@ -184,7 +201,10 @@ class SdkTracer:
         tracer = self._tracer
         if tracer is None:  # not started yet, or stopped: nothing to export to
             return NO_SPAN
-        return _Request(tracer, ex, incoming)
+        span = _root(tracer, incoming)
+        if span.is_recording():
+            return _Request(tracer, ex, span)
+        return _Unsampled(_injected(span))
 
     def stats(self) -> dict[str, object]:
         counts = self.counts
