@@ -17,7 +17,7 @@ from gateway.proxy.apis.json_api import JsonApi
 from gateway.server import Server
 from tests.clients import TEST_KEY
 from tests.fakes import FakeUpstream
-from tests.proxy.apis_support import apis_yaml, bearer, form, post, wav
+from tests.proxy.apis_support import RPM2_KEY, apis_yaml, bearer, form, post, wav
 
 JSON_PATHS = [path for path, api in ROUTES if isinstance(api, JsonApi)]
 FORM_PATHS = [path for path, api in ROUTES if not isinstance(api, JsonApi)]
@@ -253,3 +253,129 @@ async def test_a_valid_form_still_works_after_all_that(served: tuple[Server, Moc
     data = form([("model", "mock-model"), ("file", ("a.wav", wav(0.2)))])
     status, _, body = await post(server, "/v1/audio/transcriptions", data=data)
     assert status == 200 and body["text"].startswith("Transcribed a.wav")
+
+
+HUGE = 2**70  # past any 64-bit integer a worker or a store would parse
+WRONG_TYPES: list[tuple[str, dict[str, Any], str]] = [
+    ("/v1/completions", {"prompt": {"a": 1}}, "prompt"),
+    ("/v1/completions", {"prompt": []}, "prompt"),
+    ("/v1/completions", {"prompt": [[1, "x"]]}, "prompt"),
+    ("/v1/completions", {"prompt": "x", "echo": "yes"}, "echo"),
+    ("/v1/completions", {"prompt": "x", "stream": 1}, "stream"),
+    ("/v1/completions", {"prompt": "x", "n": True}, "n"),
+    ("/v1/completions", {"prompt": "x", "n": HUGE}, "n"),
+    ("/v1/completions", {"prompt": "x", "best_of": HUGE}, "best_of"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 1.5}, "max_tokens"),
+    ("/v1/embeddings", {"input": {"text": "x"}}, "input"),
+    ("/v1/embeddings", {"input": []}, "input"),
+    ("/v1/embeddings", {"input": [1, [2]]}, "input"),
+    ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, "encoding_format"),
+    ("/v1/embeddings", {"input": "x", "dimensions": "256"}, "dimensions"),
+    ("/v1/embeddings", {"input": "x", "dimensions": 0}, "dimensions"),
+    ("/v1/rerank", {"query": ["q"], "documents": ["d"]}, "query"),
+    ("/v1/rerank", {"query": "q", "documents": "d"}, "documents"),
+    ("/v1/rerank", {"query": "q", "documents": []}, "documents"),
+    ("/v1/rerank", {"query": "q", "documents": [1, 2]}, "documents"),
+    ("/v1/rerank", {"query": "q", "documents": ["d"], "top_n": "3"}, "top_n"),
+    ("/v2/rerank", {"query": "q"}, "documents"),
+    ("/v1/score", {"text_1": 5, "text_2": "b"}, "text_1"),
+    ("/v1/score", {"text_1": "a", "text_2": []}, "text_2"),
+    ("/v1/score", {"text_1": "a"}, "text_1"),
+    ("/v1/images/generations", {"prompt": 7}, "prompt"),
+    ("/v1/images/generations", {"prompt": ""}, "prompt"),
+    ("/v1/images/generations", {"prompt": "p", "n": 0}, "n"),
+    ("/v1/images/generations", {"prompt": "p", "n": HUGE}, "n"),
+    ("/v1/images/generations", {"prompt": "p", "n": "2"}, "n"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), WRONG_TYPES)
+async def test_wrong_types_and_counts_are_400_naming_the_field(
+    served: tuple[Server, MockState], path: str, body: dict[str, Any], param: str
+) -> None:
+    server, state = served
+    status, _, answer = await post(server, path, json={"model": "mock-model", **body})
+    assert status == 400, (path, body, answer)
+    assert answer["error"]["param"] == param, answer
+    assert state.api_requests == []
+
+
+def test_every_json_route_has_a_wrong_type_case() -> None:
+    apis = {api.api for path, api in ROUTES if path in {p for p, _, _ in WRONG_TYPES}}
+    assert apis == {api.api for _, api in ROUTES if isinstance(api, JsonApi)}
+
+
+@pytest.mark.parametrize("path", JSON_PATHS)
+@pytest.mark.parametrize("field", ["max_tokens", "dimensions", "top_n", "n"])
+async def test_huge_numbers_are_never_a_5xx(
+    served: tuple[Server, MockState], path: str, field: str
+) -> None:
+    """A count past 64 bits in any field a route reads (or only forwards) is a 4xx, or served
+    as the worker takes it — never a 5xx."""
+    server, _ = served
+    body = {"model": "mock-model", "input": "x", "prompt": "x", "query": "q", "documents": ["d"]}
+    body |= {"text_1": "a", "text_2": "b", field: HUGE}
+    async with asyncio.timeout(10):
+        status, _, answer = await post(server, path, json=body)
+    assert status < 500, (path, field, answer)
+
+
+@pytest.mark.parametrize("path", FORM_PATHS)
+async def test_known_form_fields_twice_or_bad_are_400(
+    served: tuple[Server, MockState], path: str
+) -> None:
+    server, state = served
+    f = file_field(path)
+    stream = b'Content-Disposition: form-data; name="stream"\r\n\r\ntrue'
+    n = b'Content-Disposition: form-data; name="n"\r\n\r\n'
+    cases: list[tuple[bytes, str]] = [
+        (multipart([MODEL, MODEL, file_part(f)]), "appears twice"),
+        (multipart([MODEL, stream, stream, file_part(f)]), "appears twice"),
+        (multipart([file_part(f), MODEL, MODEL]), "appears twice"),
+    ]
+    if path.endswith("/edits"):
+        cases += [
+            (multipart([MODEL, n + b"1000", file_part(f)]), "'n' must be"),
+            (multipart([MODEL, n + b"-3", file_part(f)]), "'n' must be"),
+            (multipart([MODEL, n + str(HUGE).encode(), file_part(f)]), "'n' must be"),
+        ]
+    headers = {**bearer(), "Content-Type": "multipart/form-data; boundary=zz"}
+    for raw, said in cases:
+        status, _, body = await post(server, path, data=raw, headers=headers)
+        assert status == 400 and said in body["error"]["message"], (path, raw[:120], body)
+    assert state.api_requests == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/completions", {"prompt": "x", "max_tokens": HUGE}),
+        ("/v1/completions", {"prompt": ["x"] * 100, "max_tokens": 2**62, "n": 128}),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "x"}], "max_tokens": HUGE},
+        ),
+        ("/v1/responses", {"input": "x", "max_output_tokens": HUGE}),
+    ],
+)
+async def test_a_reservation_past_64_bits_on_redis_is_refused_not_a_5xx(
+    gateway_factory: Any,
+    mock: tuple[int, MockState],
+    fake: FakeUpstream,
+    redis_url: str,
+    path: str,
+    body: dict[str, Any],
+) -> None:
+    """The Redis store adds reservations in Lua (doubles) and INCRBY (64-bit integers): a
+    ``max_tokens`` of 2**70 must still be a refusal of the key's daily limit."""
+    text = apis_yaml(mock[0], fake.url, f"store: {{url: '{redis_url}'}}\n").replace(
+        "rpm_limit: 2", "rpm_limit: 2, daily_limit: 1000"
+    )
+    server: Server = await gateway_factory(
+        text.replace("permissions: ['embeddings']", "permissions: ['chat']")
+    )
+    status, _, answer = await post(
+        server, path, json={"model": "mock-model", **body}, headers=bearer(RPM2_KEY)
+    )
+    assert status in (400, 429), (status, answer)
