@@ -5,6 +5,9 @@ an overage plan that keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 from typing import Any
 
 import aiohttp
@@ -131,3 +134,28 @@ async def test_overage_allow_serves_past_the_plans_monthly_tokens(
     tokens = owner["usage"]["tokens"]
     assert owner["limits"]["overage"] == "allow" and tokens > 30
     assert owner["usage"]["overageTokens"] == tokens - 30
+
+
+async def test_owners_show_prints_the_spend_against_the_plan(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """``gateway owners show`` (a subprocess): the month's spend against the plan's budget, its
+    tpm, and the tokens past an overage plan's monthly tokens."""
+    plan = "monthly_tokens: 20, overage: allow, tpm: 5000, monthly_budget_usd: 2.5"
+    server: Server = await gateway_factory(config("memory://", fake.url, plan=plan))
+    for _ in range(3):  # 10 prompt + 3 completion tokens each at µ$1 / µ$2: µ$16 a request
+        assert (await chat(server.port, max_tokens=5))[0] == 200
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "owners", "show", "acme",
+        "--admin-url", f"http://127.0.0.1:{server.admin_port}",
+        "--admin-token", "admin-token-0123456789",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    text = out.decode()
+    assert re.search(r"^spend\s+\$0\.000\d+ of \$2\.50 in \d{4}-\d\d$", text, re.M), text
+    assert re.search(r"^tpm\s+5,000 tokens a minute across its keys$", text, re.M), text
+    tokens = re.search(r"^tokens\s+(\d+) of 20 tokens .*overage allowed: (\d+) tokens", text, re.M)
+    assert tokens and int(tokens[2]) == int(tokens[1]) - 20 > 0, text
