@@ -241,8 +241,34 @@ def start_redis(stack: Stack, run: Run, name: str, cpus: str | None) -> int:
     return port
 
 
+# The budgeted governed arm: tokens per minute and money budgets on the key and the plan, priced
+# models; as the other limits, far above what a run uses (~10^7 tokens and ~$10 a minute).
+BUDGET_TPM = 10**12
+BUDGET_USD = 10.0**9
+BUDGET_PRICING = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+
+
+def budget_limits(key: dict[str, Any], plan: dict[str, Any], models: dict[str, Any]) -> None:
+    """Add TPM and budgets to the governed key and plan, and prices to every model."""
+    key |= {
+        "tpm_limit": BUDGET_TPM,
+        "daily_budget_usd": BUDGET_USD,
+        "monthly_budget_usd": BUDGET_USD,
+    }
+    plan |= {"tpm": BUDGET_TPM, "monthly_budget_usd": BUDGET_USD}
+    for model in models.values():
+        model["pricing"] = dict(BUDGET_PRICING)
+
+
 def gateway_config(
-    run: Run, name: str, port: int, admin_port: int, workers: int, store: str, governed: bool
+    run: Run,
+    name: str,
+    port: int,
+    admin_port: int,
+    workers: int,
+    store: str,
+    governed: bool,
+    budget: bool = False,
 ) -> Path:
     timeouts = {"connect": 5, "first_byte": 30, "idle": 30}
     base = f"http://127.0.0.1:{run.canned_port}"
@@ -276,6 +302,8 @@ def gateway_config(
             "monthly_limit": GOVERNED_TOKENS,
         }
         plan = {"max_keys": None, "monthly_tokens": GOVERNED_TOKENS, "rpm": GOVERNED_RPM}
+        if budget:
+            budget_limits(key, plan, models)
     else:
         # The owner's plan has no limits: the light arm still authenticates and admits (and
         # settles) every request.
@@ -299,7 +327,9 @@ def gateway_config(
     return path
 
 
-def start_gateway(workers: int, governed: bool = False, name: str | None = None) -> Starter:
+def start_gateway(
+    workers: int, governed: bool = False, name: str | None = None, budget: bool = False
+) -> Starter:
     """1 light worker on memory://; 2 light workers or any governed arm on a redis:// store
     served by a redis-server of the arm's own (on the load CPU for one-worker arms)."""
     label = name or f"{'governed' if governed else 'gateway'}-{workers}w"
@@ -311,7 +341,7 @@ def start_gateway(workers: int, governed: bool = False, name: str | None = None)
             cpus = run.load_cpus if workers == 1 else None
             redis_port = start_redis(stack, run, f"{label}-redis", cpus)
             store = f"redis://127.0.0.1:{redis_port}/0"
-        config = gateway_config(run, label, port, admin_port, workers, store, governed)
+        config = gateway_config(run, label, port, admin_port, workers, store, governed, budget)
         cmd = [str(GATEWAY), "run", "--config", str(config)]
         proc = run.proc(label, cmd, run.server_cpus)
         proc.crash_marker = '"msg":"worker failed"'
@@ -359,6 +389,14 @@ def wrk_arms() -> list[Arm]:
             stream_gateway,
             governed=True,
             profile=True,
+        ),
+        Arm(
+            "governed-budget-1w",
+            "gateway governed with TPM and budgets, 1 worker (redis)",
+            1,
+            start_gateway(1, governed=True, name="governed-budget-1w", budget=True),
+            stream_gateway,
+            governed=True,
         ),
     ]
 
