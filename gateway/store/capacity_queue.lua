@@ -6,7 +6,7 @@
 --   z  sorted set, every score 0, ordered by its members' bytes:
 --      4 digits (1000 - priority) .. 20 chars finish tag .. 12 digits arrival .. ticket
 --   t  hash ticket -> member \t cost \t owner
---   e  sorted set ticket -> ms its process last vouched for it (a dead process's tickets expire)
+--   e  sorted set ticket -> ms until which its process vouches for it (then it is dropped)
 --   n  hash owner -> its tickets waiting;  l  hash owner -> finish tag of its latest ticket
 --   v  the virtual time (the tag of the last ticket served);  s  the arrival counter
 --   u  hash upstream -> its cap (the model's capped upstreams, as the last joiner saw them)
@@ -99,7 +99,7 @@ end
 
 -- Hands the model's free slots to the head of its queue, one by one, until either nobody waits
 -- or every upstream is full. Tickets whose process stopped vouching for them are dropped on the
--- way. Returns the upstream granted to ticket `mine` (it is told by the reply, not published).
+-- way; a granted lease expires when its ticket would have (its process renews it once told). Returns the upstream granted to ticket `mine` (it is told by the reply, not published).
 local function settle(q, now, ttl, mine)
   local free, got = nil, nil
   for _ = 1, 256 do
@@ -109,7 +109,8 @@ local function settle(q, now, ttl, mine)
       break
     end
     local ticket = string.sub(head[1], 37)
-    if tonumber(redis.call('ZSCORE', q.e, ticket) or '0') <= now then
+    local vouched = tonumber(redis.call('ZSCORE', q.e, ticket) or '0')
+    if vouched <= now then
       leave(q, ticket, false)
     else
       free = free or slots(q, now)
@@ -121,7 +122,9 @@ local function settle(q, now, ttl, mine)
       if slot[2] == 0 then
         free[#free] = nil
       end
-      redis.call('ZADD', LP .. slot[1], now + ttl, ticket)
+      -- The lease lasts as long as the ticket's process last vouched for: a dead process's
+      -- waiting requests hold a slot no longer than its own leases would.
+      redis.call('ZADD', LP .. slot[1], vouched, ticket)
       redis.call('PEXPIRE', LP .. slot[1], ttl * 4)
       leave(q, ticket, true)
       if ticket == mine then

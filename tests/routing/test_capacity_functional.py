@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.server import Server
 from tests.clients import TEST_KEY, TEST_KEY_SHA
 from tests.conftest import GatewayFactory, gateway_yaml
-from tests.fakes import FakeUpstream, completion
+from tests.fakes import FakeUpstream, chunk, completion, sse
 
 HEAVY_KEY = "heavy-static-key-0123456789abcdef"
 
@@ -208,3 +208,87 @@ async def test_two_gateways_on_redis_never_pass_the_cap(
 
 async def _equals(value: Awaitable[float], expected: float) -> bool:
     return await value == expected
+
+
+class StreamingBusy(Busy):
+    """``Busy``, answering a stream request with a short event stream."""
+
+    async def __call__(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if not body.get("stream"):
+            return await super().__call__(request, body)
+        await super().__call__(request, {**body, "stream": False})
+        events = [
+            chunk({"role": "assistant", "content": "hi"}),
+            chunk({}, "stop", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
+            b"data: [DONE]\n\n",
+        ]
+        return await sse(request, events)
+
+
+async def stream(
+    http: aiohttp.ClientSession, server: Server, who: str, anthropic: bool = False
+) -> tuple[int, str, bytes]:
+    path = "/v1/messages" if anthropic else "/v1/chat/completions"
+    body: dict[str, Any] = {"model": "m", "stream": True, "max_tokens": 16}
+    body["messages"] = [{"role": "user", "content": who}]
+    headers = {"Authorization": f"Bearer {TEST_KEY}"}
+    if anthropic:
+        headers["anthropic-version"] = "2023-06-01"
+    async with http.post(
+        f"http://127.0.0.1:{server.port}{path}", headers=headers, json=body
+    ) as reply:
+        return reply.status, reply.headers.get("Content-Type", ""), await reply.read()
+
+
+async def test_a_waiting_stream_gets_queued_comments_then_its_answer(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, http: aiohttp.ClientSession
+) -> None:
+    """The head (200, an event stream) goes out with the first ``: queued`` comment, a second
+    into the wait, and the answer follows in the same stream once a slot frees."""
+    busy = StreamingBusy()
+    fake.script = busy
+    server = await gateway_factory(config(fake.url, 1))
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "second"}]}
+    started = time.monotonic()
+    async with http.post(
+        f"http://127.0.0.1:{server.port}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        json=body,
+    ) as reply:
+        assert reply.status == 200  # the head came with the comment: nothing was served yet
+        assert reply.headers["Content-Type"].startswith("text/event-stream")
+        assert await asyncio.wait_for(reply.content.readuntil(b"\n\n"), 5) == b": queued\n\n"
+        assert 0.9 <= time.monotonic() - started < 3
+        assert busy.served == ["first"]
+        busy.gate.set()
+        rest = await asyncio.wait_for(reply.read(), 10)
+    assert rest.endswith(b"data: [DONE]\n\n") and b'"hi"' in rest
+    assert (await holder)[0] == 200
+
+
+@pytest.mark.parametrize("anthropic", [False, True])
+async def test_a_stream_that_waits_too_long_after_its_head_gets_an_error_event(
+    anthropic: bool,
+    gateway_factory: GatewayFactory,
+    fake: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """The head (200) went out with ``: queued``: the queue_timeout comes as an error event in
+    the client's dialect, and the stream ends without [DONE]."""
+    busy = StreamingBusy()
+    fake.script = busy
+    server = await gateway_factory(config(fake.url, 1, extra="scheduling: {max_wait: 1.3}\n"))
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    status, _, raw = await stream(http, server, "second", anthropic)
+    assert status == 200
+    assert raw.startswith(b": queued\n\n")
+    assert b"queue_timeout" in raw or (anthropic and b"overloaded_error" in raw), raw
+    assert b"[DONE]" not in raw
+    if anthropic:
+        assert b"event: error" in raw
+    busy.gate.set()
+    assert (await holder)[0] == 200
+    assert busy.served == ["first"]
