@@ -10,11 +10,17 @@ message as turn 1), so the worker that holds its KV cache keeps getting it.
 
 Computed from the body the upstream receives (OpenAI chat JSON, whichever dialect the client
 spoke), so both dialects key alike.
+
+With the key come the prompt's prefixes: a hash per message, each chaining the ones before it,
+so that turn 5's prefixes include turn 4's whole prompt. ``routing.history`` remembers where
+each prompt went, and a prompt extending one sent before follows it (its KV cache is there).
+These are Python's salted hashes: per process, like the memory they index.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import orjson
 
@@ -24,21 +30,54 @@ CHARS_PER_TOKEN = 4
 _SESSION_SUFFIX = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
 
 
-def affinity_key(payload: bytes, prefix_tokens: int) -> int | None:
-    """The ring position of this request, or None when it has neither session nor prompt."""
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    key: int  # the request's position on the ring
+    prefixes: tuple[int, ...]  # the prompt's prefixes, one per message, shortest first
+
+
+def affinity(payload: bytes, prefix_tokens: int) -> Affinity | None:
+    """The ring position and prompt prefixes of this request, or None when it has neither
+    session nor prompt (or is not a JSON object)."""
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(body, dict):
         return None
+    messages = body.get("messages")
     session = session_of(body)
     if session is not None:
-        return key_hash(b"session\0" + session.encode("utf-8", "surrogatepass"))
-    text = prefix_text(body.get("messages"), prefix_tokens * CHARS_PER_TOKEN)
+        key = key_hash(b"session\0" + session.encode("utf-8", "surrogatepass"))
+        return Affinity(key, prompt_prefixes(messages))
+    text = prefix_text(messages, prefix_tokens * CHARS_PER_TOKEN)
     if not text:
         return None
-    return key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass"))
+    return Affinity(
+        key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass")), prompt_prefixes(messages)
+    )
+
+
+def affinity_key(payload: bytes, prefix_tokens: int) -> int | None:
+    """The ring position of this request, or None when it has neither session nor prompt."""
+    found = affinity(payload, prefix_tokens)
+    return found.key if found is not None else None
+
+
+def prompt_prefixes(messages: object) -> tuple[int, ...]:
+    """A hash per message of its role and content chained with the ones before it."""
+    if not isinstance(messages, list):
+        return ()
+    out = []
+    chained = 0
+    for message in messages:
+        if not isinstance(message, dict):
+            break
+        role, content = message.get("role"), message.get("content")
+        text = content if isinstance(content, str) else content_text(content)
+        chained = hash((chained, role if isinstance(role, str) else None, text))
+        out.append(chained)
+    return tuple(out)
 
 
 def session_of(body: dict[str, object]) -> str | None:

@@ -4,7 +4,9 @@ that are full or ejected after failures.
 - ``least_loaded`` (default): least load per weight, ties broken at random (so idle upstreams
   share sequential traffic rather than the first taking it all).
 - ``round_robin``: each usable upstream in turn; ``random``: at random, by weight.
-- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``).
+- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``),
+  except that a prompt extending one this process sent before goes where that one went while
+  it is under its bound (``routing.history``): a conversation the bound moved stays moved.
 
 An upstream's load is its requests in flight from this process; while its worker signals are
 fresh (``routing.signals``), plus what the worker held from other processes when it was last
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 from gateway.clock import Clock
 from gateway.config.schema import ModelRouting, Upstream
+from gateway.routing.history import History
 from gateway.routing.retry import RetryBudget
 from gateway.routing.ring import Ring
 
@@ -75,6 +78,7 @@ class Balancer:
         self._turns: dict[str, int] = {}  # round_robin's position, per model
         self.in_flight = 0  # requests holding an upstream, all upstreams together
         self.budget = RetryBudget()
+        self.history = History()  # where affinity sent each prompt
         self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
 
     def state(self, name: str) -> UpstreamState:
@@ -97,9 +101,11 @@ class Balancer:
         routing: ModelRouting = _DEFAULT,
         key: int | None = None,
         model: str = "",
+        prefixes: Sequence[int] = (),
     ) -> Upstream | None:
         """The upstream of ``pool`` the policy chooses, or None if every one is excluded or
-        full. ``key``: the request's affinity key; ``model``: whose round_robin turn it is.
+        full. ``key``: the request's affinity key, ``prefixes`` its prompt's
+        (``routing.affinity``); ``model``: whose round_robin turn it is.
 
         Ejected upstreams are passed over while another is usable; when every one is ejected the
         least recently failed is tried anyway (Envoy's "panic" mode), so a one-upstream model is
@@ -115,7 +121,7 @@ class Balancer:
             return self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
         if policy == "affinity":
             assert key is not None
-            return self._affinity(pool, region, routing.load_factor, key)
+            return self._affinity(pool, region, routing.load_factor, key, prefixes)
         return self._spread(pool, region, policy == "round_robin", model)
 
     def _least_loaded(
@@ -177,9 +183,18 @@ class Balancer:
         return self.rng.choices(candidates, [u.weight for u in candidates])[0]
 
     def _affinity(
-        self, pool: Sequence[Upstream], region: str | None, load_factor: float, key: int
+        self,
+        pool: Sequence[Upstream],
+        region: str | None,
+        load_factor: float,
+        key: int,
+        prefixes: Sequence[int],
     ) -> Upstream | None:
         ring = self.ring(pool)
+        sent = self.history.where(prefixes) if prefixes else None
+        last = None  # the upstream this prompt's longest prefix went to, if still in the pool
+        if sent is not None:
+            last = next((i for i, u in enumerate(pool) if u.name == sent[1]), None)
         now = self._clock.monotonic()
         loads, usable, local = [], [], []
         for upstream in pool:
@@ -190,10 +205,14 @@ class Balancer:
             local.append(ok and upstream.region == region)
         if region is not None and any(local):
             usable = local  # the region's upstreams first, others only when none is usable
-        index = ring.choose(key, loads, usable, ring.weights, load_factor)
+        index = ring.choose(key, loads, usable, ring.weights, load_factor, last)
         if index is None:  # panic: every upstream ejected (or full): the ring among the rest
             index = ring.choose(key, loads, self._usable(pool, _INF), ring.weights, load_factor)
-        return pool[index] if index is not None else None
+        if index is None:
+            return None
+        if prefixes:
+            self.history.record(prefixes, pool[index].name, sent[0] if sent else None)
+        return pool[index]
 
     def ring(self, pool: Sequence[Upstream]) -> Ring:
         """The pool's ring, built once per set of names and weights (a model's own pool is

@@ -18,7 +18,7 @@ from gateway.config.schema import Upstream
 from gateway.errors import GatewayError
 from gateway.metrics import Metrics
 from gateway.records import KeyRecord
-from gateway.routing.affinity import affinity_key
+from gateway.routing.affinity import Affinity, affinity
 from gateway.routing.balancer import Balancer
 from gateway.routing.retry import (
     REFUSALS,
@@ -77,7 +77,7 @@ class Chain:
         self.attempts = 0  # upstreams tried of ``model``
         self._fallback = 0  # fallbacks of ``route`` looked at
         self._retrying = False  # an attempt after a failure is in flight: it holds the budget
-        self._key: int | None = None
+        self._key: Affinity | None = None
         self._key_model: ModelRoute | None = None
 
     # What the HTTP layer asks of a failed attempt (``routing.retry``).
@@ -99,12 +99,17 @@ class Chain:
         key = None
         if routing.policy == "affinity":
             if self._key_model is not model:
-                self._key = affinity_key(self.payload, routing.affinity_prefix_tokens)
+                self._key = affinity(self.payload, routing.affinity_prefix_tokens)
                 self._key_model = model
             key = self._key
-        upstream = self.balancer.pick(
-            model.upstreams, self.tried, self.region, routing, key, model.name
-        )
+        if key is None:
+            upstream = self.balancer.pick(
+                model.upstreams, self.tried, self.region, routing, None, model.name
+            )
+        else:
+            upstream = self.balancer.pick(
+                model.upstreams, self.tried, self.region, routing, key.key, model.name, key.prefixes
+            )
         if upstream is not None:
             self.attempts += 1
             self.tried.append(upstream.name)

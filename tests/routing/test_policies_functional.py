@@ -4,6 +4,7 @@ reports a queue is passed over, and the routing headers say who answered."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -132,6 +133,43 @@ async def test_a_session_id_keeps_its_worker_whatever_the_prompt(
         )
         seen.add(answer.headers["x-gateway-upstream"])
     assert len(seen) == 1
+
+
+async def test_a_conversation_the_bound_moved_stays_moved(
+    gateway_factory: GatewayFactory, fleet: list[Worker]
+) -> None:
+    """Two requests held on a conversation's worker: its next turn goes to the other worker
+    (the bound); once the first worker is idle again the turn after still goes where the
+    conversation's cache now is. Another gateway process, which never saw it, goes by the ring."""
+    two = fleet[:2]
+    routing = {"upstreams": ["w0", "w1"], "routing": {"policy": "affinity"}}
+    text = config(pool(two), {"m": routing}, "routing: {expose_headers: true}")
+    one, other = await gateway_factory(text), await gateway_factory(text)
+    messages: list[Any] = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Plan a trip to Lisbon"},
+    ]
+
+    async def turn(server: Server = one) -> str:
+        answer = await sdk(server).chat.completions.with_raw_response.create(
+            model="m", messages=messages
+        )
+        return answer.headers["x-gateway-upstream"]
+
+    home_name = await turn()
+    home = next(w for w in two if w.name == home_name)
+    home.gate = asyncio.Event()
+    held = [asyncio.create_task(turn()) for _ in range(2)]
+    await until(lambda: home.chats == 3, what="two requests held on the home worker")
+    messages += [{"role": "assistant", "content": "When?"}, {"role": "user", "content": "May."}]
+    moved = await turn()
+    assert moved != home_name  # 2 in flight there: its bound with 3 is ceil(1.25 * 3 / 2) = 2
+    home.gate.set()
+    assert await asyncio.gather(*held) == [home_name] * 2
+    await until(lambda: one.runtime.balancer.in_flight == 0, what="the held answered")
+    messages += [{"role": "assistant", "content": "Sure."}, {"role": "user", "content": "Hotels?"}]
+    assert await turn() == moved
+    assert await turn(other) == home_name
 
 
 async def test_a_worker_reporting_a_queue_is_passed_over(
