@@ -246,7 +246,7 @@ class ChatHandler:
             ex.request_id,
         )
         upstream = await self._first(chain, ex, tick) or await slot(
-            rt.capacity, chain, await chain.fall_back("connect")
+            rt.capacity, chain, await chain.fall_back("connect"), "connect"
         )
         error: GatewayError | None = None
         while upstream is not None:
@@ -267,7 +267,7 @@ class ChatHandler:
                 if kind is not None and kind != "context_length":
                     self._failed(failed)
                 try:  # decided while this request still holds its upstream: the budget counts it
-                    upstream = await slot(rt.capacity, chain, await chain.after(failed, kind))
+                    upstream = await slot(rt.capacity, chain, await chain.after(failed, kind), kind)
                 finally:
                     balancer.release(failed)
                 continue

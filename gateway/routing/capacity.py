@@ -241,22 +241,37 @@ class Capacity:
 
 
 async def slot(
-    capacity: Capacity | None, chain: Chain, upstream: Upstream | None
+    capacity: Capacity | None, chain: Chain, upstream: Upstream | None, kind: str | None = None
 ) -> Upstream | None:
     """The slot of a retry's or a fallback's ``upstream`` (what ``Chain.after`` or
     ``Chain.fall_back`` picked), taken as ``Capacity.take`` does: on it or, when it is full
     across processes, on another untried upstream of the chain's model (the attempt renamed to
-    it). None when there is none; then the retry is given up (its budget handed back). What
-    every attempt after a request's first calls before ``Balancer.acquire``."""
-    if upstream is None or capacity is None:
+    it); when the model is full everywhere, the next fallback's (for a failure of ``kind``).
+    None when there is none: the retry is given up (its budget handed back). What every attempt
+    after a request's first calls before ``Balancer.acquire``."""
+    if capacity is None:
         return upstream
-    others = [u for u in chain.model.upstreams if u.name not in chain.tried]
-    taken = await capacity.take(upstream, others)
-    if taken is None:
-        chain.done()
-    elif taken is not upstream and chain.tried:
-        chain.tried[-1] = taken.name
-    return taken
+    while upstream is not None:
+        others = [u for u in chain.model.upstreams if u.name not in chain.tried]
+        taken = await capacity.take(upstream, others)
+        if taken is not None:
+            if taken is not upstream and chain.tried:
+                chain.tried[-1] = taken.name
+            return taken
+        upstream = await chain.fall_back(kind) if kind is not None else None
+    chain.done()
+    return None
+
+
+async def take(
+    capacity: Capacity | None, upstream: Upstream, alternatives: Sequence[Upstream] = ()
+) -> Upstream | None:
+    """``Capacity.take`` for a caller whose runtime may have no capacity service: what a call
+    to an upstream outside a request's attempts (a token count) takes before
+    ``Balancer.acquire``; None when every one is full."""
+    if capacity is None:
+        return upstream
+    return await capacity.take(upstream, alternatives)
 
 
 def _queues(route: ModelRoute) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -292,3 +293,44 @@ async def test_a_stream_that_waits_too_long_after_its_head_gets_an_error_event(
     busy.gate.set()
     assert (await holder)[0] == 200
     assert busy.served == ["first"]
+
+
+async def test_a_retry_takes_its_slot_under_the_global_cap(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, redis_url: str, http: aiohttp.ClientSession
+) -> None:
+    """Two gateways on one Redis, a model of two upstreams with max_concurrency 1 each: while
+    the first gateway's request holds the second upstream, the other gateway's request fails
+    on the first upstream and its retry finds the second full across processes: it is not
+    sent there (the worker never holds 2), and the request is answered 502 at once."""
+    held = Busy()
+    fake.script = held
+    failing = FakeUpstream()
+    await failing.start()
+
+    async def broken(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({"error": {"message": "down"}}, status=500)
+
+    failing.script = broken
+    tag = uuid.uuid4().hex[:6]
+    text = gateway_yaml(
+        {f"a-{tag}": failing.url, f"b-{tag}": fake.url},
+        {"m": {"upstreams": [f"a-{tag}", f"b-{tag}"]}},
+        extra=f"store: {{url: '{redis_url}'}}\n",
+    )
+    for url in (failing.url, fake.url):
+        text = text.replace(f"url: '{url}',", f"url: '{url}', max_concurrency: 1,")
+    try:
+        first, second = [await gateway_factory(text) for _ in range(2)]
+        holder = asyncio.create_task(chat(http, first, "holder"))
+        await until(lambda: _true(held.held == 1), 10)  # may fail on a-… first, then hold b-…
+        status, _, body = await chat(http, second, "retried")
+        assert status == 502, body
+        assert held.peak == 1 and held.served == ["holder"]
+        held.gate.set()
+        assert (await holder)[0] == 200
+    finally:
+        await failing.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
