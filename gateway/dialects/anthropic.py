@@ -77,11 +77,20 @@ def to_openai_request(
     body: dict[str, Any], upstream_model: str, max_output_tokens: int | None = None
 ) -> dict[str, Any]:
     """An Anthropic Messages request as the OpenAI chat request for the upstream; a
-    ``max_tokens`` above ``max_output_tokens`` (the model's, when configured) is lowered to it."""
-    plain = _plain_request(body, upstream_model, max_output_tokens)
-    if plain is not None:
-        return plain
-    return _translated_request(body, upstream_model, max_output_tokens)
+    ``max_tokens`` above ``max_output_tokens`` (the model's, when configured) is lowered to it.
+
+    The commonest request takes the general path's steps that apply to it, with its messages
+    translated in one pass (``_plain_messages``); the property tests hold the two paths to the
+    same output."""
+    messages = _plain_messages(body)
+    if messages is None:
+        return _translated_request(body, upstream_model, max_output_tokens)
+    out: dict[str, Any] = {"model": upstream_model}
+    out["max_tokens"] = options.max_tokens(body, max_output_tokens)
+    out["messages"] = messages
+    out.update(options.sampling(body))
+    out.update(options.streaming(body.get("stream")))
+    return out
 
 
 # The fields of the commonest request: a conversation of string messages, a string system prompt
@@ -91,18 +100,14 @@ _PLAIN_FIELDS = frozenset(
 )
 
 
-def _plain_request(
-    body: dict[str, Any], upstream_model: str, ceiling: int | None = None
-) -> dict[str, Any] | None:
-    """``_translated_request``'s result for the commonest request, in one pass with no call per
-    message (the whole translation costs more than the rest of the request's own Python on a
-    cold cache); None for anything else, which takes the general path and its diagnostics.
-    The property tests hold the two paths to the same output."""
-    limit, system, stream = body.get("max_tokens"), body.get("system"), body.get("stream")
+def _plain_messages(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The OpenAI messages of the commonest request (its ``system`` first), in one pass with no
+    call per message (the general translation costs more than the rest of the request's own
+    Python on a cold cache); None for any other request, which takes the general path and its
+    diagnostics. A request this accepts gets nothing from the general path's other steps."""
+    system, stream = body.get("system"), body.get("stream")
     if (
-        type(limit) is not int
-        or limit < 1
-        or not (system is None or type(system) is str)
+        not (system is None or type(system) is str)
         or not (stream is None or type(stream) is bool)
         or not _PLAIN_FIELDS.issuperset(body)
     ):
@@ -118,18 +123,7 @@ def _plain_request(
         if (role != "user" and role != "assistant") or type(content) is not str or not content:
             return None
         out_messages.append({"role": role, "content": content})
-    if ceiling is not None and limit > ceiling:
-        limit = ceiling
-    out: dict[str, Any] = {"model": upstream_model, "max_tokens": limit, "messages": out_messages}
-    if "temperature" in body:
-        out["temperature"] = body["temperature"]
-    if "top_p" in body:
-        out["top_p"] = body["top_p"]
-    if stream is not None:
-        out["stream"] = stream
-        if stream:
-            out["stream_options"] = {"include_usage": True}
-    return out
+    return out_messages
 
 
 def _translated_request(

@@ -62,7 +62,11 @@ def max_tokens(body: dict[str, Any], ceiling: int | None) -> int:
 
 
 def sampling(body: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {key: body[key] for key in ("temperature", "top_p") if key in body}
+    out: dict[str, Any] = {}
+    if "temperature" in body:
+        out["temperature"] = body["temperature"]
+    if "top_p" in body:
+        out["top_p"] = body["top_p"]
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
