@@ -5,7 +5,9 @@ of its path, so the gateway's cost per request does not depend on how this proce
 * ``/sse/...``   the canned stream (``common.canned_sse``) in one write: the gateway reads it
   whole, so the relay sees every event in one batch;
 * ``/paced/...`` the same events one write each, ``--gap-ms`` apart: the gateway reads and relays
-  them one at a time, as it does a real model's tokens.
+  them one at a time, as it does a real model's tokens;
+* ``/embed/...`` an embeddings answer as vLLM gives the OpenAI SDK's default ``base64``: one
+  1,024-dimension float32 vector, usage included (``bench/apis.py``).
 
 A raw asyncio protocol (httptools parses), HTTP/1.1 keep-alive, chunked answers for the streams.
 
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import signal
+import struct
 import sys
 from pathlib import Path
 
 import httptools
+import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,6 +36,21 @@ JSON_BODY = canned_json().encode()
 JSON_ANSWER = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
     % (len(JSON_BODY), JSON_BODY)
+)
+VECTOR = base64.b64encode(struct.pack("<1024f", *(i / 1024 for i in range(1024)))).decode()
+EMBED_BODY = orjson.dumps(
+    {
+        "id": "embd-bench",
+        "object": "list",
+        "created": 1700000000,
+        "model": "bench-upstream",
+        "data": [{"index": 0, "object": "embedding", "embedding": VECTOR}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0},
+    }
+)
+EMBED_ANSWER = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+    % (len(EMBED_BODY), EMBED_BODY)
 )
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
@@ -75,6 +95,8 @@ class Canned(asyncio.Protocol):
             return
         if self.path.startswith(b"/json/"):
             transport.write(JSON_ANSWER)
+        elif self.path.startswith(b"/embed/"):
+            transport.write(EMBED_ANSWER)
         elif self.path.startswith(b"/sse/"):
             transport.write(SSE_WHOLE)
         else:
