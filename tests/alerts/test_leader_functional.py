@@ -133,7 +133,11 @@ async def test_queued_events_survive_a_restart(
 # -- real processes: a sender killed with SIGKILL -------------------------------------------------
 
 
-async def run_gateway(tmp: pathlib.Path, text: str) -> tuple[asyncio.subprocess.Process, int]:
+async def run_gateway(
+    tmp: pathlib.Path, text: str, started: list[asyncio.subprocess.Process]
+) -> tuple[asyncio.subprocess.Process, int]:
+    """A gateway process, in ``started`` from its spawn (a failed start elsewhere still stops
+    it), and its admin port once it is ready."""
     port, admin_port = free_port(), free_port()
     head = (
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
@@ -146,6 +150,7 @@ async def run_gateway(tmp: pathlib.Path, text: str) -> tuple[asyncio.subprocess.
         sys.executable, "-m", "gateway", "run", "--config", str(path), stdout=log, stderr=log
     )
     log.close()  # the child has its own copy
+    started.append(process)
     async with aiohttp.ClientSession() as http, asyncio.timeout(20):
         while True:
             try:
@@ -182,9 +187,8 @@ async def test_a_killed_sender_is_replaced_within_seconds(
         "models: {fake-model: {upstreams: [fake]}}\n" + alerts_yaml(receiver.url)
     )
     (one, one_admin), (two, two_admin) = await asyncio.gather(
-        run_gateway(tmp_path, text), run_gateway(tmp_path, text)
+        run_gateway(tmp_path, text, processes), run_gateway(tmp_path, text, processes)
     )
-    processes += [one, two]
     async with asyncio.timeout(5):
         while True:  # the lease's holder: "host:pid:nonce"
             holder = redis_process.call("GET", "gw:{alerts}:leader")

@@ -103,7 +103,11 @@ log: {{level: warning, access: false}}
 """
 
 
-async def start_gateway(tmp: pathlib.Path, make: Callable[[int, int], str]) -> Gateway:
+async def start_gateway(
+    tmp: pathlib.Path, make: Callable[[int, int], str], started: list[Gateway]
+) -> Gateway:
+    """A gateway process, in ``started`` from its spawn (so a failed start elsewhere still
+    stops it), once it is ready."""
     port, admin_port = free_port(), free_port()
     path = tmp / f"gateway-{port}.yaml"
     path.write_text(make(port, admin_port))
@@ -114,6 +118,7 @@ async def start_gateway(tmp: pathlib.Path, make: Callable[[int, int], str]) -> G
             stdout=out, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
     gateway = Gateway(port, admin_port, process, log)
+    started.append(gateway)
     async with aiohttp.ClientSession() as http, asyncio.timeout(20):
         while True:
             try:
@@ -138,15 +143,18 @@ async def pair(tmp_path: pathlib.Path, redis_url: str, worker: Worker) -> AsyncI
         def make(port: int, admin_port: int) -> str:
             return config(port, admin_port, redis_url, worker.port, plan)
 
-        a, b = await asyncio.gather(start_gateway(tmp_path, make), start_gateway(tmp_path, make))
-        started.extend((a, b))
+        a, b = await asyncio.gather(
+            start_gateway(tmp_path, make, started), start_gateway(tmp_path, make, started)
+        )
         return a, b
 
     yield start
     for gateway in started:
-        gateway.process.terminate()
-    for gateway in started:
-        assert await gateway.process.wait() == 0, gateway.log.read_text()[-2000:]
+        if gateway.process.returncode is None:
+            gateway.process.terminate()
+    codes = [await gateway.process.wait() for gateway in started]
+    for gateway, code in zip(started, codes, strict=True):
+        assert code == 0, gateway.log.read_text()[-2000:]
 
 
 async def new_key(gateway: Gateway, owner: str, **limits: Any) -> str:
