@@ -118,9 +118,7 @@ class Capacity:
         if not queued:
             return None
         if self.shared is None:
-            upstream = await self.local.wait(chain, owner, await plan(), tick)
-            self.balancer.handover(upstream)  # counted by the pump; the caller counts it again
-            return upstream
+            return await self._wait_local(chain, owner, await plan(), tick)
         return await self._wait_shared(chain, owner, await plan(), tick)
 
     async def take(
@@ -143,9 +141,9 @@ class Capacity:
         spec = [(u.name, u.max_concurrency or 0) for u in pool]
         try:
             name, lease = await self.shared.wait(chain, owner, plan, tick, spec)
-        except StoreError as exc:  # the store is down: each process keeps its own count
+        except StoreError as exc:  # the store is down: each process keeps its own queue
             log.warning("capacity queue failed", extra={"reason": str(exc)})
-            return chain.first()
+            return await self._wait_local(chain, owner, plan, tick)
         upstream = next((u for u in pool if u.name == name), None)
         if upstream is None:  # the configuration changed while it waited
             self._give(name, lease)
@@ -157,6 +155,13 @@ class Capacity:
         self._start_renewer()
         chain.tried.append(name)
         chain.attempts += 1
+        return upstream
+
+    async def _wait_local(
+        self, chain: Chain, owner: str, plan: Plan, tick: Tick | None
+    ) -> Upstream:
+        upstream = await self.local.wait(chain, owner, plan, tick)
+        self.balancer.handover(upstream)  # counted by the pump; the caller counts it again
         return upstream
 
     def _pool(self, chain: Chain) -> list[Upstream]:
