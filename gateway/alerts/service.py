@@ -14,6 +14,9 @@ callbacks, and do nothing at all when no webhook is configured (the service is n
   construction) is polled every tick as well. ``upstream.down``/``upstream.up`` per
   ``alerts.down_after``.
 
+``send_test(message)`` (the admin API's ``POST /admin/alerts/test``) queues an ``alert.test``
+event for every webhook at once, waiting for the store.
+
 In the background (every process): the intake writes events to the store, at most once per
 marker (``EventStore.enqueue(once=...)``); the tick renews or seeks the leader lease, reports
 upstream changes and, in the leader only, scans for keys about to expire (at leadership and
