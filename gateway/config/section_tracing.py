@@ -11,10 +11,13 @@ from gateway.tracing import INSTALL, sdk_installed
 
 def read(o: Obj) -> Tracing:
     out = Tracing(
-        otlp_endpoint=o.get("otlp_endpoint", _endpoint, None),
-        sample_ratio=o.get("sample_ratio", _ratio, 1.0),
-        service_name=o.get("service_name", lp.p_nonempty, "gateway"),
-        max_queue=o.get("max_queue", lp.p_int(1, 1_000_000), 2048),
+        **o.settings(
+            Tracing,
+            otlp_endpoint=_endpoint,
+            sample_ratio=_ratio,
+            service_name=lp.p_nonempty,
+            max_queue=lp.p_int(1, 1_000_000),
+        )
     )
     o.done()
     return out
