@@ -26,8 +26,10 @@ from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
+from gateway.routing.capacity import slot
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
+from gateway.routing.waiting import Tick
 from gateway.runtime import Runtime
 from gateway.tracing import Span
 
@@ -71,14 +73,20 @@ def new_chain(
     )
 
 
-async def first(rt: Runtime, chain: Chain, ex: Exchange) -> Upstream | None:
+async def first(
+    rt: Runtime, chain: Chain, ex: Exchange, tick: Tick | None = None
+) -> Upstream | None:
     """The first upstream: the balancer's pick, or a slot after a wait in the model's queue
-    when every upstream is full (``routing.capacity``)."""
+    when every upstream is full (``routing.capacity``); ``tick``: a waiting stream's
+    ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
     capacity = rt.capacity
     if capacity is None:
         return chain.first()
-    owner = ex.owner or "-"
-    return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner))
+    owner, started = ex.owner or "-", rt.clock.monotonic()
+    try:
+        return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner), tick)
+    finally:
+        ex.queue_wait = rt.clock.monotonic() - started
 
 
 def failed(rt: Runtime, upstream: Upstream) -> None:
@@ -93,12 +101,16 @@ async def open_with(
     chain: Chain,
     attempt: Attempt[R],
     again: Callable[[], bool] | None = None,
+    tick: Tick | None = None,
 ) -> tuple[Upstream, R, bytes]:
     """An answering upstream (held: the caller releases it), its answer and body (see
     ``Attempt``). A failure is retried as the model's ``retry`` says, unless ``again`` says the
-    request can no longer be sent (an upload begun)."""
-    balancer, route = rt.balancer, chain.route
-    upstream = await first(rt, chain, ex) or await chain.fall_back("connect")
+    request can no longer be sent (an upload begun). Every attempt takes its upstream's slot
+    (``routing.capacity``): the first through ``first``, every other through ``slot``."""
+    balancer, route, capacity = rt.balancer, chain.route, rt.capacity
+    upstream = await first(rt, chain, ex, tick) or await slot(
+        capacity, chain, await chain.fall_back("connect"), "connect"
+    )
     error: GatewayError | None = None
     while upstream is not None:
         balancer.acquire(upstream)
@@ -112,7 +124,7 @@ async def open_with(
             if again is not None and not again():
                 kind = None  # nothing more is tried
             try:  # decided while this request still holds its upstream: the budget counts it
-                upstream = await chain.after(failure, kind)
+                upstream = await slot(capacity, chain, await chain.after(failure, kind), kind)
             finally:
                 balancer.release(failure)
             continue

@@ -22,6 +22,7 @@ from gateway.dialects import anthropic
 from gateway.errors import GatewayError
 from gateway.proxy.apis.forward import poster
 from gateway.proxy.upstream import read_body
+from gateway.routing.capacity import take
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
@@ -37,8 +38,9 @@ async def count_tokens_exact(
         chat = anthropic.to_openai_request({**body, "max_tokens": 1}, route.upstream_model)
     except GatewayError:
         return None
-    upstream = runtime.balancer.pick(route.upstreams)
-    if upstream is None:
+    picked = runtime.balancer.pick(route.upstreams)
+    upstream = await take(runtime.capacity, picked, route.upstreams) if picked else None
+    if upstream is None:  # none free (every one full across processes)
         return None
     ask: dict[str, Any] = {"model": route.upstream_model, "messages": chat["messages"]}
     if chat.get("tools"):
