@@ -16,7 +16,6 @@ redis.call('DEL', q.u)
 for i = 8, #ARGV - 1, 2 do
   redis.call('HSET', q.u, ARGV[i], ARGV[i + 1])
   redis.call('SADD', waiting_on(ARGV[i]), q.model)
-  redis.call('PEXPIRE', waiting_on(ARGV[i]), ttl * 15)
 end
 local v = tonumber(redis.call('GET', q.v) or '0')
 local last = tonumber(redis.call('HGET', q.l, owner) or '0')

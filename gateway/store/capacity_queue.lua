@@ -35,9 +35,14 @@ local function tag(x)
   return string.format('%020.6f', x)
 end
 
+-- Keys live on while some process vouches for a waiting ticket (a sweep every 250 ms), and go
+-- a minute after the last one stopped.
 local function touch(q, ttl)
   for _, key in ipairs({q.z, q.t, q.e, q.n, q.l, q.v, q.s, q.u}) do
     redis.call('PEXPIRE', key, ttl * 15)
+  end
+  for _, name in ipairs(redis.call('HKEYS', q.u)) do
+    redis.call('PEXPIRE', waiting_on(name), ttl * 15)
   end
 end
 
