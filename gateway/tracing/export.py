@@ -31,9 +31,10 @@ class Counts:
         self.queued = self.exported = self.failed = self.dropped = 0
         self.lock = threading.Lock()
 
-    def admit(self) -> bool:
+    def admit(self, open_: bool = True) -> bool:
+        """Whether one more finished span may wait (``open_``: the exporter still runs)."""
         with self.lock:
-            if self.queued >= self.max_queue:
+            if not open_ or self.queued >= self.max_queue:
                 self.dropped += 1
                 return False
             self.queued += 1
@@ -54,15 +55,17 @@ class Bounded(SpanProcessor):
     def __init__(self, inner: SpanProcessor, counts: Counts) -> None:
         self.inner = inner
         self.counts = counts
+        self.open = True
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self.counts.admit():
+        if self.counts.admit(self.open):  # a request that ends after the stop: dropped
             self.inner.on_end(span)
 
     def shutdown(self) -> None:
+        self.open = False
         self.inner.shutdown()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

@@ -327,3 +327,12 @@ async def test_an_unreachable_collector_is_counted(caplog: pytest.LogCaptureFixt
     await tracer.stop()
     assert tracer.stats()["endpoint"] == "http://127.0.0.1:1/v1/traces"  # no credentials
     assert "pw@" not in caplog.text
+
+
+async def test_a_request_that_ends_after_the_stop_is_dropped(receiver: Receiver) -> None:
+    tracer = await started(receiver.url)
+    with tracer.request(exchange(), incoming()):
+        await tracer.stop()  # the process stops while this request is still being answered
+    assert tracer.stats()["queued"] == 0 and tracer.stats()["dropped"] == 1
+    assert receiver.spans() == []
+    assert tracer.request(exchange(), incoming()) is NO_SPAN  # stopped: nothing is traced
