@@ -163,12 +163,8 @@ class StreamTranslator:
             return head + literal + TEXT_DELTA_END
         if self._open is not None or not self._started or self._done:
             return None
-        # as ``_switch("text")`` does when no block is open
-        self._open = "text"
-        index = self._blocks
-        self._blocks += 1
-        self.text_head = head = TEXT_DELTA % index
-        return BLOCK_STARTS["text"] % index + head + literal + TEXT_DELTA_END
+        index = self._begin("text")  # as ``_switch`` opens it when no block is open
+        return BLOCK_STARTS["text"] % index + (self.text_head or b"") + literal + TEXT_DELTA_END
 
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         """The events of one upstream chunk."""
@@ -311,15 +307,20 @@ class StreamTranslator:
 
     def _switch(self, block: _Block, out: Writer) -> None:
         self._close(out)
-        self._open = block
-        index = self._blocks
-        self._blocks += 1
-        self.text_head = TEXT_DELTA % index if block == "text" else None
+        index = self._begin(block)
         if isinstance(block, _ToolCall):
             out.open_block(index, tool_use(block.id, block.name, {}))
             self._send_arguments(block, out)
         else:
             out.open_text(index, block)
+
+    def _begin(self, block: _Block) -> int:
+        """``block`` as the open one, the next index (none may be open): its index."""
+        self._open = block
+        index = self._blocks
+        self._blocks += 1
+        self.text_head = TEXT_DELTA % index if block == "text" else None
+        return index
 
     def _send_arguments(self, tool: _ToolCall, out: Writer) -> None:
         piece = tool.arguments[tool.sent :]
