@@ -11,7 +11,9 @@ requests keep their arrival order (its tags grow).
 
 A request that leaves the queue before its turn (its client went, or it waited too long) is
 removed at once: it stops counting against its owner's ``max_queued`` and the queue's length,
-and if it was its owner's last it hands the owner's virtual time back.
+and if it was its owner's last it hands the owner's virtual time back. When the queue empties,
+everything is forgotten (the virtual time starts at 0 again). The store's queue shared by every
+gateway process (``store/capacity_queue.lua``) keeps exactly this order.
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ class FairQueue(Generic[T]):
         if entry is None:
             return None
         heapq.heappop(self._heap)
-        self._leave(entry)
         self.vtime = max(self.vtime, entry.finish)
+        self._leave(entry)
         return entry
 
     def remove(self, entry: Entry[T]) -> bool:
@@ -115,6 +117,12 @@ class FairQueue(Generic[T]):
     def _leave(self, entry: Entry[T]) -> None:
         entry.queued = False
         self._size -= 1
+        if not self._size:  # nobody waits: no credit or debt is left to remember
+            self._heap.clear()
+            self._last.clear()
+            self._count.clear()
+            self.vtime = 0.0
+            return
         left = self._count[entry.owner] - 1
         if left:
             self._count[entry.owner] = left

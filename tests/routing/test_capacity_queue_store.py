@@ -6,12 +6,14 @@ a ticket that leaves hands its place or its slot on; a dead process's tickets ex
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.limits.fairqueue import Entry, FairQueue
 from gateway.store.capacity_redis import RedisLeaseStore
 
 
@@ -122,3 +124,38 @@ async def test_a_grant_reaches_the_waiting_process_within_10_ms(store: RedisLeas
         assert delays[10] < 0.010, delays
     finally:
         await listener.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_store_queue_keeps_the_fair_queues_order(
+    store: RedisLeaseStore, seed: int
+) -> None:
+    """Random joins (owners of shares 0.5 to 8, two priority classes), leaves and grants: the
+    store's queue grants in exactly the order of the pure fair queue (``limits.fairqueue``)."""
+    rng = random.Random(seed)
+    model, up = names()
+    spec = [(up, 1)]
+    holder = "p:holder"
+    assert await store.acquire(spec, holder, model) == 0
+    pure: FairQueue[str] = FairQueue()
+    waiting: dict[str, Entry[str]] = {}
+    for n in range(150):
+        roll = rng.random()
+        if roll < 0.5 or not waiting:
+            owner = rng.choice("abcd")
+            share = {"a": 0.5, "b": 1.0, "c": 4.0, "d": 8.0}[owner]
+            priority = 1 if rng.random() < 0.1 else 0
+            ticket = f"p:{n}"
+            assert (await store.join(model, ticket, owner, share, priority, None, spec))[0] == 0
+            waiting[ticket] = pure.push(owner, share, priority, ticket)
+        elif roll < 0.65:
+            ticket = rng.choice(sorted(waiting))
+            assert await store.leave(model, ticket) == 0
+            pure.remove(waiting.pop(ticket))
+        else:
+            expected = pure.pop()
+            assert expected is not None
+            del waiting[expected.item]
+            await store.release([(up, holder)])
+            holder = await granted(store, up, exclude=set())
+            assert holder == expected.item, n
