@@ -192,11 +192,16 @@ class Limiter:
         elif message.startswith("plan:"):
             self._plans.pop(message[5:], None)
 
-    async def plan_of(self, owner: str) -> Plan:
+    def _known_plan(self, owner: str) -> Plan | None:
+        """The owner's plan while the cache still holds it (no await: the request path's way)."""
         cached = self._plans.get(owner)
+        return cached[0] if cached is not None and cached[1] > self.clock.monotonic() else None
+
+    async def plan_of(self, owner: str) -> Plan:
+        known = self._known_plan(owner)
+        if known is not None:
+            return known
         now = self.clock.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
         name = None
         try:
             name = await self.store.get_plan(owner)
@@ -219,7 +224,7 @@ class Limiter:
     ) -> Ticket:
         """Admit a request reserving ``reserve`` tokens that may cost ``reserve_cost``
         micro-dollars, against every limit of its key and its owner's plan."""
-        plan = await self.plan_of(record.owner)
+        plan = self._known_plan(record.owner) or await self.plan_of(record.owner)
         admission = Admission(
             request_id=request_id,
             key_id=record.id,

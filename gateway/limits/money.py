@@ -35,7 +35,13 @@ def cost(
     audio_seconds: float = 0.0,
 ) -> int:
     """What a request costs at ``pricing``, in whole micro-dollars (rounded up)."""
-    if pricing == FREE:  # most models: nothing to price
+    if not (  # most models: nothing to price (read field by field: no dataclass __eq__)
+        pricing.input_per_mtok
+        or pricing.output_per_mtok
+        or pricing.per_request
+        or pricing.per_image
+        or pricing.per_audio_second
+    ):
         return 0
     total = (
         prompt * pricing.input_per_mtok

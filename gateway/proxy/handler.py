@@ -289,7 +289,7 @@ class ChatHandler:
         stream's ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
         rt = self.rt
         capacity = rt.capacity
-        if capacity is None:
+        if capacity is None or not chain.route.capped:  # no slot to take: nothing to wait for
             return chain.first()
         owner, started = ex.owner or "-", rt.clock.monotonic()
         try:

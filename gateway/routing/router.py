@@ -35,6 +35,7 @@ class ModelRoute:
     routing: ModelRouting = _ROUTING  # how its upstream is chosen
     fallbacks: tuple[str, ...] = ()  # models tried next, in order, when it fails
     retry: Retry = _RETRY
+    capped: bool = False  # an upstream has a max_concurrency: admission may queue for a slot
 
     def allowed_by(self, models: frozenset[str] | None) -> bool:
         """May a key whose model allowlist is ``models`` use this model (by any name)?"""
@@ -62,6 +63,7 @@ class Router:
                 routing=model.routing,
                 fallbacks=model.fallbacks,
                 retry=model.retry,
+                capped=any(config.upstreams[u].max_concurrency for u in model.upstreams),
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):

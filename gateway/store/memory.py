@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.clock import Clock
@@ -127,9 +127,7 @@ class MemoryStore:
             log.popleft()
         return log
 
-    def _rpm(self, reason: Refusal, scope: str, limit: int | None, now: float) -> _Check | None:
-        if limit is None:
-            return None
+    def _rpm(self, reason: Refusal, scope: str, limit: int, now: float) -> _Check:
         log = self._log(scope, now)
         if len(log) < limit:
             return _Check(reason, True, 0.0)
@@ -150,16 +148,8 @@ class MemoryStore:
         return stored[1] if stored is not None and stored[0] == period else 0
 
     def _quota(
-        self,
-        reason: Refusal,
-        scope: str,
-        period: int,
-        limit: int | None,
-        reserve: int,
-        until: float,
-    ) -> _Check | None:
-        if limit is None:
-            return None
+        self, reason: Refusal, scope: str, period: int, limit: int, reserve: int, until: float
+    ) -> _Check:
         return _Check(reason, self._tokens(scope, period) + reserve <= limit, until)
 
     async def admit(self, admission: Admission) -> Verdict:
@@ -173,37 +163,52 @@ class MemoryStore:
 
     def _admit(self, admission: Admission) -> Verdict:
         a, now = admission, self._clock.time()
-        day, month, to_midnight, to_month = self._calendar.periods(now)
+        periods = self._calendar.periods(now)
         leases = self._leases_of(a.key_id, now)
-        concurrency = None
-        if a.concurrency is not None:
-            concurrency = _Check("concurrency", len(leases) < a.concurrency, 1.0)
-        tokens, cost = a.reserve, a.reserve_cost
-        checks = [
-            self._rpm("rpm", f"k:{a.key_id}", a.rpm, now),
-            concurrency,
-            self._quota("daily", f"kd:{a.key_id}", day, a.daily, tokens, to_midnight),
-            self._quota("monthly", f"km:{a.key_id}", month, a.monthly, tokens, to_month),
-            self._minute("tpm", f"k:{a.key_id}", a.tpm, tokens, now),
-            self._quota("daily_budget", f"kdc:{a.key_id}", day, a.daily_budget, cost, to_midnight),
-            self._quota(
-                "monthly_budget", f"kmc:{a.key_id}", month, a.monthly_budget, cost, to_month
-            ),
-            self._rpm("plan_rpm", f"o:{a.owner}", a.plan_rpm, now),
-            self._quota("plan_monthly", f"om:{a.owner}", month, a.plan_monthly, tokens, to_month),
-            self._minute("plan_tpm", f"o:{a.owner}", a.plan_tpm, tokens, now),
-            self._quota("plan_budget", f"omc:{a.owner}", month, a.plan_budget, cost, to_month),
-        ]
-        refused = next((c for c in checks if c is not None and not c.fits), None)
+        refused = next((c for c in self._checks(a, now, periods, leases) if not c.fits), None)
         if refused is None:
-            self._take(a, now, day, month, leases)
-        return self._verdict(a, refused, now, day, month, to_midnight, to_month)
+            self._take(a, now, periods[0], periods[1], leases)
+        return self._verdict(a, refused, now, *periods)
 
-    def _minute(
-        self, reason: Refusal, scope: str, limit: int | None, reserve: int, now: float
-    ) -> _Check | None:
-        if limit is None:
-            return None
+    def _checks(
+        self,
+        a: Admission,
+        now: float,
+        periods: tuple[int, int, float, float],
+        leases: dict[str, float],
+    ) -> Iterator[_Check]:
+        """Each limit that applies, in the order every store checks them (the first that does
+        not fit is the refusal); a limit that is not set costs nothing."""
+        day, month, to_midnight, to_month = periods
+        key, owner, tokens, cost = a.key_id, a.owner, a.reserve, a.reserve_cost
+        if a.rpm is not None:
+            yield self._rpm("rpm", f"k:{key}", a.rpm, now)
+        if a.concurrency is not None:
+            yield _Check("concurrency", len(leases) < a.concurrency, 1.0)
+        if a.daily is not None:
+            yield self._quota("daily", f"kd:{key}", day, a.daily, tokens, to_midnight)
+        if a.monthly is not None:
+            yield self._quota("monthly", f"km:{key}", month, a.monthly, tokens, to_month)
+        if a.tpm is not None:
+            yield self._minute("tpm", f"k:{key}", a.tpm, tokens, now)
+        if a.daily_budget is not None:
+            yield self._quota("daily_budget", f"kdc:{key}", day, a.daily_budget, cost, to_midnight)
+        if a.monthly_budget is not None:
+            yield self._quota(
+                "monthly_budget", f"kmc:{key}", month, a.monthly_budget, cost, to_month
+            )
+        if a.plan_rpm is not None:
+            yield self._rpm("plan_rpm", f"o:{owner}", a.plan_rpm, now)
+        if a.plan_monthly is not None:
+            yield self._quota(
+                "plan_monthly", f"om:{owner}", month, a.plan_monthly, tokens, to_month
+            )
+        if a.plan_tpm is not None:
+            yield self._minute("plan_tpm", f"o:{owner}", a.plan_tpm, tokens, now)
+        if a.plan_budget is not None:
+            yield self._quota("plan_budget", f"omc:{owner}", month, a.plan_budget, cost, to_month)
+
+    def _minute(self, reason: Refusal, scope: str, limit: int, reserve: int, now: float) -> _Check:
         wait = self._minutes.setdefault(scope, MinuteTokens()).wait(reserve, limit, now)
         return _Check(reason, wait is None, wait or 0.0)
 
@@ -219,8 +224,12 @@ class MemoryStore:
         if a.plan_tpm is not None:
             self._minutes[f"o:{a.owner}"].add(a.request_id, a.reserve, now)
         leases[a.request_id] = now + LEASE_SECONDS
+        counters = self._counters
         for scope, period, amount in _counters(a, day, month, a.reserve, a.reserve_cost):
-            self._counters[scope] = (period, self._tokens(scope, period) + amount)
+            if amount:  # a counter moved by nothing is as if absent
+                stored = counters.get(scope)
+                held = stored[1] if stored is not None and stored[0] == period else 0
+                counters[scope] = (period, held + amount)
 
     def _verdict(
         self,
