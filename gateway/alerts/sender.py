@@ -152,7 +152,8 @@ class Sender:
         delay = retry_delay(delivery.attempts + 1, self.tuning.first_retry)
         delivery = delivery.failed(outcome, now, delay)
         if now + delay - delivery.first_at > settings.give_up_after:
-            await self._drop(item_id, delivery, f"no 2xx in {delivery.attempts} attempts")
+            why = f"no 2xx in {delivery.attempts} attempts (the last: {outcome})"
+            await self._drop(item_id, delivery, why)
             return
         await self.events.retry(item_id, delivery.encode(), delay)
 

@@ -145,6 +145,11 @@ async def test_delivery_gives_up_and_counts_it(
         await asyncio.sleep(0.05)
     assert len(receiver.posts) == 2  # at 0 s and 2 s; the next (6 s) would pass the 3 s
     assert alerts_of(server).sender.leading
+    status, answer = await admin(server, "GET", "/admin/alerts/events?limit=1")
+    assert status == 200 and answer["queued"] == 0, answer
+    (delivery,) = answer["events"][0]["deliveries"]
+    assert (delivery["state"], delivery["attempts"]) == ("dropped", 2)
+    assert delivery["lastResult"] == "no 2xx in 2 attempts (the last: 503)"
 
 
 def _record(key_id: str, daily: int | None = None, monthly: int | None = None) -> KeyRecord:
