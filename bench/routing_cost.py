@@ -3,8 +3,10 @@
 - ``timeit`` in this process: the balancer of the commit before issue 16 (read with
   ``git show``) against today's; least_loaded over 4 idle upstreams (ties: today draws at
   random) and over 4 loaded ones; affinity's key (a short chat body and a 32 KB conversation)
-  and pick, with fresh worker signals; the first attempt's bookkeeping (``routing.chain``:
-  the chain, its pick, ``done``) against the old loop's (a list, the pick, an append).
+  and pick, with fresh worker signals and the memory of where prompts went
+  (``routing.history``); the first attempt's bookkeeping (``routing.chain``: the chain, its
+  pick, ``done``) against the old loop's (a list, the pick, an append), and the same with
+  ``affinity`` (the key and prefixes read from the body, the pick, the memory kept).
 - the chat arm: one ``gateway run`` in front of an instant worker, 3 rounds of 2000 requests
   (8 at once) for each of least_loaded and affinity, alternated; the gateway's CPU per request
   from /proc.
@@ -31,7 +33,7 @@ from procs import CLK_TCK, Proc, Stack, free_port, group_ticks, wait_listening
 from gateway.clock import SystemClock
 from gateway.config.schema import ModelRouting, Pricing, Upstream
 from gateway.metrics import Metrics
-from gateway.routing.affinity import affinity_key
+from gateway.routing.affinity import affinity as affinity_of
 from gateway.routing.balancer import Balancer
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
@@ -78,7 +80,11 @@ def per_call(statement: Any, number: int = 200_000) -> float:
 
 
 def micro() -> dict[str, float]:
-    pool = tuple(Upstream(name=f"gpu{i}", url=f"http://10.0.0.{i}:8000") for i in range(4))
+    # A cap on each: the balancer before compares against one (upstreams had one by default).
+    pool = tuple(
+        Upstream(name=f"gpu{i}", url=f"http://10.0.0.{i}:8000", max_concurrency=4096)
+        for i in range(4)
+    )
     old, new = old_balancer()(SystemClock()), Balancer(SystemClock(), random.Random(1))
     affinity = ModelRouting(policy="affinity")
     out = {
@@ -92,13 +98,16 @@ def micro() -> dict[str, float]:
         new.observe(u.name, waiting=0, running=i, cache=0.1 * i, until=time.monotonic() + 3600)
     out["before: least_loaded, 4 loaded"] = per_call(lambda: old.pick(pool, (), None))
     out["today: least_loaded, 4 loaded, fresh signals"] = per_call(lambda: new.pick(pool, (), None))
-    small_key, large = affinity_key(SMALL, 256), large_payload()
-    out["affinity key, the bench's chat body (97 B)"] = per_call(lambda: affinity_key(SMALL, 256))
-    out[f"affinity key, a conversation of {len(large) // 1024} KB"] = per_call(
-        lambda: affinity_key(large, 256), 5_000
+    small, large = affinity_of(SMALL, 256), large_payload()
+    assert small is not None
+    out["affinity key and prefixes, the bench's chat body (97 B)"] = per_call(
+        lambda: affinity_of(SMALL, 256)
     )
-    out["affinity pick (bounded load, signals)"] = per_call(
-        lambda: new.pick(pool, (), None, affinity, small_key)
+    out[f"affinity key and prefixes, a conversation of {len(large) // 1024} KB"] = per_call(
+        lambda: affinity_of(large, 256), 5_000
+    )
+    out["affinity pick (bounded load, signals, the memory of prompts)"] = per_call(
+        lambda: new.pick(pool, (), None, affinity, small.key, "m", small.prefixes)
     )
     out.update(chain_costs(pool, old, new))
     return out
@@ -106,6 +115,9 @@ def micro() -> dict[str, float]:
 
 def chain_costs(pool: tuple[Upstream, ...], old: Any, new: Balancer) -> dict[str, float]:
     route = ModelRoute("m", "m", pool, "gateway", Pricing(), 0)
+    by_affinity = ModelRoute(
+        "m", "m", pool, "gateway", Pricing(), 0, routing=ModelRouting(policy="affinity")
+    )
     metrics = Metrics()
 
     def before() -> None:
@@ -113,14 +125,17 @@ def chain_costs(pool: tuple[Upstream, ...], old: Any, new: Balancer) -> dict[str
         upstream = old.pick(route.upstreams, tried, None)
         tried.append(upstream.name)
 
-    def today() -> None:
-        chain = Chain(new, None, metrics, route, SMALL, None, None)  # type: ignore[arg-type]
+    def today(model: ModelRoute = route) -> None:
+        chain = Chain(new, None, metrics, model, SMALL, None, None)  # type: ignore[arg-type]
         chain.first()
         chain.done()
 
     return {
         "before: the first attempt's bookkeeping (list, pick)": per_call(before),
         "today: the first attempt's bookkeeping (chain, pick, done)": per_call(today),
+        "today, affinity: the first attempt's bookkeeping (key and prefixes, pick, done)": (
+            per_call(lambda: today(by_affinity))
+        ),
     }
 
 

@@ -45,39 +45,21 @@ def affinity(payload: bytes, prefix_tokens: int) -> Affinity | None:
         return None
     if not isinstance(body, dict):
         return None
-    messages = body.get("messages")
+    prefixes, text = read(body.get("messages"), prefix_tokens * CHARS_PER_TOKEN)
     session = session_of(body)
     if session is not None:
         key = key_hash(b"session\0" + session.encode("utf-8", "surrogatepass"))
-        return Affinity(key, prompt_prefixes(messages))
-    text = prefix_text(messages, prefix_tokens * CHARS_PER_TOKEN)
-    if not text:
+    elif text:
+        key = key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass"))
+    else:
         return None
-    return Affinity(
-        key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass")), prompt_prefixes(messages)
-    )
+    return Affinity(key, prefixes)
 
 
 def affinity_key(payload: bytes, prefix_tokens: int) -> int | None:
     """The ring position of this request, or None when it has neither session nor prompt."""
     found = affinity(payload, prefix_tokens)
     return found.key if found is not None else None
-
-
-def prompt_prefixes(messages: object) -> tuple[int, ...]:
-    """A hash per message of its role and content chained with the ones before it."""
-    if not isinstance(messages, list):
-        return ()
-    out = []
-    chained = 0
-    for message in messages:
-        if not isinstance(message, dict):
-            break
-        role, content = message.get("role"), message.get("content")
-        text = content if isinstance(content, str) else content_text(content)
-        chained = hash((chained, role if isinstance(role, str) else None, text))
-        out.append(chained)
-    return tuple(out)
 
 
 def session_of(body: dict[str, object]) -> str | None:
@@ -106,22 +88,44 @@ def claude_code_session(user_id: str) -> str | None:
     return found.group(1) if found else None
 
 
+def read(messages: object, limit: int) -> tuple[tuple[int, ...], str]:
+    """In one pass over the messages: a hash per message of its role and content chained with
+    the ones before it, and the prompt's prefix as text (the system prompt and the messages
+    before the first assistant turn: role, then content, per message; at most ``limit``
+    characters)."""
+    if not isinstance(messages, list):
+        return (), ""
+    prefixes: list[int] = []
+    parts: list[str] = []
+    chained = size = 0
+    keying = True
+    for message in messages:
+        if not isinstance(message, dict):
+            break
+        role, content = message.get("role"), message.get("content")
+        text = content if isinstance(content, str) else content_text(content)
+        chained = hash((chained, role if isinstance(role, str) else None, text))
+        prefixes.append(chained)
+        if keying:
+            if role == "assistant":
+                keying = False
+                continue
+            part = f"{role}\n{text}\n"
+            parts.append(part)
+            size += len(part)
+            keying = size < limit
+    return tuple(prefixes), "".join(parts)[:limit]
+
+
+def prompt_prefixes(messages: object) -> tuple[int, ...]:
+    """A hash per message of its role and content chained with the ones before it."""
+    return read(messages, 0)[0]
+
+
 def prefix_text(messages: object, limit: int) -> str:
     """The system prompt and the messages before the first assistant turn as one text (role,
     then content, per message), at most ``limit`` characters."""
-    if not isinstance(messages, list):
-        return ""
-    parts: list[str] = []
-    size = 0
-    for message in messages:
-        if not isinstance(message, dict) or message.get("role") == "assistant":
-            break
-        text = f"{message.get('role')}\n{content_text(message.get('content'))}\n"
-        parts.append(text)
-        size += len(text)
-        if size >= limit:
-            break
-    return "".join(parts)[:limit]
+    return read(messages, limit)[1]
 
 
 def content_text(content: object) -> str:

@@ -192,18 +192,22 @@ class Balancer:
     ) -> Upstream | None:
         ring = self.ring(pool)
         sent = self.history.where(prefixes) if prefixes else None
+        went = sent[1] if sent is not None else None
         last = None  # the upstream this prompt's longest prefix went to, if still in the pool
-        if sent is not None:
-            last = next((i for i, u in enumerate(pool) if u.name == sent[1]), None)
         now = self._clock.monotonic()
         loads, usable, local = [], [], []
-        for upstream in pool:
-            state = self.state(upstream.name)
+        states = self._state
+        for i, upstream in enumerate(pool):
+            name = upstream.name
+            state = states.get(name) or self.state(name)
             loads.append(state.load(now))
             ok = state.ejected_until <= now and not _full(state, upstream)
             usable.append(ok)
-            local.append(ok and upstream.region == region)
-        if region is not None and any(local):
+            if region is not None:
+                local.append(ok and upstream.region == region)
+            if name == went:
+                last = i
+        if any(local):
             usable = local  # the region's upstreams first, others only when none is usable
         index = ring.choose(key, loads, usable, ring.weights, load_factor, last)
         if index is None:  # panic: every upstream ejected (or full): the ring among the rest

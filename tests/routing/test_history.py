@@ -115,9 +115,7 @@ def test_a_remembered_worker_gone_from_the_pool_or_ejected_is_not_chosen() -> No
 @given(
     upstreams=st.integers(min_value=2, max_value=6),
     factor=st.floats(min_value=1.0, max_value=3.0),
-    ops=st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 5)), max_size=300
-    ),
+    ops=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 30), st.integers(0, 5)), max_size=300),
 )
 def test_no_worker_over_its_bound_with_history_and_other_processes(
     upstreams: int, factor: float, ops: list[tuple[int, int, int]]
