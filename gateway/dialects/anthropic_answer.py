@@ -26,7 +26,7 @@ import json
 from typing import Any, NamedTuple
 
 from gateway.dialects import MAX_DEPTH, loads_object
-from gateway.dialects.anthropic_events import SIGNATURE
+from gateway.dialects.anthropic_events import SIGNATURE, anthropic_message
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -125,11 +125,11 @@ def to_anthropic_response(answer: dict[str, Any], model: str) -> dict[str, Any]:
 
 
 def plain_answer(answer: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """``translated_answer``'s result for the commonest answer, in one pass: one choice of
-    text that stopped or ran out of tokens, with usage and a ``chatcmpl-`` id, no tool calls,
-    reasoning or vendor extras, checked in one pass; the message is built by the same
-    ``_message``. None for anything else (the general path). The property tests hold the two
-    paths to the same output."""
+    """``translated_answer``'s result for the commonest answer: one choice of text that stopped
+    or ran out of tokens, with usage and a ``chatcmpl-`` id, no tool calls, reasoning or vendor
+    extras, checked in one pass, the message built by the same ``anthropic_message``. None for
+    anything else (the general path). The property tests hold the two paths to the same
+    output."""
     answer_id, choices, usage = answer.get("id"), answer.get("choices"), answer.get("usage")
     if (
         type(answer_id) is not str
@@ -162,7 +162,9 @@ def plain_answer(answer: dict[str, Any], model: str) -> dict[str, Any] | None:
         return None
     content = [{"type": "text", "text": text}] if text else []
     msg_id = message_id(answer_id, answer)
-    return _message(msg_id, model, content, _STOP_REASONS[finish], None, prompt, completion)
+    return anthropic_message(
+        msg_id, model, content, _STOP_REASONS[finish], None, prompt, completion
+    )
 
 
 def translated_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
@@ -174,36 +176,13 @@ def translated_answer(answer: dict[str, Any], model: str) -> dict[str, Any]:
     reason, sequence = stop_reason(choice if isinstance(choice, dict) else {})
     usage = usage_of(answer.get("usage")) or Usage(0, 0)
     content = _answer_blocks(message if isinstance(message, dict) else {}, msg_id)
-    out = _message(
+    out = anthropic_message(
         msg_id, model, content, reason, sequence, usage.prompt_tokens, usage.completion_tokens
     )
     for key, value in answer.items():
         if key not in _NOT_CARRIED:
             out.setdefault(key, value)  # model_output_metadata and other vendor extras
     return out
-
-
-def _message(
-    msg_id: str,
-    model: str,
-    content: list[dict[str, Any]],
-    reason: str,
-    sequence: str | None,
-    input_tokens: int,
-    output_tokens: int,
-) -> dict[str, Any]:
-    """An Anthropic ``message`` (both paths build it here, so its fields and their order are
-    written once)."""
-    return {
-        "id": msg_id,
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": reason,
-        "stop_sequence": sequence,
-        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
-    }
 
 
 def _answer_blocks(message: dict[str, Any], msg_id: str) -> list[dict[str, Any]]:

@@ -96,18 +96,32 @@ def error_event(error_type: str, message: str) -> Event:
     return "error", {"type": "error", "error": {"type": error_type, "message": message}}
 
 
-def message_start(message_id: str, model: str, input_tokens: int) -> Event:
-    message: dict[str, Any] = {
+def anthropic_message(
+    message_id: str,
+    model: str,
+    content: list[dict[str, Any]],
+    reason: str | None,
+    sequence: str | None,
+    input_tokens: int,
+    output_tokens: int,
+) -> dict[str, Any]:
+    """An Anthropic ``message``: a whole answer's, or the empty one ``message_start`` carries
+    (its fields and their order written once)."""
+    return {
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": input_tokens, "output_tokens": 0},
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": sequence,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }
-    return "message_start", {"type": "message_start", "message": message}
+
+
+def message_start(message_id: str, model: str, input_tokens: int) -> Event:
+    start = anthropic_message(message_id, model, [], None, None, input_tokens, 0)
+    return "message_start", {"type": "message_start", "message": start}
 
 
 def block_start(index: int, block: dict[str, Any]) -> Event:
