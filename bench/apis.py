@@ -14,6 +14,7 @@ one 1,024-dimension vector in base64 (the OpenAI SDK's default), chat's the cann
 answer. The Responses requests are stored (``store`` true, the default).
 
     .venv/bin/python bench/apis.py          # BENCH_PAIRS=9 BENCH_COUNT=6400 by default
+    BENCH_ARMS=streamed .venv/bin/python bench/apis.py   # only the arms whose name says so
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def config(port: int, admin_port: int, upstream_port: int, store: str) -> str:
         {
             "listen": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": admin_port},
-            "store": {"url": store},
+            "store": {"url": store, "timeout_ms": 2000},  # a busy machine's pauses are no outage
             "upstreams": {
                 "json": {"url": f"{up}/json"},
                 "sse": {"url": f"{up}/sse"},
@@ -92,6 +93,9 @@ def config(port: int, admin_port: int, upstream_port: int, store: str) -> str:
     )
 
 
+SIZES: dict[str, int] = {}  # bytes of the last answer, by URL and model
+
+
 async def batch(
     http: aiohttp.ClientSession, url: str, body: dict[str, Any], pid: int, count: int, width: int
 ) -> float:
@@ -100,6 +104,7 @@ async def batch(
     async def one() -> None:
         async with http.post(url, json=body, headers=HEADERS) as r:
             data = await r.read()
+            SIZES[url + body["model"]] = len(data)
             assert r.status == 200, (r.status, data[:300])
             ended = data.endswith((b"}", b"[DONE]\n\n")) or b"event: response.completed" in data
             assert ended, data[-200:]
@@ -123,10 +128,11 @@ async def measure(http: aiohttp.ClientSession, base: str, pid: int, arm: Arm) ->
             costs[api].append(await batch(http, url, sent, pid, COUNT, width))
     ratios = sorted(o / c for o, c in zip(costs["other"], costs["chat"], strict=True))
     c, o = sorted(costs["chat"])[PAIRS // 2], sorted(costs["other"])[PAIRS // 2]
+    sizes = SIZES[chat[0] + chat_body["model"]], SIZES[other[0] + body["model"]]
     return (
         f"{name:20s} gateway CPU per request: chat {c:.0f} us, {name.split(',')[0]} {o:.0f} us; "
         f"ratio (median of {PAIRS} pairs) {ratios[PAIRS // 2]:.3f}, pairs {ratios[0]:.3f}-"
-        f"{ratios[-1]:.3f} (target <= 1.15)"
+        f"{ratios[-1]:.3f} (target <= 1.15); answers {sizes[0]} and {sizes[1]} bytes"
     )
 
 
@@ -154,7 +160,10 @@ async def main() -> None:
     try:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, admin_port)
+            only = os.environ.get("BENCH_ARMS", "")
             for arm in ARMS:
+                if only and not any(word in arm[0] for word in only.split(",")):
+                    continue
                 line = await measure(http, f"http://127.0.0.1:{port}", gateway.pid, arm)
                 print(line, flush=True)
         print(f"load average {os.getloadavg()}", flush=True)
