@@ -53,6 +53,7 @@ class EarlyHead:
         except GatewayError as err:
             if not self.sent:
                 raise
+            ex.refusal = err.code  # the access log's error: the gateway's own, in the stream
             await self.fail(ex, error(err))
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             if not self.sent:

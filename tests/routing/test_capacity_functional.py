@@ -275,6 +275,7 @@ async def test_a_stream_that_waits_too_long_after_its_head_gets_an_error_event(
     gateway_factory: GatewayFactory,
     fake: FakeUpstream,
     http: aiohttp.ClientSession,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """The head (200) went out with ``: queued``: the queue_timeout comes as an error event in
     the client's dialect, and the stream ends without [DONE]."""
@@ -293,6 +294,11 @@ async def test_a_stream_that_waits_too_long_after_its_head_gets_an_error_event(
     busy.gate.set()
     assert (await holder)[0] == 200
     assert busy.served == ["first"]
+    await server.stop()  # flushes the access log: the stream's line names the queue_timeout
+    lines = [orjson.loads(x) for x in capfd.readouterr().err.splitlines() if x.startswith("{")]
+    streamed = [line for line in lines if line.get("stream")]
+    assert [(x["status"], x["error"]) for x in streamed] == [(200, "queue_timeout")]
+    assert streamed[0]["queue_ms"] >= 1300
 
 
 async def test_a_retry_takes_its_slot_under_the_global_cap(
