@@ -154,9 +154,11 @@ class SharedRoom(Room):
             log.warning("capacity queue leave failed", extra={"reason": str(exc)})
 
     async def _listening(self) -> None:
+        """The subscription, started by the first waiter (which gives it a moment: a grant
+        published before it listens is found by the next sweep instead)."""
         if self._listener is None:
             self._listener = self.store.listen(self.process, self._deliver, self._kick.set)
-        await self._listener.ready(READY_SECONDS)
+            await self._listener.ready(READY_SECONDS)
 
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
