@@ -80,7 +80,7 @@ async def first(
     when every upstream is full (``routing.capacity``); ``tick``: a waiting stream's
     ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
     capacity = rt.capacity
-    if capacity is None:
+    if capacity is None or not chain.route.capped:  # no slot to take: nothing to wait for
         return chain.first()
     owner, started = ex.owner or "-", rt.clock.monotonic()
     try:

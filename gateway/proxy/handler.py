@@ -32,21 +32,18 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.proxy import govern
+from gateway.proxy import attempts, govern
 from gateway.proxy.apis.json_api import require
 from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.queued import EarlyHead
 from gateway.proxy.timers import Silence
-from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.proxy.upstream import read_body, read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
-from gateway.routing.capacity import slot
-from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.routing.waiting import Tick
 from gateway.runtime import Runtime
-from gateway.tracing import Span
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -232,123 +229,14 @@ class ChatHandler:
         A failure before any byte reached the client is retried as the model's ``retry`` says:
         on other upstreams, then on its ``fallbacks`` (``routing.chain``), within the budget.
         """
-        rt, headers = self.rt, request.headers
-        balancer = rt.balancer
-        caller = ex.client_ip or "-"
-        chain = Chain(
-            balancer,
-            rt.router,
-            rt.metrics,
-            route,
-            payload,
-            ex.region,
-            lambda: rt.keys.authenticate(headers, lambda n: headers.getall(n, []), caller),
-            ex.request_id,
-        )
-        upstream = await self._first(chain, ex, tick) or await slot(
-            rt.capacity, chain, await chain.fall_back("connect"), "connect"
-        )
-        error: GatewayError | None = None
-        while upstream is not None:
-            balancer.acquire(upstream)
-            try:
-                with ex.span.attempt(upstream.name) as attempt:
-                    response, first = await self._attempt(
-                        request,
-                        ex,
-                        upstream,
-                        chain.payload,
-                        attempt,
-                        chain.peek,
-                        chain.wait(upstream),
-                    )
-            except GatewayError as err:
-                kind, error, failed = chain.failure(err, ex.upstream_status), err, upstream
-                if kind is not None and kind != "context_length":
-                    self._failed(failed)
-                try:  # decided while this request still holds its upstream: the budget counts it
-                    upstream = await slot(rt.capacity, chain, await chain.after(failed, kind), kind)
-                finally:
-                    balancer.release(failed)
-                continue
-            except BaseException:  # cancelled (the client left): the upstream is not held
-                balancer.release(upstream)
-                chain.done()
-                raise
-            chain.done()
-            balancer.succeeded(upstream)
-            ex.upstream, ex.model = upstream.name, chain.model.name
-            return upstream, response, first
-        raise error or UpstreamUnavailable(
-            f"No upstream of model '{route.name}' is available; try again shortly.", status=503
-        )
-
-    async def _first(self, chain: Chain, ex: Exchange, tick: Tick | None) -> Upstream | None:
-        """The first upstream: the balancer's pick, or a slot after a wait in the model's
-        queue when every upstream is full (``routing.capacity``); ``tick``: a waiting
-        stream's ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
-        rt = self.rt
-        capacity = rt.capacity
-        if capacity is None or not chain.route.capped:  # no slot to take: nothing to wait for
-            return chain.first()
-        owner, started = ex.owner or "-", rt.clock.monotonic()
-        try:
-            return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner), tick)
-        finally:
-            ex.queue_wait = rt.clock.monotonic() - started
+        rt = self.rt  # one way for every API (``proxy.attempts``); chat's try: a chat POST
+        chain = attempts.new_chain(rt, request, ex, route, payload)
+        attempt = attempts.json_attempt(rt, request, ex, rt.client.post)
+        return await attempts.open_with(rt, ex, chain, attempt, tick=tick)
 
     def _failed(self, upstream: Upstream) -> None:
         self.rt.balancer.failed(upstream)
         self.rt.metrics.upstream_failures.labels(upstream.name).inc()
-
-    async def _attempt(
-        self,
-        request: web.Request,
-        ex: Exchange,
-        upstream: Upstream,
-        payload: bytes,
-        attempt: Span,
-        peek: bool = False,
-        wait: float | None = None,
-    ) -> tuple[Response, bytes]:
-        """One try: ``peek`` reads a refusal to tell a context-length error (a fallback may
-        take it); ``wait`` bounds the wait for the first byte (default: ``first_byte``)."""
-        headers = forward_headers(request.headers, upstream, ex.request_id, attempt.trace_headers)
-        client, wait = self.rt.client, wait or upstream.timeouts.first_byte
-        ex.upstream_status = None  # the worker's status tells a 5xx from a 429 from no answer
-        if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
-            answer = await client.post(upstream, payload, headers, wait=wait)
-            ex.upstream_status = answer.status
-            try:
-                body = await read_body(_usable(upstream, answer), upstream)
-            finally:
-                answer.release()
-            if peek and (too_long := Chain.context_exceeded(answer.status, body)):
-                raise too_long
-            return answer, body
-        response: Response | None = None
-        try:  # one timer for the head and the first chunk: the time to first token
-            async with asyncio.timeout(wait):
-                response = await client.post(upstream, payload, headers, stream=True)
-                ex.upstream_status = response.status
-                if _usable(upstream, response).status != 200:
-                    if peek and response.status in Chain.REFUSALS:
-                        raise Chain.refused(response.status, await read_body(response, upstream))
-                    return response, b""
-                first = await read_chunk(response, upstream)
-        except TimeoutError:
-            if response is not None:
-                response.close()
-            raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' sent nothing within {wait:g} s."
-            ) from None
-        except GatewayError:
-            if response is not None:
-                response.close()
-            raise
-        ex.ttft = self.rt.clock.monotonic() - ex.started
-        attempt.event("first_token")
-        return response, first
 
     async def _complete(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
@@ -490,16 +378,6 @@ class ChatHandler:
         self._failed(upstream)
         ex.error = True
         await client.write(relay.error(err))
-
-
-def _usable(upstream: Upstream, response: Response) -> Response:
-    """The response, unless the upstream failed (5xx, 429): then it counts as a failure."""
-    if response.status >= 500 or response.status == 429:
-        response.close()
-        raise UpstreamUnavailable(
-            f"Upstream '{upstream.name}' answered {response.status}; try again shortly."
-        )
-    return response
 
 
 async def _last_words(client: web.StreamResponse, relay: Relay) -> None:
