@@ -28,11 +28,12 @@ FIRST_TICK = 1.0  # the first comes after this, so that a short wait sends none
 class Rate:
     """Slots a model's waiting requests got per second, smoothed."""
 
-    __slots__ = ("last", "per_second")
+    __slots__ = ("last", "per_second", "shared")
 
     def __init__(self) -> None:
         self.per_second = 0.0
         self.last = 0.0
+        self.shared = 0.0  # the store's figure for every process (a shared queue), if known
 
     def granted(self, now: float) -> None:
         if self.last:
@@ -43,9 +44,10 @@ class Rate:
 
     def retry_after(self, ahead: int, ceiling: float) -> int:
         """Seconds until about ``ahead`` more slots have gone, at the recent rate."""
-        if self.per_second <= 0.0:
+        per_second = self.shared or self.per_second
+        if per_second <= 0.0:
             return max(1, math.ceil(ceiling))
-        return max(1, math.ceil(min((ahead + 1) / self.per_second, ceiling)))
+        return max(1, math.ceil(min((ahead + 1) / per_second, ceiling)))
 
 
 class Room:

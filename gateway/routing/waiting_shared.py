@@ -110,7 +110,7 @@ class SharedRoom(Room):
 
     async def _join(self, ticket: Ticket, owner: str) -> None:
         plan = ticket.plan
-        status, value = await self.store.join(
+        status, value, rate = await self.store.join(
             ticket.model,
             ticket.id,
             owner,
@@ -119,6 +119,8 @@ class SharedRoom(Room):
             plan.max_queued,
             ticket.spec,
         )
+        if rate > 0:
+            self.rate(ticket.model).shared = rate
         if status < 0:
             assert isinstance(value, int)
             raise self.full(ticket.model, plan, value, owner_bound=True)

@@ -67,9 +67,11 @@ class WaitRoom(Protocol):
         priority: int,
         most: int | None,
         upstreams: Sequence[tuple[str, int]],
-    ) -> tuple[int, str | int]:
+    ) -> tuple[int, str | int, float]:
         """Queue ``ticket`` (``<process>:<n>``) of ``owner``: (1, upstream) granted at once,
-        (0, requests ahead) waiting, (-1, the owner's waiting) past ``most``."""
+        (0, requests ahead) waiting, (-1, the owner's waiting) past ``most``; then the slots
+        the model's waiting requests got per second lately, all processes together (0: too
+        few to tell)."""
         ...
 
     async def leave(self, model: str, ticket: str) -> int:

@@ -3,14 +3,15 @@
 -- for this model across processes (-1: none); then (upstream, cap) pairs of the model.
 -- KEYS[1]: the model's queue (routes the call on a Cluster).
 -- Returns {1, upstream} when a slot was free for it at once, {0, tickets ahead} when it waits,
--- {-1, the owner's tickets waiting} when the owner is at its max_queued.
+-- {-1, the owner's tickets waiting} when the owner is at its max_queued; then the slots the
+-- model's waiting requests got per second lately, in thousandths (for a Retry-After).
 local q = qkeys(ARGV[1])
 local ticket, owner = ARGV[2], ARGV[3]
 local prio, ttl, most = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local mine = tonumber(redis.call('HGET', q.n, owner) or '0')
 if most >= 0 and mine >= most then
-  return {-1, mine}
+  return {-1, mine, rate(q, now)}
 end
 redis.call('DEL', q.u)
 for i = 8, #ARGV - 1, 2 do
@@ -30,6 +31,6 @@ redis.call('HSET', q.l, owner, tag(finish))
 touch(q, ttl)
 local got = settle(q, now, ttl, ticket)
 if got then
-  return {1, got}
+  return {1, got, 0}
 end
-return {0, redis.call('ZRANK', q.z, member)}
+return {0, redis.call('ZRANK', q.z, member), rate(q, now)}

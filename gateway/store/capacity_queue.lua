@@ -10,6 +10,7 @@
 --   n  hash owner -> its tickets waiting;  l  hash owner -> finish tag of its latest ticket
 --   v  the virtual time (the tag of the last ticket served);  s  the arrival counter
 --   u  hash upstream -> its cap (the model's capped upstreams, as the last joiner saw them)
+--   r  hash: t the ms of the first grant since the queue last emptied, n the grants since
 -- 'gw:{cap}|w|<upstream>' is the set of models with tickets waiting for that upstream: a
 -- released lease wakes exactly them. A grant is a lease whose id is the ticket, and a PUBLISH
 -- of "ticket \t upstream" on 'gw:grant:<process>' (the ticket's prefix before ':').
@@ -24,7 +25,7 @@ end
 local function qkeys(model)
   local b = P .. 'q|' .. model .. '|'
   return {model = model, z = b .. 'z', t = b .. 't', e = b .. 'e', n = b .. 'n', l = b .. 'l',
-          v = b .. 'v', s = b .. 's', u = b .. 'u'}
+          v = b .. 'v', s = b .. 's', u = b .. 'u', r = b .. 'r'}
 end
 
 local function waiting_on(upstream)
@@ -38,7 +39,7 @@ end
 -- Keys live on while some process vouches for a waiting ticket (a sweep every 250 ms), and go
 -- a minute after the last one stopped.
 local function touch(q, ttl)
-  for _, key in ipairs({q.z, q.t, q.e, q.n, q.l, q.v, q.s, q.u}) do
+  for _, key in ipairs({q.z, q.t, q.e, q.n, q.l, q.v, q.s, q.u, q.r}) do
     redis.call('PEXPIRE', key, ttl * 15)
   end
   for _, name in ipairs(redis.call('HKEYS', q.u)) do
@@ -84,7 +85,7 @@ local function emptied(q)
   for _, name in ipairs(redis.call('HKEYS', q.u)) do
     redis.call('SREM', waiting_on(name), q.model)
   end
-  redis.call('DEL', q.z, q.t, q.e, q.n, q.l, q.v, q.s, q.u)
+  redis.call('DEL', q.z, q.t, q.e, q.n, q.l, q.v, q.s, q.u, q.r)
 end
 
 -- The model's upstreams with a free slot, and how many, expired leases dropped first.
@@ -132,6 +133,8 @@ local function settle(q, now, ttl, mine)
       redis.call('ZADD', LP .. slot[1], vouched, ticket)
       redis.call('PEXPIRE', LP .. slot[1], ttl * 4)
       leave(q, ticket, true)
+      redis.call('HSETNX', q.r, 't', now)
+      redis.call('HINCRBY', q.r, 'n', 1)
       if ticket == mine then
         got = slot[1]
       else
@@ -141,6 +144,16 @@ local function settle(q, now, ttl, mine)
     end
   end
   return got
+end
+
+-- Slots the model's waiting requests got per second since its queue last emptied, in
+-- thousandths (0: too few to tell).
+local function rate(q, now)
+  local r = redis.call('HMGET', q.r, 't', 'n')
+  if not r[1] or not r[2] or tonumber(r[2]) < 2 or now <= tonumber(r[1]) then
+    return 0
+  end
+  return math.floor(tonumber(r[2]) * 1000000 / (now - tonumber(r[1])))
 end
 
 -- A slot of `upstream` freed: every model waiting for it gets the chance to take it.

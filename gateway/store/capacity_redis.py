@@ -103,14 +103,17 @@ class RedisLeaseStore:
         priority: int,
         most: int | None,
         upstreams: Sequence[tuple[str, int]],
-    ) -> tuple[int, str | int]:
+    ) -> tuple[int, str | int, float]:
         cost = f"{1.0 / max(share, MIN_SHARE):.6f}"
         args = [model, ticket, owner, cost, str(priority), self.lease_ms]
         args.append(str(-1 if most is None else most))
         for name, cap in upstreams:
             args += [name, str(cap)]
-        ((status, value),) = await self.transport.evalsha(JOIN, [([queue_key(model)], args)])
-        return (1, _text(value)) if int(status) == 1 else (int(status), int(value))
+        ((status, value, rate),) = await self.transport.evalsha(JOIN, [([queue_key(model)], args)])
+        per_second = int(rate) / 1000.0
+        if int(status) == 1:
+            return 1, _text(value), per_second
+        return int(status), int(value), per_second
 
     async def leave(self, model: str, ticket: str) -> int:
         args = [model, ticket, self.lease_ms]

@@ -53,11 +53,13 @@ async def test_released_slots_go_by_shares_then_arrival(store: RedisLeaseStore) 
     spec = [(up, 1)]
     assert await store.acquire(spec, "p:holder", model) == 0
     for i in range(5):
-        assert await store.join(model, f"p:a{i}", "a", 1.0, 0, None, spec) == (0, i)
+        assert (await store.join(model, f"p:a{i}", "a", 1.0, 0, None, spec))[:2] == (0, i)
     for i in range(10):
         assert (await store.join(model, f"p:b{i}", "b", 4.0, 0, None, spec))[0] == 0
     assert await store.acquire(spec, "p:newcomer", model) == -1  # never passes the waiting
     order = await grants(store, model, up, "p:holder", 10)
+    rate = (await store.join(model, "p:late", "a", 1.0, 0, None, spec))[2]
+    assert rate > 0  # the slots the waiting got per second, for a Retry-After
     assert [t[2] for t in order].count("b") == 8, order
     assert [t for t in order if t[2] == "b"] == [f"p:b{i}" for i in range(8)]  # FIFO per owner
     assert [t for t in order if t[2] == "a"] == ["p:a0", "p:a1"]
@@ -72,7 +74,7 @@ async def test_a_higher_priority_goes_first_and_a_leaver_passes_its_slot_on(
     await store.join(model, "p:low", "a", 1.0, 0, None, spec)
     await store.join(model, "p:leaves", "b", 1.0, 0, None, spec)
     await store.join(model, "p:high", "c", 1.0, 5, None, spec)
-    assert await store.join(model, "p:over", "a", 1.0, 0, 1, spec) == (-1, 1)  # max_queued 1
+    assert (await store.join(model, "p:over", "a", 1.0, 0, 1, spec))[:2] == (-1, 1)
     assert await grants(store, model, up, "p:holder", 1) == ["p:high"]
     assert await store.leave(model, "p:leaves") == 0  # still waiting: taken out
     assert await store.leave(model, "p:high") == 1  # granted: its slot goes to the next
@@ -96,7 +98,7 @@ async def test_a_dead_process_tickets_expire_and_a_free_slot_is_granted_at_once(
         await asyncio.sleep(0.05)
     assert await store.sweep(model, ["dead:1"]) == ["-"]
     other, up2 = names()
-    assert await store.join(other, "p:x", "a", 1.0, 0, None, [(up2, 1)]) == (1, up2)
+    assert (await store.join(other, "p:x", "a", 1.0, 0, None, [(up2, 1)]))[:2] == (1, up2)
 
 
 async def test_a_grant_reaches_the_waiting_process_within_10_ms(store: RedisLeaseStore) -> None:
