@@ -8,7 +8,8 @@
 - ``GET /metrics`` in vLLM's names (``vllm:num_requests_running``, ``…_waiting``,
   ``vllm:kv_cache_usage_perc``, ``vllm:prefix_cache_queries_total``, ``…_hits_total``);
 - ``POST /control`` ``{"slow": 3.0}`` multiplies every cost from then on; ``{"reset": true}``
-  empties the cache and the counters; ``GET /stats`` what it served (arrival times included).
+  empties the cache and the counters; ``GET /stats`` what it served (arrival times, and per
+  request its wait in the queue, prompt tokens and tokens from the cache).
 
 Tokens are 4 characters of the prompt's text (role and content of every message), as the
 gateway estimates them. One process serves every ``--port`` given.
@@ -69,6 +70,7 @@ class Gpu:
     queries: int = 0  # prompt tokens asked
     hits: int = 0  # of which served from the cache
     arrivals: list[float] = field(default_factory=list)
+    served: list[tuple[float, int, int]] = field(default_factory=list)  # wait s, tokens, hits
     free: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     tokens = max(1, len(text) // CHARS_PER_TOKEN)
     output = int(body.get("max_tokens") or 16)
     gpu.waiting += 1
+    arrived = time.monotonic()
     async with gpu.free:
         gpu.waiting -= 1
         gpu.running += 1
@@ -124,6 +127,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             hit_tokens = min(tokens, gpu.lookup(blocks) * BLOCK)
             gpu.queries += tokens
             gpu.hits += hit_tokens
+            gpu.served.append((time.monotonic() - arrived, tokens, hit_tokens))
             await asyncio.sleep((tokens - hit_tokens) * gpu.prefill_per_token * gpu.slow)
             return await _decode(request, gpu, output, body.get("stream") is True)
         finally:
@@ -169,13 +173,16 @@ async def control(request: web.Request) -> web.Response:
         gpu.cache.clear()
         gpu.queries = gpu.hits = 0
         gpu.arrivals.clear()
+        gpu.served.clear()
         gpu.slow = 1.0
     return web.json_response({"ok": True})
 
 
 async def stats(request: web.Request) -> web.Response:
     gpu: Gpu = request.app["gpu"]
-    return web.json_response({"queries": gpu.queries, "hits": gpu.hits, "arrivals": gpu.arrivals})
+    return web.json_response(
+        {"queries": gpu.queries, "hits": gpu.hits, "arrivals": gpu.arrivals, "served": gpu.served}
+    )
 
 
 async def health(request: web.Request) -> web.Response:

@@ -52,7 +52,16 @@ LOAD_FACTOR = 1.25
 # read at the same fraction of a request's life as the default 1 s is of a real one.
 SIGNALS_INTERVAL = 0.1
 # "policy@load_factor": affinity with a looser bound, to show what the bound costs in hits.
-POLICIES = ("least_loaded", "round_robin", "affinity", "affinity@2")
+# "+pinned": each conversation through one gateway (as a client keeping its connection does);
+# otherwise every request goes to the other gateway than the one before it.
+POLICIES = (
+    "least_loaded",
+    "round_robin",
+    "affinity",
+    "affinity@2",
+    "least_loaded+pinned",
+    "affinity+pinned",
+)
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()  # noqa: SIM905
 
 
@@ -106,7 +115,7 @@ def ideal_hits(prompts: list[list[dict[str, str]]]) -> tuple[int, int]:
 def gateway_config(arm: str, ports: list[int], port: int, admin: int) -> str:
     from gateway.auth.keys import sha256_hex
 
-    policy, _, factor = arm.partition("@")
+    policy, _, factor = arm.partition("+")[0].partition("@")
 
     upstreams = "\n".join(
         f"  gpu{i}: {{url: 'http://127.0.0.1:{p}', metrics_path: /metrics, max_concurrency: 64}}"
@@ -205,10 +214,12 @@ async def replay(
     ports: list[int],
     convs: list[list[list[dict[str, str]]]],
     deadline: float = math.inf,
+    pinned: bool = False,
 ) -> tuple[list[float], list[list[dict[str, str]]]]:
     """Every conversation's turns in order, IN_FLIGHT requests at once, each the next turn of
-    the conversation waiting longest; requests alternate between the gateways. Lanes stop at
-    ``deadline`` (monotonic) if it comes first."""
+    the conversation waiting longest; requests alternate between the gateways (``pinned``:
+    conversation ``c`` always through gateway ``c mod 2``). Lanes stop at ``deadline``
+    (monotonic) if it comes first."""
     ready = list(range(len(convs)))
     turn = [0] * len(convs)
     ttfts: list[float] = []
@@ -222,7 +233,8 @@ async def replay(
             messages = convs[c][turn[c]]
             order.append(messages)
             count += 1
-            ttfts.append(await one_request(http, ports[count % len(ports)], messages))
+            port = ports[(c if pinned else count) % len(ports)]
+            ttfts.append(await one_request(http, port, messages))
             turn[c] += 1
             if turn[c] < len(convs[c]):
                 ready.append(c)
@@ -231,20 +243,31 @@ async def replay(
     return ttfts, order
 
 
-def over_bound(samples: list[list[float]]) -> tuple[float, float]:
-    """Share of samples where some worker held more than ceil(load_factor x mean), and the
-    largest max/mean seen when at least one request per worker was in the system."""
-    over, ratios = 0, []
-    for row in samples:
-        total = sum(row)
-        if total <= 0:
-            continue
-        if max(row) > math.ceil(LOAD_FACTOR * total / len(row)):
-            over += 1
-        if total >= len(row):
-            ratios.append(max(row) / (total / len(row)))
-    busy = sum(1 for row in samples if sum(row) > 0)
-    return (over / busy if busy else 0.0), (max(ratios) if ratios else 0.0)
+def served_shares(served: list[list[float]]) -> dict[str, float]:
+    """Of the requests the workers served: the share that waited in a queue (over 1 ms), their
+    mean wait, and the share served cold (under half of the prompt from the cache)."""
+    waited = [wait for wait, *_ in served if wait > 0.001]
+    cold = sum(1 for _, tokens, hit, *_ in served if hit < tokens / 2)
+    count = max(1, len(served))
+    return {
+        "waited_share": len(waited) / count,
+        "wait_mean_ms": 1000 * statistics.mean(waited) if waited else 0.0,
+        "cold_share": cold / count,
+    }
+
+
+def over_bound(samples: list[list[float]]) -> tuple[float, list[float]]:
+    """Share of the samples with requests in the system where some worker held more than
+    ceil(load_factor x mean), and the shares where the most loaded held 1, 2, 3 or more
+    requests over that bound."""
+    busy = [row for row in samples if sum(row) > 0]
+    excess = [0, 0, 0]
+    for row in busy:
+        over = max(row) - math.ceil(LOAD_FACTOR * sum(row) / len(row))
+        if over > 0:
+            excess[min(int(over), 3) - 1] += 1
+    count = max(1, len(busy))
+    return sum(excess) / count, [n / count for n in excess]
 
 
 async def policy_run(
@@ -258,14 +281,14 @@ async def policy_run(
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_loads(http, fleet, samples, stop))
     started = time.monotonic()
-    ttfts, order = await replay(http, ports, convs)
+    ttfts, order = await replay(http, ports, convs, pinned=policy.endswith("+pinned"))
     elapsed = time.monotonic() - started
     stop.set()
     await sampler
     stats = await fleet.stats(http)
     hits = sum(s["hits"] for s in stats) / max(1, sum(s["queries"] for s in stats))
     ideal_hit, ideal_total = ideal_hits(order)
-    share, worst = over_bound(samples)
+    share, excess = over_bound(samples)
     return {
         "policy": policy,
         "requests": len(ttfts),
@@ -273,10 +296,11 @@ async def policy_run(
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p95_ms": 1000 * percentile(ttfts, 95),
         "hit_rate": hits,
+        **served_shares([row for s in stats for row in s["served"]]),
         "ideal_hit_rate": ideal_hit / ideal_total,
         "per_worker": [len(s["arrivals"]) for s in stats],
         "over_bound_share": share,
-        "max_over_mean": worst,
+        "over_by": excess,
     }
 
 
@@ -325,7 +349,9 @@ def shares(stats: list[dict[str, Any]], origin: float, slow_at: float) -> dict[s
     }
 
 
-async def fleet_bench(conversations: int, turns: int) -> dict[str, Any]:
+async def fleet_bench(
+    conversations: int, turns: int, policies: tuple[str, ...] = POLICIES, slow_run: bool = True
+) -> dict[str, Any]:
     RUN.mkdir(parents=True, exist_ok=True)
     convs = workload(conversations, turns)
     results: dict[str, Any] = {}
@@ -333,24 +359,27 @@ async def fleet_bench(conversations: int, turns: int) -> dict[str, Any]:
         fleet = Fleet(stack)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            results["policies"] = [await policy_run(http, fleet, p, convs) for p in POLICIES]
-            slow = workload(400, 6, seed=7)  # more than 15 s of work: the deadline ends it
-            results["slow"] = await slow_worker_run(http, fleet, slow)
+            results["policies"] = [await policy_run(http, fleet, p, convs) for p in policies]
+            if slow_run:
+                slow = workload(400, 6, seed=7)  # more than 15 s of work: the deadline ends it
+                results["slow"] = await slow_worker_run(http, fleet, slow)
     return results
 
 
 def report(fleet: dict[str, Any], cost: dict[str, Any]) -> str:
     lines = [
-        "| policy | requests | TTFT p50 ms | TTFT p95 ms | prefix-cache hits | of the ideal "
-        "| requests per worker | samples over ceil(1.25 x mean) | max/mean |",
-        "|---|--:|--:|--:|--:|--:|---|--:|--:|",
+        "| arm | TTFT p50 ms | TTFT p95 ms | prefix-cache hits | of the ideal "
+        "| requests per worker | waited in a queue | served cold "
+        "| samples over ceil(1.25 x mean) | by 1 / 2 / 3+ |",
+        "|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
     ]
     for r in fleet["policies"]:
         lines.append(
-            f"| {r['policy']} | {r['requests']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f}"
+            f"| {r['policy']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f}"
             f" | {r['hit_rate']:.1%} | {r['hit_rate'] / r['ideal_hit_rate']:.1%}"
-            f" | {' / '.join(map(str, r['per_worker']))} | {r['over_bound_share']:.1%}"
-            f" | {r['max_over_mean']:.2f} |"
+            f" | {' / '.join(map(str, r['per_worker']))} | {r['waited_share']:.1%}"
+            f" | {r['cold_share']:.1%} | {r['over_bound_share']:.1%}"
+            f" | {' / '.join(f'{x:.1%}' for x in r['over_by'])} |"
         )
     slow = fleet["slow"]
     lines += [
@@ -368,7 +397,13 @@ def report(fleet: dict[str, Any], cost: dict[str, Any]) -> str:
 def main() -> None:
     conversations = int(os.environ.get("BENCH_ROUTING_CONVERSATIONS", 48))
     turns = int(os.environ.get("BENCH_ROUTING_TURNS", 10))
-    fleet = asyncio.run(fleet_bench(conversations, turns))
+    RUN.mkdir(parents=True, exist_ok=True)
+    saved = RUN / "fleet.json"  # kept, so that a failure measuring the cost loses nothing
+    if os.environ.get("BENCH_ROUTING_REUSE_FLEET") and saved.exists():
+        fleet = json.loads(saved.read_text())
+    else:
+        fleet = asyncio.run(fleet_bench(conversations, turns))
+        saved.write_text(json.dumps(fleet))
     cost = routing_cost.measure(RUN)
     text = report(fleet, cost)
     print(text)

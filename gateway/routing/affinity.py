@@ -20,20 +20,27 @@ These are Python's salted hashes: per process, like the memory they index.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import orjson
 
 from gateway.routing.ring import key_hash
 
 CHARS_PER_TOKEN = 4
+# A long message is named by its length, start and end in its prefix hash: half the cost of
+# hashing all of it, and a collision only sends a request to a worker under its bound.
+_SAMPLE = 128
 _SESSION_SUFFIX = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
 
 
-@dataclass(frozen=True, slots=True)
 class Affinity:
-    key: int  # the request's position on the ring
-    prefixes: tuple[int, ...]  # the prompt's prefixes, one per message, shortest first
+    """A request's position on the ring and its prompt's prefixes, one per message, shortest
+    first. (A plain class: a frozen dataclass costs 0.6 µs more to make, per request.)"""
+
+    __slots__ = ("key", "prefixes")
+
+    def __init__(self, key: int, prefixes: tuple[int, ...]) -> None:
+        self.key = key
+        self.prefixes = prefixes
 
 
 def affinity(payload: bytes, prefix_tokens: int) -> Affinity | None:
@@ -104,7 +111,8 @@ def read(messages: object, limit: int) -> tuple[tuple[int, ...], str]:
             break
         role, content = message.get("role"), message.get("content")
         text = content if isinstance(content, str) else content_text(content)
-        chained = hash((chained, role if isinstance(role, str) else None, text))
+        named = text if len(text) <= 2 * _SAMPLE else (len(text), text[:_SAMPLE], text[-_SAMPLE:])
+        chained = hash((chained, role if isinstance(role, str) else None, named))
         prefixes.append(chained)
         if keying:
             if role == "assistant":

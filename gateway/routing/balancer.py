@@ -197,11 +197,13 @@ class Balancer:
         now = self._clock.monotonic()
         loads, usable, local = [], [], []
         states = self._state
-        for i, upstream in enumerate(pool):
+        for i, upstream in enumerate(pool):  # ``load`` and ``_full`` inlined: per request
             name = upstream.name
             state = states.get(name) or self.state(name)
-            loads.append(state.load(now))
-            ok = state.ejected_until <= now and not _full(state, upstream)
+            mine = state.in_flight
+            loads.append(mine + state.others if state.signals_until > now else mine)
+            cap = upstream.max_concurrency
+            ok = state.ejected_until <= now and (cap is None or mine < cap)
             usable.append(ok)
             if region is not None:
                 local.append(ok and upstream.region == region)

@@ -76,15 +76,22 @@ class Ring:
         when no upstream is usable. With ``load_factor`` ≥ 1 some usable upstream is always
         under its bound (the bounds add up to at least the load plus this request).
         ``first``: an upstream taken before the walk if it is usable and under its bound."""
-        total = weight = 0.0
-        for i, ok in enumerate(usable):
-            if ok:
-                total += loads[i]
-                weight += weights[i]
+        if all(usable):  # the usual case, in C: no loop over the upstreams here
+            total, weight = sum(loads), sum(weights)
+        else:
+            total = sum(load for load, ok in zip(loads, usable, strict=True) if ok)
+            weight = sum(w for w, ok in zip(weights, usable, strict=True) if ok)
         if weight <= 0.0:
             return None
+        # Upstream i may take one more while its load < ceil(scale * its weight); 1e-9 absorbs
+        # the float error of the scale (the bound is a whole number of requests).
         scale = load_factor * (total + 1.0) / weight
-        if first is not None and usable[first] and _under(loads[first], scale * weights[first]):
+        ceil = math.ceil
+        if (
+            first is not None
+            and usable[first]
+            and loads[first] < ceil(scale * weights[first] - 1e-9)
+        ):
             return first
         points, owners = len(self.points), self.owners
         start = bisect.bisect_left(self.points, key)
@@ -93,16 +100,10 @@ class Ring:
             owner = owners[(start + step) % points]
             if seen >> owner & 1:
                 continue
-            if usable[owner] and _under(loads[owner], scale * weights[owner]):
+            if usable[owner] and loads[owner] < ceil(scale * weights[owner] - 1e-9):
                 return owner
             seen |= 1 << owner
             left -= 1
             if not left:
                 break
         return None
-
-
-def _under(load: float, share: float) -> bool:
-    """May an upstream carrying ``load`` take one more, its bound ``ceil(share)``? The bound is
-    a whole number of requests; 1e-9 absorbs the float error of the share."""
-    return load < math.ceil(share - 1e-9)

@@ -1,0 +1,189 @@
+"""The routing bench's fleet as a discrete-event simulation: the real ``Balancer`` of each
+gateway process on a simulated clock, so that many workloads can be compared in seconds and
+with no noise from the machine (``bench/routing.py`` measures one workload on real sockets).
+
+    .venv/bin/python bench/routing_sim.py        # about a minute: 8 workloads x 8 arms
+
+The same fleet and workload as ``bench/routing.py``: 4 workers of ``bench/gpu_worker.py``'s
+model (a prefix cache of 3,000 blocks of 16 tokens, LRU; 0.2 ms per uncached prompt token,
+20 ms per output token, 4 slots and a FIFO queue), 2 gateway processes reading the workers'
+running and waiting requests every 0.1 s (read 5 ms after the worker reported them), 1 ms
+between a gateway and a worker each way, 48 conversations of 10 turns replayed with 16 in
+flight (the next turn of the conversation waiting longest), 16 output tokens. Each workload is
+``bench.routing.workload`` with another seed (16 is the one ``bench/routing.py`` runs).
+Arms: least_loaded; affinity with and without the memory of prompts (``routing.history``);
+requests alternating between the gateways, or each conversation pinned to one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+import statistics
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from gpu_worker import BLOCK, block_hashes, prompt_text
+from routing import IN_FLIGHT, SIGNALS_INTERVAL, workload
+
+from gateway.clock import FakeClock
+from gateway.config.schema import ModelRouting, Upstream
+from gateway.routing.affinity import affinity
+from gateway.routing.balancer import Balancer
+
+PREFILL, DECODE, OUTPUT, SLOTS, CACHE_BLOCKS = 0.0002, 0.02, 16, 4, 3000
+NET, READ_DELAY, WORKERS = 0.001, 0.005, 4
+Messages = list[dict[str, str]]
+
+
+class Fleet:
+    """The workers' caches, slots and queues, and the gateways' balancers, on one clock."""
+
+    def __init__(self, gateways: int, policy: str, memory: bool, pinned: bool) -> None:
+        self.clock = FakeClock(0.0)
+        self.upstreams = tuple(Upstream(name=f"gpu{i}", url=f"http://gpu{i}") for i in range(4))
+        self.balancers = [Balancer(self.clock, random.Random(g)) for g in range(gateways)]
+        for balancer in self.balancers:
+            balancer.history.capacity = balancer.history.capacity if memory else 0
+        self.routing = ModelRouting(policy=policy)  # type: ignore[arg-type]
+        self.pinned = pinned
+        self.caches: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(WORKERS)]
+        self.running = [0] * WORKERS
+        self.queues: list[deque[tuple[Any, ...]]] = [deque() for _ in range(WORKERS)]
+        self.events: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.order = itertools.count()
+        self.ttfts: list[float] = []
+        self.waits: list[float] = []
+        self.hits = self.tokens = 0
+
+    def at(self, when: float, job: Callable[..., None], *args: Any) -> None:
+        heapq.heappush(self.events, (when, next(self.order), job, args))
+
+    # -- a request's way: gateway, worker, back ---------------------------------------------
+    def send(self, now: float, conversation: int, count: int, messages: Messages) -> int:
+        gateway = (conversation if self.pinned else count) % len(self.balancers)
+        balancer = self.balancers[gateway]
+        found = affinity(orjson.dumps({"model": "sim", "messages": messages}), 256)
+        key, prefixes = (found.key, found.prefixes) if found is not None else (None, ())
+        upstream = balancer.pick(self.upstreams, (), None, self.routing, key, "sim", prefixes)
+        assert upstream is not None
+        balancer.acquire(upstream)
+        worker = self.upstreams.index(upstream)
+        self.at(now + NET, self.arrive, worker, (messages, now, gateway, upstream, conversation))
+        return worker
+
+    def arrive(self, now: float, worker: int, request: tuple[Any, ...]) -> None:
+        if self.running[worker] < SLOTS:
+            self.start(now, worker, request, now)
+        else:
+            self.queues[worker].append((request, now))
+
+    def start(self, now: float, worker: int, request: tuple[Any, ...], arrived: float) -> None:
+        messages, sent = request[0], request[1]
+        self.running[worker] += 1
+        text = prompt_text({"messages": messages})
+        blocks, tokens = block_hashes(text), max(1, len(text) // 4)
+        cache, hit = self.caches[worker], 0
+        for name in blocks:
+            if name not in cache:
+                break
+            hit += 1
+        for name in blocks:
+            cache[name] = None
+            cache.move_to_end(name)
+        while len(cache) > CACHE_BLOCKS:
+            cache.popitem(last=False)
+        hit_tokens = min(tokens, hit * BLOCK)
+        self.hits, self.tokens = self.hits + hit_tokens, self.tokens + tokens
+        prefill = (tokens - hit_tokens) * PREFILL
+        self.ttfts.append(now + prefill + DECODE + NET - sent)
+        self.waits.append(now - arrived)
+        self.at(now + prefill + DECODE * OUTPUT, self.finish, worker, request)
+
+    def finish(self, now: float, worker: int, request: tuple[Any, ...]) -> None:
+        self.running[worker] -= 1
+        if self.queues[worker]:
+            waiting, arrived = self.queues[worker].popleft()
+            self.start(now, worker, waiting, arrived)
+        self.at(now + NET, self.released, request)
+
+    def released(self, now: float, request: tuple[Any, ...]) -> None:
+        _, _, gateway, upstream, conversation = request
+        self.balancers[gateway].release(upstream)
+        self.on_done(now, conversation)
+
+    on_done: Callable[[float, int], None]
+
+    # -- the gateways' reads of the workers' metrics ----------------------------------------
+    def read(self, now: float, gateway: int) -> None:
+        seen = [(len(self.queues[w]), self.running[w]) for w in range(WORKERS)]
+        self.at(now + READ_DELAY, self.observe, gateway, seen)
+        self.at(now + SIGNALS_INTERVAL, self.read, gateway)
+
+    def observe(self, now: float, gateway: int, seen: list[tuple[int, int]]) -> None:
+        until = now + 3 * SIGNALS_INTERVAL
+        for upstream, (waiting, running) in zip(self.upstreams, seen, strict=True):
+            cache = min(1.0, running * 0.2)
+            self.balancers[gateway].observe(upstream.name, waiting, running, cache, until)
+
+
+def replay(arm: str, convs: list[list[Messages]], gateways: int = 2) -> dict[str, float]:
+    """One arm over one workload: TTFT median, share of requests that waited, hit rate."""
+    policy, _, options = arm.partition("+")
+    fleet = Fleet(gateways, policy, "nomemory" not in options, "pinned" in options)
+    ready, turn, count = list(range(len(convs))), [0] * len(convs), itertools.count()
+
+    def next_turn(now: float, done: int | None = None) -> None:
+        if done is not None:
+            turn[done] += 1
+            if turn[done] < len(convs[done]):
+                ready.append(done)
+        if ready:
+            c = ready.pop(0)
+            fleet.send(now, c, next(count), convs[c][turn[c]])
+
+    fleet.on_done = next_turn
+    for g in range(gateways):
+        fleet.at(g * SIGNALS_INTERVAL / 2, fleet.read, g)
+    for _ in range(IN_FLIGHT):
+        fleet.at(0.5, next_turn)
+    total = sum(len(c) for c in convs)
+    while len(fleet.ttfts) < total or any(fleet.running):
+        when, _, job, args = heapq.heappop(fleet.events)
+        fleet.clock._mono = when  # the balancers' monotonic clock
+        job(when, *args)
+    return {
+        "ttft_p50_ms": 1000 * statistics.median(fleet.ttfts),
+        "waited": sum(1 for w in fleet.waits if w > 0.001) / len(fleet.waits),
+        "hit_rate": fleet.hits / fleet.tokens,
+    }
+
+
+ARMS = (
+    "least_loaded",
+    "affinity+nomemory",
+    "affinity",
+    "least_loaded+pinned",
+    "affinity+nomemory+pinned",
+    "affinity+pinned",
+)
+
+
+def main() -> None:
+    seeds = range(16, 24)
+    rows = {arm: [replay(arm, workload(48, 10, seed=s)) for s in seeds] for arm in ARMS}
+    print("| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+    print("|---|" + "--:|" * (len(seeds) + 1))
+    for arm, results in rows.items():
+        p50 = [r["ttft_p50_ms"] for r in results]
+        base = rows["least_loaded+pinned" if "pinned" in arm else "least_loaded"]
+        ratios = [r["ttft_p50_ms"] / b["ttft_p50_ms"] for r, b in zip(results, base, strict=True)]
+        cells = " | ".join(f"{p:.0f} ({x:.2f}x)" for p, x in zip(p50, ratios, strict=True))
+        print(f"| {arm} | {cells} | {statistics.mean(p50):.0f} ({statistics.mean(ratios):.2f}x) |")
+
+
+if __name__ == "__main__":
+    main()
