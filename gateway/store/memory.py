@@ -131,6 +131,8 @@ class MemoryStore:
         log = self._log(scope, now)
         if len(log) < limit:
             return _Check(reason, True, 0.0)
+        if limit <= 0:  # a limit of 0 admits nothing: no entry's leaving makes room
+            return _Check(reason, False, windows.RPM_WINDOW)
         leaving = log[len(log) - limit]  # once this one leaves, there is room
         return _Check(reason, False, leaving + windows.RPM_WINDOW - now)
 
@@ -226,10 +228,9 @@ class MemoryStore:
         leases[a.request_id] = now + LEASE_SECONDS
         counters = self._counters
         for scope, period, amount in _counters(a, day, month, a.reserve, a.reserve_cost):
-            if amount:  # a counter moved by nothing is as if absent
-                stored = counters.get(scope)
-                held = stored[1] if stored is not None and stored[0] == period else 0
-                counters[scope] = (period, held + amount)
+            stored = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
+            held = stored[1] if stored is not None and stored[0] == period else 0
+            counters[scope] = (period, held + amount)
 
     def _verdict(
         self,

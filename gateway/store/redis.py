@@ -18,6 +18,7 @@ all processes. ``MemoryStore`` is the reference; the contract suite runs against
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
 # Settlements per EVALSHA on one Redis: a script call's own cost (~10 µs of Redis CPU) is shared
 # by 32, and each call's run (a script blocks Redis meanwhile) stays about a millisecond.
 SETTLE_CHUNK = 32
+# The most admissions one EVALSHA decides (more in one turn of the loop: another call).
+ADMIT_BATCH = 64
 BULK_TIMEOUT = 10.0  # seconds a report's reads may take (never less than timeout_ms)
 REPORT_PART = 500  # usage days read (and decoded) per round trip of a report
 
@@ -94,6 +97,8 @@ class RedisStore:
         self._io = transport_for(target, self._timeout, max(BULK_TIMEOUT, self._timeout))
         main = self._io.client if isinstance(self._io, ClientTransport) else None
         self._subscriber = Subscriber(target, main, self._timeout)
+        # The admissions asked for in this turn of the loop, sent together at its end.
+        self._admitting: list[tuple[Admission, asyncio.Future[Verdict]]] = []
 
     def _now(self) -> str:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
@@ -216,35 +221,67 @@ class RedisStore:
 
     # -- limits -----------------------------------------------------------------------------
     async def admit(self, admission: Admission) -> Verdict:
-        keys, args = codec.admit_call(admission, self._now())
-        return codec.verdict(admission, await self._script("admit", keys, args))
+        keys, args = codec.admit_call([admission], self._now())
+        return codec.verdict(admission, (await self._script("admit", keys, args))[0])
 
     def admit_now(self, admission: Admission) -> asyncio.Future[Verdict]:
-        """The hot path's ``admit``: on the lane, the EVALSHA is on its way when this returns and
-        the verdict arrives as a future (no task, no timer here: the caller bounds its wait, and
-        the future still completes when the reply comes late, so what it admitted can be given
-        back). A reply other than a verdict (NOSCRIPT after a SCRIPT FLUSH, say) takes
-        ``admit``'s path; so does a lane not yet connected, and a Cluster."""
-        reply = self._io.send_now(self._scripts["admit"], codec.admit_call(admission, self._now()))
-        if reply is None:
-            return asyncio.ensure_future(self.admit(admission))
+        """The hot path's ``admit``: the admissions asked for in one turn of the loop go to
+        Redis as one EVALSHA at its end (the script decides them one after the other, each as
+        a call of its own would), and each verdict arrives as a future: no task, no timer here
+        (the caller bounds its wait, and a future still completes when the reply comes late,
+        so what it admitted can be given back)."""
         verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
-
-        def done(reply: asyncio.Future[Any]) -> None:
-            exc = None if reply.cancelled() else reply.exception()
-            if exc is not None and str(exc).startswith("NOSCRIPT"):
-                slow = asyncio.ensure_future(self.admit(admission))
-                slow.add_done_callback(lambda f: _chain(f, verdict))
-            elif exc is not None or reply.cancelled():
-                _fail(verdict, StoreError(f"redis: {why(exc)}"))
-            else:
-                try:
-                    verdict.set_result(codec.verdict(admission, reply.result()))
-                except Exception as err:  # a reply of the wrong shape
-                    _fail(verdict, StoreError(f"redis: unexpected admit reply ({err})"))
-
-        reply.add_done_callback(done)
+        pending = self._admitting
+        pending.append((admission, verdict))
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_soon(self._send_admissions)
+        elif len(pending) >= ADMIT_BATCH:
+            self._send_admissions()
         return verdict
+
+    def _send_admissions(self) -> None:
+        """The gathered admissions in one EVALSHA on the lane. A lane not yet connected, or a
+        Cluster (whose calls hold one slot each), sends each through ``admit``; so does a reply
+        other than verdicts (NOSCRIPT after a SCRIPT FLUSH, say)."""
+        batch, self._admitting = self._admitting, []
+        if not batch:
+            return
+        call = codec.admit_call([a for a, _ in batch], self._now())
+        reply = self._io.send_now(self._scripts["admit"], call)
+        if reply is None:
+            self._admit_each(batch)
+        else:
+            reply.add_done_callback(functools.partial(self._admitted, batch))
+
+    def _admit_each(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
+        for admission, verdict in batch:
+            slow = asyncio.ensure_future(self.admit(admission))
+            slow.add_done_callback(functools.partial(_chain, target=verdict))
+
+    def _admitted(
+        self, batch: list[tuple[Admission, asyncio.Future[Verdict]]], reply: asyncio.Future[Any]
+    ) -> None:
+        exc = None if reply.cancelled() else reply.exception()
+        if exc is not None and str(exc).startswith("NOSCRIPT"):
+            self._admit_each(batch)
+            return
+        if exc is not None or reply.cancelled():
+            for _, verdict in batch:
+                if not verdict.done():
+                    _fail(verdict, StoreError(f"redis: {why(exc)}"))
+            return
+        try:
+            verdicts = [
+                codec.verdict(a, r) for (a, _), r in zip(batch, reply.result(), strict=True)
+            ]
+        except Exception as err:  # a reply of the wrong shape
+            for _, verdict in batch:
+                if not verdict.done():
+                    _fail(verdict, StoreError(f"redis: unexpected admit reply ({err})"))
+            return
+        for (_, future), decided in zip(batch, verdicts, strict=True):
+            if not future.done():
+                future.set_result(decided)
 
     async def settle(self, settlement: Settlement) -> None:
         keys, args = codec.settle_call(settlement, self._now())

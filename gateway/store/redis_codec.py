@@ -35,6 +35,7 @@ so no owner can break its tag or collide with another's keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 
 from gateway.limits import windows
@@ -99,39 +100,39 @@ def num(value: int | None) -> str:
 
 
 # -- admit ----------------------------------------------------------------------------------
-def admit_call(a: Admission, now: str) -> tuple[list[str], list[str]]:
-    t, k = tag(a.owner), esc(a.key_id)
-    keys = [
-        f"{t}rpm:k:{k}",
-        f"{t}rpm:o",
-        f"{t}lease:{k}",
-        f"{t}tok:{k}",
-        f"{t}tok:o",
-        f"{t}tpm:k:{k}",
-        f"{t}tpmv:k:{k}",
-        f"{t}tpm:o",
-        f"{t}tpmv:o",
-    ]
-    args = [
-        a.request_id,
-        num(a.rpm),
-        num(a.concurrency),
-        num(a.daily),
-        num(a.monthly),
-        num(a.plan_rpm),
-        num(a.plan_monthly),
-        str(a.reserve),
-        now,
-        repr(LEASE_SECONDS),
-        repr(windows.RPM_WINDOW),
-        str(COUNTER_TTL),
-        num(a.tpm),
-        num(a.daily_budget),
-        num(a.monthly_budget),
-        num(a.plan_tpm),
-        num(a.plan_budget),
-        str(a.reserve_cost),
-    ]
+def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], list[str]]:
+    """One ``admit`` call deciding ``admissions`` in order (on a Cluster: one owner's)."""
+    keys: list[str] = []
+    args = [now, repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)]
+    for a in admissions:
+        t, k = tag(a.owner), esc(a.key_id)
+        keys += (
+            f"{t}rpm:k:{k}",
+            f"{t}rpm:o",
+            f"{t}lease:{k}",
+            f"{t}tok:{k}",
+            f"{t}tok:o",
+            f"{t}tpm:k:{k}",
+            f"{t}tpmv:k:{k}",
+            f"{t}tpm:o",
+            f"{t}tpmv:o",
+        )
+        args += (
+            a.request_id,
+            num(a.rpm),
+            num(a.concurrency),
+            num(a.daily),
+            num(a.monthly),
+            num(a.plan_rpm),
+            num(a.plan_monthly),
+            str(a.reserve),
+            num(a.tpm),
+            num(a.daily_budget),
+            num(a.monthly_budget),
+            num(a.plan_tpm),
+            num(a.plan_budget),
+            str(a.reserve_cost),
+        )
     return keys, args
 
 
