@@ -95,6 +95,7 @@ def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) 
 
 _LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?(?: "([^"]*)")?')
 SETTLE_KEYS = 9  # keys per settlement in a settle EVALSHA (it may carry several)
+ADMIT_KEYS = 9  # keys per admission in an admit EVALSHA (one turn of a worker's loop: several)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class MonitorSample:
     label: str
     requests: int = 0
     admit: int = 0  # EVALSHA of admit.lua
+    admissions: int = 0  # admissions those decided (their keys / ADMIT_KEYS): one a request
     settle: int = 0  # EVALSHA of settle.lua
     settlements: int = 0  # settlements those carried (their keys / SETTLE_KEYS)
     settle_runs: int = 0  # consecutive settle EVALSHAs of one connection: ≈ pipelines
@@ -167,6 +169,8 @@ def parse_monitor(path: Path, label: str, requests: int) -> MonitorSample:
             command = f"evalsha ({name})"
             if name == "admit":
                 out.admit += 1
+                numkeys = match.group(4) or ""
+                out.admissions += int(numkeys) // ADMIT_KEYS if numkeys.isdigit() else 0
             elif name == "settle":
                 out.settle += 1
                 numkeys = match.group(4) or ""
