@@ -287,6 +287,7 @@ def test_dockerfile_is_conventional() -> None:
     assert healthcheck and "urllib.request" in healthcheck.group(0)
     assert "/healthz" in healthcheck.group(0) and "curl" not in healthcheck.group(0)
     assert "pip install" in text
+    assert "[tracing]" in text  # OTEL_* variables injected by a cluster turn tracing on
 
 
 def unit() -> configparser.ConfigParser:

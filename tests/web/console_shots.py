@@ -1,9 +1,10 @@
 """Screenshots of the console for the README and docs/console.md: taken by the browser test,
 made smaller without loss (the same pixels, the image data recompressed at zlib's best level),
-and written to docs/images/ only when they changed."""
+and written to docs/images/ when missing or asked for (``GATEWAY_SCREENSHOTS=1``)."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import struct
 import zlib
@@ -53,10 +54,15 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def save(name: str, png: bytes) -> pathlib.Path:
-    """Write ``docs/images/<name>`` unless it already holds exactly these bytes."""
+def save(name: str, png: bytes, elsewhere: pathlib.Path) -> pathlib.Path:
+    """Write ``docs/images/<name>`` when it is missing or ``GATEWAY_SCREENSHOTS=1`` asks for
+    fresh ones (and the bytes changed); else into ``elsewhere``: key ids, ports and times differ
+    from run to run, and a test run must not leave the checkout changed."""
+    refresh = os.environ.get("GATEWAY_SCREENSHOTS") == "1"
     path = IMAGES / name
+    if path.exists() and not refresh:
+        path = elsewhere / name
     if not path.exists() or path.read_bytes() != png:
-        IMAGES.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(png)
     return path

@@ -1,10 +1,12 @@
 """The console's screenshots in docs/images/, taken here so they follow the console: the keys,
 usage and upstreams pages of a gateway that served some requests, in light and dark, at
-1280 x 800 and at a phone's width. A screenshot is written only when it changed; the docs show
-every one of them."""
+1280 x 800 and at a phone's width. A screenshot is written to docs/images/ when it is missing
+or when ``GATEWAY_SCREENSHOTS=1`` asks to refresh them (else to a temporary directory, so a
+test run leaves the checkout as it was); the docs show every one of them."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 from collections.abc import Iterator
 
@@ -86,7 +88,9 @@ def show(browser: WebDriver, gateway: GatewayThread, page: str) -> None:
     browser.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
 
 
-def test_screenshots_for_the_docs(browser: WebDriver, gateway: GatewayThread) -> None:
+def test_screenshots_for_the_docs(
+    browser: WebDriver, gateway: GatewayThread, tmp_path: pathlib.Path
+) -> None:
     traffic(gateway)
     sign_in(browser, gateway)
     written = []
@@ -108,7 +112,7 @@ def test_screenshots_for_the_docs(browser: WebDriver, gateway: GatewayThread) ->
                     png = smaller(browser.get_screenshot_as_png())
                     assert size(png) == (width, height)
                     assert len(png) < 400_000  # small enough to commit
-                    written.append(save(name(page, view, theme), png).name)
+                    written.append(save(name(page, view, theme), png, tmp_path).name)
     finally:
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
