@@ -261,6 +261,17 @@ class KeyLifecycle:
         await self._announce(f"plan:{owner}")  # every process drops its cached plan
         return plan
 
+    async def set_owner_budget(self, owner: str, usd: object) -> int | None:
+        """The owner's own monthly budget (dollars; null clears it: the plan's applies), over
+        every key of the owner like the plan's ``monthly_budget_usd``."""
+        micros = _budget(usd, "monthlyBudgetUsd")
+        await self._guarded(self.store.set_owner_budget(owner, micros))
+        await self._announce(f"plan:{owner}")  # the limiters read it with the plan
+        return micros
+
+    async def owner_budget(self, owner: str) -> int | None:
+        return await self._guarded(self.store.get_owner_budget(owner))
+
     async def _plan(self, owner: str) -> Any:
         config = self.service.config
         name = await self._guarded(self.store.get_plan(owner)) or config.default_plan

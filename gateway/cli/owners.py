@@ -1,15 +1,18 @@
 """``gateway owners ...``: owner plans through a running gateway's admin API.
 
 gateway owners set acme --plan pro     # PUT /admin/owners/acme {"plan": "pro"}
+gateway owners set acme --monthly-budget 50    # {"monthlyBudgetUsd": 50}; none clears it
 gateway owners show acme [--json]      # GET /admin/owners/acme: plan, keys, this month's use
 
-An owner's budgets are its plan's (``monthly_budget_usd``, ``tpm``, ``monthly_tokens``,
-``overage``): ``set`` moves the owner to a plan, ``show`` prints the month's spend against them.
+An owner's limits are its plan's (``monthly_budget_usd``, ``tpm``, ``monthly_tokens``,
+``overage``), except a monthly budget set for the owner itself, which takes the plan's place:
+``set`` moves the owner to a plan or sets its budget, ``show`` prints the month's spend.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import urllib.parse
 from typing import Any
 
@@ -32,7 +35,10 @@ def _spend(cost: float, budget: float | None) -> str:
 def _tokens(usage: dict[str, Any], limits: dict[str, Any]) -> str:
     text = f"{_of(usage['tokens'], limits['monthlyTokens'], 'tokens')} in {usage['month']}"
     if limits.get("overage") == "allow":
-        text += f" (overage allowed: {usage.get('overageTokens', 0):,} tokens past the plan)"
+        text += (
+            f" (overage allowed: {usage.get('overageTokens', 0):,} tokens past the plan, "
+            f"${usage.get('overageCost', 0):,.6f})"
+        )
     return text
 
 
@@ -56,8 +62,42 @@ def owner_text(view: dict[str, Any]) -> str:
 
 
 def cmd_set(args: argparse.Namespace, api: AdminClient) -> int:
-    answer = api.call("PUT", _path(args.owner), {"plan": args.plan})
-    return emit(args, answer, lambda a: f"Owner {a['owner']} is now on plan {a['plan']}.")
+    body: dict[str, object] = {}
+    if args.plan is not None:
+        body["plan"] = args.plan
+    if args.monthly_budget is not None:
+        body["monthlyBudgetUsd"] = None if args.monthly_budget == "none" else args.monthly_budget
+    if not body:
+        print("gateway owners set: give --plan, --monthly-budget or both", file=sys.stderr)
+        return 2
+    return emit(args, api.call("PUT", _path(args.owner), body), _set_text)
+
+
+def _set_text(answer: dict[str, Any]) -> str:
+    said = []
+    if "plan" in answer:
+        said.append(f"is now on plan {answer['plan']}")
+    if "monthlyBudgetUsd" in answer:
+        budget = answer["monthlyBudgetUsd"]
+        said.append(
+            "has its plan's monthly budget"
+            if budget is None
+            else f"has a monthly budget of ${budget:,.2f} of its own"
+        )
+    return f"Owner {answer['owner']} " + " and ".join(said) + "."
+
+
+def _budget(text: str) -> float | str:
+    """``--monthly-budget``: dollars above 0, or ``none`` (the plan's budget applies)."""
+    if text.lower() == "none":
+        return "none"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("dollars (e.g. 50 or 12.5), or none") from None
+    if not 0 < value <= 1e9 or value != value:
+        raise argparse.ArgumentTypeError("dollars above 0, at most 1e9, or none")
+    return value
 
 
 def cmd_show(args: argparse.Namespace, api: AdminClient) -> int:
@@ -69,10 +109,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     owners = sub.add_parser("owners", help="owner plans through a running gateway's admin API")
     actions = owners.add_subparsers(dest="action", required=True)
     common = common_options()
-    text = "put an owner on a plan (one of the config's plans: its budgets and limits)"
+    text = (
+        "put an owner on a plan (one of the config's plans: its budgets and limits), or give it "
+        "a monthly budget of its own over the plan's"
+    )
     set_ = actions.add_parser("set", parents=[common], help=text, description=text)
     set_.add_argument("owner", metavar="OWNER")
-    set_.add_argument("--plan", required=True, metavar="NAME")
+    set_.add_argument("--plan", metavar="NAME", help="one of the config's plans")
+    set_.add_argument(
+        "--monthly-budget",
+        type=_budget,
+        metavar="USD",
+        help="the owner's own monthly budget in dollars across its keys; none: the plan's",
+    )
     set_.set_defaults(func=runner("owners", cmd_set))
     text = "an owner's plan, keys and this month's usage and spend against the plan"
     show = actions.add_parser("show", parents=[common], help=text, description=text)

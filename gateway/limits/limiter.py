@@ -16,7 +16,7 @@ import functools
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from gateway.bounded import remember
@@ -202,13 +202,16 @@ class Limiter:
         if known is not None:
             return known
         now = self.clock.monotonic()
-        name = None
+        name = budget = None
         try:
             name = await self.store.get_plan(owner)
+            budget = await self.store.get_owner_budget(owner)
         except StoreError:
             self.on_store_error("plan")
         plans = self.config.plans
         plan = plans.get(name or self.config.default_plan) or plans[self.config.default_plan]
+        if budget is not None:  # the owner's own budget, over the plan's
+            plan = replace(plan, monthly_budget_usd=money.usd(budget))
         remember(self._plans, owner, (plan, now + PLAN_TTL), PLANS_MAX)
         return plan
 

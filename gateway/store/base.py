@@ -88,6 +88,15 @@ class Store(Protocol):
 
     async def set_plan(self, owner: str, plan: str) -> None: ...
 
+    async def get_owner_budget(self, owner: str) -> int | None:
+        """The owner's own monthly budget in micro-dollars, set over its plan's (None: the
+        plan's ``monthly_budget_usd`` applies)."""
+        ...
+
+    async def set_owner_budget(self, owner: str, micros: int | None) -> None:
+        """Set (or, with None, clear) the owner's own monthly budget."""
+        ...
+
     # -- broadcast --------------------------------------------------------------------------
     async def publish(self, message: str) -> None: ...
 

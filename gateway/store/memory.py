@@ -58,6 +58,7 @@ class MemoryStore:
         self._keys: dict[str, KeyRecord] = {}
         self._by_hash: dict[str, str] = {}
         self._plans: dict[str, str] = {}
+        self._budgets: dict[str, int] = {}  # owners' own monthly budgets (micro-dollars)
         self._logs: dict[str, deque[float]] = {}
         self._leases: dict[str, dict[str, float]] = {}
         self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens or micros)
@@ -110,6 +111,15 @@ class MemoryStore:
 
     async def set_plan(self, owner: str, plan: str) -> None:
         self._plans[owner] = plan
+
+    async def get_owner_budget(self, owner: str) -> int | None:
+        return self._budgets.get(owner)
+
+    async def set_owner_budget(self, owner: str, micros: int | None) -> None:
+        if micros is None:
+            self._budgets.pop(owner, None)
+        else:
+            self._budgets[owner] = micros
 
     # -- broadcast --------------------------------------------------------------------------
     async def publish(self, message: str) -> None:

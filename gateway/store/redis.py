@@ -203,6 +203,16 @@ class RedisStore:
     async def set_plan(self, owner: str, plan: str) -> None:
         await self._cmd("SET", f"{tag(owner)}plan", plan)
 
+    async def get_owner_budget(self, owner: str) -> int | None:
+        stored = _text(await self._cmd("GET", f"{tag(owner)}budget"))
+        return int(stored) if stored is not None and stored.isdigit() else None
+
+    async def set_owner_budget(self, owner: str, micros: int | None) -> None:
+        if micros is None:
+            await self._cmd("DEL", f"{tag(owner)}budget")
+        else:
+            await self._cmd("SET", f"{tag(owner)}budget", str(micros))
+
     # -- broadcast --------------------------------------------------------------------------
     async def publish(self, message: str) -> None:
         await self._cmd("PUBLISH", codec.CHANNEL, message)

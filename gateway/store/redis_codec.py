@@ -24,6 +24,7 @@ on one Cluster slot::
     gw:{<owner>}:lastused           HASH keyId -> last use
     gw:{<owner>}:keys               SET of the owner's key ids (max_keys is checked on it)
     gw:{<owner>}:plan               the owner's plan name
+    gw:{<owner>}:budget             the owner's own monthly budget (micro-dollars), over its plan's
     gw:kh:<sha256>                  the key record (orjson of ``KeyRecord.to_store()``)
     gw:kid:<keyId>                  the record's sha256
     gw:hit:<counter>                HASH s (window start), c (events): ``hit`` counters

@@ -19,7 +19,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.auth.service import same_token
-from gateway.errors import GatewayError, NotFound, Unauthorized
+from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized
+from gateway.limits import money
 from gateway.proxy.bodies import read_request_body
 from gateway.runtime import Runtime
 from gateway.web.keys_api import (
@@ -90,10 +91,17 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
             await read_request_body(request, MAX_BODY, runtime.config.network.header_timeout)
         )
         owner = str(acting_owner(None, request.match_info["owner"], required=True))
-        only_fields(body, "plan")
-        plan = await runtime.lifecycle.set_plan(owner, body.get("plan"))
+        only_fields(body, "plan", "monthlyBudgetUsd")
+        if not body:
+            raise BadRequest("Send 'plan', 'monthlyBudgetUsd' or both.")
+        lifecycle, answer = runtime.lifecycle, dict[str, object](owner=owner)
+        if "plan" in body:
+            answer["plan"] = await lifecycle.set_plan(owner, body["plan"])
+        if "monthlyBudgetUsd" in body:
+            micros = await lifecycle.set_owner_budget(owner, body["monthlyBudgetUsd"])
+            answer["monthlyBudgetUsd"] = money.usd(micros)
         runtime.limiter.invalidate(f"plan:{owner}")  # this process at once; others by broadcast
-        return json_response({"owner": owner, "plan": plan})
+        return json_response(answer)
 
     async def reload(request: web.Request) -> web.StreamResponse:
         """Validate the config file again and swap it in whole; 422 (and the old config keeps

@@ -9,13 +9,14 @@ Behind the admin token like everything under ``/admin/`` (the listener's middlew
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable
-from gateway.limits import windows
+from gateway.limits import money, windows
 from gateway.records import KeyRecord, UsageDay
 from gateway.runtime import Runtime
 from gateway.store.base import StoreError
@@ -40,10 +41,12 @@ def owner_view(
     keys: list[KeyRecord],
     rows: list[UsageDay],
     now: float,
+    budgeted: bool = False,
 ) -> dict[str, Any]:
     """The answer: the plan and its limits, the key counts, the month's usage (and, on a plan
     that allows overage, the tokens past its monthly tokens, apart)."""
     tokens = sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    cost, over = usage_cost(config, rows), overage(plan, tokens)
     return {
         "owner": owner,
         "plan": plan.name,
@@ -54,6 +57,7 @@ def owner_view(
             "rpm": plan.rpm,
             "tpm": plan.tpm,
             "monthlyBudgetUsd": plan.monthly_budget_usd,
+            "budgetSource": "owner" if budgeted else "plan",
             "overage": plan.overage,
         },
         "keys": {
@@ -64,8 +68,10 @@ def owner_view(
             "month": windows.day_text(windows.day_id(now))[:7],
             "requests": sum(r.requests for r in rows),
             "tokens": tokens,
-            "cost": round(usage_cost(config, rows), 6),
-            "overageTokens": overage(plan, tokens),
+            "cost": round(cost, 6),
+            "overageTokens": over,
+            # the month's cost in the share of its tokens that came past the plan's
+            "overageCost": round(cost * over / tokens, 6) if tokens else 0.0,
         },
     }
 
@@ -85,11 +91,14 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         config, now = runtime.config, runtime.clock.time()
         name = await _stored_plan(runtime, owner)
         plan = config.plans.get(name or config.default_plan) or config.plans[config.default_plan]
+        budget = await runtime.lifecycle.owner_budget(owner)
+        if budget is not None:  # the owner's own monthly budget, over the plan's
+            plan = replace(plan, monthly_budget_usd=money.usd(budget))
         keys = await runtime.lifecycle.list(owner)
         today = windows.day_id(now)
         rows = await runtime.lifecycle.usage(owner, [k.id for k in keys], today // 100 * 100, today)
         explicit = name is not None and name == plan.name
-        view = owner_view(config, owner, plan, explicit, keys, rows, now)
+        view = owner_view(config, owner, plan, explicit, keys, rows, now, budget is not None)
         return json_response(view)
 
     app.router.add_get("/admin/owners/{owner}", show, allow_head=False)

@@ -112,6 +112,46 @@ async def test_a_plan_monthly_budget_spans_the_owners_keys(
     assert "plan 'free'" in body["error"]["message"]
 
 
+async def admin(server: Server, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method,
+            f"http://127.0.0.1:{server.admin_port}{path}",
+            json=body,
+            headers={"Authorization": "Bearer admin-token-0123456789"},
+        ) as r,
+    ):
+        return r.status, await r.json()
+
+
+async def test_an_owners_own_monthly_budget_takes_the_plans_place(
+    gateway_factory: Any, fake: FakeUpstream, store_url: str
+) -> None:
+    """``PUT /admin/owners/:owner {"monthlyBudgetUsd"}``: a budget of the owner's own over its
+    plan's (here none), refusing at once (other processes drop their cached plan on the store's
+    broadcast, as when the plan changes); null gives the plan's back."""
+    server: Server = await gateway_factory(config(store_url, fake.url))
+    assert (await chat(server.port, max_tokens=300))[0] == 200  # the plan has no budget
+    status, answer = await admin(server, "PUT", "/admin/owners/acme", {"monthlyBudgetUsd": 0.0005})
+    assert (status, answer) == (200, {"owner": "acme", "monthlyBudgetUsd": 0.0005})
+    status, _, body = await chat(server.port, max_tokens=300)  # µ$600 reserved > µ$500
+    assert status == 429 and body["error"]["code"] == "budget_exceeded"
+    view = (await admin(server, "GET", "/admin/owners/acme"))[1]
+    assert view["limits"]["monthlyBudgetUsd"] == 0.0005
+    assert view["limits"]["budgetSource"] == "owner"
+    for bad in (0, -1, "5", True, 2e9):
+        status, answer = await admin(server, "PUT", "/admin/owners/acme", {"monthlyBudgetUsd": bad})
+        assert status == 400 and answer["error"]["param"] == "monthlyBudgetUsd", bad
+    assert (await admin(server, "PUT", "/admin/owners/acme", {}))[0] == 400
+    status, answer = await admin(server, "PUT", "/admin/owners/acme", {"monthlyBudgetUsd": None})
+    assert (status, answer) == (200, {"owner": "acme", "monthlyBudgetUsd": None})
+    assert (await chat(server.port, max_tokens=300))[0] == 200
+    view = (await admin(server, "GET", "/admin/owners/acme"))[1]
+    assert view["limits"]["monthlyBudgetUsd"] is None
+    assert view["limits"]["budgetSource"] == "plan"
+
+
 async def test_overage_allow_serves_past_the_plans_monthly_tokens(
     gateway_factory: Any, fake: FakeUpstream
 ) -> None:
@@ -134,6 +174,8 @@ async def test_overage_allow_serves_past_the_plans_monthly_tokens(
     tokens = owner["usage"]["tokens"]
     assert owner["limits"]["overage"] == "allow" and tokens > 30
     assert owner["usage"]["overageTokens"] == tokens - 30
+    cost = owner["usage"]["cost"]
+    assert 0 < owner["usage"]["overageCost"] == round(cost * (tokens - 30) / tokens, 6) < cost
 
 
 async def test_owners_show_prints_the_spend_against_the_plan(
@@ -159,3 +201,31 @@ async def test_owners_show_prints_the_spend_against_the_plan(
     assert re.search(r"^tpm\s+5,000 tokens a minute across its keys$", text, re.M), text
     tokens = re.search(r"^tokens\s+(\d+) of 20 tokens .*overage allowed: (\d+) tokens", text, re.M)
     assert tokens and int(tokens[2]) == int(tokens[1]) - 20 > 0, text
+
+
+async def test_owners_set_gives_an_owner_a_budget_of_its_own(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    server: Server = await gateway_factory(config("memory://", fake.url))
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "owners", *args,
+            "--admin-url", f"http://127.0.0.1:{server.admin_port}",
+            "--admin-token", "admin-token-0123456789",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode or 0, (out + err).decode()
+
+    code, text = await cli("set", "acme", "--monthly-budget", "12.5")
+    assert (code, text.strip()) == (0, "Owner acme has a monthly budget of $12.50 of its own."), (
+        text
+    )
+    code, text = await cli("show", "acme")
+    assert code == 0 and re.search(r"^spend\s+\$0 of \$12\.50 in ", text, re.M), text
+    code, text = await cli("set", "acme", "--monthly-budget", "none", "--plan", "free")
+    assert code == 0 and "is now on plan free and has its plan's monthly budget" in text, text
+    assert (await cli("set", "acme", "--monthly-budget", "-3"))[0] == 2
+    assert (await cli("set", "acme"))[0] == 2

@@ -165,6 +165,19 @@ async def test_plans(store: Store) -> None:
     assert await store.get_plan("bob") is None
 
 
+async def test_owner_budgets(store: Store) -> None:
+    assert await store.get_owner_budget("alice") is None
+    await store.set_owner_budget("alice", 50_000_000)
+    await store.set_owner_budget("bob", 1)
+    assert (await store.get_owner_budget("alice"), await store.get_owner_budget("bob")) == (
+        50_000_000,
+        1,
+    )
+    await store.set_owner_budget("alice", None)
+    assert await store.get_owner_budget("alice") is None
+    assert await store.get_owner_budget("bob") == 1
+
+
 @pytest.mark.parametrize("max_keys", [1, 5])
 async def test_max_keys_is_atomic_under_concurrent_inserts(store: Store, max_keys: int) -> None:
     results = await asyncio.gather(
