@@ -107,7 +107,7 @@ def micro() -> dict[str, float]:
         lambda: affinity_of(large, 256), 5_000
     )
     out["affinity pick (bounded load, signals, the memory of prompts)"] = per_call(
-        lambda: new.pick(pool, (), None, affinity, small.key, "m", small.prefixes)
+        lambda: new.pick(pool, (), None, affinity, small[0], "m", small[1])
     )
     out.update(chain_costs(pool, old, new))
     return out

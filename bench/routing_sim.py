@@ -67,7 +67,7 @@ class Fleet:
         gateway = (conversation if self.pinned else count) % len(self.balancers)
         balancer = self.balancers[gateway]
         found = affinity(orjson.dumps({"model": "sim", "messages": messages}), 256)
-        key, prefixes = (found.key, found.prefixes) if found is not None else (None, ())
+        key, prefixes = found if found is not None else (None, ())
         upstream = balancer.pick(self.upstreams, (), None, self.routing, key, "sim", prefixes)
         assert upstream is not None
         balancer.acquire(upstream)

@@ -32,15 +32,9 @@ _SAMPLE = 128
 _SESSION_SUFFIX = re.compile(r"_session_([0-9A-Za-z-]{8,64})$")
 
 
-class Affinity:
-    """A request's position on the ring and its prompt's prefixes, one per message, shortest
-    first. (A plain class: a frozen dataclass costs 0.6 µs more to make, per request.)"""
-
-    __slots__ = ("key", "prefixes")
-
-    def __init__(self, key: int, prefixes: tuple[int, ...]) -> None:
-        self.key = key
-        self.prefixes = prefixes
+# A request's position on the ring, and its prompt's prefixes (one per message, shortest first).
+# A plain tuple: a frozen dataclass costs 0.6 µs more to make, per request.
+Affinity = tuple[int, tuple[int, ...]]
 
 
 def affinity(payload: bytes, prefix_tokens: int) -> Affinity | None:
@@ -60,13 +54,13 @@ def affinity(payload: bytes, prefix_tokens: int) -> Affinity | None:
         key = key_hash(b"prefix\0" + text.encode("utf-8", "surrogatepass"))
     else:
         return None
-    return Affinity(key, prefixes)
+    return key, prefixes
 
 
 def affinity_key(payload: bytes, prefix_tokens: int) -> int | None:
     """The ring position of this request, or None when it has neither session nor prompt."""
     found = affinity(payload, prefix_tokens)
-    return found.key if found is not None else None
+    return found[0] if found is not None else None
 
 
 def session_of(body: dict[str, object]) -> str | None:

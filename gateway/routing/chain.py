@@ -108,7 +108,7 @@ class Chain:
             )
         else:
             upstream = self.balancer.pick(
-                model.upstreams, self.tried, self.region, routing, key.key, model.name, key.prefixes
+                model.upstreams, self.tried, self.region, routing, key[0], model.name, key[1]
             )
         if upstream is not None:
             self.attempts += 1

@@ -50,7 +50,7 @@ def test_odd_messages_give_prefixes_without_failing() -> None:
     assert len(prompt_prefixes([{"role": ["x"], "content": {"a": 1}}, {"role": "user"}])) == 2
     assert prompt_prefixes([{"role": "user", "content": "a"}, "stop", {"role": "x"}]) != ()
     found = affinity(orjson.dumps({"messages": turns("x", 2)[1], "user": "u1"}), 256)
-    assert found is not None and len(found.prefixes) == 4  # a session key keeps the prefixes
+    assert found is not None and len(found[1]) == 4  # a session key keeps the prefixes
 
 
 def test_the_longest_prefix_sent_is_found_and_replaced_by_its_extension() -> None:
@@ -76,7 +76,7 @@ def test_the_memory_is_bounded_oldest_first() -> None:
 def pick(b: Balancer, pool: list[Upstream], messages: list[dict[str, str]]) -> Upstream:
     found = affinity(orjson.dumps({"model": "m", "messages": messages}), 256)
     assert found is not None
-    chosen = b.pick(pool, routing=AFFINITY, key=found.key, prefixes=found.prefixes)
+    chosen = b.pick(pool, routing=AFFINITY, key=found[0], prefixes=found[1])
     assert chosen is not None
     return chosen
 
@@ -148,8 +148,8 @@ def test_no_worker_over_its_bound_with_history_and_other_processes(
         chosen = b.pick(
             pool,
             routing=ModelRouting(policy="affinity", load_factor=factor),
-            key=found.key,
-            prefixes=found.prefixes,
+            key=found[0],
+            prefixes=found[1],
         )
         assert chosen is not None
         assert loads[pool.index(chosen)] + 1 <= bound, (loads, chosen.name, bound)
