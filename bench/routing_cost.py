@@ -39,6 +39,7 @@ from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 
 BEFORE = "ee09e59"  # the last commit before issue 16's routing
+NO_MEMORY = "98f64cf"  # the last commit before affinity's memory of prompts (routing.history)
 SMALL = orjson.dumps(
     {
         "model": "bench-model",
@@ -48,20 +49,32 @@ SMALL = orjson.dumps(
 )
 
 
-def old_balancer() -> Any:
+def old_module(commit: str, path: str, name: str, **replace: Any) -> Any:
+    """``path`` as it was at ``commit``, loaded as module ``name``; ``replace``: names to set
+    in it afterwards (an older module it should use instead of today's)."""
     source = subprocess.run(
-        ["git", "show", f"{BEFORE}:gateway/routing/balancer.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+        ["git", "show", f"{commit}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    spec = importlib.util.spec_from_loader("balancer_before", loader=None)
+    spec = importlib.util.spec_from_loader(name, loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["balancer_before"] = module  # dataclasses look their module up
-    exec(compile(source, "balancer_before.py", "exec"), module.__dict__)
-    return module.Balancer
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+    module.__dict__.update(replace)
+    return module
+
+
+def old_balancer() -> Any:
+    return old_module(BEFORE, "gateway/routing/balancer.py", "balancer_before").Balancer
+
+
+def unremembered() -> tuple[Any, Any]:
+    """The affinity key function and the balancer of ``NO_MEMORY`` (its ring too)."""
+    ring = old_module(NO_MEMORY, "gateway/routing/ring.py", "ring_no_memory")
+    balancer = old_module(NO_MEMORY, "gateway/routing/balancer.py", "balancer_no_memory")
+    balancer.Ring = ring.Ring
+    key = old_module(NO_MEMORY, "gateway/routing/affinity.py", "affinity_no_memory")
+    return key.affinity_key, balancer.Balancer
 
 
 def large_payload() -> bytes:
@@ -108,6 +121,18 @@ def micro() -> dict[str, float]:
     )
     out["affinity pick (bounded load, signals, the memory of prompts)"] = per_call(
         lambda: new.pick(pool, (), None, affinity, small[0], "m", small[1])
+    )
+    key_before, balancer_before = unremembered()
+    before = balancer_before(SystemClock(), random.Random(1))
+    for i, u in enumerate(pool):
+        for _ in range(i + 1):
+            before.acquire(u)
+        before.observe(u.name, waiting=0, running=i, cache=0.1 * i, until=time.monotonic() + 3600)
+    out[f"before the memory ({NO_MEMORY}): affinity key, the chat body"] = per_call(
+        lambda: key_before(SMALL, 256)
+    )
+    out[f"before the memory ({NO_MEMORY}): affinity pick"] = per_call(
+        lambda: before.pick(pool, (), None, affinity, small[0], "m")
     )
     out.update(chain_costs(pool, old, new))
     return out
