@@ -140,6 +140,7 @@ async def test_owners_set_and_show_through_the_admin_api(server: Server) -> None
         "rpm": 40000,
         "tpm": None,
         "monthlyBudgetUsd": None,
+        "budgetSource": "plan",
         "overage": "block",
     }
     assert view["keys"] == {"total": 2, "active": 2}
