@@ -20,6 +20,7 @@ answer. The Responses requests are stored (``store`` true, the default).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -168,10 +169,10 @@ async def main() -> None:
                 print(line, flush=True)
         print(f"load average {os.getloadavg()}", flush=True)
     finally:
-        gateway.terminate()
-        upstream.terminate()
-        await gateway.wait()
-        await upstream.wait()
+        for process in (gateway, upstream):
+            with contextlib.suppress(ProcessLookupError):  # it may have died already
+                process.terminate()
+            await process.wait()
         os.unlink(handle.name)
         if redis is not None:
             redis.stop()

@@ -251,15 +251,17 @@ def to_response(answer: dict[str, Any], shape: Shape, estimate: tuple[int, int])
 def encode_response(
     answer: dict[str, Any], shape: Shape, estimate: tuple[int, int]
 ) -> tuple[bytes, str]:
-    """``to_response`` encoded (the echo encoded once, in the shape), and its status."""
-    response = to_response(answer, shape, estimate)
-    encoded = shape.encode(
-        response["status"],
-        _dumps(response["output"]),
-        response["usage"],
-        response["incomplete_details"],
-    )
-    return encoded, response["status"]
+    """``to_response`` encoded (the echo encoded once, in the shape: never built again as a
+    dict here), and its status."""
+    choices = answer.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    choice = choice if isinstance(choice, dict) else {}
+    message = choice.get("message")
+    message = message if isinstance(message, dict) else {}
+    status, details = status_of(choice.get("finish_reason"))
+    output = _dumps(output_items(message, shape))
+    usage = usage_of(answer.get("usage"), estimate)
+    return shape.encode(status, output, usage, details), status
 
 
 def output_items(message: dict[str, Any], shape: Shape) -> list[dict[str, Any]]:

@@ -20,9 +20,17 @@ ID_PREFIX = "resp_"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
+_IDS_AT_ONCE = 64
+_random: list[str] = []  # hex digits of ids to come, drawn from the OS in one call
+
+
 def new_id() -> str:
-    """A new response id: ``resp_`` and 48 random hex digits."""
-    return ID_PREFIX + secrets.token_hex(24)
+    """A new response id: ``resp_`` and 48 random hex digits (the OS's randomness, read for
+    ``_IDS_AT_ONCE`` ids at a time: one system call, not one per response)."""
+    if not _random:
+        pool = secrets.token_hex(24 * _IDS_AT_ONCE)
+        _random.extend(pool[i : i + 48] for i in range(0, len(pool), 48))
+    return ID_PREFIX + _random.pop()
 
 
 def valid_id(response_id: str) -> bool:
