@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-CAPACITY = 65_536  # prompts remembered per process (about 10 MB when full)
+CAPACITY = 65_536  # prompts remembered per process (about 8 MB when full)
 
 
 class History:
