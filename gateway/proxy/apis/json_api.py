@@ -5,7 +5,8 @@ counts.
 
 The recipe: the key from the head → the body → its check (400) → the model the key may use
 (403/404) and that serves the API (400 ``model_not_supported``) → the admission (429) → the
-worker (one retry on another upstream) → the answer, with the public model name → settlement.
+worker (attempted as chat's are: ``proxy.attempts``) → the answer, with the public model name
+→ settlement.
 """
 
 from __future__ import annotations
