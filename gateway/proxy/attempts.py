@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -26,7 +27,7 @@ from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.upstream import forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
-from gateway.routing.capacity import slot
+from gateway.routing.capacity import Capacity, slot
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.routing.waiting import Tick
@@ -73,15 +74,12 @@ def new_chain(
     )
 
 
-async def first(
-    rt: Runtime, chain: Chain, ex: Exchange, tick: Tick | None = None
+async def first_slot(
+    rt: Runtime, capacity: Capacity, chain: Chain, ex: Exchange, tick: Tick | None = None
 ) -> Upstream | None:
-    """The first upstream: the balancer's pick, or a slot after a wait in the model's queue
-    when every upstream is full (``routing.capacity``); ``tick``: a waiting stream's
-    ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
-    capacity = rt.capacity
-    if capacity is None or not chain.route.capped:  # no slot to take: nothing to wait for
-        return chain.first()
+    """The first upstream of a model with capped upstreams: a slot, after a wait in the
+    model's queue when every upstream is full (``routing.capacity``); ``tick``: a waiting
+    stream's ``: queued`` comment. The time it took is the access log's ``queue_ms``."""
     owner, started = ex.owner or "-", rt.clock.monotonic()
     try:
         return await capacity.first(chain, owner, lambda: rt.limiter.plan_of(owner), tick)
@@ -108,9 +106,11 @@ async def open_with(
     request can no longer be sent (an upload begun). Every attempt takes its upstream's slot
     (``routing.capacity``): the first through ``first``, every other through ``slot``."""
     balancer, route, capacity = rt.balancer, chain.route, rt.capacity
-    upstream = await first(rt, chain, ex, tick) or await slot(
-        capacity, chain, await chain.fall_back("connect"), "connect"
-    )
+    if capacity is None or not route.capped:  # no slot to take: the balancer's pick
+        upstream = chain.first()
+    else:
+        upstream = await first_slot(rt, capacity, chain, ex, tick)
+    upstream = upstream or await slot(capacity, chain, await chain.fall_back("connect"), "connect")
     error: GatewayError | None = None
     while upstream is not None:
         balancer.acquire(upstream)
@@ -141,26 +141,23 @@ async def open_with(
     )
 
 
-async def open_upstream(
+def open_upstream(
     rt: Runtime,
     request: web.Request,
     ex: Exchange,
     route: ModelRoute,
     payload: bytes,
     post: Post,
-) -> tuple[Upstream, Response, bytes]:
+) -> Awaitable[tuple[Upstream, Response, bytes]]:
     """``open_with`` for a JSON request: ``payload`` POSTed by ``post``."""
     chain = new_chain(rt, request, ex, route, payload)
-    return await open_with(rt, ex, chain, json_attempt(rt, request, ex, post))
+    return open_with(rt, ex, chain, json_attempt(rt, request, ex, post))  # for the caller to await
 
 
 def json_attempt(rt: Runtime, request: web.Request, ex: Exchange, post: Post) -> Attempt[Response]:
-    async def attempt(upstream: Upstream, chain: Chain, span: Span) -> tuple[Response, bytes]:
-        return await try_json(
-            rt, request, ex, post, upstream, chain.payload, span, chain.peek, chain.wait(upstream)
-        )
-
-    return attempt
+    """``try_json`` for this request (a partial, not a wrapping coroutine: one level less in
+    the await chain a resumed task walks)."""
+    return functools.partial(try_json, rt, request, ex, post)
 
 
 async def try_json(
@@ -169,15 +166,13 @@ async def try_json(
     ex: Exchange,
     post: Post,
     upstream: Upstream,
-    payload: bytes,
+    chain: Chain,
     span: Span,
-    peek: bool = False,
-    wait: float | None = None,
 ) -> tuple[Response, bytes]:
-    """One try: ``peek`` reads a refusal to tell a context-length error (a fallback may take
-    it); ``wait`` bounds the wait for the first byte (default: ``first_byte``)."""
+    """One try: the chain's ``peek`` reads a refusal to tell a context-length error (a
+    fallback may take it); its ``wait`` bounds the wait for the first byte."""
     headers = forward_headers(request.headers, upstream, ex.request_id, span.trace_headers)
-    wait = wait or upstream.timeouts.first_byte
+    payload, peek, wait = chain.payload, chain.peek, chain.wait(upstream)
     ex.upstream_status = None  # the worker's status tells a 5xx from a 429 from no answer
     if not ex.stream:  # the whole answer, read here: an answer broken off is retried too
         answer = await post(upstream, payload, headers, False, wait)

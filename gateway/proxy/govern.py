@@ -8,6 +8,7 @@ so each is authenticated, allow-listed, limited and metered exactly as chat is.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import web
@@ -41,10 +42,11 @@ async def caller(runtime: Runtime, request: web.Request, permission: str) -> Key
     return record
 
 
-async def body(runtime: Runtime, request: web.Request) -> bytes:
-    """The whole body, within ``network.max_body_bytes`` and its time limits."""
+def body(runtime: Runtime, request: web.Request) -> Awaitable[bytes]:
+    """The whole body, within ``network.max_body_bytes`` and its time limits (the reading
+    coroutine itself, for the caller to await: no level of its own in the await chain)."""
     network = runtime.config.network
-    return await read_request_body(
+    return read_request_body(
         request, network.max_body_bytes, network.header_timeout, network.body_timeout
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import aiohttp
@@ -113,32 +114,30 @@ class ChatHandler:
         self.rt = runtime
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ex: Exchange = request[EXCHANGE]
-        ex.span = self.rt.tracer.request(ex, request)
+        """The front of a chat request, then ``serve``. (One coroutine: every level of a
+        request's await chain is walked again each time its task resumes.)"""
+        rt, ex = self.rt, request[EXCHANGE]
+        ex.span = rt.tracer.request(ex, request)
         with ex.span:
-            return await self._chat(request, ex)
-
-    async def _chat(self, request: web.Request, ex: Exchange) -> web.StreamResponse:
-        rt = self.rt
-        # The path and header already tell the dialect of a refusal before the body is read.
-        ex.anthropic = ex.anthropic or request.path.endswith("/messages")
-        record = await govern.caller(rt, request, "chat")
-        raw = await govern.body(rt, request)
-        try:
-            parsed: object = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if parsed is None:
-            ex.anthropic = anthropic.is_anthropic(
-                request.path, "anthropic-version" in request.headers, parsed
-            )
-            parse_json(raw)  # raises the precise 400
-        body = self.chat_body(request, ex, parsed)
-        if inputs.may_carry_image(raw) and inputs.has_image_input(body):
-            rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
-        route = govern.model(rt, ex, record, str(body["model"]))
-        require(route, ex.api, str(body["model"]))  # 400 model_not_supported
-        return await self.serve(request, ex, record, route, body, len(raw) // 4)
+            # The path and header already tell the dialect of a refusal before the body is read.
+            ex.anthropic = ex.anthropic or request.path.endswith("/messages")
+            record = await govern.caller(rt, request, "chat")
+            raw = await govern.body(rt, request)
+            try:
+                parsed: object = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if parsed is None:
+                ex.anthropic = anthropic.is_anthropic(
+                    request.path, "anthropic-version" in request.headers, parsed
+                )
+                parse_json(raw)  # raises the precise 400
+            body = self.chat_body(request, ex, parsed)
+            if inputs.may_carry_image(raw) and inputs.has_image_input(body):
+                rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
+            route = govern.model(rt, ex, record, str(body["model"]))
+            require(route, ex.api, str(body["model"]))  # 400 model_not_supported
+            return await self.serve(request, ex, record, route, body, len(raw) // 4)
 
     async def serve(
         self,
@@ -216,14 +215,14 @@ class ChatHandler:
             )
         return parsed
 
-    async def _open(
+    def _open(
         self,
         request: web.Request,
         ex: Exchange,
         route: ModelRoute,
         payload: bytes,
         tick: Tick | None = None,
-    ) -> tuple[Upstream, Response, bytes]:
+    ) -> Awaitable[tuple[Upstream, Response, bytes]]:
         """An answering upstream, its response and the whole body (a stream: its first chunk).
 
         A failure before any byte reached the client is retried as the model's ``retry`` says:
@@ -232,7 +231,7 @@ class ChatHandler:
         rt = self.rt  # one way for every API (``proxy.attempts``); chat's try: a chat POST
         chain = attempts.new_chain(rt, request, ex, route, payload)
         attempt = attempts.json_attempt(rt, request, ex, rt.client.post)
-        return await attempts.open_with(rt, ex, chain, attempt, tick=tick)
+        return attempts.open_with(rt, ex, chain, attempt, tick=tick)  # awaited by the caller
 
     def _failed(self, upstream: Upstream) -> None:
         self.rt.balancer.failed(upstream)
