@@ -39,7 +39,7 @@ from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.queued import EarlyHead
 from gateway.proxy.timers import Silence
-from gateway.proxy.upstream import read_body, read_chunk
+from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
@@ -274,17 +274,8 @@ class ChatHandler:
         if (opened := await early.opening(ex, error, opening)) is None:
             return client  # failed after the head went out: an error event said so
         upstream, response, chunk = opened
-        if response.status != 200:
-            try:  # an error answer to a stream request: bounded like a whole answer
-                async with asyncio.timeout(upstream.timeouts.first_byte):
-                    raw = await read_body(response, upstream)
-            except TimeoutError:
-                raise UpstreamTimeout(
-                    f"Upstream '{upstream.name}' stalled while sending its answer."
-                ) from None
-            finally:
-                response.release()
-                self.rt.balancer.release(upstream)
+        if response.status != 200:  # an error answer to a stream request: read whole, bounded
+            raw = await attempts.refusal_of(self.rt, upstream, response)
             if early.sent:
                 await early.refused(ex, error, response.status, raw)
                 return client

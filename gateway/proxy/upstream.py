@@ -15,7 +15,7 @@ the silences between chunks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -125,18 +125,32 @@ class UpstreamClient:
             target = self._targets[upstream.url] = (self.pool.origin(upstream.url), path)
         return target
 
-    async def post(
+    def post(
         self,
         upstream: Upstream,
         body: bytes,
         headers: dict[str, str],
         stream: bool = False,
         wait: float | None = None,
-    ) -> Response:
+    ) -> Awaitable[Response]:
         """POST a chat request; returns at the answer's head (a stream's caller bounds the
         wait itself, a whole answer is bounded by ``wait`` of silence: by default the
         upstream's ``first_byte``)."""
         origin, path = self.chat_target(upstream)
+        return self.post_to(upstream, origin, path, body, headers, stream, wait)
+
+    async def post_to(
+        self,
+        upstream: Upstream,
+        origin: Origin,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        stream: bool = False,
+        wait: float | None = None,
+    ) -> Response:
+        """POST ``body`` to ``path`` on ``upstream`` (any API), its failures as the gateway's
+        errors: a connection refused or not accepted in time, silence, a broken answer."""
         timeouts = upstream.timeouts
         silence = wait or timeouts.first_byte
         try:

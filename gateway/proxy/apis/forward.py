@@ -30,7 +30,7 @@ from gateway.proxy.attempts import Post
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import read_chunk
-from gateway.proxy.wire import ConnectError, ConnectTimeout, Response, WireError
+from gateway.proxy.wire import Response
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
@@ -54,41 +54,16 @@ def api_path(url: str, path: str) -> str:
 def poster(rt: Runtime, path: str) -> Post:
     """How a request of the API at ``path`` is POSTed to an upstream (``attempts.Post``)."""
 
-    async def post(
+    def post(
         upstream: Upstream,
         payload: bytes,
         headers: dict[str, str],
         stream: bool,
         wait: float | None,
-    ) -> Response:
-        pool, timeouts = rt.client.pool, upstream.timeouts
-        silence = wait or timeouts.first_byte
-        try:
-            return await pool.post(
-                pool.origin(upstream.url),
-                api_path(upstream.url, path),
-                headers,
-                payload,
-                timeouts.connect,
-                None if stream else silence,
-            )
-        except ConnectTimeout as exc:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' did not accept a connection within "
-                f"{timeouts.connect:g} s; try again shortly."
-            ) from exc
-        except ConnectError as exc:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' refused the connection; try again shortly."
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"Upstream '{upstream.name}' sent nothing within {silence:g} s."
-            ) from exc
-        except WireError as exc:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' failed before answering; try again shortly."
-            ) from exc
+    ) -> Awaitable[Response]:
+        client = rt.client
+        origin, target = client.pool.origin(upstream.url), api_path(upstream.url, path)
+        return client.post_to(upstream, origin, target, payload, headers, stream, wait)
 
     return post
 
