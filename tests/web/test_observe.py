@@ -16,6 +16,7 @@ from gateway.logs import AccessLog
 from gateway.metrics import Metrics
 from gateway.proxy.exchange import Exchange
 from gateway.web.observe import Observer, route_of
+from gateway.web.public import CHAT_PATHS
 
 
 def reference(
@@ -26,17 +27,18 @@ def reference(
     route = route_of(request)
     dialect = "anthropic" if ex.anthropic else "openai"
     model = ex.model or ""
-    metrics.requests.labels(route, model, str(status), dialect).inc()
-    metrics.duration.labels(route, dialect).observe(took)
+    api = ex.api if ex.api != "chat" or route in CHAT_PATHS else ""  # a route serving no API: ""
+    metrics.requests.labels(route, model, str(status), dialect, api).inc()
+    metrics.duration.labels(route, dialect, api).observe(took)
     if ex.refusal is not None:
         metrics.refusals.labels(ex.refusal).inc()
     if ex.ttft is not None and ex.upstream is not None:
         metrics.ttft.labels(model, ex.upstream).observe(ex.ttft)
     if ex.prompt_tokens or ex.completion_tokens:
         estimated = "true" if ex.estimated else "false"
-        metrics.tokens.labels(model, "prompt", estimated).inc(ex.prompt_tokens)
-        metrics.tokens.labels(model, "completion", estimated).inc(ex.completion_tokens)
-    return Observer._line(request, ex, route, status, took)  # the line is not cached
+        metrics.tokens.labels(model, "prompt", estimated, api).inc(ex.prompt_tokens)
+        metrics.tokens.labels(model, "completion", estimated, api).inc(ex.completion_tokens)
+    return Observer._line(request, ex, route, status, took, api)  # the line is not cached
 
 
 def text(metrics: Metrics) -> list[str]:
