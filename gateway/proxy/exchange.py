@@ -3,12 +3,13 @@ the error renderer, usage accounting and the access log read."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from gateway.tracing import NO_SPAN, RequestSpan
+from gateway.tracing import NO_SPAN, RequestSpan, Tracer
 
 
 @dataclass(slots=True)
@@ -46,3 +47,20 @@ class Exchange:
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def traced(tracer: Tracer, handler: Handler) -> Handler:
+    """``handler`` inside its request's span (the chat handler opens its own). Routes are
+    wrapped only when tracing is on (read at start), so tracing off costs them nothing."""
+    if not tracer.enabled:
+        return handler
+
+    async def in_span(request: web.Request) -> web.StreamResponse:
+        ex = request[EXCHANGE]
+        ex.span = tracer.request(ex, request)
+        with ex.span:
+            return await handler(request)
+
+    return in_span

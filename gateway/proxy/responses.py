@@ -35,7 +35,7 @@ from gateway.dialects.responses_stream import ResponsesRelay
 from gateway.errors import NotFound, StoreUnavailable, shown
 from gateway.proxy import govern, responses_items, responses_native
 from gateway.proxy.apis.json_api import parse, require
-from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.exchange import EXCHANGE, Exchange, traced
 from gateway.proxy.handler import SSE_HEADERS, ChatHandler
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
@@ -260,7 +260,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     ``input_items`` and ``POST`` of its ``cancel`` (``proxy.responses_items``)."""
     handler = ResponsesHandler(runtime)
     for path in PATHS:
-        app.router.add_post(path, handler.create)
+        app.router.add_post(path, traced(runtime.tracer, handler.create))
         app.router.add_get(path + "/{id}", handler.retrieve, allow_head=False)
         app.router.add_delete(path + "/{id}", handler.delete)
         app.router.add_get(path + "/{id}/input_items", handler.input_items, allow_head=False)

@@ -113,3 +113,32 @@ async def test_chats_are_traced_end_to_end(
     exported = b"".join(receiver.raw)
     for secret in (TEST_KEY, "Bearer", "sk-not-a-key-but-secret", ADMIN_TOKEN, "must not be"):
         assert secret.encode() not in exported, secret
+
+
+async def test_the_other_apis_are_traced_too(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, receiver: Receiver
+) -> None:
+    """Completions (as every API but chat, which opens its own) gets a request span whose
+    attempt is its child, in the client's trace."""
+    server: Server = await gateway_factory(
+        gateway_yaml({"fake": fake.url}, extra=f"tracing: {{otlp_endpoint: '{receiver.url}'}}\n")
+    )
+    parent = f"00-{TRACE}-{CLIENT_SPAN}-01"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{server.port}/v1/completions",
+            json={"model": "fake-model", "prompt": "a prompt that must not be traced"},
+            headers={**AUTH, "traceparent": parent},
+        ) as r,
+    ):
+        assert r.status == 200, await r.text()
+    await server.stop()  # what is queued goes out before the process ends
+    traced = [s for s in receiver.spans() if s.trace_id.hex() == TRACE]
+    (root,) = [s for s in traced if s.kind == SERVER]
+    assert root.name == "POST /v1/completions"
+    assert root.parent_span_id.hex() == CLIENT_SPAN
+    (attempt,) = [s for s in traced if s.name == "upstream"]
+    assert attempt.parent_span_id == root.span_id
+    assert fake.seen[-1].headers["traceparent"] == f"00-{TRACE}-{attempt.span_id.hex()}-01"
+    assert b"must not be traced" not in b"".join(receiver.raw)

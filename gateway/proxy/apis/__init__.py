@@ -25,6 +25,7 @@ from gateway.proxy.apis.json_api import (
     require,
 )
 from gateway.proxy.apis.tokens import count_tokens_exact
+from gateway.proxy.exchange import traced
 from gateway.runtime import Runtime
 
 __all__ = ["ROUTES", "add_routes", "count_tokens_exact", "require"]
@@ -59,4 +60,4 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
             handler = handlers[id(api)] = (
                 JsonHandler(runtime, api) if isinstance(api, JsonApi) else FormHandler(runtime, api)
             )
-        app.router.add_post(path, handler.handle)
+        app.router.add_post(path, traced(runtime.tracer, handler.handle))
