@@ -148,10 +148,13 @@ def open_upstream(
     route: ModelRoute,
     payload: bytes,
     post: Post,
+    tick: Tick | None = None,
 ) -> Awaitable[tuple[Upstream, Response, bytes]]:
-    """``open_with`` for a JSON request: ``payload`` POSTed by ``post``."""
+    """``open_with`` for a JSON request: ``payload`` POSTed by ``post``; ``tick``: a waiting
+    stream's ``: queued`` comment."""
     chain = new_chain(rt, request, ex, route, payload)
-    return open_with(rt, ex, chain, json_attempt(rt, request, ex, post))  # for the caller to await
+    attempt = json_attempt(rt, request, ex, post)
+    return open_with(rt, ex, chain, attempt, tick=tick)  # for the caller to await
 
 
 def json_attempt(rt: Runtime, request: web.Request, ex: Exchange, post: Post) -> Attempt[Response]:

@@ -28,6 +28,7 @@ from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.json_api import answered_as, refused
 from gateway.proxy.bodies import dump_upstream
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.queued import EarlyHead
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
@@ -78,13 +79,18 @@ async def create(
     ticket = await govern.admit(rt, ex, record, route, estimate, limit)
     try:
         post = ("responses", forward.poster(rt, PATH))
-        opened = await forward.open_answer(rt, request, ex, route, post, sent)
+        early = forward.early_head(request, ex) if ex.stream else None
+        head = (early, NativeRelay().error) if early is not None else None
+        opened = await forward.open_answer(rt, request, ex, route, post, sent, head)
+        if opened is None:  # failed after an early head: an error event said so
+            assert early is not None
+            return early.client
         upstream, response, first = opened
         asked = str(body["model"])
         worker, public = answered_as(rt, ex, route, asked)
         if ex.stream and response.status == 200:
             ending = (answers.renamer(worker, public), keep)
-            return await _stream(rt, request, ex, opened, (public, ending))
+            return await _stream(rt, request, ex, opened, (public, ending), early)
         if not ex.stream:
             rt.balancer.release(upstream)
         if response.status != 200:
@@ -136,19 +142,26 @@ Ending = tuple[str, tuple[re.Pattern[bytes] | None, Keep]]  # public name, renam
 
 
 async def _stream(
-    rt: Runtime, request: web.Request, ex: Exchange, opened: Opened, ending: Ending
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    opened: Opened,
+    ending: Ending,
+    early: EarlyHead | None = None,
 ) -> web.StreamResponse:
     upstream, response, _ = opened
     relay = NativeRelay()
-    client = _EventStream(headers=forward.SSE_HEADERS)
-    if ex.rate_headers:
+    client = early.client if early is not None else _EventStream(headers=forward.SSE_HEADERS)
+    prepared = early is not None and early.sent  # the head went out while it waited
+    if ex.rate_headers and not prepared:
         client.headers.update(ex.rate_headers)
     rt.metrics.active_streams.inc()
     task = asyncio.current_task()
     if task is not None:
         rt.streams.add(task)
     try:
-        await client.prepare(request)
+        if not prepared:
+            await client.prepare(request)
         await _pump(rt, ex, client, relay, opened, ending)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass  # the client left; what was produced so far is still charged

@@ -340,3 +340,47 @@ async def test_a_retry_takes_its_slot_under_the_global_cap(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class PromptBusy(StreamingBusy):
+    """``StreamingBusy`` for completions too (their prompt recorded as the message)."""
+
+    async def __call__(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        if "prompt" in body:
+            body = {**body, "messages": [{"role": "user", "content": body["prompt"]}]}
+        return await super().__call__(request, body)
+
+
+@pytest.mark.parametrize("max_wait", [None, 1.3])
+async def test_a_waiting_completions_stream_gets_queued_comments(
+    max_wait: float | None,
+    gateway_factory: GatewayFactory,
+    fake: FakeUpstream,
+    http: aiohttp.ClientSession,
+) -> None:
+    """Another API's stream waits as chat's does: the head with ``: queued``, then its answer
+    once a slot frees, or, past ``max_wait``, the queue_timeout as an error event."""
+    busy = PromptBusy()
+    fake.script = busy
+    extra = f"scheduling: {{max_wait: {max_wait}}}\n" if max_wait else ""
+    server = await gateway_factory(config(fake.url, 1, extra=extra))
+    holder = asyncio.create_task(chat(http, server, "first"))
+    await asyncio.wait_for(busy.arrived.wait(), 5)
+    body = {"model": "m", "stream": True, "prompt": "second", "max_tokens": 16}
+    async with http.post(
+        f"http://127.0.0.1:{server.port}/v1/completions",
+        headers={"Authorization": f"Bearer {TEST_KEY}"},
+        json=body,
+    ) as reply:
+        assert reply.status == 200
+        assert await asyncio.wait_for(reply.content.readuntil(b"\n\n"), 5) == b": queued\n\n"
+        if max_wait is None:
+            busy.gate.set()
+        rest = await asyncio.wait_for(reply.read(), 10)
+    if max_wait is None:
+        assert rest.endswith(b"data: [DONE]\n\n") and busy.served == ["first", "second"]
+    else:
+        assert b"queue_timeout" in rest and b"[DONE]" not in rest, rest
+        busy.gate.set()
+        assert busy.served == ["first"]
+    assert (await holder)[0] == 200

@@ -28,6 +28,7 @@ from gateway.proxy import attempts
 from gateway.proxy.apis.answers import rename
 from gateway.proxy.attempts import Post
 from gateway.proxy.exchange import Exchange
+from gateway.proxy.queued import EarlyHead
 from gateway.proxy.timers import Silence
 from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
@@ -68,6 +69,15 @@ def poster(rt: Runtime, path: str) -> Post:
     return post
 
 
+ErrorEvent = Callable[[GatewayError], bytes]
+
+
+def early_head(request: web.Request, ex: Exchange) -> EarlyHead:
+    """A stream's client answer, whose head goes out early with ``: queued`` comments while
+    the request waits for a slot of a full model (``proxy.queued``)."""
+    return EarlyHead(request, _EventStream(headers=SSE_HEADERS), ex.rate_headers)
+
+
 async def open_answer(
     rt: Runtime,
     request: web.Request,
@@ -75,19 +85,30 @@ async def open_answer(
     route: ModelRoute,
     api: tuple[str, Post],
     payload: bytes,
-) -> tuple[Upstream, Response, bytes]:
+    early: tuple[EarlyHead, ErrorEvent] | None = None,
+) -> tuple[Upstream, Response, bytes] | None:
     """An answering upstream (held: the caller releases it), its response and its whole body
     (a stream answering 200: its first chunk, the response still open; a refused stream: its
     refusal read whole, the upstream released). ``api``: the API's name and its ``poster``.
     Attempts go as chat's do (``proxy.attempts``): the model's upstream queue, retries,
-    fallbacks that serve the API, per-attempt timeouts."""
+    fallbacks that serve the API, per-attempt timeouts. A stream's ``early`` head (and how its
+    dialect writes an error event) is sent if it must wait; None: a failure after that head
+    was written to the client as that event, and the stream ended."""
     name, post = api
-    opened = await attempts.open_upstream(
-        rt, request, ex, attempts.serving(rt, route, name), payload, post
+    tick = early[0].tick if early is not None else None
+    opening = attempts.open_upstream(
+        rt, request, ex, attempts.serving(rt, route, name), payload, post, tick
     )
+    opened = await (opening if early is None else early[0].opening(ex, early[1], opening))
+    if opened is None:
+        return None
     upstream, response, _ = opened
     if ex.stream and response.status != 200:
-        return upstream, response, await attempts.refusal_of(rt, upstream, response)
+        refusal = await attempts.refusal_of(rt, upstream, response)
+        if early is not None and early[0].sent:
+            await early[0].refused(ex, early[1], response.status, refusal)
+            return None
+        return upstream, response, refusal
     return opened
 
 
@@ -112,20 +133,24 @@ async def relay_stream(
     stream: tuple[Upstream, Response, bytes],
     relay: OpenAIRelay,
     renamed: Renamer,
+    early: EarlyHead | None = None,
 ) -> web.StreamResponse:
     """Relay an OpenAI event stream to the client as it comes (the usage-only chunk dropped
     unless the client asked for it); a failure after the head is an error event and no
-    ``[DONE]``. The upstream is released at the end."""
+    ``[DONE]``. The upstream is released at the end. ``early``: the client's stream, its head
+    perhaps sent already while the request waited for a slot."""
     upstream, response, chunk = stream
-    client = _EventStream(headers=SSE_HEADERS)
-    if ex.rate_headers:
+    client = early.client if early is not None else _EventStream(headers=SSE_HEADERS)
+    prepared = early is not None and early.sent
+    if ex.rate_headers and not prepared:
         client.headers.update(ex.rate_headers)
     rt.metrics.active_streams.inc()
     task = asyncio.current_task()
     if task is not None:
         rt.streams.add(task)
     try:
-        await client.prepare(request)
+        if not prepared:
+            await client.prepare(request)
         await _pump(rt, ex, client, relay, renamed, (upstream, response, chunk))
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass  # the client left; what was produced so far is still charged

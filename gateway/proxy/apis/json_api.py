@@ -203,13 +203,18 @@ class JsonHandler:
         images = _wanted(body) if api.api == "images" else 0  # priced per image
         ticket = await govern.admit(rt, ex, record, route, prompt, completion, images)
         try:
-            opened = await forward.open_answer(rt, request, ex, route, self.post, payload)
+            early = forward.early_head(request, ex) if ex.stream else None
+            relay = OpenAIRelay(ex.client_usage)
+            head = (early, relay.error) if early is not None else None
+            opened = await forward.open_answer(rt, request, ex, route, self.post, payload, head)
+            if opened is None:  # failed after an early head: an error event said so
+                assert early is not None
+                return early.client
             upstream, response, answer = opened
             worker, public = answered_as(rt, ex, route, asked)
             if ex.stream and response.status == 200:
-                relay = OpenAIRelay(ex.client_usage)
                 renamed = forward.renaming(answers.renamer(worker, public), public)
-                return await forward.relay_stream(rt, request, ex, opened, relay, renamed)
+                return await forward.relay_stream(rt, request, ex, opened, relay, renamed, early)
             if not ex.stream:
                 rt.balancer.release(upstream)
             if response.status != 200:
