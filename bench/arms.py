@@ -15,6 +15,7 @@ from common import (
     BENCH,
     BENCH_KEY,
     BOTH_CPUS,
+    CAPPED_SLOTS,
     CHAT_PATH,
     GATEWAY,
     GOVERNED_CONCURRENCY,
@@ -269,14 +270,16 @@ def gateway_config(
     store: str,
     governed: bool,
     budget: bool = False,
+    capped: bool = False,
 ) -> Path:
-    timeouts = {"connect": 5, "first_byte": 30, "idle": 30}
+    timeouts: dict[str, Any] = {"connect": 5, "first_byte": 30, "idle": 30}
     base = f"http://127.0.0.1:{run.canned_port}"
-    # No max_concurrency: a set cap is counted across processes (a lease in the store per
-    # request), which these arms do not measure; bench/capacity arms would.
+    # No max_concurrency but on the capped arm: a set cap is counted across processes (a lease
+    # in the store per request), which governed-capped-1w measures against governed-1w.
+    cap: dict[str, Any] = {"max_concurrency": CAPPED_SLOTS} if capped else {}
     upstreams: dict[str, Any] = {
-        "canned": {"url": base, "timeouts": timeouts},
-        "canned-sse": {"url": base + "/sse", "timeouts": timeouts},
+        "canned": {"url": base, "timeouts": timeouts, **cap},
+        "canned-sse": {"url": base + "/sse", "timeouts": timeouts, **cap},
     }
     models: dict[str, Any] = {
         "bench-model": {"upstreams": ["canned"]},
@@ -328,7 +331,11 @@ def gateway_config(
 
 
 def start_gateway(
-    workers: int, governed: bool = False, name: str | None = None, budget: bool = False
+    workers: int,
+    governed: bool = False,
+    name: str | None = None,
+    budget: bool = False,
+    capped: bool = False,
 ) -> Starter:
     """1 light worker on memory://; 2 light workers or any governed arm on a redis:// store
     served by a redis-server of the arm's own (on the load CPU for one-worker arms)."""
@@ -341,7 +348,9 @@ def start_gateway(
             cpus = run.load_cpus if workers == 1 else None
             redis_port = start_redis(stack, run, f"{label}-redis", cpus)
             store = f"redis://127.0.0.1:{redis_port}/0"
-        config = gateway_config(run, label, port, admin_port, workers, store, governed, budget)
+        config = gateway_config(
+            run, label, port, admin_port, workers, store, governed, budget, capped
+        )
         cmd = [str(GATEWAY), "run", "--config", str(config)]
         proc = run.proc(label, cmd, run.server_cpus)
         proc.crash_marker = '"msg":"worker failed"'
@@ -395,6 +404,14 @@ def wrk_arms() -> list[Arm]:
             "gateway governed with TPM and budgets, 1 worker (redis)",
             1,
             start_gateway(1, governed=True, name="governed-budget-1w", budget=True),
+            stream_gateway,
+            governed=True,
+        ),
+        Arm(
+            "governed-capped-1w",
+            "gateway governed, its upstreams capped (never full), 1 worker (redis)",
+            1,
+            start_gateway(1, governed=True, name="governed-capped-1w", capped=True),
             stream_gateway,
             governed=True,
         ),

@@ -36,6 +36,7 @@ STARTUP_DEADLINE = 20.0
 # The governed arms' limits: all set, none ever reached during a run.
 GOVERNED_RPM = 100_000_000
 GOVERNED_CONCURRENCY = 100_000
+CAPPED_SLOTS = 4096  # governed-capped-1w: every upstream capped far above what wrk sends
 GOVERNED_TOKENS = 10**12
 
 

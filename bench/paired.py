@@ -26,6 +26,7 @@ PAIRS_OF = (
     ("gateway-1w", "passthrough-1w"),
     ("governed-1w", "passthrough-1w"),
     ("governed-budget-1w", "governed-1w"),
+    ("governed-capped-1w", "governed-1w"),
 )
 
 
