@@ -99,6 +99,7 @@ class RedisStore:
         self._subscriber = Subscriber(target, main, self._timeout)
         # The admissions asked for in this turn of the loop, sent together at its end.
         self._admitting: list[tuple[Admission, asyncio.Future[Verdict]]] = []
+        self._resending: set[asyncio.Future[None]] = set()
 
     def _now(self) -> str:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
@@ -259,21 +260,52 @@ class RedisStore:
         call = codec.admit_call([a for a, _ in batch], self._now())
         reply = self._io.send_now(self._scripts["admit"], call)
         if reply is None:
-            self._admit_each(batch)
+            self._resend(batch)
         else:
             reply.add_done_callback(functools.partial(self._admitted, batch))
 
-    def _admit_each(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
-        for admission, verdict in batch:
-            slow = asyncio.ensure_future(self.admit(admission))
-            slow.add_done_callback(functools.partial(_chain, target=verdict))
+    def _resend(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
+        """A batch the lane could not take at once (not connected yet, or the script unknown
+        after a restart): on a Cluster each admission through ``admit``; on one Redis the
+        script loaded (bounded: a failure there ran nothing), then the batch sent again without
+        a bound of its own, so that a verdict that comes late still reaches its future (and a
+        caller that stopped waiting gives back what it admitted, instead of a lease lost)."""
+        if self._io.spans_slots:
+            for admission, verdict in batch:
+                slow = asyncio.ensure_future(self.admit(admission))
+                slow.add_done_callback(functools.partial(_chain, target=verdict))
+            return
+        task = asyncio.ensure_future(self._load_and_send(batch))
+        self._resending.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._resending.discard)
+
+    async def _load_and_send(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
+        script = self._scripts["admit"]
+        try:
+            await self._io.call("SCRIPT", "LOAD", script.source)
+        except StoreError as exc:
+            for _, verdict in batch:
+                if not verdict.done():
+                    _fail(verdict, exc)
+            return
+        call = codec.admit_call([a for a, _ in batch], self._now())
+        reply = self._io.send_now(script, call)
+        if reply is None:  # the connection dropped again meanwhile: nothing was sent
+            for _, verdict in batch:
+                if not verdict.done():
+                    _fail(verdict, StoreError("redis: connection lost"))
+            return
+        reply.add_done_callback(functools.partial(self._admitted, batch, again=False))
 
     def _admitted(
-        self, batch: list[tuple[Admission, asyncio.Future[Verdict]]], reply: asyncio.Future[Any]
+        self,
+        batch: list[tuple[Admission, asyncio.Future[Verdict]]],
+        reply: asyncio.Future[Any],
+        again: bool = True,
     ) -> None:
         exc = None if reply.cancelled() else reply.exception()
-        if exc is not None and str(exc).startswith("NOSCRIPT"):
-            self._admit_each(batch)
+        if again and exc is not None and str(exc).startswith("NOSCRIPT"):
+            self._resend(batch)
             return
         if exc is not None or reply.cancelled():
             for _, verdict in batch:
