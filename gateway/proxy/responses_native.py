@@ -10,12 +10,10 @@ stored input and output before the worker sees the request, and the worker is as
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -149,32 +147,18 @@ async def _stream(
     ending: Ending,
     early: EarlyHead | None = None,
 ) -> web.StreamResponse:
-    upstream, response, _ = opened
     relay = NativeRelay()
-    client = early.client if early is not None else _EventStream(headers=forward.SSE_HEADERS)
-    prepared = early is not None and early.sent  # the head went out while it waited
-    if ex.rate_headers and not prepared:
-        client.headers.update(ex.rate_headers)
-    rt.metrics.active_streams.inc()
-    task = asyncio.current_task()
-    if task is not None:
-        rt.streams.add(task)
-    try:
-        if not prepared:
-            await client.prepare(request)
-        await _pump(rt, ex, client, relay, opened, ending)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass  # the client left; what was produced so far is still charged
-    finally:
-        rt.metrics.active_streams.dec()
-        if task is not None:
-            rt.streams.discard(task)
-        response.release()
-        rt.balancer.release(upstream)
-        ex.usage = relay.usage
-        ex.completion_chunks = relay.estimated_completion_tokens()
-        if relay.usage is None and relay.done and not ex.error:
-            ex.estimated = True
+    client = await forward.relay_with(
+        rt,
+        request,
+        ex,
+        opened,
+        relay,
+        lambda client: _pump(rt, ex, client, relay, opened, ending),
+        early,
+    )
+    if relay.usage is None and relay.done and not ex.error:
+        ex.estimated = True
     return client
 
 

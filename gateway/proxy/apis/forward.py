@@ -14,7 +14,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -139,7 +139,38 @@ async def relay_stream(
     unless the client asked for it); a failure after the head is an error event and no
     ``[DONE]``. The upstream is released at the end. ``early``: the client's stream, its head
     perhaps sent already while the request waited for a slot."""
-    upstream, response, chunk = stream
+    return await relay_with(
+        rt,
+        request,
+        ex,
+        stream,
+        relay,
+        lambda client: _pump(rt, ex, client, relay, renamed, stream),
+        early,
+    )
+
+
+class Metered(Protocol):
+    """A relay that tells what the stream used (the worker's usage, else an estimate)."""
+
+    usage: dict[str, Any] | None
+
+    def estimated_completion_tokens(self) -> int: ...
+
+
+async def relay_with(
+    rt: Runtime,
+    request: web.Request,
+    ex: Exchange,
+    stream: tuple[Upstream, Response, bytes],
+    relay: Metered,
+    pumping: Callable[[web.StreamResponse], Awaitable[None]],
+    early: EarlyHead | None = None,
+) -> web.StreamResponse:
+    """A stream answer's life, for every streaming API: its head (unless ``early`` sent it
+    while the request waited for a slot), ``pumping`` the worker's events to the client, and,
+    whatever happens, the stream counted, the upstream given back and what it used noted."""
+    upstream, response, _ = stream
     client = early.client if early is not None else _EventStream(headers=SSE_HEADERS)
     prepared = early is not None and early.sent
     if ex.rate_headers and not prepared:
@@ -151,7 +182,7 @@ async def relay_stream(
     try:
         if not prepared:
             await client.prepare(request)
-        await _pump(rt, ex, client, relay, renamed, (upstream, response, chunk))
+        await pumping(client)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass  # the client left; what was produced so far is still charged
     finally:
