@@ -2,7 +2,9 @@
 asyncio proxy stands between the gateway and an upstream and misbehaves on command.
 
 Modes: ``pass`` (relay), ``latency`` (delay every chunk by ``delay`` seconds), ``reset`` (abort
-every connection, open or new, with an RST), ``blackhole`` (accept, read, never answer).
+every connection, open or new, with an RST), ``blackhole`` (accept, read, never answer),
+``mute`` (relay what the client sends, drop what the server answers: a request runs and its
+reply is lost).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Literal
 
-Mode = Literal["pass", "latency", "reset", "blackhole"]
+Mode = Literal["pass", "latency", "reset", "blackhole", "mute"]
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -70,16 +72,22 @@ class FaultProxy:
                 return
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
             self._open.add(up_writer)
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer), self._pipe(up_reader, writer, replies=True)
+            )
         except (ConnectionError, OSError):
             pass
         finally:
             self._open.discard(writer)
             writer.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, replies: bool = False
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
+                if replies and self.mode == "mute":
+                    continue
                 if self.mode == "latency":
                     await asyncio.sleep(self.delay)
                 if self.mode == "reset":

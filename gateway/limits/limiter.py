@@ -24,10 +24,10 @@ from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
 from gateway.limits import money
-from gateway.limits.windows import reset_text
+from gateway.limits.windows import day_id, month_id, reset_text
 from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
-from gateway.store.base import LEASE_SECONDS, Store, StoreError
+from gateway.store.base import LEASE_SECONDS, Store, StoreError, StoreLost
 
 log = logging.getLogger("gateway.limits")
 
@@ -296,12 +296,25 @@ class Limiter:
             raise
 
     def _abandoned(self, admission: Admission, model: str, done: asyncio.Future[Verdict]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return  # nothing was admitted, or the lost lease expires by itself
-        verdict = done.result()
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if isinstance(exc, StoreLost):
+            verdict = self._presumed(admission)  # its reply was lost: perhaps admitted
+        elif exc is not None:
+            return  # nothing was admitted
+        else:
+            verdict = done.result()
         if verdict.admitted:
             ticket = Ticket(admission, verdict, {}, self.clock.monotonic())
             self.release(ticket, model)
+
+    def _presumed(self, admission: Admission) -> Verdict:
+        """The verdict an admission whose reply was lost may have had: admitted in the periods
+        current now. Its release gives back the lease and the reservation if the store holds
+        them, and does nothing if it does not (a settlement counts only while its lease is)."""
+        now = self.clock.time()
+        return Verdict(admitted=True, day=day_id(now), month=month_id(now), now=now)
 
     def release(self, ticket: Ticket, model: str) -> None:
         """Give back what an admission took, for a request that was never served."""

@@ -54,13 +54,9 @@ class StoreError(Exception):
     """The store could not be reached or did not answer in time."""
 
 
-class StoreTimeout(StoreError):
-    """A call that did not answer in time, whose reply may still come: ``late`` completes with
-    it (or fails) when it does, so an admission the store made meanwhile can be given back."""
-
-    def __init__(self, message: str, late: asyncio.Future[Verdict]) -> None:
-        super().__init__(message)
-        self.late = late
+class StoreLost(StoreError):
+    """A call sent whose connection was lost before its reply: the store may have run it (an
+    admission it made then holds a lease nobody knows of, so the limiter gives it back)."""
 
 
 class KeyExists(Exception):
@@ -112,8 +108,8 @@ class Store(Protocol):
     def admit_now(self, admission: Admission) -> asyncio.Future[Verdict]:
         """The limiter's ``admit``: the admission is on its way when this returns (the memory
         store answers a future already done). The future completes whatever its awaiter does,
-        so a caller that leaves can still give back what was taken; it fails with
-        ``StoreTimeout`` after ``timeout_ms``, whose ``late`` carries the reply if it comes."""
+        so a caller that leaves can still give back what was taken. It fails with ``StoreLost``
+        when the admission was sent and its reply lost with the connection."""
         ...
 
     async def settle(self, settlement: Settlement) -> None: ...

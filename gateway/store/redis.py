@@ -27,7 +27,7 @@ import orjson
 from gateway.clock import Clock
 from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
 from gateway.store import redis_codec as codec
-from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError
+from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError, StoreLost
 from gateway.store.redis_codec import esc, num, tag
 from gateway.store.redis_conn import Subscriber, parse
 from gateway.store.redis_lane import Arg
@@ -308,9 +308,11 @@ class RedisStore:
             self._resend(batch)
             return
         if exc is not None or reply.cancelled():
+            # sent, and the connection lost before the reply: Redis may have admitted them
+            kind = StoreLost if isinstance(exc, ConnectionError) else StoreError
             for _, verdict in batch:
                 if not verdict.done():
-                    _fail(verdict, StoreError(f"redis: {why(exc)}"))
+                    _fail(verdict, kind(f"redis: {why(exc)}"))
             return
         try:
             verdicts = [

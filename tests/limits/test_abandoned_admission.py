@@ -1,7 +1,9 @@
 """A client that leaves, or a store that answers too late, while an admission is on its way:
 the store may have admitted it, so the limiter must still learn the verdict and give the slot
 and reservation back (found by the benchmark: leases stayed taken for ten minutes; and after a
-Redis stall longer than ``timeout_ms``, keys were locked out by admissions nobody settled)."""
+Redis stall longer than ``timeout_ms``, keys were locked out by admissions nobody settled; and
+after Redis was killed under load, by an admission it ran and persisted whose reply died with
+the connection)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from gateway.limits.limiter import Limiter
 from gateway.limits.windows import day_id
 from gateway.records import Admission, KeyRecord, Verdict
 from gateway.store.redis import RedisStore
+from tests.faultproxy import FaultProxy
+from tests.redis_server import RedisServer
 
 
 class SlowAnswers(RedisStore):
@@ -75,14 +79,20 @@ async def test_an_abandoned_admission_is_given_back(redis_url: str, fast: bool) 
         await store.close()
 
 
-async def _given_back(limiter: Limiter, store: RedisStore, key: KeyRecord) -> None:
-    """The slot and the 600 tokens come back, and no usage is recorded for nobody."""
+async def _given_back(
+    limiter: Limiter, store: RedisStore, key: KeyRecord, reconnecting: bool = False
+) -> None:
+    """The slot and the 600 tokens come back, and no usage is recorded for nobody (within 5 s,
+    a lease's life being 20 s; ``reconnecting``: 503 while the store's connection comes back)."""
     deadline = asyncio.get_running_loop().time() + 5
+    waiting: tuple[type[Exception], ...] = (TooManyRequests,)
+    if reconnecting:
+        waiting += (StoreUnavailable,)
     while True:
         try:
             ticket = await limiter.admit("r2", key, 1000, False, "m")
             break
-        except TooManyRequests:
+        except waiting:
             assert asyncio.get_running_loop().time() < deadline, "never given back"
             await asyncio.sleep(0.01)
     assert ticket.verdict is not None and ticket.verdict.admitted
@@ -110,3 +120,46 @@ async def test_a_verdict_that_comes_too_late_is_given_back(redis_url: str, fast:
     finally:
         await limiter.stop()
         await store.close()
+
+
+@pytest.mark.parametrize("timeout_ms", [5000, 50], ids=["caller_waiting", "caller_timed_out"])
+async def test_an_admission_whose_reply_is_lost_is_given_back(
+    redis_url: str, redis_process: RedisServer, timeout_ms: int
+) -> None:
+    """Redis runs the admission, then the connection dies before its reply reaches the gateway
+    (the caller still waiting for it, or gone with a 503 already): the slot is free again at
+    once, not when the lease expires 20 s later."""
+    proxy = FaultProxy(redis_process.port)
+    await proxy.start()
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}", timeout_ms)
+    await store.ping()
+    config = parse_text(
+        f"store: {{timeout_ms: {timeout_ms}}}\n"
+        "plans: {free: {rpm: null, monthly_tokens: null}}\n",
+        "t",
+        {},
+    )
+    limiter = Limiter(store, config, SystemClock())
+    await limiter.start()
+    key = KeyRecord(id="k1", owner="acme", key_hash="h", max_concurrency=1, daily_limit=1000)
+    try:
+        warm = KeyRecord(id="k0", owner="acme", key_hash="h0")
+        await limiter.admit("r0", warm, 0, False, "m")  # the script loaded: the next runs at once
+        proxy.set("mute")
+        asking = asyncio.create_task(limiter.admit("r1", key, 600, False, "m"))
+        deadline = asyncio.get_running_loop().time() + 5
+        while redis_process.call("ZCARD", "gw:{acme}:lease:k1") != "1":  # Redis admitted it
+            assert asyncio.get_running_loop().time() < deadline, "the admission never ran"
+            await asyncio.sleep(0.005)
+        if timeout_ms < 1000:
+            with pytest.raises(StoreUnavailable):
+                await asyncio.shield(asking)
+        proxy.set("reset")  # the connection dies, the reply with it
+        with pytest.raises(StoreUnavailable):
+            await asking
+        proxy.set("pass")
+        await _given_back(limiter, store, key, reconnecting=True)
+    finally:
+        await limiter.stop()
+        await store.close()
+        await proxy.stop()
