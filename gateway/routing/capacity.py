@@ -17,7 +17,9 @@ shared store it is the store's, one queue per model for every process (``routing
 and a slot released anywhere goes to its head in the same store call.
 
 The first attempt's lease looks at the model's queue in the same store call: while anyone
-waits, a newcomer joins them rather than passing them (one round trip when nobody waits).
+waits, a newcomer joins them rather than passing them (one round trip when nobody waits). The
+leases asked for in one turn of the loop go to the store in one call, decided in order as one
+by one (``store.capacity_batch``); a lease taken for a request that left is given back.
 Leases held are renewed every ``RENEW_SECONDS`` in one store call and released in batches.
 Leases are fungible per upstream: when this process's in-flight count to an upstream falls below
 the leases it holds, one is released.
@@ -168,20 +170,26 @@ class Capacity:
         return self.balancer.expand(chain.model.upstreams)
 
     async def _lease(self, pool: list[Upstream], queue: str | None) -> Upstream | None:
-        """One store call: a slot on the first upstream of ``pool`` with one free, held.
+        """A slot on the first upstream of ``pool`` with one free, held: one store call for
+        every lease asked for in this turn of the loop (``LeaseStore.acquire_now``).
         ``queue``: the model whose waiting requests a newcomer may not pass."""
         assert self.leases is not None
         capped = [u for u in pool if u.max_concurrency is not None]
         if len(capped) < len(pool):  # an uncapped upstream is never full
             return next(u for u in pool if u.max_concurrency is None)
         lease = f"{self._me}:l{next(self._ids)}"
+        asking = self.leases.acquire_now(
+            [(u.name, u.max_concurrency or 0) for u in capped], lease, queue
+        )
         try:
-            index = await self.leases.acquire(
-                [(u.name, u.max_concurrency or 0) for u in capped], lease, queue
-            )
+            index = await asking
         except StoreError as exc:  # the store is down: each process keeps its own count
             log.warning("capacity lease failed", extra={"reason": str(exc)})
             return pool[0]
+        except asyncio.CancelledError:  # the caller left; a slot taken already goes back
+            if _taken(asking) >= 0:
+                self._give(capped[asking.result()].name, lease)
+            raise
         if index < 0:
             return None
         taken = capped[index]
@@ -283,6 +291,13 @@ def _queues(route: ModelRoute) -> bool:
     """Does a request to ``route`` wait when its upstreams are full? Only if every one has a
     cap (an uncapped one is never full) and the model has no fallbacks to try instead."""
     return not route.fallbacks and all(u.max_concurrency for u in route.upstreams)
+
+
+def _taken(asking: asyncio.Future[int]) -> int:
+    """The index a lease acquisition answered, -1 if none (yet)."""
+    if not asking.done() or asking.cancelled() or asking.exception() is not None:
+        return -1
+    return asking.result()
 
 
 def _is_wait_room(store: object) -> bool:

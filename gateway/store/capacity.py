@@ -13,6 +13,7 @@ waiting request's ticket, and the ticket's process is told at once (``GrantListe
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -24,6 +25,16 @@ Deliver = Callable[[str, str], None]  # (ticket, upstream) of a grant
 
 
 class LeaseStore(Protocol):
+    def acquire_now(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> asyncio.Future[int]:
+        """``acquire`` on the hot path: on its way when this returns (with the others of this
+        turn of the loop, decided in order as one by one). The future completes whatever its
+        awaiter does: a lease taken for a caller that left, or after the store's time ran out
+        (then the future fails with ``StoreError``), is given back, as is one whose reply was
+        lost with the connection (``StoreLost``)."""
+        ...
+
     async def acquire(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
     ) -> int:

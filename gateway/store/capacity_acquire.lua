@@ -1,28 +1,60 @@
--- A slot of the first upstream (in the caller's order) that has one free, as a lease.
--- KEYS: the lease sets of the candidate upstreams (one {gw:cap} slot), then, if ARGV[3] is '1',
--- the queue of the model (capacity_queue.lua's 'z'): while anyone waits in it, no slot is taken
--- here (a newcomer joins the queue instead of passing the requests already waiting).
--- ARGV: lease id, lease ms, '1' or '0', then each upstream's cap, in KEYS order.
--- Returns the 1-based index of the upstream whose slot was taken, or 0 if all are full.
+-- Slots for several requests at once, each decided in order exactly as a call of its own would
+-- be at this instant: a request takes a slot of the first of its upstreams (in its order) that
+-- has one free, as a lease.
+-- ARGV[1]: lease ms; then per request: its lease id, '1' or '0' (a queue key follows its
+-- upstreams'), n (its upstreams), then the n upstreams' caps.
+-- KEYS: per request, the lease sets of its n upstreams (one {gw:cap} slot), then, if its flag is
+-- '1', the queue of its model (capacity_queue.lua's 'z'): while anyone waits in it, no slot is
+-- taken for the request (a newcomer joins the queue instead of passing the requests waiting).
+-- Returns per request the 1-based index of the upstream whose slot it took, or 0.
 -- Time is Redis TIME, so processes with skewed clocks agree; expired leases (a process that
--- died) are dropped before counting.
-local n = #KEYS
-if ARGV[3] == '1' then
-  n = n - 1
-  if redis.call('ZCARD', KEYS[n + 1]) > 0 then
-    return 0
-  end
-end
+-- died) are dropped before counting. Each lease set is read once and written once.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-for i = 1, n do
-  local key = KEYS[i]
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  if redis.call('ZCARD', key) < tonumber(ARGV[i + 3]) then
-    redis.call('ZADD', key, now + ttl, ARGV[1])
-    redis.call('PEXPIRE', key, ttl * 4)
-    return i
+local ttl = tonumber(ARGV[1])
+local live, added, touched, waits = {}, {}, {}, {}
+local out = {}
+local k, a = 1, 2
+while a <= #ARGV do
+  local lease, queued, n = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
+  local got = 0
+  local blocked = false
+  if queued then
+    local q = KEYS[k + n]
+    if waits[q] == nil then
+      waits[q] = redis.call('ZCARD', q) > 0
+    end
+    blocked = waits[q]
   end
+  if not blocked then
+    for i = 1, n do
+      local key = KEYS[k + i - 1]
+      local held = live[key]
+      if held == nil then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+        held = redis.call('ZCARD', key)
+      end
+      live[key] = held
+      if held < tonumber(ARGV[a + 2 + i]) then
+        live[key] = held + 1
+        if added[key] == nil then
+          added[key] = {}
+          touched[#touched + 1] = key
+        end
+        local members = added[key]
+        members[#members + 1] = now + ttl
+        members[#members + 1] = lease
+        got = i
+        break
+      end
+    end
+  end
+  out[#out + 1] = got
+  k = k + n + (queued and 1 or 0)
+  a = a + 3 + n
 end
-return 0
+for _, key in ipairs(touched) do
+  redis.call('ZADD', key, unpack(added[key]))
+  redis.call('PEXPIRE', key, ttl * 4)
+end
+return out

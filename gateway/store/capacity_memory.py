@@ -4,6 +4,7 @@ the balancer's in-flight count is the whole truth of one process."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from gateway.clock import Clock
@@ -23,9 +24,19 @@ class MemoryLeaseStore:
             del leases[lease]
         return leases
 
+    def acquire_now(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> asyncio.Future[int]:
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        done.set_result(self._take(candidates, lease))
+        return done
+
     async def acquire(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
     ) -> int:
+        return self._take(candidates, lease)
+
+    def _take(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
         for index, (upstream, cap) in enumerate(candidates):
             leases = self._live(upstream)
             if len(leases) < cap:

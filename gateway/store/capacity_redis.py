@@ -4,8 +4,9 @@
 Keys: ``gw:{cap}:<upstream>``, a sorted set of lease ids by expiry (ms, Redis ``TIME``); the
 queues under ``gw:{cap}|q|<model>|`` and ``gw:{cap}|w|<upstream>`` (``capacity_queue.lua``
 says what each holds). All under one hash tag, so that one script can look at every upstream
-and queue on a Cluster. ``capacity_acquire.lua`` takes a slot (one EVALSHA per request to a
-capped upstream, the model's queue looked at in the same call); ``capacity_renew.lua`` renews
+and queue on a Cluster. ``capacity_acquire.lua`` takes slots (the requests of one turn of the
+loop in one EVALSHA, ``store.capacity_batch``, each one's model queue looked at in the same
+call); ``capacity_renew.lua`` renews
 any number of leases in one EVALSHA; ``capacity_release.lua`` gives leases back and hands the
 freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the waiting room.
 Its own connection through the store's transport (``store.transport``: the lane on one Redis,
@@ -14,10 +15,12 @@ redis-py for a Cluster), apart from the main store's, and one subscription for g
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from importlib import resources
 
 from gateway.store.capacity import LEASE_SECONDS, Deliver
+from gateway.store.capacity_batch import Acquirer
 from gateway.store.capacity_grants import RedisGrantListener
 from gateway.store.redis_conn import parse
 from gateway.store.transport import RedisTransport, Script, transport_for
@@ -57,6 +60,9 @@ class RedisLeaseStore:
         self.timeout = timeout_ms / 1000.0
         self.lease_ms = str(max(1, int(lease_seconds * 1000)))
         self._transport: RedisTransport | None = None
+        self._acquirer = Acquirer(
+            ACQUIRE, lambda: self.transport, self.lease_ms, self.timeout, self.release
+        )
 
     @property
     def transport(self) -> RedisTransport:
@@ -65,16 +71,21 @@ class RedisLeaseStore:
             self._transport = transport_for(parse(self.url), self.timeout, self.timeout)
         return self._transport
 
+    def acquire_now(
+        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+    ) -> asyncio.Future[int]:
+        names = [name for name, _ in candidates]
+        lease_sets = [PREFIX + name for name in names]
+        args = [lease, "0", str(len(names)), *(str(cap) for _, cap in candidates)]
+        if queue is not None:
+            lease_sets.append(queue_key(queue))
+            args[1] = "1"
+        return self._acquirer.ask(lease_sets, args, names, lease)
+
     async def acquire(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
     ) -> int:
-        keys = [PREFIX + name for name, _ in candidates]
-        if queue is not None:
-            keys.append(queue_key(queue))
-        flag = "0" if queue is None else "1"
-        args = [lease, self.lease_ms, flag, *(str(cap) for _, cap in candidates)]
-        (index,) = await self.transport.evalsha(ACQUIRE, [(keys, args)])
-        return int(index) - 1
+        return await self.acquire_now(candidates, lease, queue)
 
     async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:
@@ -131,5 +142,6 @@ class RedisLeaseStore:
         return RedisGrantListener(self.url, self.timeout, process, deliver, lost)
 
     async def close(self) -> None:
+        await self._acquirer.close()
         if self._transport is not None:
             await self._transport.close()

@@ -1,0 +1,197 @@
+"""Upstream lease acquisitions coalesced (``RedisLeaseStore.acquire_now``): those asked for in
+one turn of the loop go to Redis as one EVALSHA of ``capacity_acquire.lua``, which decides them
+in order exactly as calls of their own would be, and each answer arrives through a future. No
+task and no timer per request: one timer per batch bounds the wait (its futures then fail with
+``StoreError``), and a task only where the batch cannot be sent at once (the lane not connected,
+the script unknown after a restart, a Cluster, which redis-py serves).
+
+A lease Redis took for a caller that no longer waits for it is given back at once, not held for
+its lease time: a reply that comes after the batch's time ran out or after its caller left, and
+a batch whose reply was lost with the connection (Redis may have run it: every lease it may
+have taken is released, a no-op where it took none; its futures fail with ``StoreLost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from gateway.store.base import StoreError, StoreLost
+from gateway.store.redis_lane import LaneError
+from gateway.store.transport import Call, LaneTransport, RedisTransport, Script, why
+
+log = logging.getLogger("gateway.store")
+
+BATCH = 64  # the most acquisitions one EVALSHA decides (more in one turn: another call)
+
+# One acquisition: its KEYS and ARGV in the script's layout, its upstreams' names (in KEYS
+# order), its lease id, and the future of the index of the upstream it got (-1: none).
+Ask = tuple[list[str], list[str], list[str], str, asyncio.Future[int]]
+Pairs = list[tuple[str, str]]  # (upstream, lease)
+
+
+def script_call(batch: Sequence[Ask], lease_ms: str) -> Call:
+    keys: list[str] = []
+    args = [lease_ms]
+    for ask_keys, ask_args, _, _, _ in batch:
+        keys += ask_keys
+        args += ask_args
+    return keys, args
+
+
+def _fail(future: asyncio.Future[int], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: a caller that left must not log it
+
+
+def _expire(batch: Sequence[Ask]) -> None:
+    for ask in batch:
+        _fail(ask[4], StoreError("redis: no answer in time"))
+
+
+class Acquirer:
+    """``ask`` gathers; the end of the loop's turn sends. ``release`` gives leases back."""
+
+    def __init__(
+        self,
+        script: Script,
+        transport: Callable[[], RedisTransport],
+        lease_ms: str,
+        timeout: float,
+        release: Callable[[Pairs], Awaitable[None]],
+    ) -> None:
+        self._script, self._transport = script, transport
+        self._lease_ms, self._timeout, self._release = lease_ms, timeout, release
+        self._asking: list[Ask] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    def ask(
+        self, keys: list[str], args: list[str], names: list[str], lease: str
+    ) -> asyncio.Future[int]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        pending = self._asking
+        pending.append((keys, args, names, lease, future))
+        if len(pending) == 1:
+            loop.call_soon(self._send)
+        elif len(pending) >= BATCH:
+            self._send()
+        return future
+
+    def _send(self) -> None:
+        batch, self._asking = self._asking, []
+        if not batch:
+            return
+        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, batch)
+        call = script_call(batch, self._lease_ms)
+        reply = self._transport().send_now(self._script, call)
+        if reply is None:
+            self._spawn(self._slow(batch, call, timer))
+        else:
+            reply.add_done_callback(functools.partial(self._replied, batch, call, timer, True))
+
+    def _replied(
+        self,
+        batch: list[Ask],
+        call: Call,
+        timer: asyncio.TimerHandle,
+        again: bool,
+        reply: asyncio.Future[Any],
+    ) -> None:
+        exc = None if reply.cancelled() else reply.exception()
+        if again and isinstance(exc, LaneError) and exc.noscript:  # it ran nothing
+            self._spawn(self._slow(batch, call, timer))
+            return
+        timer.cancel()
+        if isinstance(exc, LaneError):  # Redis answered with an error: nothing was taken
+            for ask in batch:
+                _fail(ask[4], StoreError(f"redis: {exc}"))
+        elif exc is not None or reply.cancelled():  # sent, the reply lost: perhaps taken
+            self._lost(batch, exc)
+        else:
+            self._deliver(batch, reply.result())
+
+    def _deliver(self, batch: list[Ask], reply: Any) -> None:
+        try:
+            got = [int(index) for index in reply]
+            if len(got) != len(batch):
+                raise ValueError(f"{len(got)} answers for {len(batch)}")
+        except (TypeError, ValueError) as err:  # a reply of the wrong shape
+            self._lost(batch, err)
+            return
+        back: Pairs = []
+        for (_, _, names, lease, future), index in zip(batch, got, strict=True):
+            if not future.done():
+                future.set_result(index - 1)
+            elif index > 0:  # its caller stopped waiting: the slot goes back
+                back.append((names[index - 1], lease))
+        if back:
+            self._give_back(back)
+
+    def _lost(self, batch: list[Ask], exc: BaseException | None) -> None:
+        """Redis may have run the batch: every lease it may hold goes back, and every caller
+        still waiting is told (``StoreLost``)."""
+        self._give_back([(name, lease) for _, _, names, lease, _ in batch for name in names])
+        for ask in batch:
+            _fail(ask[4], StoreLost(f"redis: {why(exc)}"))
+
+    async def _slow(self, batch: list[Ask], call: Call, timer: asyncio.TimerHandle) -> None:
+        """A batch that could not be sent at once. On the lane: the script loaded (bounded; a
+        failure there ran nothing), then the batch sent without a bound of its own (its timer
+        still runs for the callers), so that a late answer is still given back. Elsewhere (a
+        Cluster: every lease set and queue in one slot, so one call) redis-py's bounded call."""
+        transport = self._transport()
+        if isinstance(transport, LaneTransport):
+            try:
+                await transport.call("SCRIPT", "LOAD", self._script.source)
+            except StoreError as exc:
+                timer.cancel()
+                for ask in batch:
+                    _fail(ask[4], exc)
+                return
+            reply = transport.send_now(self._script, call)
+            if reply is None:  # the connection dropped again meanwhile: nothing was sent
+                timer.cancel()
+                for ask in batch:
+                    _fail(ask[4], StoreError("redis: connection lost"))
+                return
+            reply.add_done_callback(functools.partial(self._replied, batch, call, timer, False))
+            return
+        try:
+            (answer,) = await transport.evalsha(self._script, [call])
+        except StoreError as exc:  # timed out or dropped: Redis may have run it
+            timer.cancel()
+            self._lost(batch, exc)
+            return
+        timer.cancel()
+        self._deliver(batch, answer)
+
+    def _give_back(self, leases: Pairs) -> None:
+        if self._closed:  # the store is closing: they expire within a lease time
+            return
+        self._spawn(self._returning(leases))
+
+    async def _returning(self, leases: Pairs) -> None:
+        try:
+            await self._release(leases)
+        except StoreError as exc:  # they expire within a lease time
+            log.warning("capacity lease give-back failed", extra={"reason": str(exc)})
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # held until done (the loop keeps only weak references)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Give back what is on its way (bounded by the store's time), then stop."""
+        self._send()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._timeout)
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
