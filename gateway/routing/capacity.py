@@ -72,7 +72,6 @@ class Capacity:
             self.shared = SharedRoom(clock, metrics, scheduling, room, self._me, self._give)
         self._held: dict[str, list[str]] = {}  # upstream → leases this process holds
         self._to_release: list[tuple[str, str]] = []
-        self._flush: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         balancer.on_release = self._freed
@@ -206,19 +205,16 @@ class Capacity:
         self.local.freed()
 
     def _give(self, upstream: str, lease: str) -> None:
-        """A lease back to the store (with the others of this turn of the loop, in one call)."""
+        """A lease back to the store (with the others of this turn of the loop, in one call
+        sent at its end: no task)."""
         self._to_release.append((upstream, lease))
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.get_running_loop().create_task(self._release())
+        if len(self._to_release) == 1:
+            asyncio.get_running_loop().call_soon(self._release)
 
-    async def _release(self) -> None:
-        await asyncio.sleep(0)  # the releases of this turn of the loop go in one call
+    def _release(self) -> None:
         batch, self._to_release = self._to_release, []
         if batch and self.leases is not None:
-            try:
-                await self.leases.release(batch)
-            except StoreError as exc:  # they expire within a lease time
-                log.warning("capacity release failed", extra={"reason": str(exc)})
+            self.leases.release_now(batch)
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -238,7 +234,7 @@ class Capacity:
         await self.local.close()
         if self.shared is not None:
             await self.shared.close()
-        tasks = [self._renewer, self._flush]
+        tasks = [self._renewer]
         for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
@@ -248,8 +244,9 @@ class Capacity:
                     await task
         if self.leases is not None:
             held = [(name, lease) for name, leases in self._held.items() for lease in leases]
+            pending, self._to_release = self._to_release, []
             with contextlib.suppress(StoreError):
-                await self.leases.release(held + self._to_release)
+                await self.leases.release(held + pending)
             await self.leases.close()
 
 

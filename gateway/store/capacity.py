@@ -51,6 +51,11 @@ class LeaseStore(Protocol):
         """Give (upstream name, lease) pairs back (to the waiting room's next, if shared)."""
         ...
 
+    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
+        """``release`` on the hot path: on its way when this returns, not awaited (a failure
+        is logged; the leases expire within a lease time)."""
+        ...
+
     async def held(self, upstream: str) -> int:
         """Leases of ``upstream`` not expired, all processes together."""
         ...

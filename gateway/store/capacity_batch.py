@@ -1,9 +1,11 @@
-"""Upstream lease acquisitions coalesced (``RedisLeaseStore.acquire_now``): those asked for in
-one turn of the loop go to Redis as one EVALSHA of ``capacity_acquire.lua``, which decides them
-in order exactly as calls of their own would be, and each answer arrives through a future. No
-task and no timer per request: one timer per batch bounds the wait (its futures then fail with
-``StoreError``), and a task only where the batch cannot be sent at once (the lane not connected,
-the script unknown after a restart, a Cluster, which redis-py serves).
+"""The hot path's lease calls on Redis, for ``RedisLeaseStore``.
+
+Acquisitions (``acquire_now``) asked for in one turn of the loop go to Redis as one EVALSHA of
+``capacity_acquire.lua``, which decides them in order exactly as calls of their own would be,
+and each answer arrives through a future. No task and no timer per request: one timer per
+batch bounds the wait (its futures then fail with ``StoreError``), and a task only where the
+batch cannot be sent at once (the lane not connected, the script unknown after a restart, a
+Cluster, which redis-py serves). Releases (``release_now``) are sent at once, not awaited.
 
 A lease Redis took for a caller that no longer waits for it is given back at once, not held for
 its lease time: a reply that comes after the batch's time ran out or after its caller left, and
@@ -170,6 +172,22 @@ class Acquirer:
             return
         timer.cancel()
         self._deliver(batch, answer)
+
+    def release_now(self, script: Script, call: Call, leases: Pairs) -> None:
+        """Leases given back on the hot path: sent at once when the lane can (no task), else
+        through ``release`` in a task; not awaited (a failure is logged: they expire)."""
+        reply = self._transport().send_now(script, call)
+        if reply is None:
+            self._give_back(leases)
+        else:
+            reply.add_done_callback(functools.partial(self._released, leases))
+
+    def _released(self, leases: Pairs, reply: asyncio.Future[Any]) -> None:
+        exc = None if reply.cancelled() else reply.exception()
+        if isinstance(exc, LaneError) and exc.noscript:  # it ran nothing: loaded, then sent
+            self._give_back(leases)
+        elif (exc is not None or reply.cancelled()) and not self._closed:
+            log.warning("capacity release failed", extra={"reason": why(exc)})
 
     def _give_back(self, leases: Pairs) -> None:
         if self._closed:  # the store is closing: they expire within a lease time

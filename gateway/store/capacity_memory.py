@@ -51,6 +51,9 @@ class MemoryLeaseStore:
                 held[lease] = self.clock.monotonic() + self.lease_seconds
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
+        self.release_now(leases)
+
+    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
         for upstream, lease in leases:
             self._sets.get(upstream, {}).pop(lease, None)
 

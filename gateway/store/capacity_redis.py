@@ -95,9 +95,15 @@ class RedisLeaseStore:
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:
-            keys = [PREFIX + name for name, _ in leases]
-            args = [self.lease_ms, *(lease for _, lease in leases)]
-            await self.transport.evalsha(RELEASE, [(keys, args)])
+            await self.transport.evalsha(RELEASE, [self._release_call(leases)])
+
+    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
+        if leases:
+            self._acquirer.release_now(RELEASE, self._release_call(leases), list(leases))
+
+    def _release_call(self, leases: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        keys = [PREFIX + name for name, _ in leases]
+        return keys, [self.lease_ms, *(lease for _, lease in leases)]
 
     async def held(self, upstream: str) -> int:
         seconds, micros = await self.transport.call("TIME")

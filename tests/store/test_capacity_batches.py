@@ -185,6 +185,27 @@ async def test_the_capacity_service_asks_for_its_leases_together(
         await capacity.close()
 
 
+async def test_the_leases_freed_in_one_turn_go_back_in_one_call(
+    redis_process: RedisServer,
+) -> None:
+    assert redis_process.call("FLUSHALL") == "OK"
+    leases = RedisLeaseStore(redis_process.url, 5000, LONG)
+    capacity = service(leases)
+    gpu = Upstream(name="gpu", url="http://127.0.0.1:9", max_concurrency=8)
+    try:
+        await warm(leases)
+        for taken in await asyncio.gather(*(capacity.take(gpu) for _ in range(8))):
+            assert taken is gpu
+            capacity.balancer.acquire(gpu)
+        before = evalsha_calls(redis_process)
+        for _ in range(8):
+            capacity.balancer.release(gpu)
+        await _given_back(leases, redis_process, taken=8)
+        assert evalsha_calls(redis_process) - before == 2  # the release, and the check's take
+    finally:
+        await capacity.close()
+
+
 async def _ran(redis_process: RedisServer, upstream: str = "gpu") -> None:
     """Until Redis holds the lease (the script ran), within 5 s."""
     deadline = asyncio.get_running_loop().time() + 5
@@ -193,13 +214,13 @@ async def _ran(redis_process: RedisServer, upstream: str = "gpu") -> None:
         await asyncio.sleep(0.005)
 
 
-async def _given_back(store: RedisLeaseStore, redis_process: RedisServer) -> None:
-    """The slot is free again within 3 s (its lease would live ``LONG``)."""
+async def _given_back(store: RedisLeaseStore, redis_process: RedisServer, taken: int = 1) -> None:
+    """The slots are free again within 3 s (a lease would live ``LONG``)."""
     deadline = asyncio.get_running_loop().time() + 3
     while redis_process.call("ZCARD", PREFIX + "gpu") != "0":
         assert asyncio.get_running_loop().time() < deadline, "the lease was not given back"
         await asyncio.sleep(0.01)
-    assert await store.acquire([("gpu", 1)], "next") == 0
+    assert await store.acquire([("gpu", taken)], "next") == 0
 
 
 @pytest.fixture
