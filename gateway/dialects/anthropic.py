@@ -33,6 +33,8 @@ __all__ = [
     "TEXT_DELTA_END",
     "StreamTranslator",
     "Usage",
+    "by_body",
+    "by_route",
     "encode_event",
     "encode_events",
     "error_event",
@@ -53,15 +55,23 @@ _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REQUEST = 3
 _TOKENS_PER_IMAGE = 1600
 _IMAGE_TYPES = ("image", "image_url", "input_image")
+_MESSAGES_ENDS = ("/messages", "/messages/count_tokens")
 _UNCOUNTED = frozenset(
     {"role", "type", "id", "tool_use_id", "tool_call_id", "cache_control", "signature"}
 )
 
 
-def is_anthropic(path: str, has_anthropic_version: bool, body: object) -> bool:
-    """Whether a chat request speaks Anthropic Messages (otherwise OpenAI chat)."""
-    if has_anthropic_version or path.rstrip("/").endswith("/messages"):
-        return True
+def by_route(path: str, has_anthropic_version: bool) -> bool:
+    """The dialect as the request's head tells it, before any body: Anthropic with an
+    ``anthropic-version`` header or on a Messages route (``/messages``, ``/messages/count_tokens``).
+    The edge decides it for every request (its refusals speak it); a chat body may refine it
+    once (``by_body``)."""
+    return has_anthropic_version or path.rstrip("/").endswith(_MESSAGES_ENDS)
+
+
+def by_body(body: object) -> bool:
+    """Whether a chat body on an OpenAI route is an Anthropic Messages body all the same (a
+    ``system`` field, Anthropic tools or content blocks)."""
     if not isinstance(body, dict):
         return False
     if "system" in body:
@@ -71,6 +81,11 @@ def is_anthropic(path: str, has_anthropic_version: bool, body: object) -> bool:
         return True
     messages = body.get("messages")
     return isinstance(messages, list) and any(has_anthropic_block(m) for m in messages)
+
+
+def is_anthropic(path: str, has_anthropic_version: bool, body: object) -> bool:
+    """Whether a chat request speaks Anthropic Messages (otherwise OpenAI chat)."""
+    return by_route(path, has_anthropic_version) or by_body(body)
 
 
 def to_openai_request(

@@ -119,8 +119,6 @@ class ChatHandler:
         rt, ex = self.rt, request[EXCHANGE]
         ex.span = rt.tracer.request(ex, request)
         with ex.span:
-            # The path and header already tell the dialect of a refusal before the body is read.
-            ex.anthropic = ex.anthropic or request.path.endswith("/messages")
             record = await govern.caller(rt, request, "chat")
             raw = await govern.body(rt, request)
             try:
@@ -128,9 +126,6 @@ class ChatHandler:
             except orjson.JSONDecodeError:
                 parsed = None
             if parsed is None:
-                ex.anthropic = anthropic.is_anthropic(
-                    request.path, "anthropic-version" in request.headers, parsed
-                )
                 parse_json(raw)  # raises the precise 400
             body = self.chat_body(request, ex, parsed)
             if inputs.may_carry_image(raw) and inputs.has_image_input(body):
@@ -177,11 +172,10 @@ class ChatHandler:
                 govern.settle(rt, ex, ticket, route)
 
     def chat_body(self, request: web.Request, ex: Exchange, parsed: object) -> dict[str, object]:
-        """The request as a chat body of its dialect (decided here, once), checked; an API
-        that is not chat (Responses) overrides this to translate its body into OpenAI chat."""
-        ex.anthropic = anthropic.is_anthropic(
-            request.path, "anthropic-version" in request.headers, parsed
-        )
+        """The request as a chat body of its dialect (the edge's, from the route and header,
+        refined here once by the body), checked; an API that is not chat (Responses) overrides
+        this to translate its body into OpenAI chat."""
+        ex.anthropic = ex.anthropic or anthropic.by_body(parsed)
         return self._check_anthropic(parsed) if ex.anthropic else check_request(parsed)
 
     def new_relay(self, ex: Exchange, route: ModelRoute) -> Relay:

@@ -28,6 +28,7 @@ from multidict import CIMultiDict, istr
 
 from gateway.clock import SystemClock
 from gateway.config.schema import Network
+from gateway.dialects.anthropic import by_route
 from gateway.errors import (
     GatewayError,
     MethodNotAllowed,
@@ -123,7 +124,8 @@ def edge_middleware(
         own = new()
         ex = Exchange(label(headers.get(_X_REQUEST_ID), own), clock_monotonic(), own)
         request[EXCHANGE] = ex
-        ex.anthropic = _ANTHROPIC_VERSION in headers  # for refusals of any route
+        # the dialect of its refusals (and, on chat routes, of its answer, refined by the body)
+        ex.anthropic = by_route(request.path, _ANTHROPIC_VERSION in headers)
         status = 500
         try:
             response = await handler(request)

@@ -33,11 +33,9 @@ MODELS_PATHS = ("/v1/models", "/models", "/v1/llm/models", "/api/chat/models", "
 
 def models_handler(runtime: Runtime) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def models(request: web.Request) -> web.StreamResponse:
-        ex = request[EXCHANGE]
-        ex.anthropic = "anthropic-version" in request.headers
         record = await authenticate(runtime, request)
         listed = [m for m in runtime.router.models() if m.allowed_by(record.models)]
-        if ex.anthropic:
+        if request[EXCHANGE].anthropic:  # the edge's: an anthropic-version header
             return json_response(anthropic.models_list([(m.name, m.created) for m in listed]))
         return json_response(
             {
@@ -67,8 +65,7 @@ def count_tokens_handler(
     ``X-Gateway-Token-Count`` header says which (``exact`` or ``estimate``)."""
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:
-        ex = request[EXCHANGE]
-        ex.anthropic = True
+        ex = request[EXCHANGE]  # Anthropic: the edge knows its route
         record = await govern.caller(runtime, request, "chat")  # before any of the body is held
         body = parse_json(await govern.body(runtime, request))
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
