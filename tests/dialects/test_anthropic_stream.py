@@ -242,8 +242,11 @@ def test_upstream_error_chunk_becomes_an_error_event(error: object, message: str
 
 # --- the property ---------------------------------------------------------------------------------
 
+# Integers within 64 bits: the SDK's stream accumulator (jiter) reads a larger one as a float
+# while its whole-message model keeps the int, so the oracle, not the gateway, would differ (the
+# gateway passes the model's argument text through byte for byte either way).
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
     ),
