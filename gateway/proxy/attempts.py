@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -42,6 +42,31 @@ Post = Callable[[Upstream, bytes, dict[str, str], bool, float | None], Awaitable
 # One try on an upstream, for the chain's current model: (upstream, chain, span) → the answer
 # and its whole body (a stream answering 200: its first chunk; a refused stream: nothing).
 Attempt = Callable[[Upstream, Chain, Span], Awaitable[tuple[R, bytes]]]
+
+
+@dataclasses.dataclass(slots=True)
+class Held(Generic[R]):
+    """An answering upstream, held (its slot and the balancer's count of it) until
+    ``release``, which gives it back once however often it is called (a ``with`` block calls
+    it at its end); ``answer`` and ``body`` as an ``Attempt`` gave them. Nothing else gives an
+    upstream back: its acquisition and release are paired here, not at each caller."""
+
+    upstream: Upstream
+    answer: R
+    body: bytes
+    _free: Callable[[Upstream], None]
+    _held: bool = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._free(self.upstream)
+
+    def __enter__(self) -> Held[R]:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
 
 
 def serving(rt: Runtime, route: ModelRoute, api: str) -> ModelRoute:
@@ -100,8 +125,8 @@ async def open_with(
     attempt: Attempt[R],
     again: Callable[[], bool] | None = None,
     tick: Tick | None = None,
-) -> tuple[Upstream, R, bytes]:
-    """An answering upstream (held: the caller releases it), its answer and body (see
+) -> Held[R]:
+    """An answering upstream, held until the caller releases it, with its answer and body (see
     ``Attempt``). A failure is retried as the model's ``retry`` says, unless ``again`` says the
     request can no longer be sent (an upload begun). Every attempt takes its upstream's slot
     (``routing.capacity``): the first through ``first``, every other through ``slot``."""
@@ -135,7 +160,7 @@ async def open_with(
         chain.done()
         balancer.succeeded(upstream)
         ex.upstream, ex.model = upstream.name, chain.model.name
-        return upstream, answer, body
+        return Held(upstream, answer, body, balancer.release)
     raise error or UpstreamUnavailable(
         f"No upstream of model '{route.name}' is available; try again shortly.", status=503
     )
@@ -149,7 +174,7 @@ def open_upstream(
     payload: bytes,
     post: Post,
     tick: Tick | None = None,
-) -> Awaitable[tuple[Upstream, Response, bytes]]:
+) -> Awaitable[Held[Response]]:
     """``open_with`` for a JSON request: ``payload`` POSTed by ``post``; ``tick``: a waiting
     stream's ``: queued`` comment."""
     chain = new_chain(rt, request, ex, route, payload)
@@ -212,9 +237,10 @@ async def try_json(
     return response, first_chunk
 
 
-async def refusal_of(rt: Runtime, upstream: Upstream, response: Response) -> bytes:
+async def refusal_of(held: Held[Response]) -> bytes:
     """The body of a stream's refusal (its head said not 200), bounded like a whole answer;
     the response is released and the upstream given back."""
+    upstream, response = held.upstream, held.answer
     try:
         async with asyncio.timeout(upstream.timeouts.first_byte):
             return await read_body(response, upstream)
@@ -224,7 +250,7 @@ async def refusal_of(rt: Runtime, upstream: Upstream, response: Response) -> byt
         ) from None
     finally:
         response.release()
-        rt.balancer.release(upstream)
+        held.release()
 
 
 def usable(upstream: Upstream, response: Response) -> Response:

@@ -216,7 +216,7 @@ class ChatHandler:
         route: ModelRoute,
         payload: bytes,
         tick: Tick | None = None,
-    ) -> Awaitable[tuple[Upstream, Response, bytes]]:
+    ) -> Awaitable[attempts.Held[Response]]:
         """An answering upstream, its response and the whole body (a stream: its first chunk).
 
         A failure before any byte reached the client is retried as the model's ``retry`` says:
@@ -234,8 +234,8 @@ class ChatHandler:
     async def _complete(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
     ) -> web.StreamResponse:
-        upstream, response, raw = await self._open(request, ex, route, payload)
-        self.rt.balancer.release(upstream)
+        with await self._open(request, ex, route, payload) as held:  # until the body is read
+            upstream, response, raw = held.upstream, held.answer, held.body
         if response.status != 200:
             return upstream_error(ex, response.status, raw)
         try:
@@ -267,9 +267,9 @@ class ChatHandler:
 
         if (opened := await early.opening(ex, error, opening)) is None:
             return client  # failed after the head went out: an error event said so
-        upstream, response, chunk = opened
+        upstream, response, chunk = opened.upstream, opened.answer, opened.body
         if response.status != 200:  # an error answer to a stream request: read whole, bounded
-            raw = await attempts.refusal_of(self.rt, upstream, response)
+            raw = await attempts.refusal_of(opened)
             if early.sent:
                 await early.refused(ex, error, response.status, raw)
                 return client
@@ -295,7 +295,7 @@ class ChatHandler:
             if task is not None:
                 self.rt.streams.discard(task)
             response.release()  # back to the pool if read to its end, else closed
-            self.rt.balancer.release(upstream)
+            opened.release()
             ex.usage = relay.usage
             ex.completion_chunks = relay.estimated_completion_tokens()
         return client

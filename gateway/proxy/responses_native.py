@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.config.schema import Upstream
 from gateway.dialects import responses
 from gateway.dialects.responses_native import NativeRelay, chat_usage
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.proxy import govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.json_api import answered_as, refused
+from gateway.proxy.attempts import Held
 from gateway.proxy.bodies import dump_upstream
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.queued import EarlyHead
@@ -33,7 +33,7 @@ from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 
 Keep = Callable[[str, bytes], Awaitable[None]]  # a finished response: its id, its JSON
-Opened = tuple[Upstream, Response, bytes]
+Opened = Held[Response]
 PATH = "/v1/responses"
 
 
@@ -83,14 +83,14 @@ async def create(
         if opened is None:  # failed after an early head: an error event said so
             assert early is not None
             return early.client
-        upstream, response, first = opened
+        response, first = opened.answer, opened.body
         asked = str(body["model"])
         worker, public = answered_as(rt, ex, route, asked)
         if ex.stream and response.status == 200:
             ending = (answers.renamer(worker, public), keep)
             return await _stream(rt, request, ex, opened, (public, ending), early)
         if not ex.stream:
-            rt.balancer.release(upstream)
+            opened.release()
         if response.status != 200:
             return refused(ex, "responses", asked, response.status, first)
         return await _whole(ex, public, first, keep)

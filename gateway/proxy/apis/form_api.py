@@ -161,13 +161,11 @@ class FormHandler:
         chain = attempts.new_chain(
             rt, request, ex, attempts.serving(rt, route, self.api.api), b"{}"
         )
-        opened = await attempts.open_with(rt, ex, chain, attempt, lambda: not form.sent)
-        upstream, response, _ = opened
-        try:
-            return await self._answer(request, ex, (upstream, response), route, asked)
-        finally:
-            response.release()
-            rt.balancer.release(upstream)
+        with await attempts.open_with(rt, ex, chain, attempt, lambda: not form.sent) as held:
+            try:
+                return await self._answer(request, ex, (held.upstream, held.answer), route, asked)
+            finally:
+                held.answer.release()
 
     async def _send(
         self,

@@ -26,7 +26,7 @@ from gateway.dialects.sse import SSESplitter
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy import attempts
 from gateway.proxy.apis.answers import rename
-from gateway.proxy.attempts import Post
+from gateway.proxy.attempts import Held, Post
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.queued import EarlyHead
 from gateway.proxy.timers import Silence
@@ -86,7 +86,7 @@ async def open_answer(
     api: tuple[str, Post],
     payload: bytes,
     early: tuple[EarlyHead, ErrorEvent] | None = None,
-) -> tuple[Upstream, Response, bytes] | None:
+) -> Held[Response] | None:
     """An answering upstream (held: the caller releases it), its response and its whole body
     (a stream answering 200: its first chunk, the response still open; a refused stream: its
     refusal read whole, the upstream released). ``api``: the API's name and its ``poster``.
@@ -102,13 +102,11 @@ async def open_answer(
     opened = await (opening if early is None else early[0].opening(ex, early[1], opening))
     if opened is None:
         return None
-    upstream, response, _ = opened
-    if ex.stream and response.status != 200:
-        refusal = await attempts.refusal_of(rt, upstream, response)
+    if ex.stream and opened.answer.status != 200:
+        opened.body = await attempts.refusal_of(opened)  # released: read whole
         if early is not None and early[0].sent:
-            await early[0].refused(ex, early[1], response.status, refusal)
+            await early[0].refused(ex, early[1], opened.answer.status, opened.body)
             return None
-        return upstream, response, refusal
     return opened
 
 
@@ -130,7 +128,7 @@ async def relay_stream(
     rt: Runtime,
     request: web.Request,
     ex: Exchange,
-    stream: tuple[Upstream, Response, bytes],
+    stream: Held[Response],
     relay: OpenAIRelay,
     renamed: Renamer,
     early: EarlyHead | None = None,
@@ -162,7 +160,7 @@ async def relay_with(
     rt: Runtime,
     request: web.Request,
     ex: Exchange,
-    stream: tuple[Upstream, Response, bytes],
+    stream: Held[Response],
     relay: Metered,
     pumping: Callable[[web.StreamResponse], Awaitable[None]],
     early: EarlyHead | None = None,
@@ -170,7 +168,6 @@ async def relay_with(
     """A stream answer's life, for every streaming API: its head (unless ``early`` sent it
     while the request waited for a slot), ``pumping`` the worker's events to the client, and,
     whatever happens, the stream counted, the upstream given back and what it used noted."""
-    upstream, response, _ = stream
     client = early.client if early is not None else _EventStream(headers=SSE_HEADERS)
     prepared = early is not None and early.sent
     if ex.rate_headers and not prepared:
@@ -189,8 +186,8 @@ async def relay_with(
         rt.metrics.active_streams.dec()
         if task is not None:
             rt.streams.discard(task)
-        response.release()
-        rt.balancer.release(upstream)
+        stream.answer.release()
+        stream.release()
         ex.usage = relay.usage
         ex.completion_chunks = relay.estimated_completion_tokens()
     return client
@@ -210,7 +207,7 @@ async def _pump(
     client: web.StreamResponse,
     relay: OpenAIRelay,
     renamed: Renamer,
-    stream: tuple[Upstream, Response, bytes],
+    stream: Held[Response],
 ) -> None:
     async def deliver(events: list[bytes]) -> None:
         await client.write(renamed(relay.relay(events)))
@@ -223,13 +220,13 @@ async def pump(
     ex: Exchange,
     client: web.StreamResponse,
     relay: Streamed,
-    stream: tuple[Upstream, Response, bytes],
+    stream: Held[Response],
     deliver: Callable[[list[bytes]], Awaitable[None]],
 ) -> None:
     """Relay a worker's stream until it ends: each batch of events to ``deliver``, the
     worker's silence bounded by its ``idle``; a failure after the head is the relay's error
     event (no status can say it any more), and the worker counts as failed."""
-    upstream, response, chunk = stream
+    upstream, response, chunk = stream.upstream, stream.answer, stream.body
     splitter, idle = SSESplitter(), upstream.timeouts.idle
     loop = asyncio.get_running_loop()
     try:

@@ -210,13 +210,13 @@ class JsonHandler:
             if opened is None:  # failed after an early head: an error event said so
                 assert early is not None
                 return early.client
-            upstream, response, answer = opened
+            response, answer = opened.answer, opened.body
             worker, public = answered_as(rt, ex, route, asked)
             if ex.stream and response.status == 200:
                 renamed = forward.renaming(answers.renamer(worker, public), public)
                 return await forward.relay_stream(rt, request, ex, opened, relay, renamed, early)
             if not ex.stream:
-                rt.balancer.release(upstream)
+                opened.release()
             if response.status != 200:
                 return refused(ex, api.api, asked, response.status, answer)
             return self._answer(ex, (worker, public), answer)
