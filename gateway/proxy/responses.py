@@ -55,16 +55,19 @@ Keep = Callable[[str, bytes], Awaitable[None]]  # a finished response: its id, i
 
 class _KeptStream(web.StreamResponse):
     """The client's event stream; before its end goes out, ``before_end`` runs (the response
-    is stored), so nothing the client reads comes before the response is kept."""
+    is stored), so nothing the client reads comes before the response is kept. Once: aiohttp
+    calls ``write_eof`` again when the handler returns, which ends nothing more."""
 
     _send_headers_immediately = False  # the head goes with the first events, as for chat
 
     def __init__(self, before_end: Callable[[], Awaitable[None]], headers: dict[str, str]) -> None:
         super().__init__(headers=headers)
-        self._before_end = before_end
+        self._before_end: Callable[[], Awaitable[None]] | None = before_end
 
     async def write_eof(self, data: bytes = b"") -> None:
-        await self._before_end()
+        before_end, self._before_end = self._before_end, None
+        if before_end is not None:
+            await before_end()
         await super().write_eof(data)
 
 

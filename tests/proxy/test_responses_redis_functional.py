@@ -59,3 +59,37 @@ async def test_two_gateways_share_the_stored_responses(
     await b.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         await a.responses.retrieve(first.id)
+
+
+def _sets(redis: RedisServer) -> int:
+    """The SET commands Redis ran since its statistics were last reset."""
+    for line in redis.call("INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_set:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("model", "stream"), [("mock-model", True), ("mock-model", False)], ids=["streamed", "whole"]
+)
+async def test_a_response_is_stored_once(
+    gateway_factory: Any,
+    mock: tuple[int, MockState],
+    fake: FakeUpstream,
+    redis_url: str,
+    redis_process: RedisServer,
+    model: str,
+    stream: bool,
+) -> None:
+    """One SET per response: aiohttp ends a stream a second time when the handler returns,
+    and that second end stored the streamed response again."""
+    client = sdk(await gateway_factory(responses_yaml(mock[0], fake.url, store=redis_url)))
+    await client.responses.create(model=model, input="hello")  # connections warm
+    assert redis_process.call("CONFIG", "RESETSTAT") == "OK"
+    if stream:
+        async with client.responses.stream(model=model, input="hello") as s:
+            answer = await s.get_final_response()
+    else:
+        answer = await client.responses.create(model=model, input="hello")
+    assert _sets(redis_process) == 1
+    assert (await client.responses.retrieve(answer.id)).output_text == answer.output_text
