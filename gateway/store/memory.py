@@ -4,6 +4,7 @@ injected clock. The default for a single process and the reference the Redis scr
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +50,35 @@ class _Check:
 
 
 _NO_MINUTE = MinuteTokens()  # read only: the minute of a key or owner without a tpm limit
+
+
+@dataclass(frozen=True, slots=True)
+class _Scopes:
+    """The names of a key's and its owner's state (rpm logs, rolling minutes, counters)."""
+
+    key: str
+    owner: str
+    day: str
+    month: str
+    owner_month: str
+    day_cost: str
+    month_cost: str
+    owner_month_cost: str
+
+
+@functools.lru_cache(maxsize=4096)
+def _scopes(key_id: str, owner: str) -> _Scopes:
+    """Built once per key, not per request (a request names each several times)."""
+    return _Scopes(
+        f"k:{key_id}",
+        f"o:{owner}",
+        f"kd:{key_id}",
+        f"km:{key_id}",
+        f"om:{owner}",
+        f"kdc:{key_id}",
+        f"kmc:{key_id}",
+        f"omc:{owner}",
+    )
 
 
 class MemoryStore:
@@ -192,33 +222,35 @@ class MemoryStore:
         """Each limit that applies, in the order every store checks them (the first that does
         not fit is the refusal); a limit that is not set costs nothing."""
         day, month, to_midnight, to_month = periods
-        key, owner, tokens, cost = a.key_id, a.owner, a.reserve, a.reserve_cost
+        s, tokens, cost = _scopes(a.key_id, a.owner), a.reserve, a.reserve_cost
         if a.rpm is not None:
-            yield self._rpm("rpm", f"k:{key}", a.rpm, now)
+            yield self._rpm("rpm", s.key, a.rpm, now)
         if a.concurrency is not None:
             yield _Check("concurrency", len(leases) < a.concurrency, 1.0)
         if a.daily is not None:
-            yield self._quota("daily", f"kd:{key}", day, a.daily, tokens, to_midnight)
+            yield self._quota("daily", s.day, day, a.daily, tokens, to_midnight)
         if a.monthly is not None:
-            yield self._quota("monthly", f"km:{key}", month, a.monthly, tokens, to_month)
+            yield self._quota("monthly", s.month, month, a.monthly, tokens, to_month)
         if a.tpm is not None:
-            yield self._minute("tpm", f"k:{key}", a.tpm, tokens, now)
+            yield self._minute("tpm", s.key, a.tpm, tokens, now)
         if a.daily_budget is not None:
-            yield self._quota("daily_budget", f"kdc:{key}", day, a.daily_budget, cost, to_midnight)
+            yield self._quota("daily_budget", s.day_cost, day, a.daily_budget, cost, to_midnight)
         if a.monthly_budget is not None:
             yield self._quota(
-                "monthly_budget", f"kmc:{key}", month, a.monthly_budget, cost, to_month
+                "monthly_budget", s.month_cost, month, a.monthly_budget, cost, to_month
             )
         if a.plan_rpm is not None:
-            yield self._rpm("plan_rpm", f"o:{owner}", a.plan_rpm, now)
+            yield self._rpm("plan_rpm", s.owner, a.plan_rpm, now)
         if a.plan_monthly is not None:
             yield self._quota(
-                "plan_monthly", f"om:{owner}", month, a.plan_monthly, tokens, to_month
+                "plan_monthly", s.owner_month, month, a.plan_monthly, tokens, to_month
             )
         if a.plan_tpm is not None:
-            yield self._minute("plan_tpm", f"o:{owner}", a.plan_tpm, tokens, now)
+            yield self._minute("plan_tpm", s.owner, a.plan_tpm, tokens, now)
         if a.plan_budget is not None:
-            yield self._quota("plan_budget", f"omc:{owner}", month, a.plan_budget, cost, to_month)
+            yield self._quota(
+                "plan_budget", s.owner_month_cost, month, a.plan_budget, cost, to_month
+            )
 
     def _minute(self, reason: Refusal, scope: str, limit: int, reserve: int, now: float) -> _Check:
         wait = self._minutes.setdefault(scope, MinuteTokens()).wait(reserve, limit, now)
@@ -227,17 +259,18 @@ class MemoryStore:
     def _take(
         self, a: Admission, now: float, day: int, month: int, leases: dict[str, float]
     ) -> None:
+        s = _scopes(a.key_id, a.owner)
         if a.rpm is not None:
-            self._log(f"k:{a.key_id}", now).append(now)
+            self._log(s.key, now).append(now)
         if a.plan_rpm is not None:
-            self._log(f"o:{a.owner}", now).append(now)
+            self._log(s.owner, now).append(now)
         if a.tpm is not None:
-            self._minutes[f"k:{a.key_id}"].add(a.request_id, a.reserve, now)
+            self._minutes[s.key].add(a.request_id, a.reserve, now)
         if a.plan_tpm is not None:
-            self._minutes[f"o:{a.owner}"].add(a.request_id, a.reserve, now)
+            self._minutes[s.owner].add(a.request_id, a.reserve, now)
         leases[a.request_id] = now + LEASE_SECONDS
         counters = self._counters
-        for scope, period, amount in _counters(a, day, month, a.reserve, a.reserve_cost):
+        for scope, period, amount in _counters(s, day, month, a.reserve, a.reserve_cost):
             stored = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
             held = stored[1] if stored is not None and stored[0] == period else 0
             counters[scope] = (period, held + amount)
@@ -252,23 +285,20 @@ class MemoryStore:
         to_midnight: float,
         to_month: float,
     ) -> Verdict:
-        scope = f"k:{a.key_id}" if a.rpm else f"o:{a.owner}"
-        log = self._log(scope, now) if (a.rpm or a.plan_rpm) is not None else deque()
-        key_minute = (
-            self._minutes.get(f"k:{a.key_id}", _NO_MINUTE) if a.tpm is not None else _NO_MINUTE
-        )
-        owner_minute = (
-            self._minutes.get(f"o:{a.owner}", _NO_MINUTE) if a.plan_tpm is not None else _NO_MINUTE
-        )
+        s, minutes = _scopes(a.key_id, a.owner), self._minutes
+        in_window = (a.rpm or a.plan_rpm) is not None
+        log = self._log(s.key if a.rpm else s.owner, now) if in_window else deque()
+        key_minute = minutes.get(s.key, _NO_MINUTE) if a.tpm is not None else _NO_MINUTE
+        owner_minute = minutes.get(s.owner, _NO_MINUTE) if a.plan_tpm is not None else _NO_MINUTE
         spent = Spent(
-            day_tokens=self._tokens(f"kd:{a.key_id}", day),
-            month_tokens=self._tokens(f"km:{a.key_id}", month),
-            owner_month_tokens=self._tokens(f"om:{a.owner}", month),
+            day_tokens=self._tokens(s.day, day),
+            month_tokens=self._tokens(s.month, month),
+            owner_month_tokens=self._tokens(s.owner_month, month),
             minute_tokens=key_minute.trim(now) if a.tpm is not None else 0,
             owner_minute_tokens=owner_minute.trim(now) if a.plan_tpm is not None else 0,
-            day_cost=self._tokens(f"kdc:{a.key_id}", day),
-            month_cost=self._tokens(f"kmc:{a.key_id}", month),
-            owner_month_cost=self._tokens(f"omc:{a.owner}", month),
+            day_cost=self._tokens(s.day_cost, day),
+            month_cost=self._tokens(s.month_cost, month),
+            owner_month_cost=self._tokens(s.owner_month_cost, month),
         )
         return windows.verdict_of(
             a,
@@ -288,7 +318,8 @@ class MemoryStore:
         used = s.prompt_tokens + s.completion_tokens
         if s.day:  # the admission's periods, if still current, move by used - reserved
             self._move(a, s.day, s.month, used - a.reserve, s.cost - a.reserve_cost, False)
-            for scope in (f"k:{a.key_id}", f"o:{a.owner}"):
+            scopes = _scopes(a.key_id, a.owner)
+            for scope in (scopes.key, scopes.owner):
                 minute = self._minutes.get(scope)
                 if minute is not None:
                     minute.settle(a.request_id, used)
@@ -316,7 +347,7 @@ class MemoryStore:
     ) -> None:
         """Counters of ``day``/``month`` moved by ``tokens`` and ``cost`` (never below zero); a
         counter of an older period is left alone, or, with ``reset``, restarted at the delta."""
-        for scope, period, delta in _counters(a, day, month, tokens, cost):
+        for scope, period, delta in _counters(_scopes(a.key_id, a.owner), day, month, tokens, cost):
             stored = self._counters.get(scope)
             if stored is not None and stored[0] == period:
                 self._counters[scope] = (period, max(0, stored[1] + delta))
@@ -415,14 +446,14 @@ def _row_order(item: tuple[tuple[str, str, int, str, str], _Usage]) -> tuple[obj
 
 
 def _counters(
-    a: Admission, day: int, month: int, tokens: int, cost: int
+    s: _Scopes, day: int, month: int, tokens: int, cost: int
 ) -> tuple[tuple[str, int, int], ...]:
     """Every counter an admission moves: (scope, its period, the amount)."""
     return (
-        (f"kd:{a.key_id}", day, tokens),
-        (f"km:{a.key_id}", month, tokens),
-        (f"om:{a.owner}", month, tokens),
-        (f"kdc:{a.key_id}", day, cost),
-        (f"kmc:{a.key_id}", month, cost),
-        (f"omc:{a.owner}", month, cost),
+        (s.day, day, tokens),
+        (s.month, month, tokens),
+        (s.owner_month, month, tokens),
+        (s.day_cost, day, cost),
+        (s.month_cost, month, cost),
+        (s.owner_month_cost, month, cost),
     )
