@@ -72,6 +72,7 @@ class Capacity:
             self.shared = SharedRoom(clock, metrics, scheduling, room, self._me, self._give)
         self._held: dict[str, list[str]] = {}  # upstream → leases this process holds
         self._to_release: list[tuple[str, str]] = []
+        self._routes: dict[int, tuple[ModelRoute, bool]] = {}  # id → (route, _queues(route))
         self._renewer: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         balancer.on_release = self._freed
@@ -102,14 +103,25 @@ class Capacity:
         with ``Balancer.acquire`` at once, and ``Balancer.release`` gives both back), after a
         wait in the model's queue when every one is full; None (today's 503) when full and the
         model has fallbacks or an upstream without a cap."""
-        route = chain.route
-        queued = _queues(route)
-        upstream = None if self.local.busy(route.name) else chain.first()
+        route, local = chain.route, self.local
+        upstream = None if local.queues and local.busy(route.name) else chain.first()
+        queued = self._queued(route)
         if upstream is not None:
             if self.leases is None or upstream.max_concurrency is None:
                 return upstream
-            pool = [upstream, *(u for u in self._pool(chain) if u is not upstream)]
-            taken = await self._lease(pool, route.name if queued else None)
+            pool = self.balancer.expand(chain.model.upstreams)
+            if pool[0] is not upstream:
+                pool = [upstream, *(u for u in pool if u is not upstream)]
+            taken = _uncapped(pool)
+            if taken is None:  # every one capped: a lease (awaited here: one level less)
+                asking, lease = self._ask(pool, route.name if queued else None)
+                try:
+                    taken = self._got(pool, lease, await asking)
+                except StoreError as exc:  # the store is down: each process keeps its own count
+                    taken = _store_down(exc, pool)
+                except asyncio.CancelledError:
+                    self._left(asking, pool, lease)
+                    raise
             if taken is not None:
                 if taken is not upstream:
                     chain.tried[-1] = taken.name
@@ -165,6 +177,15 @@ class Capacity:
         self.balancer.handover(upstream)  # counted by the pump; the caller counts it again
         return upstream
 
+    def _queued(self, route: ModelRoute) -> bool:
+        """``_queues(route)``, remembered per route (a reload makes new ones)."""
+        known = self._routes.get(id(route))
+        if known is None or known[0] is not route:
+            if len(self._routes) > 4096:
+                self._routes.clear()
+            known = self._routes[id(route)] = (route, _queues(route))
+        return known[1]
+
     def _pool(self, chain: Chain) -> list[Upstream]:
         return self.balancer.expand(chain.model.upstreams)
 
@@ -172,29 +193,43 @@ class Capacity:
         """A slot on the first upstream of ``pool`` with one free, held: one store call for
         every lease asked for in this turn of the loop (``LeaseStore.acquire_now``).
         ``queue``: the model whose waiting requests a newcomer may not pass."""
-        assert self.leases is not None
-        capped = [u for u in pool if u.max_concurrency is not None]
-        if len(capped) < len(pool):  # an uncapped upstream is never full
-            return next(u for u in pool if u.max_concurrency is None)
-        lease = f"{self._me}:l{next(self._ids)}"
-        asking = self.leases.acquire_now(
-            [(u.name, u.max_concurrency or 0) for u in capped], lease, queue
-        )
+        taken = _uncapped(pool)
+        if taken is not None:  # an uncapped upstream is never full
+            return taken
+        asking, lease = self._ask(pool, queue)
         try:
-            index = await asking
+            return self._got(pool, lease, await asking)
         except StoreError as exc:  # the store is down: each process keeps its own count
-            log.warning("capacity lease failed", extra={"reason": str(exc)})
-            return pool[0]
-        except asyncio.CancelledError:  # the caller left; a slot taken already goes back
-            if _taken(asking) >= 0:
-                self._give(capped[asking.result()].name, lease)
+            return _store_down(exc, pool)
+        except asyncio.CancelledError:
+            self._left(asking, pool, lease)
             raise
+
+    def _ask(self, capped: list[Upstream], queue: str | None) -> tuple[asyncio.Future[int], str]:
+        assert self.leases is not None
+        lease = f"{self._me}:l{next(self._ids)}"
+        spec = [(u.name, u.max_concurrency or 0) for u in capped]
+        return self.leases.acquire_now(spec, lease, queue), lease
+
+    def _got(self, capped: list[Upstream], lease: str, index: int) -> Upstream | None:
+        """The upstream whose slot ``lease`` took (None: every one full), held and renewed."""
         if index < 0:
             return None
         taken = capped[index]
-        self._held.setdefault(taken.name, []).append(lease)
-        self._start_renewer()
+        held = self._held.get(taken.name)
+        if held is None:
+            held = self._held[taken.name] = []
+        held.append(lease)
+        if self._renewer is None:
+            self._start_renewer()
         return taken
+
+    def _left(self, asking: asyncio.Future[int], capped: list[Upstream], lease: str) -> None:
+        """The caller left while its lease was on its way: if the answer had come (taken, the
+        caller not yet resumed), the slot goes back; else the store gives it back when it
+        comes."""
+        if _taken(asking) >= 0:
+            self._give(capped[asking.result()].name, lease)
 
     # -- slots freed, leases renewed --------------------------------------------------------
     def _freed(self, upstream: Upstream) -> None:
@@ -202,7 +237,8 @@ class Capacity:
         held = self._held.get(upstream.name)
         if held and len(held) > self.balancer.state(upstream.name).in_flight:
             self._give(upstream.name, held.pop())
-        self.local.freed()
+        if self.local.queues:
+            self.local.freed()
 
     def _give(self, upstream: str, lease: str) -> None:
         """A lease back to the store (with the others of this turn of the loop, in one call
@@ -221,14 +257,18 @@ class Capacity:
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
-        while any(self._held.values()):
-            await asyncio.sleep(RENEW_SECONDS)
-            leases = [(name, lease) for name, held in self._held.items() for lease in held]
-            if leases and self.leases is not None:
-                try:
-                    await self.leases.renew(leases)
-                except StoreError as exc:
-                    log.warning("capacity renewal failed", extra={"reason": str(exc)})
+        """While leases are held; then ``_renewer`` is None again (the hot path's test)."""
+        try:
+            while any(self._held.values()):
+                await asyncio.sleep(RENEW_SECONDS)
+                leases = [(name, lease) for name, held in self._held.items() for lease in held]
+                if leases and self.leases is not None:
+                    try:
+                        await self.leases.renew(leases)
+                    except StoreError as exc:
+                        log.warning("capacity renewal failed", extra={"reason": str(exc)})
+        finally:
+            self._renewer = None
 
     async def close(self) -> None:
         await self.local.close()
@@ -282,6 +322,19 @@ async def take(
     if capacity is None:
         return upstream
     return await capacity.take(upstream, alternatives)
+
+
+def _uncapped(pool: list[Upstream]) -> Upstream | None:
+    """The first upstream of ``pool`` without a cap (never full), if any."""
+    for upstream in pool:
+        if upstream.max_concurrency is None:
+            return upstream
+    return None
+
+
+def _store_down(exc: StoreError, pool: list[Upstream]) -> Upstream:
+    log.warning("capacity lease failed", extra={"reason": str(exc)})
+    return pool[0]
 
 
 def _queues(route: ModelRoute) -> bool:

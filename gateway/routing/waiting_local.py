@@ -46,19 +46,19 @@ class LocalRoom(Room):
     ) -> None:
         super().__init__(clock, metrics, scheduling)
         self.balancer = balancer
-        self._queues: dict[str, ModelQueue] = {}
+        self.queues: dict[str, ModelQueue] = {}  # by model, once one waited
 
     def busy(self, model: str) -> bool:
         """Requests wait for ``model``: a newcomer joins them rather than passing them."""
-        queue = self._queues.get(model)
+        queue = self.queues.get(model)
         return queue is not None and len(queue.fair) > 0
 
     async def wait(self, chain: Chain, owner: str, plan: Plan, tick: Tick | None) -> Upstream:
         """A slot of ``chain``'s model, counted, after a wait in its queue."""
         name = chain.route.name
-        queue = self._queues.get(name)
+        queue = self.queues.get(name)
         if queue is None:
-            queue = self._queues[name] = ModelQueue()
+            queue = self.queues[name] = ModelQueue()
         self.refuse_if_full(name, owner, plan, len(queue.fair))
         since = self.clock.monotonic()
         waiter = Waiter(chain, plan, asyncio.get_running_loop().create_future(), since)
@@ -89,7 +89,7 @@ class LocalRoom(Room):
 
     def freed(self) -> None:
         """A slot of this process freed: every queue looks again."""
-        for queue in self._queues.values():
+        for queue in self.queues.values():
             if len(queue.fair):
                 queue.wake.set()
 
@@ -108,7 +108,7 @@ class LocalRoom(Room):
             entry.item.granted.set_result(upstream)
 
     async def close(self) -> None:
-        pumps = [q.pump for q in self._queues.values() if q.pump is not None]
+        pumps = [q.pump for q in self.queues.values() if q.pump is not None]
         for task in pumps:
             task.cancel()
         for task in pumps:

@@ -79,9 +79,10 @@ class Acquirer:
         future: asyncio.Future[int] = loop.create_future()
         pending = self._asking
         pending.append((keys, args, names, lease, future))
-        if len(pending) == 1:
+        asked = len(pending)
+        if asked == 1:
             loop.call_soon(self._send)
-        elif len(pending) >= BATCH:
+        elif asked >= BATCH:
             self._send()
         return future
 
@@ -119,13 +120,10 @@ class Acquirer:
             self._deliver(batch, reply.result())
 
     def _deliver(self, batch: list[Ask], reply: Any) -> None:
-        try:
-            got = [int(index) for index in reply]
-            if len(got) != len(batch):
-                raise ValueError(f"{len(got)} answers for {len(batch)}")
-        except (TypeError, ValueError) as err:  # a reply of the wrong shape
-            self._lost(batch, err)
+        if not isinstance(reply, list) or len(reply) != len(batch):  # a reply of the wrong shape
+            self._lost(batch, ValueError(f"unexpected acquire reply {reply!r:.100}"))
             return
+        got: list[int] = reply
         back: Pairs = []
         for (_, _, names, lease, future), index in zip(batch, got, strict=True):
             if not future.done():

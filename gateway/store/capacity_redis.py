@@ -74,13 +74,17 @@ class RedisLeaseStore:
     def acquire_now(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
     ) -> asyncio.Future[int]:
-        names = [name for name, _ in candidates]
-        lease_sets = [PREFIX + name for name in names]
-        args = [lease, "0", str(len(names)), *(str(cap) for _, cap in candidates)]
+        if len(candidates) == 1:  # the usual model: one upstream
+            ((name, cap),) = candidates
+            names, keys, args = [name], [PREFIX + name], [lease, "0", "1", str(cap)]
+        else:
+            names = [name for name, _ in candidates]
+            keys = [PREFIX + name for name in names]
+            args = [lease, "0", str(len(names)), *(str(cap) for _, cap in candidates)]
         if queue is not None:
-            lease_sets.append(queue_key(queue))
+            keys.append(QUEUE + queue + "|z")  # queue_key(queue)
             args[1] = "1"
-        return self._acquirer.ask(lease_sets, args, names, lease)
+        return self._acquirer.ask(keys, args, names, lease)
 
     async def acquire(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
