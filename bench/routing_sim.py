@@ -21,6 +21,7 @@ import heapq
 import itertools
 import random
 import statistics
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -36,18 +37,24 @@ from gateway.routing.balancer import Balancer
 
 PREFILL, DECODE, OUTPUT, SLOTS, CACHE_BLOCKS = 0.0002, 0.02, 16, 4, 3000
 NET, READ_DELAY, WORKERS = 0.001, 0.005, 4
+TOLD = 0.002  # a placement told through the store's broadcast reaches the other processes
 Messages = list[dict[str, str]]
 
 
 class Fleet:
     """The workers' caches, slots and queues, and the gateways' balancers, on one clock."""
 
-    def __init__(self, gateways: int, policy: str, memory: bool, pinned: bool) -> None:
+    def __init__(
+        self, gateways: int, policy: str, memory: bool, pinned: bool, told: bool, rng: Any
+    ) -> None:
         self.clock = FakeClock(0.0)
         self.upstreams = tuple(Upstream(name=f"gpu{i}", url=f"http://gpu{i}") for i in range(4))
         self.balancers = [Balancer(self.clock, random.Random(g)) for g in range(gateways)]
         for balancer in self.balancers:
             balancer.history.capacity = balancer.history.capacity if memory else 0
+            balancer.placements.sharing = told
+        self.rng = rng  # a gateway per request at random, when given
+        self.told = 0  # messages the gateways broadcast
         self.routing = ModelRouting(policy=policy)  # type: ignore[arg-type]
         self.pinned = pinned
         self.caches: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(WORKERS)]
@@ -64,12 +71,20 @@ class Fleet:
 
     # -- a request's way: gateway, worker, back ---------------------------------------------
     def send(self, now: float, conversation: int, count: int, messages: Messages) -> int:
-        gateway = (conversation if self.pinned else count) % len(self.balancers)
+        if self.rng is not None:
+            gateway = self.rng.randrange(len(self.balancers))
+        else:
+            gateway = (conversation if self.pinned else count) % len(self.balancers)
         balancer = self.balancers[gateway]
         found = affinity(orjson.dumps({"model": "sim", "messages": messages}), 256)
         key, prefixes = found if found is not None else (None, ())
         upstream = balancer.pick(self.upstreams, (), None, self.routing, key, "sim", prefixes)
         assert upstream is not None
+        told = balancer.placements.message()
+        if told is not None:
+            self.told += 1
+            for other in self.balancers:
+                self.at(now + TOLD, lambda _now, b=other, m=told: b.placements.receive(m))
         balancer.acquire(upstream)
         worker = self.upstreams.index(upstream)
         self.at(now + NET, self.arrive, worker, (messages, now, gateway, upstream, conversation))
@@ -130,10 +145,16 @@ class Fleet:
             self.balancers[gateway].observe(upstream.name, waiting, running, cache, until)
 
 
-def replay(arm: str, convs: list[list[Messages]], gateways: int = 2) -> dict[str, float]:
-    """One arm over one workload: TTFT median, share of requests that waited, hit rate."""
+def replay(
+    arm: str, convs: list[list[Messages]], gateways: int = 2, seed: int = 0
+) -> dict[str, float]:
+    """One arm over one workload: TTFT median, share of requests that waited, hit rate, and
+    placement messages broadcast per request."""
     policy, _, options = arm.partition("+")
-    fleet = Fleet(gateways, policy, "nomemory" not in options, "pinned" in options)
+    rng = random.Random(seed) if "random" in options else None
+    fleet = Fleet(
+        gateways, policy, "nomemory" not in options, "pinned" in options, "told" in options, rng
+    )
     ready, turn, count = list(range(len(convs))), [0] * len(convs), itertools.count()
 
     def next_turn(now: float, done: int | None = None) -> None:
@@ -159,6 +180,7 @@ def replay(arm: str, convs: list[list[Messages]], gateways: int = 2) -> dict[str
         "ttft_p50_ms": 1000 * statistics.median(fleet.ttfts),
         "waited": sum(1 for w in fleet.waits if w > 0.001) / len(fleet.waits),
         "hit_rate": fleet.hits / fleet.tokens,
+        "told": fleet.told / total,
     }
 
 
@@ -166,23 +188,42 @@ ARMS = (
     "least_loaded",
     "affinity+nomemory",
     "affinity",
+    "affinity+told",
     "least_loaded+pinned",
     "affinity+nomemory+pinned",
     "affinity+pinned",
+    "least_loaded+random",
+    "affinity+random",
+    "affinity+told+random",
 )
+
+
+def base_of(arm: str) -> str:
+    """The least_loaded arm an arm is compared with: the same way of choosing gateways."""
+    for way in ("pinned", "random"):
+        if way in arm:
+            return f"least_loaded+{way}"
+    return "least_loaded"
 
 
 def main() -> None:
     seeds = range(16, 24)
-    rows = {arm: [replay(arm, workload(48, 10, seed=s)) for s in seeds] for arm in ARMS}
-    print("| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
-    print("|---|" + "--:|" * (len(seeds) + 1))
+    arms = sys.argv[1:] or ARMS
+    arms = [*dict.fromkeys([base_of(a) for a in arms] + list(arms))]
+    rows = {arm: [replay(arm, workload(48, 10, seed=s), seed=s) for s in seeds] for arm in arms}
+    print("| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | hits | told |")
+    print("|---|" + "--:|" * (len(seeds) + 3))
     for arm, results in rows.items():
         p50 = [r["ttft_p50_ms"] for r in results]
-        base = rows["least_loaded+pinned" if "pinned" in arm else "least_loaded"]
+        base = rows[base_of(arm)]
         ratios = [r["ttft_p50_ms"] / b["ttft_p50_ms"] for r, b in zip(results, base, strict=True)]
         cells = " | ".join(f"{p:.0f} ({x:.2f}x)" for p, x in zip(p50, ratios, strict=True))
-        print(f"| {arm} | {cells} | {statistics.mean(p50):.0f} ({statistics.mean(ratios):.2f}x) |")
+        hits = statistics.mean(r["hit_rate"] for r in results)
+        told = statistics.mean(r["told"] for r in results)
+        print(
+            f"| {arm} | {cells} | {statistics.mean(p50):.0f} ({statistics.mean(ratios):.2f}x)"
+            f" | {hits:.1%} | {told:.3f} |"
+        )
 
 
 if __name__ == "__main__":

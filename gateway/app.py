@@ -104,11 +104,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     runtime, alerts = app[RUNTIME], app[ALERTS]
 
     def broadcast(message: str) -> None:
+        if runtime.balancer.placements.receive(message):
+            return  # where another process's affinity moved a conversation
         runtime.keys.invalidate(message)
         runtime.limiter.invalidate(message)
         alerts.key_changed(message)  # a revoked key, or one with an expiry to watch
 
     await runtime.store.subscribe(broadcast)
+    if not runtime.config.store.is_memory:  # a shared store: tell the other processes
+        runtime.balancer.placements.share(runtime.store.publish)
     await runtime.limiter.start()
     await alerts.start()
 

@@ -20,13 +20,17 @@ Discovered upstreams (``discover: dns``) stand in for the entry they were found 
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.clock import Clock
+from gateway.clock import Clock, SystemClock
 from gateway.config.schema import ModelRouting, Upstream
 from gateway.routing.history import History
+from gateway.routing.placements import Placements
 from gateway.routing.retry import RetryBudget
 from gateway.routing.ring import Ring
 
@@ -65,20 +69,28 @@ def _full(state: UpstreamState, upstream: Upstream) -> bool:
     return cap is not None and state.in_flight >= cap
 
 
+_View = tuple[Ring, list[UpstreamState], bool]  # a pool's ring, its states, any capped
+
+
 class Balancer:
     """Tracks in-flight counts, failures and signals of every upstream of this process."""
 
     def __init__(self, clock: Clock, rng: random.Random | None = None) -> None:
         self._clock = clock
+        # The clock read per request: the system's own function when it is the system clock.
+        self._now = time.monotonic if isinstance(clock, SystemClock) else clock.monotonic
         self.rng = rng or random.Random()  # ties and the random policy; tests seed it
         self._state: dict[str, UpstreamState] = {}
         self._members: dict[str, tuple[Upstream, ...]] = {}  # discovered, by entry name
         self._rings: dict[tuple[tuple[str, float], ...], Ring] = {}
-        self._rings_by_id: dict[int, tuple[Sequence[Upstream], Ring]] = {}
+        # By the identity of a route's pool: its ring and its upstreams' states.
+        self._views: dict[int, tuple[Sequence[Upstream], _View]] = {}
+        self._ejected_until = 0.0  # no upstream is ejected after this (monotonic)
         self._turns: dict[str, int] = {}  # round_robin's position, per model
         self.in_flight = 0  # requests holding an upstream, all upstreams together
         self.budget = RetryBudget()
         self.history = History()  # where affinity sent each prompt
+        self.placements = Placements(self.history)  # told to (and by) the other processes
         self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
 
     def state(self, name: str) -> UpstreamState:
@@ -111,17 +123,16 @@ class Balancer:
         least recently failed is tried anyway (Envoy's "panic" mode), so a one-upstream model is
         not black-holed by one failure.
         """
+        policy = routing.policy
+        if policy == "affinity" and key is not None:
+            return self.affinity(pool, exclude, region, routing.load_factor, key, prefixes)
         if self._members:
             pool = self.expand(pool)
         if exclude:
             pool = [u for u in pool if u.name not in exclude]
-        policy = routing.policy
-        if policy == "least_loaded" or (policy == "affinity" and key is None):
+        if policy == "least_loaded" or policy == "affinity":
             now = self._clock.monotonic()
             return self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
-        if policy == "affinity":
-            assert key is not None
-            return self._affinity(pool, region, routing.load_factor, key, prefixes)
         return self._spread(pool, region, policy == "round_robin", model)
 
     def _least_loaded(
@@ -182,59 +193,159 @@ class Balancer:
             return candidates[turn % len(candidates)]
         return self.rng.choices(candidates, [u.weight for u in candidates])[0]
 
-    def _affinity(
+    def affinity(
         self,
         pool: Sequence[Upstream],
+        exclude: Iterable[str],
         region: str | None,
         load_factor: float,
         key: int,
         prefixes: Sequence[int],
     ) -> Upstream | None:
-        ring = self.ring(pool)
+        """``pick`` by the ``affinity`` policy, as ``routing.chain`` asks per request.
+
+        The usual case is inlined here, as it runs per request: a route's own pool (nothing
+        discovered, excluded, capped, ejected or weighted apart, no region asked), where the
+        bound is one number for every upstream (``Ring.choose``'s) and only the upstreams
+        the key's walk meets are looked at. Everything else goes through ``_affinity``."""
+        known = self._views.get(id(pool))
+        if (
+            known is None
+            or known[0] is not pool
+            or exclude
+            or region is not None
+            or self._members
+            or known[1][2]
+        ):
+            return self._affinity(pool, exclude, region, load_factor, key, prefixes)
+        now = self._now()
+        ring, states, _ = known[1]
+        if now < self._ejected_until or not ring.uniform:
+            return self._affinity(pool, exclude, region, load_factor, key, prefixes)
+        sent, found, went = self.history.sent, None, None
+        for prefix in reversed(prefixes):  # ``History.where``: the longest prefix sent before
+            went = sent.get(prefix)
+            if went is not None:
+                found = prefix
+                break
+        total = 0.0
+        for s in states:
+            total += s.in_flight + s.others if s.signals_until > now else s.in_flight
+        bound = math.ceil(load_factor * (total + 1.0) / ring.weight * ring.weights[0] - 1e-9)
+        index = ring.names.get(went) if went is not None else None
+        if index is not None:
+            s = states[index]
+            if (s.in_flight + s.others if s.signals_until > now else s.in_flight) >= bound:
+                index = None
+        if index is None:
+            walk = ring.walks[bisect.bisect_left(ring.points, key)]
+            for owner in walk:
+                s = states[owner]
+                if (s.in_flight + s.others if s.signals_until > now else s.in_flight) < bound:
+                    index = owner
+                    break
+            else:
+                return self._affinity(pool, exclude, region, load_factor, key, prefixes)
+        chosen = pool[index]
+        if prefixes:
+            prompt = prefixes[-1]  # ``History.record``
+            if found is not None and found != prompt:
+                sent.pop(found, None)
+            sent[prompt] = chosen.name
+            sent.move_to_end(prompt)
+            if len(sent) > self.history.capacity:
+                sent.popitem(last=False)
+            if self.placements.sharing and (found is None or went != chosen.name):
+                self._tell(ring, key, found, went, prompt, index, chosen.name)
+        return chosen
+
+    def _tell(
+        self,
+        ring: Ring,
+        key: int,
+        found: int | None,
+        went: str | None,
+        prompt: int,
+        index: int,
+        name: str,
+    ) -> None:
+        """Tell the other processes a placement they could not guess: not where this process
+        remembered the prompt, nor (nothing remembered) at its ring worker."""
+        if found is not None or index != ring.owner(key):
+            self.placements.tell(prompt, found, name)
+
+    def _affinity(
+        self,
+        pool: Sequence[Upstream],
+        exclude: Iterable[str],
+        region: str | None,
+        load_factor: float,
+        key: int,
+        prefixes: Sequence[int],
+    ) -> Upstream | None:
+        if self._members:
+            pool = self.expand(pool)
+        if exclude:
+            pool = [u for u in pool if u.name not in exclude]
+        ring, states, capped = self._view(pool)
+        found = went = None
         sent = self.history.where(prefixes) if prefixes else None
-        went = sent[1] if sent is not None else None
-        last = None  # the upstream this prompt's longest prefix went to, if still in the pool
-        now = self._clock.monotonic()
-        loads, usable, local = [], [], []
-        states = self._state
-        for i, upstream in enumerate(pool):  # ``load`` and ``_full`` inlined: per request
-            name = upstream.name
-            state = states.get(name) or self.state(name)
-            mine = state.in_flight
-            loads.append(mine + state.others if state.signals_until > now else mine)
-            cap = upstream.max_concurrency
-            ok = state.ejected_until <= now and (cap is None or mine < cap)
-            usable.append(ok)
-            if region is not None:
-                local.append(ok and upstream.region == region)
-            if name == went:
-                last = i
-        if any(local):
-            usable = local  # the region's upstreams first, others only when none is usable
+        if sent is not None:
+            found, went = sent
+        now = self._now()
+        loads = [s.in_flight + s.others if s.signals_until > now else s.in_flight for s in states]
+        usable: list[bool] | None = None  # every one
+        if capped:
+            usable = [
+                s.ejected_until <= now and (u.max_concurrency or _INF) > s.in_flight
+                for s, u in zip(states, pool, strict=True)
+            ]
+        elif now < self._ejected_until:
+            usable = [s.ejected_until <= now for s in states]
+        if region is not None:
+            local = [
+                (usable is None or usable[i]) and u.region == region for i, u in enumerate(pool)
+            ]
+            if any(local):
+                usable = local  # the region's upstreams first, others only when none is usable
+        last = ring.names.get(went) if went is not None else None
         index = ring.choose(key, loads, usable, ring.weights, load_factor, last)
         if index is None:  # panic: every upstream ejected (or full): the ring among the rest
             index = ring.choose(key, loads, self._usable(pool, _INF), ring.weights, load_factor)
         if index is None:
             return None
+        chosen = pool[index]
         if prefixes:
-            self.history.record(prefixes, pool[index].name, sent[0] if sent else None)
-        return pool[index]
+            self.history.record(prefixes, chosen.name, found)
+            if self.placements.sharing and (found is None or went != chosen.name):
+                self._tell(ring, key, found, went, prefixes[-1], index, chosen.name)
+        return chosen
 
-    def ring(self, pool: Sequence[Upstream]) -> Ring:
-        """The pool's ring, built once per set of names and weights (a model's own pool is
-        found by identity: nothing to gather per request)."""
-        known = self._rings_by_id.get(id(pool))
+    def _view(self, pool: Sequence[Upstream]) -> _View:
+        """The pool's ring, its upstreams' states and whether any has a cap, gathered once per
+        pool (a model's own pool is found by identity: nothing to gather per request)."""
+        known = self._views.get(id(pool))
         if known is not None and known[0] is pool:
             return known[1]
+        view = (
+            self.ring(pool),
+            [self.state(u.name) for u in pool],
+            any(u.max_concurrency is not None for u in pool),
+        )
+        if isinstance(pool, tuple):  # a route's pool lives as long as its route
+            if len(self._views) >= 1024:
+                self._views.clear()
+            self._views[id(pool)] = (pool, view)
+        return view
+
+    def ring(self, pool: Sequence[Upstream]) -> Ring:
+        """The pool's ring, built once per set of names and weights."""
         shape = tuple((u.name, u.weight) for u in pool)
         ring = self._rings.get(shape)
         if ring is None:
             if len(self._rings) >= 1024:  # discovery churn must not grow this without bound
                 self._rings.clear()
-                self._rings_by_id.clear()
             ring = self._rings[shape] = Ring([n for n, _ in shape], [w for _, w in shape])
-        if isinstance(pool, tuple):  # a route's pool lives as long as its route
-            self._rings_by_id[id(pool)] = (pool, ring)
         return ring
 
     # -- discovery --------------------------------------------------------------------------
@@ -264,7 +375,8 @@ class Balancer:
         state = self._state.get(name)
         if state is not None and state.in_flight > 0:
             return False
-        self._state.pop(name, None)
+        if self._state.pop(name, None) is not None:
+            self._views.clear()  # they hold the state dropped
         return True
 
     # -- the request path -------------------------------------------------------------------
@@ -297,6 +409,7 @@ class Balancer:
         # The exponent is capped: 2 ** 1024 does not fit a float, and 60 s is reached at 2 ** 6.
         cool_down = min(MAX_EJECT, BASE_EJECT * 2 ** min(state.failures - 1, 16))
         state.ejected_until = self._clock.monotonic() + cool_down
+        self._ejected_until = max(self._ejected_until, state.ejected_until)
 
     def observe(
         self, name: str, waiting: float, running: float, cache: float, until: float

@@ -107,8 +107,8 @@ class Chain:
                 model.upstreams, self.tried, self.region, routing, None, model.name
             )
         else:
-            upstream = self.balancer.pick(
-                model.upstreams, self.tried, self.region, routing, key[0], model.name, key[1]
+            upstream = self.balancer.affinity(
+                model.upstreams, self.tried, self.region, routing.load_factor, key[0], key[1]
             )
         if upstream is not None:
             self.attempts += 1

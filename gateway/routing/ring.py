@@ -27,10 +27,16 @@ def key_hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+# Each point keeps the first upstreams its walk meets (at most this many): a request's walk is
+# then one list, made when the ring is; a walk past them (all over their bound) goes on by
+# ``walk``.
+_WALK = 8
+
+
 class Ring:
     """The points of a pool's upstreams (by their index in the pool), sorted."""
 
-    __slots__ = ("owners", "points", "size", "weights")
+    __slots__ = ("names", "owners", "points", "size", "uniform", "walks", "weight", "weights")
 
     def __init__(self, names: Sequence[str], weights: Sequence[float]) -> None:
         placed: list[tuple[int, int]] = []
@@ -42,7 +48,29 @@ class Ring:
         self.points = [p for p, _ in placed]
         self.owners = [o for _, o in placed]
         self.size = len(names)
+        self.names = {name: i for i, name in enumerate(names)}
         self.weights = list(weights)
+        self.weight = sum(self.weights)
+        self.uniform = len(set(self.weights)) <= 1
+        self.walks = self._walks()
+
+    def _walks(self) -> list[tuple[int, ...]]:
+        """For each point (and once more for a key past the last: the first), the first
+        ``_WALK`` distinct upstreams met from it clockwise; built backwards in one pass."""
+        owners, depth = self.owners, min(_WALK, self.size)
+        if not owners:
+            return [()]
+        walks: list[tuple[int, ...]] = [()] * len(owners)
+        ahead: list[int] = []  # distinct owners met from the point after, nearest first
+        for i in range(2 * len(owners) - 1, -1, -1):  # twice round: the wrap is seen
+            owner = owners[i % len(owners)]
+            if owner in ahead:
+                ahead.remove(owner)
+            ahead.insert(0, owner)
+            del ahead[depth:]
+            if i < len(owners):
+                walks[i] = tuple(ahead)
+        return [*walks, walks[0]]
 
     def walk(self, key: int) -> list[int]:
         """Every upstream once, in the order the key meets them clockwise."""
@@ -61,23 +89,26 @@ class Ring:
 
     def owner(self, key: int) -> int:
         """The upstream the key belongs to when nothing is loaded or excluded."""
-        return self.owners[bisect.bisect_left(self.points, key) % len(self.points)]
+        return self.walks[bisect.bisect_left(self.points, key)][0]
 
     def choose(
         self,
         key: int,
         loads: Sequence[float],
-        usable: Sequence[bool],
+        usable: Sequence[bool] | None,
         weights: Sequence[float],
         load_factor: float,
         first: int | None = None,
     ) -> int | None:
         """The index of the first usable upstream on the key's walk under its bound, or None
-        when no upstream is usable. With ``load_factor`` ≥ 1 some usable upstream is always
-        under its bound (the bounds add up to at least the load plus this request).
-        ``first``: an upstream taken before the walk if it is usable and under its bound."""
-        if all(usable):  # the usual case, in C: no loop over the upstreams here
-            total, weight = sum(loads), sum(weights)
+        when no upstream is usable (``usable`` None: every one is). With ``load_factor`` ≥ 1
+        some usable upstream is always under its bound (the bounds add up to at least the load
+        plus this request). ``first``: an upstream taken before the walk if it is usable and
+        under its bound."""
+        if usable is None or all(usable):  # the usual case, in C: no loop over the upstreams
+            usable = None
+            total = sum(loads)
+            weight = self.weight if weights is self.weights else sum(weights)
         else:
             total = sum(load for load, ok in zip(loads, usable, strict=True) if ok)
             weight = sum(w for w, ok in zip(weights, usable, strict=True) if ok)
@@ -86,24 +117,34 @@ class Ring:
         # Upstream i may take one more while its load < ceil(scale * its weight); 1e-9 absorbs
         # the float error of the scale (the bound is a whole number of requests).
         scale = load_factor * (total + 1.0) / weight
-        ceil = math.ceil
-        if (
+        if self.uniform and weights is self.weights:  # one bound for all: computed once
+            bound = math.ceil(scale * weights[0] - 1e-9)
+            walk = self.walks[bisect.bisect_left(self.points, key)]
+            if usable is None:
+                if first is not None and loads[first] < bound:
+                    return first
+                for owner in walk:
+                    if loads[owner] < bound:
+                        return owner
+            else:
+                if first is not None and usable[first] and loads[first] < bound:
+                    return first
+                for owner in walk:
+                    if usable[owner] and loads[owner] < bound:
+                        return owner
+            if len(walk) == self.size:
+                return None
+        elif (
             first is not None
-            and usable[first]
-            and loads[first] < ceil(scale * weights[first] - 1e-9)
+            and (usable is None or usable[first])
+            and _under(loads, weights, first, scale)
         ):
             return first
-        points, owners = len(self.points), self.owners
-        start = bisect.bisect_left(self.points, key)
-        seen, left = 0, self.size
-        for step in range(points):  # ``walk``, stopping at the first that may take the key
-            owner = owners[(start + step) % points]
-            if seen >> owner & 1:
-                continue
-            if usable[owner] and loads[owner] < ceil(scale * weights[owner] - 1e-9):
+        for owner in self.walk(key):
+            if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
                 return owner
-            seen |= 1 << owner
-            left -= 1
-            if not left:
-                break
         return None
+
+
+def _under(loads: Sequence[float], weights: Sequence[float], index: int, scale: float) -> bool:
+    return loads[index] < math.ceil(scale * weights[index] - 1e-9)

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.routing.affinity import prompt_prefixes
 from gateway.server import Server
 from tests.clients import AUTH, claude, sdk
 from tests.conftest import GatewayFactory
@@ -170,6 +171,49 @@ async def test_a_conversation_the_bound_moved_stays_moved(
     messages += [{"role": "assistant", "content": "Sure."}, {"role": "user", "content": "Hotels?"}]
     assert await turn() == moved
     assert await turn(other) == home_name
+
+
+async def test_a_conversation_one_gateway_moved_is_followed_by_the_others(
+    gateway_factory: GatewayFactory, fleet: list[Worker], redis_url: str
+) -> None:
+    """On a shared store, a process tells the others where the bound moved a conversation
+    (``routing.placements``): the next turn through another gateway goes to its cache too,
+    where before it went back to the ring's worker (the memory was per process)."""
+    two = fleet[:2]
+    routing = {"upstreams": ["w0", "w1"], "routing": {"policy": "affinity"}}
+    extra = f"routing: {{expose_headers: true}}\nstore: {{url: '{redis_url}'}}\n"
+    text = config(pool(two), {"m": routing}, extra)
+    one, other = await gateway_factory(text), await gateway_factory(text)
+    messages: list[Any] = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Plan a trip to Porto"},
+    ]
+
+    async def turn(server: Server) -> str:
+        answer = await sdk(server).chat.completions.with_raw_response.create(
+            model="m", messages=messages
+        )
+        return answer.headers["x-gateway-upstream"]
+
+    home_name = await turn(one)
+    assert await turn(other) == home_name  # the ring: nothing was told, nothing to tell
+    assert len(other.runtime.balancer.history) == 1
+    home = next(w for w in two if w.name == home_name)
+    home.gate = asyncio.Event()
+    held = [asyncio.create_task(turn(one)) for _ in range(2)]
+    await until(lambda: home.chats == 4, what="two requests held on the home worker")
+    messages += [{"role": "assistant", "content": "When?"}, {"role": "user", "content": "May."}]
+    moved = await turn(one)
+    assert moved != home_name
+    prompt = prompt_prefixes(messages)[-1]
+    told = other.runtime.balancer.history.sent
+    await until(lambda: told.get(prompt) == moved, what="the move told")
+    home.gate.set()
+    assert await asyncio.gather(*held) == [home_name] * 2
+    await until(lambda: one.runtime.balancer.in_flight == 0, what="the held answered")
+    messages += [{"role": "assistant", "content": "Sure."}, {"role": "user", "content": "Hotels?"}]
+    assert await turn(other) == moved  # told: where the conversation's cache now is
+    assert await turn(one) == moved
 
 
 async def test_a_worker_reporting_a_queue_is_passed_over(

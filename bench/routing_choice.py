@@ -1,0 +1,106 @@
+"""What choosing an upstream by affinity costs per request, in µs: the key and prefixes read from
+the chat arm's body, then the pick (bounded load, fresh worker signals, the memory of prompts),
+today's code against a commit's (``git show``), alternated in this process so that both see
+the same machine.
+
+    flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py [COMMIT]   # ~1 minute
+
+COMMIT: what to compare with (default ``36b8517``, before the cut of issue 16's second pass).
+Each figure is the best of ``ROUNDS`` rounds of ``NUMBER`` calls, rounds alternating between
+the two codes; "spread" is the median round over the best. Pools: the chat arm's 2 upstreams
+(``bench/routing_cost.py``), and 4 loaded ones with fresh signals (``bench/routing.py``'s).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+from routing_cost import SMALL, old_module
+
+from gateway.clock import SystemClock
+from gateway.config.schema import ModelRouting, Upstream
+from gateway.routing import affinity as affinity_now
+from gateway.routing import balancer as balancer_now
+
+BASE = "36b8517"
+ROUNDS, NUMBER = 15, 40_000
+AFFINITY = ModelRouting(policy="affinity")
+
+
+def modules(commit: str) -> tuple[Any, Any]:
+    """The affinity function and Balancer class of ``commit`` (its ring and memory too)."""
+    ring = old_module(commit, "gateway/routing/ring.py", f"ring_{commit}")
+    history = old_module(commit, "gateway/routing/history.py", f"history_{commit}")
+    key = old_module(commit, "gateway/routing/affinity.py", f"affinity_{commit}")
+    balancer = old_module(commit, "gateway/routing/balancer.py", f"balancer_{commit}")
+    balancer.Ring, balancer.History = ring.Ring, history.History
+    return key.affinity, balancer.Balancer
+
+
+def fleet(balancer_class: Any, size: int) -> tuple[Any, tuple[Upstream, ...]]:
+    pool = tuple(Upstream(name=f"gpu{i}", url=f"http://10.0.0.{i}:8000") for i in range(size))
+    balancer = balancer_class(SystemClock(), random.Random(1))
+    for i, upstream in enumerate(pool):
+        for _ in range(i % 2 + 1):
+            balancer.acquire(upstream)
+        until = time.monotonic() + 3600
+        balancer.observe(upstream.name, waiting=0, running=i, cache=0.1 * i, until=until)
+    return balancer, pool
+
+
+def calls(affinity: Callable[..., Any], balancer_class: Any) -> dict[str, Callable[[], Any]]:
+    out: dict[str, Callable[[], Any]] = {}
+    out["key and prefixes (chat body)"] = lambda: affinity(SMALL, 256)
+    for size in (2, 4):
+        balancer, pool = fleet(balancer_class, size)
+        key, prefixes = affinity(SMALL, 256)
+
+        def pick(b: Any = balancer, p: Any = pool, k: int = key, f: Any = prefixes) -> Any:
+            return b.pick(p, (), None, AFFINITY, k, "m", f)
+
+        def both(b: Any = balancer, p: Any = pool) -> Any:
+            k, f = affinity(SMALL, 256)
+            return b.pick(p, (), None, AFFINITY, k, "m", f)
+
+        out[f"pick, {size} upstreams"] = pick
+        out[f"key and pick, {size} upstreams"] = both
+        out[f"least_loaded pick, {size} upstreams"] = lambda b=balancer, p=pool: b.pick(p, (), None)
+    return out
+
+
+def measure(commit: str) -> dict[str, dict[str, list[float]]]:
+    old = calls(*modules(commit))
+    new = calls(affinity_now.affinity, balancer_now.Balancer)
+    rounds: dict[str, dict[str, list[float]]] = {name: {"then": [], "now": []} for name in new}
+    for _ in range(ROUNDS):
+        for name in new:
+            for side, fn in (("then", old[name]), ("now", new[name])):
+                seconds = timeit.timeit(fn, number=NUMBER)
+                rounds[name][side].append(seconds / NUMBER * 1e6)
+    return rounds
+
+
+def table(rounds: dict[str, dict[str, list[float]]], commit: str) -> str:
+    lines = [
+        f"| µs per call | {commit} best (spread) | now best (spread) | now / then |",
+        "|---|--:|--:|--:|",
+    ]
+    for name, sides in rounds.items():
+        cells = []
+        for side in ("then", "now"):
+            values = sides[side]
+            cells.append(f"{min(values):.2f} (+{statistics.median(values) - min(values):.2f})")
+        ratio = min(sides["now"]) / min(sides["then"])
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {ratio:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    base = sys.argv[1] if len(sys.argv) > 1 else BASE
+    print(table(measure(base), base))
