@@ -1,0 +1,211 @@
+"""Instructions per request under callgrind: the hot path's cost as a count, not a time.
+
+    .venv/bin/python bench/instructions.py [COMMIT|DIR ...] [--requests N]
+
+Wall-clock pairs drift ±10 % on a shared 2-CPU machine; the number of instructions a request
+costs does not (two runs of one commit agree within 0.1 %). For each commit (checked out in a
+worktree under bench/.work/) or directory (a source tree as it is, uncommitted changes
+included; ``.`` by default) the gateway-1w config (memory store, one static key, a plan without
+limits, access log off) runs as one worker under ``valgrind --tool=callgrind`` with
+instrumentation off; after 600 warm-up requests it is switched on for ``--requests`` chat
+requests over 8 keep-alive connections, then the count is dumped. The canned upstream and the
+client are plain asyncio on CPU 1, outside valgrind; only the gateway is counted. One line per
+source: ``<label> <commit> Ir/request: N``.
+
+Needs valgrind (``apt-get install valgrind``). About a minute per source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / ".work" / "instructions"
+KEY = "sk-bench-loopback-only"
+BODY = b'{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"bench-model",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, how can I '
+    b'help?"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":7,'
+    b'"total_tokens":16}}'
+)
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+PORT, ADMIN, UPSTREAM = free_port(), free_port(), free_port()
+
+
+def config() -> Path:
+    digest = hashlib.sha256(KEY.encode()).hexdigest()
+    limits = {"connect": 5, "first_byte": 30, "idle": 30}
+    text = yaml.safe_dump(
+        {
+            "listen": {"host": "127.0.0.1", "port": PORT, "workers": 1, "drain_timeout": 1},
+            "admin": {"host": "127.0.0.1", "port": ADMIN},
+            "store": {"url": "memory://"},
+            "upstreams": {"canned": {"url": f"http://127.0.0.1:{UPSTREAM}", "timeouts": limits}},
+            "models": {"bench-model": {"upstreams": ["canned"]}},
+            "keys": {"static": [{"id": "bench", "owner": "bench", "sha256": digest}]},
+            "plans": {"bench": {"max_keys": None, "monthly_tokens": None, "rpm": None}},
+            "default_plan": "bench",
+            "log": {"level": "warning", "access": False},
+        },
+        sort_keys=False,
+    )
+    path = WORK / "gateway.yaml"
+    path.write_text(text)
+    return path
+
+
+class Canned(asyncio.Protocol):
+    """The upstream: one fixed chat answer per request, keep-alive."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport, self.buffer = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            length = 0
+            for line in self.buffer[:end].lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.transport.write(HEAD % len(ANSWER) + ANSWER)
+
+
+async def drive(count: int, connections: int = 8) -> None:
+    """``count`` chat requests over keep-alive connections; any answer but 200 stops the run."""
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    ) % (KEY.encode(), len(BODY), BODY)
+    left = [count]
+
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"the gateway answered {head[:40]!r}")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.lower().split(b"\r\n")
+                if line.startswith(b"content-length:")
+            )
+            await reader.readexactly(length)
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+
+
+def ready(process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the gateway exited under valgrind (see bench/.work/instructions)")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the gateway was not ready within the deadline")
+
+
+def source(name: str) -> tuple[Path, str]:
+    """A directory as it is, or a commit checked out in a worktree of its own."""
+    if Path(name).is_dir():
+        return Path(name).resolve(), name
+    tree = WORK / "tree"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree)])
+    subprocess.run(["git", "-C", str(tree), "checkout", "-q", "--detach", name], check=True)
+    return tree, name
+
+
+def serve_upstream() -> None:
+    """The canned upstream on a loop of its own (a daemon thread)."""
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(loop.create_server(Canned, "127.0.0.1", UPSTREAM))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+
+def count(tree: Path, label: str, requests: int, gateway_config: Path) -> int:
+    out = WORK / f"callgrind.{label}"
+    for old in WORK.glob(f"callgrind.{label}*"):
+        old.unlink()
+    command = ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--instr-atstart=no"]
+    command += [f"--callgrind-out-file={out}", sys.executable, "-m", "gateway", "run"]
+    command += ["--config", str(gateway_config)]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    with open(WORK / f"valgrind.{label}.log", "wb") as log:
+        process = subprocess.Popen(
+            command, env=env, cwd=WORK, stdout=log, stderr=subprocess.STDOUT
+        )  # run from WORK: ``-m`` puts the working directory first on the import path
+    try:
+        ready(process, time.monotonic() + 180)
+        asyncio.run(drive(600))
+        control = ["callgrind_control"]
+        subprocess.run([*control, "-i", "on", str(process.pid)], capture_output=True, check=True)
+        asyncio.run(drive(requests))
+        subprocess.run([*control, "-d", str(process.pid)], capture_output=True, check=True)
+        subprocess.run([*control, "-i", "off", str(process.pid)], capture_output=True)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait()
+    total = 0  # the dumped part's total (the part at exit holds only the shutdown)
+    for line in Path(f"{out}.1").read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            total += int(line.split()[1])
+    return total // requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sources", nargs="*", default=["."])
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    os.sched_setaffinity(0, {1})  # the upstream and the client: CPU 1
+    gateway_config = config()
+    serve_upstream()
+    for name in args.sources:
+        tree, label = source(name)
+        commit = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        safe = label.replace("/", "_").strip("._") or "tree"
+        per_request = count(tree, safe, args.requests, gateway_config)
+        print(f"{label} {commit} Ir/request: {per_request}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
