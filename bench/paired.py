@@ -5,7 +5,8 @@ so one saturation run of each arm minutes apart gives a ratio as noisy as the dr
 servers run side by side (pinned alike; the idle one costs nothing), and short saturation runs
 alternate A, B, B, A, ... (``BENCH_PAIRS`` pairs of ``BENCH_PAIR_DURATION`` s, after a warm-up
 of each); each pair's ratio is taken back to back, and the median of the pairs is reported with
-their range. One-worker arms only: two-worker arms float over both CPUs.
+their range. The two-worker pair (governed-2w against passthrough-2w) floats over both CPUs
+as its arms do, unpinned, the idle arm costing nothing while the other runs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PAIRS_OF = (
     ("governed-1w", "passthrough-1w"),
     ("governed-budget-1w", "governed-1w"),
     ("governed-capped-1w", "governed-1w"),
+    ("governed-2w", "passthrough-2w"),
 )
 
 
