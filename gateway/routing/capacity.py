@@ -72,7 +72,7 @@ class Capacity:
             self.shared = SharedRoom(clock, metrics, scheduling, room, self._me, self._give)
         self._held: dict[str, list[str]] = {}  # upstream → leases this process holds
         self._to_release: list[tuple[str, str]] = []
-        self._routes: dict[int, tuple[ModelRoute, bool]] = {}  # id → (route, _queues(route))
+        self._routes: dict[str, tuple[ModelRoute, bool]] = {}  # name → (route, _queues(route))
         self._renewer: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         balancer.on_release = self._freed
@@ -109,12 +109,14 @@ class Capacity:
         if upstream is not None:
             if self.leases is None or upstream.max_concurrency is None:
                 return upstream
-            pool = self.balancer.expand(chain.model.upstreams)
-            if pool[0] is not upstream:
+            pool = self.balancer.expand(route.upstreams)  # the chain's model is the route's
+            if not pool or pool[0] is not upstream:
                 pool = [upstream, *(u for u in pool if u is not upstream)]
-            taken = _uncapped(pool)
-            if taken is None:  # every one capped: a lease (awaited here: one level less)
-                asking, lease = self._ask(pool, route.name if queued else None)
+            taken = None if queued else _uncapped(pool)  # queued: every one capped
+            if taken is None:  # a lease (awaited here: one level less to resume)
+                lease = f"{self._me}:l{next(self._ids)}"
+                spec = [(u.name, u.max_concurrency or 0) for u in pool]
+                asking = self.leases.acquire_now(spec, lease, route.name if queued else None)
                 try:
                     taken = self._got(pool, lease, await asking)
                 except StoreError as exc:  # the store is down: each process keeps its own count
@@ -178,12 +180,10 @@ class Capacity:
         return upstream
 
     def _queued(self, route: ModelRoute) -> bool:
-        """``_queues(route)``, remembered per route (a reload makes new ones)."""
-        known = self._routes.get(id(route))
+        """``_queues(route)``, remembered per route (a reload makes new ones: one per name)."""
+        known = self._routes.get(route.name)
         if known is None or known[0] is not route:
-            if len(self._routes) > 4096:
-                self._routes.clear()
-            known = self._routes[id(route)] = (route, _queues(route))
+            known = self._routes[route.name] = (route, _queues(route))
         return known[1]
 
     def _pool(self, chain: Chain) -> list[Upstream]:
