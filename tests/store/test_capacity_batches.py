@@ -142,6 +142,23 @@ async def test_leases_asked_together_go_in_one_call_per_batch(
         await store.close()
 
 
+async def test_a_batch_that_meets_an_unloaded_script_is_sent_again(
+    redis_process: RedisServer,
+) -> None:
+    """After a restart or SCRIPT FLUSH Redis does not know the script (NOSCRIPT: it ran
+    nothing): the batch is loaded and sent again, and decided once."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    store = RedisLeaseStore(redis_process.url, 5000, LONG)
+    try:
+        await warm(store)
+        assert redis_process.call("SCRIPT", "FLUSH") == "OK"
+        got = await asyncio.gather(*(store.acquire_now([("gpu", 2)], f"l{i}") for i in range(3)))
+        assert list(got) == [0, 0, -1]
+        assert redis_process.call("ZCARD", PREFIX + "gpu") == "2"
+    finally:
+        await store.close()
+
+
 async def test_on_a_cluster_a_batch_decides_as_one_by_one(cluster_url: str) -> None:
     store = RedisLeaseStore(cluster_url, 5000, LONG)
     try:
