@@ -54,20 +54,28 @@ def free_port() -> int:
 PORT, ADMIN, UPSTREAM = free_port(), free_port(), free_port()
 
 
-def config() -> Path:
+def config(redis_port: int | None) -> Path:
+    """gateway-1w's config; with ``redis_port``, governed-1w's (every limit set, none reached,
+    the access log on)."""
     digest = hashlib.sha256(KEY.encode()).hexdigest()
+    key: dict[str, object] = {"id": "bench", "owner": "bench", "sha256": digest}
+    plan: dict[str, object] = {"max_keys": None, "monthly_tokens": None, "rpm": None}
+    if redis_port is not None:
+        key |= {"ip_whitelist": ["127.0.0.0/8"], "rpm_limit": 10**8, "max_concurrency": 10**5}
+        key |= {"daily_limit": 10**12, "monthly_limit": 10**12}
+        plan |= {"monthly_tokens": 10**12, "rpm": 10**8}
     limits = {"connect": 5, "first_byte": 30, "idle": 30}
     text = yaml.safe_dump(
         {
             "listen": {"host": "127.0.0.1", "port": PORT, "workers": 1, "drain_timeout": 1},
             "admin": {"host": "127.0.0.1", "port": ADMIN},
-            "store": {"url": "memory://"},
+            "store": {"url": f"redis://127.0.0.1:{redis_port}" if redis_port else "memory://"},
             "upstreams": {"canned": {"url": f"http://127.0.0.1:{UPSTREAM}", "timeouts": limits}},
             "models": {"bench-model": {"upstreams": ["canned"]}},
-            "keys": {"static": [{"id": "bench", "owner": "bench", "sha256": digest}]},
-            "plans": {"bench": {"max_keys": None, "monthly_tokens": None, "rpm": None}},
+            "keys": {"static": [key]},
+            "plans": {"bench": plan},
             "default_plan": "bench",
-            "log": {"level": "warning", "access": False},
+            "log": {"level": "warning", "access": redis_port is not None},
         },
         sort_keys=False,
     )
@@ -190,12 +198,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="*", default=["."])
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument(
+        "--governed", action="store_true", help="governed-1w: a Redis store and every limit"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {1})  # the upstream and the client: CPU 1
-    gateway_config = config()
+    redis, redis_port = None, free_port()
+    if args.governed:  # a redis-server of its own on CPU 1 (/readyz waits for it)
+        redis = subprocess.Popen(
+            ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )
+    gateway_config = config(redis_port if redis is not None else None)
     serve_upstream()
-    for name in args.sources:
+    try:
+        measure(args.sources, args.requests, gateway_config)
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
+
+
+def measure(sources: list[str], requests: int, gateway_config: Path) -> None:
+    for name in sources:
         tree, label = source(name)
         commit = subprocess.run(
             ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
@@ -203,7 +229,7 @@ def main() -> None:
             text=True,
         ).stdout.strip()
         safe = label.replace("/", "_").strip("._") or "tree"
-        per_request = count(tree, safe, args.requests, gateway_config)
+        per_request = count(tree, safe, requests, gateway_config)
         print(f"{label} {commit} Ir/request: {per_request}", flush=True)
 
 

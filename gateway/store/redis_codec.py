@@ -35,6 +35,7 @@ so no owner can break its tag or collide with another's keys.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -106,18 +107,7 @@ def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], li
     keys: list[str] = []
     args = [now, repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)]
     for a in admissions:
-        t, k = tag(a.owner), esc(a.key_id)
-        keys += (
-            f"{t}rpm:k:{k}",
-            f"{t}rpm:o",
-            f"{t}lease:{k}",
-            f"{t}tok:{k}",
-            f"{t}tok:o",
-            f"{t}tpm:k:{k}",
-            f"{t}tpmv:k:{k}",
-            f"{t}tpm:o",
-            f"{t}tpmv:o",
-        )
+        keys += _admit_keys(a.owner, a.key_id)
         args += (
             a.request_id,
             num(a.rpm),
@@ -161,21 +151,46 @@ def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
     )
 
 
-# -- settle ---------------------------------------------------------------------------------
-def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
-    a = s.admission
-    t, k = tag(a.owner), esc(a.key_id)
-    keys = [
+@functools.lru_cache(maxsize=4096)
+def _admit_keys(owner: str, key_id: str) -> tuple[str, ...]:
+    """An admission's KEYS (built once per key, not per request)."""
+    t, k = tag(owner), esc(key_id)
+    return (
+        f"{t}rpm:k:{k}",
+        f"{t}rpm:o",
         f"{t}lease:{k}",
         f"{t}tok:{k}",
         f"{t}tok:o",
-        f"{t}done:{a.request_id}",
+        f"{t}tpm:k:{k}",
+        f"{t}tpmv:k:{k}",
+        f"{t}tpm:o",
+        f"{t}tpmv:o",
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _settle_keys(owner: str, key_id: str) -> tuple[str, str, str, str, str, str, str, str, str]:
+    """A settlement's KEYS, built once per key; the fourth, the settled marker's prefix, takes
+    the request id."""
+    t, k = tag(owner), esc(key_id)
+    return (
+        f"{t}lease:{k}",
+        f"{t}tok:{k}",
+        f"{t}tok:o",
+        f"{t}done:",
         f"{t}lastused",
         f"{t}use:{k}:",
         f"{t}usedays:{k}",
         f"{t}tpmv:k:{k}",
         f"{t}tpmv:o",
-    ]
+    )
+
+
+# -- settle ---------------------------------------------------------------------------------
+def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
+    a = s.admission
+    keys = list(_settle_keys(a.owner, a.key_id))
+    keys[3] += a.request_id  # the settled marker (used only by one admitted without the store)
     args = [
         a.request_id,
         str(s.day),
