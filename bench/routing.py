@@ -1,13 +1,16 @@
 """The routing bench (issue 16): does affinity routing pay on GPU workers, and what does choosing
 cost?
 
-    .venv/bin/python bench/routing.py            # about 3 minutes; prints the tables
+    flock /tmp/bench.lock .venv/bin/python bench/routing.py   # about 5 minutes; the tables
 
 1. **Policies on a GPU fleet.** 4 simulated GPU workers (``bench/gpu_worker.py``: a prefix cache
    of 3,000 blocks of 16 tokens, 0.2 ms per uncached prompt token, 20 ms per output token, 4
-   slots and a queue, vLLM's metrics) behind 2 gateway processes (``gateway run``, each its own
-   memory store; the client alternates between them; signals read every 0.1 s, the same share
-   of a simulated request's half second as the default 1 s is of a real one). A multi-turn
+   slots and a queue, vLLM's metrics) behind 2 gateway processes (``gateway run`` on one
+   Redis store, through which they tell each other where affinity moved a conversation;
+   ``BENCH_ROUTING_STORE=memory``: each its own memory store; the client alternates between
+   them, pins each conversation to one (``+pinned``) or draws one per request (``+random``);
+   signals read every 0.1 s, the same share of a simulated request's half second as the
+   default 1 s is of a real one). A multi-turn
    workload (48 conversations of 10 turns, each turn extending the previous prompt; 4 shared
    system prompts) is replayed under each policy, 16 requests in flight, streamed, 16 output
    tokens. Measured: time to first token at the client, the prefix-cache hit rate against the
@@ -33,7 +36,9 @@ import json
 import math
 import os
 import random
+import re
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -53,6 +58,7 @@ LOAD_FACTOR = 1.25
 SIGNALS_INTERVAL = 0.1
 # "policy@load_factor": affinity with a looser bound, to show what the bound costs in hits.
 # "+pinned": each conversation through one gateway (as a client keeping its connection does);
+# "+random": each request through a gateway drawn at random (a load balancer's spread);
 # otherwise every request goes to the other gateway than the one before it.
 POLICIES = (
     "least_loaded",
@@ -61,7 +67,12 @@ POLICIES = (
     "affinity@2",
     "least_loaded+pinned",
     "affinity+pinned",
+    "least_loaded+random",
+    "affinity+random",
 )
+# The gateways' store: one Redis for both (``memory``: each its own, as before 2026-12-06 noon,
+# when affinity's memory could not be shared).
+STORE = os.environ.get("BENCH_ROUTING_STORE", "redis")
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()  # noqa: SIM905
 
 
@@ -112,7 +123,7 @@ def ideal_hits(prompts: list[list[dict[str, str]]]) -> tuple[int, int]:
     return hits, total
 
 
-def gateway_config(arm: str, ports: list[int], port: int, admin: int) -> str:
+def gateway_config(arm: str, ports: list[int], port: int, admin: int, store: str) -> str:
     from gateway.auth.keys import sha256_hex
 
     policy, _, factor = arm.partition("+")[0].partition("@")
@@ -134,6 +145,7 @@ models:
     upstreams: [{pool}]
     routing: {{policy: {policy}, load_factor: {factor or LOAD_FACTOR}}}
 routing: {{signals_interval: {SIGNALS_INTERVAL}}}
+store: {{url: '{store}'}}
 """
 
 
@@ -147,6 +159,15 @@ class Fleet:
         self.proc = stack.start(Proc("gpu-workers", cmd + (args or []), RUN / "gpu.log"))
         for port in self.ports:
             wait_listening(self.proc, port)
+        self.store, self.redis_port = "memory://", 0
+        if STORE == "redis":
+            self.redis_port = free_port()
+            redis = [
+                *("redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port)),
+                *("--save", "", "--appendonly", "no"),
+            ]
+            wait_listening(stack.start(Proc("redis", redis, RUN / "redis.log")), self.redis_port)
+            self.store = f"redis://127.0.0.1:{self.redis_port}/0"
         self.gateways: list[tuple[Proc, int]] = []
 
     def start_gateways(self, policy: str, count: int = GATEWAYS) -> list[int]:
@@ -156,12 +177,23 @@ class Fleet:
         for n in range(count):
             port, admin = free_port(), free_port()
             path = RUN / f"gateway-{policy}-{n}.yaml"
-            path.write_text(gateway_config(policy, self.ports, port, admin))
+            path.write_text(gateway_config(policy, self.ports, port, admin, self.store))
             cmd = [str(PYTHON), "-m", "gateway", "run", "--config", str(path)]
             proc = self.stack.start(Proc(f"gateway-{n}", cmd, RUN / f"gateway-{n}.log"))
             wait_listening(proc, port)
             self.gateways.append((proc, port))
         return [port for _, port in self.gateways]
+
+    def publishes(self) -> int:
+        """PUBLISH commands Redis ran since its counters were last reset (then resets them):
+        the placements the gateways told each other."""
+        if not self.redis_port:
+            return 0
+        redis = ["redis-cli", "-p", str(self.redis_port)]
+        info = subprocess.run([*redis, "INFO", "commandstats"], capture_output=True, text=True)
+        subprocess.run([*redis, "CONFIG", "RESETSTAT"], capture_output=True, check=True)
+        found = re.search(r"cmdstat_publish:calls=(\d+)", info.stdout)
+        return int(found.group(1)) if found else 0
 
     async def control(self, http: aiohttp.ClientSession, index: int, **asked: Any) -> None:
         url = f"http://127.0.0.1:{self.ports[index]}/control"
@@ -214,12 +246,13 @@ async def replay(
     ports: list[int],
     convs: list[list[list[dict[str, str]]]],
     deadline: float = math.inf,
-    pinned: bool = False,
+    way: str = "",
 ) -> tuple[list[float], list[list[dict[str, str]]]]:
     """Every conversation's turns in order, IN_FLIGHT requests at once, each the next turn of
-    the conversation waiting longest; requests alternate between the gateways (``pinned``:
-    conversation ``c`` always through gateway ``c mod 2``). Lanes stop at ``deadline``
-    (monotonic) if it comes first."""
+    the conversation waiting longest; requests alternate between the gateways (``way``
+    "pinned": conversation ``c`` always through gateway ``c mod 2``; "random": a gateway drawn
+    at random, seeded). Lanes stop at ``deadline`` (monotonic) if it comes first."""
+    draw = random.Random(16)
     ready = list(range(len(convs)))
     turn = [0] * len(convs)
     ttfts: list[float] = []
@@ -233,7 +266,10 @@ async def replay(
             messages = convs[c][turn[c]]
             order.append(messages)
             count += 1
-            port = ports[(c if pinned else count) % len(ports)]
+            if way == "random":
+                port = draw.choice(ports)
+            else:
+                port = ports[(c if way == "pinned" else count) % len(ports)]
             ttfts.append(await one_request(http, port, messages))
             turn[c] += 1
             if turn[c] < len(convs[c]):
@@ -277,11 +313,12 @@ async def policy_run(
     for i in range(WORKERS):
         await fleet.control(http, i, reset=True)
     await asyncio.sleep(1.5)  # the gateways read the workers' signals once
+    fleet.publishes()
     samples: list[list[float]] = []
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_loads(http, fleet, samples, stop))
     started = time.monotonic()
-    ttfts, order = await replay(http, ports, convs, pinned=policy.endswith("+pinned"))
+    ttfts, order = await replay(http, ports, convs, way=policy.partition("+")[2])
     elapsed = time.monotonic() - started
     stop.set()
     await sampler
@@ -301,6 +338,7 @@ async def policy_run(
         "per_worker": [len(s["arrivals"]) for s in stats],
         "over_bound_share": share,
         "over_by": excess,
+        "told_per_request": fleet.publishes() / max(1, len(ttfts)),
     }
 
 
@@ -366,45 +404,62 @@ async def fleet_bench(
     return results
 
 
-def report(fleet: dict[str, Any], cost: dict[str, Any]) -> str:
+def ratio_to_least_loaded(results: list[dict[str, Any]], r: dict[str, Any]) -> str:
+    """TTFT p50 against least_loaded's with the same way of choosing gateways, if it ran."""
+    way = r["policy"].partition("+")[2]
+    base = next(
+        (b for b in results if b["policy"] == "least_loaded" + (f"+{way}" if way else "")), None
+    )
+    return f"{r['ttft_p50_ms'] / base['ttft_p50_ms']:.2f}x" if base else "-"
+
+
+def report(fleet: dict[str, Any], cost: dict[str, Any] | None) -> str:
     lines = [
-        "| arm | TTFT p50 ms | TTFT p95 ms | prefix-cache hits | of the ideal "
+        "| arm | TTFT p50 ms | of least_loaded's | TTFT p95 ms | prefix-cache hits | of the ideal "
         "| requests per worker | waited in a queue | served cold "
-        "| samples over ceil(1.25 x mean) | by 1 / 2 / 3+ |",
-        "|---|--:|--:|--:|--:|---|--:|--:|--:|---|",
+        "| samples over ceil(1.25 x mean) | by 1 / 2 / 3+ | placements told per request |",
+        "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|--:|",
     ]
     for r in fleet["policies"]:
         lines.append(
-            f"| {r['policy']} | {r['ttft_p50_ms']:.1f} | {r['ttft_p95_ms']:.1f}"
+            f"| {r['policy']} | {r['ttft_p50_ms']:.1f}"
+            f" | {ratio_to_least_loaded(fleet['policies'], r)} | {r['ttft_p95_ms']:.1f}"
             f" | {r['hit_rate']:.1%} | {r['hit_rate'] / r['ideal_hit_rate']:.1%}"
             f" | {' / '.join(map(str, r['per_worker']))} | {r['waited_share']:.1%}"
             f" | {r['cold_share']:.1%} | {r['over_bound_share']:.1%}"
-            f" | {' / '.join(f'{x:.1%}' for x in r['over_by'])} |"
+            f" | {' / '.join(f'{x:.1%}' for x in r['over_by'])}"
+            f" | {r.get('told_per_request', 0.0):.3f} |"
         )
-    slow = fleet["slow"]
-    lines += [
-        "",
-        f"Worker made 3x slower (affinity): its share of arrivals before "
-        f"{slow['share_before']:.1%}; a second of it at two thirds of that or less ended "
-        f"{slow['moved_after_s']:.1f} s after the slowdown; {slow['share_after']:.1%} from 3 s "
-        "to 10 s after it.",
-        "",
-        routing_cost.table(cost),
-    ]
+    slow = fleet.get("slow")
+    if slow:
+        lines += [
+            "",
+            f"Worker made 3x slower (affinity): its share of arrivals before "
+            f"{slow['share_before']:.1%}; a second of it at two thirds of that or less ended "
+            f"{slow['moved_after_s']:.1f} s after the slowdown; {slow['share_after']:.1%} from "
+            "3 s to 10 s after it.",
+        ]
+    if cost:
+        lines += ["", routing_cost.table(cost)]
     return "\n".join(lines)
 
 
 def main() -> None:
+    """Environment: BENCH_ROUTING_CONVERSATIONS, _TURNS (48, 10), _POLICIES (comma-separated
+    arms, default ``POLICIES``), _SLOW=0 and _COST=0 to leave out the slow worker's run and
+    the cost of choosing, _REUSE_FLEET=1 to report the last fleet run again, _STORE."""
     conversations = int(os.environ.get("BENCH_ROUTING_CONVERSATIONS", 48))
     turns = int(os.environ.get("BENCH_ROUTING_TURNS", 10))
+    policies = tuple(filter(None, os.environ.get("BENCH_ROUTING_POLICIES", "").split(",")))
     RUN.mkdir(parents=True, exist_ok=True)
     saved = RUN / "fleet.json"  # kept, so that a failure measuring the cost loses nothing
     if os.environ.get("BENCH_ROUTING_REUSE_FLEET") and saved.exists():
         fleet = json.loads(saved.read_text())
     else:
-        fleet = asyncio.run(fleet_bench(conversations, turns))
+        slow = os.environ.get("BENCH_ROUTING_SLOW") != "0"
+        fleet = asyncio.run(fleet_bench(conversations, turns, policies or POLICIES, slow))
         saved.write_text(json.dumps(fleet))
-    cost = routing_cost.measure(RUN)
+    cost = routing_cost.measure(RUN) if os.environ.get("BENCH_ROUTING_COST") != "0" else None
     text = report(fleet, cost)
     print(text)
     (RUN / "results.json").write_text(json.dumps({"fleet": fleet, "cost": cost}, indent=1))

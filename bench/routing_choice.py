@@ -4,17 +4,24 @@ today's code against a commit's (``git show``), alternated in this process so th
 the same machine.
 
     flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py [COMMIT]   # ~1 minute
+    flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py --instructions [COMMIT]
 
 COMMIT: what to compare with (default ``36b8517``, before the cut of issue 16's second pass).
 Each figure is the best of ``ROUNDS`` rounds of ``NUMBER`` calls, rounds alternating between
 the two codes; "spread" is the median round over the best. Pools: the chat arm's 2 upstreams
 (``bench/routing_cost.py``), and 4 loaded ones with fresh signals (``bench/routing.py``'s).
+
+``--instructions``: instructions per call instead of time (``valgrind --tool=callgrind``: this
+script run with ``COUNTED`` calls of a case and with none, the difference divided), which a
+loaded machine does not move; about 4 minutes for ``INSTRUCTION_CASES``.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import statistics
+import subprocess
 import sys
 import time
 import timeit
@@ -101,6 +108,54 @@ def table(rounds: dict[str, dict[str, list[float]]], commit: str) -> str:
     return "\n".join(lines)
 
 
+COUNTED = 2000
+INSTRUCTION_CASES = (
+    "key and prefixes (chat body)",
+    "pick, 2 upstreams",
+    "key and pick, 2 upstreams",
+    "least_loaded pick, 2 upstreams",
+)
+
+
+def run_case(side: str, case: str, count: int) -> None:
+    """Call ``case`` of ``side`` (a commit, or "now") ``count`` times."""
+    found = calls(*modules(side)) if side != "now" else None
+    fn = (found or calls(affinity_now.affinity, balancer_now.Balancer))[case]
+    for _ in range(count):
+        fn()
+
+
+def instructions(side: str, case: str) -> float:
+    """Instructions per call of ``case``: callgrind's total with ``COUNTED`` calls less the
+    total with none, divided."""
+    totals = []
+    for count in (0, COUNTED):
+        cmd = [
+            *("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"),
+            *(sys.executable, __file__, "--count", side, case, str(count)),
+        ]
+        err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        found = re.search(r"Collected : (\d+)", err)
+        assert found is not None, err[-2000:]
+        totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) / COUNTED
+
+
+def instruction_table(commit: str) -> str:
+    lines = [f"| instructions per call | {commit} | now | now / then |", "|---|--:|--:|--:|"]
+    for case in INSTRUCTION_CASES:
+        then, now = instructions(commit, case), instructions("now", case)
+        lines.append(f"| {case} | {then:,.0f} | {now:,.0f} | {now / then:.2f} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    base = sys.argv[1] if len(sys.argv) > 1 else BASE
-    print(table(measure(base), base))
+    args = sys.argv[1:]
+    if args[:1] == ["--count"]:
+        run_case(args[1], args[2], int(args[3]))
+    elif args[:1] == ["--instructions"]:
+        base = args[1] if len(args) > 1 else BASE
+        print(instruction_table(base))
+    else:
+        base = args[0] if args else BASE
+        print(table(measure(base), base))

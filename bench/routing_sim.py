@@ -2,7 +2,7 @@
 gateway process on a simulated clock, so that many workloads can be compared in seconds and
 with no noise from the machine (``bench/routing.py`` measures one workload on real sockets).
 
-    .venv/bin/python bench/routing_sim.py        # about a minute: 8 workloads x 8 arms
+    flock /tmp/bench.lock .venv/bin/python bench/routing_sim.py [ARM ...]   # ~1 min, 8 seeds
 
 The same fleet and workload as ``bench/routing.py``: 4 workers of ``bench/gpu_worker.py``'s
 model (a prefix cache of 3,000 blocks of 16 tokens, LRU; 0.2 ms per uncached prompt token,
@@ -11,8 +11,11 @@ running and waiting requests every 0.1 s (read 5 ms after the worker reported th
 between a gateway and a worker each way, 48 conversations of 10 turns replayed with 16 in
 flight (the next turn of the conversation waiting longest), 16 output tokens. Each workload is
 ``bench.routing.workload`` with another seed (16 is the one ``bench/routing.py`` runs).
-Arms: least_loaded; affinity with and without the memory of prompts (``routing.history``);
-requests alternating between the gateways, or each conversation pinned to one.
+Arms: least_loaded; affinity with and without the memory of prompts (``routing.history``),
+with placements told to the other gateway (``+told``: ``routing.placements``, received 2 ms
+later, as over a store's broadcast); requests alternating between the gateways, each
+conversation pinned to one (``+pinned``), or each request to a gateway drawn at random
+(``+random``). Arguments: the arms to run (their least_loaded arms come too).
 """
 
 from __future__ import annotations

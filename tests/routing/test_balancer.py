@@ -220,3 +220,12 @@ def test_in_flight_counts_every_upstream() -> None:
     assert b.in_flight == 3
     b.release(c)
     assert b.in_flight == 2
+
+
+def test_the_rings_of_passing_pools_are_bounded() -> None:
+    """Discovery churn and retries (the tried upstreams left out) make new pools: their rings
+    (points and walks, 1.7 MB for 100 upstreams) are kept for 64 pools at most."""
+    b = seeded()
+    for i in range(200):
+        b.ring([up(f"gone{i}"), up("a"), up("c")])
+    assert len(b._rings) <= 64
