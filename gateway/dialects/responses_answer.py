@@ -34,7 +34,8 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 @dataclass(frozen=True, slots=True)
 class Shape:
     """What every ``response`` object of one request carries besides its output: ``echo``,
-    also encoded once (``echo_json``, its members), as every event of a stream repeats it."""
+    also encoded once (``echo_json``, its members), as every event of a stream repeats it, and
+    the bytes of every response's start (``head``, up to its status) and of its model."""
 
     id: str  # resp_<hex>
     created_at: int
@@ -42,6 +43,8 @@ class Shape:
     echo: dict[str, Any]  # the request's fields the response repeats
     names: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat → (namespace, name)
     echo_json: bytes = b""
+    head: bytes = b""  # {"id":…,"object":"response","created_at":…,"status":"
+    model_json: bytes = b""
 
     def item_id(self, prefix: str, index: int) -> str:
         return f"{prefix}_{self.id[5:]}_{index}"
@@ -78,25 +81,26 @@ class Shape:
         details: Any = None,
         error: Any = None,
     ) -> bytes:
-        """``response(...)`` as JSON, ``output`` given encoded: the echo is not encoded again."""
-        return b"".join(
-            (
-                b'{"id":"%s","object":"response","created_at":%d,"status":"%s","error":'
-                % (self.id.encode(), self.created_at, status.encode()),
-                _dumps(error),
-                b',"incomplete_details":',
-                _dumps(details),
-                b',"model":',
-                _dumps(self.model),
-                b',"output":',
-                output,
-                b",",
-                self.echo_json,
-                b',"usage":',
-                _dumps(usage),
-                b"}",
-            )
+        """``response(...)`` as JSON, ``output`` given encoded (``usage`` too, when bytes):
+        the echo is not encoded again."""
+        return _RESPONSE % (
+            self.head,
+            status.encode(),
+            b"null" if error is None else _dumps(error),
+            b"null" if details is None else _dumps(details),
+            self.model_json,
+            output,
+            self.echo_json,
+            usage if type(usage) is bytes else _dumps(usage),
         )
+
+
+_RESPONSE = b'%s%s","error":%s,"incomplete_details":%s,"model":%s,"output":%s,%s,"usage":%s}'
+# usage_of's object, written directly (the members in its order)
+_USAGE = (
+    b'{"input_tokens":%d,"input_tokens_details":{"cached_tokens":%d,"cache_write_tokens":0},'
+    b'"output_tokens":%d,"output_tokens_details":{"reasoning_tokens":%d},"total_tokens":%d}'
+)
 
 
 def shape(
@@ -129,7 +133,11 @@ def shape(
             f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and "
             "objects); flatten it."
         ) from None
-    return Shape(response_id, created_at, model, echo, names or {}, echo_json)
+    head = b'{"id":%s,"object":"response","created_at":%d,"status":"' % (
+        _dumps(response_id),
+        created_at,
+    )
+    return Shape(response_id, created_at, model, echo, names or {}, echo_json, head, _dumps(model))
 
 
 def _kept(tool: object) -> bool:
@@ -140,12 +148,7 @@ def _kept(tool: object) -> bool:
 def usage_of(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     """A chat ``usage`` as the Responses ``usage`` (``estimate``: input and output tokens to
     report when the worker sent none)."""
-    if isinstance(chat_usage, dict) and isinstance(chat_usage.get("prompt_tokens"), int):
-        prompt, completion = chat_usage["prompt_tokens"], _int(chat_usage.get("completion_tokens"))
-        cached = _detail(chat_usage, "prompt_tokens_details", "cached_tokens")
-        reasoning = _detail(chat_usage, "completion_tokens_details", "reasoning_tokens")
-    else:
-        (prompt, completion), cached, reasoning = estimate, 0, 0
+    prompt, completion, cached, reasoning = _counts(chat_usage, estimate)
     return {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
@@ -153,6 +156,23 @@ def usage_of(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> dict[str, A
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
     }
+
+
+def usage_json(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> bytes:
+    """``usage_of(...)`` encoded, from a template."""
+    prompt, completion, cached, reasoning = _counts(chat_usage, estimate)
+    return _USAGE % (prompt, cached, completion, reasoning, prompt + completion)
+
+
+def _counts(chat_usage: Any, estimate: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Input, output, cached input and reasoning tokens of a chat ``usage``."""
+    prompt = chat_usage.get("prompt_tokens") if isinstance(chat_usage, dict) else None
+    if type(prompt) is int:  # a count (not a bool)
+        completion = _int(chat_usage.get("completion_tokens"))
+        cached = _detail(chat_usage, "prompt_tokens_details", "cached_tokens")
+        reasoning = _detail(chat_usage, "completion_tokens_details", "reasoning_tokens")
+        return prompt, completion, cached, reasoning
+    return estimate[0], estimate[1], 0, 0
 
 
 def _int(value: object) -> int:
@@ -260,7 +280,7 @@ def encode_response(
     message = message if isinstance(message, dict) else {}
     status, details = status_of(choice.get("finish_reason"))
     output = _dumps(output_items(message, shape))
-    usage = usage_of(answer.get("usage"), estimate)
+    usage = usage_json(answer.get("usage"), estimate)
     return shape.encode(status, output, usage, details), status
 
 

@@ -39,7 +39,7 @@ from gateway.dialects.responses_answer import (
     call_item,
     reasoning_of,
     status_of,
-    usage_of,
+    usage_json,
 )
 from gateway.dialects.sse import DONE, event_data
 from gateway.errors import GatewayError
@@ -77,6 +77,36 @@ _ITEM = {
 }
 _PREFIX = {"message": "msg", "reasoning": "rs"}
 _SEQ = b',"sequence_number":%d}\n\n'  # the end of every event
+
+
+def _template(kind: str, members: bytes) -> bytes:
+    """An event of ``kind`` whose data's members, between its type and its number, are
+    ``members`` (a template: ``%s`` and ``%d`` fill in)."""
+    return b'event: %s\ndata: {"type":"%s",%s,"sequence_number":%%d}\n\n' % (
+        kind.encode(),
+        kind.encode(),
+        members,
+    )
+
+
+# ``_raw``'s events, and those carrying a whole response, by kind
+_RAW = {
+    kind: _template(kind, b"%s")
+    for kind in (
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        *_DONE.values(),
+    )
+}
+_WHOLE = {
+    kind: _template(kind, b'"response":%s')
+    for kind in ("response.completed", "response.incomplete", "response.failed")
+}
+_STARTED = _template("response.created", b'"response":%s') + _template(
+    "response.in_progress", b'"response":%s'
+)
 _LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
 _NO_FRAME: Frame = (b"", b"", 0, 0)
 
@@ -144,11 +174,7 @@ class ResponsesStream:
 
     def _emit_response(self, kind: str, response: bytes) -> None:
         """An event carrying the whole ``response`` (given encoded)."""
-        name = kind.encode()
-        self.out.append(
-            b'event: %s\ndata: {"type":"%s","response":%s,"sequence_number":%d}\n\n'
-            % (name, name, response, self.seq)
-        )
+        self.out.append(_WHOLE[kind] % (response, self.seq))
         self.seq += 1
 
     def _take(self) -> bytes:
@@ -158,8 +184,9 @@ class ResponsesStream:
     def _start(self) -> None:
         self.started = True
         created = self.shape.encode("in_progress", b"[]")
-        self._emit_response("response.created", created)
-        self._emit_response("response.in_progress", created)
+        seq = self.seq
+        self.out.append(_STARTED % (created, seq, created, seq + 1))
+        self.seq = seq + 2
 
     def feed(self, chunk: dict[str, Any]) -> bytes:
         """The events one chat chunk makes."""
@@ -247,11 +274,7 @@ class ResponsesStream:
 
     def _raw(self, kind: str, members: bytes) -> None:
         """An event whose data's members (besides its type and number) are ``members``."""
-        name = kind.encode()
-        self.out.append(
-            b'event: %s\ndata: {"type":"%s",%s,"sequence_number":%d}\n\n'
-            % (name, name, members, self.seq)
-        )
+        self.out.append(_RAW[kind] % (members, self.seq))
         self.seq += 1
 
     def _done(self, index: int, item: bytes) -> None:
@@ -316,7 +339,7 @@ class ResponsesStream:
         for call in sorted(self.calls.values(), key=lambda c: c.index):
             self._close_call(call)
         status, details = status_of(self.finish_reason)
-        usage = usage_of(self.usage, (self.input_estimate, output_estimate))
+        usage = usage_json(self.usage, (self.input_estimate, output_estimate))
         self.final = self.shape.encode(status, self._output(), usage, details)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit_response(kind, self.final)
@@ -418,10 +441,12 @@ class ResponsesRelay:
             return b""
         self.chunks += 1
         text = plain_text(chunk)
-        more = stream.more_text(text) if text is not None else None
-        if more is None:
+        if text is None:
             return stream.feed(chunk)
-        if self._learn and text is not None:
+        more = stream.more_text(text)
+        if more is None:  # the text that opens the message
+            more = stream.feed(chunk)
+        if self._learn:
             self._learn -= 1
             self._frame = learn_frame(event, data, text, _dumps(text)) or self._frame
         return more

@@ -15,7 +15,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from gateway.dialects.responses import check, translate
-from gateway.dialects.responses_answer import shape, to_response
+from gateway.dialects.responses_answer import shape, to_response, usage_json, usage_of
 from gateway.dialects.responses_stream import ResponsesRelay
 from gateway.errors import BadRequest, UpstreamUnavailable
 
@@ -272,3 +272,22 @@ def test_an_encoded_response_is_the_response(
     made = shape(body, "resp_" + "e" * 48, 7, "pub")
     encoded = made.encode(status, orjson.dumps(output), usage, details, error)
     assert orjson.loads(encoded) == made.response(status, output, usage, details, error)
+
+
+COUNTS = odd_or(st.integers(0, 2**40))
+DETAILS = st.dictionaries(st.sampled_from(["cached_tokens", "reasoning_tokens"]), COUNTS)
+USAGES = st.fixed_dictionaries(
+    {},
+    optional={
+        "prompt_tokens": COUNTS,
+        "completion_tokens": COUNTS,
+        "prompt_tokens_details": odd_or(DETAILS),
+        "completion_tokens_details": odd_or(DETAILS),
+    },
+)
+
+
+@given(JSON | USAGES)
+def test_the_usage_template_is_the_usage(usage: Any) -> None:
+    """``usage_json`` writes what ``usage_of`` builds, for any usage a worker sends."""
+    assert orjson.loads(usage_json(usage, (3, 4))) == usage_of(usage, (3, 4))
