@@ -194,15 +194,18 @@ class ResponsesStream:
             return b""
         if not self.started:
             self._start()
-        if chunk.get("error") is not None:
+        # (``in`` before a lookup, ``type() is``: a parsed chunk's members, with few calls)
+        if "error" in chunk and chunk["error"] is not None:
             return self.fail(_message_of(chunk["error"]), "upstream_error")
-        usage = chunk.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            self.usage = usage
+        if "usage" in chunk:
+            usage = chunk["usage"]
+            if type(usage) is dict and isinstance(usage.get("prompt_tokens"), int):
+                self.usage = usage
         choices = chunk.get("choices")
-        for choice in choices if isinstance(choices, list) else ():
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                self._choice(choice)
+        if type(choices) is list:
+            for choice in choices:
+                if type(choice) is dict and choice.get("index", 0) == 0:
+                    self._choice(choice)
         return self._take()
 
     def writing(self) -> _Open | None:
@@ -224,19 +227,22 @@ class ResponsesStream:
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
-        if isinstance(delta, dict):
-            reasoning = reasoning_of(delta)
-            if reasoning is not None:
-                self._text("reasoning", reasoning)
+        if type(delta) is dict and delta:
+            if "reasoning_content" in delta or "reasoning" in delta:
+                reasoning = reasoning_of(delta)
+                if reasoning is not None:
+                    self._text("reasoning", reasoning)
             content = delta.get("content")
-            if isinstance(content, str) and content:
+            if type(content) is str and content:
                 self._text("message", content)
             calls = delta.get("tool_calls")
-            for fragment in calls if isinstance(calls, list) else ():
-                if isinstance(fragment, dict):
-                    self._fragment(fragment)
-        if choice.get("finish_reason") is not None:
-            self.finish_reason = choice["finish_reason"]
+            if type(calls) is list:
+                for fragment in calls:
+                    if type(fragment) is dict:
+                        self._fragment(fragment)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            self.finish_reason = finish
 
     def _text(self, kind: str, text: str) -> None:
         item = self.open
@@ -336,8 +342,9 @@ class ResponsesStream:
         if not self.items:  # nothing was said: an empty message, as OpenAI answers it
             self._open("message")
         self._close()
-        for call in sorted(self.calls.values(), key=lambda c: c.index):
-            self._close_call(call)
+        if self.calls:
+            for call in sorted(self.calls.values(), key=lambda c: c.index):
+                self._close_call(call)
         status, details = status_of(self.finish_reason)
         usage = usage_json(self.usage, (self.input_estimate, output_estimate))
         self.final = self.shape.encode(status, self._output(), usage, details)
