@@ -15,6 +15,7 @@ answer. The Responses requests are stored (``store`` true, the default).
 
     .venv/bin/python bench/apis.py          # BENCH_PAIRS=9 BENCH_COUNT=6400 by default
     BENCH_ARMS=streamed .venv/bin/python bench/apis.py   # only the arms whose name says so
+    BENCH_ARMS="store false" .venv/bin/python bench/apis.py  # Responses not stored (store's share)
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ ARMS: tuple[Arm, ...] = (
     ("Responses, streamed", dict(OPENAI, model="m-sse", stream=True), "/v1/responses",
      dict(RESPONSES, model="m-sse", stream=True), 8),
 )  # fmt: skip
+# The Responses arms with ``store: false``, run only when BENCH_ARMS says "store false": what
+# keeping the response costs, beside chat.
+UNSTORED: tuple[Arm, ...] = tuple(
+    (f"{name} (store false)", chat, path, dict(body, store=False), width)
+    for name, chat, path, body, width in ARMS
+    if path == "/v1/responses"
+)
 
 
 def config(port: int, admin_port: int, upstream_port: int, store: str) -> str:
@@ -131,7 +139,7 @@ async def measure(http: aiohttp.ClientSession, base: str, pid: int, arm: Arm) ->
     c, o = sorted(costs["chat"])[PAIRS // 2], sorted(costs["other"])[PAIRS // 2]
     sizes = SIZES[chat[0] + chat_body["model"]], SIZES[other[0] + body["model"]]
     return (
-        f"{name:20s} gateway CPU per request: chat {c:.0f} us, {name.split(',')[0]} {o:.0f} us; "
+        f"{name:34s} gateway CPU per request: chat {c:.0f} us, {name.split(',')[0]} {o:.0f} us; "
         f"ratio (median of {PAIRS} pairs) {ratios[PAIRS // 2]:.3f}, pairs {ratios[0]:.3f}-"
         f"{ratios[-1]:.3f} (target <= 1.15); answers {sizes[0]} and {sizes[1]} bytes"
     )
@@ -162,7 +170,7 @@ async def main() -> None:
         async with aiohttp.ClientSession() as http:
             await wait_ready(http, admin_port)
             only = os.environ.get("BENCH_ARMS", "")
-            for arm in ARMS:
+            for arm in ARMS + (UNSTORED if "store false" in only else ()):
                 if only and not any(word in arm[0] for word in only.split(",")):
                     continue
                 line = await measure(http, f"http://127.0.0.1:{port}", gateway.pid, arm)
