@@ -105,7 +105,8 @@ class Capacity:
         model has fallbacks or an upstream without a cap."""
         route, local = chain.route, self.local
         upstream = None if local.queues and local.busy(route.name) else chain.first()
-        queued = self._queued(route)
+        known = self._routes.get(route.name)  # _queued(route), in place
+        queued = known[1] if known is not None and known[0] is route else self._queued(route)
         if upstream is not None:
             if self.leases is None or upstream.max_concurrency is None:
                 return upstream
@@ -236,7 +237,10 @@ class Capacity:
         """``Balancer.release``'s hook: give a lease back if one is spare, wake the queues."""
         held = self._held.get(upstream.name)
         if held and len(held) > self.balancer.state(upstream.name).in_flight:
-            self._give(upstream.name, held.pop())
+            releasing = self._to_release  # as _give, in place: this runs once per request
+            releasing.append((upstream.name, held.pop()))
+            if len(releasing) == 1:
+                asyncio.get_running_loop().call_soon(self._release)
         if self.local.queues:
             self.local.freed()
 

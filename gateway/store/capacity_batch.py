@@ -69,20 +69,21 @@ class Acquirer:
         self._script, self._transport = script, transport
         self._lease_ms, self._timeout, self._release = lease_ms, timeout, release
         self._asking: list[Ask] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
 
     def ask(
         self, keys: list[str], args: list[str], names: list[str], lease: str
     ) -> asyncio.Future[int]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        pending = self._asking
-        pending.append((keys, args, names, lease, future))
-        asked = len(pending)
-        if asked == 1:
+        pending, loop = self._asking, self._loop
+        if not pending:  # the first of this turn: the loop looked up once per batch
+            loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._send)
-        elif asked >= BATCH:
+        assert loop is not None
+        future: asyncio.Future[int] = loop.create_future()
+        pending.append((keys, args, names, lease, future))
+        if len(pending) >= BATCH:
             self._send()
         return future
 
