@@ -269,7 +269,10 @@ class ChatHandler:
             return client  # failed after the head went out: an error event said so
         upstream, response, chunk = opened.upstream, opened.answer, opened.body
         if response.status != 200:  # an error answer to a stream request: read whole, bounded
-            raw = await attempts.refusal_of(opened)
+            # (a refusal that stalls or breaks off after the early head: an error event too)
+            raw = await early.opening(ex, error, attempts.refusal_of(opened))
+            if raw is None:
+                return client
             if early.sent:
                 await early.refused(ex, error, response.status, raw)
                 return client

@@ -102,8 +102,12 @@ async def open_answer(
     opened = await (opening if early is None else early[0].opening(ex, early[1], opening))
     if opened is None:
         return None
-    if ex.stream and opened.answer.status != 200:
-        opened.body = await attempts.refusal_of(opened)  # released: read whole
+    if ex.stream and opened.answer.status != 200:  # the refusal read whole, the slot given back
+        reading = attempts.refusal_of(opened)
+        refusal = await (reading if early is None else early[0].opening(ex, early[1], reading))
+        if refusal is None:  # it stalled or broke off after the early head: an error event
+            return None
+        opened.body = refusal
         if early is not None and early[0].sent:
             await early[0].refused(ex, early[1], opened.answer.status, opened.body)
             return None
