@@ -1,20 +1,31 @@
--- Slots for several requests at once, each decided in order exactly as a call of its own would
--- be at this instant: a request takes a slot of the first of its upstreams (in its order) that
+-- The leases given back and the slots asked for in one turn of a process's loop, in one call:
+-- first the leases given back (capacity_queue.lua's give_back: their slots go to the models
+-- waiting for them first), then each request, in order, decided exactly as a call of its own
+-- would be at this instant: it takes a slot of the first of its upstreams (in its order) that
 -- has one free, as a lease.
--- ARGV[1]: lease ms; then per request: its lease id, '1' or '0' (a queue key follows its
--- upstreams'), n (its upstreams), then the n upstreams' caps.
--- KEYS: per request, the lease sets of its n upstreams (one {gw:cap} slot), then, if its flag is
--- '1', the queue of its model (capacity_queue.lua's 'z'): while anyone waits in it, no slot is
--- taken for the request (a newcomer joins the queue instead of passing the requests waiting).
+-- ARGV[1]: lease ms; ARGV[2]: r, the leases given back, then their r lease ids; then per
+-- request: its lease id, '1' or '0' (a queue key follows its upstreams'), n (its upstreams),
+-- then the n upstreams' caps.
+-- KEYS: the r lease sets of the leases given back; then per request, the lease sets of its n
+-- upstreams (one {gw:cap} slot), then, if its flag is '1', the queue of its model ('z'): while
+-- anyone waits in it, no slot is taken for the request (a newcomer joins the queue instead of
+-- passing the requests waiting).
 -- Returns per request the 1-based index of the upstream whose slot it took, or 0.
 -- Time is Redis TIME, so processes with skewed clocks agree; expired leases (a process that
 -- died) are dropped before counting. Each lease set is read once and written once.
+local ttl = tonumber(ARGV[1])
+local r = tonumber(ARGV[2])
+if r > 0 then
+  give_back(1, 3, r, ttl)
+end
+if #ARGV == 2 + r then
+  return {}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
 local live, added, touched, waits = {}, {}, {}, {}
 local out = {}
-local k, a = 1, 2
+local k, a = 1 + r, 3 + r
 while a <= #ARGV do
   local lease, queued, n = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2])
   local got = 0

@@ -5,7 +5,8 @@ Acquisitions (``acquire_now``) asked for in one turn of the loop go to Redis as 
 and each answer arrives through a future. No task and no timer per request: one timer per
 batch bounds the wait (its futures then fail with ``StoreError``), and a task only where the
 batch cannot be sent at once (the lane not connected, the script unknown after a restart, a
-Cluster, which redis-py serves). Releases (``release_now``) are sent at once, not awaited.
+Cluster, which redis-py serves). The leases given back in the same turn (``release_now``)
+ride the same call, first (their slots go to the waiting before any newcomer); not awaited.
 
 A lease Redis took for a caller that no longer waits for it is given back at once, not held for
 its lease time: a reply that comes after the batch's time ran out or after its caller left, and
@@ -35,9 +36,10 @@ Ask = tuple[list[str], list[str], list[str], str, asyncio.Future[int]]
 Pairs = list[tuple[str, str]]  # (upstream, lease)
 
 
-def script_call(batch: Sequence[Ask], lease_ms: str) -> Call:
-    keys: list[str] = []
-    args = [lease_ms]
+def script_call(batch: Sequence[Ask], freed: Pairs, prefix: str, lease_ms: str) -> Call:
+    """``capacity_acquire.lua``'s KEYS and ARGV: the leases given back, then the requests."""
+    keys = [prefix + name for name, _ in freed]
+    args = [lease_ms, str(len(freed)), *(lease for _, lease in freed)]
     for ask_keys, ask_args, _, _, _ in batch:
         keys += ask_keys
         args += ask_args
@@ -50,25 +52,33 @@ def _fail(future: asyncio.Future[int], exc: BaseException) -> None:
         future.exception()  # retrieved: a caller that left must not log it
 
 
+def _stop(timer: asyncio.TimerHandle | None) -> None:
+    if timer is not None:
+        timer.cancel()
+
+
 def _expire(batch: Sequence[Ask]) -> None:
     for ask in batch:
         _fail(ask[4], StoreError("redis: no answer in time"))
 
 
 class Acquirer:
-    """``ask`` gathers; the end of the loop's turn sends. ``release`` gives leases back."""
+    """``ask`` and ``release_now`` gather; the end of the loop's turn sends them in one call.
+    ``release`` (awaited, its own call) gives back what may have been taken for nobody."""
 
     def __init__(
         self,
         script: Script,
         transport: Callable[[], RedisTransport],
+        prefix: str,
         lease_ms: str,
         timeout: float,
         release: Callable[[Pairs], Awaitable[None]],
     ) -> None:
-        self._script, self._transport = script, transport
+        self._script, self._transport, self._prefix = script, transport, prefix
         self._lease_ms, self._timeout, self._release = lease_ms, timeout, release
         self._asking: list[Ask] = []
+        self._freeing: Pairs = []  # leases given back in this turn
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
@@ -77,7 +87,7 @@ class Acquirer:
         self, keys: list[str], args: list[str], names: list[str], lease: str
     ) -> asyncio.Future[int]:
         pending, loop = self._asking, self._loop
-        if not pending:  # the first of this turn: the loop looked up once per batch
+        if not pending and not self._freeing:  # the first of this turn: a send at its end
             loop = self._loop = asyncio.get_running_loop()
             loop.call_soon(self._send)
         assert loop is not None
@@ -87,42 +97,56 @@ class Acquirer:
             self._send()
         return future
 
+    def release_now(self, leases: Pairs) -> None:
+        """Leases given back, sent at the end of this turn with its acquisitions (first: their
+        slots go to the waiting before any newcomer of the turn); not awaited (a failure is
+        logged: they expire)."""
+        if not self._asking and not self._freeing:
+            self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self._send)
+        self._freeing += leases
+
     def _send(self) -> None:
         batch, self._asking = self._asking, []
-        if not batch:
+        freed, self._freeing = self._freeing, []
+        if not batch and not freed:
             return
-        timer = asyncio.get_running_loop().call_later(self._timeout, _expire, batch)
-        call = script_call(batch, self._lease_ms)
+        timer = None
+        if batch:
+            timer = asyncio.get_running_loop().call_later(self._timeout, _expire, batch)
+        call = script_call(batch, freed, self._prefix, self._lease_ms)
         reply = self._transport().send_now(self._script, call)
         if reply is None:
-            self._spawn(self._slow(batch, call, timer))
+            self._spawn(self._slow(batch, freed, call, timer))
         else:
-            reply.add_done_callback(functools.partial(self._replied, batch, call, timer, True))
+            reply.add_done_callback(
+                functools.partial(self._replied, batch, freed, call, timer, True)
+            )
 
     def _replied(
         self,
         batch: list[Ask],
+        freed: Pairs,
         call: Call,
-        timer: asyncio.TimerHandle,
+        timer: asyncio.TimerHandle | None,
         again: bool,
         reply: asyncio.Future[Any],
     ) -> None:
         exc = None if reply.cancelled() else reply.exception()
         if again and isinstance(exc, LaneError) and exc.noscript:  # it ran nothing
-            self._spawn(self._slow(batch, call, timer))
+            self._spawn(self._slow(batch, freed, call, timer))
             return
-        timer.cancel()
-        if isinstance(exc, LaneError):  # Redis answered with an error: nothing was taken
-            for ask in batch:
-                _fail(ask[4], StoreError(f"redis: {exc}"))
-        elif exc is not None or reply.cancelled():  # sent, the reply lost: perhaps taken
-            self._lost(batch, exc)
+        _stop(timer)
+        if isinstance(exc, LaneError):  # Redis answered with an error: nothing was done
+            self._failed(batch, freed, StoreError(f"redis: {exc}"))
+        elif exc is not None or reply.cancelled():  # sent, the reply lost: perhaps done
+            self._lost(batch, freed, exc)
         else:
             self._deliver(batch, reply.result())
 
     def _deliver(self, batch: list[Ask], reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) != len(batch):  # a reply of the wrong shape
-            self._lost(batch, ValueError(f"unexpected acquire reply {reply!r:.100}"))
+            self._lost(batch, [], ValueError(f"unexpected acquire reply {reply!r:.100}"))
             return
         got: list[int] = reply
         back: Pairs = []
@@ -134,16 +158,25 @@ class Acquirer:
         if back:
             self._give_back(back)
 
-    def _lost(self, batch: list[Ask], exc: BaseException | None) -> None:
-        """Redis may have run the batch: every lease it may hold goes back, and every caller
-        still waiting is told (``StoreLost``)."""
-        self._give_back([(name, lease) for _, _, names, lease, _ in batch for name in names])
+    def _lost(self, batch: list[Ask], freed: Pairs, exc: BaseException | None) -> None:
+        """Redis may have run the call: every lease it may have taken goes back (with those
+        given back in it), and every caller still waiting is told (``StoreLost``)."""
+        self._give_back(freed + [(n, lease) for _, _, names, lease, _ in batch for n in names])
         for ask in batch:
             _fail(ask[4], StoreLost(f"redis: {why(exc)}"))
 
-    async def _slow(self, batch: list[Ask], call: Call, timer: asyncio.TimerHandle) -> None:
-        """A batch that could not be sent at once. On the lane: the script loaded (bounded; a
-        failure there ran nothing), then the batch sent without a bound of its own (its timer
+    def _failed(self, batch: list[Ask], freed: Pairs, exc: StoreError) -> None:
+        """Nothing was run: its callers are told; its leases given back expire (logged)."""
+        for ask in batch:
+            _fail(ask[4], exc)
+        if freed and not self._closed:
+            log.warning("capacity release failed", extra={"reason": str(exc)})
+
+    async def _slow(
+        self, batch: list[Ask], freed: Pairs, call: Call, timer: asyncio.TimerHandle | None
+    ) -> None:
+        """A call that could not be sent at once. On the lane: the script loaded (bounded; a
+        failure there ran nothing), then the call sent without a bound of its own (its timer
         still runs for the callers), so that a late answer is still given back. Elsewhere (a
         Cluster: every lease set and queue in one slot, so one call) redis-py's bounded call."""
         transport = self._transport()
@@ -151,42 +184,26 @@ class Acquirer:
             try:
                 await transport.call("SCRIPT", "LOAD", self._script.source)
             except StoreError as exc:
-                timer.cancel()
-                for ask in batch:
-                    _fail(ask[4], exc)
+                _stop(timer)
+                self._failed(batch, freed, exc)
                 return
             reply = transport.send_now(self._script, call)
             if reply is None:  # the connection dropped again meanwhile: nothing was sent
-                timer.cancel()
-                for ask in batch:
-                    _fail(ask[4], StoreError("redis: connection lost"))
+                _stop(timer)
+                self._failed(batch, freed, StoreError("redis: connection lost"))
                 return
-            reply.add_done_callback(functools.partial(self._replied, batch, call, timer, False))
+            reply.add_done_callback(
+                functools.partial(self._replied, batch, freed, call, timer, False)
+            )
             return
         try:
             (answer,) = await transport.evalsha(self._script, [call])
         except StoreError as exc:  # timed out or dropped: Redis may have run it
-            timer.cancel()
-            self._lost(batch, exc)
+            _stop(timer)
+            self._lost(batch, freed, exc)
             return
-        timer.cancel()
+        _stop(timer)
         self._deliver(batch, answer)
-
-    def release_now(self, script: Script, call: Call, leases: Pairs) -> None:
-        """Leases given back on the hot path: sent at once when the lane can (no task), else
-        through ``release`` in a task; not awaited (a failure is logged: they expire)."""
-        reply = self._transport().send_now(script, call)
-        if reply is None:
-            self._give_back(leases)
-        else:
-            reply.add_done_callback(functools.partial(self._released, leases))
-
-    def _released(self, leases: Pairs, reply: asyncio.Future[Any]) -> None:
-        exc = None if reply.cancelled() else reply.exception()
-        if isinstance(exc, LaneError) and exc.noscript:  # it ran nothing: loaded, then sent
-            self._give_back(leases)
-        elif (exc is not None or reply.cancelled()) and not self._closed:
-            log.warning("capacity release failed", extra={"reason": why(exc)})
 
     def _give_back(self, leases: Pairs) -> None:
         if self._closed:  # the store is closing: they expire within a lease time

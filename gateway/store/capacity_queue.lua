@@ -162,3 +162,30 @@ local function wake(upstream, now, ttl)
     settle(qkeys(model), now, ttl, nil)
   end
 end
+
+-- Gives back n leases: KEYS[k + i - 1] is a lease set, ARGV[a + i - 1] the lease id in it. Each
+-- lease set is written once (one ZREM for all its leases); each upstream a lease was freed on
+-- hands its free slots to the models waiting for it (TIME read only if one waits).
+local function give_back(k, a, n, ttl)
+  local leases, order = {}, {}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    if leases[key] == nil then
+      leases[key] = {}
+      order[#order + 1] = key
+    end
+    local ids = leases[key]
+    ids[#ids + 1] = ARGV[a + i]
+  end
+  local now = nil
+  for _, key in ipairs(order) do
+    redis.call('ZREM', key, unpack(leases[key]))
+    local models = redis.call('SMEMBERS', waiting_on(string.sub(key, #LP + 1)))
+    if #models > 0 then
+      now = now or now_ms()
+      for _, model in ipairs(models) do
+        settle(qkeys(model), now, ttl, nil)
+      end
+    end
+  end
+end

@@ -4,11 +4,12 @@
 Keys: ``gw:{cap}:<upstream>``, a sorted set of lease ids by expiry (ms, Redis ``TIME``); the
 queues under ``gw:{cap}|q|<model>|`` and ``gw:{cap}|w|<upstream>`` (``capacity_queue.lua``
 says what each holds). All under one hash tag, so that one script can look at every upstream
-and queue on a Cluster. ``capacity_acquire.lua`` takes slots (the requests of one turn of the
-loop in one EVALSHA, ``store.capacity_batch``, each one's model queue looked at in the same
-call); ``capacity_renew.lua`` renews
-any number of leases in one EVALSHA; ``capacity_release.lua`` gives leases back and hands the
-freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the waiting room.
+and queue on a Cluster. ``capacity_acquire.lua`` gives back the leases freed in one turn of
+the loop and takes the slots its requests ask for, in one EVALSHA (``store.capacity_batch``;
+each request's model queue looked at in the same call); ``capacity_renew.lua`` renews any
+number of leases in one EVALSHA; ``capacity_release.lua`` gives leases back (off the hot path)
+and hands the freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the
+waiting room.
 Its own connection through the store's transport (``store.transport``: the lane on one Redis,
 redis-py for a Cluster), apart from the main store's, and one subscription for grants.
 """
@@ -38,7 +39,7 @@ def _script(name: str, library: bool = False) -> Script:
     return Script(name, (_source("capacity_queue.lua") if library else "") + _source(name))
 
 
-ACQUIRE = _script("capacity_acquire.lua")
+ACQUIRE = _script("capacity_acquire.lua", library=True)
 RENEW = _script("capacity_renew.lua")
 RELEASE = _script("capacity_release.lua", library=True)
 JOIN = _script("capacity_join.lua", library=True)
@@ -61,7 +62,7 @@ class RedisLeaseStore:
         self.lease_ms = str(max(1, int(lease_seconds * 1000)))
         self._transport: RedisTransport | None = None
         self._acquirer = Acquirer(
-            ACQUIRE, lambda: self.transport, self.lease_ms, self.timeout, self.release
+            ACQUIRE, lambda: self.transport, PREFIX, self.lease_ms, self.timeout, self.release
         )
 
     @property
@@ -103,7 +104,7 @@ class RedisLeaseStore:
 
     def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:
-            self._acquirer.release_now(RELEASE, self._release_call(leases), list(leases))
+            self._acquirer.release_now(list(leases))
 
     def _release_call(self, leases: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
         keys = [PREFIX + name for name, _ in leases]

@@ -223,6 +223,44 @@ async def test_the_leases_freed_in_one_turn_go_back_in_one_call(
         await capacity.close()
 
 
+async def test_a_turns_releases_ride_its_acquisitions_and_go_first(
+    redis_process: RedisServer,
+) -> None:
+    """A lease given back and a slot asked for in the same turn: one call, the release first
+    (so the newcomer gets the freed slot)."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    leases = RedisLeaseStore(redis_process.url, 5000, LONG)
+    try:
+        await warm(leases)
+        assert await leases.acquire([("gpu", 1)], "old") == 0
+        before = evalsha_calls(redis_process)
+        leases.release_now([("gpu", "old")])
+        assert await leases.acquire_now([("gpu", 1)], "new") == 0
+        assert evalsha_calls(redis_process) - before == 1
+        assert redis_process.call("ZRANGE", PREFIX + "gpu", "0", "-1") == "new"
+    finally:
+        await leases.close()
+
+
+async def test_a_slot_freed_in_a_turn_goes_to_the_waiting_not_to_its_newcomer(
+    redis_process: RedisServer,
+) -> None:
+    """A request waits in the model's queue: the slot given back goes to it, and a newcomer
+    asking in the same turn (the same call) does not pass it."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    leases = RedisLeaseStore(redis_process.url, 5000, LONG)
+    try:
+        await warm(leases)
+        assert await leases.acquire([("gpu", 1)], "old") == 0
+        joined = await leases.join("m", "p1:t1", "o", 1.0, 0, None, [("gpu", 1)])
+        assert joined[0] == 0  # waiting
+        leases.release_now([("gpu", "old")])
+        assert await leases.acquire_now([("gpu", 1)], "new", "m") == -1
+        assert redis_process.call("ZRANGE", PREFIX + "gpu", "0", "-1") == "p1:t1"
+    finally:
+        await leases.close()
+
+
 async def _ran(redis_process: RedisServer, upstream: str = "gpu") -> None:
     """Until Redis holds the lease (the script ran), within 5 s."""
     deadline = asyncio.get_running_loop().time() + 5
