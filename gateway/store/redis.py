@@ -31,7 +31,7 @@ from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError, StoreLost
 from gateway.store.redis_codec import esc, num, tag
 from gateway.store.redis_conn import Subscriber, parse
 from gateway.store.redis_lane import Arg
-from gateway.store.transport import ClientTransport, Script, transport_for, why
+from gateway.store.transport import ClientTransport, Script, may_have_run, transport_for, why
 
 SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
 # Settlements per EVALSHA on one Redis: a script call's own cost (~10 µs of Redis CPU) is shared
@@ -52,12 +52,14 @@ def _kid(key_id: str) -> str:
 
 
 def _chain(source: asyncio.Future[Verdict], target: asyncio.Future[Verdict]) -> None:
+    """An admission's verdict through redis-py passed on; a failure after which Redis may have
+    admitted it all the same is ``StoreLost`` (the limiter then gives it back)."""
     if target.done():
         return
     if source.cancelled():
         _fail(target, StoreError("redis: cancelled"))
     elif (exc := source.exception()) is not None:
-        _fail(target, exc)
+        _fail(target, StoreLost(str(exc)) if may_have_run(exc) else exc)
     else:
         target.set_result(source.result())
 
@@ -266,11 +268,12 @@ class RedisStore:
 
     def _resend(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
         """A batch the lane could not take at once (not connected yet, or the script unknown
-        after a restart): on a Cluster each admission through ``admit``; on one Redis the
-        script loaded (bounded: a failure there ran nothing), then the batch sent again without
-        a bound of its own, so that a verdict that comes late still reaches its future (and a
-        caller that stopped waiting gives back what it admitted, instead of a lease lost)."""
-        if self._io.spans_slots:
+        after a restart): through redis-py (a Cluster, TLS) each admission through ``admit``;
+        on the lane the script loaded (bounded: a failure there ran nothing), then the batch
+        sent again without a bound of its own, so that a verdict that comes late still reaches
+        its future (and a caller that stopped waiting gives back what it admitted, instead of
+        a lease lost)."""
+        if isinstance(self._io, ClientTransport):  # no send_now: never a batch of its own
             for admission, verdict in batch:
                 slow = asyncio.ensure_future(self.admit(admission))
                 slow.add_done_callback(functools.partial(_chain, target=verdict))

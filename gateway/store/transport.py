@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.store.base import StoreError
 from gateway.store.redis_conn import ERRORS, POOL, Client, Target, client
@@ -69,6 +71,13 @@ def why(exc: BaseException | None) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     return str(exc) or type(exc).__name__
+
+
+def may_have_run(exc: BaseException) -> bool:
+    """Whether a failed redis-py call may have run all the same: its connection broke or its
+    time ran out, perhaps after the command went out (an error reply ran nothing)."""
+    cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+    return isinstance(cause, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError)
 
 
 def _raising(replies: list[Any]) -> list[Any]:
