@@ -30,6 +30,7 @@ from gateway.dialects.anthropic_messages import (
 from gateway.dialects.anthropic_stream import StreamTranslator, plain_text
 
 __all__ = [
+    "MESSAGES_PATHS",
     "TEXT_DELTA_END",
     "StreamTranslator",
     "Usage",
@@ -55,7 +56,15 @@ _TOKENS_PER_MESSAGE = 4
 _TOKENS_PER_REQUEST = 3
 _TOKENS_PER_IMAGE = 1600
 _IMAGE_TYPES = ("image", "image_url", "input_image")
-_MESSAGES_ENDS = ("/messages", "/messages/count_tokens")
+# The gateway's own Messages routes (a pass-through path that ends in /messages is not one)
+MESSAGES_PATHS = frozenset(
+    {
+        "/v1/messages",
+        "/api/v1/messages",
+        "/v1/messages/count_tokens",
+        "/api/v1/messages/count_tokens",
+    }
+)
 _UNCOUNTED = frozenset(
     {"role", "type", "id", "tool_use_id", "tool_call_id", "cache_control", "signature"}
 )
@@ -65,8 +74,9 @@ def by_route(path: str, has_anthropic_version: bool) -> bool:
     """The dialect as the request's head tells it, before any body: Anthropic with an
     ``anthropic-version`` header or on a Messages route (``/messages``, ``/messages/count_tokens``).
     The edge decides it for every request (its refusals speak it); a chat body may refine it
-    once (``by_body``)."""
-    return has_anthropic_version or path.rstrip("/").endswith(_MESSAGES_ENDS)
+    once (``by_body``). Only the gateway's own routes count: a pass-through path ending in
+    ``/messages`` (an Assistants thread's, say) keeps OpenAI's form."""
+    return has_anthropic_version or path.rstrip("/") in MESSAGES_PATHS
 
 
 def by_body(body: object) -> bool:

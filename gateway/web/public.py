@@ -103,7 +103,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
         app.router.add_post(path, chat.handle)
     for path in MODELS_PATHS:
         app.router.add_get(path, models, allow_head=False)
-    for path in ("/v1/messages/count_tokens", "/api/v1/messages/count_tokens"):
+    for path in sorted(p for p in anthropic.MESSAGES_PATHS if p.endswith("/count_tokens")):
         app.router.add_post(path, count_tokens_handler(runtime))
     keys_api.add_routes(app, runtime)
     apis.add_routes(app, runtime)

@@ -114,6 +114,21 @@ async def test_auth_key_requires_a_key_and_never_forwards_it(
     assert all(TEST_KEY not in str(s["headers"]) for s in backend[1])
 
 
+async def test_a_refusal_on_a_path_ending_in_messages_keeps_openai_form(portal: Server) -> None:
+    """A pass-through path ending in ``/messages`` (an Assistants thread's) is not one of the
+    gateway's Anthropic routes: its refusals are in OpenAI's form (unless the client sent
+    ``anthropic-version``)."""
+    url = f"http://127.0.0.1:{portal.port}/api/files/threads/t1/messages"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json={}) as r:
+            assert r.status == 401
+            body = await r.json()
+            assert "type" not in body and body["error"]["code"] == "invalid_api_key", body
+        async with http.post(url, json={}, headers={"anthropic-version": "2023-06-01"}) as r:
+            assert r.status == 401
+            assert (await r.json())["type"] == "error"  # the client asked for Anthropic's
+
+
 async def test_a_50_mb_upload_streams_through_intact(portal: Server) -> None:
     block = os.urandom(1 << 20)
     expected = hashlib.sha256(block * 50).hexdigest()
