@@ -107,7 +107,7 @@ class ResponsesHandler:
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         rt, ex = self.rt, request[EXCHANGE]
-        ex.api = "responses"
+        ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(rt, request, "chat")
         raw = await govern.body(rt, request)
         body = responses.check(parse(raw))
@@ -205,7 +205,7 @@ class ResponsesHandler:
     async def retrieve(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/responses/{id}``: the stored response."""
         ex = request[EXCHANGE]
-        ex.api = "responses"
+        ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(self.rt, request, "chat")
         raw = await self._stored(record.owner, request.match_info["id"])
         return json_response(_record(raw)[0])
@@ -213,7 +213,7 @@ class ResponsesHandler:
     async def input_items(self, request: web.Request) -> web.StreamResponse:
         """``GET /v1/responses/{id}/input_items``: the input the stored response answered."""
         ex = request[EXCHANGE]
-        ex.api = "responses"
+        ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(self.rt, request, "chat")
         response_id = request.match_info["id"]
         items = _record(await self._stored(record.owner, response_id))[1]
@@ -223,7 +223,7 @@ class ResponsesHandler:
         """``POST /v1/responses/{id}/cancel``: a 400 for a stored response (none runs in the
         background), a 404 for an unknown one."""
         ex = request[EXCHANGE]
-        ex.api = "responses"
+        ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(self.rt, request, "chat")
         response_id = request.match_info["id"]
         await self._stored(record.owner, response_id)
@@ -232,7 +232,7 @@ class ResponsesHandler:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         """``DELETE /v1/responses/{id}``: the stored response removed."""
         ex = request[EXCHANGE]
-        ex.api = "responses"
+        ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(self.rt, request, "chat")
         response_id = request.match_info["id"]
         await self._stored(record.owner, response_id)

@@ -15,7 +15,7 @@ from gateway.mock_worker import MockState
 from gateway.server import Server
 from tests.clients import sdk
 from tests.fakes import FakeUpstream
-from tests.proxy.responses_support import OTHER_KEY, call, responses_yaml
+from tests.proxy.responses_support import OTHER_KEY, bearer, call, responses_yaml
 
 WEATHER = {
     "type": "function",
@@ -81,6 +81,22 @@ async def test_text_answer_with_instructions(served: tuple[Server, MockState]) -
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "echo: hello there"},
     ]
+
+
+async def test_an_anthropic_version_header_does_not_make_it_anthropic(
+    served: tuple[Server, MockState],
+) -> None:
+    """A client (or a proxy set up for Claude Code) that sends ``anthropic-version`` on every
+    call still gets the Responses API: before, the translated chat body was read as an
+    Anthropic one and refused with 400 (found by review)."""
+    server, _ = served
+    headers = {**bearer(), "anthropic-version": "2023-06-01"}
+    body = {"model": "gpt-4o-mini", "input": "echo: hello there", "tools": [WEATHER]}
+    status, _, answer = await call(server, "POST", "/v1/responses", json=body, headers=headers)
+    assert status == 200, answer
+    assert answer["object"] == "response" and answer["status"] == "completed"
+    status, _, refusal = await call(server, "GET", "/v1/responses/resp_unknown", headers=headers)
+    assert status == 404 and "type" not in refusal, refusal  # OpenAI's form of a refusal
 
 
 async def test_stream_events_in_order(served: tuple[Server, MockState]) -> None:
