@@ -7,9 +7,11 @@ the same machine.
     flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py --instructions [COMMIT]
 
 COMMIT: what to compare with (default ``36b8517``, before the cut of issue 16's second pass).
-Each figure is the best of ``ROUNDS`` rounds of ``NUMBER`` calls, rounds alternating between
-the two codes; "spread" is the median round over the best. Pools: the chat arm's 2 upstreams
-(``bench/routing_cost.py``), and 4 loaded ones with fresh signals (``bench/routing.py``'s).
+The pick is the call ``routing.chain`` makes (``Balancer.affinity`` now, ``pick`` before it
+existed). Each figure is the best of ``ROUNDS`` rounds of ``NUMBER`` calls, rounds alternating
+between the two codes; "spread" is the median round over the best. Pools: the chat arm's 2
+upstreams (``bench/routing_cost.py``), and 4 loaded ones with fresh signals
+(``bench/routing.py``'s).
 
 ``--instructions``: instructions per call instead of time (``valgrind --tool=callgrind``: this
 script run with ``COUNTED`` calls of a case and with none, the difference divided), which a
@@ -68,12 +70,23 @@ def calls(affinity: Callable[..., Any], balancer_class: Any) -> dict[str, Callab
         balancer, pool = fleet(balancer_class, size)
         key, prefixes = affinity(SMALL, 256)
 
-        def pick(b: Any = balancer, p: Any = pool, k: int = key, f: Any = prefixes) -> Any:
-            return b.pick(p, (), None, AFFINITY, k, "m", f)
+        if hasattr(balancer, "affinity"):  # what ``routing.chain`` calls, since d3b16a2
 
-        def both(b: Any = balancer, p: Any = pool) -> Any:
-            k, f = affinity(SMALL, 256)
-            return b.pick(p, (), None, AFFINITY, k, "m", f)
+            def pick(b: Any = balancer, p: Any = pool, k: int = key, f: Any = prefixes) -> Any:
+                return b.affinity(p, (), None, 1.25, k, f)
+
+            def both(b: Any = balancer, p: Any = pool) -> Any:
+                k, f = affinity(SMALL, 256)
+                return b.affinity(p, (), None, 1.25, k, f)
+
+        else:
+
+            def pick(b: Any = balancer, p: Any = pool, k: int = key, f: Any = prefixes) -> Any:
+                return b.pick(p, (), None, AFFINITY, k, "m", f)
+
+            def both(b: Any = balancer, p: Any = pool) -> Any:
+                k, f = affinity(SMALL, 256)
+                return b.pick(p, (), None, AFFINITY, k, "m", f)
 
         out[f"pick, {size} upstreams"] = pick
         out[f"key and pick, {size} upstreams"] = both

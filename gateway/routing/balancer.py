@@ -5,8 +5,9 @@ that are full or ejected after failures.
   share sequential traffic rather than the first taking it all).
 - ``round_robin``: each usable upstream in turn; ``random``: at random, by weight.
 - ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``),
-  except that a prompt extending one this process sent before goes where that one went while
-  it is under its bound (``routing.history``): a conversation the bound moved stays moved.
+  except that a prompt extending one sent before goes where that one went while it is under
+  its bound (``routing.history``): a conversation the bound moved stays moved. Where this
+  process moved a prompt is told to the others (``routing.placements``), and theirs to it.
 
 An upstream's load is its requests in flight from this process; while its worker signals are
 fresh (``routing.signals``), plus what the worker held from other processes when it was last
@@ -256,18 +257,11 @@ class Balancer:
             if len(sent) > self.history.capacity:
                 sent.popitem(last=False)
             if self.placements.sharing and (found is None or went != chosen.name):
-                self._tell(ring, key, found, went, prompt, index, chosen.name)
+                self._tell(ring, key, found, prompt, index, chosen.name)
         return chosen
 
     def _tell(
-        self,
-        ring: Ring,
-        key: int,
-        found: int | None,
-        went: str | None,
-        prompt: int,
-        index: int,
-        name: str,
+        self, ring: Ring, key: int, found: int | None, prompt: int, index: int, name: str
     ) -> None:
         """Tell the other processes a placement they could not guess: not where this process
         remembered the prompt, nor (nothing remembered) at its ring worker."""
@@ -318,7 +312,7 @@ class Balancer:
         if prefixes:
             self.history.record(prefixes, chosen.name, found)
             if self.placements.sharing and (found is None or went != chosen.name):
-                self._tell(ring, key, found, went, prefixes[-1], index, chosen.name)
+                self._tell(ring, key, found, prefixes[-1], index, chosen.name)
         return chosen
 
     def _view(self, pool: Sequence[Upstream]) -> _View:
