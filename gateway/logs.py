@@ -48,17 +48,23 @@ _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1001))
 _APPEND_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
+# Access lines held before they are written at once (besides every ``flush``).
+ACCESS_BUFFER = 65536
+
+
 class AccessLog:
-    """One JSON line per request, written to a buffered stream and flushed by ``flush`` (the
-    server calls it every second and at exit): a syscall per request would cost more than the
-    rest of the line.
+    """One JSON line per request, gathered here and written by ``flush`` (the server calls it
+    every second and at exit) or once ``ACCESS_BUFFER`` bytes wait: a syscall per request would
+    cost more than the rest of the line (stderr's binary stream is unbuffered: every write
+    there was a syscall).
 
     The time's text to the second is formatted once a second, not once a line."""
 
-    __slots__ = ("_out", "_second")
+    __slots__ = ("_out", "_pending", "_second")
 
     def __init__(self, stream: IO[bytes] | None = None) -> None:
         self._out = stream  # None: whatever sys.stderr is at the time of writing
+        self._pending = bytearray()
         # The last whole second written and its text, in one tuple so they are read together.
         self._second: tuple[float, str] = (math.nan, "")  # nan: equal to no second
 
@@ -74,11 +80,21 @@ class AccessLog:
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
             self._second = (second, text)
         entry["time"] = text + _MILLIS[int(fraction * 1000)]
-        out = self._out if self._out is not None else sys.stderr.buffer
-        out.write(orjson.dumps(entry, option=_APPEND_NEWLINE))
+        pending = self._pending
+        pending += orjson.dumps(entry, option=_APPEND_NEWLINE)
+        if len(pending) >= ACCESS_BUFFER:
+            self.flush()
 
     def flush(self) -> None:
+        """Write what waits, whole lines only, in one call."""
+        lines = bytes(self._pending)
+        self._pending.clear()
         try:
-            self._stream().flush()
+            stream = self._stream()
+            view = memoryview(lines)
+            while view:  # stderr's raw stream may take part of it
+                written = stream.write(view)
+                view = view[written or len(view) :]
+            stream.flush()
         except (OSError, ValueError):
             pass  # a closed stream at exit is not worth a traceback

@@ -25,6 +25,7 @@ def written(monkeypatch: pytest.MonkeyPatch, log: AccessLog, now: float) -> dict
     log._out = out
     monkeypatch.setattr(logs.time, "time", lambda: now)
     log.write({"request_id": "r"})
+    log.flush()
     line = out.getvalue()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     parsed: dict[str, object] = orjson.loads(line)
@@ -35,7 +36,9 @@ def test_a_line_is_the_entry_then_its_time(monkeypatch: pytest.MonkeyPatch) -> N
     out = io.BytesIO()
     monkeypatch.setattr(logs.time, "time", lambda: 1_700_000_000.25)
     entry: dict[str, object] = {"request_id": "r", "status": 200, "error": None}
-    AccessLog(out).write(entry)
+    log = AccessLog(out)
+    log.write(entry)
+    log.flush()
     assert out.getvalue() == (
         b'{"request_id":"r","status":200,"error":null,"time":"2023-11-14T22:13:20.250Z"}\n'
     )
@@ -66,3 +69,31 @@ def test_times_are_spelled_as_from_scratch(times: list[float]) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:
         for now in sorted(times) + times:
             assert written(monkeypatch, log, now)["time"] == spelled(now)
+
+
+class Counted(io.BytesIO):
+    """A stream that counts the calls that wrote to it (each one a syscall on stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: object) -> int:
+        self.writes += 1
+        return super().write(data)  # type: ignore[arg-type]
+
+
+def test_lines_are_written_together_not_one_call_each() -> None:
+    """stderr's binary stream is unbuffered: a write per line was a syscall per request. Lines
+    wait for ``flush`` (every second) or for ``ACCESS_BUFFER`` bytes, whole lines at once."""
+    out = Counted()
+    log = AccessLog(out)
+    for n in range(100):
+        log.write({"request_id": f"r{n}"})
+    assert out.writes == 0
+    log.flush()
+    assert out.writes == 1 and out.getvalue().count(b"\n") == 100
+    big = {"request_id": "x" * 1000}
+    for _ in range(logs.ACCESS_BUFFER // 1000 + 1):  # past the bound: written without a flush
+        log.write(big)
+    assert out.writes == 2 and out.getvalue().endswith(b"\n")

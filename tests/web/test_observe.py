@@ -115,6 +115,7 @@ async def test_done_matches_the_uncached_computation(monkeypatch: pytest.MonkeyP
         lines.append(line)
         observer.done(request, ex, status, took)
         assert text(observed) == text(expected)  # after every request: no series made early
+    observer.access.flush()
     written = out.getvalue().splitlines()
     assert [orjson.loads(w) for w in written] == lines
     assert [list(orjson.loads(w)) for w in written] == [list(line) for line in lines]  # order
