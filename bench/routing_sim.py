@@ -58,7 +58,8 @@ class Fleet:
             balancer.placements.sharing = told
         self.rng = rng  # a gateway per request at random, when given
         self.told = 0  # messages the gateways broadcast
-        self.routing = ModelRouting(policy=policy)  # type: ignore[arg-type]
+        policy, _, factor = policy.partition("@")  # "affinity@2": load_factor 2
+        self.routing = ModelRouting(policy=policy, load_factor=float(factor or 1.25))  # type: ignore[arg-type]
         self.pinned = pinned
         self.caches: list[OrderedDict[bytes, None]] = [OrderedDict() for _ in range(WORKERS)]
         self.running = [0] * WORKERS
