@@ -19,7 +19,7 @@ from gateway.clock import FakeClock
 from gateway.config.schema import Upstream
 from gateway.routing.affinity import affinity, prompt_prefixes
 from gateway.routing.balancer import Balancer
-from gateway.routing.placements import PREFIX, Placements
+from gateway.routing.placements import MAX_PENDING, PREFIX, Placements
 from gateway.routing.ring import Ring
 from tests.routing.test_history import turns
 
@@ -120,6 +120,16 @@ async def test_placements_go_out_in_batches_with_one_in_flight() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert sent[1:] == [PREFIX + '[7,[2,1,"b",3,null,"c"]]']
+
+
+def test_placements_waiting_for_a_slow_store_are_bounded() -> None:
+    placements = Placements(Balancer(FakeClock()).history)
+    placements.sharing = True  # told, but nothing sends them (as while a PUBLISH hangs)
+    for prompt in range(MAX_PENDING + 100):
+        placements.tell(prompt, None, "a")
+    assert len(placements.pending) == 3 * MAX_PENDING
+    message = placements.message()
+    assert message is not None and placements.pending == []
 
 
 @settings(max_examples=200, deadline=None)
