@@ -107,7 +107,7 @@ def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], li
     keys: list[str] = []
     args = [now, repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)]
     for a in admissions:
-        keys += _admit_keys(a.owner, a.key_id)
+        keys += _keys(a.owner, a.key_id, _ADMIT_KEYS)
         args += (
             a.request_id,
             num(a.rpm),
@@ -151,45 +151,25 @@ def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _admit_keys(owner: str, key_id: str) -> tuple[str, ...]:
-    """An admission's KEYS (built once per key, not per request)."""
-    t, k = tag(owner), esc(key_id)
-    return (
-        f"{t}rpm:k:{k}",
-        f"{t}rpm:o",
-        f"{t}lease:{k}",
-        f"{t}tok:{k}",
-        f"{t}tok:o",
-        f"{t}tpm:k:{k}",
-        f"{t}tpmv:k:{k}",
-        f"{t}tpm:o",
-        f"{t}tpmv:o",
-    )
+# The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
+_ADMIT_KEYS: tuple[str, ...] = ("rpm:k:{k}", "rpm:o", "lease:{k}", "tok:{k}", "tok:o")
+_ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
+# the fourth: the settled marker's prefix (the request id is appended)
+_SETTLE_KEYS: tuple[str, ...] = ("lease:{k}", "tok:{k}", "tok:o", "done:", "lastused", "use:{k}:")
+_SETTLE_KEYS += ("usedays:{k}", "tpmv:k:{k}", "tpmv:o")
 
 
-@functools.lru_cache(maxsize=4096)
-def _settle_keys(owner: str, key_id: str) -> tuple[str, str, str, str, str, str, str, str, str]:
-    """A settlement's KEYS, built once per key; the fourth, the settled marker's prefix, takes
-    the request id."""
+@functools.lru_cache(maxsize=8192)
+def _keys(owner: str, key_id: str, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A call's KEYS for one key, built once per key, not per request."""
     t, k = tag(owner), esc(key_id)
-    return (
-        f"{t}lease:{k}",
-        f"{t}tok:{k}",
-        f"{t}tok:o",
-        f"{t}done:",
-        f"{t}lastused",
-        f"{t}use:{k}:",
-        f"{t}usedays:{k}",
-        f"{t}tpmv:k:{k}",
-        f"{t}tpmv:o",
-    )
+    return tuple(t + name.format(k=k) for name in names)
 
 
 # -- settle ---------------------------------------------------------------------------------
 def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
     a = s.admission
-    keys = list(_settle_keys(a.owner, a.key_id))
+    keys = list(_keys(a.owner, a.key_id, _SETTLE_KEYS))
     keys[3] += a.request_id  # the settled marker (used only by one admitted without the store)
     args = [
         a.request_id,
