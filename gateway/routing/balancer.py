@@ -73,6 +73,10 @@ def _full(state: UpstreamState, upstream: Upstream) -> bool:
 _View = tuple[Ring, list[UpstreamState], bool]  # a pool's ring, its states, any capped
 
 
+# Upstreams over all the rings a process keeps (about 17 KB each with its walks: ~35 MB).
+RING_UPSTREAMS = 2048
+
+
 class Balancer:
     """Tracks in-flight counts, failures and signals of every upstream of this process."""
 
@@ -84,6 +88,7 @@ class Balancer:
         self._state: dict[str, UpstreamState] = {}
         self._members: dict[str, tuple[Upstream, ...]] = {}  # discovered, by entry name
         self._rings: dict[tuple[tuple[str, float], ...], Ring] = {}
+        self._ring_upstreams = 0  # upstreams over the rings kept (their size: RING_UPSTREAMS)
         # By the identity of a route's pool: its ring and its upstreams' states.
         self._views: dict[int, tuple[Sequence[Upstream], _View]] = {}
         self._ejected_until = 0.0  # no upstream is ejected after this (monotonic)
@@ -339,10 +344,15 @@ class Balancer:
         if ring is None:
             # Discovery churn and retries' pools (the tried ones left out) must not grow this
             # without bound: a ring of n upstreams holds about n x 100 points and their walks
-            # (70 KB for 4 upstreams, 1.7 MB for 100).
-            if len(self._rings) >= 64:
-                self._rings.clear()
+            # (70 KB for 4 upstreams, 1.7 MB for 100). The oldest go one at a time, by their
+            # size: emptying them all at once made every pick rebuild a ring (milliseconds)
+            # once more pools were in use than the bound held.
             ring = self._rings[shape] = Ring([n for n, _ in shape], [w for _, w in shape])
+            self._ring_upstreams += len(shape)
+            while self._ring_upstreams > RING_UPSTREAMS and len(self._rings) > 1:
+                oldest = next(iter(self._rings))
+                self._ring_upstreams -= len(oldest)
+                del self._rings[oldest]
         return ring
 
     # -- discovery --------------------------------------------------------------------------

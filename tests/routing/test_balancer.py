@@ -11,7 +11,7 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.config.schema import ModelRouting, Upstream
-from gateway.routing.balancer import MAX_EJECT, Balancer
+from gateway.routing.balancer import MAX_EJECT, RING_UPSTREAMS, Balancer
 from gateway.routing.ring import key_hash
 
 
@@ -224,8 +224,21 @@ def test_in_flight_counts_every_upstream() -> None:
 
 def test_the_rings_of_passing_pools_are_bounded() -> None:
     """Discovery churn and retries (the tried upstreams left out) make new pools: their rings
-    (points and walks, 1.7 MB for 100 upstreams) are kept for 64 pools at most."""
+    (points and walks, 1.7 MB for 100 upstreams) are kept up to RING_UPSTREAMS upstreams in
+    all, the oldest going first, one at a time."""
     b = seeded()
-    for i in range(200):
+    for i in range(RING_UPSTREAMS):
         b.ring([up(f"gone{i}"), up("a"), up("c")])
-    assert len(b._rings) <= 64
+    assert len(b._rings) == RING_UPSTREAMS // 3
+    assert b._ring_upstreams <= RING_UPSTREAMS
+
+
+def test_more_pools_than_a_few_dozen_do_not_rebuild_their_rings() -> None:
+    """70 pools in turn (many models, any discovered upstream): each ring is built once, not
+    on every pick (found by review: the cache was emptied whole at 64, and every pick of 70
+    pools in rotation rebuilt a ring, milliseconds each)."""
+    b = seeded()
+    pools = [[up(f"m{i}-{j}") for j in range(8)] for i in range(70)]
+    rings = [b.ring(pool) for pool in pools]
+    for _ in range(3):
+        assert all(b.ring(pool) is ring for pool, ring in zip(pools, rings, strict=True))
