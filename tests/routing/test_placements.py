@@ -19,7 +19,7 @@ from gateway.clock import FakeClock
 from gateway.config.schema import Upstream
 from gateway.routing.affinity import affinity, prompt_prefixes
 from gateway.routing.balancer import Balancer
-from gateway.routing.placements import MAX_PENDING, PREFIX, Placements
+from gateway.routing.placements import BATCH, INTERVAL, MAX_PENDING, PREFIX, Placements
 from gateway.routing.ring import Ring
 from tests.routing.test_history import turns
 
@@ -116,9 +116,13 @@ async def test_placements_go_out_in_batches_with_one_in_flight() -> None:
     placements.tell(3, None, "c")
     await asyncio.sleep(0)
     assert sent == [PREFIX + '[7,[1,null,"a"]]']  # one in flight: the rest wait for it
+    loop = asyncio.get_running_loop()
+    first_at = loop.time()
     release.set()
-    for _ in range(5):
-        await asyncio.sleep(0)
+    while len(sent) < 2:  # the next, INTERVAL after the first at the soonest
+        assert loop.time() - first_at < 5, "the second message never went"
+        await asyncio.sleep(0.005)
+    assert loop.time() - first_at >= INTERVAL * 0.9
     assert sent[1:] == [PREFIX + '[7,[2,1,"b",3,null,"c"]]']
 
 
@@ -128,8 +132,10 @@ def test_placements_waiting_for_a_slow_store_are_bounded() -> None:
     for prompt in range(MAX_PENDING + 100):
         placements.tell(prompt, None, "a")
     assert len(placements.pending) == 3 * MAX_PENDING
-    message = placements.message()
-    assert message is not None and placements.pending == []
+    sizes = []  # each message BATCH placements at most (a receiver's loop is not held long)
+    while (message := placements.message()) is not None:
+        sizes.append(len(orjson.loads(message[len(PREFIX) :])[1]) // 3)
+    assert sizes == [BATCH] * (MAX_PENDING // BATCH) and placements.pending == []
 
 
 @settings(max_examples=200, deadline=None)
