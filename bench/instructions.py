@@ -1,6 +1,6 @@
 """Instructions per request under callgrind: the hot path's cost as a count, not a time.
 
-    .venv/bin/python bench/instructions.py [COMMIT|DIR ...] [--requests N]
+    .venv/bin/python bench/instructions.py [COMMIT|DIR ...] [--requests N] [--governed|--capped]
 
 Wall-clock pairs drift ±10 % on a shared 2-CPU machine; the number of instructions a request
 costs does not (two runs of one commit agree within 0.1 %). For each commit (checked out in a
@@ -10,7 +10,9 @@ limits, access log off) runs as one worker under ``valgrind --tool=callgrind`` w
 instrumentation off; after 600 warm-up requests it is switched on for ``--requests`` chat
 requests over 8 keep-alive connections, then the count is dumped. The canned upstream and the
 client are plain asyncio on CPU 1, outside valgrind; only the gateway is counted. One line per
-source: ``<label> <commit> Ir/request: N``.
+source: ``<label> <commit> Ir/request: N``. ``--governed``: governed-1w's config (a Redis store
+of its own, every limit, the access log); ``--capped``: governed-capped-1w's (the same, the
+upstream capped: a capacity lease per request), to set against ``--governed``.
 
 Needs valgrind (``apt-get install valgrind``). About a minute per source.
 """
@@ -54,9 +56,10 @@ def free_port() -> int:
 PORT, ADMIN, UPSTREAM = free_port(), free_port(), free_port()
 
 
-def config(redis_port: int | None) -> Path:
+def config(redis_port: int | None, capped: bool = False) -> Path:
     """gateway-1w's config; with ``redis_port``, governed-1w's (every limit set, none reached,
-    the access log on)."""
+    the access log on); ``capped``: governed-capped-1w's (the upstream's ``max_concurrency`` a
+    global cap never reached: a lease in Redis per request, no queue)."""
     digest = hashlib.sha256(KEY.encode()).hexdigest()
     key: dict[str, object] = {"id": "bench", "owner": "bench", "sha256": digest}
     plan: dict[str, object] = {"max_keys": None, "monthly_tokens": None, "rpm": None}
@@ -65,12 +68,15 @@ def config(redis_port: int | None) -> Path:
         key |= {"daily_limit": 10**12, "monthly_limit": 10**12}
         plan |= {"monthly_tokens": 10**12, "rpm": 10**8}
     limits = {"connect": 5, "first_byte": 30, "idle": 30}
+    upstream: dict[str, object] = {"url": f"http://127.0.0.1:{UPSTREAM}", "timeouts": limits}
+    if capped:
+        upstream["max_concurrency"] = 4096
     text = yaml.safe_dump(
         {
             "listen": {"host": "127.0.0.1", "port": PORT, "workers": 1, "drain_timeout": 1},
             "admin": {"host": "127.0.0.1", "port": ADMIN},
             "store": {"url": f"redis://127.0.0.1:{redis_port}" if redis_port else "memory://"},
-            "upstreams": {"canned": {"url": f"http://127.0.0.1:{UPSTREAM}", "timeouts": limits}},
+            "upstreams": {"canned": upstream},
             "models": {"bench-model": {"upstreams": ["canned"]}},
             "keys": {"static": [key]},
             "plans": {"bench": plan},
@@ -201,16 +207,21 @@ def main() -> None:
     parser.add_argument(
         "--governed", action="store_true", help="governed-1w: a Redis store and every limit"
     )
+    parser.add_argument(
+        "--capped",
+        action="store_true",
+        help="governed-capped-1w: --governed with the upstream capped (never full)",
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {1})  # the upstream and the client: CPU 1
     redis, redis_port = None, free_port()
-    if args.governed:  # a redis-server of its own on CPU 1 (/readyz waits for it)
+    if args.governed or args.capped:  # a redis-server of its own on CPU 1 (/readyz waits)
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )
-    gateway_config = config(redis_port if redis is not None else None)
+    gateway_config = config(redis_port if redis is not None else None, args.capped)
     serve_upstream()
     try:
         measure(args.sources, args.requests, gateway_config)
