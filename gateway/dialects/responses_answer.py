@@ -98,6 +98,12 @@ class Shape:
 
 
 _RESPONSE = b'%s%s","error":%s,"incomplete_details":%s,"model":%s,"output":%s,%s,"usage":%s}'
+# A completed message item with its one text part, as message_item and text_part build them
+# (the stream's events write them too)
+MESSAGE_ITEM = (
+    b'{"id":"%s","type":"message","role":"assistant","status":"completed","content":[%s]}'
+)
+TEXT_PART = b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}'
 # usage_of's object, written directly (the members in its order)
 _USAGE = (
     b'{"input_tokens":%d,"input_tokens_details":{"cached_tokens":%d,"cache_write_tokens":0},'
@@ -281,9 +287,19 @@ def encode_response(
     message = choice.get("message")
     message = message if isinstance(message, dict) else {}
     status, details = status_of(choice.get("finish_reason"))
-    output = _dumps(output_items(message, shape))
     usage = usage_json(answer.get("usage"), estimate)
-    return shape.encode(status, output, usage, details), status
+    return shape.encode(status, _output_json(message, shape), usage, details), status
+
+
+def _output_json(message: dict[str, Any], shape: Shape) -> bytes:
+    """``output_items(message, shape)`` encoded; text alone (the commonest answer) written
+    from the templates."""
+    content, calls = message.get("content"), message.get("tool_calls")
+    text_alone = type(content) is str and content and not (type(calls) is list and calls)
+    if text_alone and reasoning_of(message) is None:
+        item = MESSAGE_ITEM % (shape.item_id("msg", 0).encode(), TEXT_PART % _dumps(content))
+        return b"[" + item + b"]"
+    return _dumps(output_items(message, shape))
 
 
 def output_items(message: dict[str, Any], shape: Shape) -> list[dict[str, Any]]:

@@ -34,6 +34,8 @@ from orjson import JSONDecodeError
 from gateway.dialects.anthropic_stream import plain_text
 from gateway.dialects.relay import Frame, learn_frame
 from gateway.dialects.responses_answer import (
+    MESSAGE_ITEM,
+    TEXT_PART,
     Shape,
     arguments_of,
     call_item,
@@ -55,7 +57,7 @@ _ADDED = {
     b'"content":[],"status":"in_progress"}',
 }
 _PART = {
-    "message": b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}',
+    "message": TEXT_PART,
     "reasoning": b'{"type":"reasoning_text","text":%s}',
 }
 _PART_ADDED = {
@@ -71,8 +73,7 @@ _DELTA_HEAD = {
 }
 _TEXT_DONE = {"message": b'"text":%s,"logprobs":[]', "reasoning": b'"text":%s'}
 _ITEM = {
-    "message": b'{"id":"%s","type":"message","role":"assistant","status":"completed",'
-    b'"content":[%s]}',
+    "message": MESSAGE_ITEM,
     "reasoning": b'{"id":"%s","type":"reasoning","summary":[],"content":[%s],"status":"completed"}',
 }
 _PREFIX = {"message": "msg", "reasoning": "rs"}

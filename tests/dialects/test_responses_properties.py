@@ -15,7 +15,13 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from gateway.dialects.responses import check, translate
-from gateway.dialects.responses_answer import shape, to_response, usage_json, usage_of
+from gateway.dialects.responses_answer import (
+    encode_response,
+    shape,
+    to_response,
+    usage_json,
+    usage_of,
+)
 from gateway.dialects.responses_stream import ResponsesRelay
 from gateway.errors import BadRequest, UpstreamUnavailable
 
@@ -211,8 +217,10 @@ ENDINGS = {"response.completed", "response.incomplete", "response.failed"}
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 def test_any_whole_answer_gives_a_response(answer: Any) -> None:
     made = shape({"model": "m", "input": "x"}, "resp_" + "c" * 48, 1, "m")
-    response = to_response(answer if isinstance(answer, dict) else {}, made, (1, 1))
-    assert orjson.loads(orjson.dumps(response))["output"]
+    answer = answer if isinstance(answer, dict) else {}
+    response = orjson.loads(orjson.dumps(to_response(answer, made, (1, 1))))
+    assert response["output"]
+    assert orjson.loads(encode_response(answer, made, (1, 1))[0]) == response
 
 
 FRAMED_TEXTS = st.text(max_size=8) | st.sampled_from(['"', "\\", "\n", "é😀", "\u2028", 'a"b'])
