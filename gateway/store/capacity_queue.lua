@@ -179,7 +179,10 @@ local function give_back(k, a, n, ttl)
   end
   local now = nil
   for _, key in ipairs(order) do
-    redis.call('ZREM', key, unpack(leases[key]))
+    local ids = leases[key]
+    for i = 1, #ids, 1000 do  -- unpack takes a bounded number of values at a time
+      redis.call('ZREM', key, unpack(ids, i, math.min(i + 999, #ids)))
+    end
     local models = redis.call('SMEMBERS', waiting_on(string.sub(key, #LP + 1)))
     if #models > 0 then
       now = now or now_ms()
