@@ -113,11 +113,13 @@ class Capacity:
             pool = self.balancer.expand(route.upstreams)  # the chain's model is the route's
             if not pool or pool[0] is not upstream:
                 pool = [upstream, *(u for u in pool if u is not upstream)]
-            taken = None if queued else _uncapped(pool)  # queued: every one capped
-            if taken is None:  # a lease (awaited here: one level less to resume)
+            taken = None
+            if not queued:  # the chosen one if it has room, else one without a cap or free
+                taken = await self._lease(pool, None)
+            else:  # every one capped: a lease (awaited here: one level less to resume)
                 lease = f"{self._me}:l{next(self._ids)}"
                 spec = [(u.name, u.max_concurrency or 0) for u in pool]
-                asking = self.leases.acquire_now(spec, lease, route.name if queued else None)
+                asking = self.leases.acquire_now(spec, lease, route.name)
                 try:
                     taken = self._got(pool, lease, await asking)
                 except StoreError as exc:  # the store is down: each process keeps its own count
@@ -191,20 +193,24 @@ class Capacity:
         return self.balancer.expand(chain.model.upstreams)
 
     async def _lease(self, pool: list[Upstream], queue: str | None) -> Upstream | None:
-        """A slot on the first upstream of ``pool`` with one free, held: one store call for
-        every lease asked for in this turn of the loop (``LeaseStore.acquire_now``).
-        ``queue``: the model whose waiting requests a newcomer may not pass."""
-        taken = _uncapped(pool)
-        if taken is not None:  # an uncapped upstream is never full
-            return taken
-        asking, lease = self._ask(pool, queue)
+        """A slot on ``pool``'s first upstream (the one chosen) if it has one free, held; else
+        on an upstream without a cap (never full), else on the next capped one with a slot:
+        one store call for every lease asked for in this turn of the loop
+        (``LeaseStore.acquire_now``). ``queue``: the model whose waiting requests a newcomer
+        may not pass."""
+        chosen, free = pool[0], _uncapped(pool)
+        if chosen is free:
+            return chosen
+        capped = pool if free is None else [chosen]
+        asking, lease = self._ask(capped, queue)
         try:
-            return self._got(pool, lease, await asking)
+            taken = self._got(capped, lease, await asking)
         except StoreError as exc:  # the store is down: each process keeps its own count
-            return _store_down(exc, pool)
+            return _store_down(exc, capped)
         except asyncio.CancelledError:
-            self._left(asking, pool, lease)
+            self._left(asking, capped, lease)
             raise
+        return taken if taken is not None else free
 
     def _ask(self, capped: list[Upstream], queue: str | None) -> tuple[asyncio.Future[int], str]:
         assert self.leases is not None
