@@ -27,6 +27,9 @@ from gateway.store.redis_lane import LaneError
 from gateway.store.transport import Call, LaneTransport, RedisTransport, Script, why
 
 log = logging.getLogger("gateway.store")
+# Pauses (s) before each try to give leases back: at once, then twice more, all within a
+# lease's 4 s (later they would have expired anyway).
+GIVE_BACK = (0.0, 0.25, 1.0)
 
 BATCH = 64  # the most acquisitions one EVALSHA decides (more in one turn: another call)
 
@@ -211,10 +214,19 @@ class Acquirer:
         self._spawn(self._returning(leases))
 
     async def _returning(self, leases: Pairs) -> None:
-        try:
-            await self._release(leases)
-        except StoreError as exc:  # they expire within a lease time
-            log.warning("capacity lease give-back failed", extra={"reason": str(exc)})
+        """Leases given back, tried again a little later when the store failed (a connection
+        reset heals in a moment; giving back twice is harmless); past ``GIVE_BACK`` they are
+        left to expire within their lease time."""
+        reason = ""
+        for pause in GIVE_BACK:
+            if pause:
+                await asyncio.sleep(pause)  # the store's reconnection, not a test's wait
+            try:
+                await self._release(leases)
+                return
+            except StoreError as exc:
+                reason = str(exc)
+        log.warning("capacity lease give-back failed", extra={"reason": reason})
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

@@ -382,3 +382,29 @@ async def test_a_request_that_leaves_as_its_lease_arrives_gives_it_back(
         await _given_back(leases, redis_process)
     finally:
         await capacity.close()
+
+
+async def test_a_give_back_that_meets_a_broken_connection_is_tried_again(
+    redis_process: RedisServer, proxy: FaultProxy
+) -> None:
+    """A lease given back over a connection that dies before Redis gets it, the store refusing
+    the next connection too: it is sent again a moment later, not left held for its life (found
+    by review: a failed give-back was only logged)."""
+    store = RedisLeaseStore(f"redis://127.0.0.1:{proxy.port}", 5000, LONG)
+    try:
+        await warm(store)
+        assert await store.acquire([("gpu", 1)], "held") == 0
+        proxy.set("blackhole")  # what is sent from now on never reaches Redis
+        store.release_now([("gpu", "held")])
+        await asyncio.sleep(0)  # the end of this turn: the release goes out (into the hole)
+        tried = proxy.connections
+        proxy.set("reset")  # the connection dies; the give-back's first try is refused
+        deadline = asyncio.get_running_loop().time() + 5
+        while proxy.connections == tried:  # until the give-back tried (and was refused)
+            assert asyncio.get_running_loop().time() < deadline, "the give-back never tried"
+            await asyncio.sleep(0.005)
+        assert redis_process.call("ZCARD", PREFIX + "gpu") == "1"
+        proxy.set("pass")
+        await _given_back(store, redis_process)
+    finally:
+        await store.close()
