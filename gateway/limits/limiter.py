@@ -24,10 +24,10 @@ from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
 from gateway.limits import money
-from gateway.limits.windows import day_id, month_id, reset_text
+from gateway.limits.windows import reset_text
 from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
-from gateway.store.base import LEASE_SECONDS, Store, StoreError, StoreLost
+from gateway.store.base import LEASE_SECONDS, PRESUMED, Store, StoreError, StoreLost
 
 log = logging.getLogger("gateway.limits")
 
@@ -310,11 +310,12 @@ class Limiter:
             self.release(ticket, model)
 
     def _presumed(self, admission: Admission) -> Verdict:
-        """The verdict an admission whose reply was lost may have had: admitted in the periods
-        current now. Its release gives back the lease and the reservation if the store holds
-        them, and does nothing if it does not (a settlement counts only while its lease is)."""
-        now = self.clock.time()
-        return Verdict(admitted=True, day=day_id(now), month=month_id(now), now=now)
+        """The verdict an admission whose reply was lost may have had: admitted, in periods
+        the store reads off its lease (``PRESUMED``: the lease's expiry less its seconds; the
+        gateway's clock and Redis' may differ, and midnight may have passed). Its release gives
+        back the lease and the reservation if the store holds them, and does nothing if it does
+        not (a settlement counts only while its lease is held)."""
+        return Verdict(admitted=True, day=PRESUMED, month=int(LEASE_SECONDS))
 
     def release(self, ticket: Ticket, model: str) -> None:
         """Give back what an admission took, for a request that was never served."""

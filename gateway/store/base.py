@@ -48,6 +48,9 @@ from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
 # lease lost with its process (or its admission's late reply) frees its slot within this time.
 LEASE_SECONDS = 20.0
 USAGE_DAYS = 100  # usage is kept this long (the promise: at least 90 days)
+# The day of a settlement whose admission's reply was lost (``Limiter._abandoned``): the store
+# dates it by its lease, the settlement's month holding the lease's seconds.
+PRESUMED = -1
 
 
 class StoreError(Exception):

@@ -23,7 +23,7 @@ from gateway.records import (
     Verdict,
     latency_bucket,
 )
-from gateway.store.base import LEASE_SECONDS, USAGE_DAYS, KeyExists
+from gateway.store.base import LEASE_SECONDS, PRESUMED, USAGE_DAYS, KeyExists
 
 # The settled marker of a request admitted without the store (on_error: open): it only has
 # to outlive the writer's retries of that settlement.
@@ -313,34 +313,45 @@ class MemoryStore:
     async def settle(self, settlement: Settlement) -> None:
         s, a, now = settlement, settlement.admission, self._clock.time()
         self._prune(now)
-        if not self._settle_once(s, now):
+        periods = self._settle_once(s, now)
+        if periods is None:
             return
+        day, month = periods
         used = s.prompt_tokens + s.completion_tokens
-        if s.day:  # the admission's periods, if still current, move by used - reserved
-            self._move(a, s.day, s.month, used - a.reserve, s.cost - a.reserve_cost, False)
+        if day:  # the admission's periods, if still current, move by used - reserved
+            self._move(a, day, month, used - a.reserve, s.cost - a.reserve_cost, False)
             scopes = _scopes(a.key_id, a.owner)
             for scope in (scopes.key, scopes.owner):
                 minute = self._minutes.get(scope)
                 if minute is not None:
                     minute.settle(a.request_id, used)
         else:  # admitted without the store: charged to the periods current now
-            day, month, _, _ = self._calendar.periods(now)
-            self._move(a, day, month, used, s.cost, True)
+            today, this_month, _, _ = self._calendar.periods(now)
+            self._move(a, today, this_month, used, s.cost, True)
         if s.record:
             self._record(s, now)
 
-    def _settle_once(self, s: Settlement, now: float) -> bool:
-        """Whether this settlement is the first of its request: its lease is still held (the
-        lease is the marker), or, for one admitted without the store, no marker yet."""
+    def _settle_once(self, s: Settlement, now: float) -> tuple[int, int] | None:
+        """The periods of the admission if this settlement is the first of its request (None
+        if not): its lease is still held (the lease is the marker), or, for one admitted
+        without the store (day 0), no marker yet. A presumed admission (day ``PRESUMED``, its
+        reply lost) is dated by its lease: taken at its expiry less the lease's seconds (in
+        ``month``), as it was never renewed."""
         a = s.admission
         if s.day:
             leases = self._leases.get(a.key_id)
-            return leases is not None and leases.pop(a.request_id, None) is not None
+            until = leases.pop(a.request_id, None) if leases is not None else None
+            if until is None:
+                return None
+            if s.day != PRESUMED:
+                return s.day, s.month
+            day, month, _, _ = self._calendar.periods(until - s.month)
+            return day, month
         marker = f"{a.owner}\0{a.request_id}"
         if marker in self._settled:
-            return False
+            return None
         self._settled[marker] = now + SETTLED_TTL
-        return True
+        return 0, 0
 
     def _move(
         self, a: Admission, day: int, month: int, tokens: int, cost: int, reset: bool

@@ -10,7 +10,8 @@
 --       6 the key's usage key prefix (the UTC day is appended: same tag, same slot),
 --       7 the key's usage days (ZSET of day ids, for range reads),
 --       8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s = their sum)
--- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store),
+-- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store;
+--       -1 and the lease's seconds: an admission whose reply was lost, dated by its lease),
 --       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
 --       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
 --       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only),
@@ -146,11 +147,27 @@ local function record(k, a, finished)
   put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
 end
 
+-- A presumed admission (its reply lost, never renewed): its first settlement if it holds a lease,
+-- with the periods of its admission (the lease's expiry less its seconds).
+local function presumed(k, a, lease_seconds)
+  local expiry = redis.call('ZSCORE', KEYS[k + 1], ARGV[a + 1])
+  if not expiry then return false, 0, 0 end
+  redis.call('ZREM', KEYS[k + 1], ARGV[a + 1])
+  local day, month = periods(tonumber(expiry) - lease_seconds)
+  return true, day, month
+end
+
 local settled = 0
 for i = 0, #KEYS / 9 - 1 do
   local k, a = 9 * i, 20 * i
   local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if first_time(k, a, day) then
+  local first
+  if day == -1 then
+    first, day, month = presumed(k, a, month)
+  else
+    first = first_time(k, a, day)
+  end
+  if first then
     settled = settled + 1
     local kc, oc = counter(KEYS[k + 2]), counter(KEYS[k + 3])
     local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])

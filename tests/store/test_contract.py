@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.clock import FakeClock
 from gateway.records import LATENCY_BOUNDS_MS, Admission, KeyRecord, Settlement, Verdict
-from gateway.store.base import LEASE_SECONDS, KeyExists, Store
+from gateway.store.base import LEASE_SECONDS, PRESUMED, KeyExists, Store
 from gateway.store.memory import MemoryStore
 
 BACKENDS = ["memory", "redis", "cluster"]
@@ -391,6 +391,29 @@ async def test_settle_in_the_same_month_after_midnight_moves_the_month(
     assert v.tokens_remaining == 990
     v = await store.admit(ask(daily=100))
     assert v.tokens_remaining == 100
+
+
+async def test_a_presumed_release_gives_back_in_the_periods_of_its_admission(
+    store: Store, clock: FakeClock
+) -> None:
+    """An admission whose reply was lost is released with no verdict of its own (``PRESUMED``):
+    the store dates it by its lease, so past midnight the refund goes to the day it was taken
+    from (the new day's counter untouched) and to its month; one never admitted changes
+    nothing (found by review: the gateway's clock dated it, and missed the day)."""
+    clock.set(at("2024-03-14T23:59:55"))
+    lost = ask(daily=100, monthly=1000, reserve=50)
+    assert (await store.admit(lost)).admitted  # its reply never reached the gateway
+    clock.set(at("2024-03-15T00:00:05"))
+    today = ask(daily=100, reserve=30)
+    assert (await store.admit(today)).admitted
+    unknown = ask(daily=100, reserve=70)  # never admitted (the call did not run)
+    for a in (lost, unknown):
+        presumed = Verdict(admitted=True, day=PRESUMED, month=int(LEASE_SECONDS))
+        await store.settle(settlement(a, presumed, record=False))
+    v = await store.admit(ask(monthly=1000))
+    assert v.tokens_remaining == 970  # the lost 50 given back to the month; today's 30 held
+    v = await store.admit(ask(daily=100))
+    assert v.tokens_remaining == 70  # today: only today's 30
 
 
 @pytest.mark.parametrize(
