@@ -44,6 +44,7 @@ class Exchange:
     images: int = 0  # images an images request made
     audio_seconds: float = 0.0  # seconds of audio an audio request took, when reported
     span: RequestSpan = NO_SPAN  # its trace span (tracing off: the shared no-op)
+    answered: bool = False  # a head went out (a stream's): no other answer may follow it
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -132,6 +132,8 @@ def edge_middleware(
             status = response.status
             return response
         except GatewayError as err:
+            if ex.answered:  # a stream's head went out: a second answer would desync the wire
+                return _cut(request, ex, err)
             return _unread_closes(request, _refusal(ex, err))
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect or the like, raised: aiohttp answers it as is
@@ -155,6 +157,19 @@ def _unwrapped(clock_monotonic: Callable[[], float]) -> Callable[[], float]:
     if getattr(clock_monotonic, "__func__", None) is SystemClock.monotonic:
         return time.monotonic
     return clock_monotonic
+
+
+def _cut(request: web.Request, ex: Exchange, err: GatewayError) -> web.Response:
+    """A failure after a stream's head went out that no error event told (a safeguard: each
+    stream writes its own): the connection is cut, so the client sees the answer end broken,
+    never a second HTTP response inside the first one's body."""
+    ex.refusal, ex.final_status = err.code, err.status
+    log.warning("answer cut after its head", extra={"code": err.code})
+    if request.transport is not None:
+        request.transport.abort()
+    response = web.Response(status=err.status)
+    response.force_close()
+    return response
 
 
 def _unread_closes(request: web.Request, response: web.Response) -> web.Response:
@@ -192,7 +207,11 @@ def stamper(
     def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
         ex = request.get(EXCHANGE)
         headers = response.headers
-        headers[_X_REQUEST_ID] = ex.request_id if ex is not None else ids.new()
+        if ex is not None:
+            ex.answered = True
+            headers[_X_REQUEST_ID] = ex.request_id
+        else:
+            headers[_X_REQUEST_ID] = ids.new()
         settings = network()
         if not settings.security_headers:
             headers[_SERVER] = SERVER
