@@ -13,8 +13,13 @@ from typing import Any
 
 from gateway.errors import BadRequest
 
-# Content parts and blocks that carry an image: OpenAI chat, Anthropic Messages, Responses.
-IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+# Content parts and blocks that carry an image: OpenAI chat, Anthropic Messages, Responses, and
+# the types vLLM's chat parser reads besides (image embeddings, a video's frames).
+IMAGE_PARTS = frozenset(
+    {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url", "video"}
+)
+# A part without a ``type`` is read by vLLM by the field it carries.
+IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url")
 # The pairs of fields a score request may name its two sides by (vLLM's shapes, oldest last).
 SCORE_PAIRS = (
     ("queries", "documents"),
@@ -41,10 +46,10 @@ def has_image_input(body: object) -> bool:
 
 
 def may_carry_image(raw: bytes) -> bool:
-    """Whether a request's bytes could hold an image part: they name ``image``, or hold a
-    ``\\u`` escape (``"\\u0069mage_url"`` parses to ``"image_url"``). A cheap test before
-    ``has_image_input``, so a plain text chat pays one byte search."""
-    return b"image" in raw or b"\\u" in raw
+    """Whether a request's bytes could hold an image part: they name ``image`` or ``video``,
+    or hold a ``\\u`` escape (``"\\u0069mage_url"`` parses to ``"image_url"``). A cheap test
+    before ``has_image_input``, so a plain text chat pays a few byte searches."""
+    return b"image" in raw or b"video" in raw or b"\\u" in raw
 
 
 def _carries_image(item: object, depth: int = 0) -> bool:
@@ -62,8 +67,12 @@ def _carries_image(item: object, depth: int = 0) -> bool:
 
 
 def _is_image(part: dict[str, Any]) -> bool:
+    """A part is what its ``type`` says (a client's may be anything); a part without one is
+    what vLLM reads it as: an image when it carries an image field."""
     kind = part.get("type")
-    return type(kind) is str and kind in IMAGE_PARTS  # a client's "type" may be anything
+    if type(kind) is str:
+        return kind in IMAGE_PARTS
+    return any(part.get(field) is not None for field in IMAGE_FIELDS)
 
 
 def _bad(param: str, problem: str) -> BadRequest:
