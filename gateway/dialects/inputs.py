@@ -16,7 +16,7 @@ from gateway.errors import BadRequest
 # Content parts and blocks that carry an image: OpenAI chat, Anthropic Messages, Responses, and
 # the types vLLM's chat parser reads besides (image embeddings, a video's frames).
 IMAGE_PARTS = frozenset(
-    {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url", "video"}
+    {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url"}
 )
 # A part without a ``type`` is read by vLLM by the field it carries.
 IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url")
