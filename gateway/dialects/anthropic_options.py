@@ -41,6 +41,9 @@ STRIPPED = frozenset(
     {"cache_control", "context_management", "container", "mcp_servers", "service_tier", "speed"}
     | {"inference_geo", "diagnostics", "betas", "compaction", "fallbacks", "thread"}
     | {"billing_policy", "fallback_credit_token", "output_format"}
+    # The request's limit is its max_tokens (clamped to the model's ceiling); another limit
+    # forwarded beside it would be read by a worker unclamped and unreserved.
+    | {"max_completion_tokens"}
 )
 _TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 _EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from gateway.dialects.inputs import MAX_N, whole
 from gateway.dialects.sse import DONE, encode_data, event_data
 from gateway.errors import BadRequest, GatewayError
 
@@ -39,16 +40,23 @@ def check_request(body: object) -> dict[str, Any]:
     if "stream" in body and not isinstance(body["stream"], bool):
         raise BadRequest("'stream' must be true or false.", param="stream")
     max_output_tokens(body)
+    whole(body, "n", 1, MAX_N)  # a worker reads "100" or 100.0 as 100: reserved as it reads it
     return body
 
 
 def max_output_tokens(body: dict[str, Any]) -> int | None:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise BadRequest("'max_tokens' must be a whole number ≥ 1.", param="max_tokens")
-    return value
+    """The most a worker may generate per choice by the body's limits: the larger of
+    ``max_completion_tokens`` and ``max_tokens`` (vLLM reads the first unless it is null, TGI
+    only the second; an Anthropic body's extra fields are forwarded), None when neither is set."""
+    found = None
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadRequest(f"'{name}' must be a whole number ≥ 1.", param=name)
+        found = value if found is None else max(found, value)
+    return found
 
 
 def wants_usage(body: dict[str, Any]) -> bool:
