@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import random
 import statistics
 import sys
@@ -31,16 +32,18 @@ from typing import Any
 
 import orjson
 from gpu_worker import BLOCK, block_hashes, prompt_text
-from routing import IN_FLIGHT, SIGNALS_INTERVAL, workload
+from routing import IN_FLIGHT, SIGNALS_INTERVAL, over_bound, workload
 
 from gateway.clock import FakeClock
 from gateway.config.schema import ModelRouting, Upstream
+from gateway.routing import loads as fleet_loads
 from gateway.routing.affinity import affinity
 from gateway.routing.balancer import Balancer
 
 PREFILL, DECODE, OUTPUT, SLOTS, CACHE_BLOCKS = 0.0002, 0.02, 16, 4, 3000
 NET, READ_DELAY, WORKERS = 0.001, 0.005, 4
 TOLD = 0.002  # a placement told through the store's broadcast reaches the other processes
+SAMPLE = 0.02  # the workers' loads sampled this often, as ``bench/routing.py`` does
 Messages = list[dict[str, str]]
 
 
@@ -48,7 +51,16 @@ class Fleet:
     """The workers' caches, slots and queues, and the gateways' balancers, on one clock."""
 
     def __init__(
-        self, gateways: int, policy: str, memory: bool, pinned: bool, told: bool, rng: Any
+        self,
+        gateways: int,
+        policy: str,
+        memory: bool,
+        pinned: bool,
+        told: bool,
+        rng: Any,
+        loads: bool = False,
+        lease: float = 0.0,
+        signals: bool = True,
     ) -> None:
         self.clock = FakeClock(0.0)
         self.upstreams = tuple(Upstream(name=f"gpu{i}", url=f"http://gpu{i}") for i in range(4))
@@ -56,6 +68,17 @@ class Fleet:
         for balancer in self.balancers:
             balancer.history.capacity = balancer.history.capacity if memory else 0
             balancer.placements.sharing = told
+            balancer.loads.sharing = loads
+        self.lease = lease  # a store round trip between choosing and sending (a capped upstream)
+        self.signals = signals
+        self.jitter: random.Random | None = None
+        self.client = False
+        self.noguard = False
+        self.flushing = [False] * gateways  # a message of counts is due
+        self.next_flush = [0.0] * gateways
+        self.load_messages = 0
+        self.samples: list[list[float]] = []
+        self.held: list[list[float]] = []  # the gateways' in flight per upstream, summed
         self.rng = rng  # a gateway per request at random, when given
         self.told = 0  # messages the gateways broadcast
         policy, _, factor = policy.partition("@")  # "affinity@2": load_factor 2
@@ -90,9 +113,41 @@ class Fleet:
             for other in self.balancers:
                 self.at(now + TOLD, lambda _now, b=other, m=told: b.placements.receive(m))
         balancer.acquire(upstream)
+        if self.noguard:  # as if the others knew of it at once: no bound on untold placements
+            balancer.state(upstream.name).unknown = 0
+        self.counts_changed(now, gateway)
         worker = self.upstreams.index(upstream)
-        self.at(now + NET, self.arrive, worker, (messages, now, gateway, upstream, conversation))
+        request = (messages, now, gateway, upstream, conversation)
+        self.at(now + self.lease + self.net(), self.arrive, worker, request)
         return worker
+
+    def net(self) -> float:
+        """One network hop: ``NET``, or (``+jitter``) 0.5 to 1.5 times it."""
+        return NET if self.jitter is None else NET * (0.5 + self.jitter.random())
+
+    def counts_changed(self, now: float, gateway: int) -> None:
+        """As ``routing.loads`` does on a loop: one message per ``INTERVAL`` at most."""
+        if self.balancers[gateway].loads.sharing and not self.flushing[gateway]:
+            self.flushing[gateway] = True
+            self.at(max(now, self.next_flush[gateway]), self.flush, gateway)
+
+    def flush(self, now: float, gateway: int) -> None:
+        self.flushing[gateway] = False
+        message = self.balancers[gateway].loads.message()
+        if message is None:
+            return
+        self.load_messages += 1
+        self.next_flush[gateway] = now + fleet_loads.INTERVAL
+        for other in self.balancers:
+            self.at(now + TOLD, lambda _now, b=other, m=message: b.loads.receive(m))
+        self.at(now + TOLD, lambda _now, b=self.balancers[gateway]: b.loads.delivered())
+
+    def sample(self, now: float) -> None:
+        self.samples.append([self.running[w] + len(self.queues[w]) for w in range(WORKERS)])
+        self.held.append(
+            [sum(b.state(u.name).in_flight for b in self.balancers) for u in self.upstreams]
+        )
+        self.at(now + SAMPLE, self.sample)
 
     def arrive(self, now: float, worker: int, request: tuple[Any, ...]) -> None:
         if self.running[worker] < SLOTS:
@@ -120,24 +175,33 @@ class Fleet:
         prefill = (tokens - hit_tokens) * PREFILL
         self.ttfts.append(now + prefill + DECODE + NET - sent)
         self.waits.append(now - arrived)
-        self.at(now + prefill + DECODE * OUTPUT, self.finish, worker, request)
+        decode = DECODE * OUTPUT
+        if self.jitter is not None:  # the tokens' times vary by 10 % per request
+            decode *= 0.9 + 0.2 * self.jitter.random()
+        self.at(now + prefill + decode, self.finish, worker, request)
 
     def finish(self, now: float, worker: int, request: tuple[Any, ...]) -> None:
         self.running[worker] -= 1
         if self.queues[worker]:
             waiting, arrived = self.queues[worker].popleft()
             self.start(now, worker, waiting, arrived)
-        self.at(now + NET, self.released, request)
+        self.at(now + self.net(), self.released, request)
 
     def released(self, now: float, request: tuple[Any, ...]) -> None:
         _, _, gateway, upstream, conversation = request
         self.balancers[gateway].release(upstream)
-        self.on_done(now, conversation)
+        self.counts_changed(now, gateway)
+        if self.client:  # the answer's end reaches the client, its next turn the gateway
+            self.at(now + self.net() + self.net(), self.on_done, conversation)
+        else:
+            self.on_done(now, conversation)
 
     on_done: Callable[[float, int], None]
 
     # -- the gateways' reads of the workers' metrics ----------------------------------------
     def read(self, now: float, gateway: int) -> None:
+        if not self.signals:
+            return
         seen = [(len(self.queues[w]), self.running[w]) for w in range(WORKERS)]
         self.at(now + READ_DELAY, self.observe, gateway, seen)
         self.at(now + SIGNALS_INTERVAL, self.read, gateway)
@@ -156,8 +220,18 @@ def replay(
     placement messages broadcast per request."""
     policy, _, options = arm.partition("+")
     rng = random.Random(seed) if "random" in options else None
+    flags = options.split("+")
+    lease = next((float(f[6:]) for f in flags if f.startswith("lease=")), 0.0)
     fleet = Fleet(
-        gateways, policy, "nomemory" not in options, "pinned" in options, "told" in options, rng
+        1 if "one" in flags else gateways,
+        policy,
+        "nomemory" not in flags,
+        "pinned" in flags,
+        "told" in flags,
+        rng,
+        loads="loads" in flags,
+        lease=lease,
+        signals="nosignals" not in flags,
     )
     ready, turn, count = list(range(len(convs))), [0] * len(convs), itertools.count()
 
@@ -170,17 +244,29 @@ def replay(
             c = ready.pop(0)
             fleet.send(now, c, next(count), convs[c][turn[c]])
 
+    fleet.client = "client" in flags
+    fleet.noguard = "noguard" in flags
+    if "jitter" in flags:
+        fleet.jitter = random.Random(seed)
     fleet.on_done = next_turn
-    for g in range(gateways):
+    for g in range(len(fleet.balancers)):
         fleet.at(g * SIGNALS_INTERVAL / 2, fleet.read, g)
     for _ in range(IN_FLIGHT):
         fleet.at(0.5, next_turn)
+    fleet.at(0.5, fleet.sample)
     total = sum(len(c) for c in convs)
-    while len(fleet.ttfts) < total or any(fleet.running):
+    while len(fleet.ttfts) < total or any(fleet.running) or any(fleet.queues):
         when, _, job, args = heapq.heappop(fleet.events)
         fleet.clock._mono = when  # the balancers' monotonic clock
         job(when, *args)
+    share, excess = over_bound(fleet.samples)
+    _, held = over_bound(fleet.held)
     return {
+        "held2": held[1] + held[2],
+        "over": share,
+        "over2": excess[1] + excess[2],
+        "over3": excess[2],
+        "load_told": fleet.load_messages / total,
         "ttft_p50_ms": 1000 * statistics.median(fleet.ttfts),
         "waited": sum(1 for w in fleet.waits if w > 0.001) / len(fleet.waits),
         "hit_rate": fleet.hits / fleet.tokens,
@@ -211,7 +297,7 @@ def base_of(arm: str) -> str:
 
 
 def main() -> None:
-    seeds = range(16, 24)
+    seeds = range(16, 16 + int(os.environ.get("SIM_SEEDS", 8)))
     arms = sys.argv[1:] or ARMS
     arms = [*dict.fromkeys([base_of(a) for a in arms] + list(arms))]
     rows = {arm: [replay(arm, workload(48, 10, seed=s), seed=s) for s in seeds] for arm in arms}
@@ -227,6 +313,25 @@ def main() -> None:
         print(
             f"| {arm} | {cells} | {statistics.mean(p50):.0f} ({statistics.mean(ratios):.2f}x)"
             f" | {hits:.1%} | {told:.3f} |"
+        )
+    print()
+    print(
+        "| arm | TTFT p50 of least_loaded's | hits | samples over | by 2+ | by 3+ "
+        "| worst seed over / 2+ | messages per request (placements / counts) |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for arm, results in rows.items():
+        base = rows[base_of(arm)]
+        ratio = statistics.mean(
+            r["ttft_p50_ms"] / b["ttft_p50_ms"] for r, b in zip(results, base, strict=True)
+        )
+        mean = {k: statistics.mean(r[k] for r in results) for k in results[0]}
+        worst = max(results, key=lambda r: r["over2"])
+        print(
+            f"| {arm} | {ratio:.2f}x | {mean['hit_rate']:.1%} | {mean['over']:.1%}"
+            f" | {mean['over2']:.2%} | {mean['over3']:.2%}"
+            f" | {worst['over']:.1%} / {worst['over2']:.2%}"
+            f" | {mean['told']:.3f} / {mean['load_told']:.3f} | {mean['held2']:.2%} |"
         )
 
 

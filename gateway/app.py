@@ -26,6 +26,7 @@ from gateway.routing.balancer import Balancer
 from gateway.routing.capacity import Capacity
 from gateway.routing.discovery import Discovery
 from gateway.routing.health import HealthChecker
+from gateway.routing.loads import KEEP
 from gateway.routing.router import Router
 from gateway.routing.signals import SignalScraper
 from gateway.runtime import Runtime
@@ -106,6 +107,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     def broadcast(message: str) -> None:
         if runtime.balancer.placements.receive(message):
             return  # where another process's affinity moved a conversation
+        if runtime.balancer.loads.receive(message):
+            return  # another process's requests in flight per upstream
         runtime.keys.invalidate(message)
         runtime.limiter.invalidate(message)
         alerts.key_changed(message)  # a revoked key, or one with an expiry to watch
@@ -113,6 +116,8 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await runtime.store.subscribe(broadcast)
     if not runtime.config.store.is_memory:  # a shared store: tell the other processes
         runtime.balancer.placements.share(runtime.store.publish)
+        runtime.balancer.loads.share(runtime.store.publish)
+    loads = Periodic(KEEP, runtime.balancer.loads.beat).start()
     await runtime.limiter.start()
     await alerts.start()
 
@@ -123,6 +128,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     await watch.check()  # an unreachable store is said at start, then on every change
     store_checks = Periodic(1.0, watch.check).start()
     yield
+    await loads.stop()
     await store_checks.stop()
     await gauges.stop()
     await alerts.stop()

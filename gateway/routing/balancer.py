@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from gateway.clock import Clock, SystemClock
 from gateway.config.schema import ModelRouting, Upstream
 from gateway.routing.history import History
+from gateway.routing.loads import Loads
 from gateway.routing.placements import Placements
 from gateway.routing.retry import RetryBudget
 from gateway.routing.ring import Ring
@@ -51,15 +52,22 @@ class UpstreamState:
     waiting: float = 0.0
     running: float = 0.0
     cache: float = 0.0  # KV cache in use, 0 to 1
-    others: float = 0.0  # running + waiting not sent by this process, when last read
     signals_until: float = 0.0
+    # The other gateway processes' requests in flight here, as they last told it
+    # (``routing.loads``); what the worker held beyond them and this process's when last read
+    # (requests from elsewhere); and the two together, the load others put here.
+    told: float = 0.0
+    beyond: float = 0.0
+    # This process's placements here the others have not been told of yet (while sharing).
+    unknown: int = 0
+    others: float = 0.0
 
     def load(self, now: float) -> float:
         """Requests the worker holds, as far as this process knows (affinity's bound counts
         requests: the cache share, a tie-breaker of least_loaded, would widen it)."""
         if self.signals_until > now:
             return self.in_flight + self.others
-        return self.in_flight
+        return self.in_flight + self.told
 
     def queued(self, now: float) -> bool:
         return self.waiting > 0 and self.signals_until > now
@@ -97,6 +105,7 @@ class Balancer:
         self.budget = RetryBudget()
         self.history = History()  # where affinity sent each prompt
         self.placements = Placements(self.history)  # told to (and by) the other processes
+        self.loads = Loads(self, self._now)  # the fleet's counts, told and heard
         self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
 
     def state(self, name: str) -> UpstreamState:
@@ -155,7 +164,7 @@ class Balancer:
             if state.signals_until > now:
                 score = (state.in_flight + state.others + state.cache + 1) / upstream.weight
             else:
-                score = (state.in_flight + 1) / upstream.weight
+                score = (state.in_flight + state.told + 1) / upstream.weight
             if region is not None and upstream.region != region:
                 score += _AWAY
             if score < best_score:
@@ -235,19 +244,28 @@ class Balancer:
                 found = prefix
                 break
         total = 0.0
+        unknown = 0
         for s in states:
-            total += s.in_flight + s.others if s.signals_until > now else s.in_flight
+            total += s.in_flight + (s.others if s.signals_until > now else s.told)
+            unknown += s.unknown
         bound = math.ceil(load_factor * (total + 1.0) / ring.weight * ring.weights[0] - 1e-9)
+        untold = math.ceil(load_factor * (unknown + 1.0) / ring.weight * ring.weights[0] - 1e-9)
         index = ring.names.get(went) if went is not None else None
         if index is not None:
             s = states[index]
-            if (s.in_flight + s.others if s.signals_until > now else s.in_flight) >= bound:
+            if (
+                s.in_flight + (s.others if s.signals_until > now else s.told) >= bound
+                or s.unknown >= untold
+            ):
                 index = None
         if index is None:
             walk = ring.walks[bisect.bisect_left(ring.points, key)]
             for owner in walk:
                 s = states[owner]
-                if (s.in_flight + s.others if s.signals_until > now else s.in_flight) < bound:
+                if (
+                    s.in_flight + (s.others if s.signals_until > now else s.told) < bound
+                    and s.unknown < untold
+                ):
                     index = owner
                     break
             else:
@@ -292,7 +310,7 @@ class Balancer:
         if sent is not None:
             found, went = sent
         now = self._now()
-        loads = [s.in_flight + s.others if s.signals_until > now else s.in_flight for s in states]
+        loads = [s.in_flight + (s.others if s.signals_until > now else s.told) for s in states]
         usable: list[bool] | None = None  # every one
         if capped:
             usable = [
@@ -308,7 +326,8 @@ class Balancer:
             if any(local):
                 usable = local  # the region's upstreams first, others only when none is usable
         last = ring.names.get(went) if went is not None else None
-        index = ring.choose(key, loads, usable, ring.weights, load_factor, last)
+        unknown = [s.unknown for s in states]
+        index = ring.choose(key, loads, usable, ring.weights, load_factor, last, unknown)
         if index is None:  # panic: every upstream ejected (or full): the ring among the rest
             index = ring.choose(key, loads, self._usable(pool, _INF), ring.weights, load_factor)
         if index is None:
@@ -388,20 +407,57 @@ class Balancer:
 
     # -- the request path -------------------------------------------------------------------
     def acquire(self, upstream: Upstream) -> None:
-        self.state(upstream.name).in_flight += 1
+        state = self.state(upstream.name)
+        state.in_flight += 1
         self.in_flight += 1
+        if self.loads.sharing:
+            state.unknown += 1
+            self.loads.change(upstream.name)
 
     def release(self, upstream: Upstream) -> None:
-        self.state(upstream.name).in_flight -= 1
+        state = self.state(upstream.name)
+        state.in_flight -= 1
         self.in_flight -= 1
+        if self.loads.sharing:
+            if state.unknown > state.in_flight:
+                state.unknown = state.in_flight
+            self.loads.change(upstream.name)
         if self.on_release is not None:
             self.on_release(upstream)
 
     def handover(self, upstream: Upstream) -> None:
         """A slot counted for a waiting request, uncounted just before its handler counts it
         (``routing.capacity``): no release, nothing is woken."""
-        self.state(upstream.name).in_flight -= 1
+        state = self.state(upstream.name)
+        state.in_flight -= 1
         self.in_flight -= 1
+        if self.loads.sharing:
+            state.unknown = max(0, state.unknown - 1)
+            self.loads.change(upstream.name)
+
+    # -- what ``routing.loads`` asks and tells ----------------------------------------------
+    def count(self, name: str) -> int:
+        state = self._state.get(name)
+        return state.in_flight if state is not None else 0
+
+    def held(self) -> list[str]:
+        return [name for name, state in self._state.items() if state.in_flight]
+
+    def telling(self, names: Iterable[str]) -> list[tuple[str, int]]:
+        states = self._state
+        return [(n, states[n].unknown) for n in names if n in states and states[n].unknown]
+
+    def known(self, told: list[tuple[str, int]]) -> None:
+        for name, count in told:
+            state = self._state.get(name)
+            if state is not None:
+                state.unknown = max(0, state.unknown - count)
+
+    def told(self, name: str, total: float) -> None:
+        """The other processes' requests in flight to ``name`` now total ``total``."""
+        state = self.state(name)
+        state.told = total
+        state.others = total + state.beyond
 
     def succeeded(self, upstream: Upstream) -> None:
         state = self.state(upstream.name)
@@ -424,5 +480,6 @@ class Balancer:
         """A worker's signals, believed until ``until`` (monotonic)."""
         state = self.state(name)
         state.waiting, state.running, state.cache = waiting, running, cache
-        state.others = max(0.0, running + waiting - state.in_flight)
+        state.beyond = max(0.0, running + waiting - state.in_flight - state.told)
+        state.others = state.told + state.beyond
         state.signals_until = until

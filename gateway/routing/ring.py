@@ -99,12 +99,24 @@ class Ring:
         weights: Sequence[float],
         load_factor: float,
         first: int | None = None,
+        unknown: Sequence[float] | None = None,
     ) -> int | None:
         """The index of the first usable upstream on the key's walk under its bound, or None
         when no upstream is usable (``usable`` None: every one is). With ``load_factor`` ≥ 1
         some usable upstream is always under its bound (the bounds add up to at least the load
         plus this request). ``first``: an upstream taken before the walk if it is usable and
-        under its bound."""
+        under its bound.
+
+        ``unknown``: per upstream, requests placed by this process that the other processes
+        sharing the fleet have not been told of yet. Each must stay under the same bound
+        computed over them alone, so that no burst of placements the others cannot see lands
+        on one upstream; an upstream under both bounds is taken first, else the first under
+        this one (some usable upstream always is)."""
+        if unknown is not None and any(unknown):
+            both = self._choose_both(key, loads, usable, weights, load_factor, first, unknown)
+            if both is not None:
+                return both
+            return self.choose(key, unknown, usable, weights, load_factor, first)
         if usable is None or all(usable):  # the usual case, in C: no loop over the upstreams
             usable = None
             total = sum(loads)
@@ -144,6 +156,42 @@ class Ring:
             if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
                 return owner
         return None
+
+    def _choose_both(
+        self,
+        key: int,
+        loads: Sequence[float],
+        usable: Sequence[bool] | None,
+        weights: Sequence[float],
+        load_factor: float,
+        first: int | None,
+        unknown: Sequence[float],
+    ) -> int | None:
+        """``choose`` with every upstream also under its bound over ``unknown``."""
+        scale = _scale(loads, usable, weights, load_factor)
+        untold = _scale(unknown, usable, weights, load_factor)
+        if scale <= 0.0:
+            return None
+        for owner in ([first] if first is not None else []) + self.walk(key):
+            if (
+                (usable is None or usable[owner])
+                and _under(loads, weights, owner, scale)
+                and _under(unknown, weights, owner, untold)
+            ):
+                return owner
+        return None
+
+
+def _scale(
+    loads: Sequence[float], usable: Sequence[bool] | None, weights: Sequence[float], factor: float
+) -> float:
+    """``load_factor`` x (the usable upstreams' load + 1) / their weight (0: none usable)."""
+    if usable is None:
+        total, weight = sum(loads), sum(weights)
+    else:
+        total = sum(load for load, ok in zip(loads, usable, strict=True) if ok)
+        weight = sum(w for w, ok in zip(weights, usable, strict=True) if ok)
+    return factor * (total + 1.0) / weight if weight > 0.0 else 0.0
 
 
 def _under(loads: Sequence[float], weights: Sequence[float], index: int, scale: float) -> bool:
