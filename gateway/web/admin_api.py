@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from yarl import URL
 
 from gateway.auth.service import same_token
-from gateway.errors import BadRequest, GatewayError, NotFound, Unauthorized
+from gateway.errors import BadRequest, Forbidden, GatewayError, NotFound, Unauthorized
 from gateway.limits import money
+from gateway.netaddr import parse_ip
 from gateway.proxy.bodies import read_request_body
 from gateway.runtime import Runtime
 from gateway.web.keys_api import (
@@ -48,8 +50,12 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> GatewayError:
 
 
 def check_token(request: web.Request, expected: str | None) -> None:
-    """Refuse a request under ``/admin/`` without the admin token (open when none is set)."""
-    if expected is None or not (request.path + "/").startswith(ADMIN_PREFIX):
+    """Refuse a request under ``/admin/`` without the admin token (open when none is set, to
+    the operator's own tools only: ``check_local``)."""
+    if not (request.path + "/").startswith(ADMIN_PREFIX):
+        return
+    if expected is None:
+        check_local(request)
         return
     scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not same_token(given.strip(), expected):
@@ -59,6 +65,46 @@ def check_token(request: web.Request, expected: str | None) -> None:
             code="invalid_admin_token",
             headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'},
         )
+
+
+def _loopback(host: str | None) -> bool:
+    """Whether ``host`` (a Host header's or an origin's, port and brackets allowed) names this
+    machine's loopback: ``localhost`` or a loopback address."""
+    if host is None:
+        return False
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name in ("localhost", "localhost."):
+        return True
+    address = parse_ip(name)
+    return address is not None and address.is_loopback
+
+
+def _host_of(origin: str) -> str | None:
+    try:
+        return URL(origin).raw_host
+    except ValueError:
+        return None
+
+
+def check_local(request: web.Request) -> None:
+    """An open admin API (no token, so on loopback) answers only requests addressed to a
+    loopback name and sent from no other site: a web page the operator visits reaches
+    127.0.0.1 too, by a cross-site POST (``Origin``: another site) or by DNS rebinding (its
+    own name resolved to 127.0.0.1: ``Host`` is that name). The CLI, curl and the console
+    send neither."""
+    host, origin = request.headers.get("Host"), request.headers.get("Origin")
+    if (host is None or _loopback(host)) and (origin is None or _loopback(_host_of(origin))):
+        return
+    raise Forbidden(
+        "The admin API has no token, so it answers only requests addressed to this machine's "
+        "loopback (Host 127.0.0.1 or localhost) from no other site; set admin.token to reach "
+        "it another way.",
+        code="admin_not_local",
+    )
 
 
 def middlewares(runtime: Runtime) -> list[Middleware]:
