@@ -31,16 +31,13 @@ from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError, StoreLost
 from gateway.store.redis_codec import esc, num, tag
 from gateway.store.redis_conn import Subscriber, parse
 from gateway.store.redis_lane import Arg
+from gateway.store.redis_usage import SETTLE_CHUNK, ClusterSettlement, usage_rows
 from gateway.store.transport import ClientTransport, Script, may_have_run, transport_for, why
 
-SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key")
-# Settlements per EVALSHA on one Redis: a script call's own cost (~10 µs of Redis CPU) is shared
-# by 32, and each call's run (a script blocks Redis meanwhile) stays about a millisecond.
-SETTLE_CHUNK = 32
+SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key", "usage")
 # The most admissions one EVALSHA decides (more in one turn of the loop: another call).
 ADMIT_BATCH = 64
 BULK_TIMEOUT = 10.0  # seconds a report's reads may take (never less than timeout_ms)
-REPORT_PART = 500  # usage days read (and decoded) per round trip of a report
 
 
 def _kh(key_hash: str) -> str:
@@ -70,14 +67,6 @@ def _fail(future: asyncio.Future[Verdict], exc: BaseException) -> None:
     future.exception()
 
 
-def _usage_rows(cells: list[tuple[str, int]], hashes: list[Any]) -> list[UsageDay]:
-    rows: list[UsageDay] = []
-    for (key_id, day), fields in zip(cells, hashes, strict=True):
-        pairs = dict(zip(fields[::2], fields[1::2], strict=True))  # field, value, field, ...
-        rows.extend(codec.usage_rows(key_id, day, pairs))
-    return rows
-
-
 def _records(raws: list[bytes | None]) -> list[KeyRecord]:
     return [KeyRecord.from_store(orjson.loads(r)) for r in raws if r is not None]
 
@@ -99,6 +88,12 @@ class RedisStore:
         self._io = transport_for(target, self._timeout, max(BULK_TIMEOUT, self._timeout))
         main = self._io.client if isinstance(self._io, ClientTransport) else None
         self._subscriber = Subscriber(target, main, self._timeout)
+        # A Cluster settles in two steps: the owners' slots, then the usage stripes.
+        self._cluster = (
+            ClusterSettlement(self._io, self._scripts["settle"], self._scripts["usage"])
+            if self._io.spans_slots
+            else None
+        )
         # The admissions asked for in this turn of the loop, sent together at its end.
         self._admitting: list[tuple[Admission, asyncio.Future[Verdict]]] = []
         self._resending: set[asyncio.Future[None]] = set()
@@ -331,25 +326,27 @@ class RedisStore:
                 future.set_result(decided)
 
     async def settle(self, settlement: Settlement) -> None:
-        keys, args = codec.settle_call(settlement, self._now())
-        await self._script("settle", keys, args)
+        await self.settle_many([settlement])
 
     async def settle_many(self, settlements: list[Settlement]) -> None:
         """On one Redis, up to ``SETTLE_CHUNK`` settlements per EVALSHA (the script takes
-        several), the chunks pipelined; on a Cluster, one EVALSHA per settlement (each on its
-        owner's slot) in one pipeline. Settling is idempotent, so a batch that met an unloaded
-        script is simply sent again after loading it."""
+        several, of any owners, and writes their usage rows in the stripes too), the chunks
+        pipelined; on a Cluster, two steps (``redis_usage.ClusterSettlement``). Settling is
+        idempotent, so a batch that met an unloaded script is simply sent again after loading
+        it."""
         if not settlements:
             return
         now = self._now()
+        if self._cluster is not None:
+            await self._cluster.settle_many(settlements, now)
+            return
         calls = [codec.settle_call(s, now) for s in settlements]
-        size = 1 if self._io.spans_slots else SETTLE_CHUNK
         chunks = [
             (
-                [k for keys, _ in calls[i : i + size] for k in keys],
-                [a for _, args in calls[i : i + size] for a in args],
+                [k for keys, _ in calls[i : i + SETTLE_CHUNK] for k in keys],
+                [a for _, args in calls[i : i + SETTLE_CHUNK] for a in args],
             )
-            for i in range(0, len(calls), size)
+            for i in range(0, len(calls), SETTLE_CHUNK)
         ]
         await self._io.evalsha(self._scripts["settle"], chunks)
 
@@ -381,22 +378,7 @@ class RedisStore:
     async def usage(
         self, owner: str, key_ids: list[str], first_day: int, last_day: int
     ) -> list[UsageDay]:
-        t, wanted = tag(owner), sorted(set(key_ids))
-        days = await self._pipe(
-            [("ZRANGEBYSCORE", f"{t}usedays:{esc(k)}", first_day, last_day) for k in wanted],
-            bulk=True,
-        )
-        cells = [(k, int(d)) for k, ds in zip(wanted, days, strict=True) for d in ds]
-        rows: list[UsageDay] = []
-        # In parts, each read and decoded before the next is asked for: a report of thousands
-        # of days must not hold this process's loop (the requests' admissions wait on it).
-        for start in range(0, len(cells), REPORT_PART):
-            part = cells[start : start + REPORT_PART]
-            hashes = await self._pipe(
-                [("HGETALL", f"{t}use:{esc(k)}:{d}") for k, d in part], bulk=True
-            )
-            rows.extend(await asyncio.to_thread(_usage_rows, part, hashes))
-        return rows
+        return await usage_rows(self._pipe, owner, key_ids, first_day, last_day)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> None:

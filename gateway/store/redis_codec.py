@@ -1,7 +1,8 @@
 """The Redis store's key layout, script sources and reply decoding (no I/O).
 
-Every key an admission or settlement touches carries the owner's hash tag, so each script runs
-on one Cluster slot::
+Every key an admission touches carries the owner's hash tag, so each script runs on one Cluster
+slot; so does every key of a settlement but the usage rows, which live in the key's usage
+stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread over shards)::
 
     gw:{<owner>}:rpm:k:<keyId>      ZSET request id -> admission time (the key's rpm log)
     gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
@@ -18,9 +19,13 @@ on one Cluster slot::
     gw:{<owner>}:tpm:o, tpmv:o      the same for the plan's tpm
     gw:{<owner>}:done:<requestId>   settled marker of a request admitted without the store
                                     (on_error: open; EX 1 hour): settle runs once
-    gw:{<owner>}:use:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0 errors);
-                                    EXPIRE USAGE_DAYS
-    gw:{<owner>}:usedays:<keyId>    ZSET of the days with usage (range reads)
+    gw:{use:<s>}:use:<owner>:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0
+                                    errors); EXPIRE USAGE_DAYS. s: the key's stripe
+    gw:{use:<s>}:usedays:<owner>:<keyId>  ZSET of the days with usage (range reads)
+    gw:{use:<s>}:seq:<process>      a gateway process's high-water mark in the stripe (a
+                                    Cluster's usage.lua: exactly once; EX MARK_TTL)
+    gw:{<owner>}:use:<keyId>:<day>, gw:{<owner>}:usedays:<keyId>
+                                    the same before the stripes (still read, until they expire)
     gw:{<owner>}:lastused           HASH keyId -> last use
     gw:{<owner>}:keys               SET of the owner's key ids (max_keys is checked on it)
     gw:{<owner>}:plan               the owner's plan name
@@ -30,13 +35,15 @@ on one Cluster slot::
     gw:hit:<counter>                HASH s (window start), c (events): ``hit`` counters
 
 Owners and key ids are escaped (``%``, ``{``, ``}``, ``:`` as ``%XX``; the empty owner as ``%``)
-so no owner can break its tag or collide with another's keys.
+so no owner can break its tag or collide with another's keys (nor take a stripe's: ``use:<s>``
+holds a colon).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import zlib
 from collections.abc import Sequence
 from importlib import resources
 
@@ -57,6 +64,10 @@ from gateway.store.memory import SETTLED_TTL
 CHANNEL = "gw:invalidate"
 COUNTER_TTL = 35 * 86400  # a month's counter outlives its month
 HIT_WINDOW = 60.0  # the fixed window of ``hit`` counters (auth failures, route rates)
+# Usage stripes: a key's usage rows live in stripe crc32(key id) mod STRIPES. Fixed: a key's rows
+# are found by it (changing it would hide the rows already written).
+STRIPES = 64
+MARK_TTL = 86400  # seconds a process's high-water mark in a stripe outlives its last write
 REFUSALS: tuple[Refusal | None, ...] = (
     None,
     "rpm",
@@ -80,8 +91,11 @@ def script(name: str) -> str:
     text = resources.files("gateway.store").joinpath(f"{name}.lua").read_text(encoding="utf-8")
     if name == "insert_key":
         return text
-    calendar = resources.files("gateway.store").joinpath("calendar.lua").read_text("utf-8")
-    return calendar + "\n" + text
+    parts = ["calendar", "usage_rows"] if name in ("settle", "usage") else ["calendar"]
+    shared = [
+        resources.files("gateway.store").joinpath(f"{p}.lua").read_text("utf-8") for p in parts
+    ]
+    return "\n".join([*shared, text])
 
 
 def esc(text: str) -> str:
@@ -154,7 +168,8 @@ def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
 # The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
 _ADMIT_KEYS: tuple[str, ...] = ("rpm:k:{k}", "rpm:o", "lease:{k}", "tok:{k}", "tok:o")
 _ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
-# the fourth: the settled marker's prefix (the request id is appended)
+# the fourth: the settled marker's prefix (the request id is appended); the sixth and seventh,
+# the usage rows in the owner's slot, are the layout before the stripes (``usage_keys``)
 _SETTLE_KEYS: tuple[str, ...] = ("lease:{k}", "tok:{k}", "tok:o", "done:", "lastused", "use:{k}:")
 _SETTLE_KEYS += ("usedays:{k}", "tpmv:k:{k}", "tpmv:o")
 
@@ -166,10 +181,43 @@ def _keys(owner: str, key_id: str, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t + name.format(k=k) for name in names)
 
 
+# -- usage stripes --------------------------------------------------------------------------
+def stripe(key_id: str) -> int:
+    return zlib.crc32(key_id.encode()) % STRIPES
+
+
+def stripe_tag(number: int) -> str:
+    return f"gw:{{use:{number}}}:"
+
+
+@functools.lru_cache(maxsize=8192)
+def usage_keys(owner: str, key_id: str) -> tuple[str, str]:
+    """A key's usage key prefix (the day is appended) and days index, in its stripe."""
+    t, o, k = stripe_tag(stripe(key_id)), esc(owner), esc(key_id)
+    return f"{t}use:{o}:{k}:", f"{t}usedays:{o}:{k}"
+
+
+def legacy_usage_keys(owner: str, key_id: str) -> tuple[str, str]:
+    """The same in the owner's slot, where rows were written before the stripes."""
+    t, k = tag(owner), esc(key_id)
+    return f"{t}use:{k}:", f"{t}usedays:{k}"
+
+
+@functools.lru_cache(maxsize=8192)
+def _settle_keys(owner: str, key_id: str, striped: bool) -> tuple[str, ...]:
+    """settle.lua's KEYS for one key: with ``striped`` (one Redis: one script may touch any
+    slot) the usage rows in the key's stripe; without (a Cluster: the owner's slot only), the
+    owner-slot names, unused there (usage.lua writes the rows)."""
+    keys = _keys(owner, key_id, _SETTLE_KEYS)
+    return (*keys[:5], *usage_keys(owner, key_id), *keys[7:]) if striped else keys
+
+
 # -- settle ---------------------------------------------------------------------------------
-def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
+def settle_call(s: Settlement, now: str, cluster: bool = False) -> tuple[list[str], list[str]]:
+    """One settlement's KEYS and ARGV; on a ``cluster`` its usage is left to ``usage_call``
+    (settle.lua says whether it counted)."""
     a = s.admission
-    keys = list(_keys(a.owner, a.key_id, _SETTLE_KEYS))
+    keys = list(_settle_keys(a.owner, a.key_id, not cluster))
     keys[3] += a.request_id  # the settled marker (used only by one admitted without the store)
     args = [
         a.request_id,
@@ -187,13 +235,29 @@ def settle_call(s: Settlement, now: str) -> tuple[list[str], list[str]]:
         a.key_id,
         str(int(SETTLED_TTL)),
         str(USAGE_DAYS),
-        "1" if s.record else "0",
+        ("2" if cluster else "1") if s.record else "0",
         str(s.cost - a.reserve_cost),
         str(s.cost),
         "0" if a.tpm is None else "1",
         "0" if a.plan_tpm is None else "1",
     ]
     return keys, args
+
+
+def usage_args(number: int, s: Settlement, finished: bytes | str) -> list[str]:
+    """usage.lua's ARGV of one row: the process's ``number`` for it, and the settlement's usage
+    ended at ``finished`` (settle.lua's text of it)."""
+    return [
+        str(number),
+        usage_line(s.model, s.api),
+        str(s.prompt_tokens),
+        str(s.completion_tokens),
+        str(int(s.error)),
+        repr(float(s.latency_ms)),
+        str(latency_bucket(s.latency_ms)),
+        finished.decode() if isinstance(finished, bytes) else finished,
+        str(USAGE_DAYS),
+    ]
 
 
 API_MARK = "\x1f"  # between a model and its API in a usage field (chat's fields have none)

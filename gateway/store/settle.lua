@@ -1,54 +1,35 @@
 -- Settle admitted requests, each at most once (store/memory.py is the reference): release its
 -- lease, move the token counters of its (still current) periods by used - reserved, record its
--- usage and the key's last use. All keys carry the owner's hash tag.
+-- usage and the key's last use. Every key but the usage rows (6, 7) carries the owner's hash tag.
 -- Once: a request admitted by the store is settled only while its lease is held, and the lease
 -- goes with the settlement (the lease is the marker: nothing of a request outlives it). One
 -- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
 -- ARGV 14 seconds, and its tokens are charged to the periods current now.
 -- KEYS: 1 the key's leases, 2 the key's counters, 3 the owner's counters,
 --       4 the request's settled marker (day 0 only), 5 the owner's last-use hash (key id -> time),
---       6 the key's usage key prefix (the UTC day is appended: same tag, same slot),
---       7 the key's usage days (ZSET of day ids, for range reads),
+--       6 the key's usage key prefix (the UTC day is appended), 7 the key's usage days (ZSET
+--       of day ids, for range reads): both in the key's usage stripe (redis_codec.py); unused
+--       when usage is written by usage.lua (ARGV 16 = 2),
 --       8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s = their sum)
 -- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store;
 --       -1 and the lease's seconds: an admission whose reply was lost, dated by its lease),
 --       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
 --       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
---       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only),
+--       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only;
+--       2: the last use only, the usage to be written in the stripe's slot by usage.lua),
 --       17 cost - reserved cost, 18 cost (micro-dollars), 19 the key's minute counted it (1/0),
 --       20 the owner's minute did
 -- Several settlements in one call: KEYS and ARGV hold 9 and 20 per settlement, one after the
 -- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
--- Returns how many were settled (those settled before are skipped).
+-- Returns how many were settled (those settled before are skipped); a call with any ARGV 16 = 2
+-- (a Cluster's) returns instead, for each of those that counted, its place in the call (1..n)
+-- and its end time (text): the usage to write in the stripes.
 --
 -- Only the lease (or marker) is written per settlement. Everything else is gathered in Lua
 -- tables as the settlements are taken in order and written once per key (and per field) at the
 -- end: each counter hash read once and written once, each day's usage by model summed into one
 -- HINCRBY per field, the last use once per key. The script is atomic, so the end state is the
 -- one settling them one by one gives; a batch of one settlement costs what it did.
-
-local function ordered()  -- a table that remembers the order its keys were first set in
-  return {keys = {}, values = {}}
-end
-
-local function slot(t, key, make)
-  local value = t.values[key]
-  if value == nil then
-    value = make()
-    t.values[key] = value
-    table.insert(t.keys, key)
-  end
-  return value
-end
-
-local function put(t, key, value)
-  if t.values[key] == nil then table.insert(t.keys, key) end
-  t.values[key] = value
-end
-
-local function add(t, key, n)
-  put(t, key, (t.values[key] or 0) + n)
-end
 
 -- HSET of every field of an ordered table (each value through ``text`` if given), if it has any
 local function hset_all(key, t, text)
@@ -63,7 +44,6 @@ local function hset_all(key, t, text)
 end
 
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
-local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
 local last = ordered()       -- last-use hash -> ordered key id -> time
 
 -- A counter hash (a key's: d, dt, dc, m, mt, mc; an owner's: m, mt, mc), read once per batch.
@@ -125,25 +105,8 @@ local function first_time(k, a, day)
 end
 
 local function record(k, a, finished)
-  local days = epoch_days(finished)
-  local used_day = day_id(days)
-  local ukey = KEYS[k + 6] .. used_day
-  local u = slot(usage, ukey, function()
-    return {key = ukey, index = KEYS[k + 7], day = used_day, days = days, models = ordered()}
-  end)
-  u.keep = tonumber(ARGV[a + 15])
-  local m = slot(u.models, ARGV[a + 5], function()
-    -- the latency total is added to in Lua, one settlement after the other, so the sum is
-    -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
-    local total = tonumber(redis.call('HGET', u.key, 'l:' .. ARGV[a + 5]) or '0')
-    return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
-  end)
-  m.r = m.r + 1
-  m.p = m.p + tonumber(ARGV[a + 6])
-  m.c = m.c + tonumber(ARGV[a + 7])
-  m.e = m.e + tonumber(ARGV[a + 8])
-  m.l = m.l + tonumber(ARGV[a + 9])
-  add(m.buckets, 'b' .. ARGV[a + 10], 1)
+  record_usage(KEYS[k + 6], KEYS[k + 7], tonumber(ARGV[a + 15]), ARGV[a + 5], ARGV[a + 6],
+    ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], finished)
   put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
 end
 
@@ -158,9 +121,11 @@ local function presumed(k, a, lease_seconds)
 end
 
 local settled = 0
+local counted = nil  -- a Cluster's call: the places and end times of those that counted
 for i = 0, #KEYS / 9 - 1 do
   local k, a = 9 * i, 20 * i
   local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  if ARGV[a + 16] == '2' then counted = counted or {} end
   local first
   if day == -1 then
     first, day, month = presumed(k, a, month)
@@ -185,7 +150,13 @@ for i = 0, #KEYS / 9 - 1 do
       if ARGV[a + 19] == '1' then minute_settle(KEYS[k + 8], ARGV[a + 1], used) end
       if ARGV[a + 20] == '1' then minute_settle(KEYS[k + 9], ARGV[a + 1], used) end
     end
-    if ARGV[a + 16] == '1' then record(k, a, finished) end
+    if ARGV[a + 16] == '1' then
+      record(k, a, finished)
+    elseif ARGV[a + 16] == '2' then
+      put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)
+      table.insert(counted, i + 1)
+      table.insert(counted, fmt(finished))
+    end
   end
 end
 
@@ -193,34 +164,11 @@ for _, key in ipairs(counters.keys) do
   hset_all(key, counters.values[key].moved)
 end
 
-for _, key in ipairs(usage.keys) do
-  local u = usage.values[key]
-  for _, model in ipairs(u.models.keys) do
-    local m = u.models.values[model]
-    -- the day hash's TTL is set when it gains a model, not every time
-    local new_model = redis.call('HINCRBY', key, 'r:' .. model, m.r) == m.r
-    redis.call('HINCRBY', key, 'p:' .. model, m.p)
-    redis.call('HINCRBY', key, 'c:' .. model, m.c)
-    if m.e ~= 0 then redis.call('HINCRBY', key, 'e:' .. model, m.e) end
-    redis.call('HSET', key, 'l:' .. model, fmt(m.l))
-    for _, bucket in ipairs(m.buckets.keys) do
-      redis.call('HINCRBY', key, bucket .. ':' .. model, m.buckets.values[bucket])
-    end
-    -- The day joins the index of days when its hash gains a model, and the index's TTL is
-    -- renewed then too: the index outlives every day hash it names, and a day hash that already
-    -- has this model is already in it.
-    if new_model then
-      redis.call('EXPIRE', key, u.keep * 86400)
-      if redis.call('ZADD', u.index, u.day, u.day) == 1 then
-        redis.call('ZREMRANGEBYSCORE', u.index, '-inf', '(' .. day_id(u.days - u.keep))
-      end
-      redis.call('EXPIRE', u.index, u.keep * 86400)
-    end
-  end
-end
+write_usage()
 
 for _, key in ipairs(last.keys) do
   hset_all(key, last.values[key], fmt)
 end
 
+if counted then return counted end
 return settled

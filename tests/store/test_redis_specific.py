@@ -25,7 +25,7 @@ from gateway.store.base import StoreError
 from gateway.store.factory import create_store
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import SETTLE_CHUNK, RedisStore
-from gateway.store.redis_codec import esc
+from gateway.store.redis_codec import esc, stripe, stripe_tag
 from gateway.store.redis_conn import Target, parse
 from tests import redis_server
 from tests.redis_server import RedisClusterProcesses, RedisServer
@@ -143,15 +143,24 @@ async def test_admit_and_settle_are_one_round_trip_each(
         for side in sides:
             side.close()
     sent = {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
-    # (commandstats counts the commands the scripts run too: no GET, no SCRIPT LOAD among them)
-    # One Redis settles the batch of three in one EVALSHA; a Cluster, one per settlement.
-    evalsha = 3 if kind == "redis" else 5
-    assert (sent["evalsha"], sent.get("get"), sent.get("script")) == (evalsha, None, None)
+    # (commandstats counts the commands the scripts run too: no GET, no SCRIPT LOAD among them
+    # on one Redis; on a Cluster the GET of this process's high-water mark in the stripe)
+    # One Redis settles the batch of three in one EVALSHA; a Cluster in two, whose settlements
+    # are all one owner's of one key: settle.lua in the owner's slot, usage.lua in the stripe.
+    # The single settlement: one, or two on a Cluster.
+    cluster = kind == "cluster"
+    evalsha, marks = (5, 2) if cluster else (3, 0)
+    assert (sent["evalsha"], sent.get("get"), sent.get("script")) == (
+        evalsha,
+        marks or None,
+        None,
+    )
     # every settlement ran: its lease released (the settle-once marker), or, for the three
-    # admitted without the store, its own marker set
-    assert (sent.get("zrem"), sent.get("set")) == (1, 3)
-    # admit, settle, one pipeline of three; each INFO counts its own read once more.
-    assert reads_after - reads_before - len(servers) == 3
+    # admitted without the store, its own marker set; on a Cluster the marks set too
+    assert (sent.get("zrem"), sent.get("set")) == (1, 3 + marks)
+    # admit, settle, one pipeline of three (a Cluster: a round trip per step); each INFO counts
+    # its own read once more.
+    assert reads_after - reads_before - len(servers) == (5 if cluster else 3)
 
 
 async def test_exact_across_two_connection_pools(url: str) -> None:
@@ -494,7 +503,7 @@ async def test_the_factory_picks_the_backend(redis_url: str) -> None:
 
 # -- layout ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("owner", ["plain", "}{", "a{b}c", ""])
-async def test_every_key_of_an_owner_shares_one_slot(
+async def test_every_key_of_an_owner_but_its_usage_rows_shares_one_slot(
     redis_url: str, redis_process: RedisServer, owner: str
 ) -> None:
     store = RedisStore(redis_url, 5000, FakeClock(T0))
@@ -508,8 +517,12 @@ async def test_every_key_of_an_owner_shares_one_slot(
     finally:
         await store.close()
     keys = redis_process.call("KEYS", "gw:{*").splitlines()
-    assert len(keys) >= 9
-    assert len({key_slot(k.encode()) for k in keys}) == 1, keys
+    usage = {k for k in keys if k.startswith("gw:{use:")}
+    assert len(keys) - len(usage) >= 7
+    assert len({key_slot(k.encode()) for k in set(keys) - usage}) == 1, keys
+    # the usage rows (the day's hash, the days index) in the key's stripe
+    assert len(usage) == 2
+    assert {key_slot(k.encode()) for k in usage} == {key_slot(stripe_tag(stripe("k:{1}")).encode())}
 
 
 @HYPOTHESIS
