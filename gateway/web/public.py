@@ -62,7 +62,11 @@ def count_tokens_handler(
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """``POST /v1/messages/count_tokens``: the model's own count when one of its workers serves
     ``/tokenize``, else an ESTIMATE (about four characters a token); the
-    ``X-Gateway-Token-Count`` header says which (``exact`` or ``estimate``)."""
+    ``X-Gateway-Token-Count`` header says which (``exact`` or ``estimate``).
+
+    Admitted against the key's and its plan's request limits (rpm, concurrency) like any
+    request, reserving no tokens: a worker tokenizes the whole body in a capacity slot. The
+    admission is given back when the count is answered (no usage: nothing was generated)."""
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]  # Anthropic: the edge knows its route
@@ -74,9 +78,13 @@ def count_tokens_handler(
         if not isinstance(name, str) or not name:
             raise BadRequest("'model' is required: name the model to use.", param="model")
         route = govern.model(runtime, ex, record, name)
-        exact = await apis.count_tokens_exact(runtime, route, body, ex.request_id)
+        ticket = await govern.admit(runtime, ex, record, route, 0)
+        try:
+            exact = await apis.count_tokens_exact(runtime, route, body, ex.request_id)
+        finally:
+            runtime.limiter.release(ticket, route.name)
         count = exact if exact is not None else anthropic.estimate_tokens(body)
-        answer = json_response({"input_tokens": count})
+        answer = json_response({"input_tokens": count}, headers=ex.rate_headers)
         answer.headers["X-Gateway-Token-Count"] = "estimate" if exact is None else "exact"
         return answer
 
