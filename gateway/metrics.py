@@ -160,6 +160,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.upstream_fleet_in_flight = Gauge(
+            "gateway_upstream_fleet_in_flight",
+            "Requests in flight to the upstream from every gateway process sharing the store: "
+            "this process's own, and the others' as they last told it.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.upstream_signals_age = Gauge(
             "gateway_upstream_signals_age_seconds",
             "Seconds since the worker's metrics_path was last read.",

@@ -58,6 +58,7 @@ def refresh_gauges(runtime: Runtime) -> None:
     for upstream in runtime.config.upstreams.values():
         state = runtime.balancer.state(upstream.name)
         m.upstream_in_flight.labels(upstream.name).set(state.in_flight)
+        m.upstream_fleet_in_flight.labels(upstream.name).set(state.in_flight + state.told)
         m.upstream_healthy.labels(upstream.name).set(1 if runtime.balancer.healthy(upstream) else 0)
 
 
