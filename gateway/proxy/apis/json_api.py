@@ -46,10 +46,28 @@ def paired_input(body: dict[str, Any], route: ModelRoute, estimate: int) -> tupl
     return estimate + chars // 4 * pairs, 0
 
 
+OPENAI_COMPLETIONS_DEFAULT = (
+    16  # legacy completions' max_tokens when none is sent (OpenAI's, vLLM's)
+)
+
+
+def completion_limit(body: dict[str, Any], route: ModelRoute) -> int:
+    """The ``max_tokens`` a completions request is sent with, and reserved for: its own, else
+    the API's default of 16 when absent, else (``null``: no limit named) the model's
+    ``default_max_tokens``; at most the model's ``max_output_tokens``. A worker is never left
+    to its own default (vLLM: the rest of the context for ``null``; llama.cpp: no end), which
+    ``ignore_eos`` or ``min_tokens`` would make it generate in full, unreserved."""
+    if "max_tokens" not in body:
+        limit = min(OPENAI_COMPLETIONS_DEFAULT, route.default_max_tokens)
+    else:
+        limit = body["max_tokens"] or route.default_max_tokens
+    ceiling = route.max_output_tokens
+    return min(limit, ceiling) if ceiling is not None else limit
+
+
 def generated(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
     """Completions: the prompt, and the most every completion asked for may generate."""
-    limit = body.get("max_tokens") or route.default_max_tokens
-    return estimate, limit * inputs.completions_wanted(body)
+    return estimate, completion_limit(body, route) * inputs.completions_wanted(body)
 
 
 def no_tokens(body: dict[str, Any], route: ModelRoute, estimate: int) -> tuple[int, int]:
@@ -243,6 +261,8 @@ class JsonHandler:
                 "include_usage": True,
             }
         body["model"] = route.upstream_model
+        if self.api.api == "completions":
+            body["max_tokens"] = completion_limit(body, route)
         region, agent = body.get("region"), body.get("agent_id")
         ex.region = region if isinstance(region, str) and region else None
         ex.agent_id = agent if isinstance(agent, str) and agent else None
