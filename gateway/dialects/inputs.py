@@ -53,17 +53,20 @@ def may_carry_image(raw: bytes) -> bool:
 
 
 def _carries_image(item: object, depth: int = 0) -> bool:
-    """An image in a message (or input item), in its content, or in the content of a block
-    in it (a tool result): two levels down at most, so no nesting a client sends can make the
-    walk deep."""
+    """An image in a message (or input item), in its content (a Responses tool output's
+    ``output``), or in the content of a block in it (a tool result): two levels down at most,
+    so no nesting a client sends can make the walk deep."""
     if type(item) is not dict:
         return False
     if _is_image(item):  # a Responses input item that is itself an image
         return True
-    content = item.get("content")
-    if type(content) is not list or depth > 1:
+    if depth > 1:
         return False
-    return any(_carries_image(part, depth + 1) for part in content)
+    for key in ("content", "output"):
+        parts = item.get(key)
+        if type(parts) is list and any(_carries_image(part, depth + 1) for part in parts):
+            return True
+    return False
 
 
 def _is_image(part: dict[str, Any]) -> bool:

@@ -94,3 +94,40 @@ async def test_a_text_part_that_names_an_image_needs_no_vision(
         {"type": "text", "text": "x", "image_url": None},
     ):
         assert (await _chat(server.port, part, "user"))[0] == 200, part
+
+
+RESPONSES_IMAGES = {
+    "function_call_output": [
+        {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}"},
+        {
+            "type": "function_call_output",
+            "call_id": "c1",
+            "output": [{"type": "input_image", "image_url": PNG}],
+        },
+    ],
+    "input message": [
+        {"role": "user", "content": [{"type": "input_image", "image_url": PNG}]},
+    ],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(RESPONSES_IMAGES))
+async def test_a_responses_image_needs_vision(
+    gateway_factory: Any, fake: FakeUpstream, shape: str
+) -> None:
+    """Attack: a ``[chat]`` key sends an image as a tool's output (``function_call_output``
+    with an ``input_image`` in ``output``), which the translation gives the worker as an
+    ``image_url`` part of the tool message. Observed (before): 200, the worker got the image.
+    Expected: 403 naming ``vision``."""
+    text = _config(fake.url, "[chat]").replace(
+        '"upstreams": ["up"]', '"upstreams": ["up"], "apis": ["chat", "responses"]'
+    )
+    server: Server = await gateway_factory(text)
+    body = {"model": "m", "input": RESPONSES_IMAGES[shape]}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{server.port}/v1/responses", json=body, headers=AUTH) as r,
+    ):
+        status, answer = r.status, await r.read()
+    assert status == 403 and b"vision" in answer, (status, answer[:200])
+    assert fake.seen == []
