@@ -22,7 +22,10 @@ leases asked for in one turn of the loop go to the store in one call, decided in
 by one (``store.capacity_batch``); a lease taken for a request that left is given back.
 Leases held are renewed every ``RENEW_SECONDS`` in one store call and released in batches.
 Leases are fungible per upstream: when this process's in-flight count to an upstream falls below
-the leases it holds, one is released.
+the leases it holds, one is released, unless the store said the upstream has room to spare and
+nobody waits for it: then it is kept idle for this process's next request to it, which takes
+it with no store call (``routing.capacity_pool``: given back at once when a request anywhere
+starts to wait for it).
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ from gateway.config.schema import Config, Plan, Scheduling, Upstream
 from gateway.errors import UpstreamUnavailable
 from gateway.metrics import Metrics
 from gateway.routing.balancer import Balancer
+from gateway.routing.capacity_pool import Pool
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.routing.waiting import Tick, share_label
 from gateway.routing.waiting_local import LocalRoom
 from gateway.routing.waiting_shared import SharedRoom
 from gateway.store.base import StoreError
-from gateway.store.capacity import RENEW_SECONDS, LeaseStore, WaitRoom
+from gateway.store.capacity import RENEW_SECONDS, ROOMY, GrantListener, LeaseStore, WaitRoom
 
 log = logging.getLogger("gateway.routing")
 
@@ -67,10 +71,15 @@ class Capacity:
         self._me = uuid.uuid4().hex[:12]
         self.local = LocalRoom(clock, metrics, scheduling, balancer)
         self.shared: SharedRoom | None = None
+        self._room: WaitRoom | None = None
         if leases is not None and _is_wait_room(leases):
-            room = cast(WaitRoom, leases)
-            self.shared = SharedRoom(clock, metrics, scheduling, room, self._me, self._give)
+            room = self._room = cast(WaitRoom, leases)
+            self.shared = SharedRoom(
+                clock, metrics, scheduling, room, self._me, self._give, self._subscription
+            )
         self._held: dict[str, list[str]] = {}  # upstream → leases this process holds
+        self.pool = Pool(balancer, clock, self._held, self._give)
+        self._listener: GrantListener | None = None
         self._to_release: list[tuple[str, str]] = []
         self._routes: dict[str, tuple[ModelRoute, bool]] = {}  # name → (route, _queues(route))
         self._renewer: asyncio.Task[None] | None = None
@@ -79,10 +88,16 @@ class Capacity:
 
     def configure(self, config: Config) -> None:
         """The scheduling settings, and a series of every queue metric for each plan (at 0,
-        so that a dashboard shows a plan that never waited)."""
+        so that a dashboard shows a plan that never waited). On a shared store with a capped
+        upstream, the store's subscription is made now, off the request path (the pool keeps
+        no lease before it is up)."""
         for room in (self.local, self.shared):
             if room is not None:
                 room.scheduling = config.scheduling
+        if self._room is not None and any(u.max_concurrency for u in config.upstreams.values()):
+            with contextlib.suppress(RuntimeError):  # no loop yet: made on first use
+                asyncio.get_running_loop()
+                self._subscription()
         m = self.metrics
         for name, plan in config.plans.items():
             m.queue_length.labels(name)
@@ -110,6 +125,8 @@ class Capacity:
         if upstream is not None:
             if self.leases is None or upstream.max_concurrency is None:
                 return upstream
+            if upstream.name in self.pool.roomy and self.pool.reuse(upstream.name):
+                return upstream  # an idle lease of this process: no store call
             pool = self.balancer.expand(route.upstreams)  # the chain's model is the route's
             if not pool or pool[0] is not upstream:
                 pool = [upstream, *(u for u in pool if u is not upstream)]
@@ -117,11 +134,11 @@ class Capacity:
             if not queued:  # the chosen one if it has room, else one without a cap or free
                 taken = await self._lease(pool, None)
             else:  # every one capped: a lease (awaited here: one level less to resume)
-                lease = f"{self._me}:l{next(self._ids)}"
+                lease, seq = f"{self._me}:l{next(self._ids)}", self.pool.seq
                 spec = [(u.name, u.max_concurrency or 0) for u in pool]
-                asking = self.leases.acquire_now(spec, lease, route.name)
+                asking = self.leases.acquire_now(spec, lease, route.name, True)
                 try:
-                    taken = self._got(pool, lease, await asking)
+                    taken = self._got(pool, lease, await asking, seq)
                 except StoreError as exc:  # the store is down: each process keeps its own count
                     taken = _store_down(exc, pool)
                 except asyncio.CancelledError:
@@ -199,12 +216,13 @@ class Capacity:
         (``LeaseStore.acquire_now``). ``queue``: the model whose waiting requests a newcomer
         may not pass."""
         chosen, free = pool[0], _uncapped(pool)
-        if chosen is free:
+        if chosen is free or (chosen.name in self.pool.roomy and self.pool.reuse(chosen.name)):
             return chosen
         capped = pool if free is None else [chosen]
         asking, lease = self._ask(capped, queue)
+        seq = self.pool.seq
         try:
-            taken = self._got(capped, lease, await asking)
+            taken = self._got(capped, lease, await asking, seq)
         except StoreError as exc:  # the store is down: each process keeps its own count
             return _store_down(exc, capped)
         except asyncio.CancelledError:
@@ -216,16 +234,27 @@ class Capacity:
         assert self.leases is not None
         lease = f"{self._me}:l{next(self._ids)}"
         spec = [(u.name, u.max_concurrency or 0) for u in capped]
-        return self.leases.acquire_now(spec, lease, queue), lease
+        return self.leases.acquire_now(spec, lease, queue, True), lease
 
-    def _got(self, capped: list[Upstream], lease: str, index: int) -> Upstream | None:
-        """The upstream whose slot ``lease`` took (None: every one full), held and renewed."""
+    def _got(
+        self, capped: list[Upstream], lease: str, index: int, seq: int | None
+    ) -> Upstream | None:
+        """The upstream whose slot ``lease`` took (None: every one full), held and renewed;
+        the pool told whether it has room to spare (``seq``: the pool's when it was asked)."""
         if index < 0:
             return None
-        taken = capped[index]
-        held = self._held.get(taken.name)
+        roomy = index >= ROOMY
+        taken = capped[index - ROOMY if roomy else index]
+        name = taken.name
+        if roomy:
+            if self._listener is None and self._room is not None:
+                self._subscription()
+            self.pool.room(name, taken.max_concurrency or 0, seq)
+        elif name in self.pool.roomy:  # before ``lease`` is held: not one of the idle
+            self.pool.revoke(name)
+        held = self._held.get(name)
         if held is None:
-            held = self._held[taken.name] = []
+            held = self._held[name] = []
         held.append(lease)
         if self._renewer is None:
             self._start_renewer()
@@ -235,16 +264,29 @@ class Capacity:
         """The caller left while its lease was on its way: if the answer had come (taken, the
         caller not yet resumed), the slot goes back; else the store gives it back when it
         comes."""
-        if _taken(asking) >= 0:
-            self._give(capped[asking.result()].name, lease)
+        if (index := _taken(asking)) >= 0:
+            self._give(capped[index % ROOMY].name, lease)
+
+    def _subscription(self) -> GrantListener:
+        """This process's one subscription to the store's grants (its waiting requests') and
+        notices (requests starting to wait: the pool's), made on first use."""
+        if self._listener is None:
+            assert self._room is not None
+            shared, pool = self.shared, self.pool
+            assert shared is not None
+            self._listener = self._room.listen(
+                self._me, shared.deliver, shared.missed, pool.wanted, pool.status
+            )
+        return self._listener
 
     # -- slots freed, leases renewed --------------------------------------------------------
     def _freed(self, upstream: Upstream) -> None:
         """``Balancer.release``'s hook: give a lease back if one is spare, wake the queues."""
-        held = self._held.get(upstream.name)
-        if held and len(held) > self.balancer.state(upstream.name).in_flight:
+        name = upstream.name
+        held = self._held.get(name)
+        if held and name not in self.pool.roomy and len(held) > self.balancer.state(name).in_flight:
             releasing = self._to_release  # as _give, in place: this runs once per request
-            releasing.append((upstream.name, held.pop()))
+            releasing.append((name, held.pop()))
             if len(releasing) == 1:
                 asyncio.get_running_loop().call_soon(self._release)
         if self.local.queues:
@@ -267,7 +309,8 @@ class Capacity:
             self._renewer = asyncio.get_running_loop().create_task(self._renew())
 
     async def _renew(self) -> None:
-        """While leases are held; then ``_renewer`` is None again (the hot path's test)."""
+        """While leases are held; then ``_renewer`` is None again (the hot path's test). The
+        pool's upstreams' room is asked again at the same time."""
         try:
             while any(self._held.values()):
                 await asyncio.sleep(RENEW_SECONDS)
@@ -275,15 +318,31 @@ class Capacity:
                 if leases and self.leases is not None:
                     try:
                         await self.leases.renew(leases)
+                        await self._recheck()
                     except StoreError as exc:
                         log.warning("capacity renewal failed", extra={"reason": str(exc)})
         finally:
             self._renewer = None
 
+    async def _recheck(self) -> None:
+        """The pool's upstreams asked about again: kept while they still have room."""
+        pool = self.pool
+        checks = pool.checks()
+        if checks and self._room is not None:
+            seq = pool.seq
+            for (name, cap), roomy in zip(checks, await self._room.room(checks), strict=True):
+                if roomy:
+                    pool.room(name, cap, seq)
+                else:
+                    pool.revoke(name)
+
     async def close(self) -> None:
         await self.local.close()
+        self.pool.close()
         if self.shared is not None:
             await self.shared.close()
+        if self._listener is not None:
+            await self._listener.close()
         tasks = [self._renewer]
         for task in tasks:
             if task is not None and not task.done():

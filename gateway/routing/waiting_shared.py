@@ -58,9 +58,11 @@ class SharedRoom(Room):
         store: WaitRoom,
         process: str,
         give_back: Callable[[str, str], None],
+        subscription: Callable[[], GrantListener],
     ) -> None:
         super().__init__(clock, metrics, scheduling)
         self.store, self.process, self.give_back = store, process, give_back
+        self._subscription = subscription  # the process's one (``routing.capacity``'s)
         self._tickets: dict[str, Ticket] = {}
         self._ids = itertools.count()
         self._listener: GrantListener | None = None
@@ -126,12 +128,12 @@ class SharedRoom(Room):
             raise self.full(ticket.model, plan, value, owner_bound=True)
         ticket.joined = True
         if status > 0:
-            self._deliver(ticket.id, str(value))
+            self.deliver(ticket.id, str(value))
         else:
             ticket.ahead = int(value)
             self._start_sweeper()
 
-    def _deliver(self, ticket_id: str, upstream: str) -> None:
+    def deliver(self, ticket_id: str, upstream: str) -> None:
         """A grant (from the subscription, a join's reply or a sweep): its waiter resumes. A
         grant to a ticket that left is the store's to pass on (``leave`` finds it)."""
         ticket = self._tickets.get(ticket_id)
@@ -155,11 +157,15 @@ class SharedRoom(Room):
         except StoreError as exc:  # it expires within a lease time
             log.warning("capacity queue leave failed", extra={"reason": str(exc)})
 
+    def missed(self) -> None:
+        """Grants may have been missed (the subscription came back): sweep at once."""
+        self._kick.set()
+
     async def _listening(self) -> None:
-        """The subscription, started by the first waiter (which gives it a moment: a grant
-        published before it listens is found by the next sweep instead)."""
+        """The subscription, started by the first waiter if not yet (which gives it a moment:
+        a grant published before it listens is found by the next sweep instead)."""
         if self._listener is None:
-            self._listener = self.store.listen(self.process, self._deliver, self._kick.set)
+            self._listener = self._subscription()
             await self._listener.ready(READY_SECONDS)
 
     def _start_sweeper(self) -> None:
@@ -186,15 +192,14 @@ class SharedRoom(Room):
                     if fate == GONE and not ticket.granted.done():
                         ticket.granted.set_exception(Gone())
                     elif fate and fate != GONE:
-                        self._deliver(ticket.id, fate)
+                        self.deliver(ticket.id, fate)
 
     async def close(self) -> None:
-        """The leaves under way finish (briefly), the sweeper and the subscription stop."""
+        """The leaves under way finish (briefly), the sweeper stops (the subscription is the
+        capacity service's to close)."""
         if self._leaving:
             await asyncio.wait(self._leaving, timeout=1.0)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sweeper
-        if self._listener is not None:
-            await self._listener.close()

@@ -20,19 +20,29 @@ from typing import Protocol
 LEASE_SECONDS = 4.0  # a dead process's slots come back within this
 RENEW_SECONDS = 1.0  # how often a live process renews the leases it holds
 SWEEP_SECONDS = 0.25  # how often a process with waiting requests vouches for them and sweeps
+# Added to ``acquire_now``'s index (asked with ``room``) when the upstream had room to spare
+# after the slot was taken: a quarter of its cap (and at least 2) still free, nobody waiting.
+ROOMY = 1024
 
 Deliver = Callable[[str, str], None]  # (ticket, upstream) of a grant
+Wanted = Callable[[list[str]], None]  # upstreams a request started to wait for, anywhere
+Status = Callable[[bool], None]  # a subscription up (True) or down (False)
 
 
 class LeaseStore(Protocol):
     def acquire_now(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        room: bool = False,
     ) -> asyncio.Future[int]:
         """``acquire`` on the hot path: on its way when this returns (with the others of this
         turn of the loop, decided in order as one by one). The future completes whatever its
         awaiter does: a lease taken for a caller that left, or after the store's time ran out
         (then the future fails with ``StoreError``), is given back, as is one whose reply was
-        lost with the connection (``StoreLost``)."""
+        lost with the connection (``StoreLost``). ``room``: ``ROOMY`` is added to the index
+        when the upstream had room to spare (a store that cannot tell never adds it)."""
         ...
 
     async def acquire(
@@ -94,11 +104,26 @@ class WaitRoom(Protocol):
         """Take a ticket out: 0 it waited, 1 it had been granted (the slot passed on), -1."""
         ...
 
+    async def room(self, upstreams: Sequence[tuple[str, int]]) -> list[bool]:
+        """For each (upstream, cap): has it room to spare now (as ``acquire_now`` tells with
+        ``ROOMY``)?"""
+        ...
+
     async def sweep(self, model: str, tickets: Sequence[str]) -> list[str]:
         """Vouch for this process's ``tickets``, hand slots freed by expiry on, and tell each
         ticket's fate: '' waiting, an upstream's name granted, '-' gone."""
         ...
 
-    def listen(self, process: str, deliver: Deliver, lost: Callable[[], None]) -> GrantListener:
-        """Grants to ``process``'s tickets, as they happen; ``lost``: some may have been missed."""
+    def listen(
+        self,
+        process: str,
+        deliver: Deliver,
+        lost: Callable[[], None],
+        wanted: Wanted | None = None,
+        status: Status | None = None,
+    ) -> GrantListener:
+        """Grants to ``process``'s tickets, as they happen; ``lost``: some may have been missed.
+        ``wanted``: the upstreams a request of any process started to wait for (none waited
+        for them before); ``status``: the subscription came up or went down (while it is down,
+        ``wanted`` may miss some)."""
         ...

@@ -10,7 +10,8 @@
 -- upstreams (one {gw:cap} slot), then, if its flag is '1', the queue of its model ('z'): while
 -- anyone waits in it, no slot is taken for the request (a newcomer joins the queue instead of
 -- passing the requests waiting).
--- Returns per request the 1-based index of the upstream whose slot it took, or 0.
+-- Returns per request the 1-based index of the upstream whose slot it took, or 0; plus ROOMY
+-- (1024) when that upstream has room to spare after it (capacity_queue.lua's roomy).
 -- Time is Redis TIME, so processes with skewed clocks agree; expired leases (a process that
 -- died) are dropped before counting. Each lease set is read once and written once.
 local ttl = tonumber(ARGV[1])
@@ -46,7 +47,8 @@ while a <= #ARGV do
         held = redis.call('ZCARD', key)
       end
       live[key] = held
-      if held < tonumber(ARGV[a + 2 + i]) then
+      local cap = tonumber(ARGV[a + 2 + i])
+      if held < cap then
         live[key] = held + 1
         if added[key] == nil then
           added[key] = {}
@@ -56,6 +58,9 @@ while a <= #ARGV do
         members[#members + 1] = now + ttl
         members[#members + 1] = lease
         got = i
+        if roomy(key, held + 1, cap) then
+          got = i + 1024
+        end
         break
       end
     end

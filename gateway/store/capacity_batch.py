@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from gateway.store.base import StoreError, StoreLost
+from gateway.store.capacity import ROOMY
 from gateway.store.redis_lane import LaneError
 from gateway.store.transport import Call, LaneTransport, RedisTransport, Script, why
 
@@ -34,8 +35,9 @@ GIVE_BACK = (0.0, 0.25, 1.0)
 BATCH = 64  # the most acquisitions one EVALSHA decides (more in one turn: another call)
 
 # One acquisition: its KEYS and ARGV in the script's layout, its upstreams' names (in KEYS
-# order), its lease id, and the future of the index of the upstream it got (-1: none).
-Ask = tuple[list[str], list[str], list[str], str, asyncio.Future[int]]
+# order), its lease id, the future of the index of the upstream it got (-1: none), and whether
+# that index tells room to spare (``store.capacity.ROOMY`` added) or not.
+Ask = tuple[list[str], list[str], list[str], str, asyncio.Future[int], bool]
 Pairs = list[tuple[str, str]]  # (upstream, lease)
 
 
@@ -43,7 +45,7 @@ def script_call(batch: Sequence[Ask], freed: Pairs, prefix: str, lease_ms: str) 
     """``capacity_acquire.lua``'s KEYS and ARGV: the leases given back, then the requests."""
     keys = [prefix + name for name, _ in freed]
     args = [lease_ms, str(len(freed)), *(lease for _, lease in freed)]
-    for ask_keys, ask_args, _, _, _ in batch:
+    for ask_keys, ask_args, _, _, _, _ in batch:
         keys += ask_keys
         args += ask_args
     return keys, args
@@ -87,7 +89,7 @@ class Acquirer:
         self._closed = False
 
     def ask(
-        self, keys: list[str], args: list[str], names: list[str], lease: str
+        self, keys: list[str], args: list[str], names: list[str], lease: str, room: bool = False
     ) -> asyncio.Future[int]:
         pending, loop = self._asking, self._loop
         if not pending and not self._freeing:  # the first of this turn: a send at its end
@@ -95,7 +97,7 @@ class Acquirer:
             loop.call_soon(self._send)
         assert loop is not None
         future: asyncio.Future[int] = loop.create_future()
-        pending.append((keys, args, names, lease, future))
+        pending.append((keys, args, names, lease, future, room))
         if len(pending) >= BATCH:
             self._send()
         return future
@@ -153,9 +155,10 @@ class Acquirer:
             return
         got: list[int] = reply
         back: Pairs = []
-        for (_, _, names, lease, future), index in zip(batch, got, strict=True):
+        for (_, _, names, lease, future, room), code in zip(batch, got, strict=True):
+            index = code % ROOMY  # 1-based, 0: none
             if not future.done():
-                future.set_result(index - 1)
+                future.set_result(code - 1 if room else index - 1)
             elif index > 0:  # its caller stopped waiting: the slot goes back
                 back.append((names[index - 1], lease))
         if back:
@@ -164,7 +167,7 @@ class Acquirer:
     def _lost(self, batch: list[Ask], freed: Pairs, exc: BaseException | None) -> None:
         """Redis may have run the call: every lease it may have taken goes back (with those
         given back in it), and every caller still waiting is told (``StoreLost``)."""
-        self._give_back(freed + [(n, lease) for _, _, names, lease, _ in batch for n in names])
+        self._give_back(freed + [(n, ask[3]) for ask in batch for n in ask[2]])
         for ask in batch:
             _fail(ask[4], StoreLost(f"redis: {why(exc)}"))
 

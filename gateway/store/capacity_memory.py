@@ -25,7 +25,11 @@ class MemoryLeaseStore:
         return leases
 
     def acquire_now(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        room: bool = False,
     ) -> asyncio.Future[int]:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         done.set_result(self._take(candidates, lease))

@@ -32,6 +32,14 @@ local function waiting_on(upstream)
   return P .. 'w|' .. upstream
 end
 
+-- Has lease set `key` (`held` leases live, idle ones of every process counted) room to spare
+-- under `cap`: a quarter of it (and 2) still free, and no model waiting for the upstream? The
+-- process that asks may then keep the leases its requests free (routing.capacity_pool).
+local function roomy(key, held, cap)
+  return cap - held >= math.max(2, cap / 4)
+    and redis.call('EXISTS', waiting_on(string.sub(key, #LP + 1))) == 0
+end
+
 local function tag(x)
   return string.format('%020.6f', x)
 end

@@ -6,9 +6,11 @@ queues under ``gw:{cap}|q|<model>|`` and ``gw:{cap}|w|<upstream>`` (``capacity_q
 says what each holds). All under one hash tag, so that one script can look at every upstream
 and queue on a Cluster. ``capacity_acquire.lua`` gives back the leases freed in one turn of
 the loop and takes the slots its requests ask for, in one EVALSHA (``store.capacity_batch``;
-each request's model queue looked at in the same call); ``capacity_renew.lua`` renews any
-number of leases in one EVALSHA; ``capacity_release.lua`` gives leases back (off the hot path)
-and hands the freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the
+each request's model queue looked at in the same call, and whether its upstream has room to
+spare told with its answer); ``capacity_renew.lua`` renews any number of leases in one
+EVALSHA (``capacity_room.lua`` beside it: which upstreams whose idle leases a process keeps
+still have room to spare); ``capacity_release.lua`` gives leases back (off the hot path) and
+hands the freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the
 waiting room.
 Its own connection through the store's transport (``store.transport``: the lane on one Redis,
 redis-py for a Cluster), apart from the main store's, and one subscription for grants.
@@ -20,7 +22,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from importlib import resources
 
-from gateway.store.capacity import LEASE_SECONDS, Deliver
+from gateway.store.capacity import LEASE_SECONDS, Deliver, Status, Wanted
 from gateway.store.capacity_batch import Acquirer
 from gateway.store.capacity_grants import RedisGrantListener
 from gateway.store.redis_conn import parse
@@ -45,6 +47,7 @@ RELEASE = _script("capacity_release.lua", library=True)
 JOIN = _script("capacity_join.lua", library=True)
 LEAVE = _script("capacity_leave.lua", library=True)
 SWEEP = _script("capacity_sweep.lua", library=True)
+ROOM = _script("capacity_room.lua", library=True)
 
 
 def queue_key(model: str) -> str:
@@ -73,7 +76,11 @@ class RedisLeaseStore:
         return self._transport
 
     def acquire_now(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        room: bool = False,
     ) -> asyncio.Future[int]:
         if len(candidates) == 1:  # the usual model: one upstream
             ((name, cap),) = candidates
@@ -85,7 +92,7 @@ class RedisLeaseStore:
         if queue is not None:
             keys.append(QUEUE + queue + "|z")  # queue_key(queue)
             args[1] = "1"
-        return self._acquirer.ask(keys, args, names, lease)
+        return self._acquirer.ask(keys, args, names, lease, room)
 
     async def acquire(
         self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
@@ -109,6 +116,12 @@ class RedisLeaseStore:
     def _release_call(self, leases: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
         keys = [PREFIX + name for name, _ in leases]
         return keys, [self.lease_ms, *(lease for _, lease in leases)]
+
+    async def room(self, upstreams: Sequence[tuple[str, int]]) -> list[bool]:
+        keys = [PREFIX + name for name, _ in upstreams]
+        args = [str(cap) for _, cap in upstreams]
+        (flags,) = await self.transport.evalsha(ROOM, [(keys, args)])
+        return [bool(flag) for flag in flags]
 
     async def held(self, upstream: str) -> int:
         seconds, micros = await self.transport.call("TIME")
@@ -148,9 +161,14 @@ class RedisLeaseStore:
         return [_text(fate) for fate in fates]
 
     def listen(
-        self, process: str, deliver: Deliver, lost: Callable[[], None]
+        self,
+        process: str,
+        deliver: Deliver,
+        lost: Callable[[], None],
+        wanted: Wanted | None = None,
+        status: Status | None = None,
     ) -> RedisGrantListener:
-        return RedisGrantListener(self.url, self.timeout, process, deliver, lost)
+        return RedisGrantListener(self.url, self.timeout, process, deliver, lost, wanted, status)
 
     async def close(self) -> None:
         await self._acquirer.close()

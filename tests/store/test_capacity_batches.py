@@ -360,9 +360,13 @@ class LeavingAsAnswered(RedisLeaseStore):
     leaving: asyncio.Task[object] | None = None
 
     def acquire_now(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        room: bool = False,
     ) -> asyncio.Future[int]:
-        asking = super().acquire_now(candidates, lease, queue)
+        asking = super().acquire_now(candidates, lease, queue, room)
         asking.add_done_callback(lambda _: self.leaving and self.leaving.cancel())
         return asking
 
