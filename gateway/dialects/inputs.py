@@ -28,6 +28,9 @@ SCORE_PAIRS = (
     ("text_1", "text_2"),
 )
 MAX_N = 128  # completions or images asked for in one request
+# The most tokens one answer may ask for (2**24: past any model's context): a limit beyond it
+# is a 400, so a reservation (x MAX_N) stays exact in the Redis store's Lua doubles (2**53).
+MAX_OUTPUT_TOKENS = 2**24
 
 
 def has_image_input(body: object) -> bool:
@@ -143,7 +146,7 @@ def check_completions(body: object) -> dict[str, Any]:
     _flag(body, "echo")
     whole(body, "n", 1, MAX_N)
     whole(body, "best_of", 1, MAX_N)
-    whole(body, "max_tokens", 1)
+    whole(body, "max_tokens", 1, MAX_OUTPUT_TOKENS)
     return body
 
 

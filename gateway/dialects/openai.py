@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dialects.inputs import MAX_N, whole
+from gateway.dialects.inputs import MAX_N, MAX_OUTPUT_TOKENS, whole
 from gateway.dialects.sse import DONE, encode_data, event_data
 from gateway.errors import BadRequest, GatewayError
 
@@ -55,6 +55,8 @@ def max_output_tokens(body: dict[str, Any]) -> int | None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise BadRequest(f"'{name}' must be a whole number ≥ 1.", param=name)
+        if value > MAX_OUTPUT_TOKENS:
+            raise BadRequest(f"'{name}' must be at most {MAX_OUTPUT_TOKENS}.", param=name)
         found = value if found is None else max(found, value)
     return found
 
