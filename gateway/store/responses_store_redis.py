@@ -1,30 +1,57 @@
 """Stored Responses on Redis or Redis Cluster (``store.responses_store`` semantics), shared by
 every gateway process of the store.
 
-One string key per response, ``gw:{<owner>}:resp:<id>``, under the owner's hash tag (the owner
-escaped as ``store.redis_codec`` escapes it for the main store), set with its TTL in one ``SET …
-PX``: Redis expires it. Its own connection from ``store.url``, apart from the main store's: a
-pipelined lane (``store.redis_lane``, as the main store's calls ride: a Responses request stores
-one record, and redis-py's per-call cost was most of what storing it cost) for a plain
-``redis://`` URL, a redis-py client (``store.redis_conn``) for Cluster and TLS.
+One string key per response, ``gw:resp:{<id>}:<owner>`` (the owner escaped as
+``store.redis_codec`` escapes it for the main store), set with its TTL in one ``SET … PX``: Redis
+expires it. The hash tag is the response's own id, not its owner's: a response needs no
+atomicity with anything else of its owner, so one busy owner's responses spread over every
+shard of a Cluster instead of filling its owner's one. The owner is in the key's name, after
+the tag: an owner only ever names its own keys, so another owner's id reads as missing and is
+not deleted, and two owners' responses under one id (a native worker's ids may repeat) stay
+apart.
+
+Keys of the earlier layout, ``gw:{<owner>}:resp:<id>`` (under the owner's hash tag; the same
+value), are still read and deleted when the new key is missing: a response stored before the
+upgrade stays found until it expires (``responses.ttl_days``); nothing writes them any more.
+
+Its own connection from ``store.url``, apart from the main store's: a pipelined lane
+(``store.redis_lane``, as the main store's calls ride) for a plain ``redis://`` URL, a redis-py
+client (``store.redis_conn``) for Cluster and TLS. A call on the lane is bounded by a timer on
+its reply (an ``asyncio.timeout`` per call cost as much as the call); one through redis-py by
+``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.store.base import StoreError
-from gateway.store.redis_codec import tag
+from gateway.store.redis_codec import esc, tag
 from gateway.store.redis_conn import ERRORS, client, parse
-from gateway.store.redis_lane import Lane, LaneError, supported
+from gateway.store.redis_lane import Arg, Lane, LaneError, supported
 
 T = TypeVar("T")
 
 
 def key(owner: str, response_id: str) -> str:
+    """A response's key: its own id the hash tag (ids hold no braces: ``valid_id``)."""
+    return f"gw:resp:{{{response_id}}}:{esc(owner)}"
+
+
+def legacy_key(owner: str, response_id: str) -> str:
+    """Where a response was kept before: under its owner's hash tag."""
     return f"{tag(owner)}resp:{response_id}"
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _expire(reply: asyncio.Future[Any]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError())
 
 
 class RedisResponses:
@@ -40,31 +67,36 @@ class RedisResponses:
         except (*ERRORS, LaneError, ConnectionError) as exc:
             raise StoreError(f"redis (responses): {exc or type(exc).__name__}") from None
 
-    async def put(self, owner: str, response_id: str, record: bytes, ttl: float) -> None:
-        name, ms = key(owner, response_id), max(1, int(ttl * 1000))
-        if self.lane is not None:
-            await self._call(self.lane.call("SET", name, record, "PX", ms))
-        else:
+    async def _command(self, *args: Arg) -> Any:
+        """One command's reply, within the timeout; every failure a ``StoreError``."""
+        if self.lane is None:
             assert self.client is not None
-            await self._call(self.client.set(name, record, px=ms))
+            return await self._call(self.client.execute_command(*args))
+        reply = self.lane.send_now(*args)
+        if reply is None:  # not connected yet: the lane connects (bounded as redis-py's are)
+            return await self._call(self.lane.call(*args))
+        timer = reply.get_loop().call_later(self.timeout, _expire, reply)
+        try:
+            return await reply
+        except (LaneError, ConnectionError, TimeoutError) as exc:
+            raise StoreError(f"redis (responses): {exc or type(exc).__name__}") from None
+        finally:
+            timer.cancel()
+
+    async def put(self, owner: str, response_id: str, record: bytes, ttl: float) -> None:
+        ms = max(1, int(ttl * 1000))
+        await self._command("SET", key(owner, response_id), record, "PX", ms)
 
     async def get(self, owner: str, response_id: str) -> bytes | None:
-        name = key(owner, response_id)
-        if self.lane is not None:
-            found = await self._call(self.lane.call("GET", name))
-        else:
-            assert self.client is not None
-            found = await self._call(self.client.get(name))
-        if found is None:
-            return None
-        return found.encode() if isinstance(found, str) else bytes(found)
+        found = await self._command("GET", key(owner, response_id))
+        if found is None:  # perhaps stored before the upgrade
+            found = await self._command("GET", legacy_key(owner, response_id))
+        return _bytes(found)
 
     async def delete(self, owner: str, response_id: str) -> bool:
-        name = key(owner, response_id)
-        if self.lane is not None:
-            return bool(await self._call(self.lane.call("DEL", name)))
-        assert self.client is not None
-        return bool(await self._call(self.client.delete(name)))
+        if await self._command("DEL", key(owner, response_id)):
+            return True
+        return bool(await self._command("DEL", legacy_key(owner, response_id)))
 
     async def close(self) -> None:
         if self.lane is not None:

@@ -1,6 +1,7 @@
 """Stored responses shared by two gateways on one Redis: a response streamed by one is continued
 (``previous_response_id``), read and deleted through the other, in both directions; the record
-lives under its owner's hash tag with the TTL of ``responses.ttl_days``."""
+lives under its id's hash tag (its owner in the key's name) with the TTL of
+``responses.ttl_days``."""
 
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ async def test_two_gateways_share_the_stored_responses(
     assert (await a.responses.retrieve(second.id)).output_text == "The tool said: rain"
     assert (await b.responses.retrieve(first.id)).output[0].type == "function_call"
 
-    keys = redis_process.call("KEYS", "gw:{tests}:resp:*").split()
-    assert sorted(keys) == sorted(f"gw:{{tests}}:resp:{r.id}" for r in (first, second))
-    ttl = int(redis_process.call("PTTL", f"gw:{{tests}}:resp:{first.id}"))
+    keys = redis_process.call("KEYS", "gw:resp:*").split()
+    assert sorted(keys) == sorted(f"gw:resp:{{{r.id}}}:tests" for r in (first, second))
+    ttl = int(redis_process.call("PTTL", f"gw:resp:{{{first.id}}}:tests"))
     assert 2 * 86_400_000 - 60_000 < ttl <= 2 * 86_400_000
 
     await b.responses.delete(first.id)

@@ -1,7 +1,8 @@
 """The stored Responses' contract (``store.responses_store``), one suite over ``memory``,
 ``redis`` (a real server) and ``cluster`` (a real 3-master Redis Cluster): a record is the
 owner's alone, expires after its TTL, is deleted once; owners with odd characters (hash tags,
-separators) stay apart. In memory the TTL follows a ``FakeClock``; in Redis it is Redis' own
+separators) stay apart. On Redis Cluster one owner's records spread over the nodes (keyed by
+their ids), and records of the earlier layout (under the owner's hash tag) are still found. In memory the TTL follows a ``FakeClock``; in Redis it is Redis' own
 (real milliseconds), so that test polls with a deadline."""
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from gateway.store.responses_store import (
     valid_id,
 )
 from gateway.store.responses_store_memory import MemoryResponses
+from gateway.store.responses_store_redis import key, legacy_key
+from tests.redis_server import RedisClusterProcesses, RedisServer
 
 
 @pytest.fixture
@@ -92,4 +95,55 @@ async def test_an_unreachable_redis_is_a_store_error() -> None:
     )
     with pytest.raises(StoreError):
         await made.get("acme", new_id())
+    await made.close()
+
+
+async def test_one_owners_responses_spread_over_the_cluster(
+    cluster_processes: RedisClusterProcesses, cluster_url: str
+) -> None:
+    """Keyed by their own ids, not their owner's hash tag: one busy owner's stored responses
+    land on every node of a 3-master Cluster, and are each read back by that owner alone."""
+    made = create_responses_store(Store(url=cluster_url, timeout_ms=2000), FakeClock())
+    ids = [new_id() for _ in range(30)]
+    for rid in ids:
+        await made.put("hot", rid, rid.encode(), ttl=60)
+    for rid in ids:
+        assert await made.get("hot", rid) == rid.encode()
+        assert await made.get("cold", rid) is None
+    await made.close()
+    per_node = [int(node.call("DBSIZE")) for node in cluster_processes.nodes]
+    assert sum(per_node) == 30
+    assert all(count > 0 for count in per_node), per_node  # 30 random ids miss a node ~never
+
+
+@pytest.mark.parametrize("backend", ["redis", "cluster"])
+async def test_responses_stored_before_the_upgrade_are_still_found(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """A record in the earlier layout (under its owner's hash tag, the record alone) is read
+    and deleted by its owner until it expires; another owner still finds nothing."""
+    url = str(request.getfixturevalue(f"{backend}_url"))
+    nodes = (
+        [request.getfixturevalue("redis_process")]
+        if backend == "redis"
+        else request.getfixturevalue("cluster_processes").nodes
+    )
+    rid = new_id()
+    written = [n.call("SET", legacy_key("acme", rid), "old", "PX", "60000") for n in nodes]
+    assert "OK" in written  # on the node that holds its slot (the others answer MOVED)
+    made = create_responses_store(Store(url=url, timeout_ms=2000), FakeClock())
+    assert await made.get("acme", rid) == b"old"
+    assert await made.get("other", rid) is None
+    assert await made.delete("other", rid) is False
+    assert await made.delete("acme", rid) is True
+    assert await made.get("acme", rid) is None
+    await made.close()
+
+
+async def test_the_key_is_tagged_by_the_id(redis_process: RedisServer, redis_url: str) -> None:
+    """The response's id is the key's hash tag; its owner is in the name, after it."""
+    made = create_responses_store(Store(url=redis_url, timeout_ms=2000), FakeClock())
+    rid = new_id()
+    await made.put("a{b}", rid, b"x", ttl=60)
+    assert redis_process.call("KEYS", "*") == f"gw:resp:{{{rid}}}:a%7Bb%7D" == key("a{b}", rid)
     await made.close()
