@@ -1,9 +1,9 @@
-"""The stored Responses' contract (``store.responses_store``), one suite over ``memory``,
-``redis`` (a real server) and ``cluster`` (a real 3-master Redis Cluster): a record is the
-owner's alone, expires after its TTL, is deleted once; owners with odd characters (hash tags,
-separators) stay apart. On Redis Cluster one owner's records spread over the nodes (keyed by
-their ids), and records of the earlier layout (under the owner's hash tag) are still found. In memory the TTL follows a ``FakeClock``; in Redis it is Redis' own
-(real milliseconds), so that test polls with a deadline."""
+"""The stored Responses' contract (``store.responses_store``), one suite over ``memory``, ``redis``
+(a real server) and ``cluster`` (a real 3-master Redis Cluster): a record is the owner's alone,
+expires after its TTL, is deleted once; owners with odd characters (hash tags, separators) stay
+apart. On Redis Cluster one owner's records spread over the nodes (keyed by their ids), and records
+of the earlier layout (under the owner's hash tag) are still found. In memory the TTL follows a
+``FakeClock``; in Redis it is Redis' own (real milliseconds), so that test polls with a deadline."""
 
 from __future__ import annotations
 
