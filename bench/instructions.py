@@ -1,6 +1,7 @@
 """Instructions per request under callgrind: the hot path's cost as a count, not a time.
 
     .venv/bin/python bench/instructions.py [COMMIT|DIR ...] [--requests N] [--governed|--capped]
+    .venv/bin/python bench/instructions.py [COMMIT|DIR ...] --apis [--requests N]
 
 Wall-clock pairs drift ±10 % on a shared 2-CPU machine; the number of instructions a request
 costs does not (two runs of one commit agree within 0.1 %). For each commit (checked out in a
@@ -14,6 +15,14 @@ source: ``<label> <commit> Ir/request: N``. ``--governed``: governed-1w's config
 of its own, every limit, the access log); ``--capped``: governed-capped-1w's (the same, the
 upstream capped: a capacity lease per request), to set against ``--governed``.
 
+``--apis``: the Responses API (translate mode) beside chat, as ``bench/apis.py`` pairs them but
+counted: ``bench/apis.py``'s governed config (a Redis store of its own, every limit, the access
+log) and its canned upstream (``bench/dialects_upstream.py``: the canned 18-token answer whole,
+or its 22-event stream in one piece); chat and Responses, whole and streamed, the same
+conversation, in one gateway process, each API's batch dumped apart, the four batches run twice
+in mirrored order (the two counts of one batch agree within a fraction of a per cent). One line
+per batch, then the ratios Responses / chat (target: at most 1.15, issue 15).
+
 Needs valgrind (``apt-get install valgrind``). About a minute per source.
 """
 
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -30,11 +40,19 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import apis as bench_apis  # noqa: E402
+from bench.dialects import OPENAI  # noqa: E402
+from bench.responses import RESPONSES  # noqa: E402
+
 WORK = ROOT / "bench" / ".work" / "instructions"
 KEY = "sk-bench-loopback-only"
 BODY = b'{"model":"bench-model","messages":[{"role":"user","content":"Say hello"}],"max_tokens":16}'
@@ -110,13 +128,35 @@ class Canned(asyncio.Protocol):
             self.transport.write(HEAD % len(ANSWER) + ANSWER)
 
 
-async def drive(count: int, connections: int = 8) -> None:
-    """``count`` chat requests over keep-alive connections; any answer but 200 stops the run."""
-    request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+def post(path: str, body: bytes, key: str = KEY) -> bytes:
+    """One keep-alive POST of ``body`` (JSON) to ``path``, as bytes."""
+    return (
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\nAuthorization: Bearer %s\r\n"
         b"Content-Length: %d\r\n\r\n%s"
-    ) % (KEY.encode(), len(BODY), BODY)
+    ) % (path.encode(), key.encode(), len(body), body)
+
+
+async def answer(reader: asyncio.StreamReader) -> bytes:
+    """One answer's body (by its length, or its chunks); any status but 200 stops the run."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"the gateway answered {head[:40]!r}")
+    lines = head.lower().split(b"\r\n")
+    if b"transfer-encoding: chunked" in lines:
+        parts = []
+        while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
+            parts.append((await reader.readexactly(size + 2))[:-2])
+        await reader.readexactly(2)
+        return b"".join(parts)
+    length = next(int(line.split(b":")[1]) for line in lines if line.startswith(b"content-length:"))
+    return await reader.readexactly(length)
+
+
+async def drive(count: int, connections: int = 8, request: bytes | None = None) -> None:
+    """``count`` requests (chat's, or ``request``) over keep-alive connections; any answer but
+    200, or an answer cut short, stops the run."""
+    request = request or post("/v1/chat/completions", BODY)
     left = [count]
 
     async def one() -> None:
@@ -124,15 +164,9 @@ async def drive(count: int, connections: int = 8) -> None:
         while left[0] > 0:
             left[0] -= 1
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise SystemExit(f"the gateway answered {head[:40]!r}")
-            length = next(
-                int(line.split(b":")[1])
-                for line in head.lower().split(b"\r\n")
-                if line.startswith(b"content-length:")
-            )
-            await reader.readexactly(length)
+            body = await answer(reader)
+            if not (body.endswith((b"}", b"[DONE]\n\n")) or b"response.completed" in body):
+                raise SystemExit(f"an answer ended short: {body[-80:]!r}")
         writer.close()
 
     await asyncio.gather(*(one() for _ in range(connections)))
@@ -170,7 +204,10 @@ def serve_upstream() -> None:
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
 
-def count(tree: Path, label: str, requests: int, gateway_config: Path) -> int:
+@contextlib.contextmanager
+def counted(tree: Path, label: str, gateway_config: Path) -> Iterator[Callable[[], int]]:
+    """The gateway of ``tree`` under callgrind, ready, instrumentation off; yields ``dump``:
+    instrumentation on from the first call, each call the instructions since the last."""
     out = WORK / f"callgrind.{label}"
     for old in WORK.glob(f"callgrind.{label}*"):
         old.unlink()
@@ -182,28 +219,96 @@ def count(tree: Path, label: str, requests: int, gateway_config: Path) -> int:
         process = subprocess.Popen(
             command, env=env, cwd=WORK, stdout=log, stderr=subprocess.STDOUT
         )  # run from WORK: ``-m`` puts the working directory first on the import path
+    control, pid, parts = ["callgrind_control"], str(process.pid), [0]
+
+    def dump() -> int:
+        """The instructions counted since the last call (none before the first)."""
+        if not parts[0]:
+            subprocess.run([*control, "-i", "on", pid], capture_output=True, check=True)
+            parts[0] = 1
+            return 0
+        subprocess.run([*control, "-d", pid], capture_output=True, check=True)
+        total = 0  # the dumped part's total
+        for line in Path(f"{out}.{parts[0]}").read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+        parts[0] += 1
+        return total
+
     try:
         ready(process, time.monotonic() + 180)
-        asyncio.run(drive(600))
-        control = ["callgrind_control"]
-        subprocess.run([*control, "-i", "on", str(process.pid)], capture_output=True, check=True)
-        asyncio.run(drive(requests))
-        subprocess.run([*control, "-d", str(process.pid)], capture_output=True, check=True)
-        subprocess.run([*control, "-i", "off", str(process.pid)], capture_output=True)
+        yield dump
+        subprocess.run([*control, "-i", "off", pid], capture_output=True)
     finally:
         process.send_signal(signal.SIGINT)
         process.wait()
-    total = 0  # the dumped part's total (the part at exit holds only the shutdown)
-    for line in Path(f"{out}.1").read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            total += int(line.split()[1])
-    return total // requests
+
+
+def count(tree: Path, label: str, requests: int, gateway_config: Path) -> int:
+    with counted(tree, label, gateway_config) as dump:
+        asyncio.run(drive(600))
+        dump()
+        asyncio.run(drive(requests))
+        return dump() // requests
+
+
+# --apis: (name, path, body) of each batch; chat's and Responses' conversation as bench/apis.py's
+APIS: tuple[tuple[str, str, dict[str, object]], ...] = (
+    ("chat, whole", "/v1/chat/completions", {**OPENAI, "model": "m-json"}),
+    ("Responses, whole", "/v1/responses", {**RESPONSES, "model": "m-json"}),
+    ("chat, streamed", "/v1/chat/completions", {**OPENAI, "model": "m-sse", "stream": True}),
+    ("Responses, streamed", "/v1/responses", {**RESPONSES, "model": "m-sse", "stream": True}),
+)
+
+
+def apis_config(redis_port: int) -> Path:
+    """``bench/apis.py``'s governed config, on this script's ports (a drain of 1 s)."""
+    text = bench_apis.config(PORT, ADMIN, UPSTREAM, f"redis://127.0.0.1:{redis_port}")
+    settings = yaml.safe_load(text)
+    settings["listen"]["drain_timeout"] = 1
+    path = WORK / "gateway-apis.yaml"
+    path.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return path
+
+
+def count_apis(tree: Path, label: str, requests: int, gateway_config: Path) -> None:
+    """Each of ``APIS`` counted over ``requests`` requests, twice (in mirrored order); one line
+    per batch, then Responses / chat whole and streamed."""
+    requests_of = {
+        name: post(path, orjson.dumps(body), bench_apis.KEY) for name, path, body in APIS
+    }
+    counts: dict[str, list[int]] = {name: [] for name in requests_of}
+    order = list(requests_of)
+    with counted(tree, label, gateway_config) as dump:
+        for name in order:  # warm-up
+            asyncio.run(drive(400, request=requests_of[name]))
+        dump()
+        for name in order + order[::-1]:
+            asyncio.run(drive(requests, request=requests_of[name]))
+            counts[name].append(dump() // requests)
+            print(f"{label} {name:20s} Ir/request: {counts[name][-1]}", flush=True)
+    mean = {name: sum(found) / len(found) for name, found in counts.items()}
+    for shape in ("whole", "streamed"):
+        ratio = mean[f"Responses, {shape}"] / mean[f"chat, {shape}"]
+        print(f"{label} Responses / chat, {shape}: {ratio:.3f} (target <= 1.15)", flush=True)
+
+
+def upstream_process() -> subprocess.Popen[bytes]:
+    """``bench/dialects_upstream.py`` on ``UPSTREAM`` (CPU 1, as this process), once ready."""
+    script = str(ROOT / "bench" / "dialects_upstream.py")
+    process = subprocess.Popen(
+        [sys.executable, script, "--port", str(UPSTREAM)], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != b"ready":
+        raise SystemExit("the canned upstream did not start")
+    return process
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sources", nargs="*", default=["."])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=None, help="2,000 (--apis: 500)")
     parser.add_argument(
         "--governed", action="store_true", help="governed-1w: a Redis store and every limit"
     )
@@ -212,26 +317,42 @@ def main() -> None:
         action="store_true",
         help="governed-capped-1w: --governed with the upstream capped (never full)",
     )
+    parser.add_argument(
+        "--apis",
+        action="store_true",
+        help="Responses (whole, streamed) beside chat, bench/apis.py's config",
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     os.sched_setaffinity(0, {1})  # the upstream and the client: CPU 1
     redis, redis_port = None, free_port()
-    if args.governed or args.capped:  # a redis-server of its own on CPU 1 (/readyz waits)
+    if args.governed or args.capped or args.apis:  # a redis-server of its own on CPU 1
         redis = subprocess.Popen(
             ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
-        )
-    gateway_config = config(redis_port if redis is not None else None, args.capped)
-    serve_upstream()
+        )  # (/readyz waits for it)
+    upstream = None
+    if args.apis:
+        gateway_config, upstream = apis_config(redis_port), upstream_process()
+    else:
+        gateway_config = config(redis_port if redis is not None else None, args.capped)
+        serve_upstream()
+    requests = args.requests or (500 if args.apis else 2000)
     try:
-        measure(args.sources, args.requests, gateway_config)
+        measure(args.sources, requests, gateway_config, count_apis if args.apis else None)
     finally:
-        if redis is not None:
-            redis.terminate()
-            redis.wait()
+        for process in (redis, upstream):
+            if process is not None:
+                process.terminate()
+                process.wait()
 
 
-def measure(sources: list[str], requests: int, gateway_config: Path) -> None:
+def measure(
+    sources: list[str],
+    requests: int,
+    gateway_config: Path,
+    apis: Callable[[Path, str, int, Path], None] | None = None,
+) -> None:
     for name in sources:
         tree, label = source(name)
         commit = subprocess.run(
@@ -240,6 +361,10 @@ def measure(sources: list[str], requests: int, gateway_config: Path) -> None:
             text=True,
         ).stdout.strip()
         safe = label.replace("/", "_").strip("._") or "tree"
+        if apis is not None:
+            print(f"{label} {commit}", flush=True)
+            apis(tree, safe, requests, gateway_config)
+            continue
         per_request = count(tree, safe, requests, gateway_config)
         print(f"{label} {commit} Ir/request: {per_request}", flush=True)
 
