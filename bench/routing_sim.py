@@ -63,7 +63,10 @@ class Fleet:
         signals: bool = True,
     ) -> None:
         self.clock = FakeClock(0.0)
-        self.upstreams = tuple(Upstream(name=f"gpu{i}", url=f"http://gpu{i}") for i in range(4))
+        cap = 64 if lease else None  # a lease per request is what a cap costs on a shared store
+        self.upstreams = tuple(
+            Upstream(name=f"gpu{i}", url=f"http://gpu{i}", max_concurrency=cap) for i in range(4)
+        )
         self.balancers = [Balancer(self.clock, random.Random(g)) for g in range(gateways)]
         for balancer in self.balancers:
             balancer.history.capacity = balancer.history.capacity if memory else 0
@@ -112,14 +115,21 @@ class Fleet:
             self.told += 1
             for other in self.balancers:
                 self.at(now + TOLD, lambda _now, b=other, m=told: b.placements.receive(m))
+        worker = self.upstreams.index(upstream)
+        request = (messages, now, gateway, upstream, conversation)
+        if self.lease:  # as ``routing.capacity`` does: the lease's round trip, then the count
+            self.at(now + self.lease, self.leased, gateway, upstream, request)
+        else:
+            self.leased(now, gateway, upstream, request)
+        return worker
+
+    def leased(self, now: float, gateway: int, upstream: Upstream, request: Any) -> None:
+        balancer = self.balancers[gateway]
         balancer.acquire(upstream)
         if self.noguard:  # as if the others knew of it at once: no bound on untold placements
             balancer.state(upstream.name).unknown = 0
         self.counts_changed(now, gateway)
-        worker = self.upstreams.index(upstream)
-        request = (messages, now, gateway, upstream, conversation)
-        self.at(now + self.lease + self.net(), self.arrive, worker, request)
-        return worker
+        self.at(now + self.net(), self.arrive, self.upstreams.index(upstream), request)
 
     def net(self) -> float:
         """One network hop: ``NET``, or (``+jitter``) 0.5 to 1.5 times it."""

@@ -9,11 +9,12 @@ that are full or ejected after failures.
   its bound (``routing.history``): a conversation the bound moved stays moved. Where this
   process moved a prompt is told to the others (``routing.placements``), and theirs to it.
 
-An upstream's load is its requests in flight from this process; while its worker signals are
-fresh (``routing.signals``), plus what the worker held from other processes when it was last
-read (its running and waiting requests less this process's in flight then) and the share of its
-KV cache in use. This process's part is always current; the others' is as old as the last read.
-Every policy passes over a worker with a queue while one without is usable.
+An upstream's load is the fleet's requests in flight to it: this process's own (exact) plus the
+other processes' as they last told it (``routing.loads``); while its worker signals are fresh
+(``routing.signals``), plus what the worker held beyond both when last read (requests from
+elsewhere) and the share of its KV cache in use. Affinity also keeps the placements the others
+were not told of yet under their own bound (``Ring.choose``'s ``unknown``). Every policy passes
+over a worker with a queue while one without is usable.
 
 Per-process state; an upstream keeps its state across reloads as long as its name stays.
 Discovered upstreams (``discover: dns``) stand in for the entry they were found for.
@@ -26,7 +27,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 from gateway.clock import Clock, SystemClock
 from gateway.config.schema import ModelRouting, Upstream
@@ -35,47 +35,13 @@ from gateway.routing.loads import Loads
 from gateway.routing.placements import Placements
 from gateway.routing.retry import RetryBudget
 from gateway.routing.ring import Ring
+from gateway.routing.state import UpstreamState, full
 
 BASE_EJECT = 1.0
 MAX_EJECT = 60.0
 _AWAY = 1e12  # added to the score of an upstream outside the requested region
 _INF = float("inf")
 _DEFAULT = ModelRouting()
-
-
-@dataclass(slots=True)
-class UpstreamState:
-    in_flight: int = 0
-    failures: int = 0
-    ejected_until: float = 0.0
-    # The worker's own signals (``routing.signals``), believed until ``signals_until``.
-    waiting: float = 0.0
-    running: float = 0.0
-    cache: float = 0.0  # KV cache in use, 0 to 1
-    signals_until: float = 0.0
-    # The other gateway processes' requests in flight here, as they last told it
-    # (``routing.loads``); what the worker held beyond them and this process's when last read
-    # (requests from elsewhere); and the two together, the load others put here.
-    told: float = 0.0
-    beyond: float = 0.0
-    # This process's placements here the others have not been told of yet (while sharing).
-    unknown: int = 0
-    others: float = 0.0
-
-    def load(self, now: float) -> float:
-        """Requests the worker holds, as far as this process knows (affinity's bound counts
-        requests: the cache share, a tie-breaker of least_loaded, would widen it)."""
-        if self.signals_until > now:
-            return self.in_flight + self.others
-        return self.in_flight + self.told
-
-    def queued(self, now: float) -> bool:
-        return self.waiting > 0 and self.signals_until > now
-
-
-def _full(state: UpstreamState, upstream: Upstream) -> bool:
-    cap = upstream.max_concurrency
-    return cap is not None and state.in_flight >= cap
 
 
 _View = tuple[Ring, list[UpstreamState], bool]  # a pool's ring, its states, any capped
@@ -147,8 +113,12 @@ class Balancer:
             pool = [u for u in pool if u.name not in exclude]
         if policy == "least_loaded" or policy == "affinity":
             now = self._clock.monotonic()
-            return self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
-        return self._spread(pool, region, policy == "round_robin", model)
+            chosen = self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
+        else:
+            chosen = self._spread(pool, region, policy == "round_robin", model)
+        if chosen is not None and chosen.max_concurrency is not None:
+            self.state(chosen.name).choose(self._now())
+        return chosen
 
     def _least_loaded(
         self, pool: Sequence[Upstream], region: str | None, now: float
@@ -159,12 +129,15 @@ class Balancer:
         states = self._state
         for upstream in pool:
             state = states.get(upstream.name) or self.state(upstream.name)
-            if state.ejected_until > now or _full(state, upstream):
+            if state.ejected_until > now or full(state, upstream):
                 continue
             if state.signals_until > now:
-                score = (state.in_flight + state.others + state.cache + 1) / upstream.weight
+                score = state.in_flight + state.others + state.cache + 1
             else:
-                score = (state.in_flight + state.told + 1) / upstream.weight
+                score = state.in_flight + state.told + 1
+            if state.chosen:  # (``now`` is infinite in panic: the clock's own for these)
+                score += state.pending(self._now())
+            score /= upstream.weight
             if region is not None and upstream.region != region:
                 score += _AWAY
             if score < best_score:
@@ -179,7 +152,7 @@ class Balancer:
         usable = []
         for upstream in pool:
             state = self.state(upstream.name)
-            usable.append(state.ejected_until <= now and not _full(state, upstream))
+            usable.append(state.ejected_until <= now and not full(state, upstream))
         return usable
 
     def _candidates(self, pool: Sequence[Upstream], region: str | None) -> list[Upstream]:
@@ -310,7 +283,7 @@ class Balancer:
         if sent is not None:
             found, went = sent
         now = self._now()
-        loads = [s.in_flight + (s.others if s.signals_until > now else s.told) for s in states]
+        loads = [s.load(now) for s in states]
         usable: list[bool] | None = None  # every one
         if capped:
             usable = [
@@ -333,6 +306,8 @@ class Balancer:
         if index is None:
             return None
         chosen = pool[index]
+        if chosen.max_concurrency is not None:
+            states[index].choose(now)
         if prefixes:
             self.history.record(prefixes, chosen.name, found)
             if self.placements.sharing and (found is None or went != chosen.name):
@@ -410,6 +385,8 @@ class Balancer:
         state = self.state(upstream.name)
         state.in_flight += 1
         self.in_flight += 1
+        if state.chosen:
+            state.counted()
         if self.loads.sharing:
             state.unknown += 1
             self.loads.change(upstream.name)
@@ -456,6 +433,8 @@ class Balancer:
     def told(self, name: str, total: float) -> None:
         """The other processes' requests in flight to ``name`` now total ``total``."""
         state = self.state(name)
+        if total > state.told:  # told now of requests the worker may have shown: not twice
+            state.beyond = max(0.0, state.beyond - (total - state.told))
         state.told = total
         state.others = total + state.beyond
 

@@ -4,6 +4,7 @@ every upstream is ejected, and discovered members standing for their entry."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -13,9 +14,12 @@ from gateway.clock import FakeClock
 from gateway.config.schema import ModelRouting, Upstream
 from gateway.routing.balancer import MAX_EJECT, RING_UPSTREAMS, Balancer
 from gateway.routing.ring import key_hash
+from gateway.routing.state import CHOSEN_FOR
 
 
-def up(name: str, weight: float = 1.0, region: str | None = None, cap: int = 256) -> Upstream:
+def up(
+    name: str, weight: float = 1.0, region: str | None = None, cap: int | None = 256
+) -> Upstream:
     return Upstream(
         name=name, url=f"http://{name}:1", weight=weight, region=region, max_concurrency=cap
     )
@@ -94,7 +98,7 @@ def test_ties_are_broken_at_random() -> None:
 
 def test_ties_never_beat_a_less_loaded_upstream() -> None:
     b = seeded()
-    a, c = up("a"), up("c")
+    a, c = up("a", cap=None), up("c", cap=None)  # uncapped: a choice is counted at once
     b.acquire(a)
     assert all(b.pick([a, c]) is c for _ in range(50))
 
@@ -124,7 +128,7 @@ def test_random_follows_the_weights() -> None:
 def test_a_worker_with_a_queue_is_passed_over_by_every_policy(policy: str) -> None:
     clock = FakeClock()
     b = seeded(clock)
-    pool = [up("a"), up("b")]
+    pool = [up("a", cap=None), up("b", cap=None)]
     b.observe("a", waiting=4, running=8, cache=0.9, until=clock.monotonic() + 3)
     routing = ModelRouting(policy=policy, load_factor=1.0)  # type: ignore[arg-type]
     for key in range(40):
@@ -155,7 +159,7 @@ def test_running_requests_from_other_processes_count() -> None:
 
 def test_affinity_keeps_a_key_on_its_upstream_until_the_bound() -> None:
     b = seeded()
-    pool = [up("a"), up("b"), up("c")]
+    pool = [up("a", cap=None), up("b", cap=None), up("c", cap=None)]
     routing = ModelRouting(policy="affinity", load_factor=1.25)
     key = key_hash(b"conversation 1")
     home = b.pick(pool, routing=routing, key=key)
@@ -170,6 +174,32 @@ def test_affinity_keeps_a_key_on_its_upstream_until_the_bound() -> None:
     for u in held:
         b.release(u)
     assert b.pick(pool, routing=routing, key=key) is home
+
+
+@pytest.mark.parametrize("policy", ["least_loaded", "affinity"])
+def test_choices_under_a_cap_count_until_their_requests_are_counted(policy: str) -> None:
+    """Under a cap on a shared store a lease's round trip comes between the choice and the
+    count (``routing.capacity``): requests chosen meanwhile see the ones before, so a burst
+    spreads as it would counted at once; a choice never counted is forgotten after
+    ``CHOSEN_FOR`` seconds. (Before: all eight went to one upstream.)"""
+    clock = FakeClock()
+    b = seeded(clock)
+    pool = [up(f"u{i}") for i in range(4)]
+    routing = ModelRouting(policy=policy, load_factor=1.25)  # type: ignore[arg-type]
+    key = key_hash(b"one conversation")
+    burst = [b.pick(pool, routing=routing, key=key) for _ in range(8)]
+    counts = Counter(u.name for u in burst if u is not None)
+    assert max(counts.values()) <= math.ceil(1.25 * 8 / 4), counts
+    for u in burst:
+        assert u is not None
+        b.acquire(u)  # the leases came back: counted, no longer pending
+    assert all(b.state(u.name).load(clock.monotonic()) == counts[u.name] for u in pool)
+    for u in burst:
+        assert u is not None
+        b.release(u)
+    b.pick(pool, routing=routing, key=key)  # never counted (its request went elsewhere)
+    clock.advance(CHOSEN_FOR)
+    assert all(b.state(u.name).load(clock.monotonic()) == 0 for u in pool)
 
 
 def test_affinity_prefers_the_region_and_skips_the_ejected() -> None:
