@@ -299,11 +299,11 @@ ARMS = (
 
 
 def base_of(arm: str) -> str:
-    """The least_loaded arm an arm is compared with: the same way of choosing gateways."""
-    for way in ("pinned", "random"):
-        if way in arm:
-            return f"least_loaded+{way}"
-    return "least_loaded"
+    """The least_loaded arm an arm is compared with: the same way of choosing gateways, the
+    same network and leases (no tells: ``least_loaded`` as it was)."""
+    kept = ("pinned", "random", "jitter", "client")
+    flags = [f for f in arm.split("+")[1:] if f in kept or f.startswith("lease=")]
+    return "+".join(["least_loaded", *flags])
 
 
 def main() -> None:

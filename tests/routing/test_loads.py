@@ -16,6 +16,7 @@ from gateway.config.schema import Upstream
 from gateway.routing.balancer import Balancer
 from gateway.routing.loads import AGE, PREFIX, Loads
 from gateway.routing.ring import key_hash
+from tests.routing.support import until
 
 LOAD_FACTOR = 1.25
 
@@ -222,3 +223,31 @@ def test_loads_messages_are_apart_from_the_store_s_other_broadcasts() -> None:
     assert not loads.receive("route:[1,[]]")
     assert not loads.receive("*")
     assert loads.receive(PREFIX + "not json")
+
+
+async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> None:
+    """A stream that changes nothing for minutes: each ``beat`` tells every count again, so
+    the others keep it past ``AGE``; once it ends, the beats stop and nothing is left."""
+    clock = FakeClock()
+    a, b = fleet(2, clock)
+    sent: list[str] = []
+
+    async def publish(message: str) -> None:
+        sent.append(message)
+        b.loads.receive(message)
+
+    a.loads.share(publish)
+    a.acquire(up("w0"))
+    await until(lambda: b.state("w0").told == 1, what="told")
+    for _ in range(3):
+        clock.advance(AGE * 0.6)
+        before = len(sent)
+        a.loads.beat()
+        await until(lambda before=before: len(sent) > before, what="the beat sent")
+        b.loads.beat()  # forgets whoever was silent for AGE: not a
+        assert b.state("w0").told == 1
+    a.release(up("w0"))
+    await until(lambda: b.state("w0").told == 0, what="the end told")
+    count = len(sent)
+    a.loads.beat()
+    assert len(sent) == count  # nothing held: no beat
