@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway.dialects import anthropic
+from gateway.dialects import anthropic, inputs
 from gateway.errors import BadRequest
 from gateway.proxy import apis, govern, responses
 from gateway.proxy.access import authenticate
@@ -71,9 +71,12 @@ def count_tokens_handler(
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         ex = request[EXCHANGE]  # Anthropic: the edge knows its route
         record = await govern.caller(runtime, request, "chat")  # before any of the body is held
-        body = parse_json(await govern.body(runtime, request))
+        raw = await govern.body(runtime, request)
+        body = parse_json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BadRequest("messages: a list of messages is required.", param="messages")
+        if inputs.may_carry_image(raw) and inputs.has_image_input(body):
+            runtime.keys.check_permission(record, "vision")  # the worker tokenizes the image
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("'model' is required: name the model to use.", param="model")

@@ -131,3 +131,20 @@ async def test_a_responses_image_needs_vision(
         status, answer = r.status, await r.read()
     assert status == 403 and b"vision" in answer, (status, answer[:200])
     assert fake.seen == []
+
+
+async def test_counting_an_images_tokens_needs_vision(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """Attack: a ``[chat]`` key asks ``count_tokens`` for a conversation with an image; the
+    worker's ``/tokenize`` runs its image processor over it (vLLM). Observed (before): 200, the
+    worker got the image. Expected: 403 naming ``vision``, as the same body on /v1/messages."""
+    server: Server = await gateway_factory(_config(fake.url, "[chat]"))
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [image]}]}
+    headers = {**AUTH, "anthropic-version": "2023-06-01"}
+    url = f"http://127.0.0.1:{server.port}/v1/messages/count_tokens"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body, headers=headers) as r:
+        status, answer = r.status, await r.read()
+    assert status == 403 and b"vision" in answer, (status, answer[:200])
+    assert fake.seen == []
