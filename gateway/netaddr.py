@@ -7,7 +7,8 @@ A header sent as several field lines is one list, the lines joined in order with
 adds its own line would otherwise have the client's forged one believed).
 
 IPv4-mapped IPv6 addresses (``::ffff:203.0.113.7``) are treated as the IPv4 address they carry,
-so they match IPv4 networks, as a dual-stack listener hands them out.
+so they match IPv4 networks, as a dual-stack listener hands them out. Failed guesses are counted
+per IPv6 /64 (``guesser``), the block one holder can send from.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def _parse_ip(text: str) -> IPAddress | None:
     except ValueError:
         return None
     return unmap(address)
+
+
+GUESSER_V6_PREFIX = 64  # one IPv6 subscriber, VM or phone holds a whole /64
+
+
+@functools.lru_cache(maxsize=4096)
+def guesser(client: str) -> str:
+    """Who a failed guess is counted against: an IPv4 address itself, an IPv6 address's /64
+    (its holder can send every request from another address in it), anything else as given."""
+    address = _parse_ip(client) if client else None
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, GUESSER_V6_PREFIX), strict=False))
+    return client
 
 
 def unmap(address: IPAddress) -> IPAddress:

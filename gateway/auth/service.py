@@ -29,7 +29,7 @@ from gateway.config.schema import Config
 from gateway.errors import Forbidden, StoreUnavailable, TooManyRequests, Unauthorized
 from gateway.limits import money
 from gateway.limits.windows import retry_seconds
-from gateway.netaddr import IPAddress, in_networks
+from gateway.netaddr import IPAddress, guesser, in_networks
 from gateway.records import KeyRecord
 from gateway.store.base import Store, StoreError
 
@@ -100,6 +100,7 @@ class KeyService:
     async def authenticate(
         self, headers: Mapping[str, str], all_values: Callable[[str], list[str]], client: str
     ) -> KeyRecord:
+        client = guesser(client)  # an IPv6 /64 is one client: it holds every address in it
         try:
             key = keys.credential(headers, all_values)
         except keys.CredentialError as exc:
