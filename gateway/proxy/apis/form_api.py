@@ -27,7 +27,13 @@ from aiohttp import web
 
 from gateway.config.schema import Upstream
 from gateway.dialects.inputs import MAX_N
-from gateway.errors import BadRequest, GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    RequestTimeout,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.proxy import attempts, govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.answers import Counted
@@ -110,7 +116,7 @@ class FormHandler:
             request,
             self.api.files,
             network.max_body_bytes,
-            network.header_timeout,
+            (network.header_timeout, network.body_timeout),
             self.api.reserved_by,
         )
         try:
@@ -153,9 +159,14 @@ class FormHandler:
             model, wait = chain.model.upstream_model, chain.wait(upstream)
             try:
                 return await self._send(request, ex, (upstream, span), form, (model, wait)), b""
-            except GatewayError:
+            except GatewayError as err:
                 if form.failure is not None:  # the client's upload failed: never retried
                     raise form.failure from None
+                if isinstance(err, UpstreamTimeout) and form.sent and not form.complete:
+                    raise RequestTimeout(  # the client was still sending: not the worker's fault
+                        f"The upload did not finish within the {wait:g} s a worker is given to "
+                        "answer; send it faster, or less."
+                    ) from None
                 raise
 
         chain = attempts.new_chain(

@@ -79,7 +79,7 @@ class Form:
         request: web.Request,
         files: frozenset[str],
         limit: int,
-        idle: float,
+        idle: float | tuple[float, float],
         before_file: frozenset[str] = frozenset(),
     ):
         if request.content_type != "multipart/form-data":
@@ -94,7 +94,12 @@ class Form:
                 "The Content-Type of a multipart/form-data request needs a boundary (at most "
                 "70 characters)."
             ) from None
-        self._files, self._limit, self._idle = files, limit, idle
+        # A stall of ``idle`` is cut, and a form not whole within ``total`` (from now) too: a
+        # trickle that never stalls holds the worker's connection and slot as long as it lasts.
+        self._idle, total = idle if isinstance(idle, tuple) else (idle, None)
+        self._deadline = None if total is None else asyncio.get_running_loop().time() + total
+        self._total = total
+        self._files, self._limit = files, limit
         self._before_file = before_file  # fields the admission is decided by: never after it
         self.fields: dict[str, str] = {}  # the fields the gateway reads (KNOWN), as text
         self.has_file = False
@@ -197,13 +202,15 @@ class Form:
     async def _guard(self, step: Awaitable[T]) -> T:
         """One read from the client: a stall is a 408, a malformed form a 400, past the limit
         a 413."""
+        wait, overdue = self._idle, False
+        if self._deadline is not None:
+            left = self._deadline - asyncio.get_running_loop().time()
+            wait, overdue = min(wait, left), left <= wait
         try:
-            async with asyncio.timeout(self._idle):
+            async with asyncio.timeout(max(wait, 0.0)):
                 result = await step
         except TimeoutError:
-            raise RequestTimeout(
-                f"The request body stalled for {self._idle:g} s; send it without pauses."
-            ) from None
+            raise self._late(overdue) from None
         except (*_MALFORMED, OSError) as exc:
             raise BadRequest(
                 f"The multipart form is malformed ({type(exc).__name__}); send "
@@ -212,6 +219,22 @@ class Form:
         if self._content.total_bytes > self._limit:
             raise too_large(self._limit)
         return result
+
+    @property
+    def complete(self) -> bool:
+        """Whether the whole form was read from the client."""
+        return self._done
+
+    def _late(self, overdue: bool) -> RequestTimeout:
+        """The 408 of a form that stalled, or (``overdue``) did not arrive in time."""
+        if overdue and self._total is not None:
+            return RequestTimeout(
+                f"The request body did not arrive within {self._total:g} s; send it faster, "
+                "or less."
+            )
+        return RequestTimeout(
+            f"The request body stalled for {self._idle:g} s; send it without pauses."
+        )
 
     async def _part(self) -> BodyPartReader | None:
         if self._done:
