@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.config.schema import Upstream
 from gateway.dialects import anthropic, inputs
+from gateway.dialects.inputs import MAX_N, whole
 from gateway.dialects.openai import (
     OpenAIRelay,
     check_request,
@@ -38,7 +39,7 @@ from gateway.proxy.apis.json_api import require
 from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.queued import EarlyHead
-from gateway.proxy.timers import Silence
+from gateway.proxy.timers import Silence, last_write, stalled
 from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
@@ -72,7 +73,9 @@ class Outbound:
 
 def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> Outbound:
     """The upstream's request: an Anthropic body translated (the translator asks a stream for
-    usage itself), an OpenAI one passed on with its model mapped and usage always asked for."""
+    usage itself; its ``max_tokens`` is required), an OpenAI one passed on with its model
+    mapped, usage always asked for, and a limit when it names none: what it reserves (the
+    model's ``default_max_tokens``), where a worker's own default may be its whole context."""
     if is_anthropic:
         translated = anthropic.to_openai_request(
             body, route.upstream_model, route.max_output_tokens
@@ -82,6 +85,10 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
     body["model"] = route.upstream_model
     if route.max_output_tokens is not None:
         _clamp(body, route.max_output_tokens)
+    if max_output_tokens(body) is None:  # held to what is reserved, not the worker's default
+        ceiling = route.max_output_tokens
+        default = route.default_max_tokens
+        body["max_tokens"] = default if ceiling is None else min(default, ceiling)
     client_usage = False
     if stream:
         client_usage = wants_usage(body)
@@ -94,9 +101,9 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
 
 
 def _choices(body: dict[str, object]) -> int:
-    """How many answers a chat request asks for (``n``, 1 by default)."""
-    n = body.get("n")
-    return n if type(n) is int and n > 1 else 1
+    """How many answers a request asks for (``n``, 1 by default): a whole number, checked in
+    every dialect (a worker reads the ``n`` a translation forwards, "100" as 100)."""
+    return whole(body, "n", 1, MAX_N) or 1
 
 
 def _clamp(body: dict[str, object], ceiling: int) -> None:
@@ -316,9 +323,10 @@ class ChatHandler:
         idle = upstream.timeouts.idle
         loop = asyncio.get_running_loop()
         tail = b""  # what goes out with the end of the answer, in one write
+        err: GatewayError
         try:
-            # The upstream's silence is timed only while waiting on it (a slow client's
-            # backpressure is not the upstream's silence), by one watchdog for the whole relay.
+            # One watchdog for the whole relay: the upstream's silence is timed while waiting
+            # on it, and a client that takes no bytes for as long is cut (``Silence``).
             with Silence(idle) as silence:
                 while chunk:
                     out = relay.relay(events) if (events := splitter.feed(chunk)) else b""
@@ -329,28 +337,25 @@ class ChatHandler:
                     silence.since = loop.time()
                     chunk = await read_chunk(response, upstream)
                     silence.since = None
-            if not relay.done:
-                if tail:
-                    await client.write(tail)
-                    tail = b""
-                raise UpstreamUnavailable(
-                    f"Upstream '{upstream.name}' ended the stream before it was complete."
-                )
-            tail += relay.finish()
+                    silence.moved += 1
+                if not relay.done:
+                    if tail:
+                        await client.write(tail)
+                    raise UpstreamUnavailable(
+                        f"Upstream '{upstream.name}' ended the stream before it was complete."
+                    )
+                await client.write_eof(tail + relay.finish())
+                return
         except TimeoutError:
-            await self._stream_failed(
-                ex,
-                client,
-                relay,
-                upstream,
-                UpstreamTimeout(
-                    f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the "
-                    "answer."
-                ),
+            if silence.stalled:
+                raise stalled(idle) from None
+            err = UpstreamTimeout(
+                f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the "
+                "answer."
             )
-        except GatewayError as err:
-            await self._stream_failed(ex, client, relay, upstream, err)
-        await client.write_eof(tail)
+        except GatewayError as exc:
+            err = exc
+        await self._stream_failed(ex, client, relay, upstream, err)
 
     async def _stream_failed(
         self,
@@ -364,7 +369,7 @@ class ChatHandler:
         missing [DONE], never from a status."""
         self._failed(upstream)
         ex.error = True
-        await client.write(relay.error(err))
+        await last_write(client, relay.error(err), upstream.timeouts.idle)
 
 
 async def _last_words(client: web.StreamResponse, relay: Relay) -> None:

@@ -29,7 +29,7 @@ from gateway.proxy.apis.answers import rename
 from gateway.proxy.attempts import Held, Post
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.queued import EarlyHead
-from gateway.proxy.timers import Silence
+from gateway.proxy.timers import Silence, last_write, stalled
 from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.routing.router import ModelRoute
@@ -233,26 +233,32 @@ async def pump(
     upstream, response, chunk = stream.upstream, stream.answer, stream.body
     splitter, idle = SSESplitter(), upstream.timeouts.idle
     loop = asyncio.get_running_loop()
+    err: GatewayError
     try:
-        with Silence(idle) as silence:
+        with Silence(idle) as silence:  # the worker's silence, and a client that takes nothing
             while chunk:
                 if events := splitter.feed(chunk):
                     await deliver(events)
                 silence.since = loop.time()
                 chunk = await read_chunk(response, upstream)
                 silence.since = None
-        if not relay.done:
-            raise UpstreamUnavailable(
-                f"Upstream '{upstream.name}' ended the stream before it was complete."
-            )
+                silence.moved += 1
+            if not relay.done:
+                raise UpstreamUnavailable(
+                    f"Upstream '{upstream.name}' ended the stream before it was complete."
+                )
+            await client.write_eof()
+            return
     except TimeoutError:
+        if silence.stalled:
+            raise stalled(idle) from None
         silent = (
             f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the answer."
         )
-        await _broken(rt, ex, client, relay, upstream, UpstreamTimeout(silent))
+        err = UpstreamTimeout(silent)
     except GatewayError as exc:
-        await _broken(rt, ex, client, relay, upstream, exc)
-    await client.write_eof()
+        err = exc
+    await _broken(rt, ex, client, relay, upstream, err)
 
 
 async def _broken(
@@ -267,4 +273,4 @@ async def _broken(
     end, never from a status."""
     attempts.failed(rt, upstream)
     ex.error = True
-    await client.write(relay.error(err))
+    await last_write(client, relay.error(err), upstream.timeouts.idle)
