@@ -97,20 +97,9 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         {"input": "hi", "max_output_tokens": 20, "n": "100"},
     ),
 }
-# Their fix is in proxy/handler.py (``_choices``), which this review may not edit.
-_HANDLER = pytest.mark.xfail(
-    strict=True,
-    reason='review: an n that is not an int ("100", 100.0) forwarded by the Anthropic and '
-    "Responses translations is reserved as 1 choice; a worker generates 100",
-)
 
 
-def _case(name: str) -> Any:
-    marks = [_HANDLER] if name in ("anthropic n as a string", "responses n as a string") else []
-    return pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("case", [_case(name) for name in sorted(CASES)])
+@pytest.mark.parametrize("case", sorted(CASES))
 async def test_a_reservation_covers_what_the_worker_may_generate(
     gateway_factory: Any, fake: FakeUpstream, case: str
 ) -> None:

@@ -65,22 +65,14 @@ async def _vllm(request: web.Request, body: Any) -> web.StreamResponse:
     return web.json_response(completion("x", prompt=5, completion_tokens=made))
 
 
-_HANDLER = pytest.mark.xfail(
-    strict=True,
-    reason="review: chat without max_tokens reserves default_max_tokens but sends the worker "
-    "no limit (proxy/handler.py outbound)",
-)
 CASES = [
     pytest.param(
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True},
         False,
         id="chat",
-        marks=_HANDLER,
     ),
-    pytest.param(
-        "/v1/responses", {"input": "hi", "ignore_eos": True}, False, id="responses", marks=_HANDLER
-    ),
+    pytest.param("/v1/responses", {"input": "hi", "ignore_eos": True}, False, id="responses"),
     pytest.param(
         "/v1/responses",
         {"input": "hi", "ignore_eos": True},
