@@ -101,6 +101,7 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         ex.completion_tokens = ex.completion_chunks
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
     served = ex.upstream is not None and not error
+    route = answered(runtime, ex, route)
     price = money.cost(
         route.pricing,
         ex.prompt_tokens,
@@ -119,6 +120,14 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         cost=price,
         api=ex.api,
     )
+
+
+def answered(runtime: Runtime, ex: Exchange, route: ModelRoute) -> ModelRoute:
+    """The model whose worker answered: ``route``, or the fallback that did (its prices and
+    its name in the usage, not the model asked for)."""
+    if ex.model is None or ex.model == route.name:
+        return route
+    return runtime.router.resolve(ex.model) or route
 
 
 def count(value: object) -> int:

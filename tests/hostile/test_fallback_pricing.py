@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from gateway.server import Server
@@ -29,11 +28,6 @@ async def _thousand(request: web.Request, body: Any) -> web.StreamResponse:
     return web.json_response(completion("x", prompt=5, completion_tokens=1000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a fallback's answer is settled at the requested model's prices and under "
-    "its name (govern.settle prices route, not the model that answered)",
-)
 async def test_a_fallbacks_answer_costs_the_fallbacks_price(gateway_factory: Any) -> None:
     """Attack: a key allowed both models and held to a $0.50 day asks for ``cheap`` (free),
     whose worker fails; ``dear`` answers 1,000 tokens ($1.00). Observed: cost 0, the budget
