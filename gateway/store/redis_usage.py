@@ -126,7 +126,9 @@ class ClusterSettlement:
                         raise result
 
     async def _stripe(self, number: int) -> None:
-        rows = self.waiting[number][:USAGE_CHUNK]
+        rows = self.waiting.get(number, [])[:USAGE_CHUNK]
+        if not rows:  # dropped meanwhile
+            return
         tag = codec.stripe_tag(number)
         keys, args = [f"{tag}seq:{self.process}"], [str(codec.MARK_TTL)]
         for row in rows:
