@@ -310,31 +310,22 @@ class Capacity:
 
     async def _renew(self) -> None:
         """While leases are held; then ``_renewer`` is None again (the hot path's test). The
-        pool's upstreams' room is asked again at the same time."""
+        pool's upstreams' room is asked again in the same call, and its leases idle since the
+        last renewal go back."""
+        pool = self.pool
         try:
             while any(self._held.values()):
                 await asyncio.sleep(RENEW_SECONDS)
+                pool.trim()
                 leases = [(name, lease) for name, held in self._held.items() for lease in held]
                 if leases and self.leases is not None:
+                    checks, seq = pool.checks(), pool.seq
                     try:
-                        await self.leases.renew(leases)
-                        await self._recheck()
+                        pool.checked(checks, await self.leases.renew(leases, checks), seq)
                     except StoreError as exc:
                         log.warning("capacity renewal failed", extra={"reason": str(exc)})
         finally:
             self._renewer = None
-
-    async def _recheck(self) -> None:
-        """The pool's upstreams asked about again: kept while they still have room."""
-        pool = self.pool
-        checks = pool.checks()
-        if checks and self._room is not None:
-            seq = pool.seq
-            for (name, cap), roomy in zip(checks, await self._room.room(checks), strict=True):
-                if roomy:
-                    pool.room(name, cap, seq)
-                else:
-                    pool.revoke(name)
 
     async def close(self) -> None:
         await self.local.close()

@@ -11,22 +11,20 @@ pool gives that upstream's idle leases back at once (the released slots go to th
 queue in the same store call) and keeps none until a later reply says there is room again. A
 reply to a call made before a notice or before the subscription came back does not count.
 
-Idle leases count toward the cap, so the cap stays exact. Those idle for a whole ``IDLE``
-period go back. The store's word is asked again with each renewal (``checks``, every second),
-and lasts ``ROOM_SECONDS``: past it without another, the idle leases go back and the next
-request asks the store (a notice missed by a subscription that failed silently costs a waiting
-request about a renewal's period at most).
+Idle leases count toward the cap, so the cap stays exact. At each renewal (every second), the
+leases idle since the last one go back (``trim``), and the store is asked again whether each
+upstream still has room (``checks``); its word lasts ``ROOM_SECONDS``: past it without
+another, the idle leases go back and the next request asks the store (a notice missed by a
+subscription that failed silently costs a waiting request a renewal's period at most).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 from gateway.clock import Clock
 from gateway.routing.balancer import Balancer
 
-IDLE = 0.05  # seconds: a lease idle for a whole period of this goes back
 ROOM_SECONDS = 2.5  # how long the store's "room to spare" is believed without another word
 
 
@@ -50,7 +48,6 @@ class Pool:
         self._up_at = 0
         self._noticed: dict[str, int] = {}  # upstream → seq of its last notice
         self._low: dict[str, int] = {}  # upstream → fewest idle since the last trim
-        self._timer: asyncio.TimerHandle | None = None
 
     def reuse(self, name: str) -> bool:
         """Take one of ``name``'s idle leases for a request (the caller counts it with
@@ -66,14 +63,22 @@ class Pool:
         """The store's reply to a call made at ``seq`` (``self.seq`` then) said ``name`` (of
         ``cap``) has room to spare (a reply that did not: ``revoke``)."""
         if seq is not None and seq >= self._up_at and self._noticed.get(name, 0) <= seq:
+            if name not in self.roomy:
+                self._low[name] = 0  # nothing has been idle a whole period yet
             self.roomy[name] = self.clock.monotonic() + ROOM_SECONDS
             self._caps[name] = cap
-            if self._timer is None:
-                self._timer = asyncio.get_running_loop().call_later(IDLE, self._trim)
 
     def checks(self) -> list[tuple[str, int]]:
         """The upstreams whose room to ask the store about again: (name, cap)."""
         return [(name, self._caps[name]) for name in self.roomy]
+
+    def checked(self, checks: list[tuple[str, int]], answers: list[bool], seq: int | None) -> None:
+        """The store's answers to ``checks`` (asked at ``seq``)."""
+        for (name, cap), roomy in zip(checks, answers, strict=True):
+            if roomy:
+                self.room(name, cap, seq)
+            else:
+                self.revoke(name)
 
     def revoke(self, name: str) -> None:
         """No more keeping ``name``'s leases: the idle ones go back at once."""
@@ -106,10 +111,9 @@ class Pool:
         for name in list(self.roomy):
             self.revoke(name)
 
-    def _trim(self) -> None:
-        """Every ``IDLE``: leases idle for the whole period go back; an upstream whose room
-        the store has not confirmed for ``ROOM_SECONDS`` keeps none."""
-        self._timer = None
+    def trim(self) -> None:
+        """At each renewal: leases idle since the last go back; an upstream whose room the
+        store has not confirmed for ``ROOM_SECONDS`` keeps none."""
         now = self.clock.monotonic()
         for name, until in list(self.roomy.items()):
             if until <= now:
@@ -121,11 +125,6 @@ class Pool:
             for _ in range(spare):
                 self._give(name, held.pop())
             self._low[name] = idle - max(spare, 0)
-        if self.roomy:
-            self._timer = asyncio.get_running_loop().call_later(IDLE, self._trim)
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.roomy.clear()

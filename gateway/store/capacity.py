@@ -53,8 +53,12 @@ class LeaseStore(Protocol):
         ``queue``: a newcomer does not pass them)."""
         ...
 
-    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
-        """Extend (upstream name, lease) pairs still held by another lease time."""
+    async def renew(
+        self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
+    ) -> list[bool]:
+        """Extend (upstream name, lease) pairs still held by another lease time; and for each
+        (upstream, cap) of ``room``, has it room to spare now (as ``acquire_now`` tells with
+        ``ROOMY``; a store that cannot tell says False)?"""
         ...
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
@@ -102,11 +106,6 @@ class WaitRoom(Protocol):
 
     async def leave(self, model: str, ticket: str) -> int:
         """Take a ticket out: 0 it waited, 1 it had been granted (the slot passed on), -1."""
-        ...
-
-    async def room(self, upstreams: Sequence[tuple[str, int]]) -> list[bool]:
-        """For each (upstream, cap): has it room to spare now (as ``acquire_now`` tells with
-        ``ROOMY``)?"""
         ...
 
     async def sweep(self, model: str, tickets: Sequence[str]) -> list[str]:

@@ -48,11 +48,14 @@ class MemoryLeaseStore:
                 return index
         return -1
 
-    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
+    async def renew(
+        self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
+    ) -> list[bool]:
         for upstream, lease in leases:
             held = self._live(upstream)
             if lease in held:
                 held[lease] = self.clock.monotonic() + self.lease_seconds
+        return [False] * len(room)  # one process: no pool to keep
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         self.release_now(leases)

@@ -8,8 +8,8 @@ and queue on a Cluster. ``capacity_acquire.lua`` gives back the leases freed in 
 the loop and takes the slots its requests ask for, in one EVALSHA (``store.capacity_batch``;
 each request's model queue looked at in the same call, and whether its upstream has room to
 spare told with its answer); ``capacity_renew.lua`` renews any number of leases in one
-EVALSHA (``capacity_room.lua`` beside it: which upstreams whose idle leases a process keeps
-still have room to spare); ``capacity_release.lua`` gives leases back (off the hot path) and
+EVALSHA (and tells which upstreams whose idle leases a process keeps still have room to
+spare); ``capacity_release.lua`` gives leases back (off the hot path) and
 hands the freed slots to the waiting; ``capacity_join``, ``_leave`` and ``_sweep`` are the
 waiting room.
 Its own connection through the store's transport (``store.transport``: the lane on one Redis,
@@ -42,12 +42,11 @@ def _script(name: str, library: bool = False) -> Script:
 
 
 ACQUIRE = _script("capacity_acquire.lua", library=True)
-RENEW = _script("capacity_renew.lua")
+RENEW = _script("capacity_renew.lua", library=True)
 RELEASE = _script("capacity_release.lua", library=True)
 JOIN = _script("capacity_join.lua", library=True)
 LEAVE = _script("capacity_leave.lua", library=True)
 SWEEP = _script("capacity_sweep.lua", library=True)
-ROOM = _script("capacity_room.lua", library=True)
 
 
 def queue_key(model: str) -> str:
@@ -99,11 +98,16 @@ class RedisLeaseStore:
     ) -> int:
         return await self.acquire_now(candidates, lease, queue)
 
-    async def renew(self, leases: Sequence[tuple[str, str]]) -> None:
-        if leases:
-            keys = [PREFIX + name for name, _ in leases]
-            args = [self.lease_ms, *(lease for _, lease in leases)]
-            await self.transport.evalsha(RENEW, [(keys, args)])
+    async def renew(
+        self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
+    ) -> list[bool]:
+        if not leases and not room:
+            return []
+        keys = [PREFIX + name for name, _ in leases] + [PREFIX + name for name, _ in room]
+        args = [self.lease_ms, str(len(leases)), *(lease for _, lease in leases)]
+        args += [str(cap) for _, cap in room]
+        (flags,) = await self.transport.evalsha(RENEW, [(keys, args)])
+        return [bool(flag) for flag in flags]
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:
@@ -116,12 +120,6 @@ class RedisLeaseStore:
     def _release_call(self, leases: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
         keys = [PREFIX + name for name, _ in leases]
         return keys, [self.lease_ms, *(lease for _, lease in leases)]
-
-    async def room(self, upstreams: Sequence[tuple[str, int]]) -> list[bool]:
-        keys = [PREFIX + name for name, _ in upstreams]
-        args = [str(cap) for _, cap in upstreams]
-        (flags,) = await self.transport.evalsha(ROOM, [(keys, args)])
-        return [bool(flag) for flag in flags]
 
     async def held(self, upstream: str) -> int:
         seconds, micros = await self.transport.call("TIME")

@@ -1,12 +1,21 @@
--- Renew leases by another ARGV[1] ms. KEYS: a lease set per lease; ARGV[i + 1]: the lease id in
--- KEYS[i]. Expired leases are dropped first, so a renewal (XX: only members still there) never
--- revives a lease whose slot another process may already hold.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Renew leases by another ARGV[1] ms, and tell which upstreams have room to spare. ARGV[2]: n,
+-- the leases; KEYS[i] (i <= n) is a lease set, ARGV[i + 2] the lease id in it; then each
+-- further KEYS[i] is the lease set of an upstream whose idle leases the process keeps, of cap
+-- ARGV[i + 2]. Expired leases are dropped first, so a renewal (XX: only members still there)
+-- never revives a lease whose slot another process may already hold. Returns per upstream
+-- asked about 1 if it has room to spare (capacity_queue.lua's roomy), else 0.
+local now = now_ms()
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
+local n = tonumber(ARGV[2])
+for i = 1, n do
+  local key = KEYS[i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 2])
   redis.call('PEXPIRE', key, ttl * 4)
 end
-return #KEYS
+local out = {}
+for i = n + 1, #KEYS do
+  local held = redis.call('ZCOUNT', KEYS[i], now + 1, '+inf')
+  out[#out + 1] = roomy(KEYS[i], held, tonumber(ARGV[i + 2])) and 1 or 0
+end
+return out

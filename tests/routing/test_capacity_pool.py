@@ -37,26 +37,26 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisLeaseStore
 
 async def test_the_store_tells_room_to_spare_with_a_lease(store: RedisLeaseStore) -> None:
     """ROOMY while a quarter of the cap (and 2) stays free after the slot and nobody waits;
-    ``room`` says the same when asked again."""
+    a renewal says the same when asked again."""
     up = f"gpu-{uuid.uuid4().hex[:6]}"
     got = [await store.acquire_now([(up, 8)], f"p:{i}", None, True) for i in range(8)]
     assert got == [ROOMY] * 6 + [0, 0]  # 6 held leave 2 (a quarter of 8) free
     assert await store.acquire_now([(up, 8)], "p:x", None, False) == -1
-    assert await store.room([(up, 8), (up, 100)]) == [False, True]
+    assert await store.renew([], [(up, 8), (up, 100)]) == [False, True]
     await store.release([(up, "p:7"), (up, "p:6"), (up, "p:5")])
-    assert await store.room([(up, 8)]) == [True]
+    assert await store.renew([(up, "p:0")], [(up, 8)]) == [True]
     assert await store.acquire_now([(up, 8)], "p:plain", None, False) == 0  # not asked: plain
 
 
 async def test_nobody_has_room_to_spare_while_a_request_waits(store: RedisLeaseStore) -> None:
-    """A request waiting for the upstream (any model's): no ROOMY, and ``room`` says no."""
+    """A request waiting for the upstream (any model's): no ROOMY, and a renewal says no."""
     model, up = f"m-{uuid.uuid4().hex[:6]}", f"gpu-{uuid.uuid4().hex[:6]}"
     assert await store.acquire([(up, 1)], "p:holder", model) == 0
     assert (await store.join(model, "p:t1", "o", 1.0, 0, None, [(up, 1)]))[0] == 0
     assert await store.acquire_now([(up, 100)], "p:other", None, True) == 0
-    assert await store.room([(up, 100)]) == [False]
+    assert await store.renew([], [(up, 100)]) == [False]
     await store.release([(up, "p:holder"), (up, "p:t1"), (up, "p:other")])
-    assert await store.room([(up, 100)]) == [True]
+    assert await store.renew([], [(up, 100)]) == [True]
 
 
 async def test_the_first_request_to_wait_for_an_upstream_is_published(
