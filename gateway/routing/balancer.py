@@ -222,7 +222,11 @@ class Balancer:
             total += s.in_flight + (s.others if s.signals_until > now else s.told)
             unknown += s.unknown
         bound = math.ceil(load_factor * (total + 1.0) / ring.weight * ring.weights[0] - 1e-9)
-        untold = math.ceil(load_factor * (unknown + 1.0) / ring.weight * ring.weights[0] - 1e-9)
+        untold = (  # nothing untold (nothing shared): every one is under 1
+            math.ceil(load_factor * (unknown + 1.0) / ring.weight * ring.weights[0] - 1e-9)
+            if unknown
+            else 1
+        )
         index = ring.names.get(went) if went is not None else None
         if index is not None:
             s = states[index]
