@@ -67,8 +67,14 @@ def learn_frame(event: bytes, data: bytes, text: str, literal: bytes) -> Frame |
     head, tail = data[:at], data[at + len(literal) :]
     if not tail:
         return None
-    # The frame holds if another text in it parses as this one did (a second text: were the
-    # text read from elsewhere, as from a later duplicate key, both would read the same).
+    # The frame holds if the text is read from the literal, whatever the literal: the chunk
+    # parsed shows the rest is a plain text chunk's, and only a later duplicate key could make
+    # the text come from elsewhere. Without "content" after the literal (nor a backslash: no
+    # escaped key either) there is none; else another text in the frame must parse as this
+    # one did (a second text: read from elsewhere, both would read the same).
+    if b"content" not in tail and b"\\" not in tail:
+        before = event[: len(event) - len(data)] + head
+        return (before, tail, len(before), -len(tail))
     probe, probe_literal = _PROBE if text != _PROBE[0] else _OTHER_PROBE
     try:
         parsed = _loads(head + probe_literal + tail)

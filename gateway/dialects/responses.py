@@ -158,10 +158,13 @@ def items_of(body: dict[str, Any]) -> list[Any]:
     return list(value) if isinstance(value, list) else []
 
 
-def translate(body: dict[str, Any], history: list[Any], hosted: str) -> Translated:
+def translate(
+    body: dict[str, Any], history: list[Any], hosted: str, items: list[Any] | None = None
+) -> Translated:
     """The chat request for a checked Responses ``body`` continuing ``history`` (the stored
-    conversation's items, oldest first); ``hosted``: ``drop`` or ``reject``."""
-    items = items_of(body)
+    conversation's items, oldest first); ``hosted``: ``drop`` or ``reject``; ``items``: the
+    body's own (``items_of``), when the caller has them already."""
+    items = items_of(body) if items is None else items
     tools = tools_of(body.get("tools"), body.get("tool_choice"), hosted)
     messages = _conversation(body.get("instructions"), history, items, len(history))
     chat: dict[str, Any] = {
@@ -244,6 +247,11 @@ def _conversation(
 
 def _item(item: Any, i: int, out: list[dict[str, Any]], where: str) -> None:
     """One input item appended to the chat messages ``out``."""
+    if type(item) is dict and "type" in item and item["type"] == "message":
+        role, content = item.get("role"), item.get("content")
+        if type(content) is str and type(role) is str and role in ROLES:  # the commonest
+            out.append({"role": ROLES[role], "content": content})
+            return
     param = f"{where}[{i}]" if where == "input" else where
     if not isinstance(item, dict):
         raise _bad(param, "must be an object (a message or another input item).")

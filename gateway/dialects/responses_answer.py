@@ -120,18 +120,27 @@ def shape(
 ) -> Shape:
     """The shape of the responses to a checked request ``body``; ``names``: the flat names
     of its namespaced tools (``Translated.names``)."""
-    echo: dict[str, Any] = {name: body.get(name) for name in ECHOED}
-    echo.update({name: body[name] for name in ECHOED_OR_NULL if body.get(name) is not None})
-    if isinstance(body.get("reasoning"), dict):  # what OpenAI repeats of it
-        echo["reasoning"] = {
-            k: v for k, v in body["reasoning"].items() if k in ("effort", "summary")
-        }
-    echo["tools"] = [t for t in body.get("tools") or () if _kept(t)]
-    echo["tool_choice"] = body.get("tool_choice") or "auto"
-    echo["parallel_tool_calls"] = body.get("parallel_tool_calls") is not False
-    echo["text"] = body.get("text") or {"format": {"type": "text"}}
-    echo["store"] = body.get("store") is not False
-    echo["metadata"] = body.get("metadata") or {}
+    get = body.get  # (written out, not looped over ECHOED: this runs once per request)
+    echo: dict[str, Any] = {
+        "instructions": get("instructions"),
+        "max_output_tokens": get("max_output_tokens"),
+        "previous_response_id": get("previous_response_id"),
+        "temperature": get("temperature"),
+        "top_p": get("top_p"),
+    }
+    for name in ECHOED_OR_NULL:  # in this order, when sent
+        if get(name) is not None:
+            echo[name] = body[name]
+    reasoning = get("reasoning")
+    if isinstance(reasoning, dict):  # what OpenAI repeats of it
+        echo["reasoning"] = {k: v for k, v in reasoning.items() if k in ("effort", "summary")}
+    tools = get("tools")
+    echo["tools"] = [t for t in tools if _kept(t)] if tools else []
+    echo["tool_choice"] = get("tool_choice") or "auto"
+    echo["parallel_tool_calls"] = get("parallel_tool_calls") is not False
+    echo["text"] = get("text") or {"format": {"type": "text"}}
+    echo["store"] = get("store") is not False
+    echo["metadata"] = get("metadata") or {}
     echo["truncation"] = "disabled"
     echo["background"] = False
     try:
@@ -174,13 +183,17 @@ def usage_json(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> bytes:
 
 def _counts(chat_usage: Any, estimate: tuple[int, int]) -> tuple[int, int, int, int]:
     """Input, output, cached input and reasoning tokens of a chat ``usage``."""
-    prompt = chat_usage.get("prompt_tokens") if isinstance(chat_usage, dict) else None
-    if type(prompt) is int:  # a count (not a bool)
-        completion = _int(chat_usage.get("completion_tokens"))
+    prompt = chat_usage.get("prompt_tokens") if type(chat_usage) is dict else None
+    if type(prompt) is not int:  # no count (a bool is none either)
+        return estimate[0], estimate[1], 0, 0
+    completion = chat_usage.get("completion_tokens")
+    completion = completion if type(completion) is int and completion >= 0 else 0
+    cached = reasoning = 0  # (most workers send neither details object)
+    if "prompt_tokens_details" in chat_usage:
         cached = _detail(chat_usage, "prompt_tokens_details", "cached_tokens")
+    if "completion_tokens_details" in chat_usage:
         reasoning = _detail(chat_usage, "completion_tokens_details", "reasoning_tokens")
-        return prompt, completion, cached, reasoning
-    return estimate[0], estimate[1], 0, 0
+    return prompt, completion, cached, reasoning
 
 
 def _int(value: object) -> int:

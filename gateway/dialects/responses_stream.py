@@ -26,7 +26,7 @@ item, open until the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from orjson import JSONDecodeError
@@ -108,6 +108,21 @@ _WHOLE = {
 _STARTED = _template("response.created", b'"response":%s') + _template(
     "response.in_progress", b'"response":%s'
 )
+_WHERE = b'"item_id":"%s","output_index":%d,"content_index":0,'
+# An item opened (its added events) and closed (its text done, its part done, the item done),
+# each in one template: (index, id, seq, id, index, seq) and (id, index, text, seq, id, index,
+# part, seq, index, item, seq).
+_OPENED = {
+    kind: _template("response.output_item.added", _ADDED[kind])
+    + _template("response.content_part.added", _PART_ADDED[kind])
+    for kind in _ADDED
+}
+_CLOSED = {
+    kind: _template(_DONE[kind], _WHERE + _TEXT_DONE[kind])
+    + _template("response.content_part.done", _WHERE + b'"part":%s')
+    + _template("response.output_item.done", b'"output_index":%d,"item":%s')
+    for kind in _DONE
+}
 _LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
 _NO_FRAME: Frame = (b"", b"", 0, 0)
 
@@ -214,17 +229,15 @@ class ResponsesStream:
         item = self.open
         return item if item is not None and item.kind == "message" and not self.ended else None
 
-    def more_text(self, text: str) -> bytes | None:
-        """The event of more answer text while the message is being written (the commonest
-        chunk, when it is nothing else), in one step; None when that is not the case.
-        """
-        item = self.open
-        if item is None or item.kind != "message" or self.ended:
-            return None
-        item.parts.append(text)
-        seq = self.seq
-        self.seq += 1
-        return item.head + _dumps(text) + _SEQ % seq
+    def text(self, text: str) -> bytes:
+        """The events of a chunk of nothing but more answer text (``plain_text``): what
+        ``feed`` makes of it, in fewer steps."""
+        if self.ended:
+            return b""
+        if not self.started:
+            self._start()
+        self._text("message", text)
+        return self._take()
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
@@ -259,9 +272,9 @@ class ResponsesStream:
         index = len(self.items)
         self.items.append(None)
         item = _Open(kind, index, self.shape.item_id(_PREFIX[kind], index))
-        iid = item.id.encode()
-        self._raw("response.output_item.added", _ADDED[kind] % (index, iid))
-        self._raw("response.content_part.added", _PART_ADDED[kind] % (iid, index))
+        iid, seq = item.id.encode(), self.seq
+        self.out.append(_OPENED[kind] % (index, iid, seq, iid, index, seq + 1))
+        self.seq = seq + 2
         item.head = _DELTA_HEAD[kind] % (iid, index)
         self.open = item
         return item
@@ -272,12 +285,13 @@ class ResponsesStream:
         if item is None:
             return
         text = _dumps("".join(item.parts))
-        iid, kind = item.id.encode(), item.kind
-        where = b'"item_id":"%s","output_index":%d,"content_index":0,' % (iid, item.index)
+        iid, kind, index, seq = item.id.encode(), item.kind, item.index, self.seq
         part = _PART[kind] % text
-        self._raw(_DONE[kind], where + _TEXT_DONE[kind] % text)
-        self._raw("response.content_part.done", where + b'"part":' + part)
-        self._done(item.index, _ITEM[kind] % (iid, part))
+        done = self.items[index] = _ITEM[kind] % (iid, part)
+        self.out.append(
+            _CLOSED[kind] % (iid, index, text, seq, iid, index, part, seq + 1, index, done, seq + 2)
+        )
+        self.seq = seq + 3
 
     def _raw(self, kind: str, members: bytes) -> None:
         """An event whose data's members (besides its type and number) are ``members``."""
@@ -348,7 +362,9 @@ class ResponsesStream:
                 self._close_call(call)
         status, details = status_of(self.finish_reason)
         usage = usage_json(self.usage, (self.input_estimate, output_estimate))
-        self.final = self.shape.encode(status, self._output(), usage, details)
+        done = cast(list[bytes], self.items)  # every item is, after the closes above
+        output = b"[" + b",".join(done) + b"]"
+        self.final = self.shape.encode(status, output, usage, details)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit_response(kind, self.final)
         return self._take()
@@ -405,6 +421,7 @@ class ResponsesRelay:
         stream = self.stream
         before, after, start, stop = self._frame
         item = stream.writing() if stop else None  # the message, while a frame is known
+        seq = stream.seq  # (kept here while text chunks come; the stream's own around others)
         texts = 0  # text chunks taken from their bytes
         for event in events:
             if item is not None and event.startswith(before) and event.endswith(after):
@@ -420,8 +437,8 @@ class ResponsesRelay:
                         item.parts.append(text)
                         if b"\\" in literal:
                             literal = _dumps(text)
-                        parts.append(item.head + literal + _SEQ % stream.seq)
-                        stream.seq += 1
+                        parts.append(item.head + literal + _SEQ % seq)
+                        seq += 1
                         texts += 1
                         continue
             # a one-line event is "data: " and its data (event_data's commonest case, inline)
@@ -432,9 +449,12 @@ class ResponsesRelay:
             if data == DONE:
                 self.done = True
                 continue
+            stream.seq = seq
             parts.append(self._parsed(event, data))
+            seq = stream.seq
             before, after, start, stop = self._frame
             item = stream.writing() if stop else None
+        stream.seq = seq
         self.chunks += texts
         self.usage = stream.usage
         return b"".join(parts)
@@ -448,16 +468,14 @@ class ResponsesRelay:
         if type(chunk) is not dict:
             return b""
         self.chunks += 1
+        if self._frame[3] or not self._learn:  # nothing more to learn: the chunk as it is
+            return stream.feed(chunk)
         text = plain_text(chunk)
         if text is None:
             return stream.feed(chunk)
-        more = stream.more_text(text)
-        if more is None:  # the text that opens the message
-            more = stream.feed(chunk)
-        if self._learn:
-            self._learn -= 1
-            self._frame = learn_frame(event, data, text, _dumps(text)) or self._frame
-        return more
+        self._learn -= 1
+        self._frame = learn_frame(event, data, text, _dumps(text)) or self._frame
+        return stream.text(text)
 
     def error(self, error: GatewayError) -> bytes:
         return self.stream.fail(error.message, error.code)

@@ -60,14 +60,16 @@ class _KeptStream(web.StreamResponse):
 
     _send_headers_immediately = False  # the head goes with the first events, as for chat
 
-    def __init__(self, before_end: Callable[[], Awaitable[None]], headers: dict[str, str]) -> None:
+    def __init__(
+        self, before_end: Callable[[], Awaitable[None] | None], headers: dict[str, str]
+    ) -> None:
         super().__init__(headers=headers)
-        self._before_end: Callable[[], Awaitable[None]] | None = before_end
+        self._before_end: Callable[[], Awaitable[None] | None] | None = before_end
 
     async def write_eof(self, data: bytes = b"") -> None:
         before_end, self._before_end = self._before_end, None
-        if before_end is not None:
-            await before_end()
+        if before_end is not None and (kept := before_end()) is not None:
+            await kept
         await super().write_eof(data)
 
 
@@ -94,9 +96,12 @@ class _Turn(ChatHandler):
     def event_stream(self) -> web.StreamResponse:
         return _KeptStream(self._before_end, {**SSE_HEADERS, **self.headers})
 
-    async def _before_end(self) -> None:
+    def _before_end(self) -> Awaitable[None] | None:
+        """The response kept, if the stream ended well (awaited by ``_KeptStream``: a step
+        less in the await chain while Redis answers)."""
         if self.relay is not None and self.relay.final is not None:
-            await self.keep(self.shape.id, self.relay.final)
+            return self.keep(self.shape.id, self.relay.final)
+        return None
 
 
 class ResponsesHandler:
@@ -127,21 +132,22 @@ class ResponsesHandler:
             return await responses_native.create(
                 rt, request, ex, (record, route), body, history, estimate, keep
             )
-        return await self._translated(request, ex, record, route, body, history, estimate, keep)
+        return await self._translated(
+            request, ex, (record, route), body, (history, items), estimate, keep
+        )
 
     async def _translated(
         self,
         request: web.Request,
         ex: Exchange,
-        record: KeyRecord,
-        route: ModelRoute,
+        caller: tuple[KeyRecord, ModelRoute],
         body: dict[str, Any],
-        history: list[Any],
+        conversation: tuple[list[Any], list[Any]],  # the stored history, the body's own items
         estimate: int,
         keep: Keep,
     ) -> web.StreamResponse:
-        rt = self.rt
-        plan = responses.translate(body, history, rt.config.responses.hosted_tools)
+        rt, (record, route), (history, items) = self.rt, caller, conversation
+        plan = responses.translate(body, history, rt.config.responses.hosted_tools, items)
         model = rt.config.models.get(route.name)
         ceiling = model.max_output_tokens if model is not None else None
         if ceiling is not None and plan.chat.get("max_tokens", 0) > ceiling:
