@@ -29,7 +29,8 @@ from typing import Any
 
 from gateway.records import Settlement, UsageDay
 from gateway.store import redis_codec as codec
-from gateway.store.transport import Command, RedisTransport, Script
+from gateway.store.base import StoreError
+from gateway.store.transport import Call, Command, RedisTransport, Script, noscript, why
 
 log = logging.getLogger("gateway.store")
 
@@ -66,27 +67,43 @@ class ClusterSettlement:
         self._writing = asyncio.Lock()  # one writer at a time keeps each stripe in order
 
     async def settle_many(self, settlements: Sequence[Settlement], now: str) -> None:
+        """The settle script for each owner's settlements (32 a call, in their order), every
+        call in one pipeline; then the counted rows to their stripes. Raises ``StoreError``
+        when a call failed (the limiter sends the batch again: what was settled is not
+        counted twice, the rows waiting here are written once)."""
         by_owner: dict[str, list[Settlement]] = {}
         for s in settlements:
             by_owner.setdefault(s.admission.owner, []).append(s)
-        results = await asyncio.gather(
-            *(self._owner(group, now) for group in by_owner.values()), return_exceptions=True
-        )
+        chunks = [
+            group[i : i + SETTLE_CHUNK]
+            for group in by_owner.values()
+            for i in range(0, len(group), SETTLE_CHUNK)
+        ]
+        calls = [_joined([codec.settle_call(s, now, cluster=True) for s in c]) for c in chunks]
+        failed = None
+        for chunk, reply in zip(chunks, await self._run(self._settle, calls), strict=True):
+            if isinstance(reply, BaseException):
+                failed = reply
+            else:
+                self.counted(chunk, reply)
         await self.write()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        if failed is not None:
+            raise StoreError(f"redis: {why(failed)}")
 
-    async def _owner(self, settlements: list[Settlement], now: str) -> None:
-        """One owner's settlements, a chunk after the other (in their order), their counted
-        usage queued for the stripes."""
-        for i in range(0, len(settlements), SETTLE_CHUNK):
-            chunk = settlements[i : i + SETTLE_CHUNK]
-            calls = [codec.settle_call(s, now, cluster=True) for s in chunk]
-            keys = [k for ks, _ in calls for k in ks]
-            args = [a for _, a_s in calls for a in a_s]
-            [reply] = await self._io.evalsha(self._settle, [(keys, args)])
-            self.counted(chunk, reply)
+    async def _run(self, script: Script, calls: list[Call]) -> list[Any]:
+        """The calls in one pipeline (a Cluster's client splits it by node, each node's in
+        order), each call's reply or error apart: one that failed never hides what the others
+        did. Calls that met an unloaded script (they ran nothing) are sent again once it is."""
+        replies = await self._io.pipeline([_evalsha(script, c) for c in calls], raising=False)
+        missing = [i for i, reply in enumerate(replies) if noscript(reply)]
+        if missing:
+            await self._io.call("SCRIPT", "LOAD", script.source)
+            again = [_evalsha(script, calls[i]) for i in missing]
+            for i, reply in zip(
+                missing, await self._io.pipeline(again, raising=False), strict=True
+            ):
+                replies[i] = reply
+        return replies
 
     def counted(self, chunk: Sequence[Settlement], reply: Any) -> None:
         """Queue the usage of the settlements settle.lua counted: ``reply`` lists the place
@@ -114,34 +131,47 @@ class ClusterSettlement:
         log.warning("usage rows dropped: %d waited for an unreachable usage stripe", count)
 
     async def write(self) -> None:
-        """Every waiting row to its stripe; raises ``StoreError`` if some are still waiting."""
+        """Every waiting row to its stripe, a call per stripe, the calls in one pipeline;
+        raises ``StoreError`` if some are still waiting."""
         async with self._writing:
             while self.waiting:  # (a stripe is in it only with rows)
-                stripes = list(self.waiting)
-                results = await asyncio.gather(
-                    *(self._stripe(n) for n in stripes), return_exceptions=True
-                )
-                for result in results:
-                    if isinstance(result, BaseException):
-                        raise result
+                sent = {n: rows[:USAGE_CHUNK] for n, rows in self.waiting.items()}
+                calls = [self._rows_call(n, rows) for n, rows in sent.items()]
+                replies = await self._run(self._usage, calls)
+                failed = None
+                for (number, rows), reply in zip(sent.items(), replies, strict=True):
+                    if isinstance(reply, BaseException):
+                        failed = reply
+                    else:
+                        self._confirmed(number, rows[-1].number)
+                if failed is not None:
+                    raise StoreError(f"redis: {why(failed)}")
 
-    async def _stripe(self, number: int) -> None:
-        rows = self.waiting.get(number, [])[:USAGE_CHUNK]
-        if not rows:  # dropped meanwhile
-            return
-        tag = codec.stripe_tag(number)
-        keys, args = [f"{tag}seq:{self.process}"], [str(codec.MARK_TTL)]
+    def _rows_call(self, number: int, rows: list[Row]) -> Call:
+        keys, args = [f"{codec.stripe_tag(number)}seq:{self.process}"], [str(codec.MARK_TTL)]
         for row in rows:
             a = row.settlement.admission
             keys += codec.usage_keys(a.owner, a.key_id)
             args += codec.usage_args(row.number, row.settlement, row.finished)
-        await self._io.evalsha(self._usage, [(keys, args)])
-        last = rows[-1].number  # confirmed up to it: written now, or before
+        return keys, args
+
+    def _confirmed(self, number: int, last: int) -> None:
+        """The stripe's rows up to ``last`` are written (now, or before)."""
         left = [r for r in self.waiting.get(number, ()) if r.number > last]
         if left:
             self.waiting[number] = left
         else:
             self.waiting.pop(number, None)
+
+
+def _joined(calls: list[Call]) -> Call:
+    """Several settlements' KEYS and ARGV as one call's."""
+    return [k for keys, _ in calls for k in keys], [a for _, args in calls for a in args]
+
+
+def _evalsha(script: Script, call: Call) -> Command:
+    keys, args = call
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 # -- reports ----------------------------------------------------------------------------------

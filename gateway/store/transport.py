@@ -52,9 +52,12 @@ class RedisTransport(Protocol):
 
     async def call(self, *args: Arg) -> Any: ...
 
-    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+    async def pipeline(
+        self, commands: Sequence[Command], bulk: bool = False, raising: bool = True
+    ) -> list[Any]:
         """The replies in order; ``bulk``: a report's reads (a connection and a time budget
-        of their own)."""
+        of their own); ``raising=False``: a command's error is its reply (an exception), the
+        others' replies kept (the pipeline as a whole still raises ``StoreError``)."""
         ...
 
     async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]: ...
@@ -91,7 +94,7 @@ def _evalshas(script: Script, calls: list[Call]) -> list[Command]:
     return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
 
 
-def _noscript(reply: object) -> bool:
+def noscript(reply: object) -> bool:
     """Redis did not know the script (a restart or SCRIPT FLUSH): it ran nothing."""
     return isinstance(reply, NoScriptError) or (
         isinstance(reply, LaneError) and str(reply).startswith("NOSCRIPT")
@@ -118,11 +121,14 @@ class LaneTransport:
     async def call(self, *args: Arg) -> Any:
         return await self._bounded(self._lane.call(*args), self._timeout)
 
-    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+    async def pipeline(
+        self, commands: Sequence[Command], bulk: bool = False, raising: bool = True
+    ) -> list[Any]:
         if not commands:
             return []
         lane, budget = (self._bulk, self._bulk_timeout) if bulk else (self._lane, self._timeout)
-        return _raising(await self._bounded(lane.call_many(commands), budget))
+        replies = await self._bounded(lane.call_many(commands), budget)
+        return _raising(replies) if raising else replies
 
     async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
         return await self._bounded(self._evalsha(script, calls), self._timeout)
@@ -130,7 +136,7 @@ class LaneTransport:
     async def _evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
         commands = _evalshas(script, calls)
         replies = await self._lane.call_many(commands)
-        if any(_noscript(r) for r in replies):
+        if any(noscript(r) for r in replies):
             await self._lane.call("SCRIPT", "LOAD", script.source)
             replies = await self._lane.call_many(commands)
         return _raising(replies)
@@ -185,12 +191,14 @@ class ClientTransport:
     async def call(self, *args: Arg) -> Any:
         return _flat(await self._run(self.client.execute_command(*args)))
 
-    async def pipeline(self, commands: Sequence[Command], bulk: bool = False) -> list[Any]:
+    async def pipeline(
+        self, commands: Sequence[Command], bulk: bool = False, raising: bool = True
+    ) -> list[Any]:
         if not commands:
             return []
-        return _raising(
-            await self._run(self._piped(commands), self._bulk_timeout if bulk else None)
-        )
+        budget = self._bulk_timeout if bulk else None
+        replies = await self._run(self._piped(commands), budget)
+        return _raising(replies) if raising else replies
 
     async def _piped(self, commands: Sequence[Command]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
@@ -201,7 +209,7 @@ class ClientTransport:
     async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
         commands = _evalshas(script, calls)
         replies = await self._run(self._piped(commands))
-        if any(_noscript(r) for r in replies):
+        if any(noscript(r) for r in replies):
             await self._run(self.client.script_load(script.source))
             replies = await self._run(self._piped(commands))
         return _raising(replies)

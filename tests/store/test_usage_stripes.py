@@ -140,6 +140,34 @@ async def test_rows_wait_for_an_unreachable_stripe_and_are_written_once(
         await store.close()
 
 
+async def test_rows_a_stripe_refused_wait_and_are_written_once(
+    cluster_url: str, cluster_processes: RedisClusterProcesses
+) -> None:
+    """The stripe's node answers the usage call with an error (out of memory) while the owner's
+    node settles: the batch fails, the row waits, and once the node takes writes again the
+    batch sent again writes it once."""
+    nodes = cluster_processes.nodes
+    key = key_apart(nodes, "acme")
+    stripe_node = nodes[node_of(nodes, stripe_tag(stripe(key)))]
+    store = RedisStore(cluster_url, 5000, FakeClock(T0))
+    try:
+        a, s = settled(key, "acme", 1)
+        assert (await store.admit(a)).admitted
+        stripe_node.call("CONFIG", "SET", "maxmemory", "1")
+        try:
+            with pytest.raises(StoreError, match="maxmemory"):
+                await store.settle_many([s])
+        finally:
+            stripe_node.call("CONFIG", "SET", "maxmemory", "0")
+        assert await store.usage("acme", [key], DAY, DAY) == []
+        for _ in range(2):
+            await store.settle_many([s])
+        [row] = await store.usage("acme", [key], DAY, DAY)
+        assert (row.requests, row.prompt_tokens) == (1, 3)
+    finally:
+        await store.close()
+
+
 async def _admit_when_back(store: RedisStore, a: Admission) -> Any:
     """The admission, once the Cluster client has found its way back (bounded)."""
     deadline = asyncio.get_running_loop().time() + 10
