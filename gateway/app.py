@@ -35,6 +35,7 @@ from gateway.store.capacity_factory import create_lease_store
 from gateway.store.events_factory import create_event_store
 from gateway.store.factory import create_store
 from gateway.store.responses_store import create_responses_store
+from gateway.tally import Tally
 from gateway.tracing import Tracer, build_tracer
 from gateway.web import admin, admin_alerts, admin_api, admin_owners, console, public
 from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
@@ -180,12 +181,22 @@ async def _routing_headers(request: web.Request, response: web.StreamResponse) -
             response.headers["x-gateway-model"] = ex.model
 
 
-def _flusher(access: AccessLog) -> Callable[[web.Application], AsyncIterator[None]]:
+def _flusher(
+    access: AccessLog | None, tally: Tally
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The access log's lines and the request path's metrics, written every second and at
+    the end."""
+
+    def flush() -> None:
+        tally.flush()
+        if access is not None:
+            access.flush()
+
     async def flush_every_second(app: web.Application) -> AsyncIterator[None]:
-        flushes = Periodic(1.0, access.flush).start()
+        flushes = Periodic(1.0, flush).start()
         yield
         await flushes.stop()
-        access.flush()
+        flush()
 
     return flush_every_second
 
@@ -206,7 +217,9 @@ def create_app(runtime: Runtime) -> web.Application:
     access = AccessLog() if config.log.access else None
     observer = Observer(runtime.metrics, access, runtime.refusals)
     app = web.Application(
-        middlewares=[edge_middleware(ids, runtime.clock.monotonic, observer.done)],
+        middlewares=[
+            edge_middleware(ids, runtime.clock.monotonic, observer.done, runtime.metrics.tally)
+        ],
         client_max_size=config.network.max_body_bytes,
     )
     app[RUNTIME] = runtime
@@ -228,8 +241,7 @@ def create_app(runtime: Runtime) -> web.Application:
         app.on_response_prepare.append(_routing_headers)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_services)
-    if observer.access is not None:
-        app.cleanup_ctx.append(_flusher(observer.access))
+    app.cleanup_ctx.append(_flusher(observer.access, runtime.metrics.tally))
     if runtime.tracer.enabled:
         app.cleanup_ctx.append(_tracing(runtime.tracer))
     public.add_routes(app, runtime)

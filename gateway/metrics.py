@@ -21,6 +21,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.tally import Tally
+
 # Milliseconds to minutes: LLM answers range from a cached 20 ms to a 10-minute stream.
 DURATION_BUCKETS = (
     0.005,
@@ -59,6 +61,7 @@ class Metrics:
     share a multiprocess directory."""
 
     def __init__(self) -> None:
+        self.tally = Tally()  # the request path's counts, added in bulk (``gateway.tally``)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -252,6 +255,7 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        self.tally.flush()
         directory = multiprocess_dir()
         if directory is None:
             return generate_latest(self.registry)

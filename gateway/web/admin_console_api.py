@@ -157,6 +157,7 @@ def refusals(runtime: Runtime) -> dict[str, Any]:
     recent = runtime.refusals.to_api()
     counted = Counter(r["reason"] for r in recent)
     since_start: dict[str, int] = {}
+    runtime.metrics.tally.flush()  # this process's last second in the counts read
     for family in runtime.metrics.refusals.collect():
         for sample in family.samples:
             if sample.name.endswith("_total") and sample.value:

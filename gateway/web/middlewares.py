@@ -36,6 +36,7 @@ from gateway.errors import (
     PayloadTooLarge,
 )
 from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.tally import Tally
 
 log = logging.getLogger("gateway.http")
 
@@ -112,12 +113,17 @@ def edge_middleware(
     ids: RequestIds,
     clock_monotonic: Callable[[], float],
     done: Callable[[web.Request, Exchange, int, float], None],
+    tally: Tally | None = None,
 ) -> Middleware:
+    """``done`` is told of every request when it ends; ``tally`` (the metrics' bulk counts)
+    of how many are open, so that its counts go in whenever none is."""
     clock_monotonic = _unwrapped(clock_monotonic)
     new, label = ids.new, ids.label
+    tally = tally if tally is not None else Tally()
 
     @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+        tally.open += 1
         headers = request.headers
         # The client's X-Request-ID is a label (logs, tracing, upstream); what the gateway
         # counts (rate windows, leases, settlement) is known by an id only it makes.
@@ -146,6 +152,7 @@ def edge_middleware(
             status = CLIENT_CLOSED
             raise
         finally:
+            tally.open -= 1
             done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 
     return edge

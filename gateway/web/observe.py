@@ -66,6 +66,7 @@ class Observer:
         self, metrics: Metrics, access: AccessLog | None, recent: RecentRefusals | None = None
     ) -> None:
         self.metrics = metrics
+        self.tally = metrics.tally
         self.access = access
         self.recent = recent.entries if recent is not None else None
         # Labelled children by label values: ``labels()`` costs a lock, a tuple and a ``str`` of
@@ -101,14 +102,15 @@ class Observer:
                 self.metrics.requests.labels(route, model, str(status), dialect, api),
                 self.metrics.duration.labels(route, dialect, api),
             )
-        answered[0].inc()
-        answered[1].observe(duration)
+        tally = self.tally  # added to the metrics in bulk (``gateway.tally``)
+        tally.inc(answered[0])
+        tally.observe(answered[1], duration)
         refusal = ex.refusal
         if refusal is not None:
             refused = self._refused.get(refusal)
             if refused is None:
                 refused = self._refused[refusal] = self.metrics.refusals.labels(refusal)
-            refused.inc()
+            tally.inc(refused)
             if self.recent is not None:
                 self.recent.append(
                     (
@@ -129,7 +131,7 @@ class Observer:
             first = self._ttft.get((model, upstream))
             if first is None:
                 first = self._ttft[(model, upstream)] = self.metrics.ttft.labels(model, upstream)
-            first.observe(ttft)
+            tally.observe(first, ttft)
         if ex.prompt_tokens or ex.completion_tokens:
             tokens = self._tokens.get((model, ex.estimated, api))
             if tokens is None:
@@ -138,8 +140,10 @@ class Observer:
                     self.metrics.tokens.labels(model, "prompt", estimated, api),
                     self.metrics.tokens.labels(model, "completion", estimated, api),
                 )
-            tokens[0].inc(ex.prompt_tokens)
-            tokens[1].inc(ex.completion_tokens)
+            tally.inc(tokens[0], ex.prompt_tokens)
+            tally.inc(tokens[1], ex.completion_tokens)
+        if not tally.open:  # nothing else in flight: the counts go in now
+            tally.flush()
         if self.access is not None:
             self.access.write(self._line(request, ex, route, status, duration, api))
 
