@@ -158,7 +158,7 @@ class ResponsesHandler:
         answer = await turn.serve(request, ex, record, route, plan.chat, estimate)
         if turn.final is not None:
             await keep(made.id, turn.final)
-        if not answer.prepared:
+        if headers and not answer.prepared:
             answer.headers.update(headers)
         return answer
 

@@ -299,3 +299,38 @@ USAGES = st.fixed_dictionaries(
 def test_the_usage_template_is_the_usage(usage: Any) -> None:
     """``usage_json`` writes what ``usage_of`` builds, for any usage a worker sends."""
     assert orjson.loads(usage_json(usage, (3, 4))) == usage_of(usage, (3, 4))
+
+
+PLAIN_VALUES = {
+    "instructions": st.none() | st.text(max_size=5),
+    "max_output_tokens": st.none() | st.integers(1, 10**6),
+    "stream": st.none() | st.booleans(),
+    "store": st.none() | st.booleans(),
+    "temperature": st.none() | st.floats(0, 2) | st.integers(0, 2),
+    "top_p": st.none() | st.floats(0, 1),
+    "metadata": st.none() | st.just({"a": "b"}),
+    "include": st.none() | st.just([]),
+    "parallel_tool_calls": st.none() | st.booleans(),
+}
+
+
+@given(
+    st.fixed_dictionaries(
+        {"model": st.text(min_size=1, max_size=3), "input": st.text(max_size=5)},
+        optional=PLAIN_VALUES,
+    )
+)
+def test_the_commonest_request_translates_as_any_other(body: dict[str, Any]) -> None:
+    """The one-step translation of a plain request (``_plain``) is the general one's, to the
+    order of the chat body's members (the bytes the worker gets)."""
+    from gateway.dialects.responses import PLAIN, _general, _plain, items_of
+
+    checked = check(body)
+    assert PLAIN.issuperset(checked)
+    fast, general = (
+        _plain(checked, items_of(checked)),
+        _general(checked, [], "drop", items_of(checked)),
+    )
+    assert orjson.dumps(fast.chat) == orjson.dumps(general.chat)
+    assert (fast.names, fast.dropped, fast.items) == (general.names, general.dropped, general.items)
+    assert orjson.dumps(translate(checked, [], "drop").chat) == orjson.dumps(general.chat)
