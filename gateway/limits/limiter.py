@@ -168,6 +168,7 @@ class Limiter:
         self.buffer = Buffer(config.store.buffer_max)
         self._wake = asyncio.Event()
         self._in_flight: dict[str, Ticket] = {}
+        self._per_key: dict[str, int] = {}  # key id → its tickets in ``_in_flight``
         self._tasks: list[asyncio.Task[None]] = []
         self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
@@ -273,9 +274,28 @@ class Limiter:
             )
         ticket = Ticket(admission, verdict, headers, self.clock.monotonic())
         self._in_flight[request_id] = ticket
+        per_key = self._per_key
+        per_key[record.id] = per_key.get(record.id, 0) + 1
         if verdict is not None:
             self.on_admitted(record, plan, verdict)
         return ticket
+
+    def refuse_if_full(self, record: KeyRecord) -> None:
+        """429 from the request's head when this process alone holds the key's
+        ``maxConcurrency`` admitted requests: the store would refuse it too (every process's
+        count is at least this one's), and its body need not be read to know it."""
+        limit = record.max_concurrency
+        if limit is not None and self._per_key.get(record.id, 0) >= limit:
+            code, what = _CODES["concurrency"]
+            raise TooManyRequests(f"{what}; retry after 1 s.", code=code, retry_after=1)
+
+    def _unheld(self, key_id: str) -> None:
+        per_key = self._per_key
+        left = per_key.get(key_id, 1) - 1
+        if left > 0:
+            per_key[key_id] = left
+        else:
+            per_key.pop(key_id, None)
 
     async def _decide(self, admission: Admission, model: str) -> Verdict:
         """The store's verdict within ``store.timeout_ms``. A verdict that comes after its
@@ -347,7 +367,8 @@ class Limiter:
         cost: int,
         api: str,
     ) -> None:
-        self._in_flight.pop(ticket.admission.request_id, None)
+        if self._in_flight.pop(ticket.admission.request_id, None) is not None:
+            self._unheld(ticket.admission.key_id)
         verdict = ticket.verdict
         self.buffer.add(
             Settlement(

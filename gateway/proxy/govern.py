@@ -33,12 +33,14 @@ def refuse_declared_size(request: web.Request, limit: int) -> None:
 
 async def caller(runtime: Runtime, request: web.Request, permission: str) -> KeyRecord:
     """The caller's key, from the head alone: its size declared within the limit, its key
-    known, active and allowed from this address, with ``permission``. No byte of the body is
-    read before this returns, so an unauthenticated client can never make the gateway hold it.
+    known, active and allowed from this address, with ``permission``, and not already at its
+    ``maxConcurrency`` in this process. No byte of the body is read before this returns, so
+    neither an unauthenticated client nor a key at its limit can make the gateway hold it.
     """
     refuse_declared_size(request, runtime.config.network.max_body_bytes)
     record = await authenticate(runtime, request)
     runtime.keys.check_permission(record, permission)
+    runtime.limiter.refuse_if_full(record)
     return record
 
 
@@ -78,9 +80,14 @@ async def admit(
     images: int = 0,
 ) -> Ticket:
     """The admission of this request (by the gateway's own id) reserving ``prompt`` and
-    ``completion`` tokens, and what they would cost at the model's prices (the money budgets);
-    its rate headers go on the answer, and on a refusal too."""
+    ``completion`` tokens, and what they would cost at the prices of the dearest model that
+    may answer it (the model, or a fallback the key may use: the money budgets); its rate
+    headers go on the answer, and on a refusal too."""
     price = money.cost(route.pricing, prompt, completion, images=images)
+    for name in route.fallbacks:  # settled at the prices of the one that answers (``settle``)
+        fallback = runtime.router.resolve(name)
+        if fallback is not None and fallback.allowed_by(record.models):
+            price = max(price, money.cost(fallback.pricing, prompt, completion, images=images))
     ticket = await runtime.limiter.admit(
         ex.id, record, prompt + completion, ex.anthropic, route.name, price
     )

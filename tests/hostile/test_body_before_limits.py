@@ -16,7 +16,6 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from gateway.server import Server
@@ -25,11 +24,6 @@ from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream, completion
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: the body is read before the limits are checked (proxy/govern.py: caller, "
-    "body, …, admit); a key at its concurrency limit makes the gateway hold whole bodies",
-)
 async def test_a_key_at_its_concurrency_limit_is_refused_from_the_head(
     gateway_factory: Any, fake: FakeUpstream
 ) -> None:
