@@ -10,7 +10,6 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from gateway.server import Server
@@ -69,11 +68,6 @@ async def _slow_thousand(request: web.Request, body: Any) -> web.StreamResponse:
     return web.json_response(completion("x", prompt=5, completion_tokens=1000))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: a request whose model has a dearer fallback is reserved at the requested "
-    "model's prices (govern.admit): concurrent requests overshoot the budget by the fallback's",
-)
 async def test_concurrent_fallbacks_stay_within_the_budget(gateway_factory: Any) -> None:
     """Attack: five requests at once for ``cheap`` (free; its worker fails), on a $2.50 day;
     ``dear`` answers each with $1.00 of tokens. Observed: all five admitted (each reserved $0 at
