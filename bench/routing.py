@@ -15,7 +15,8 @@ cost?
    system prompts) is replayed under each policy, 16 requests in flight, streamed, 16 output
    tokens. Measured: time to first token at the client, the prefix-cache hit rate against the
    ideal (one worker with an infinite cache, the same requests in the same order), and the
-   workers' loads (running + waiting) sampled every 20 ms against ``ceil(1.25 x mean)``
+   workers' loads (running + waiting, the 4 read at once) sampled every 20 ms against
+   ``ceil(1.25 x mean)``, over the whole run and after its first second
    (``affinity@2``: affinity with ``load_factor: 2``).
 2. **A worker made 3x slower mid-run** (affinity): its share of new requests per 0.5 s, when a
    second of it first fell to two thirds of its share before, and its share once settled.

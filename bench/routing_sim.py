@@ -15,7 +15,15 @@ Arms: least_loaded; affinity with and without the memory of prompts (``routing.h
 with placements told to the other gateway (``+told``: ``routing.placements``, received 2 ms
 later, as over a store's broadcast); requests alternating between the gateways, each
 conversation pinned to one (``+pinned``), or each request to a gateway drawn at random
-(``+random``). Arguments: the arms to run (their least_loaded arms come too).
+(``+random``). The fleet's loads told between the gateways (``+loads``: ``routing.loads``,
+each message received 2 ms after it is sent; ``+noguard``: without the bound on placements not
+told yet), one gateway (``+one``), no worker signals (``+nosignals``), network hops of 0.5 to 1.5
+times 1 ms and decode times ±10 % (``+jitter``), the client's round trip before its next turn
+(``+client``), capped upstreams with a store round trip of S seconds between choosing and
+counting a request (``+lease=S``, as a lease under ``max_concurrency`` on a shared store). The
+bound is sampled as ``bench/routing.py`` samples it: the workers' running + waiting every 20 ms
+against ``ceil(1.25 x mean)`` (the last column: the same over the gateways' in-flight counts).
+Arguments: the arms to run (their least_loaded arms come too); ``SIM_SEEDS``: how many workloads.
 """
 
 from __future__ import annotations
