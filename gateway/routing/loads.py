@@ -6,11 +6,14 @@ every ``routing.signals_interval``), what another process sent since the last re
 and two processes could crowd one worker between two reads (``bench/routing.py`` found the
 busiest worker over ``ceil(load_factor x mean)`` by 2 to 3 in 2.5-8.7 % of its samples). So each
 process tells its in-flight counts: the upstreams whose count changed, one ``PUBLISH`` per
-batch (``INTERVAL`` apart at most once per interval, at most one in flight, never awaited by a
-request; a burst of changes goes out as the counts at send time), and every count again each
+batch (at most one per ``INTERVAL`` and one in flight, never awaited by a request; a burst of
+changes goes out as the counts at send time), and every count again each
 ``KEEP`` seconds while any is not zero (a long stream changes nothing for minutes). A receiver
 keeps each other process's last told counts and forgets a process not heard from for ``AGE``
-seconds (one that stopped). On the request path a change costs a set insertion.
+seconds (one that stopped). On the request path a change costs a set insertion. While the
+store is down nothing is told: the others forget this process after ``AGE``, and its own
+placements, never known to them, stay under the untold bound (``Ring.choose``'s ``unknown``),
+i.e. each process bounds its own share.
 
 What a receiver does with the counts is the balancer's (``Balancer.told``): an upstream's load is
 this process's own in flight (exact) plus the others' last told, plus what the worker's signals
