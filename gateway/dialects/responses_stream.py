@@ -453,7 +453,9 @@ class ResponsesRelay:
             parts.append(self._parsed(event, data))
             seq = stream.seq
             before, after, start, stop = self._frame
-            item = stream.writing() if stop else None
+            item = stream.open if stop and not stream.ended else None  # (``writing``, inline)
+            if item is not None and item.kind != "message":
+                item = None
         stream.seq = seq
         self.chunks += texts
         self.usage = stream.usage
@@ -468,7 +470,9 @@ class ResponsesRelay:
         if type(chunk) is not dict:
             return b""
         self.chunks += 1
-        if self._frame[3] or not self._learn:  # nothing more to learn: the chunk as it is
+        # Nothing more to learn, or a chunk with a role (the stream's first): as it is. (A
+        # "role" key can be in no plain text chunk: feed gives any chunk the same events.)
+        if self._frame[3] or not self._learn or b'"role"' in data:
             return stream.feed(chunk)
         text = plain_text(chunk)
         if text is None:
