@@ -94,7 +94,8 @@ class _Turn(ChatHandler):
         return self.final
 
     def event_stream(self) -> web.StreamResponse:
-        return _KeptStream(self._before_end, {**SSE_HEADERS, **self.headers})
+        headers = {**SSE_HEADERS, **self.headers} if self.headers else SSE_HEADERS
+        return _KeptStream(self._before_end, headers)
 
     def _before_end(self) -> Awaitable[None] | None:
         """The response kept, if the stream ended well (awaited by ``_KeptStream``: a step

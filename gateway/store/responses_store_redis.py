@@ -24,6 +24,7 @@ its reply (an ``asyncio.timeout`` per call cost as much as the call); one throug
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -37,7 +38,12 @@ T = TypeVar("T")
 
 def key(owner: str, response_id: str) -> str:
     """A response's key: its own id the hash tag (ids hold no braces: ``valid_id``)."""
-    return f"gw:resp:{{{response_id}}}:{esc(owner)}"
+    return f"gw:resp:{{{response_id}}}:{_escaped(owner)}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _escaped(owner: str) -> str:
+    return esc(owner)  # (once per owner, not per response)
 
 
 def legacy_key(owner: str, response_id: str) -> str:
