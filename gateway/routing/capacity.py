@@ -321,11 +321,20 @@ class Capacity:
                 if leases and self.leases is not None:
                     checks, seq = pool.checks(), pool.seq
                     try:
-                        pool.checked(checks, await self.leases.renew(leases, checks), seq)
+                        renewed = await self.leases.renew(leases, checks)
+                        self._forget(renewed.gone)
+                        pool.checked(checks, renewed.room, seq)
                     except StoreError as exc:
                         log.warning("capacity renewal failed", extra={"reason": str(exc)})
         finally:
             self._renewer = None
+
+    def _forget(self, gone: list[tuple[str, str]]) -> None:
+        """Leases the store no longer has (it lost them): not held, so never reused."""
+        for name, lease in gone:
+            held = self._held.get(name)
+            if held is not None and lease in held:
+                held.remove(lease)
 
     async def close(self) -> None:
         await self.local.close()

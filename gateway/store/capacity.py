@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 LEASE_SECONDS = 4.0  # a dead process's slots come back within this
 RENEW_SECONDS = 1.0  # how often a live process renews the leases it holds
@@ -25,6 +25,16 @@ SWEEP_SECONDS = 0.25  # how often a process with waiting requests vouches for th
 ROOMY = 1024
 
 Deliver = Callable[[str, str], None]  # (ticket, upstream) of a grant
+
+
+class Renewed(NamedTuple):
+    """A renewal's answer: per upstream asked about, has it room to spare; and the (upstream,
+    lease) pairs that were no longer in the store (expired, or lost with its data)."""
+
+    room: list[bool]
+    gone: list[tuple[str, str]]
+
+
 Wanted = Callable[[list[str]], None]  # upstreams a request started to wait for, anywhere
 Status = Callable[[bool], None]  # a subscription up (True) or down (False)
 
@@ -55,10 +65,10 @@ class LeaseStore(Protocol):
 
     async def renew(
         self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
-    ) -> list[bool]:
-        """Extend (upstream name, lease) pairs still held by another lease time; and for each
-        (upstream, cap) of ``room``, has it room to spare now (as ``acquire_now`` tells with
-        ``ROOMY``; a store that cannot tell says False)?"""
+    ) -> Renewed:
+        """Extend (upstream name, lease) pairs still held by another lease time (and tell those
+        no longer there); and for each (upstream, cap) of ``room``, has it room to spare now (as
+        ``acquire_now`` tells with ``ROOMY``; a store that cannot tell says False)?"""
         ...
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:

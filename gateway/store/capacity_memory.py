@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.clock import Clock
-from gateway.store.capacity import LEASE_SECONDS
+from gateway.store.capacity import LEASE_SECONDS, Renewed
 
 
 class MemoryLeaseStore:
@@ -50,12 +50,15 @@ class MemoryLeaseStore:
 
     async def renew(
         self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
-    ) -> list[bool]:
+    ) -> Renewed:
+        gone = []
         for upstream, lease in leases:
             held = self._live(upstream)
             if lease in held:
                 held[lease] = self.clock.monotonic() + self.lease_seconds
-        return [False] * len(room)  # one process: no pool to keep
+            else:
+                gone.append((upstream, lease))
+        return Renewed([False] * len(room), gone)  # one process: no pool to keep
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         self.release_now(leases)

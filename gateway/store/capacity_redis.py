@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from importlib import resources
 
-from gateway.store.capacity import LEASE_SECONDS, Deliver, Status, Wanted
+from gateway.store.capacity import LEASE_SECONDS, Deliver, Renewed, Status, Wanted
 from gateway.store.capacity_batch import Acquirer
 from gateway.store.capacity_grants import RedisGrantListener
 from gateway.store.redis_conn import parse
@@ -100,14 +100,15 @@ class RedisLeaseStore:
 
     async def renew(
         self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
-    ) -> list[bool]:
+    ) -> Renewed:
         if not leases and not room:
-            return []
+            return Renewed([], [])
         keys = [PREFIX + name for name, _ in leases] + [PREFIX + name for name, _ in room]
         args = [self.lease_ms, str(len(leases)), *(lease for _, lease in leases)]
         args += [str(cap) for _, cap in room]
-        (flags,) = await self.transport.evalsha(RENEW, [(keys, args)])
-        return [bool(flag) for flag in flags]
+        (reply,) = await self.transport.evalsha(RENEW, [(keys, args)])
+        flags, gone = reply[: len(room)], reply[len(room) :]
+        return Renewed([bool(flag) for flag in flags], [leases[int(i) - 1] for i in gone])
 
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         if leases:

@@ -42,9 +42,9 @@ async def test_the_store_tells_room_to_spare_with_a_lease(store: RedisLeaseStore
     got = [await store.acquire_now([(up, 8)], f"p:{i}", None, True) for i in range(8)]
     assert got == [ROOMY] * 6 + [0, 0]  # 6 held leave 2 (a quarter of 8) free
     assert await store.acquire_now([(up, 8)], "p:x", None, False) == -1
-    assert await store.renew([], [(up, 8), (up, 100)]) == [False, True]
+    assert (await store.renew([], [(up, 8), (up, 100)])).room == [False, True]
     await store.release([(up, "p:7"), (up, "p:6"), (up, "p:5")])
-    assert await store.renew([(up, "p:0")], [(up, 8)]) == [True]
+    assert (await store.renew([(up, "p:0")], [(up, 8)])).room == [True]
     assert await store.acquire_now([(up, 8)], "p:plain", None, False) == 0  # not asked: plain
 
 
@@ -54,9 +54,9 @@ async def test_nobody_has_room_to_spare_while_a_request_waits(store: RedisLeaseS
     assert await store.acquire([(up, 1)], "p:holder", model) == 0
     assert (await store.join(model, "p:t1", "o", 1.0, 0, None, [(up, 1)]))[0] == 0
     assert await store.acquire_now([(up, 100)], "p:other", None, True) == 0
-    assert await store.renew([], [(up, 100)]) == [False]
+    assert (await store.renew([], [(up, 100)])).room == [False]
     await store.release([(up, "p:holder"), (up, "p:t1"), (up, "p:other")])
-    assert await store.renew([], [(up, 100)]) == [True]
+    assert (await store.renew([], [(up, 100)])).room == [True]
 
 
 async def test_the_first_request_to_wait_for_an_upstream_is_published(
@@ -226,3 +226,30 @@ async def test_an_idle_lease_goes_back_at_once_when_a_request_starts_to_wait(
         assert await asyncio.wait_for(asyncio.gather(*holders, waiter), 10) == [200] * 8
         await asyncio.wait_for(loop, 10)
     assert worker.peak <= 8
+
+
+async def test_a_kept_lease_that_redis_lost_is_dropped_at_the_next_renewal(
+    gateway_factory: GatewayFactory, fake: FakeUpstream, redis_process: RedisServer
+) -> None:
+    """Redis loses its data (a restart without persistence, a failover) while a gateway keeps
+    a lease: the renewal finds it gone, and the next requests take a lease Redis counts again
+    (kept, the forgotten lease would serve uncounted for as long as it is reused)."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    up = f"gpu-{uuid.uuid4().hex[:6]}"
+    worker = Worker(redis_process, up)
+    fake.script = worker
+    server = await gateway_factory(capped(fake.url, up, 64, redis_process.url))
+    await subscribed(redis_process, 1)
+    async with aiohttp.ClientSession() as http:
+        for i in range(4):
+            assert await chat(http, server, f"warm{i}") == 200
+        assert len(worker.seen[-1]) == 1
+        assert redis_process.call("FLUSHALL") == "OK"  # the subscription lives on
+        deadline = time.monotonic() + 5
+        n = 0
+        while True:
+            assert await chat(http, server, f"after{n}") == 200
+            if len(worker.seen[-1]) == 1:
+                break
+            assert time.monotonic() < deadline, "the forgotten lease was still reused"
+            n += 1
