@@ -19,9 +19,10 @@ upstream capped: a capacity lease per request), to set against ``--governed``.
 counted: ``bench/apis.py``'s governed config (a Redis store of its own, every limit, the access
 log) and its canned upstream (``bench/dialects_upstream.py``: the canned 18-token answer whole,
 or its 22-event stream in one piece); chat and Responses, whole and streamed, the same
-conversation, in one gateway process, each API's batch dumped apart, the four batches run twice
-in mirrored order (the two counts of one batch agree within a fraction of a per cent). One line
-per batch, then the ratios Responses / chat (target: at most 1.15, issue 15).
+conversation, in one gateway process, each batch (``--requests``, 500 by default) dumped apart,
+the four batches run twice in mirrored order (the two counts of one batch agree within 1 to 2 %:
+how requests share the Redis lane moves them a little). One line per batch, then the ratios
+Responses / chat of the two counts' means (target: at most 1.15, issue 15).
 
 Needs valgrind (``apt-get install valgrind``). About a minute per source.
 """
