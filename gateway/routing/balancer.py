@@ -72,6 +72,7 @@ class Balancer:
         self.history = History()  # where affinity sent each prompt
         self.placements = Placements(self.history)  # told to (and by) the other processes
         self.loads = Loads(self, self._now)  # the fleet's counts, told and heard
+        self._contested: set[int] = set()  # ids of route pools whose upstreams are contested
         self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
 
     def state(self, name: str) -> UpstreamState:
@@ -116,9 +117,22 @@ class Balancer:
             chosen = self._least_loaded(pool, region, now) or self._least_loaded(pool, region, _INF)
         else:
             chosen = self._spread(pool, region, policy == "round_robin", model)
+        if len(pool) > 1 and id(pool) not in self._contested:
+            self._contest(pool)
         if chosen is not None and chosen.max_concurrency is not None:
             self.state(chosen.name).choose(self._now())
         return chosen
+
+    def _contest(self, pool: Sequence[Upstream]) -> None:
+        """Every upstream of ``pool`` (more than one) is chosen among others: its load is told
+        (``routing.loads``). A route's pool (a tuple, as long-lived as its route) is marked
+        once."""
+        for upstream in pool:
+            self.state(upstream.name).contested = True
+        if isinstance(pool, tuple):
+            if len(self._contested) >= 1024:
+                self._contested.clear()
+            self._contested.add(id(pool))
 
     def _least_loaded(
         self, pool: Sequence[Upstream], region: str | None, now: float
@@ -329,6 +343,8 @@ class Balancer:
             [self.state(u.name) for u in pool],
             any(u.max_concurrency is not None for u in pool),
         )
+        if len(pool) > 1:
+            self._contest(pool)
         if isinstance(pool, tuple):  # a route's pool lives as long as its route
             if len(self._views) >= 1024:
                 self._views.clear()
@@ -391,7 +407,7 @@ class Balancer:
         self.in_flight += 1
         if state.chosen:
             state.counted()
-        if self.loads.sharing:
+        if self.loads.sharing and state.contested:
             state.unknown += 1
             self.loads.change(upstream.name)
 
@@ -399,7 +415,7 @@ class Balancer:
         state = self.state(upstream.name)
         state.in_flight -= 1
         self.in_flight -= 1
-        if self.loads.sharing:
+        if self.loads.sharing and state.contested:
             if state.unknown > state.in_flight:
                 state.unknown = state.in_flight
             self.loads.change(upstream.name)
@@ -412,7 +428,7 @@ class Balancer:
         state = self.state(upstream.name)
         state.in_flight -= 1
         self.in_flight -= 1
-        if self.loads.sharing:
+        if self.loads.sharing and state.contested:
             state.unknown = max(0, state.unknown - 1)
             self.loads.change(upstream.name)
 
@@ -422,7 +438,7 @@ class Balancer:
         return state.in_flight if state is not None else 0
 
     def held(self) -> list[str]:
-        return [name for name, state in self._state.items() if state.in_flight]
+        return [n for n, state in self._state.items() if state.in_flight and state.contested]
 
     def telling(self, names: Iterable[str]) -> list[tuple[str, int]]:
         states = self._state

@@ -30,6 +30,9 @@ class UpstreamState:
     beyond: float = 0.0
     # This process's placements here the others have not been told of yet (while sharing).
     unknown: int = 0
+    # Chosen among others (a pool of more than one): only such an upstream's load decides
+    # anything, so only its count is told (an upstream alone in every pool costs no message).
+    contested: bool = False
     others: float = 0.0
 
     # When this process chose the upstream for requests not counted yet: under a cap on a

@@ -32,6 +32,13 @@ def fleet(processes: int, clock: FakeClock) -> list[Balancer]:
     return balancers
 
 
+def contest(balancers: list[Balancer], *upstreams: Upstream) -> None:
+    """The upstreams are one model's pool in every process: chosen among each other, so their
+    counts are told (an upstream alone in its pools is never told)."""
+    for b in balancers:
+        b.pick(upstreams)
+
+
 def deliver(sender: Balancer, balancers: list[Balancer]) -> None:
     """``sender``'s next message reaches every other process, and the store took it."""
     message = sender.loads.message()
@@ -161,6 +168,7 @@ def test_counts_are_told_once_per_change_and_a_heartbeat_repeats_them() -> None:
     tells every count again while any is not zero, and nothing once all are."""
     clock = FakeClock()
     a, b = fleet(2, clock)
+    contest([a, b], up("w0"), up("w1"))
     w0, w1 = up("w0"), up("w1")
     assert a.loads.message() is None
     a.acquire(w0)
@@ -189,6 +197,7 @@ def test_counts_are_told_once_per_change_and_a_heartbeat_repeats_them() -> None:
 def test_a_process_that_falls_silent_is_forgotten() -> None:
     clock = FakeClock()
     a, b = fleet(2, clock)
+    contest([a, b], up("w0"), up("w1"))
     a.acquire(up("w0"))
     deliver(a, [a, b])
     assert b.state("w0").told == 1
@@ -205,6 +214,7 @@ def test_what_the_signals_show_beyond_the_gateways_counts_is_kept_over_tells() -
     process's and the others' told) stay in the load as the tells change."""
     clock = FakeClock()
     a, b = fleet(2, clock)
+    contest([a, b], up("w0"), up("w1"))
     for _ in range(3):
         a.acquire(up("w0"))
     deliver(a, [a, b])
@@ -230,6 +240,7 @@ async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> N
     the others keep it past ``AGE``; once it ends, the beats stop and nothing is left."""
     clock = FakeClock()
     a, b = fleet(2, clock)
+    contest([a, b], up("w0"), up("w1"))
     sent: list[str] = []
 
     async def publish(message: str) -> None:
@@ -251,3 +262,27 @@ async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> N
     count = len(sent)
     a.loads.beat()
     assert len(sent) == count  # nothing held: no beat
+
+
+async def test_an_upstream_alone_in_its_pools_is_never_told() -> None:
+    """A model with one upstream has nothing to choose: its count decides nothing, so sharing
+    it would cost a message per change for nothing (a PUBLISH per ~10 ms of traffic)."""
+    clock = FakeClock()
+    a = fleet(2, clock)[0]
+    sent: list[str] = []
+
+    async def publish(message: str) -> None:
+        sent.append(message)
+
+    a.loads.share(publish)
+    alone, w1, w2 = up("alone"), up("w1"), up("w2")
+    assert a.pick((alone,)) is alone
+    a.acquire(alone)
+    a.loads.beat()
+    assert a.loads.message() is None and sent == []
+    a.release(alone)
+    chosen = a.pick((w1, w2))  # chosen among others: told from then on
+    assert chosen is not None
+    a.acquire(chosen)
+    await until(lambda: len(sent) == 1, what="the contested count told")
+    assert f'"{chosen.name}"' in sent[0] and '"alone"' not in sent[0]
