@@ -26,22 +26,19 @@ never start so.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import orjson
 
-log = logging.getLogger("gateway.routing")
+from gateway.routing.telling import Teller
 
 PREFIX = "load:"
 INTERVAL = 0.01  # seconds at least between two messages of a process
 KEEP = 1.0  # every count told again this often while any is not zero
 AGE = 3.5 * KEEP  # another process not heard from for this long is forgotten
 
-Publish = Callable[[str], Awaitable[None]]
 Unknown = list[tuple[str, int]]  # (upstream, placements the others do not know of yet)
 
 
@@ -64,57 +61,29 @@ class Counts(Protocol):
         """Those placements reached the other processes."""
 
 
-class Loads:
+class Loads(Teller):
     """This process's in-flight counts to tell, and the other processes' as told."""
 
-    __slots__ = (
-        "_counts",
-        "_next",
-        "_now",
-        "_publish",
-        "_sending",
-        "_unknown",
-        "changed",
-        "heard",
-        "origin",
-        "others",
-        "sharing",
-        "told",
-    )
+    __slots__ = ("_counts", "_now", "_unknown", "changed", "heard", "origin", "others", "told")
 
     def __init__(self, counts: Counts, now: Callable[[], float], origin: int | None = None) -> None:
+        super().__init__(INTERVAL, "loads")
         self._counts = counts
         self._now = now  # monotonic seconds
         self._unknown: Unknown = []  # placements in the message being sent
         self.origin = random.getrandbits(62) if origin is None else origin
         self.changed: set[str] = set()  # upstreams whose count changed since the last message
-        self.sharing = False
         self.others: dict[int, dict[str, float]] = {}  # origin → its counts as last told
         self.heard: dict[int, float] = {}  # origin → when last heard (monotonic)
         self.told: dict[str, float] = {}  # upstream → the others' counts, summed
-        self._publish: Publish | None = None
-        self._sending: asyncio.Future[None] | asyncio.Handle | None = None
-        self._next = 0.0  # the loop's time before which no message goes out
-
-    def share(self, publish: Publish) -> None:
-        """Tell the other processes through ``publish`` (the store's broadcast)."""
-        self._publish = publish
-        self.sharing = True
 
     # -- telling ------------------------------------------------------------------------------
     def change(self, upstream: str) -> None:
         """This process's count for ``upstream`` changed (the request path: no await)."""
         changed = self.changed
-        if not changed and self._sending is None and self._publish is not None:
-            self._later()
+        if not changed:
+            self.soon()
         changed.add(upstream)
-
-    def _later(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._next:
-            self._sending = loop.call_soon(self._send)
-        else:
-            self._sending = loop.call_at(self._next, self._send)
 
     def message(self, every: bool = False) -> str | None:
         """The changed counts (``every``: all non-zero ones too) as one message, none changed
@@ -132,23 +101,8 @@ class Loads:
         self._unknown = self._counts.telling(names)
         return PREFIX + orjson.dumps([self.origin, every, counts]).decode()
 
-    def _send(self, every: bool = False) -> None:
-        self._sending = None
-        message = self.message(every)
-        if message is None or self._publish is None:
-            return
-        self._next = asyncio.get_running_loop().time() + INTERVAL
-        sending = self._sending = asyncio.ensure_future(self._publish(message))
-        sending.add_done_callback(self._sent)
-
-    def _sent(self, sent: asyncio.Future[None]) -> None:
-        self._sending = None
-        if not sent.cancelled() and sent.exception() is not None:
-            log.debug("loads not told", exc_info=sent.exception())
-        else:
-            self.delivered()
-        if self.changed:
-            self._later()
+    def more(self) -> bool:
+        return bool(self.changed)
 
     def delivered(self) -> None:
         """The last message reached the store: its placements are known to the others."""
@@ -160,7 +114,7 @@ class Loads:
         the processes not heard from for ``AGE`` seconds."""
         self.forget(self._now() - AGE)
         if self._publish is not None and self._sending is None and any(self._counts.held()):
-            self._send(every=True)
+            self.emit(self.message(every=True))
 
     # -- hearing ------------------------------------------------------------------------------
     def receive(self, message: str) -> bool:
