@@ -41,10 +41,15 @@ def payload(
     body: dict[str, Any], history: list[Any], route: ModelRoute, ceiling: int | None
 ) -> bytes:
     """The worker's request: the model mapped, the stored conversation in ``input``,
-    ``max_output_tokens`` lowered to the model's ``ceiling``."""
+    ``max_output_tokens`` lowered to the model's ``ceiling``, and, when the body names none,
+    the one it reserved (``default_max_tokens``): a worker's own default may be its whole
+    context."""
     out = dict(body)
     out["model"] = route.upstream_model
-    if ceiling is not None and (out.get("max_output_tokens") or 0) > ceiling:
+    if responses.max_output_tokens(body) is None:
+        default = route.default_max_tokens
+        out["max_output_tokens"] = default if ceiling is None else min(default, ceiling)
+    elif ceiling is not None and (out.get("max_output_tokens") or 0) > ceiling:
         out["max_output_tokens"] = ceiling
     if history:
         out["input"] = [*history, *responses.items_of(body)]

@@ -78,11 +78,6 @@ CASES = [
         {"input": "hi", "ignore_eos": True},
         True,
         id="responses native",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="review: native Responses without max_output_tokens reserves "
-            "default_max_tokens and sends the worker no limit (proxy/responses_native.py)",
-        ),
     ),
     pytest.param(
         "/v1/completions",
