@@ -31,7 +31,6 @@ from gateway.dialects.sse import SSESplitter
 from gateway.errors import (
     BadRequest,
     GatewayError,
-    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.proxy import attempts, govern
@@ -39,7 +38,7 @@ from gateway.proxy.apis.json_api import require
 from gateway.proxy.bodies import dump_upstream, parse_json, upstream_error
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.queued import EarlyHead
-from gateway.proxy.timers import Silence, last_write, stalled
+from gateway.proxy.timers import Silence, last_write
 from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.records import KeyRecord
@@ -347,12 +346,7 @@ class ChatHandler:
                 await client.write_eof(tail + relay.finish())
                 return
         except TimeoutError:
-            if silence.stalled:
-                raise stalled(idle) from None
-            err = UpstreamTimeout(
-                f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the "
-                "answer."
-            )
+            err = silence.timed_out(upstream.name)
         except GatewayError as exc:
             err = exc
         await self._stream_failed(ex, client, relay, upstream, err)

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from gateway.errors import GatewayError, RequestTimeout
+from gateway.errors import GatewayError, RequestTimeout, UpstreamTimeout
 
 
 class Silence:
@@ -63,6 +63,15 @@ class Silence:
             self._seen = self.moved
             start = since if since is not None else now
             self._handle = self._loop.call_at(max(start + self._limit, now + 0.001), self._check)
+
+    def timed_out(self, upstream: str) -> GatewayError:
+        """After the block raised TimeoutError: the worker's silence, returned (for an error
+        event), or the client's stall, raised (the edge cuts the connection)."""
+        if self.stalled:
+            raise stalled(self._limit) from None
+        return UpstreamTimeout(
+            f"Upstream '{upstream}' went silent for {self._limit:g} s in the middle of the answer."
+        )
 
     def _fire(self) -> None:
         self._handle, self._fired = None, True

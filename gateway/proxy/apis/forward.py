@@ -23,13 +23,13 @@ from aiohttp import web
 from gateway.config.schema import Upstream
 from gateway.dialects.openai import OpenAIRelay
 from gateway.dialects.sse import SSESplitter
-from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.proxy import attempts
 from gateway.proxy.apis.answers import rename
 from gateway.proxy.attempts import Held, Post
 from gateway.proxy.exchange import Exchange
 from gateway.proxy.queued import EarlyHead
-from gateway.proxy.timers import Silence, last_write, stalled
+from gateway.proxy.timers import Silence, last_write
 from gateway.proxy.upstream import read_chunk
 from gateway.proxy.wire import Response
 from gateway.routing.router import ModelRoute
@@ -250,12 +250,7 @@ async def pump(
             await client.write_eof()
             return
     except TimeoutError:
-        if silence.stalled:
-            raise stalled(idle) from None
-        silent = (
-            f"Upstream '{upstream.name}' went silent for {idle:g} s in the middle of the answer."
-        )
-        err = UpstreamTimeout(silent)
+        err = silence.timed_out(upstream.name)
     except GatewayError as exc:
         err = exc
     await _broken(rt, ex, client, relay, upstream, err)
