@@ -29,6 +29,24 @@ async def _thousand(request: web.Request, body: Any) -> web.StreamResponse:
     return web.json_response(completion("x", prompt=5, completion_tokens=1000))
 
 
+async def _cheap_falling_back_to_dear(
+    gateway_factory: Any, broken: FakeUpstream, good: FakeUpstream, budget: float
+) -> Server:
+    """``cheap`` (free, on ``broken``) falls back to ``dear`` (on ``good``); one key allowed
+    both, held to ``budget`` dollars a day."""
+    text = gateway_yaml(
+        {"broken": broken.url, "good": good.url},
+        {
+            "cheap": {"upstreams": ["broken"], "fallbacks": ["dear"], "retry": {"attempts": 1}},
+            "dear": {"upstreams": ["good"], "pricing": DEAR},
+        },
+        extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
+        f"daily_budget_usd: {budget}}}]}}\n",
+    )
+    server: Server = await gateway_factory(text)
+    return server
+
+
 async def test_a_fallbacks_answer_costs_the_fallbacks_price(gateway_factory: Any) -> None:
     """Attack: a key allowed both models and held to a $0.50 day asks for ``cheap`` (free),
     whose worker fails; ``dear`` answers 1,000 tokens ($1.00). Observed: cost 0, the budget
@@ -38,16 +56,7 @@ async def test_a_fallbacks_answer_costs_the_fallbacks_price(gateway_factory: Any
     await broken.start()
     await good.start()
     try:
-        text = gateway_yaml(
-            {"broken": broken.url, "good": good.url},
-            {
-                "cheap": {"upstreams": ["broken"], "fallbacks": ["dear"], "retry": {"attempts": 1}},
-                "dear": {"upstreams": ["good"], "pricing": DEAR},
-            },
-            extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
-            "daily_budget_usd: 0.5}]}\n",
-        )
-        server: Server = await gateway_factory(text)
+        server = await _cheap_falling_back_to_dear(gateway_factory, broken, good, 0.5)
         base = f"http://127.0.0.1:{server.port}"
         body = {"model": "cheap", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
         async with aiohttp.ClientSession() as http:
@@ -77,16 +86,7 @@ async def test_concurrent_fallbacks_stay_within_the_budget(gateway_factory: Any)
     await broken.start()
     await good.start()
     try:
-        text = gateway_yaml(
-            {"broken": broken.url, "good": good.url},
-            {
-                "cheap": {"upstreams": ["broken"], "fallbacks": ["dear"], "retry": {"attempts": 1}},
-                "dear": {"upstreams": ["good"], "pricing": DEAR},
-            },
-            extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
-            "daily_budget_usd: 2.5}]}\n",
-        )
-        server: Server = await gateway_factory(text)
+        server = await _cheap_falling_back_to_dear(gateway_factory, broken, good, 2.5)
         base = f"http://127.0.0.1:{server.port}"
         body = {
             "model": "cheap",
