@@ -191,6 +191,8 @@ def test_keyboard_only(browser: WebDriver, gateway: GatewayThread) -> None:
             break
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     wait(lambda: browser.current_url.endswith("#usage"))
+    # the page follows the address on the hashchange event, a moment after the URL changed
+    wait(lambda: find(browser, "#nav a[aria-current=page]").text == "Usage")
     assert find(browser, "#nav a[aria-current=page]").text == "Usage"
     assert_clean(browser)
 
