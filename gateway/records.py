@@ -387,3 +387,48 @@ class UsageDay:
     latency_ms_total: float = 0.0
     latency_buckets: tuple[int, ...] = ()  # counts per LATENCY_BOUNDS_MS bucket (+1 open)
     api: str = "chat"  # the API the requests used (chat, responses, embeddings, ...)
+
+    def plus(self, other: UsageDay) -> UsageDay:
+        """This row with ``other``'s counts added (its date, key, model and API kept)."""
+        mine, theirs = self.latency_buckets, other.latency_buckets
+        width = max(len(mine), len(theirs))
+        buckets = tuple(
+            (mine[i] if i < len(mine) else 0) + (theirs[i] if i < len(theirs) else 0)
+            for i in range(width)
+        )
+        return replace(
+            self,
+            requests=self.requests + other.requests,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            errors=self.errors + other.errors,
+            latency_ms_total=self.latency_ms_total + other.latency_ms_total,
+            latency_buckets=buckets,
+        )
+
+
+RowSink = Callable[[list[UsageDay]], None]  # takes a report's usage rows, part by part
+
+
+class Merge:
+    """Usage rows summed as they come, per model and API, and per key and day only where
+    ``by_key``/``by_day`` (else the merged rows' key id or date is empty): a report over
+    thousands of keys and days holds a row per group instead of every row it read."""
+
+    def __init__(self, by_key: bool, by_day: bool) -> None:
+        self.by_key, self.by_day = by_key, by_day
+        self._rows: dict[tuple[str, str, str, str], UsageDay] = {}
+
+    def add(self, rows: list[UsageDay]) -> None:
+        for row in rows:
+            key_id = row.key_id if self.by_key else ""
+            date = row.date if self.by_day else ""
+            at = (key_id, date, row.model, row.api)
+            had = self._rows.get(at)
+            self._rows[at] = (
+                replace(row, key_id=key_id, date=date) if had is None else had.plus(row)
+            )
+
+    @property
+    def rows(self) -> list[UsageDay]:
+        return list(self._rows.values())

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.schema import Config
 from gateway.limits import windows
 from gateway.records import LATENCY_BOUNDS_MS, UsageDay
+
+if TYPE_CHECKING:
+    from gateway.routing.router import Router
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
 
@@ -129,3 +132,12 @@ def summary(config: Config, period: str, rows: list[UsageDay]) -> dict[str, Any]
         "byModel": models,
         "byApi": _group(config, rows, "api", "api"),
     }
+
+
+def of_model(router: Router, rows: list[UsageDay], model: str | None) -> list[UsageDay]:
+    """The rows of ``model`` (by its name or an alias the router resolves), or all of them."""
+    if not model:
+        return rows
+    route = router.resolve(model)
+    name = route.name if route is not None else model
+    return [r for r in rows if r.model == name]

@@ -25,7 +25,7 @@ from gateway.auth.service import KeyService
 from gateway.config.schema import PERMISSIONS
 from gateway.errors import BadRequest, Conflict, Forbidden, NotFound, StoreUnavailable
 from gateway.limits import money
-from gateway.records import RIGHTS, KeyRecord, Rights, UsageDay, from_iso
+from gateway.records import RIGHTS, KeyRecord, Rights, RowSink, UsageDay, from_iso
 from gateway.store.base import KeyExists, StoreError
 
 T = TypeVar("T")
@@ -73,8 +73,10 @@ class KeyLifecycle:
         return self.service.clock.time()
 
     # -- reading ----------------------------------------------------------------------------
-    async def usage(self, owner: str, key_ids: list[str], first: int, last: int) -> list[UsageDay]:
-        return await self._guarded(self.store.usage(owner, key_ids, first, last))
+    async def usage(
+        self, owner: str, key_ids: list[str], first: int, last: int, sink: RowSink | None = None
+    ) -> list[UsageDay]:
+        return await self._guarded(self.store.usage(owner, key_ids, first, last, sink))
 
     async def list(self, owner: str) -> list[KeyRecord]:
         stored = await self._guarded(self.store.list_keys(owner))

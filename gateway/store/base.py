@@ -42,7 +42,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
+from gateway.records import Admission, KeyRecord, RowSink, Settlement, UsageDay, Verdict
 
 # A request's lease: the limiter renews the leases of running requests every quarter of it, so a
 # lease lost with its process (or its admission's late reply) frees its slot within this time.
@@ -137,9 +137,17 @@ class Store(Protocol):
 
     # -- usage ------------------------------------------------------------------------------
     async def usage(
-        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+        self,
+        owner: str,
+        key_ids: list[str],
+        first_day: int,
+        last_day: int,
+        sink: RowSink | None = None,
     ) -> list[UsageDay]:
-        """Usage rows of these keys of ``owner`` for days (YYYYMMDD) first..last inclusive."""
+        """Usage rows of these keys of ``owner`` for days (YYYYMMDD) first..last inclusive.
+        With ``sink``, the rows are given to it part by part as they are read, and none are
+        returned: a report of thousands of keys folds them as they come instead of holding
+        every row at once."""
         ...
 
     # -- lifecycle --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from gateway.records import (
     Admission,
     KeyRecord,
     Refusal,
+    RowSink,
     Settlement,
     Spent,
     UsageDay,
@@ -421,9 +422,20 @@ class MemoryStore:
 
     # -- usage ------------------------------------------------------------------------------
     async def usage(
-        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+        self,
+        owner: str,
+        key_ids: list[str],
+        first_day: int,
+        last_day: int,
+        sink: RowSink | None = None,
     ) -> list[UsageDay]:
-        wanted = set(key_ids)
+        rows = self._rows(owner, set(key_ids), first_day, last_day)
+        if sink is None:
+            return rows
+        sink(rows)
+        return []
+
+    def _rows(self, owner: str, wanted: set[str], first_day: int, last_day: int) -> list[UsageDay]:
         return [
             UsageDay(
                 date=windows.day_text(day),

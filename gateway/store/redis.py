@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.clock import Clock
-from gateway.records import Admission, KeyRecord, Settlement, UsageDay, Verdict
+from gateway.records import Admission, KeyRecord, RowSink, Settlement, UsageDay, Verdict
 from gateway.store import redis_codec as codec
 from gateway.store.base import LEASE_SECONDS, KeyExists, StoreError, StoreLost
 from gateway.store.redis_codec import esc, num, tag
@@ -376,9 +376,14 @@ class RedisStore:
 
     # -- usage ------------------------------------------------------------------------------
     async def usage(
-        self, owner: str, key_ids: list[str], first_day: int, last_day: int
+        self,
+        owner: str,
+        key_ids: list[str],
+        first_day: int,
+        last_day: int,
+        sink: RowSink | None = None,
     ) -> list[UsageDay]:
-        return await usage_rows(self._pipe, owner, key_ids, first_day, last_day)
+        return await usage_rows(self._pipe, owner, key_ids, (first_day, last_day), sink)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.records import Settlement, UsageDay
+from gateway.records import RowSink, Settlement, UsageDay
 from gateway.store import redis_codec as codec
 from gateway.store.base import StoreError
 from gateway.store.transport import Call, Command, RedisTransport, Script, noscript, why
@@ -40,7 +40,8 @@ log = logging.getLogger("gateway.store")
 SETTLE_CHUNK = 32
 USAGE_CHUNK = 256  # rows per usage.lua call
 WAITING_MAX = 65_536  # rows waiting for their stripes, at most (past it the oldest are dropped)
-REPORT_PART = 500  # usage days read (and decoded) per round trip of a report
+REPORT_PART = 250  # usage days read (and decoded) per round trip of a report
+REPORT_KEYS = 100  # keys whose days indexes a report reads per round trip
 
 Pipe = Callable[[list[Command], bool], Awaitable[list[Any]]]
 
@@ -176,38 +177,55 @@ def _evalsha(script: Script, call: Call) -> Command:
 
 # -- reports ----------------------------------------------------------------------------------
 async def usage_rows(
-    pipe: Pipe, owner: str, key_ids: list[str], first_day: int, last_day: int
+    pipe: Pipe, owner: str, key_ids: list[str], days: tuple[int, int], sink: RowSink | None
 ) -> list[UsageDay]:
     """The rows of these keys of ``owner`` for days first..last, by key, day and model: each
     (key, day) the sum of its row in the key's stripe and its row in the owner's slot (written
-    before the stripes), whichever exist."""
+    before the stripes), whichever exist; with ``sink``, given to it part by part instead.
+
+    In parts (``REPORT_KEYS`` keys' days indexes, then ``REPORT_PART`` days' hashes a round
+    trip), each read and decoded on the loop before the next is asked for: between parts the
+    loop serves the requests' admissions, so a report of thousands of keys by many days never
+    holds it for long. (A thread would not help: it holds the interpreter's lock while it
+    decodes, and the loop waits for it at each turn.)"""
     wanted = sorted(set(key_ids))
+    rows: list[UsageDay] = []
+    for start in range(0, len(wanted), REPORT_KEYS):
+        cells = await _cells(pipe, owner, wanted[start : start + REPORT_KEYS], days)
+        for at in range(0, len(cells), REPORT_PART):
+            part = cells[at : at + REPORT_PART]
+            names = [name for _, hashes in part for name in hashes]
+            read = iter(await pipe([("HGETALL", name) for name in names], True))
+            got = [
+                row
+                for (key_id, day), hashes in part
+                for row in codec.usage_rows(key_id, day, _sum([next(read) for _ in hashes]))
+            ]
+            if sink is None:
+                rows.extend(got)
+            else:
+                sink(got)
+    return rows
+
+
+async def _cells(
+    pipe: Pipe, owner: str, key_ids: list[str], days: tuple[int, int]
+) -> list[tuple[tuple[str, int], list[str]]]:
+    """(key, day) → the usage hashes holding it (the stripe's, the owner slot's), in key and
+    day order, for these keys (in order) and days."""
     places = [
-        layout(owner, k) for k in wanted for layout in (codec.usage_keys, codec.legacy_usage_keys)
+        layout(owner, k) for k in key_ids for layout in (codec.usage_keys, codec.legacy_usage_keys)
     ]
-    days = await pipe([("ZRANGEBYSCORE", index, first_day, last_day) for _, index in places], True)
-    cells: dict[tuple[str, int], list[str]] = {}  # (key, day) -> its hashes
-    for n, ((prefix, _), found) in enumerate(zip(places, days, strict=True)):
-        for day in found:
-            cells.setdefault((wanted[n // 2], int(day)), []).append(f"{prefix}{int(day)}")
-    ordered = sorted(cells.items())
-    rows: list[UsageDay] = []
-    # In parts, each read and decoded before the next is asked for: a report of thousands of
-    # days must not hold this process's loop (the requests' admissions wait on it).
-    for start in range(0, len(ordered), REPORT_PART):
-        part = ordered[start : start + REPORT_PART]
-        names = [name for _, hashes in part for name in hashes]
-        read = iter(await pipe([("HGETALL", name) for name in names], True))
-        merged = [(cell, [next(read) for _ in hashes]) for cell, hashes in part]
-        rows.extend(await asyncio.to_thread(_decode, merged))
-    return rows
-
-
-def _decode(cells: list[tuple[tuple[str, int], list[list[bytes]]]]) -> list[UsageDay]:
-    rows: list[UsageDay] = []
-    for (key_id, day), hashes in cells:
-        rows.extend(codec.usage_rows(key_id, day, _sum(hashes)))
-    return rows
+    found = await pipe([("ZRANGEBYSCORE", index, *days) for _, index in places], True)
+    cells: list[tuple[tuple[str, int], list[str]]] = []
+    for n, key_id in enumerate(key_ids):
+        by_day: dict[int, list[str]] = {}
+        pair = zip(places[2 * n : 2 * n + 2], found[2 * n : 2 * n + 2], strict=True)
+        for (prefix, _), listed in pair:
+            for day in map(int, listed):
+                by_day.setdefault(day, []).append(f"{prefix}{day}")
+        cells.extend(((key_id, day), by_day[day]) for day in sorted(by_day))
+    return cells
 
 
 def _sum(hashes: list[list[bytes]]) -> dict[bytes, bytes]:

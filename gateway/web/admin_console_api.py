@@ -26,9 +26,9 @@ from aiohttp import web
 from gateway import __version__
 from gateway.config.schema import PERMISSIONS, Config
 from gateway.limits import windows
-from gateway.records import LATENCY_BOUNDS_MS, KeyRecord, UsageDay
+from gateway.records import LATENCY_BOUNDS_MS, KeyRecord, Merge, UsageDay
 from gateway.runtime import Runtime
-from gateway.usage import PERIODS, percentile, summary
+from gateway.usage import PERIODS, of_model, percentile, summary
 from gateway.web.keys_api import acting_owner, period_param
 from gateway.web.respond import json_response
 
@@ -186,19 +186,23 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
             await runtime.lifecycle.get(owner, key_id)  # 404 for a key not the owner's
         key_ids = [key_id] if key_id is not None else [k.id for k in keys]
         days = windows.days_back(runtime.clock.time(), PERIODS[period])
-        rows = await runtime.lifecycle.usage(owner, key_ids, days[0], days[-1])
-        model = request.query.get("model") or None
-        if model is not None:
-            route = runtime.router.resolve(model)
-            name = route.name if route is not None else model
-            rows = [r for r in rows if r.model == name]
+        # Summed as read (a row per day or key, model and API is kept, not every row read).
+        per_day, per_key = Merge(by_key=False, by_day=True), Merge(by_key=True, by_day=False)
+
+        def both(rows: list[UsageDay]) -> None:
+            per_day.add(rows)
+            per_key.add(rows)
+
+        await runtime.lifecycle.usage(owner, key_ids, days[0], days[-1], both)
+        rows = of_model(runtime.router, per_day.rows, request.query.get("model"))
+        keyed = of_model(runtime.router, per_key.rows, request.query.get("model"))
         config = runtime.config
         return json_response(
             {
                 "owner": owner,
                 **summary(config, period, rows),
                 "daily": daily(config, days, rows),
-                "byKey": by_key(config, keys, rows),
+                "byKey": by_key(config, keys, keyed),
             }
         )
 

@@ -22,7 +22,6 @@ beyond, 400 when malformed). Every failure is a ``GatewayError`` for the listene
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,10 +34,10 @@ from gateway.limits import windows
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import read_request_body
 from gateway.proxy.govern import refuse_declared_size
-from gateway.records import KeyRecord, UsageDay
+from gateway.records import KeyRecord, Merge, UsageDay
 from gateway.runtime import Runtime
 from gateway.store.base import USAGE_DAYS
-from gateway.usage import PERIODS, key_requests, key_usage, summary
+from gateway.usage import PERIODS, key_requests, key_usage, of_model, summary
 from gateway.web.respond import json_response
 
 MAX_BODY = 64 * 1024
@@ -242,17 +241,13 @@ class KeyRoutes:
             key_ids = [(await self.rt.lifecycle.get(owner, key_id)).id]
         else:
             key_ids = [r.id for r in await self.rt.lifecycle.list(owner)]
-        rows = await self._usage(
-            owner, key_ids, windows.days_back(self.rt.clock.time(), PERIODS[period])
-        )
-        model = request.query.get("model") or None
-        if model is not None:
-            route = self.rt.router.resolve(model)
-            name = route.name if route is not None else model
-            rows = [r for r in rows if r.model == name]
-        # Thousands of rows are summed off the loop (a thread: the loop keeps its turns while
-        # the report is computed), so the requests' admissions are not held up by a report.
-        return json_response(await asyncio.to_thread(summary, self.rt.config, period, rows))
+        days = windows.days_back(self.rt.clock.time(), PERIODS[period])
+        # Summed per model and API as read, part by part (the loop serves admissions between
+        # parts): what is left is a row per model and API, whatever the keys and days.
+        merged = Merge(by_key=False, by_day=False)
+        await self.rt.lifecycle.usage(owner, key_ids, days[0], days[-1], merged.add)
+        rows = of_model(self.rt.router, merged.rows, request.query.get("model"))
+        return json_response(summary(self.rt.config, period, rows))
 
 
 def add_key_routes(app: web.Application, routes: KeyRoutes, base: str) -> None:

@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FakeClock
-from gateway.records import LATENCY_BOUNDS_MS, Admission, KeyRecord, Settlement, Verdict
+from gateway.records import (
+    LATENCY_BOUNDS_MS,
+    Admission,
+    KeyRecord,
+    Merge,
+    Settlement,
+    UsageDay,
+    Verdict,
+)
 from gateway.store.base import LEASE_SECONDS, PRESUMED, KeyExists, Store
 from gateway.store.memory import MemoryStore
 
@@ -592,6 +600,47 @@ async def test_usage_rows_by_day_and_model(store: Store, clock: FakeClock) -> No
     assert await store.usage("alice", ["k1"], 20240303, 20240310) == []
     assert await store.usage("bob", ["k1"], 0, 99999999) == []
     assert await store.usage("alice", [], 0, 99999999) == []
+
+
+async def test_usage_given_to_a_sink_is_the_same_rows_and_merges_by_model(
+    store: Store, clock: FakeClock
+) -> None:
+    """A report may take the rows part by part (``sink``): the parts together are the rows
+    returned without one, and ``Merge`` sums them per model and API (and key or day, if kept)."""
+    for n in range(12):  # 3 keys x 4 days, two models
+        key, finished = f"k{n % 3}", at(f"2024-03-{1 + n % 4:02d}T12:00:00")
+        a = ask(key)
+        v = await store.admit(a)
+        model = "gpt" if n % 2 else "llama"
+        await store.settle(
+            Settlement(a, v.day, v.month, model, n, 2 * n, 10.0 * n, n == 5, False, finished)
+        )
+    keys = ["k0", "k1", "k2"]
+    whole = await store.usage("alice", keys, 20240301, 20240304)
+    parts: list[list[UsageDay]] = []
+    assert await store.usage("alice", keys, 20240301, 20240304, parts.append) == []
+    assert [r for part in parts for r in part] == whole
+    merged = Merge(by_key=False, by_day=False)
+    for part in parts:
+        merged.add(part)
+    assert {
+        (r.model, r.requests, r.prompt_tokens, r.completion_tokens, r.errors) for r in merged.rows
+    } == {
+        ("llama", 6, 30, 60, 0),
+        ("gpt", 6, 36, 72, 1),
+    }
+    assert {(r.key_id, r.date) for r in merged.rows} == {("", "")}
+    assert sum(sum(r.latency_buckets) for r in merged.rows) == 12
+    per_key = Merge(by_key=True, by_day=False)
+    per_key.add(whole)
+    assert sorted((r.key_id, r.model, r.requests) for r in per_key.rows) == [
+        ("k0", "gpt", 2),
+        ("k0", "llama", 2),
+        ("k1", "gpt", 2),
+        ("k1", "llama", 2),
+        ("k2", "gpt", 2),
+        ("k2", "llama", 2),
+    ]
 
 
 async def test_usage_day_defaults_to_now(store: Store, clock: FakeClock) -> None:
