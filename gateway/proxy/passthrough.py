@@ -6,6 +6,13 @@ Auth modes: ``key`` (a valid gateway key is required; it is not forwarded), ``op
 (checked when sent, not forwarded), ``none`` (the gateway does not look; the headers, cookies and
 any ``Authorization`` belong to the backend and are forwarded).
 
+A key that authenticated a request (``key``, or ``optional`` with a key sent) is held to its
+limits as on every other route: its IP allowlist (403), its ``maxConcurrency`` (checked from the
+head, then held until the answer's last byte) and its and its plan's requests per minute (429).
+A route is no model API: the admission reserves no tokens and records no usage (it is given back
+when the relay ends, as ``count_tokens``' is), so only request limits are spent; a key or plan
+already over a token or money limit is refused as everywhere.
+
 The path sent upstream is the one the route was matched on (normalized once, before routing, by
 ``web.protocol``), in ``gateway.paths.encode``'s wire form, with the query as the client sent it;
 the URL is built ``encoded=True`` so the client library does not resolve or re-encode it again.
@@ -41,6 +48,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.limits.limiter import Ticket
 from gateway.limits.windows import retry_seconds
 from gateway.netaddr import combine, forwarded_proto, parse_ip, peer_is_trusted
 from gateway.paths import encode, is_normal
@@ -90,31 +98,48 @@ class PassThrough:
         limit = route.max_body_bytes or self.rt.config.network.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
-        await self._admit(request, route)
+        ticket = await self._admit(request, route)
         upstream = self.rt.config.upstreams[route.upstream]
         ex = request[EXCHANGE]
         ex.upstream = upstream.name
-        return await self._relay(request, route, upstream, limit)
+        try:
+            return await self._relay(request, route, upstream, limit)
+        finally:
+            if ticket is not None:  # the key's concurrency slot, held until the relay ended
+                self.rt.limiter.release(ticket, "")
 
-    async def _admit(self, request: web.Request, route: Route) -> None:
+    async def _admit(self, request: web.Request, route: Route) -> Ticket | None:
+        """The caller admitted (the key's admission, when a key authenticated it)."""
         resolve_client(self.rt, request)  # every auth mode: the per-IP rate needs the real IP
         sent = "Authorization" in request.headers or "X-API-Key" in request.headers
+        record = None
         if route.auth == "key" or (route.auth == "optional" and sent):
-            await authenticate(self.rt, request)
+            record = await authenticate(self.rt, request)  # 401; 403 outside its allowlist
+            self.rt.limiter.refuse_if_full(record)  # from the head: no body held for it
         if route.ip_rpm is not None:
-            ex = request[EXCHANGE]
-            client = ex.client_ip or request.remote or "-"
-            try:
-                count, reset = await self.rt.store.hit(f"route:{route.prefix}:{client}")
-            except StoreError:
-                if self.rt.config.store.on_error == "closed":
-                    raise StoreUnavailable("The store is unavailable; try again shortly.") from None
-                return
-            if count > route.ip_rpm:
-                raise TooManyRequests(
-                    f"Too many requests to {route.prefix} from your address; wait.",
-                    retry_after=retry_seconds(reset),
-                )
+            await self._ip_rate(request, route.prefix, route.ip_rpm)
+        if record is None:
+            return None
+        ex = request[EXCHANGE]  # rpm, concurrency, plan rpm: no tokens reserved
+        ticket = await self.rt.limiter.admit(ex.id, record, 0, False)
+        ex.rate_headers = ticket.headers
+        return ticket
+
+    async def _ip_rate(self, request: web.Request, prefix: str, most: int) -> None:
+        """429 beyond ``most`` requests a minute to the route from the client's address."""
+        ex = request[EXCHANGE]
+        client = ex.client_ip or request.remote or "-"
+        try:
+            count, reset = await self.rt.store.hit(f"route:{prefix}:{client}")
+        except StoreError:
+            if self.rt.config.store.on_error == "closed":
+                raise StoreUnavailable("The store is unavailable; try again shortly.") from None
+            return
+        if count > most:
+            raise TooManyRequests(
+                f"Too many requests to {prefix} from your address; wait.",
+                retry_after=retry_seconds(reset),
+            )
 
     def _headers(self, request: web.Request, route: Route, upstream: Upstream) -> CIMultiDict[str]:
         drop = _NEVER if route.auth == "none" else _NEVER | _CREDENTIALS
@@ -154,6 +179,8 @@ class PassThrough:
                 out.headers["Content-Encoding"] = response.headers["Content-Encoding"]
             if response.content_length is not None:
                 out.content_length = response.content_length
+            for name, value in (request[EXCHANGE].rate_headers or {}).items():
+                out.headers.setdefault(name, value)  # the key's; a backend's own win
             await out.prepare(request)
             return await self._stream(request, out, response, upstream, chunk)
         finally:
