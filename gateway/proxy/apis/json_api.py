@@ -3,10 +3,10 @@ generation — as one recipe over the governed steps of ``proxy.govern``, each A
 (``JsonApi``): its permission, its worker path, its body check, what it reserves and what it
 counts.
 
-The recipe: the key from the head → the body → its check (400) → the model the key may use
-(403/404) and that serves the API (400 ``model_not_supported``) → the admission (429) → the
-worker (attempted as chat's are: ``proxy.attempts``) → the answer, with the public model name
-→ settlement.
+The recipe: the key from the head → the body → its check (400) → the model the key may use (403/404) and that serves the API (400
+``model_not_supported``) → the admission (429) → the worker (attempted as chat's are:
+``proxy.attempts``) → the answer, with the public model name → settlement: the worker's usage,
+else (every API but images, counted in images) the prompt reserved, marked estimated.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class JsonApi:
     check: Callable[[object], dict[str, Any]]
     reserve: Reserve  # the (prompt, completion) tokens an admission reserves
     counts: Callable[[bytes], Counted]
-    estimates: bool  # without reported usage, charge the estimate (else: nothing)
+    estimates: bool  # without reported usage, charge the prompt reserved (else: no tokens)
     streams: bool = False
 
 
@@ -128,7 +128,7 @@ RERANK = JsonApi(
     inputs.check_rerank,
     paired_input,
     answers.tokens,
-    False,
+    True,
 )
 RERANK_V2 = JsonApi(
     "rerank",
@@ -137,10 +137,10 @@ RERANK_V2 = JsonApi(
     inputs.check_rerank,
     paired_input,
     answers.tokens,
-    False,
+    True,
 )
 SCORE = JsonApi(
-    "rerank", "embeddings", "/v1/score", inputs.check_score, paired_input, answers.tokens, False
+    "rerank", "embeddings", "/v1/score", inputs.check_score, paired_input, answers.tokens, True
 )
 IMAGES = JsonApi(
     "images",
@@ -216,8 +216,8 @@ class JsonHandler:
         route = govern.model(rt, ex, record, asked)
         require(route, api.api, asked)
         payload = self._outbound(ex, body, route)
-        ex.prompt_estimate = len(raw) // 4 if api.estimates else 0
-        prompt, completion = api.reserve(body, route, ex.prompt_estimate)
+        prompt, completion = api.reserve(body, route, len(raw) // 4 if api.estimates else 0)
+        ex.prompt_estimate = prompt  # what is settled (marked estimated) if no usage comes
         images = _wanted(body) if api.api == "images" else 0  # priced per image
         ticket = await govern.admit(rt, ex, record, route, prompt, completion, images)
         try:
