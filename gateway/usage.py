@@ -33,7 +33,7 @@ def percentile(buckets: list[int], fraction: float) -> float:
     return float(LATENCY_BOUNDS_MS[-1])
 
 
-def _sum_buckets(rows: Iterable[UsageDay]) -> list[int]:
+def sum_buckets(rows: Iterable[UsageDay]) -> list[int]:
     out = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     for row in rows:
         for i, count in enumerate(row.latency_buckets):
@@ -120,7 +120,7 @@ def _group(config: Config, rows: list[UsageDay], name: str, by: str) -> list[dic
 def summary(config: Config, period: str, rows: list[UsageDay]) -> dict[str, Any]:
     models = _group(config, rows, "model", "model")
     requests = sum(m["requests"] for m in models)
-    buckets = _sum_buckets(rows)
+    buckets = sum_buckets(rows)
     return {
         "period": period,
         "totalRequests": requests,

@@ -17,7 +17,6 @@ any owner the operator names.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,9 +25,9 @@ from aiohttp import web
 from gateway import __version__
 from gateway.config.schema import PERMISSIONS, Config
 from gateway.limits import windows
-from gateway.records import LATENCY_BOUNDS_MS, KeyRecord, Merge, UsageDay
+from gateway.records import KeyRecord, Merge, UsageDay
 from gateway.runtime import Runtime
-from gateway.usage import PERIODS, of_model, percentile, summary
+from gateway.usage import PERIODS, of_model, percentile, sum_buckets, summary, usage_cost
 from gateway.web.keys_api import acting_owner, period_param
 from gateway.web.respond import json_response
 
@@ -59,24 +58,6 @@ def overview(runtime: Runtime) -> dict[str, Any]:
     }
 
 
-def _cost(config: Config, row: UsageDay) -> float:
-    model = config.models.get(row.model)
-    if model is None:
-        return 0.0
-    pricing = model.pricing
-    return (
-        row.prompt_tokens * pricing.input_per_mtok + row.completion_tokens * pricing.output_per_mtok
-    ) / 1e6
-
-
-def _buckets(rows: Iterable[UsageDay]) -> list[int]:
-    out = [0] * (len(LATENCY_BOUNDS_MS) + 1)
-    for row in rows:
-        for i, count in enumerate(row.latency_buckets):
-            out[i] += count
-    return out
-
-
 def daily(config: Config, days: list[int], rows: list[UsageDay]) -> list[dict[str, Any]]:
     """One entry per day of ``days`` (oldest first), zeros where nothing was used."""
     by_day: dict[str, list[UsageDay]] = defaultdict(list)
@@ -88,14 +69,14 @@ def daily(config: Config, days: list[int], rows: list[UsageDay]) -> list[dict[st
         day_rows = by_day.get(date, [])
         requests = sum(r.requests for r in day_rows)
         errors = sum(r.errors for r in day_rows)
-        buckets = _buckets(day_rows)
+        buckets = sum_buckets(day_rows)
         out.append(
             {
                 "date": date,
                 "requests": requests,
                 "inputTokens": sum(r.prompt_tokens for r in day_rows),
                 "outputTokens": sum(r.completion_tokens for r in day_rows),
-                "cost": round(sum(_cost(config, r) for r in day_rows), 6),
+                "cost": round(usage_cost(config, day_rows), 6),
                 "errors": errors,
                 "errorRate": round(errors / requests, 4) if requests else 0.0,
                 "p50Ms": percentile(buckets, 0.5),
@@ -117,7 +98,7 @@ def by_key(config: Config, keys: list[KeyRecord], rows: list[UsageDay]) -> list[
             "requests": sum(r.requests for r in key_rows),
             "inputTokens": sum(r.prompt_tokens for r in key_rows),
             "outputTokens": sum(r.completion_tokens for r in key_rows),
-            "cost": round(sum(_cost(config, r) for r in key_rows), 6),
+            "cost": round(usage_cost(config, key_rows), 6),
             "errors": sum(r.errors for r in key_rows),
         }
         for key_id, key_rows in grouped.items()
