@@ -4,7 +4,9 @@ and owner plans. Every change is broadcast so each process drops its cached copy
 Each change is made by the admin (``caller`` None: ``/admin/keys``, the CLI, the demo key) or by
 a key through ``/api/keys`` (``caller``), which can never give more than the admin gave
 (``grants``): what it creates or sets is within its own rights and the changed key's ceiling,
-it regenerates only keys within its rights, and it reactivates only keys its owner revoked.
+it changes, deletes, regenerates, revokes and reactivates only keys within its rights (the rule
+creation uses: a key with a permission, model, address, limit or expiry the caller lacks is out
+of its reach, 403), and it reactivates only keys its owner revoked.
 The admin's creates and changes set the ceiling; a key created through ``/api/keys`` gets its
 creator's rights as ceiling, and takes them for every bounded field the request leaves out.
 
@@ -176,6 +178,7 @@ class KeyLifecycle:
         ceiling = record.effective_ceiling()  # kept in the record from now on (older: none)
         if caller is not None:
             grants.check_grant(caller, updated.rights(), ceiling, set(body))
+            _within_reach(caller, record, "change")  # lowering a stronger key is no less
         else:  # the admin's word on what it set is the new ceiling of those fields
             rights = updated.rights()
             ceiling = dataclasses.replace(
@@ -187,8 +190,9 @@ class KeyLifecycle:
         await self._announce(record.key_hash)
         return updated
 
-    async def delete(self, owner: str | None, key_id: str) -> None:
+    async def delete(self, owner: str | None, key_id: str, caller: KeyRecord | None = None) -> None:
         record = await self._mutable(owner, key_id)
+        _within_reach(caller, record, "delete")
         await self._guarded(self.store.delete_key(record))
         await self._announce(record.key_hash)
 
@@ -215,6 +219,7 @@ class KeyLifecycle:
         if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
             raise BadRequest("'reason' must be a string of at most 500 characters.", param="reason")
         record = await self._mutable(owner, key_id)
+        _within_reach(caller, record, "revoke")
         if caller is not None and _revoked_by_admin(record):
             return record  # the owner's revoke must not turn the admin's into its own
         updated = record.evolve(
@@ -232,6 +237,7 @@ class KeyLifecycle:
         self, owner: str | None, key_id: str, caller: KeyRecord | None = None
     ) -> KeyRecord:
         record = await self._mutable(owner, key_id)
+        _within_reach(caller, record, "reactivate")
         if caller is not None and _revoked_by_admin(record):
             raise Forbidden(
                 f"The key '{record.id}' was revoked by the admin; only the admin can reactivate "
@@ -359,6 +365,23 @@ def _inherited(caller: KeyRecord, body: dict[str, Any]) -> dict[str, Any]:
     if "permissions" in out and "chat" in caller.permissions:
         out["permissions"] = frozenset({"chat"})
     return out
+
+
+def _within_reach(caller: KeyRecord | None, target: KeyRecord, action: str) -> None:
+    """403 when a key (not the admin) would act on a key with rights it lacks itself: a key
+    with fewer permissions or lower limits must not delete, revoke, change or reactivate its
+    owner's stronger keys (regenerating is ``grants.check_regenerate``, the same rule)."""
+    if caller is None:
+        return
+    over = grants.exceeded(target.rights(), caller.rights())
+    if over:
+        names = " and ".join(", ".join(f"'{n}'" for n in over).rsplit(", ", 1))
+        raise Forbidden(
+            f"This key may not {action} the key '{target.id}': its {names} go beyond the "
+            "calling key's (a key manages only keys with at most its own rights). Use a key "
+            "that has at least its rights, or the admin (/admin/keys).",
+            param=over[0],
+        )
 
 
 def _revoked_by_admin(record: KeyRecord) -> bool:

@@ -193,8 +193,8 @@ class KeyRoutes:
         return self._answer(await self.rt.lifecycle.update(owner, key_id, body, caller))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
-        _, owner = await self._owner(request)
-        await self.rt.lifecycle.delete(owner, request.match_info["key_id"])
+        caller, owner = await self._owner(request)
+        await self.rt.lifecycle.delete(owner, request.match_info["key_id"], caller)
         return web.Response(status=204)
 
     async def regenerate(self, request: web.Request) -> web.StreamResponse:
