@@ -62,18 +62,43 @@ def unmap(address: IPAddress) -> IPAddress:
     return address
 
 
+# Where IPv4 addresses sit in IPv6 (``::ffff:0:0/96``, RFC 4291 §2.5.5.2): every address and
+# network is matched as a point or a span of this one 128-bit space.
+_MAPPED = 0xFFFF << 32
+_SPANS_KEPT = 4096  # allowlists whose spans are kept (a dict cleared when it is full)
+_spans_kept: dict[int, tuple[tuple[IPNetwork, ...], tuple[tuple[int, int], ...]]] = {}
+
+
 def in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    """Whether ``address`` (an IPv4-mapped IPv6 one as its IPv4 address) is in one of the
+    networks, an IPv4 address also in an IPv6 network holding its mapped form. Matched as
+    integers: a tuple of networks (a key's allowlist, the trusted proxies) is made into spans
+    once, not compared as ``ipaddress`` objects on every request."""
     address = unmap(address)
-    for network in networks:
-        if address.version == network.version and address in network:
-            return True
-        if (
-            network.version == 6
-            and address.version == 4
-            and ipaddress.IPv6Address(f"::ffff:{address}") in network
-        ):
+    point = int(address) + _MAPPED if isinstance(address, ipaddress.IPv4Address) else int(address)
+    for low, high in _spans(networks):  # noqa: SIM110 (any() and its generator cost more)
+        if low <= point <= high:
             return True
     return False
+
+
+def _spans(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
+    if type(networks) is not tuple:  # a list may change: never kept
+        return _spans_of(networks)
+    kept = _spans_kept.get(id(networks))
+    if kept is None or kept[0] is not networks:  # (kept holds the tuple: its id is not reused)
+        if len(_spans_kept) >= _SPANS_KEPT:
+            _spans_kept.clear()
+        kept = _spans_kept[id(networks)] = (networks, _spans_of(networks))
+    return kept[1]
+
+
+def _spans_of(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:
+    spans = []
+    for network in networks:
+        low = int(network.network_address) + (_MAPPED if network.version == 4 else 0)
+        spans.append((low, low + network.num_addresses - 1))
+    return tuple(spans)
 
 
 def combine(lines: Sequence[str]) -> str | None:

@@ -45,6 +45,34 @@ def test_matching_agrees_with_the_oracle(address: object, network: object) -> No
     assert in_networks(address, [network]) == oracle(address, network)  # type: ignore[arg-type]
 
 
+@given(
+    st.lists(st.one_of(v4, v6), min_size=1, max_size=8),
+    st.lists(st.one_of(v4net, v6net), max_size=6).map(tuple),
+)
+def test_an_allowlist_tuple_matches_as_the_oracle_every_time(
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> None:
+    """A tuple's spans are made once and kept: every address asked of the same tuple (and
+    its IPv4-mapped form) gets the oracle's answer over all of its networks."""
+    for address in addresses:
+        expected = any(oracle(address, n) for n in networks)
+        assert in_networks(address, networks) == expected
+        if isinstance(address, ipaddress.IPv4Address):
+            mapped = ipaddress.IPv6Address(f"::ffff:{address}")
+            assert in_networks(mapped, networks) == expected
+
+
+def test_a_new_allowlist_in_a_dead_ones_place_is_matched_as_itself() -> None:
+    """Spans are kept by the tuple's identity, holding the tuple: a tuple made where a freed one
+    was (the same id) is never matched by the freed one's spans."""
+    address = ipaddress.IPv4Address("192.0.2.7")
+    for n in range(200):
+        wide = (ipaddress.ip_network(f"192.0.{n % 3}.0/24"),)
+        assert in_networks(address, wide) == (n % 3 == 2)
+        del wide
+
+
 @given(v4, v4net)
 def test_ipv4_mapped_addresses_match_ipv4_networks(
     address: ipaddress.IPv4Address, network: ipaddress.IPv4Network
