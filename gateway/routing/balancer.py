@@ -249,17 +249,17 @@ class Balancer:
                 or s.unknown >= untold
             ):
                 index = None
-        if index is None:
+        if index is None:  # the key's own upstream, else the least loaded under the bounds
             walk = ring.walks[bisect.bisect_left(ring.points, key)]
+            least = _INF
             for owner in walk:
                 s = states[owner]
-                if (
-                    s.in_flight + (s.others if s.signals_until > now else s.told) < bound
-                    and s.unknown < untold
-                ):
-                    index = owner
-                    break
-            else:
+                load = s.in_flight + (s.others if s.signals_until > now else s.told)
+                if load < least and load < bound and s.unknown < untold:
+                    index, least = owner, load
+                    if owner == walk[0]:
+                        break
+            if index is None or (index != walk[0] and len(walk) < ring.size):
                 return self._affinity(pool, exclude, region, load_factor, key, prefixes)
         chosen = pool[index]
         if prefixes:
@@ -476,9 +476,22 @@ class Balancer:
     def observe(
         self, name: str, waiting: float, running: float, cache: float, until: float
     ) -> None:
-        """A worker's signals, believed until ``until`` (monotonic)."""
+        """A worker's signals, believed until ``until`` (monotonic).
+
+        What the worker holds beyond this process's requests and the others' as told is
+        load from elsewhere. While the fleet's counts are told (``routing.loads``), a read
+        also catches requests in their ~10 ms before being told, and once told they leave that
+        excess only when the teller's count rose: a start told with an end (the count the
+        same) left one phantom request there until the next read, which raised the fleet's
+        mean and so affinity's bound by one for a whole interval. So then only what two reads
+        in a row showed is believed (load from outside the gateways lasts)."""
         state = self.state(name)
         state.waiting, state.running, state.cache = waiting, running, cache
-        state.beyond = max(0.0, running + waiting - state.in_flight - state.told)
+        excess = max(0.0, running + waiting - state.in_flight - state.told)
+        if self.loads.sharing and state.contested:
+            state.beyond = min(excess, state.excess)
+            state.excess = excess
+        else:
+            state.beyond = excess
         state.others = state.told + state.beyond
         state.signals_until = until

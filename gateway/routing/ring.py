@@ -20,6 +20,7 @@ from collections.abc import Sequence
 # get 21 % to 29 % of the keys); the bound evens out the rest.
 POINTS_PER_WEIGHT = 100
 _MAX_POINTS = 10_000
+_INF = float("inf")
 
 
 def key_hash(data: bytes) -> int:
@@ -101,22 +102,23 @@ class Ring:
         first: int | None = None,
         unknown: Sequence[float] | None = None,
     ) -> int | None:
-        """The index of the first usable upstream on the key's walk under its bound, or None
-        when no upstream is usable (``usable`` None: every one is). With ``load_factor`` ≥ 1
-        some usable upstream is always under its bound (the bounds add up to at least the load
-        plus this request). ``first``: an upstream taken before the walk if it is usable and
-        under its bound.
+        """The index of the key's upstream under its bound, or None when no upstream is usable
+        (``usable`` None: every one is). With ``load_factor`` ≥ 1 some usable upstream is
+        always under its bound (the bounds add up to at least the load plus this request).
+        ``first``: an upstream taken before the walk if it is usable and under its bound; then
+        the key's own upstream (the first of its walk) if it is; else the request spills to
+        the least loaded per weight of the usable upstreams under the bound (the first met on
+        the walk among equals): none holds the key's cache, and the next on the ring may have
+        a queue while another has room.
 
         ``unknown``: per upstream, requests placed by this process that the other processes
         sharing the fleet have not been told of yet. Each must stay under the same bound
         computed over them alone, so that no burst of placements the others cannot see lands
-        on one upstream; an upstream under both bounds is taken first, else the first under
-        this one (some usable upstream always is)."""
+        on one upstream; an upstream under both bounds is taken first, else, of those under
+        the load bound (some usable upstream always is), the one with the fewest untold: the
+        load bound is never given up for the untold one."""
         if unknown is not None and any(unknown):
-            both = self._choose_both(key, loads, usable, weights, load_factor, first, unknown)
-            if both is not None:
-                return both
-            return self.choose(key, unknown, usable, weights, load_factor, first)
+            return self._choose_both(key, loads, usable, weights, load_factor, first, unknown)
         if usable is None or all(usable):  # the usual case, in C: no loop over the upstreams
             usable = None
             total = sum(loads)
@@ -132,30 +134,32 @@ class Ring:
         if self.uniform and weights is self.weights:  # one bound for all: computed once
             bound = math.ceil(scale * weights[0] - 1e-9)
             walk = self.walks[bisect.bisect_left(self.points, key)]
-            if usable is None:
-                if first is not None and loads[first] < bound:
-                    return first
-                for owner in walk:
-                    if loads[owner] < bound:
+            if first is not None and (usable is None or usable[first]) and loads[first] < bound:
+                return first
+            spill, least = None, _INF
+            for owner in walk:
+                load = loads[owner]
+                if load < least and load < bound and (usable is None or usable[owner]):
+                    if owner == walk[0]:
                         return owner
-            else:
-                if first is not None and usable[first] and loads[first] < bound:
-                    return first
-                for owner in walk:
-                    if usable[owner] and loads[owner] < bound:
-                        return owner
-            if len(walk) == self.size:
-                return None
+                    spill, least = owner, load
+            if len(walk) == self.size:  # else the whole walk, below
+                return spill
         elif (
             first is not None
             and (usable is None or usable[first])
             and _under(loads, weights, first, scale)
         ):
             return first
-        for owner in self.walk(key):
+        order = self.walk(key)
+        spill, least = None, _INF
+        for owner in order:
             if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
-                return owner
-        return None
+                if owner == order[0]:
+                    return owner
+                if loads[owner] / weights[owner] < least:
+                    spill, least = owner, loads[owner] / weights[owner]
+        return spill
 
     def _choose_both(
         self,
@@ -167,19 +171,26 @@ class Ring:
         first: int | None,
         unknown: Sequence[float],
     ) -> int | None:
-        """``choose`` with every upstream also under its bound over ``unknown``."""
+        """``choose`` with every upstream also under its bound over ``unknown``: ``first``,
+        else the key's own upstream, else the least loaded per weight, under both bounds;
+        when none is under both, the one under the load bound with the fewest untold per
+        weight (then the least loaded)."""
         scale = _scale(loads, usable, weights, load_factor)
         untold = _scale(unknown, usable, weights, load_factor)
         if scale <= 0.0:
             return None
-        for owner in ([first] if first is not None else []) + self.walk(key):
-            if (
-                (usable is None or usable[owner])
-                and _under(loads, weights, owner, scale)
-                and _under(unknown, weights, owner, untold)
-            ):
-                return owner
-        return None
+        walk = self.walk(key)
+        best, rank = None, (_INF, _INF)
+        for owner in ([first] if first is not None else []) + walk:
+            if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
+                under = _under(unknown, weights, owner, untold)
+                if under and (owner == first or owner == walk[0]):
+                    return owner
+                w = weights[owner]
+                mine = (0.0 if under else unknown[owner] / w, loads[owner] / w)
+                if mine < rank:
+                    best, rank = owner, mine
+        return best
 
 
 def _scale(

@@ -28,6 +28,7 @@ class UpstreamState:
     # (requests from elsewhere); and the two together, the load others put here.
     told: float = 0.0
     beyond: float = 0.0
+    excess: float = 0.0  # what the last read showed beyond them (``Balancer.observe``)
     # This process's placements here the others have not been told of yet (while sharing).
     unknown: int = 0
     # Chosen among others (a pool of more than one): only such an upstream's load decides

@@ -219,13 +219,34 @@ def test_what_the_signals_show_beyond_the_gateways_counts_is_kept_over_tells() -
         a.acquire(up("w0"))
     deliver(a, [a, b])
     b.acquire(up("w0"))
-    b.observe("w0", waiting=2, running=4, cache=0.0, until=clock.monotonic() + 1)  # 6 = 3 + 1 + 2
+    for _ in range(2):  # outside load lasts: seen in two reads in a row
+        b.observe("w0", waiting=2, running=4, cache=0.0, until=clock.monotonic() + 1)  # 3 + 1 + 2
     assert b.state("w0").load(clock.monotonic()) == 6
     a.release(up("w0"))
     deliver(a, [a, b])
     assert b.state("w0").load(clock.monotonic()) == 5  # one fewer from a; the 2 from outside
     clock.advance(2)  # the signals are stale: own + told only
     assert b.state("w0").load(clock.monotonic()) == 3
+
+
+def test_a_request_caught_between_its_start_and_its_tell_is_not_kept_as_outside_load() -> None:
+    """A read that catches another process's request before its count is told shows it
+    beyond the counts; told together with another's end (the count the same), it used to
+    stay there as load from outside until the next read, raising the fleet's mean (and
+    affinity's bound) by one. Only what two reads in a row show beyond the counts is kept."""
+    clock = FakeClock()
+    a, b = fleet(2, clock)
+    w0, w1 = up("w0"), up("w1")
+    contest([a, b], w0, w1)
+    a.acquire(w0)
+    deliver(a, [a, b])
+    a.acquire(w0)  # started, not told yet: the worker holds 2 of a's
+    b.observe("w0", waiting=0, running=2, cache=0.0, until=clock.monotonic() + 1)
+    a.release(w0)  # the first ends: a's count is 1 again, as told
+    deliver(a, [a, b])
+    assert b.state("w0").load(clock.monotonic()) == 1
+    b.observe("w0", waiting=0, running=1, cache=0.0, until=clock.monotonic() + 1)
+    assert b.state("w0").load(clock.monotonic()) == 1
 
 
 def test_loads_messages_are_apart_from_the_store_s_other_broadcasts() -> None:
