@@ -9,7 +9,9 @@
   ``vllm:kv_cache_usage_perc``, ``vllm:prefix_cache_queries_total``, ``…_hits_total``);
 - ``POST /control`` ``{"slow": 3.0}`` multiplies every cost from then on; ``{"reset": true}``
   empties the cache and the counters; ``GET /stats`` what it served (arrival times, and per
-  request its wait in the queue, prompt tokens and tokens from the cache).
+  request its wait in the queue, prompt tokens and tokens from the cache), and at each arrival
+  the requests in every worker of the process at that instant, this one counted (``placed``:
+  the workers of one process are read at once, so a row is one moment of the whole fleet).
 
 Tokens are 4 characters of the prompt's text (role and content of every message), as the
 gateway estimates them. One process serves every ``--port`` given.
@@ -71,6 +73,9 @@ class Gpu:
     hits: int = 0  # of which served from the cache
     arrivals: list[float] = field(default_factory=list)
     served: list[tuple[float, int, int]] = field(default_factory=list)  # wait s, tokens, hits
+    # At each arrival: every worker's running + waiting (this process's, in port order).
+    placed: list[list[int]] = field(default_factory=list)
+    fleet: list[Gpu] = field(default_factory=list)  # every worker of this process, this one too
     free: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,6 +124,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     tokens = max(1, len(text) // CHARS_PER_TOKEN)
     output = int(body.get("max_tokens") or 16)
     gpu.waiting += 1
+    gpu.placed.append([g.running + g.waiting for g in gpu.fleet])
     arrived = time.monotonic()
     async with gpu.free:
         gpu.waiting -= 1
@@ -174,6 +180,7 @@ async def control(request: web.Request) -> web.Response:
         gpu.queries = gpu.hits = 0
         gpu.arrivals.clear()
         gpu.served.clear()
+        gpu.placed.clear()
         gpu.slow = 1.0
     return web.json_response({"ok": True})
 
@@ -181,7 +188,13 @@ async def control(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     gpu: Gpu = request.app["gpu"]
     return web.json_response(
-        {"queries": gpu.queries, "hits": gpu.hits, "arrivals": gpu.arrivals, "served": gpu.served}
+        {
+            "queries": gpu.queries,
+            "hits": gpu.hits,
+            "arrivals": gpu.arrivals,
+            "served": gpu.served,
+            "placed": gpu.placed,
+        }
     )
 
 
@@ -202,8 +215,11 @@ def app(gpu: Gpu) -> web.Application:
 
 async def serve(args: argparse.Namespace) -> None:
     runners = []
+    fleet: list[Gpu] = []
     for port in args.port:
         gpu = Gpu(args.cache_blocks, args.slots, args.prefill_ms / 1000, args.decode_ms / 1000)
+        fleet.append(gpu)
+        gpu.fleet = fleet
         runner = web.AppRunner(app(gpu), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import os
 import random
 import statistics
@@ -40,7 +41,7 @@ from typing import Any
 
 import orjson
 from gpu_worker import BLOCK, block_hashes, prompt_text
-from routing import IN_FLIGHT, SIGNALS_INTERVAL, over_bound, workload
+from routing import IN_FLIGHT, LOAD_FACTOR, SIGNALS_INTERVAL, over_bound, workload
 
 from gateway.clock import FakeClock
 from gateway.config.schema import ModelRouting, Upstream
@@ -103,6 +104,11 @@ class Fleet:
         self.ttfts: list[float] = []
         self.waits: list[float] = []
         self.hits = self.tokens = 0
+        # Placements over ceil(1.25 x mean) (by 1, by 2+): at the worker on arrival (its
+        # running + waiting, this one counted), and at the gateways on the count (their in
+        # flight per upstream, summed over the processes, this one counted).
+        self.arrived_over = [0, 0, 0]  # arrivals, over, over by 2+
+        self.counted_over = [0, 0, 0]
 
     def at(self, when: float, job: Callable[..., None], *args: Any) -> None:
         heapq.heappush(self.events, (when, next(self.order), job, args))
@@ -134,6 +140,8 @@ class Fleet:
     def leased(self, now: float, gateway: int, upstream: Upstream, request: Any) -> None:
         balancer = self.balancers[gateway]
         balancer.acquire(upstream)
+        held = [sum(b.state(u.name).in_flight for b in self.balancers) for u in self.upstreams]
+        _tally(self.counted_over, held, self.upstreams.index(upstream))
         if self.noguard:  # as if the others knew of it at once: no bound on untold placements
             balancer.state(upstream.name).unknown = 0
         self.counts_changed(now, gateway)
@@ -168,6 +176,8 @@ class Fleet:
         self.at(now + SAMPLE, self.sample)
 
     def arrive(self, now: float, worker: int, request: tuple[Any, ...]) -> None:
+        row = [self.running[w] + len(self.queues[w]) + (w == worker) for w in range(WORKERS)]
+        _tally(self.arrived_over, row, worker)
         if self.running[worker] < SLOTS:
             self.start(now, worker, request, now)
         else:
@@ -231,6 +241,15 @@ class Fleet:
             self.balancers[gateway].observe(upstream.name, waiting, running, cache, until)
 
 
+def _tally(counts: list[int], row: list[int], index: int) -> None:
+    """One placement on ``index`` with ``row`` the loads, it counted: against ceil(1.25 x
+    mean) (the bench's ``LOAD_FACTOR``)."""
+    excess = row[index] - math.ceil(LOAD_FACTOR * sum(row) / len(row) - 1e-9)
+    counts[0] += 1
+    counts[1] += excess > 0
+    counts[2] += excess > 1
+
+
 def replay(
     arm: str, convs: list[list[Messages]], gateways: int = 2, seed: int = 0
 ) -> dict[str, float]:
@@ -281,6 +300,10 @@ def replay(
     _, held = over_bound(fleet.held)
     return {
         "held2": held[1] + held[2],
+        "arrived_over": fleet.arrived_over[1] / max(1, fleet.arrived_over[0]),
+        "arrived_over2": fleet.arrived_over[2] / max(1, fleet.arrived_over[0]),
+        "counted_over": fleet.counted_over[1] / max(1, fleet.counted_over[0]),
+        "counted_over2": fleet.counted_over[2] / max(1, fleet.counted_over[0]),
         "over": share,
         "over2": excess[1] + excess[2],
         "over3": excess[2],
@@ -335,9 +358,10 @@ def main() -> None:
     print()
     print(
         "| arm | TTFT p50 of least_loaded's | hits | samples over | by 2+ | by 3+ "
-        "| worst seed over / 2+ | messages per request (placements / counts) |"
+        "| worst seed over / 2+ | messages per request (placements / counts) "
+        "| gateways' by 2+ | arrivals over, by 2+ | counts over, by 2+ |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for arm, results in rows.items():
         base = rows[base_of(arm)]
         ratio = statistics.mean(
@@ -349,7 +373,9 @@ def main() -> None:
             f"| {arm} | {ratio:.2f}x | {mean['hit_rate']:.1%} | {mean['over']:.1%}"
             f" | {mean['over2']:.2%} | {mean['over3']:.2%}"
             f" | {worst['over']:.1%} / {worst['over2']:.2%}"
-            f" | {mean['told']:.3f} / {mean['load_told']:.3f} | {mean['held2']:.2%} |"
+            f" | {mean['told']:.3f} / {mean['load_told']:.3f} | {mean['held2']:.2%}"
+            f" | {mean['arrived_over']:.2%}, {mean['arrived_over2']:.2%}"
+            f" | {mean['counted_over']:.2%}, {mean['counted_over2']:.2%} |"
         )
 
 
