@@ -151,9 +151,16 @@ class Fleet:
         """One network hop: ``NET``, or (``+jitter``) 0.5 to 1.5 times it."""
         return NET if self.jitter is None else NET * (0.5 + self.jitter.random())
 
-    def counts_changed(self, now: float, gateway: int) -> None:
-        """As ``routing.loads`` does on a loop: one message per ``INTERVAL`` at most."""
-        if self.balancers[gateway].loads.sharing and not self.flushing[gateway]:
+    def counts_changed(self, now: float, gateway: int, ended: bool = False) -> None:
+        """As ``routing.loads`` does on a loop: one message per ``INTERVAL`` at most, but a
+        request's end at once."""
+        if not self.balancers[gateway].loads.sharing:
+            return
+        if ended and self.next_flush[gateway] > now:
+            self.next_flush[gateway] = now
+            self.flushing[gateway] = True
+            self.at(now, self.flush, gateway)
+        elif not self.flushing[gateway]:
             self.flushing[gateway] = True
             self.at(max(now, self.next_flush[gateway]), self.flush, gateway)
 
@@ -218,7 +225,7 @@ class Fleet:
     def released(self, now: float, request: tuple[Any, ...]) -> None:
         _, _, gateway, upstream, conversation = request
         self.balancers[gateway].release(upstream)
-        self.counts_changed(now, gateway)
+        self.counts_changed(now, gateway, ended=True)
         if self.client:  # the answer's end reaches the client, its next turn the gateway
             self.at(now + self.net() + self.net(), self.on_done, conversation)
         else:

@@ -4,9 +4,10 @@ that are full or ejected after failures.
 - ``least_loaded`` (default): least load per weight, ties broken at random (so idle upstreams
   share sequential traffic rather than the first taking it all).
 - ``round_robin``: each usable upstream in turn; ``random``: at random, by weight.
-- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``),
-  except that a prompt extending one sent before goes where that one went while it is under
-  its bound (``routing.history``): a conversation the bound moved stays moved. Where this
+- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``;
+  past the bound, to the least loaded under it), except that a prompt extending one sent
+  before goes where that one went while it is under its bound (``routing.history``): a
+  conversation the bound moved stays moved. Where this
   process moved a prompt is told to the others (``routing.placements``), and theirs to it.
 
 An upstream's load is the fleet's requests in flight to it: this process's own (exact) plus the
@@ -418,7 +419,7 @@ class Balancer:
         if self.loads.sharing and state.contested:
             if state.unknown > state.in_flight:
                 state.unknown = state.in_flight
-            self.loads.change(upstream.name)
+            self.loads.ended(upstream.name)
         if self.on_release is not None:
             self.on_release(upstream)
 
@@ -476,15 +477,11 @@ class Balancer:
     def observe(
         self, name: str, waiting: float, running: float, cache: float, until: float
     ) -> None:
-        """A worker's signals, believed until ``until`` (monotonic).
-
-        What the worker holds beyond this process's requests and the others' as told is
-        load from elsewhere. While the fleet's counts are told (``routing.loads``), a read
-        also catches requests in their ~10 ms before being told, and once told they leave that
-        excess only when the teller's count rose: a start told with an end (the count the
-        same) left one phantom request there until the next read, which raised the fleet's
-        mean and so affinity's bound by one for a whole interval. So then only what two reads
-        in a row showed is believed (load from outside the gateways lasts)."""
+        """A worker's signals, believed until ``until`` (monotonic). What it holds beyond the
+        gateways' counts is load from elsewhere; while those are told (``routing.loads``) a
+        read also catches requests not told yet, and one told with another's end (the count
+        the same) stayed as a phantom, the fleet's mean and affinity's bound one too high for
+        an interval: then only what two reads in a row show is believed."""
         state = self.state(name)
         state.waiting, state.running, state.cache = waiting, running, cache
         excess = max(0.0, running + waiting - state.in_flight - state.told)

@@ -2,11 +2,12 @@
 
 Each upstream owns points on a 64-bit ring, placed by a stable hash of its name (BLAKE2b, never
 Python's per-process ``hash``), so every gateway process builds the same ring. A request's key
-is hashed onto the ring and walks clockwise to the first upstream that may take it: usable
-(not ejected, not full) and, with ``m`` requests in flight counting this one, carrying less
-than ``ceil(load_factor * m * its weight share)``. Every upstream past that bound is skipped,
-so none carries more than ``load_factor`` times its share of the mean. Adding or removing an
-upstream moves only the keys whose walk meets its points.
+is hashed onto the ring; the first upstream clockwise (the key's own) takes it if it may:
+usable (not ejected, not full) and, with ``m`` requests in flight counting this one, carrying
+less than ``ceil(load_factor * m * its weight share)``. Past that bound the request spills to
+the least loaded upstream under it (the first met clockwise among equals), so none carries
+more than ``load_factor`` times its share of the mean. Adding or removing an upstream moves
+only the keys whose walk meets its points.
 """
 
 from __future__ import annotations

@@ -285,6 +285,30 @@ async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> N
     assert len(sent) == count  # nothing held: no beat
 
 
+async def test_a_request_s_end_is_told_at_once_not_an_interval_after_the_last() -> None:
+    """The others count an ended request until they hear of it, and the client's next
+    request, sent as the answer ends, may reach another process first: there the fleet's mean
+    (and affinity's bound) is one too high. So an end goes as soon as the message in flight is
+    through, whatever ``INTERVAL`` (a start waits for it: the untold bound covers starts)."""
+    clock = FakeClock()
+    a, b = fleet(2, clock)
+    contest([a, b], up("w0"), up("w1"))
+    sent: list[str] = []
+
+    async def publish(message: str) -> None:
+        sent.append(message)
+        b.loads.receive(message)
+
+    a.loads.share(publish)
+    a.loads._interval = 60.0  # a minute between messages, but for ends
+    a.acquire(up("w0"))
+    await until(lambda: b.state("w0").told == 1, what="the start told")
+    a.acquire(up("w1"))  # a start: waits for the interval
+    a.release(up("w0"))  # an end: goes at once, with the start gathered
+    await until(lambda: b.state("w0").told == 0, what="the end told", seconds=2.0)
+    assert b.state("w1").told == 1 and len(sent) == 2
+
+
 async def test_an_upstream_alone_in_its_pools_is_never_told() -> None:
     """A model with one upstream has nothing to choose: its count decides nothing, so sharing
     it would cost a message per change for nothing (a PUBLISH per ~10 ms of traffic)."""
