@@ -18,8 +18,13 @@ from gateway.errors import BadRequest
 IMAGE_PARTS = frozenset(
     {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url"}
 )
-# A part without a ``type`` is read by vLLM by the field it carries.
+# A part without a ``type`` (or with a ``uuid``: vLLM then ignores the ``type``) is read by vLLM
+# by the field it carries, present even as null (a ``uuid`` names cached media).
 IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url")
+# Content parts that carry audio (the ``audio`` permission, as /v1/audio/* needs): OpenAI's
+# ``input_audio``, and vLLM's ``audio_url`` and ``audio_embeds``; by field as for images.
+AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio_embeds"})
+AUDIO_FIELDS = ("input_audio", "audio_url", "audio_embeds")
 # The pairs of fields a score request may name its two sides by (vLLM's shapes, oldest last).
 SCORE_PAIRS = (
     ("queries", "documents"),
@@ -27,10 +32,27 @@ SCORE_PAIRS = (
     ("data_1", "data_2"),
     ("text_1", "text_2"),
 )
+# Every side of a rerank or score request (a side may be multimodal ``{"content": [...]}``).
+_SIDES = ("query", "documents", "queries", "items", "data_1", "data_2", "text_1", "text_2")
 MAX_N = 128  # completions or images asked for in one request
 # The most tokens one answer may ask for (2**24: past any model's context): a limit beyond it
 # is a 400, so a reservation (x MAX_N) stays exact in the Redis store's Lua doubles (2**53).
 MAX_OUTPUT_TOKENS = 2**24
+
+
+VISION, AUDIO = 1, 2  # what a media input needs, as bits
+_NEEDS: tuple[tuple[str, ...], ...] = ((), ("vision",), ("audio",), ("vision", "audio"))
+
+
+def media_permissions(body: object) -> tuple[str, ...]:
+    """The permissions the media inputs of a request need beyond its route's: ``vision`` for an
+    image (or a video), ``audio`` for audio, in that order; ``()`` for text alone.
+
+    Read where a worker reads media: a chat (OpenAI), Messages (Anthropic) or Responses body's
+    ``messages``/``input`` items (an embeddings request's too: vLLM embeds chat ``messages``),
+    and the multimodal ``{"content": [...]}`` sides of a rerank or score request.
+    """
+    return _NEEDS[_media_in(body)]
 
 
 def has_image_input(body: object) -> bool:
@@ -39,13 +61,7 @@ def has_image_input(body: object) -> bool:
 
     Cheap for text-only chats: a message whose content is a string is passed over at once.
     """
-    if type(body) is not dict:
-        return False
-    for key in ("messages", "input"):
-        items = body.get(key)
-        if type(items) is list and any(_carries_image(item) for item in items):
-            return True
-    return False
+    return bool(_media_in(body) & VISION)
 
 
 def may_carry_image(raw: bytes) -> bool:
@@ -55,30 +71,60 @@ def may_carry_image(raw: bytes) -> bool:
     return b"image" in raw or b"video" in raw or b"\\u" in raw
 
 
-def _carries_image(item: object, depth: int = 0) -> bool:
-    """An image in a message (or input item), in its content (a Responses tool output's
-    ``output``), or in the content of a block in it (a tool result): two levels down at most,
+def may_carry_media(raw: bytes) -> bool:
+    """``may_carry_image``, or the bytes name ``audio``: the cheap test before
+    ``media_permissions`` (every media type and field name holds one of those words)."""
+    return b"image" in raw or b"video" in raw or b"audio" in raw or b"\\u" in raw
+
+
+def _media_in(body: object) -> int:
+    if type(body) is not dict:
+        return 0
+    found = 0
+    for key in ("messages", "input"):
+        items = body.get(key)
+        if type(items) is list:
+            for item in items:
+                found |= _carried(item)
+    for side in _SIDES:  # rerank and score: a side's multimodal content, or a list of them
+        value = body.get(side)
+        for item in value if type(value) is list else (value,):
+            found |= _carried(item)
+    return found
+
+
+def _carried(item: object, depth: int = 0) -> int:
+    """The media of a message (or input item), of its content (a Responses tool output's
+    ``output``), or of the content of a block in it (a tool result): two levels down at most,
     so no nesting a client sends can make the walk deep."""
     if type(item) is not dict:
-        return False
-    if _is_image(item):  # a Responses input item that is itself an image
-        return True
+        return 0
+    found = _kind(item)  # a Responses input item may itself be an image
     if depth > 1:
-        return False
+        return found
     for key in ("content", "output"):
         parts = item.get(key)
-        if type(parts) is list and any(_carries_image(part, depth + 1) for part in parts):
-            return True
-    return False
+        if type(parts) is list:
+            for part in parts:
+                found |= _carried(part, depth + 1)
+    return found
 
 
-def _is_image(part: dict[str, Any]) -> bool:
-    """A part is what its ``type`` says (a client's may be anything); a part without one is
-    what vLLM reads it as: an image when it carries an image field."""
+def _kind(part: dict[str, Any]) -> int:
+    """A part is what its ``type`` says (a client's may be anything). vLLM reads a part without
+    a string ``type``, or with a ``uuid`` whatever its ``type``, by the fields it carries (a
+    field present as null names media cached under the ``uuid``): so does this."""
     kind = part.get("type")
+    found = 0
     if type(kind) is str:
-        return kind in IMAGE_PARTS
-    return any(part.get(field) is not None for field in IMAGE_FIELDS)
+        found = VISION if kind in IMAGE_PARTS else AUDIO if kind in AUDIO_PARTS else 0
+        if part.get("uuid") is None:
+            return found
+    if any(field in part for field in IMAGE_FIELDS):
+        found |= VISION
+    if any(field in part for field in AUDIO_FIELDS):
+        found |= AUDIO
+    return found
 
 
 def _bad(param: str, problem: str) -> BadRequest:

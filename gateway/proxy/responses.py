@@ -123,9 +123,9 @@ class ResponsesHandler:
         previous = body.get("previous_response_id")
         history, size = await self._history(record.owner, previous) if previous else ([], 0)
         items = responses.items_of(body)
-        maybe = history or inputs.may_carry_image(raw)  # a text request pays one byte search
-        if maybe and inputs.has_image_input({"input": [*history, *items]}):
-            rt.keys.check_permission(record, "vision")  # 403 permission_denied naming vision
+        if history or inputs.may_carry_media(raw):  # a text request pays a few byte searches
+            for permission in inputs.media_permissions({"input": [*history, *items]}):
+                rt.keys.check_permission(record, permission)  # 403 naming vision or audio
         estimate = (len(raw) + size) // 4
         keep = self._keeper(record.owner, body, history + items)
         model = rt.config.models.get(route.name)

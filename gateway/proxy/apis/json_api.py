@@ -3,7 +3,8 @@ generation — as one recipe over the governed steps of ``proxy.govern``, each A
 (``JsonApi``): its permission, its worker path, its body check, what it reserves and what it
 counts.
 
-The recipe: the key from the head → the body → its check (400) → the model the key may use (403/404) and that serves the API (400
+The recipe: the key from the head → the body → its check (400), and ``vision``/``audio`` for
+media in it (403, as chat) → the model the key may use (403/404) and that serves the API (400
 ``model_not_supported``) → the admission (429) → the worker (attempted as chat's are:
 ``proxy.attempts``) → the answer, with the public model name → settlement: the worker's usage,
 else (every API but images, counted in images) the prompt reserved, marked estimated.
@@ -212,6 +213,9 @@ class JsonHandler:
         record = await govern.caller(rt, request, api.permission)
         raw = await govern.body(rt, request)
         body = api.check(parse(raw))
+        if inputs.may_carry_media(raw):  # multimodal embeddings, rerank, score: as chat's
+            for permission in inputs.media_permissions(body):
+                rt.keys.check_permission(record, permission)  # 403 naming vision or audio
         asked = str(body["model"])
         route = govern.model(rt, ex, record, asked)
         require(route, api.api, asked)
