@@ -390,5 +390,7 @@ class RedisStore:
         await self._cmd("PING")
 
     async def close(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.close()  # the rows written forgotten in the owners' slots
         await self._subscriber.close()
         await self._io.close()

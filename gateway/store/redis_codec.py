@@ -22,8 +22,13 @@ stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread o
     gw:{use:<s>}:use:<owner>:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0
                                     errors); EXPIRE USAGE_DAYS. s: the key's stripe
     gw:{use:<s>}:usedays:<owner>:<keyId>  ZSET of the days with usage (range reads)
-    gw:{use:<s>}:seq:<process>      a gateway process's high-water mark in the stripe (a
-                                    Cluster's usage.lua: exactly once; EX MARK_TTL)
+    gw:{use:<s>}:floor:<process>    a gateway process's floor in the stripe, '+' when
+                                    numbers are listed above it (a Cluster's usage.lua: exactly
+                                    once; EX MARK_TTL)
+    gw:{use:<s>}:above:<process>    HASH number -> 1: its rows written at or above the floor
+    gw:{<owner>}:pending            HASH request id -> row (JSON): a Cluster's counted rows not
+                                    yet written in their stripes (settle.lua; EX ROWS_TTL)
+    gw:{<owner>}:pending:at         ZSET request id -> when counted, or last adopted
     gw:{<owner>}:use:<keyId>:<day>, gw:{<owner>}:usedays:<keyId>
                                     the same before the stripes (still read, until they expire)
     gw:{<owner>}:lastused           HASH keyId -> last use
@@ -45,7 +50,10 @@ import functools
 import re
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
+
+import orjson
 
 from gateway.limits import windows
 from gateway.records import (
@@ -67,7 +75,10 @@ HIT_WINDOW = 60.0  # the fixed window of ``hit`` counters (auth failures, route 
 # Usage stripes: a key's usage rows live in stripe crc32(key id) mod STRIPES. Fixed: a key's rows
 # are found by it (changing it would hide the rows already written).
 STRIPES = 64
-MARK_TTL = 86400  # seconds a process's high-water mark in a stripe outlives its last write
+MARK_TTL = 86400  # seconds a process's floor in a stripe outlives its last write
+# seconds the rows kept in an idle owner's slot live (settle.lua's ROWS_TTL): under MARK_TTL, so
+# a row adopted from there always finds its process's floor in the stripe
+ROWS_TTL = MARK_TTL // 2
 REFUSALS: tuple[Refusal | None, ...] = (
     None,
     "rpm",
@@ -203,21 +214,31 @@ def legacy_usage_keys(owner: str, key_id: str) -> tuple[str, str]:
     return f"{t}use:{k}:", f"{t}usedays:{k}"
 
 
+def row_marks(number: int, process: str) -> tuple[str, str]:
+    """A process's floor and numbers written above it in stripe ``number`` (usage.lua)."""
+    t = stripe_tag(number)
+    return f"{t}floor:{process}", f"{t}above:{process}"
+
+
 @functools.lru_cache(maxsize=8192)
 def _settle_keys(owner: str, key_id: str, striped: bool) -> tuple[str, ...]:
     """settle.lua's KEYS for one key: with ``striped`` (one Redis: one script may touch any
     slot) the usage rows in the key's stripe; without (a Cluster: the owner's slot only), the
-    owner-slot names, unused there (usage.lua writes the rows)."""
+    owner's rows not yet written in their stripes (usage.lua writes them)."""
     keys = _keys(owner, key_id, _SETTLE_KEYS)
-    return (*keys[:5], *usage_keys(owner, key_id), *keys[7:]) if striped else keys
+    if striped:
+        return (*keys[:5], *usage_keys(owner, key_id), *keys[7:])
+    t = tag(owner)
+    return (*keys[:5], f"{t}pending", f"{t}pending:at", *keys[7:])
 
 
 # -- settle ---------------------------------------------------------------------------------
-def settle_call(s: Settlement, now: str, cluster: bool = False) -> tuple[list[str], list[str]]:
-    """One settlement's KEYS and ARGV; on a ``cluster`` its usage is left to ``usage_call``
-    (settle.lua says whether it counted)."""
+def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[list[str], list[str]]:
+    """One settlement's KEYS and ARGV; on a Cluster, ``row`` names its usage row in the
+    stripes (``<process>:<number>``), written by usage.lua (settle.lua returns it if it
+    counted)."""
     a = s.admission
-    keys = list(_settle_keys(a.owner, a.key_id, not cluster))
+    keys = list(_settle_keys(a.owner, a.key_id, row is None))
     keys[3] += a.request_id  # the settled marker (used only by one admitted without the store)
     args = [
         a.request_id,
@@ -235,7 +256,7 @@ def settle_call(s: Settlement, now: str, cluster: bool = False) -> tuple[list[st
         a.key_id,
         str(int(SETTLED_TTL)),
         str(USAGE_DAYS),
-        ("2" if cluster else "1") if s.record else "0",
+        (row or "1") if s.record else "0",
         str(s.cost - a.reserve_cost),
         str(s.cost),
         "0" if a.tpm is None else "1",
@@ -244,20 +265,26 @@ def settle_call(s: Settlement, now: str, cluster: bool = False) -> tuple[list[st
     return keys, args
 
 
-def usage_args(number: int, s: Settlement, finished: bytes | str) -> list[str]:
-    """usage.lua's ARGV of one row: the process's ``number`` for it, and the settlement's usage
-    ended at ``finished`` (settle.lua's text of it)."""
-    return [
-        str(number),
-        usage_line(s.model, s.api),
-        str(s.prompt_tokens),
-        str(s.completion_tokens),
-        str(int(s.error)),
-        repr(float(s.latency_ms)),
-        str(latency_bucket(s.latency_ms)),
-        finished.decode() if isinstance(finished, bytes) else finished,
-        str(USAGE_DAYS),
-    ]
+@dataclass(slots=True, frozen=True)
+class Row:
+    """A counted settlement's usage row, as settle.lua keeps it in the owner's slot until it is
+    written in its stripe (by usage.lua: ``usage`` is its ARGV but the number)."""
+
+    request_id: str
+    process: str  # the gateway process that counted it, and
+    number: int  # its number there: the row's name in the stripe
+    key_id: str
+    usage: tuple[str, ...]  # model line, prompt, completion, error, latency, bucket, finished
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Row:
+        rid, name, key_id, *usage = orjson.loads(raw)
+        process, _, number = name.rpartition(":")
+        return cls(rid, process, int(number), key_id, tuple(usage))
+
+    def args(self) -> list[str]:
+        """usage.lua's ARGV of this row."""
+        return [str(self.number), *self.usage, str(USAGE_DAYS)]
 
 
 API_MARK = "\x1f"  # between a model and its API in a usage field (chat's fields have none)

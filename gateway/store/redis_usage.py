@@ -7,29 +7,36 @@ settlements must decide together (leases, windows, counters) stays in the owner'
 - One Redis: ``settle.lua`` writes the rows in the stripe itself (one script may touch any
   slot there), so nothing here runs: one call per batch, as before the stripes.
 - A Cluster (``ClusterSettlement``): ``settle.lua`` runs in each owner's slot, the settlements
-  of one owner together, and says which counted (its lease was held); their rows then go to
-  their stripes through ``usage.lua``, one call per stripe. The rows wait here, numbered by
-  this process in order, until their stripe confirms them: a call that failed, or whose reply
-  was lost, is sent again with every row of the stripe not yet confirmed, oldest first, and the
-  stripe's high-water mark for this process skips what it already wrote. The limits are exact
-  whatever happens between the steps; the usage misses the rows of a process that dies holding
-  them, or of a first step whose reply was lost (docs/operations.md).
+  of one owner together, each named by this process and a number of its own; it keeps the row
+  of each that counted (its lease was held) in the owner's slot and returns it. The rows then
+  go to their stripes through ``usage.lua``, one call per stripe, which writes a row once by
+  its name (process, number), whatever order and however often it comes; once written, the
+  rows are forgotten in the owner's slot (with the next settle calls, in their pipeline).
+  Exactly once, whatever happens between the steps:
+  - a settle call whose reply was lost: its settlements are sent again (by the limiter, or
+    from ``unsure`` here), find their rows kept in the owner's slot and get them back;
+  - a duplicate settlement: the same, its row skipped by the stripe (or here) if written;
+  - a usage call failed or its reply lost: its rows wait here and are sent again;
+  - a process that dies holding rows: they wait in the owner's slot, and a settle call for the
+    owner ``ADOPT_AFTER`` seconds later (settle.lua) returns them to its process, which writes
+    them under their first names.
+  A stripe skips the rows of a process under its floor, which only that process raises, past
+  the numbers whose fate it knows (written, or never counted): see usage.lua.
 - Reports read both layouts: the stripes and the owner-slot rows written before them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.records import RowSink, Settlement, UsageDay
 from gateway.store import redis_codec as codec
 from gateway.store.base import StoreError
+from gateway.store.redis_codec import Row
 from gateway.store.transport import Call, Command, RedisTransport, Script, noscript, why
 
 log = logging.getLogger("gateway.store")
@@ -40,19 +47,13 @@ log = logging.getLogger("gateway.store")
 SETTLE_CHUNK = 32
 USAGE_CHUNK = 256  # rows per usage.lua call
 WAITING_MAX = 65_536  # rows waiting for their stripes, at most (past it the oldest are dropped)
+UNSURE_MAX = 65_536  # settlements sent whose reply is not yet had, at most (the same)
+FORGET_CHUNK = 1024  # request ids per HDEL (and ZREM) forgetting written rows
 REPORT_PART = 250  # usage days read (and decoded) per round trip of a report
 REPORT_KEYS = 100  # keys whose days indexes a report reads per round trip
 
 Pipe = Callable[[list[Command], bool], Awaitable[list[Any]]]
-
-
-@dataclass(slots=True, frozen=True)
-class Row:
-    """A counted settlement's usage, waiting for its stripe."""
-
-    number: int  # this process's, in the order rows were counted
-    settlement: Settlement
-    finished: bytes | str  # its end time, as settle.lua gave it
+Waiting = dict[tuple[str, int], tuple[str, Row]]  # (process, number) -> (owner, row)
 
 
 class ClusterSettlement:
@@ -61,41 +62,82 @@ class ClusterSettlement:
 
     def __init__(self, io: RedisTransport, settle: Script, usage: Script) -> None:
         self._io, self._settle, self._usage = io, settle, usage
-        self.process = secrets.token_hex(6)  # this process's name in the stripes' marks
-        self._numbers = itertools.count(1)
-        self.waiting: dict[int, list[Row]] = {}  # stripe -> rows, oldest first
+        self.process = secrets.token_hex(6)  # this process's name in the rows' names
+        self._next = 1  # the number the next settlement sent gets
+        # request id -> (number, settlement): sent, whether it counted not yet known
+        self.unsure: dict[str, tuple[int, Settlement]] = {}
+        self.waiting: dict[int, Waiting] = {}  # stripe -> rows counted, not yet written
+        self.written: dict[str, set[str]] = {}  # owner -> request ids: rows to forget there
         self.dropped = 0
-        self._writing = asyncio.Lock()  # one writer at a time keeps each stripe in order
+        self._writing = asyncio.Lock()  # one writer at a time (each stripe's floor in order)
 
     async def settle_many(self, settlements: Sequence[Settlement], now: str) -> None:
-        """The settle script for each owner's settlements (32 a call, in their order), every
-        call in one pipeline; then the counted rows to their stripes. Raises ``StoreError``
-        when a call failed (the limiter sends the batch again: what was settled is not
-        counted twice, the rows waiting here are written once)."""
-        by_owner: dict[str, list[Settlement]] = {}
-        for s in settlements:
-            by_owner.setdefault(s.admission.owner, []).append(s)
+        """The settle script for each owner's settlements (32 a call, in their order, with
+        those whose earlier reply was lost), every call in one pipeline with the forgetting of
+        the rows written; then the counted rows to their stripes. Raises ``StoreError`` when a
+        call failed (the limiter sends the batch again: what was settled is not counted twice,
+        its rows are written once)."""
+        by_owner: dict[str, list[tuple[int, Settlement]]] = {}
+        for number, s in self._numbered(settlements):
+            by_owner.setdefault(s.admission.owner, []).append((number, s))
         chunks = [
-            group[i : i + SETTLE_CHUNK]
-            for group in by_owner.values()
+            (owner, group[i : i + SETTLE_CHUNK])
+            for owner, group in by_owner.items()
             for i in range(0, len(group), SETTLE_CHUNK)
         ]
-        calls = [_joined([codec.settle_call(s, now, cluster=True) for s in c]) for c in chunks]
+        calls = [
+            _joined([codec.settle_call(s, now, f"{self.process}:{n}") for n, s in chunk])
+            for _, chunk in chunks
+        ]
+        forgotten, forgets = self._forgets()
+        try:
+            done, replies = await self._run(self._settle, calls, forgets)
+        except BaseException:
+            self._remember(forgotten)
+            raise
+        pairs = zip(forgotten, done[::2], done[1::2], strict=True)
+        self._remember([f for f, *got in pairs if any(map(_failed, got))])
         failed = None
-        for chunk, reply in zip(chunks, await self._run(self._settle, calls), strict=True):
-            if isinstance(reply, BaseException):
+        for (owner, chunk), reply in zip(chunks, replies, strict=True):
+            if _failed(reply):
                 failed = reply
             else:
-                self.counted(chunk, reply)
+                self.counted(owner, [s for _, s in chunk], reply)
         await self.write()
         if failed is not None:
             raise StoreError(f"redis: {why(failed)}")
 
-    async def _run(self, script: Script, calls: list[Call]) -> list[Any]:
-        """The calls in one pipeline (a Cluster's client splits it by node, each node's in
-        order), each call's reply or error apart: one that failed never hides what the others
-        did. Calls that met an unloaded script (they ran nothing) are sent again once it is."""
-        replies = await self._io.pipeline([_evalsha(script, c) for c in calls], raising=False)
+    def _numbered(self, settlements: Sequence[Settlement]) -> list[tuple[int, Settlement]]:
+        """The settlements to send, each once, with those sent before whose reply was lost
+        (found here if the limiter gave them up): each named by a number, kept in ``unsure``
+        until a reply says whether it counted."""
+        sent: dict[str, tuple[int, Settlement]] = {}
+        for s in [*settlements, *(s for _, s in self.unsure.values())]:
+            rid = s.admission.request_id
+            if rid not in sent:
+                number, _ = self.unsure.get(rid) or (self._take_number(), s)
+                sent[rid] = self.unsure[rid] = (number, s)
+        if len(self.unsure) > UNSURE_MAX:
+            for rid in list(self.unsure)[: len(self.unsure) - UNSURE_MAX]:
+                del self.unsure[rid]
+                self.dropped += 1
+            log.warning("usage rows dropped: settlements unsure past %d", UNSURE_MAX)
+        return list(sent.values())
+
+    def _take_number(self) -> int:
+        self._next += 1
+        return self._next - 1
+
+    async def _run(
+        self, script: Script, calls: list[Call], first: Sequence[Command] = ()
+    ) -> tuple[list[Any], list[Any]]:
+        """The commands ``first``, then the calls, in one pipeline (a Cluster's client splits
+        it by node, each node's in order): their replies, each call's reply or error apart (one
+        that failed never hides what the others did). Calls that met an unloaded script (they
+        ran nothing) are sent again once it is."""
+        commands = [*first, *(_evalsha(script, c) for c in calls)]
+        replies = await self._io.pipeline(commands, raising=False)
+        head, replies = replies[: len(first)], replies[len(first) :]
         missing = [i for i, reply in enumerate(replies) if noscript(reply)]
         if missing:
             await self._io.call("SCRIPT", "LOAD", script.source)
@@ -104,65 +146,135 @@ class ClusterSettlement:
                 missing, await self._io.pipeline(again, raising=False), strict=True
             ):
                 replies[i] = reply
-        return replies
+        return head, replies
 
-    def counted(self, chunk: Sequence[Settlement], reply: Any) -> None:
-        """Queue the usage of the settlements settle.lua counted: ``reply`` lists the place
-        (1..n) and end time of each (an integer when it recorded none)."""
+    def counted(self, owner: str, chunk: Sequence[Settlement], reply: Any) -> None:
+        """A settle call's reply: the rows to write (JSON, see settle.lua) of those of
+        ``chunk`` that counted, now or before, and of others adopted; the chunk's are no longer
+        unsure (counted or not)."""
+        for s in chunk:
+            self.unsure.pop(s.admission.request_id, None)
         if not isinstance(reply, list):
             return
-        for place, finished in zip(reply[::2], reply[1::2], strict=True):
-            s = chunk[int(place) - 1]
-            rows = self.waiting.setdefault(codec.stripe(s.admission.key_id), [])
-            rows.append(Row(next(self._numbers), s, finished))
+        written = self.written.get(owner, set())
+        for raw in reply:
+            row = Row.decode(raw)
+            if row.request_id not in written:
+                rows = self.waiting.setdefault(codec.stripe(row.key_id), {})
+                rows.setdefault((row.process, row.number), (owner, row))
         total = sum(len(rows) for rows in self.waiting.values())
         if total > WAITING_MAX:
             self._drop(total - WAITING_MAX)
 
     def _drop(self, count: int) -> None:
-        """The oldest ``count`` waiting rows given up (their stripes unreachable for long)."""
-        oldest = sorted(r.number for rows in self.waiting.values() for r in rows)[count - 1]
-        for number, rows in list(self.waiting.items()):
-            kept = [r for r in rows if r.number > oldest]
-            if kept:
-                self.waiting[number] = kept
-            else:
+        """``count`` waiting rows given up, the oldest of each stripe first (their stripes
+        unreachable for long): the usage misses them."""
+        while count > 0:
+            number, rows = max(self.waiting.items(), key=lambda item: len(item[1]))
+            del rows[next(iter(rows))]
+            if not rows:
                 del self.waiting[number]
-        self.dropped += count
-        log.warning("usage rows dropped: %d waited for an unreachable usage stripe", count)
+            count -= 1
+            self.dropped += 1
+        log.warning("usage rows dropped: waited for an unreachable usage stripe")
 
     async def write(self) -> None:
         """Every waiting row to its stripe, a call per stripe, the calls in one pipeline;
         raises ``StoreError`` if some are still waiting."""
         async with self._writing:
             while self.waiting:  # (a stripe is in it only with rows)
-                sent = {n: rows[:USAGE_CHUNK] for n, rows in self.waiting.items()}
+                sent = {n: list(rows.items())[:USAGE_CHUNK] for n, rows in self.waiting.items()}
                 calls = [self._rows_call(n, rows) for n, rows in sent.items()]
-                replies = await self._run(self._usage, calls)
+                _, replies = await self._run(self._usage, calls)
                 failed = None
                 for (number, rows), reply in zip(sent.items(), replies, strict=True):
-                    if isinstance(reply, BaseException):
+                    if _failed(reply):
                         failed = reply
                     else:
-                        self._confirmed(number, rows[-1].number)
+                        self._confirmed(number, rows)
                 if failed is not None:
                     raise StoreError(f"redis: {why(failed)}")
 
-    def _rows_call(self, number: int, rows: list[Row]) -> Call:
-        keys, args = [f"{codec.stripe_tag(number)}seq:{self.process}"], [str(codec.MARK_TTL)]
-        for row in rows:
-            a = row.settlement.admission
-            keys += codec.usage_keys(a.owner, a.key_id)
-            args += codec.usage_args(row.number, row.settlement, row.finished)
+    def _rows_call(self, stripe: int, rows: list[tuple[tuple[str, int], tuple[str, Row]]]) -> Call:
+        """usage.lua's call writing ``rows`` in ``stripe``: grouped by process, this one's
+        raising its floor past them (to the least number whose fate is still open)."""
+        groups: dict[str, list[tuple[str, Row]]] = {self.process: []}
+        for (process, _), item in rows:
+            groups.setdefault(process, []).append(item)
+        keys: list[str] = []
+        args = [str(codec.MARK_TTL)]
+        for process, group in groups.items():
+            if not group:
+                continue
+            floor = self._floor(stripe, {row.number for _, row in group})
+            keys += codec.row_marks(stripe, process)
+            args += [str(len(group)), str(floor if process == self.process else 0)]
+            for owner, row in group:
+                keys += codec.usage_keys(owner, row.key_id)
+                args += row.args()
         return keys, args
 
-    def _confirmed(self, number: int, last: int) -> None:
-        """The stripe's rows up to ``last`` are written (now, or before)."""
-        left = [r for r in self.waiting.get(number, ()) if r.number > last]
-        if left:
-            self.waiting[number] = left
-        else:
-            self.waiting.pop(number, None)
+    def _floor(self, stripe: int, sending: set[int]) -> int:
+        """The least number of this process whose row may still come to ``stripe`` once the
+        rows numbered ``sending`` are written: of those waiting, of the settlements unsure,
+        or the next."""
+        waiting = self.waiting.get(stripe, {})
+        return min(
+            self._next,
+            min(
+                (n for p, n in waiting if p == self.process and n not in sending),
+                default=self._next,
+            ),
+            min(
+                (n for n, s in self.unsure.values() if codec.stripe(s.admission.key_id) == stripe),
+                default=self._next,
+            ),
+        )
+
+    def _confirmed(self, stripe: int, rows: list[tuple[tuple[str, int], tuple[str, Row]]]) -> None:
+        """The stripe's ``rows`` are written (now, or before): no longer waiting, to be
+        forgotten in their owners' slots."""
+        waiting = self.waiting.get(stripe, {})
+        for name, (owner, row) in rows:
+            waiting.pop(name, None)
+            self.written.setdefault(owner, set()).add(row.request_id)
+        if not waiting:
+            self.waiting.pop(stripe, None)
+
+    def _forgets(self) -> tuple[list[tuple[str, list[str]]], list[Command]]:
+        """The rows written, taken to be forgotten in their owners' slots: (owner, request
+        ids) per command pair, and the commands (HDEL, ZREM)."""
+        taken: list[tuple[str, list[str]]] = []
+        for owner, ids in self.written.items():
+            listed = sorted(ids)
+            taken += [
+                (owner, listed[i : i + FORGET_CHUNK]) for i in range(0, len(listed), FORGET_CHUNK)
+            ]
+        self.written = {}
+        commands: list[Command] = []
+        for owner, rids in taken:
+            t = codec.tag(owner)
+            commands += [("HDEL", f"{t}pending", *rids), ("ZREM", f"{t}pending:at", *rids)]
+        return taken, commands
+
+    def _remember(self, forgets: Sequence[tuple[str, list[str]]]) -> None:
+        """Forgets not done, kept for the next call."""
+        for owner, rids in forgets:
+            self.written.setdefault(owner, set()).update(rids)
+
+    async def close(self) -> None:
+        """The rows written forgotten in their owners' slots (best effort: left there, another
+        process adopts them and the stripes skip them)."""
+        forgotten, forgets = self._forgets()
+        if forgets:
+            try:
+                await self._io.pipeline(forgets, raising=False)
+            except StoreError:
+                self._remember(forgotten)
+
+
+def _failed(reply: Any) -> bool:
+    return isinstance(reply, BaseException)
 
 
 def _joined(calls: list[Call]) -> Call:

@@ -1,35 +1,46 @@
 -- Settle admitted requests, each at most once (store/memory.py is the reference): release its
 -- lease, move the token counters of its (still current) periods by used - reserved, record its
--- usage and the key's last use. Every key but the usage rows (6, 7) carries the owner's hash tag.
+-- usage and the key's last use. Every key but the usage rows (6, 7 on one Redis) carries the
+-- owner's hash tag.
 -- Once: a request admitted by the store is settled only while its lease is held, and the lease
 -- goes with the settlement (the lease is the marker: nothing of a request outlives it). One
 -- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
 -- ARGV 14 seconds, and its tokens are charged to the periods current now.
 -- KEYS: 1 the key's leases, 2 the key's counters, 3 the owner's counters,
 --       4 the request's settled marker (day 0 only), 5 the owner's last-use hash (key id -> time),
---       6 the key's usage key prefix (the UTC day is appended), 7 the key's usage days (ZSET
---       of day ids, for range reads): both in the key's usage stripe (redis_codec.py); unused
---       when usage is written by usage.lua (ARGV 16 = 2),
+--       6, 7 on one Redis: the key's usage key prefix (the UTC day is appended) and usage days
+--       (ZSET of day ids, for range reads), both in the key's usage stripe (redis_codec.py);
+--       on a Cluster (ARGV 16 a row's name): the owner's rows not yet written (HASH request id
+--       -> row) and their times (ZSET request id -> when counted or last adopted),
 --       8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s = their sum)
 -- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store;
 --       -1 and the lease's seconds: an admission whose reply was lost, dated by its lease),
 --       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
 --       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
 --       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only;
---       2: the last use only, the usage to be written in the stripe's slot by usage.lua),
---       17 cost - reserved cost, 18 cost (micro-dollars), 19 the key's minute counted it (1/0),
---       20 the owner's minute did
+--       1: here; otherwise the row's name in the stripes, "<process>:<number>": a Cluster's, the
+--       usage to be written in the stripe's slot by usage.lua), 17 cost - reserved cost,
+--       18 cost (micro-dollars), 19 the key's minute counted it (1/0), 20 the owner's minute did
 -- Several settlements in one call: KEYS and ARGV hold 9 and 20 per settlement, one after the
 -- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
--- Returns how many were settled (those settled before are skipped); a call with any ARGV 16 = 2
--- (a Cluster's) returns instead, for each of those that counted, its place in the call (1..n)
--- and its end time (text): the usage to write in the stripes.
+-- Returns how many were settled (those settled before are skipped). A Cluster's call returns
+-- instead the rows its usage.lua calls are to write (JSON: request id, process, number, key id,
+-- model line, prompt, completion, error, latency, bucket, end time): each counted now is kept
+-- in the owner's slot (KEYS 6, 7) until its writer has it written and forgets it, so that
+-- - a settlement sent again (its reply lost, or a duplicate) finds its row there and returns it
+--   again (the stripe writes a row once by its process and number);
+-- - rows left there ADOPT_AFTER seconds (their process died, or could not reach the stripe) are
+--   returned by the next call for the owner, ADOPT_MAX at a time, under their first name.
 --
 -- Only the lease (or marker) is written per settlement. Everything else is gathered in Lua
 -- tables as the settlements are taken in order and written once per key (and per field) at the
 -- end: each counter hash read once and written once, each day's usage by model summed into one
 -- HINCRBY per field, the last use once per key. The script is atomic, so the end state is the
 -- one settling them one by one gives; a batch of one settlement costs what it did.
+
+local ADOPT_AFTER = 60  -- seconds a row may wait in the owner's slot before another writes it
+local ADOPT_MAX = 16  -- rows adopted per call
+local ROWS_TTL = 43200  -- the rows kept in an idle owner's slot expire (redis_codec.ROWS_TTL)
 
 -- HSET of every field of an ordered table (each value through ``text`` if given), if it has any
 local function hset_all(key, t, text)
@@ -120,12 +131,42 @@ local function presumed(k, a, lease_seconds)
   return true, day, month
 end
 
+-- A Cluster's call: the rows to write (JSON), and those to keep in the owner's slot.
+local rows, pending, now = nil, nil, nil
+
+local function row_of(a, finished)
+  return cjson.encode({ARGV[a + 1], ARGV[a + 16], ARGV[a + 13], ARGV[a + 5], ARGV[a + 6],
+    ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], fmt(finished)})
+end
+
+-- The rows left in the owner's slot ADOPT_AFTER seconds, dated now (adopted: another call
+-- adopts them only ADOPT_AFTER seconds later); those whose row is gone are forgotten.
+local function adopt()
+  local stale = redis.call('ZRANGEBYSCORE', pending.times, '-inf', fmt(now - ADOPT_AFTER),
+    'LIMIT', 0, ADOPT_MAX)
+  if #stale == 0 then return end
+  local found = redis.call('HMGET', pending.hash, unpack(stale))
+  for i, rid in ipairs(stale) do
+    if found[i] then
+      table.insert(rows, found[i])
+      table.insert(pending.times_args, fmt(now))
+      table.insert(pending.times_args, rid)
+    else
+      redis.call('ZREM', pending.times, rid)
+    end
+  end
+end
+
 local settled = 0
-local counted = nil  -- a Cluster's call: the places and end times of those that counted
 for i = 0, #KEYS / 9 - 1 do
   local k, a = 9 * i, 20 * i
   local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if ARGV[a + 16] == '2' then counted = counted or {} end
+  local mode = ARGV[a + 16]
+  local striped = mode ~= '0' and mode ~= '1'  -- a Cluster's: usage.lua writes the row
+  if striped and not rows then
+    rows, now = {}, clock(ARGV[a + 12])
+    pending = {hash = KEYS[k + 6], times = KEYS[k + 7], hash_args = {}, times_args = {}}
+  end
   local first
   if day == -1 then
     first, day, month = presumed(k, a, month)
@@ -138,10 +179,10 @@ for i = 0, #KEYS / 9 - 1 do
     local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])
     local finished = tonumber(ARGV[a + 11])
     if finished == 0 or day == 0 then
-      local now = clock(ARGV[a + 12])
-      if finished == 0 then finished = now end
+      local t = now or clock(ARGV[a + 12])
+      if finished == 0 then finished = t end
       if day == 0 then  -- admitted without the store: charged to the periods current now
-        local today, this_month = periods(now)
+        local today, this_month = periods(t)
         move(kc, oc, today, this_month, used, tonumber(ARGV[a + 18]), true)
       end
     end
@@ -150,13 +191,20 @@ for i = 0, #KEYS / 9 - 1 do
       if ARGV[a + 19] == '1' then minute_settle(KEYS[k + 8], ARGV[a + 1], used) end
       if ARGV[a + 20] == '1' then minute_settle(KEYS[k + 9], ARGV[a + 1], used) end
     end
-    if ARGV[a + 16] == '1' then
+    if mode == '1' then
       record(k, a, finished)
-    elseif ARGV[a + 16] == '2' then
+    elseif striped then
       put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)
-      table.insert(counted, i + 1)
-      table.insert(counted, fmt(finished))
+      local row = row_of(a, finished)
+      table.insert(rows, row)
+      table.insert(pending.hash_args, ARGV[a + 1])
+      table.insert(pending.hash_args, row)
+      table.insert(pending.times_args, fmt(now))
+      table.insert(pending.times_args, ARGV[a + 1])
     end
+  elseif striped then  -- settled before: its row again, if not yet written and forgotten
+    local row = redis.call('HGET', KEYS[k + 6], ARGV[a + 1])
+    if row then table.insert(rows, row) end
   end
 end
 
@@ -170,5 +218,14 @@ for _, key in ipairs(last.keys) do
   hset_all(key, last.values[key], fmt)
 end
 
-if counted then return counted end
-return settled
+if not rows then return settled end
+adopt()
+if #pending.hash_args > 0 then
+  redis.call('HSET', pending.hash, unpack(pending.hash_args))
+  redis.call('EXPIRE', pending.hash, ROWS_TTL)
+end
+if #pending.times_args > 0 then
+  redis.call('ZADD', pending.times, unpack(pending.times_args))
+  redis.call('EXPIRE', pending.times, ROWS_TTL)
+end
+return rows

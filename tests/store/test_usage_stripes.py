@@ -14,11 +14,11 @@ import redis as sync_redis
 from redis.crc import key_slot
 
 from gateway.clock import FakeClock
-from gateway.records import Admission, Settlement
+from gateway.records import Admission, Settlement, latency_bucket
 from gateway.store.base import StoreError
 from gateway.store.redis import RedisStore
-from gateway.store.redis_codec import legacy_usage_keys, stripe, stripe_tag, tag
-from gateway.store.redis_usage import ClusterSettlement, Row
+from gateway.store.redis_codec import Row, legacy_usage_keys, stripe, stripe_tag, tag
+from gateway.store.redis_usage import ClusterSettlement
 from tests.conftest import gateway_yaml
 from tests.redis_server import RedisClusterProcesses, RedisServer
 from tests.store.test_contract import T0
@@ -85,8 +85,8 @@ async def test_rows_written_before_the_stripes_are_read_with_them(
 
 # -- a Cluster's two steps ----------------------------------------------------------------------
 async def test_a_usage_call_sent_again_writes_its_rows_once(cluster_url: str) -> None:
-    """usage.lua skips the rows at or under this process's high-water mark in the stripe: a call
-    whose reply was lost, sent again with the same numbers, writes nothing twice."""
+    """usage.lua skips the rows of this process under its floor in the stripe, or listed above
+    it: a call whose reply was lost, sent again with the same numbers, writes nothing twice."""
     store = RedisStore(cluster_url, 5000, FakeClock(T0))
     try:
         two_steps = store._cluster
@@ -97,11 +97,16 @@ async def test_a_usage_call_sent_again_writes_its_rows_once(cluster_url: str) ->
         [row] = await store.usage("acme", ["k1"], DAY, DAY)
         assert row.requests == 1
         # the same row sent again (as after a lost reply), then a new one
-        again = Row(1, s, repr(T0))
-        two_steps.waiting[stripe("k1")] = [again]
+        usage = ("m", "3", "4", "0", "12.5", str(latency_bucket(12.5)), repr(T0))
+        again = Row("r1", two_steps.process, 1, "k1", usage)
+        two_steps.waiting[stripe("k1")] = {(again.process, 1): ("acme", again)}
         await two_steps.write()
         assert [r.requests for r in await store.usage("acme", ["k1"], DAY, DAY)] == [1]
-        two_steps.waiting[stripe("k1")] = [again, Row(2, s, repr(T0))]
+        new = Row("r2", two_steps.process, two_steps._take_number(), "k1", usage)
+        two_steps.waiting[stripe("k1")] = {
+            (again.process, 1): ("acme", again),
+            (new.process, new.number): ("acme", new),
+        }
         await two_steps.write()
         assert [r.requests for r in await store.usage("acme", ["k1"], DAY, DAY)] == [2]
         assert two_steps.waiting == {}
