@@ -16,11 +16,11 @@ from gateway.errors import BadRequest
 # Content parts and blocks that carry an image: OpenAI chat, Anthropic Messages, Responses, and
 # the types vLLM's chat parser reads besides (image embeddings, a video's frames).
 IMAGE_PARTS = frozenset(
-    {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url"}
+    {"image_url", "image", "input_image", "image_embeds", "image_pil", "video_url", "video_embeds"}
 )
 # A part without a ``type`` (or with a ``uuid``: vLLM then ignores the ``type``) is read by vLLM
 # by the field it carries, present even as null (a ``uuid`` names cached media).
-IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url")
+IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url", "video_embeds")
 # Content parts that carry audio (the ``audio`` permission, as /v1/audio/* needs): OpenAI's
 # ``input_audio``, and vLLM's ``audio_url`` and ``audio_embeds``; by field as for images.
 AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio_embeds"})
