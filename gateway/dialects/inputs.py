@@ -25,6 +25,7 @@ IMAGE_FIELDS = ("image_url", "image_embeds", "image_pil", "video_url", "video_em
 # ``input_audio``, and vLLM's ``audio_url`` and ``audio_embeds``; by field as for images.
 AUDIO_PARTS = frozenset({"input_audio", "audio_url", "audio_embeds"})
 AUDIO_FIELDS = ("input_audio", "audio_url", "audio_embeds")
+_MEDIA_FIELDS = frozenset(IMAGE_FIELDS + AUDIO_FIELDS)
 # The pairs of fields a score request may name its two sides by (vLLM's shapes, oldest last).
 SCORE_PAIRS = (
     ("queries", "documents"),
@@ -120,6 +121,8 @@ def _kind(part: dict[str, Any]) -> int:
         found = VISION if kind in IMAGE_PARTS else AUDIO if kind in AUDIO_PARTS else 0
         if part.get("uuid") is None:
             return found
+    if part.keys().isdisjoint(_MEDIA_FIELDS):  # most parts: one pass over their few keys
+        return found
     if any(field in part for field in IMAGE_FIELDS):
         found |= VISION
     if any(field in part for field in AUDIO_FIELDS):
