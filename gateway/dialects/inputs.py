@@ -35,6 +35,7 @@ SCORE_PAIRS = (
 )
 # Every side of a rerank or score request (a side may be multimodal ``{"content": [...]}``).
 _SIDES = ("query", "documents", "queries", "items", "data_1", "data_2", "text_1", "text_2")
+_PAIRS = (("query", "documents"), *SCORE_PAIRS)  # rerank's sides, then score's
 MAX_N = 128  # completions or images asked for in one request
 # The most tokens one answer may ask for (2**24: past any model's context): a limit beyond it
 # is a 400, so a reservation (x MAX_N) stays exact in the Redis store's Lua doubles (2**53).
@@ -256,16 +257,32 @@ def check_rerank(body: object) -> dict[str, Any]:
 
 def scored_pairs(body: dict[str, Any]) -> tuple[int, int]:
     """A checked rerank or score request's (characters of one side, pairs scored): the worker
-    reads that side once for every item of the other, so its cost grows with their product."""
-    sides = [("query", "documents"), *SCORE_PAIRS]
-    for first, second in sides:
+    reads that side once for every item of the other, so its cost grows with their product.
+
+    The largest over every pair of sides the body names: a worker picks its pair by its own
+    rules (vLLM's score request by the first of ``SCORE_PAIRS`` it holds, keeping any other
+    field as an extra), so a stray short side must not stand for the one it reads."""
+    chars, pairs = 0, 1
+    for first, second in _PAIRS:
         if first in body and second in body:
-            one, other = body[first], body[second]
-            items = len(other) if isinstance(other, list) else 1
-            if isinstance(one, list):  # several against several: pair by pair, or one to many
-                return max((len(str(x)) for x in one), default=0), max(items, len(one))
-            return len(str(one)), items
-    return 0, 1
+            one, other = _inputs(body[first]), _inputs(body[second])
+            size = max((len(str(x)) for x in one), default=0)
+            count = max(len(one), len(other))  # several against several: pair by pair
+            if size * count > chars * pairs:
+                chars, pairs = size, count
+    return chars, pairs
+
+
+def _inputs(side: object) -> list[Any]:
+    """A side as the worker reads it: a list its items, a multimodal object one input per part
+    of its ``content`` (vLLM: "each content item is a separate scoring input"), else one."""
+    if isinstance(side, list):
+        return side
+    if isinstance(side, dict):
+        content = side.get("content")
+        if isinstance(content, list) and content:
+            return content
+    return [side]
 
 
 def check_score(body: object) -> dict[str, Any]:
