@@ -144,19 +144,21 @@ class Fleet:
         _tally(self.counted_over, held, self.upstreams.index(upstream))
         if self.noguard:  # as if the others knew of it at once: no bound on untold placements
             balancer.state(upstream.name).unknown = 0
-        self.counts_changed(now, gateway)
+        self.counts_changed(now, gateway, upstream)
         self.at(now + self.net(), self.arrive, self.upstreams.index(upstream), request)
 
     def net(self) -> float:
         """One network hop: ``NET``, or (``+jitter``) 0.5 to 1.5 times it."""
         return NET if self.jitter is None else NET * (0.5 + self.jitter.random())
 
-    def counts_changed(self, now: float, gateway: int, ended: bool = False) -> None:
-        """As ``routing.loads`` does on a loop: one message per ``INTERVAL`` at most, but a
-        request's end at once."""
-        if not self.balancers[gateway].loads.sharing:
+    def counts_changed(self, now: float, gateway: int, upstream: Upstream) -> None:
+        """As ``routing.loads`` does on a loop: one message per ``INTERVAL`` at most, but at
+        once for an upstream affinity bounds."""
+        balancer = self.balancers[gateway]
+        if not balancer.loads.sharing:
             return
-        if ended and self.next_flush[gateway] > now:
+        urgent = getattr(balancer.state(upstream.name), "bounded", False)  # (before: never)
+        if urgent and self.next_flush[gateway] > now:
             self.next_flush[gateway] = now
             self.flushing[gateway] = True
             self.at(now, self.flush, gateway)
@@ -225,7 +227,7 @@ class Fleet:
     def released(self, now: float, request: tuple[Any, ...]) -> None:
         _, _, gateway, upstream, conversation = request
         self.balancers[gateway].release(upstream)
-        self.counts_changed(now, gateway, ended=True)
+        self.counts_changed(now, gateway, upstream)
         if self.client:  # the answer's end reaches the client, its next turn the gateway
             self.at(now + self.net() + self.net(), self.on_done, conversation)
         else:

@@ -4,10 +4,9 @@ that are full or ejected after failures.
 - ``least_loaded`` (default): least load per weight, ties broken at random (so idle upstreams
   share sequential traffic rather than the first taking it all).
 - ``round_robin``: each usable upstream in turn; ``random``: at random, by weight.
-- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``;
-  past the bound, to the least loaded under it), except that a prompt extending one sent
-  before goes where that one went while it is under its bound (``routing.history``): a
-  conversation the bound moved stays moved. Where this
+- ``affinity``: consistent hashing with bounded loads on the request's key (``routing.ring``),
+  except that a prompt extending one sent before goes where that one went while it is under
+  its bound (``routing.history``): a conversation the bound moved stays moved. Where this
   process moved a prompt is told to the others (``routing.placements``), and theirs to it.
 
 An upstream's load is the fleet's requests in flight to it: this process's own (exact) plus the
@@ -250,17 +249,17 @@ class Balancer:
                 or s.unknown >= untold
             ):
                 index = None
-        if index is None:  # the key's own upstream, else the least loaded under the bounds
+        if index is None:
             walk = ring.walks[bisect.bisect_left(ring.points, key)]
-            least = _INF
             for owner in walk:
                 s = states[owner]
-                load = s.in_flight + (s.others if s.signals_until > now else s.told)
-                if load < least and load < bound and s.unknown < untold:
-                    index, least = owner, load
-                    if owner == walk[0]:
-                        break
-            if index is None or (index != walk[0] and len(walk) < ring.size):
+                if (
+                    s.in_flight + (s.others if s.signals_until > now else s.told) < bound
+                    and s.unknown < untold
+                ):
+                    index = owner
+                    break
+            else:
                 return self._affinity(pool, exclude, region, load_factor, key, prefixes)
         chosen = pool[index]
         if prefixes:
@@ -346,6 +345,8 @@ class Balancer:
         )
         if len(pool) > 1:
             self._contest(pool)
+            for state in view[1]:
+                state.bounded = True
         if isinstance(pool, tuple):  # a route's pool lives as long as its route
             if len(self._views) >= 1024:
                 self._views.clear()
@@ -410,7 +411,10 @@ class Balancer:
             state.counted()
         if self.loads.sharing and state.contested:
             state.unknown += 1
-            self.loads.change(upstream.name)
+            if state.bounded:
+                self.loads.at_once(upstream.name)
+            else:
+                self.loads.change(upstream.name)
 
     def release(self, upstream: Upstream) -> None:
         state = self.state(upstream.name)
@@ -419,7 +423,10 @@ class Balancer:
         if self.loads.sharing and state.contested:
             if state.unknown > state.in_flight:
                 state.unknown = state.in_flight
-            self.loads.ended(upstream.name)
+            if state.bounded:
+                self.loads.at_once(upstream.name)
+            else:
+                self.loads.change(upstream.name)
         if self.on_release is not None:
             self.on_release(upstream)
 
@@ -477,18 +484,9 @@ class Balancer:
     def observe(
         self, name: str, waiting: float, running: float, cache: float, until: float
     ) -> None:
-        """A worker's signals, believed until ``until`` (monotonic). What it holds beyond the
-        gateways' counts is load from elsewhere; while those are told (``routing.loads``) a
-        read also catches requests not told yet, and one told with another's end (the count
-        the same) stayed as a phantom, the fleet's mean and affinity's bound one too high for
-        an interval: then only what two reads in a row show is believed."""
+        """A worker's signals, believed until ``until`` (monotonic)."""
         state = self.state(name)
         state.waiting, state.running, state.cache = waiting, running, cache
-        excess = max(0.0, running + waiting - state.in_flight - state.told)
-        if self.loads.sharing and state.contested:
-            state.beyond = min(excess, state.excess)
-            state.excess = excess
-        else:
-            state.beyond = excess
+        state.beyond = max(0.0, running + waiting - state.in_flight - state.told)
         state.others = state.told + state.beyond
         state.signals_until = until

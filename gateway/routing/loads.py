@@ -7,8 +7,8 @@ and two processes could crowd one worker between two reads (``bench/routing.py``
 busiest worker over ``ceil(load_factor x mean)`` by 2 to 3 in 2.5-8.7 % of its samples). So each
 process tells its in-flight counts: the upstreams whose count changed, one ``PUBLISH`` per
 batch (at most one per ``INTERVAL`` and one in flight, never awaited by a request; a burst of
-changes goes out as the counts at send time; a request's end at once, one in flight), and
-every count again each
+changes goes out as the counts at send time; for an upstream affinity bounds, at once, one
+in flight: at most one message per store round trip), and every count again each
 ``KEEP`` seconds while any is not zero (a long stream changes nothing for minutes). A receiver
 keeps each other process's last told counts and forgets a process not heard from for ``AGE``
 seconds (one that stopped). On the request path a change costs a set insertion. While the
@@ -86,12 +86,13 @@ class Loads(Teller):
             self.soon()
         changed.add(upstream)
 
-    def ended(self, upstream: str) -> None:
-        """This process's count for ``upstream`` fell (a request ended): told at the end of
-        this turn of the loop, not ``INTERVAL`` after the last message. The others' mean
-        counts the ended request until they hear of it, and the client's next request, sent
-        as this one's answer ends, often reaches another process first: its bound one too
-        high (``ceil(1.25 x 17 / 4)`` = 6 where 16 in flight on 4 allow 5)."""
+    def at_once(self, upstream: str) -> None:
+        """``change`` for an upstream affinity bounds: told at the end of this turn of the loop
+        (one message in flight), not ``INTERVAL`` after the last. Affinity's bound weighs the
+        fleet's mean, and a count the others have not heard of sets it wrong: an ended request
+        still counted raises it (the client's next request, sent as the answer ends, often
+        reaches another process first: ``ceil(1.25 x 17 / 4)`` = 6 where 16 in flight on 4
+        allow 5), and a start not told lets another process place on the same worker too."""
         self.changed.add(upstream)
         if not self._urgent:
             self.urgent()

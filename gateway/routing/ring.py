@@ -2,12 +2,11 @@
 
 Each upstream owns points on a 64-bit ring, placed by a stable hash of its name (BLAKE2b, never
 Python's per-process ``hash``), so every gateway process builds the same ring. A request's key
-is hashed onto the ring; the first upstream clockwise (the key's own) takes it if it may:
-usable (not ejected, not full) and, with ``m`` requests in flight counting this one, carrying
-less than ``ceil(load_factor * m * its weight share)``. Past that bound the request spills to
-the least loaded upstream under it (the first met clockwise among equals), so none carries
-more than ``load_factor`` times its share of the mean. Adding or removing an upstream moves
-only the keys whose walk meets its points.
+is hashed onto the ring and walks clockwise to the first upstream that may take it: usable
+(not ejected, not full) and, with ``m`` requests in flight counting this one, carrying less
+than ``ceil(load_factor * m * its weight share)``. Every upstream past that bound is skipped,
+so none carries more than ``load_factor`` times its share of the mean. Adding or removing an
+upstream moves only the keys whose walk meets its points.
 """
 
 from __future__ import annotations
@@ -103,14 +102,13 @@ class Ring:
         first: int | None = None,
         unknown: Sequence[float] | None = None,
     ) -> int | None:
-        """The index of the key's upstream under its bound, or None when no upstream is usable
-        (``usable`` None: every one is). With ``load_factor`` ≥ 1 some usable upstream is
-        always under its bound (the bounds add up to at least the load plus this request).
-        ``first``: an upstream taken before the walk if it is usable and under its bound; then
-        the key's own upstream (the first of its walk) if it is; else the request spills to
-        the least loaded per weight of the usable upstreams under the bound (the first met on
-        the walk among equals): none holds the key's cache, and the next on the ring may have
-        a queue while another has room.
+        """The index of the first usable upstream on the key's walk under its bound, or None
+        when no upstream is usable (``usable`` None: every one is). With ``load_factor`` ≥ 1
+        some usable upstream is always under its bound (the bounds add up to at least the load
+        plus this request). ``first``: an upstream taken before the walk if it is usable and
+        under its bound. (Spilling in the walk's order, not to the least loaded, keeps a
+        conversation between few upstreams, each with some of its cache: the least loaded
+        spill measured worse in ``bench/routing_sim.py``.)
 
         ``unknown``: per upstream, requests placed by this process that the other processes
         sharing the fleet have not been told of yet. Each must stay under the same bound
@@ -135,32 +133,30 @@ class Ring:
         if self.uniform and weights is self.weights:  # one bound for all: computed once
             bound = math.ceil(scale * weights[0] - 1e-9)
             walk = self.walks[bisect.bisect_left(self.points, key)]
-            if first is not None and (usable is None or usable[first]) and loads[first] < bound:
-                return first
-            spill, least = None, _INF
-            for owner in walk:
-                load = loads[owner]
-                if load < least and load < bound and (usable is None or usable[owner]):
-                    if owner == walk[0]:
+            if usable is None:
+                if first is not None and loads[first] < bound:
+                    return first
+                for owner in walk:
+                    if loads[owner] < bound:
                         return owner
-                    spill, least = owner, load
-            if len(walk) == self.size:  # else the whole walk, below
-                return spill
+            else:
+                if first is not None and usable[first] and loads[first] < bound:
+                    return first
+                for owner in walk:
+                    if usable[owner] and loads[owner] < bound:
+                        return owner
+            if len(walk) == self.size:
+                return None
         elif (
             first is not None
             and (usable is None or usable[first])
             and _under(loads, weights, first, scale)
         ):
             return first
-        order = self.walk(key)
-        spill, least = None, _INF
-        for owner in order:
+        for owner in self.walk(key):
             if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
-                if owner == order[0]:
-                    return owner
-                if loads[owner] / weights[owner] < least:
-                    spill, least = owner, loads[owner] / weights[owner]
-        return spill
+                return owner
+        return None
 
     def _choose_both(
         self,
@@ -172,25 +168,20 @@ class Ring:
         first: int | None,
         unknown: Sequence[float],
     ) -> int | None:
-        """``choose`` with every upstream also under its bound over ``unknown``: ``first``,
-        else the key's own upstream, else the least loaded per weight, under both bounds;
-        when none is under both, the one under the load bound with the fewest untold per
-        weight (then the least loaded)."""
+        """``choose`` with every upstream also under its bound over ``unknown``: the first
+        under both (``first``, then the walk); when none is, the first under the load bound
+        with the fewest untold per weight."""
         scale = _scale(loads, usable, weights, load_factor)
         untold = _scale(unknown, usable, weights, load_factor)
         if scale <= 0.0:
             return None
-        walk = self.walk(key)
-        best, rank = None, (_INF, _INF)
-        for owner in ([first] if first is not None else []) + walk:
+        best, fewest = None, _INF
+        for owner in ([first] if first is not None else []) + self.walk(key):
             if (usable is None or usable[owner]) and _under(loads, weights, owner, scale):
-                under = _under(unknown, weights, owner, untold)
-                if under and (owner == first or owner == walk[0]):
+                if _under(unknown, weights, owner, untold):
                     return owner
-                w = weights[owner]
-                mine = (0.0 if under else unknown[owner] / w, loads[owner] / w)
-                if mine < rank:
-                    best, rank = owner, mine
+                if unknown[owner] / weights[owner] < fewest:
+                    best, fewest = owner, unknown[owner] / weights[owner]
         return best
 
 

@@ -28,12 +28,14 @@ class UpstreamState:
     # (requests from elsewhere); and the two together, the load others put here.
     told: float = 0.0
     beyond: float = 0.0
-    excess: float = 0.0  # what the last read showed beyond them (``Balancer.observe``)
     # This process's placements here the others have not been told of yet (while sharing).
     unknown: int = 0
     # Chosen among others (a pool of more than one): only such an upstream's load decides
     # anything, so only its count is told (an upstream alone in every pool costs no message).
     contested: bool = False
+    # In a pool affinity bounds (``Balancer._view``): its count's changes are told at once
+    # (``Loads.at_once``), as the bound weighs the fleet's mean.
+    bounded: bool = False
     others: float = 0.0
 
     # When this process chose the upstream for requests not counted yet: under a cap on a

@@ -5,6 +5,7 @@ are the ones the store's broadcast would carry."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FakeClock
-from gateway.config.schema import Upstream
+from gateway.config.schema import ModelRouting, Upstream
 from gateway.routing.balancer import Balancer
 from gateway.routing.loads import AGE, PREFIX, Loads
 from gateway.routing.ring import key_hash
@@ -219,34 +220,13 @@ def test_what_the_signals_show_beyond_the_gateways_counts_is_kept_over_tells() -
         a.acquire(up("w0"))
     deliver(a, [a, b])
     b.acquire(up("w0"))
-    for _ in range(2):  # outside load lasts: seen in two reads in a row
-        b.observe("w0", waiting=2, running=4, cache=0.0, until=clock.monotonic() + 1)  # 3 + 1 + 2
+    b.observe("w0", waiting=2, running=4, cache=0.0, until=clock.monotonic() + 1)  # 6 = 3 + 1 + 2
     assert b.state("w0").load(clock.monotonic()) == 6
     a.release(up("w0"))
     deliver(a, [a, b])
     assert b.state("w0").load(clock.monotonic()) == 5  # one fewer from a; the 2 from outside
     clock.advance(2)  # the signals are stale: own + told only
     assert b.state("w0").load(clock.monotonic()) == 3
-
-
-def test_a_request_caught_between_its_start_and_its_tell_is_not_kept_as_outside_load() -> None:
-    """A read that catches another process's request before its count is told shows it
-    beyond the counts; told together with another's end (the count the same), it used to
-    stay there as load from outside until the next read, raising the fleet's mean (and
-    affinity's bound) by one. Only what two reads in a row show beyond the counts is kept."""
-    clock = FakeClock()
-    a, b = fleet(2, clock)
-    w0, w1 = up("w0"), up("w1")
-    contest([a, b], w0, w1)
-    a.acquire(w0)
-    deliver(a, [a, b])
-    a.acquire(w0)  # started, not told yet: the worker holds 2 of a's
-    b.observe("w0", waiting=0, running=2, cache=0.0, until=clock.monotonic() + 1)
-    a.release(w0)  # the first ends: a's count is 1 again, as told
-    deliver(a, [a, b])
-    assert b.state("w0").load(clock.monotonic()) == 1
-    b.observe("w0", waiting=0, running=1, cache=0.0, until=clock.monotonic() + 1)
-    assert b.state("w0").load(clock.monotonic()) == 1
 
 
 def test_loads_messages_are_apart_from_the_store_s_other_broadcasts() -> None:
@@ -285,14 +265,19 @@ async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> N
     assert len(sent) == count  # nothing held: no beat
 
 
-async def test_a_request_s_end_is_told_at_once_not_an_interval_after_the_last() -> None:
-    """The others count an ended request until they hear of it, and the client's next
-    request, sent as the answer ends, may reach another process first: there the fleet's mean
-    (and affinity's bound) is one too high. So an end goes as soon as the message in flight is
-    through, whatever ``INTERVAL`` (a start waits for it: the untold bound covers starts)."""
+async def test_an_affinity_pool_s_counts_are_told_at_once_others_after_the_interval() -> None:
+    """Affinity's bound weighs the fleet's mean: an ended request the others still count
+    raises it (the client's next request, sent as the answer ends, often reaches another
+    process first), a start not told lets another place there too. So an upstream affinity
+    bounds has its changes told as soon as the message in flight is through, whatever
+    ``INTERVAL``; a least_loaded pool's wait for it (fewer messages)."""
     clock = FakeClock()
     a, b = fleet(2, clock)
-    contest([a, b], up("w0"), up("w1"))
+    pool = (up("w0"), up("w1"))
+    for p in (a, b):
+        p.pick(pool, routing=ModelRouting(policy="affinity"), key=1)
+    loose = (up("l0"), up("l1"))
+    contest([a, b], *loose)
     sent: list[str] = []
 
     async def publish(message: str) -> None:
@@ -300,13 +285,18 @@ async def test_a_request_s_end_is_told_at_once_not_an_interval_after_the_last() 
         b.loads.receive(message)
 
     a.loads.share(publish)
-    a.loads._interval = 60.0  # a minute between messages, but for ends
-    a.acquire(up("w0"))
-    await until(lambda: b.state("w0").told == 1, what="the start told")
-    a.acquire(up("w1"))  # a start: waits for the interval
-    a.release(up("w0"))  # an end: goes at once, with the start gathered
+    a.loads._interval = 60.0  # a minute between messages, but for affinity's upstreams
+    a.acquire(loose[0])
+    await until(lambda: b.state("l0").told == 1, what="the first change told")
+    a.acquire(loose[1])  # waits for the interval: a minute
+    await asyncio.sleep(0)
+    assert isinstance(a.loads._sending, asyncio.TimerHandle)
+    a.acquire(pool[0])  # goes at once, with what gathered
+    await until(lambda: b.state("w0").told == 1, what="the start told", seconds=2.0)
+    assert b.state("l1").told == 1
+    a.release(pool[0])
     await until(lambda: b.state("w0").told == 0, what="the end told", seconds=2.0)
-    assert b.state("w1").told == 1 and len(sent) == 2
+    assert len(sent) == 3
 
 
 async def test_an_upstream_alone_in_its_pools_is_never_told() -> None:

@@ -143,32 +143,3 @@ def test_untold_placements_never_take_a_request_past_the_load_bound(
     index = ring.choose(key, load, None, ring.weights, factor, None, untold)
     assert index is not None
     assert load[index] < math.ceil(factor * (sum(load) + 1) / n - 1e-9)
-
-
-@given(
-    names=NAMES,
-    factor=st.floats(min_value=1.0, max_value=3.0),
-    loads=st.lists(st.integers(0, 9), min_size=8, max_size=8),
-    unknown=st.lists(st.integers(0, 1), min_size=8, max_size=8),
-    key=st.integers(0, 2**64 - 1),
-)
-def test_a_request_spills_from_its_upstream_to_the_least_loaded_under_the_bound(
-    names: list[str], factor: float, loads: list[int], unknown: list[int], key: int
-) -> None:
-    """The key's own upstream while it is under its bound; past it, no other upstream holds
-    the key's cache, so the request goes to the least loaded under the bound (the next on
-    the ring may have a queue while another has room)."""
-    n = len(names)
-    ring, load, untold = equal(names), [float(x) for x in loads[:n]], unknown[:n]
-    bound = math.ceil(factor * (sum(load) + 1) / n - 1e-9)
-    guard = math.ceil(factor * (sum(untold) + 1) / n - 1e-9)
-    ok = [load[i] < bound and untold[i] < guard for i in range(n)]
-    index = ring.choose(key, load, None, ring.weights, factor, None, untold)
-    if not any(ok):  # none under both: the test above
-        return
-    assert index is not None and ok[index]
-    own = ring.walk(key)[0]
-    if ok[own]:
-        assert index == own
-    else:
-        assert load[index] == min(load[i] for i in range(n) if ok[i])
