@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.errors import BadRequest, Forbidden
+from gateway.errors import BadRequest, Forbidden, TooManyRequests
 from gateway.limits import windows
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import read_request_body
@@ -133,6 +133,10 @@ class KeyRoutes:
     def __init__(self, runtime: Runtime, caller_of: CallerOf) -> None:
         self.rt = runtime
         self.caller_of = caller_of
+        # Owners whose summary a key is having this process compute: one at a time each. A
+        # summary is read in parts that share the loop with every admission; many of one
+        # owner's at once interleave until admissions time out (blind under on_error: open).
+        self._summing: set[str] = set()
 
     # -- shared steps -------------------------------------------------------------------------
     async def _owner(
@@ -234,8 +238,25 @@ class KeyRoutes:
         return json_response(key_requests(rows, limit))
 
     async def summary(self, request: web.Request) -> web.StreamResponse:
-        owner = str((await self._owner(request, required=True))[1])
+        caller, owner = await self._owner(request, required=True)
+        owner = str(owner)
         period = period_param(request)
+        if caller is None:  # the admin: trusted with as many as it asks for
+            return await self._summary(request, owner, period)
+        if owner in self._summing:
+            raise TooManyRequests(
+                "A usage summary of this owner is being computed; ask again when it is done "
+                "(one at a time).",
+                code="concurrency_limit_exceeded",
+                retry_after=1,
+            )
+        self._summing.add(owner)
+        try:
+            return await self._summary(request, owner, period)
+        finally:
+            self._summing.discard(owner)
+
+    async def _summary(self, request: web.Request, owner: str, period: str) -> web.Response:
         key_id = request.query.get("keyId") or None
         if key_id is not None:
             key_ids = [(await self.rt.lifecycle.get(owner, key_id)).id]

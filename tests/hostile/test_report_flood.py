@@ -1,0 +1,116 @@
+"""Usage summaries asked many at once by one owner's key: ``GET /api/usage/summary`` needs only
+a valid key (no permission, no rpm or concurrency of the key), and each is read in parts that
+share the loop with every admission. One summary of a big owner is cheap for the chats beside it
+(``tests/faults/test_usage_report``); sixteen of them at once from the same key interleave their
+parts, the loop answers an admission's store reply only after many of them, and the admission
+times out: with ``store.on_error: open`` the chats of every owner on the process are admitted
+without limits (with ``closed``: refused 503).
+
+A real gateway (Redis store, ``on_error: open``) before a real aiohttp worker; an owner of 600
+keys with 30 days of usage each, written in the store's layout. Observed (before): every summary
+answered after ~20 s, and most chats beside them admitted blind (no ``x-ratelimit-*`` headers).
+Expected: one summary of an owner at a time per process (another at once is 429 with
+``Retry-After``), and every chat beside it answered on the store's verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.auth.keys import sha256_hex
+from gateway.limits.windows import days_back
+from gateway.records import KeyRecord
+from gateway.server import Server
+from gateway.store.redis_codec import esc, tag
+from tests.conftest import gateway_yaml
+from tests.faults import redis_control
+from tests.fakes import FakeUpstream
+from tests.redis_server import RedisServer
+
+OWNER = "bigco"
+KEYS = 600
+DAYS = 30
+AT_ONCE = 16
+MODEL = "m"
+BIG = "review-big-owner-key-0123456789abcdef"  # a key of the big owner
+CHAT = "review-chat-key-0123456789abcdef"  # another owner's, chatting beside the reports
+
+
+def _seed(now: float) -> Iterator[tuple[str | bytes | int, ...]]:
+    """The owner's keys and a usage hash per key and day with its index of days, as the store
+    writes them (``gateway.store.redis_codec``)."""
+    t, days = tag(OWNER), days_back(now, DAYS)
+    for i in range(KEYS):
+        key_id = f"bk{i:04d}"
+        record = KeyRecord(
+            id=key_id, owner=OWNER, key_hash=sha256_hex(f"big-{i}"), created_at=now - DAYS * 86400
+        )
+        yield ("SET", f"gw:kid:{esc(key_id)}", record.key_hash)
+        yield ("SET", f"gw:kh:{record.key_hash}", orjson.dumps(record.to_store()))
+        yield ("SADD", f"{t}keys", key_id)
+        for day in days:
+            yield ("HSET", f"{t}use:{esc(key_id)}:{day}", f"r:{MODEL}", 1, f"p:{MODEL}", 10)
+        yield ("ZADD", f"{t}usedays:{esc(key_id)}", *(x for d in days for x in (d, d)))
+
+
+async def _chats(http: aiohttp.ClientSession, base: str, stop: asyncio.Event) -> list[bool]:
+    """Chat one request after another until ``stop``: for each 200, whether the store decided
+    it (the key's rate-limit headers are on it; an admission without the store has none)."""
+    decided = []
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    while not stop.is_set():
+        async with http.post(
+            f"{base}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {CHAT}"}
+        ) as r:
+            await r.read()
+            assert r.status == 200, r.status
+            decided.append("x-ratelimit-remaining-tokens" in r.headers)
+    return decided
+
+
+async def test_one_owners_summaries_at_once_do_not_blind_the_chats_beside_them(
+    gateway_factory: Any, fake: FakeUpstream, redis_url: str, redis_process: RedisServer
+) -> None:
+    await asyncio.to_thread(redis_control.pipeline, redis_process, _seed(time.time()))
+    text = gateway_yaml(
+        {"up": fake.url},
+        {MODEL: {"upstreams": ["up"]}},
+        extra=f"store: {{url: '{redis_url}', on_error: open, timeout_ms: 250}}\n"
+        "plans: {free: {max_keys: null, monthly_tokens: null, rpm: null}}\n"
+        f"keys: {{static: [{{id: big, owner: {OWNER}, sha256: '{sha256_hex(BIG)}'}}, "
+        f"{{id: chat, owner: other, sha256: '{sha256_hex(CHAT)}', daily_limit: 10000000}}]}}\n",
+    )
+    server: Server = await gateway_factory(text)
+    base = f"http://127.0.0.1:{server.port}"
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as http:
+
+        async def summary() -> tuple[int, Any, str | None]:
+            async with http.get(
+                f"{base}/api/usage/summary?period=30d",
+                headers={"Authorization": f"Bearer {BIG}"},
+                timeout=aiohttp.ClientTimeout(total=120),
+            ) as r:
+                return r.status, await r.json(), r.headers.get("Retry-After")
+
+        chats = asyncio.create_task(_chats(http, base, stop))
+        reports = await asyncio.gather(*(summary() for _ in range(AT_ONCE)))
+        stop.set()
+        decided = await chats
+    assert decided, "no chat was answered beside the summaries"
+    blind = decided.count(False)
+    assert not blind, f"{blind} of {len(decided)} chats beside the summaries admitted blind"
+    served = [body for status, body, _ in reports if status == 200]
+    assert served, [status for status, _, _ in reports]
+    for body in served:
+        assert body["totalRequests"] == KEYS * DAYS, body
+    for status, body, retry in reports:
+        assert status in (200, 429), (status, body)
+        if status == 429:
+            assert retry is not None and int(retry) >= 1, body
