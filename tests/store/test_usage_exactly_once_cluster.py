@@ -6,6 +6,7 @@ or a pipeline is never sent, as a process that died would not send it)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,14 +17,15 @@ from gateway.clock import FakeClock
 from gateway.records import Admission, Settlement
 from gateway.store.base import StoreError
 from gateway.store.redis import RedisStore
-from gateway.store.redis_codec import stripe, tag
+from gateway.store.redis_codec import script, stripe, tag
 from gateway.store.redis_usage import ClusterSettlement
 from gateway.store.transport import Command, RedisTransport, noscript
 from tests.redis_server import RedisClusterProcesses
 from tests.store.test_contract import T0
 
 DAY = 20231114  # T0's UTC day
-ADOPT_AFTER = 60.0  # settle.lua's: rows left this long in the owner's slot are adopted
+# settle.lua's: rows left this long in the owner's slot are adopted
+ADOPT_AFTER = float(re.findall(r"local ADOPT_AFTER = (\d+)", script("settle"))[0])
 
 
 class Faulty:
@@ -37,6 +39,7 @@ class Faulty:
         self.lose: set[str] = set()  # owners whose next settle call's reply is lost
         self.dead = False
         self.dies_before_usage = False  # dies as it would send the rows to their stripes
+        self.stripes_unreachable = False  # its usage calls fail, unsent
 
     async def call(self, *args: Any) -> Any:
         if self.dead:
@@ -46,9 +49,10 @@ class Faulty:
     async def pipeline(
         self, commands: Sequence[Command], bulk: bool = False, raising: bool = True
     ) -> list[Any]:
-        if self.dies_before_usage and any(c[:2] == ("EVALSHA", self.usage_sha) for c in commands):
+        usage = any(c[:2] == ("EVALSHA", self.usage_sha) for c in commands)
+        if usage and self.dies_before_usage:
             self.dead = True
-        if self.dead:
+        if self.dead or (usage and self.stripes_unreachable):
             raise StoreError("redis: the process died")
         replies = await self.inner.pipeline(commands, bulk, raising)
         lost = [i for i, c in enumerate(commands) if self._loses(c) and not noscript(replies[i])]
@@ -215,6 +219,33 @@ async def test_a_dead_process_row_under_its_later_rows_is_adopted(cluster_url: s
     finally:
         await b.close()
         await a._io.close()
+
+
+async def test_a_row_adopted_from_a_live_process_is_written_once(cluster_url: str) -> None:
+    """A's usage calls fail for over a minute (its row waits in A); B, settling for the owner,
+    adopts the row and writes it under A's name; A, its stripe back, sends it too: once."""
+    clock = FakeClock(T0)
+    a = RedisStore(cluster_url, 5000, clock)
+    b = RedisStore(cluster_url, 5000, clock)
+    try:
+        two_steps, fault = faulty(a)
+        s1, s2 = settlement(1), settlement(2)
+        await admitted(a, s1)
+        fault.stripes_unreachable = True
+        with pytest.raises(StoreError):
+            await a.settle_many([s1])
+        clock.advance(ADOPT_AFTER + 1)
+        await admitted(b, s2)
+        await b.settle_many([s2])
+        assert await requests(b, "acme", "k1") == 2
+        fault.stripes_unreachable = False
+        await a.settle_many([s1])  # the limiter's retry
+        assert two_steps.waiting == {}
+        assert await requests(b, "acme", "k1") == 2
+    finally:
+        await a.close()
+        await b.close()
+    assert kept(cluster_url, "acme") == {}
 
 
 # -- duplicates ---------------------------------------------------------------------------------
