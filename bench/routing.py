@@ -16,8 +16,10 @@ cost?
    tokens. Measured: time to first token at the client, the prefix-cache hit rate against the
    ideal (one worker with an infinite cache, the same requests in the same order), and the
    workers' loads (running + waiting, the 4 read at once) sampled every 20 ms against
-   ``ceil(1.25 x mean)``, over the whole run and after its first second
-   (``affinity@2``: affinity with ``load_factor: 2``).
+   ``ceil(1.25 x mean)``, over the whole run and after its first second, with the share of
+   those over only because requests ended elsewhere since the worker's last arrival; and the
+   bound at each arrival (what routing decides: the workers record every worker's load at
+   that instant) (``affinity@2``: affinity with ``load_factor: 2``).
 2. **A worker made 3x slower mid-run** (affinity): its share of new requests per 0.5 s, when a
    second of it first fell to two thirds of its share before, and its share once settled.
 3. **The cost of choosing**, in this process (``timeit``): the pick of the code before issue 16
@@ -318,21 +320,25 @@ def over_bound(samples: list[list[float]]) -> tuple[float, list[float]]:
     return sum(excess) / count, [n / count for n in excess]
 
 
-def arrivals_over(stats: list[dict[str, Any]]) -> tuple[float, float]:
+def arrivals_over(stats: list[dict[str, Any]], origin: float) -> tuple[float, float, list[float]]:
     """At each arrival, the worker it reached against ceil(load_factor x the fleet's mean) at
     that instant, this request counted (the workers are one process: one moment): the share of
-    arrivals over, and over by 2 or more. What consistent hashing with bounded loads bounds is
-    this: a placement; requests ending elsewhere afterwards lower the mean under a worker that
-    cannot give its requests back, which the samples count too."""
+    arrivals over, over by 2 or more, and when (seconds after ``origin``) each over came. What
+    consistent hashing with bounded loads bounds is this: a placement; requests ending
+    elsewhere afterwards lower the mean under a worker that cannot give its requests back,
+    which the samples count too."""
     over = [0, 0]
     count = 0
+    times: list[float] = []
     for i, s in enumerate(stats):
-        for row in s.get("placed", ()):
+        for t, row in zip(s["arrivals"], s.get("placed", ()), strict=False):
             excess = row[i] - math.ceil(LOAD_FACTOR * sum(row) / len(row) - 1e-9)
             count += 1
             over[0] += excess > 0
             over[1] += excess > 1
-    return over[0] / max(1, count), over[1] / max(1, count)
+            if excess > 0:
+                times.append(round(t - origin, 3))
+    return over[0] / max(1, count), over[1] / max(1, count), sorted(times)
 
 
 def departures_only(
@@ -379,7 +385,7 @@ async def policy_run(
     hits = sum(s["hits"] for s in stats) / max(1, sum(s["queries"] for s in stats))
     ideal_hit, ideal_total = ideal_hits(order)
     share, excess = over_bound(samples)
-    at_arrival = arrivals_over(stats)
+    at_arrival = arrivals_over(stats, started)
     return {
         "policy": policy,
         "requests": len(ttfts),
@@ -394,6 +400,7 @@ async def policy_run(
         "over_by": excess,
         "arrivals_over": at_arrival[0],
         "arrivals_over2": at_arrival[1],
+        "arrivals_over_at": at_arrival[2],
         "departures_only": departures_only(stats, samples, times),
         "told_per_request": fleet.publishes() / max(1, len(ttfts)),
         "samples": [[round(t - started, 3), *row] for t, row in zip(times, samples, strict=True)],
@@ -487,7 +494,8 @@ def report(fleet: dict[str, Any], cost: dict[str, Any] | None) -> str:
         "| requests per worker | waited in a queue | served cold "
         "| samples over ceil(1.25 x mean) | by 1 / 2 / 3+ | after the first second: over, by 2+ "
         "| of those, over only by requests ending elsewhere "
-        "| arrivals over ceil(1.25 x mean), by 2+ | PUBLISH per request |",
+        "| arrivals over ceil(1.25 x mean), by 2+ (how many after the first second) "
+        "| PUBLISH per request |",
         "|---|--:|--:|--:|--:|--:|---|--:|--:|--:|---|---|--:|---|--:|",
     ]
     for r in fleet["policies"]:
@@ -500,6 +508,7 @@ def report(fleet: dict[str, Any], cost: dict[str, Any] | None) -> str:
             f" | {' / '.join(f'{x:.1%}' for x in r['over_by'])} | {settled(r)}"
             f" | {r.get('departures_only', math.nan):.0%}"
             f" | {r.get('arrivals_over', math.nan):.1%}, {r.get('arrivals_over2', math.nan):.2%}"
+            f" ({sum(t >= 1.0 for t in r.get('arrivals_over_at', ()))} after 1 s)"
             f" | {r.get('told_per_request', 0.0):.3f} |"
         )
     slow = fleet.get("slow")
