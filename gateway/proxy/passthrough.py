@@ -98,8 +98,10 @@ class PassThrough:
         limit = route.max_body_bytes or self.rt.config.network.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise too_large(limit)
-        ticket = await self._admit(request, route)
+        # From the config the route was found in: a reload during the admission may drop both
+        # (a lookup after it failed, and the admission was never given back).
         upstream = self.rt.config.upstreams[route.upstream]
+        ticket = await self._admit(request, route)
         ex = request[EXCHANGE]
         ex.upstream = upstream.name
         try:
