@@ -39,15 +39,24 @@ local function listed_of(above, a, count)
   return listed
 end
 
--- The numbers listed under ``floor`` dropped; whether any stay listed.
+-- The numbers listed under ``floor`` dropped (1,000 an HDEL: unpack's bound); whether any stay
+-- listed.
 local function trim(above, floor)
   local all = redis.call('HKEYS', above)
-  local gone = {}
+  local gone, left = {}, 0
   for _, n in ipairs(all) do
-    if tonumber(n) < floor then table.insert(gone, n) end
+    if tonumber(n) < floor then
+      table.insert(gone, n)
+      if #gone == 1000 then
+        redis.call('HDEL', above, unpack(gone))
+        gone = {}
+      end
+    else
+      left = left + 1
+    end
   end
   if #gone > 0 then redis.call('HDEL', above, unpack(gone)) end
-  return #gone < #all
+  return left > 0
 end
 
 local written = 0

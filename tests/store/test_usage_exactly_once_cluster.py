@@ -6,6 +6,7 @@ or a pipeline is never sent, as a process that died would not send it)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -78,8 +79,8 @@ def faulty(store: RedisStore) -> tuple[ClusterSettlement, Faulty]:
     return two_steps, fault
 
 
-def settlement(n: int, key: str = "k1", owner: str = "acme") -> Settlement:
-    a = Admission(f"r{n}", key, owner, concurrency=5, daily=10**6, reserve=10)
+def settlement(n: int, key: str = "k1", owner: str = "acme", concurrency: int = 5) -> Settlement:
+    a = Admission(f"r{n}", key, owner, concurrency=concurrency, daily=10**6, reserve=10)
     return Settlement(a, DAY, 202311, "m", 3, 4, 12.5, finished_at=T0)
 
 
@@ -296,3 +297,43 @@ async def test_the_stripe_floor_keeps_no_numbers_in_steady_state(
             names += [n.decode() for n in client.scan_iter(b"gw:*")]
     assert not [n for n in names if ":above:" in n or n.endswith(":pending")], names
     assert len([n for n in names if ":floor:" in n]) == len({stripe(f"k{i}") for i in range(3)})
+
+
+async def test_numbers_listed_above_a_stuck_floor_are_dropped_once_it_moves(
+    cluster_url: str, cluster_processes: RedisClusterProcesses
+) -> None:
+    """While one owner's settle replies are lost (its row's fate open), the rows this process
+    writes to the same stripe are listed above its floor there; once the reply comes, the
+    floor passes them all and the list is gone (dropped 1,000 at a time)."""
+    x_key, y_key = same_stripe_keys(2)
+    store = RedisStore(cluster_url, 5000, FakeClock(T0))
+    try:
+        two_steps, fault = faulty(store)
+        sx = settlement(0, x_key, "x-owner")
+        await admitted(store, sx)
+        fault.lose.add("x-owner")
+        with pytest.raises(StoreError):
+            await store.settle_many([sx])
+        ys = [settlement(n, y_key, "y-owner", 2000) for n in range(1, 1201)]
+        for at in range(0, len(ys), 64):
+            await asyncio.gather(*(admitted(store, s) for s in ys[at : at + 64]))
+        fault.lose.add("x-owner")  # lost again as it is sent with them
+        with pytest.raises(StoreError):
+            await store.settle_many(ys)
+        assert len(listed(cluster_processes, two_steps.process)) == 1200
+        await store.settle_many([settlement(1201, y_key, "y-owner")])  # (not admitted: no row)
+        assert listed(cluster_processes, two_steps.process) == set()
+        assert await requests(store, "x-owner", x_key) == 1
+        assert await requests(store, "y-owner", y_key) == 1200
+    finally:
+        await store.close()
+
+
+def listed(cluster: RedisClusterProcesses, process: str) -> set[bytes]:
+    """The numbers of ``process`` listed above its floor, in any stripe."""
+    found: set[bytes] = set()
+    for node in cluster.nodes:
+        with sync_redis.Redis(port=node.port) as client:
+            for name in client.scan_iter(f"gw:*above:{process}".encode()):
+                found |= set(client.hkeys(name))
+    return found
