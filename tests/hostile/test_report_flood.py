@@ -29,8 +29,8 @@ from gateway.records import KeyRecord
 from gateway.server import Server
 from gateway.store.redis_codec import esc, tag
 from tests.conftest import gateway_yaml
-from tests.faults import redis_control
 from tests.fakes import FakeUpstream
+from tests.faults import redis_control
 from tests.redis_server import RedisServer
 
 OWNER = "bigco"
