@@ -22,8 +22,9 @@ beyond, 400 when malformed). Every failure is a ``GatewayError`` for the listene
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import orjson
@@ -133,10 +134,31 @@ class KeyRoutes:
     def __init__(self, runtime: Runtime, caller_of: CallerOf) -> None:
         self.rt = runtime
         self.caller_of = caller_of
-        # Owners whose summary a key is having this process compute: one at a time each. A
-        # summary is read in parts that share the loop with every admission; many of one
-        # owner's at once interleave until admissions time out (blind under on_error: open).
-        self._summing: set[str] = set()
+        # The owner-wide reads (a summary, the list of keys) a key is having this process
+        # make, by (kind, owner): one of each at a time. Such a read of thousands of keys shares
+        # the loop with every admission; many of one owner's at once interleave until the
+        # admissions time out (blind under on_error: open).
+        self._reading: set[tuple[str, str]] = set()
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, caller: KeyRecord | None, kind: str, owner: str) -> Iterator[None]:
+        """An owner-wide read, one at a time per owner in this process when a key asks (429
+        ``concurrency_limit_exceeded`` for another at once); the admin's are not bounded."""
+        if caller is None:
+            yield
+            return
+        reading = (kind, owner)
+        if reading in self._reading:
+            raise TooManyRequests(
+                f"A {kind} of this owner is being made; ask again when it is done (one at a time).",
+                code="concurrency_limit_exceeded",
+                retry_after=1,
+            )
+        self._reading.add(reading)
+        try:
+            yield
+        finally:
+            self._reading.discard(reading)
 
     # -- shared steps -------------------------------------------------------------------------
     async def _owner(
@@ -173,8 +195,9 @@ class KeyRoutes:
 
     # -- keys -----------------------------------------------------------------------------------
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
-        _, owner = await self._owner(request, required=True)
-        records = await self.rt.lifecycle.list(str(owner))
+        caller, owner = await self._owner(request, required=True)
+        with self._one_at_a_time(caller, "list of keys", str(owner)):
+            records = await self.rt.lifecycle.list(str(owner))
         now = self.rt.clock.time()
         return json_response([r.to_api(now) for r in records])
 
@@ -241,20 +264,8 @@ class KeyRoutes:
         caller, owner = await self._owner(request, required=True)
         owner = str(owner)
         period = period_param(request)
-        if caller is None:  # the admin: trusted with as many as it asks for
+        with self._one_at_a_time(caller, "usage summary", owner):
             return await self._summary(request, owner, period)
-        if owner in self._summing:
-            raise TooManyRequests(
-                "A usage summary of this owner is being computed; ask again when it is done "
-                "(one at a time).",
-                code="concurrency_limit_exceeded",
-                retry_after=1,
-            )
-        self._summing.add(owner)
-        try:
-            return await self._summary(request, owner, period)
-        finally:
-            self._summing.discard(owner)
 
     async def _summary(self, request: web.Request, owner: str, period: str) -> web.Response:
         key_id = request.query.get("keyId") or None

@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from gateway.auth.keys import sha256_hex
 from gateway.limits.windows import days_back
@@ -74,9 +75,14 @@ async def _chats(http: aiohttp.ClientSession, base: str, stop: asyncio.Event) ->
     return decided
 
 
-async def test_one_owners_summaries_at_once_do_not_blind_the_chats_beside_them(
-    gateway_factory: Any, fake: FakeUpstream, redis_url: str, redis_process: RedisServer
+SUMMARY, LIST = "/api/usage/summary?period=30d", "/api/keys"
+
+
+@pytest.mark.parametrize("path", [SUMMARY, LIST])
+async def test_one_owners_reports_at_once_do_not_blind_the_chats_beside_them(
+    gateway_factory: Any, fake: FakeUpstream, redis_url: str, redis_process: RedisServer, path: str
 ) -> None:
+    """Sixteen summaries, or thirty-two lists of the owner's keys, at once from one key."""
     await asyncio.to_thread(redis_control.pipeline, redis_process, _seed(time.time()))
     text = gateway_yaml(
         {"up": fake.url},
@@ -91,25 +97,29 @@ async def test_one_owners_summaries_at_once_do_not_blind_the_chats_beside_them(
     stop = asyncio.Event()
     async with aiohttp.ClientSession() as http:
 
-        async def summary() -> tuple[int, Any, str | None]:
+        async def report() -> tuple[int, Any, str | None]:
             async with http.get(
-                f"{base}/api/usage/summary?period=30d",
+                f"{base}{path}",
                 headers={"Authorization": f"Bearer {BIG}"},
                 timeout=aiohttp.ClientTimeout(total=120),
             ) as r:
                 return r.status, await r.json(), r.headers.get("Retry-After")
 
         chats = asyncio.create_task(_chats(http, base, stop))
-        reports = await asyncio.gather(*(summary() for _ in range(AT_ONCE)))
+        at_once = AT_ONCE if path == SUMMARY else 2 * AT_ONCE
+        reports = await asyncio.gather(*(report() for _ in range(at_once)))
         stop.set()
         decided = await chats
-    assert decided, "no chat was answered beside the summaries"
+    assert decided, "no chat was answered beside the reports"
     blind = decided.count(False)
-    assert not blind, f"{blind} of {len(decided)} chats beside the summaries admitted blind"
+    assert not blind, f"{blind} of {len(decided)} chats beside the reports admitted blind"
     served = [body for status, body, _ in reports if status == 200]
     assert served, [status for status, _, _ in reports]
     for body in served:
-        assert body["totalRequests"] == KEYS * DAYS, body
+        if path == SUMMARY:
+            assert body["totalRequests"] == KEYS * DAYS, body
+        else:
+            assert len(body) == KEYS + 1, len(body)  # and the static key itself
     for status, body, retry in reports:
         assert status in (200, 429), (status, body)
         if status == 429:
