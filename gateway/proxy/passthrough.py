@@ -55,6 +55,7 @@ from gateway.paths import encode, is_normal
 from gateway.proxy.access import authenticate, resolve_client
 from gateway.proxy.bodies import too_large
 from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.timers import CLIENT_STALLED, bounded_write
 from gateway.proxy.upstream import HOP_BY_HOP, returned_headers
 from gateway.runtime import Runtime
 from gateway.store.base import StoreError
@@ -223,13 +224,15 @@ class PassThrough:
     ) -> web.StreamResponse:
         """Relay the body after its head went out; a stall or a broken upstream ends it by
         closing the client's connection, which then cannot mistake the cut for the end."""
-        loop = asyncio.get_running_loop()
+        loop, idle = asyncio.get_running_loop(), upstream.timeouts.idle
         try:
             while chunk:
-                await out.write(chunk)
-                when = loop.time() + upstream.timeouts.idle  # a slow client is not a stall
+                await bounded_write(out, chunk, idle)  # a client taking nothing is cut
+                when = loop.time() + idle  # a slow client is not a stall
                 chunk = await _next_chunk(response, upstream, when, first=False)
-        except GatewayError:
+        except GatewayError as exc:
+            if exc.code == CLIENT_STALLED:
+                raise  # the edge cuts the connection and logs why
             request[EXCHANGE].error = True
             response.close()
             if request.transport is not None:

@@ -89,12 +89,25 @@ class Silence:
                 raise TimeoutError from exc
 
 
+CLIENT_STALLED = "client_stalled"
+
+
 def stalled(limit: float) -> GatewayError:
     """What a stream whose client took no bytes for ``limit`` seconds ends with: the edge cuts
     the connection (the head is out), and the access log says why."""
     return RequestTimeout(
-        f"The client took no bytes of the stream for {limit:g} s.", code="client_stalled"
+        f"The client took no bytes of the stream for {limit:g} s.", code=CLIENT_STALLED
     )
+
+
+async def bounded_write(client: web.StreamResponse, data: bytes, limit: float) -> None:
+    """A piece of a stream, the client's wait for it bounded by ``limit`` (``stalled`` past
+    it): a client that stops reading must not hold what its request holds for ever."""
+    try:
+        async with asyncio.timeout(limit):
+            await client.write(data)
+    except TimeoutError:
+        raise stalled(limit) from None
 
 
 async def last_write(client: web.StreamResponse, data: bytes, limit: float) -> None:
