@@ -102,10 +102,20 @@ def parse_json(raw: bytes) -> object:
         raise BadRequest(f"The request body is not valid JSON: {exc}.") from None
 
 
+# What a worker reads as the operator's word, never a client's: vLLM's ``priority`` orders its
+# queue (under ``--scheduling-policy priority`` a tenant would put itself before every other),
+# and its ``kv_transfer_params`` tell a disaggregated worker where to fetch KV blocks from (a
+# host and port of the client's choosing).
+OPERATOR_FIELDS = ("priority", "kv_transfer_params")
+
+
 def dump_upstream(body: object) -> bytes:
-    """A request body as JSON for the upstream, or 400 when it cannot be written: nested deeper
-    than orjson writes (it reads more levels than it writes). Costs nothing but the dump itself:
-    no walk of the body beforehand."""
+    """A request body as JSON for the upstream (without ``OPERATOR_FIELDS``), or 400 when it
+    cannot be written: nested deeper than orjson writes (it reads more levels than it writes).
+    Costs nothing but the dump itself: no walk of the body beforehand."""
+    if type(body) is dict:
+        for name in OPERATOR_FIELDS:
+            body.pop(name, None)
     try:
         return orjson.dumps(body)
     except (orjson.JSONEncodeError, RecursionError) as exc:
