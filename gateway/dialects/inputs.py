@@ -256,8 +256,9 @@ def check_rerank(body: object) -> dict[str, Any]:
 
 
 def scored_pairs(body: dict[str, Any]) -> tuple[int, int]:
-    """A checked rerank or score request's (characters of one side, pairs scored): the worker
+    """A checked rerank or score request's (UTF-8 bytes of one side, pairs scored): the worker
     reads that side once for every item of the other, so its cost grows with their product.
+    Bytes, as the body's own estimate counts (a CJK character is a token, not a quarter).
 
     The largest over every pair of sides the body names: a worker picks its pair by its own
     rules (vLLM's score request by the first of ``SCORE_PAIRS`` it holds, keeping any other
@@ -266,7 +267,7 @@ def scored_pairs(body: dict[str, Any]) -> tuple[int, int]:
     for first, second in _PAIRS:
         if first in body and second in body:
             one, other = _inputs(body[first]), _inputs(body[second])
-            size = max((len(str(x)) for x in one), default=0)
+            size = max((len(str(x).encode()) for x in one), default=0)
             count = max(len(one), len(other))  # several against several: pair by pair
             if size * count > chars * pairs:
                 chars, pairs = size, count

@@ -234,3 +234,11 @@ def test_rename_only_the_workers_name() -> None:
     assert answers.renamer("same", "same") is None
     events = b'data: {"model":"org/big-7b"}\n\ndata: {"model":"org/big-7b"}\n\n'
     assert answers.rename(events, pattern, "small", False).count(b'"model":"small"') == 2
+
+
+def test_a_scored_sides_size_is_its_utf8_bytes_as_the_bodys_estimate() -> None:
+    """A CJK character is about a token: counted as characters, a Chinese query read once per
+    document was reserved at a third of the body's own rate (bytes / 4)."""
+    query = "漢字" * 100  # 200 characters, 600 bytes
+    assert inputs.scored_pairs({"query": query, "documents": ["a", "b", "c"]}) == (600, 3)
+    assert inputs.scored_pairs({"query": "ab", "documents": ["c"]}) == (2, 1)
