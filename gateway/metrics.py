@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the gateway (SPEC 8), in one registry built per process.
+"""Every Prometheus metric of the gateway (docs/operations.md), in one registry built per process.
 
 With several worker processes, ``prometheus_client``'s multiprocess mode
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``gateway run`` before any worker starts) gives ``/metrics``

@@ -39,7 +39,7 @@ async def close_all() -> None:
         await OPEN.pop().close()
 
 
-# The security headers of SPEC 3, on every answer unless network.security_headers is off.
+# The security headers (docs/api.md), on every answer unless network.security_headers is off.
 SECURITY = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

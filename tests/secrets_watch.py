@@ -1,6 +1,7 @@
 """A watch over the whole test session: every full key the gateway issues is remembered, and
 everything the gateway logs, writes to the access log or sends as an error body is kept; at the
-end of the session none of those texts may contain any of those keys (SPEC 8: never a secret).
+end of the session none of those texts may contain any of those keys (docs/security.md:
+never a secret).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""One JSON access-log line per request, correlated by request id, with the fields of SPEC 8
-and never a secret or a body."""
+"""One JSON access-log line per request, correlated by request id, with the fields
+docs/operations.md lists and never a secret or a body."""
 
 from __future__ import annotations
 

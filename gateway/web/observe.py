@@ -156,7 +156,8 @@ class Observer:
         duration: float,
         api: str | None = None,
     ) -> dict[str, object]:
-        """The access line (SPEC 8), in this key order; ``AccessLog.write`` appends "time".
+        """The access line (docs/operations.md), in this key order; ``AccessLog.write``
+        appends "time".
         ``api``: the API the route serves (``api_of``; empty: null); by default the exchange's."""
         ttft = ex.ttft
         return {

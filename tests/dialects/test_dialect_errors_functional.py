@@ -1,4 +1,4 @@
-"""Every refusal in the dialect the client speaks (SPEC 4 and 5), over real sockets: the official
+"""Every refusal in the dialect the client speaks (docs/api.md), over real sockets: the official
 ``anthropic`` SDK raises the exception it raises against Anthropic's own API, with the Anthropic
 error body; raw requests show the exact bodies and headers; an upstream dying mid-stream is an
 ``event: error`` without ``message_stop``."""

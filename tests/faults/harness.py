@@ -36,7 +36,7 @@ T = TypeVar("T")
 # -- keys and configuration ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Key:
-    """A static key of the config (limits as SPEC 2's ``keys.static``)."""
+    """A static key of the config (limits as in ``keys.static``, docs/configuration.md)."""
 
     id: str
     owner: str = "faults"

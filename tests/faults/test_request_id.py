@@ -1,4 +1,4 @@
-"""Clients that all send the same ``X-Request-ID``: the id is a label only (SPEC 3), never the
+"""Clients that all send the same ``X-Request-ID``: the id is a label only (docs/api.md), never the
 identity of what the limiter counts (issue 14, item 1: "40 parallel streams sharing one
 X-Request-ID on a key with rpmLimit 5, maxConcurrency 2 were all admitted ... and usage recorded
 1 request").

@@ -2,7 +2,7 @@
 field lines of every header the gateway reads — X-Forwarded-For, Authorization, X-API-Key,
 Content-Length, Transfer-Encoding, Host, X-Request-ID, anthropic-version, X-Forwarded-Proto — and
 odd values of each. Every exchange is bounded by a timeout; none is a 5xx; each gets the status
-SPEC 3/4 and RFC 9110/9112 give it, and a smuggled second request never reaches the upstream.
+docs/api.md and RFC 9110/9112 give it, and a smuggled second request never reaches the upstream.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ async def one(port: int, raw: bytes) -> Answer:
     return answer
 
 
-# --- credentials (SPEC 3: both headers are accepted; sent and different: 401) --------------------
+# --- credentials (both headers are accepted; sent and different: 401) --------------------
 
 CREDENTIALS = [
     ("authorization twice, same key", [AUTH, AUTH], 200),
@@ -237,7 +237,7 @@ async def test_odd_hosts_are_never_a_500(edge: Server, host: str) -> None:
     assert answer.status in (200, 400), answer
 
 
-# --- X-Request-ID (SPEC 3: the client's if sane, else a new one) ---------------------------------
+# --- X-Request-ID (the client's if sane, else a new one) ---------------------------------
 
 ODD_IDS = [
     "a" * 129,
@@ -277,7 +277,7 @@ async def test_two_request_id_lines_give_one_sane_label(edge: Server, fake: Fake
         assert len([k for k in fake.seen[-1].headers if k.lower() == "x-request-id"]) == 1
 
 
-# --- anthropic-version (SPEC 5: its presence makes the request Anthropic) ------------------------
+# --- anthropic-version (its presence makes the request Anthropic) ------------------------
 
 
 async def test_two_anthropic_version_lines_still_speak_anthropic(edge: Server) -> None:
@@ -289,7 +289,7 @@ async def test_two_anthropic_version_lines_still_speak_anthropic(edge: Server) -
     assert refused.status == 400 and refused.json()["type"] == "error", refused
 
 
-# --- X-Forwarded-For from a trusted proxy (SPEC 3: all lines joined, read from the right) --------
+# --- X-Forwarded-For from a trusted proxy (all lines joined, read from the right) --------
 
 FORWARDED = [
     ("one line, allowed", [ALLOWED], 200),

@@ -2,7 +2,7 @@
 every depth the parser takes (and past it) in every position the gateway forwards, sizes, wrong
 types at every field the gateway reads, unicode and numbers at the edges of JSON. The upstream is
 healthy, so every answer is < 500, and every refusal is the gateway's JSON error in the request's
-dialect (SPEC 4). Also the regression test of issue 14 item 6 (nesting 255-1,024 deep was 500).
+dialect (docs/api.md). Also the regression test of issue 14 item 6 (nesting 255-1,024 deep was 500).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ async def send(
 
 
 def speaks_anthropic(path: str, headers: dict[str, str] | None, body: bytes) -> bool:
-    """The dialect SPEC 5 gives the request (an unparseable body tells nothing); count_tokens
+    """The dialect docs/api.md gives the request (an unparseable body tells nothing); count_tokens
     is Anthropic's alone."""
     if path.endswith("/count_tokens"):
         return True
@@ -100,7 +100,7 @@ def check_answer(
     status: int, answer: bytes, path: str, body: bytes, headers: dict[str, str] | None = None
 ) -> None:
     """Never a 5xx (the upstream is healthy); a refusal is the gateway's error, in the request's
-    dialect (SPEC 4's two shapes)."""
+    dialect (its two error shapes)."""
     assert status < 500, (status, answer[:300], body[:300])
     if status < 400:
         return

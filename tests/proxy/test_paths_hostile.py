@@ -1,4 +1,4 @@
-"""Hostile request paths (issue 14, item 2; SPEC 3 "Paths").
+"""Hostile request paths (issue 14, item 2; docs/api.md "Paths").
 
 Pure properties of ``gateway.paths`` over arbitrary paths and bytes: normalization is idempotent
 on its wire form, a path normalized under a route's prefix never leaves it on the way upstream

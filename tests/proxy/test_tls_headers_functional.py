@@ -1,5 +1,5 @@
-"""TLS termination, and the security headers of SPEC 3 on every answer: HSTS only over TLS or
-when a trusted proxy says the client came over https."""
+"""TLS termination, and the security headers (docs/api.md) on every answer: HSTS only
+over TLS or when a trusted proxy says the client came over https."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Self-service never gives more than the admin gave (SPEC 6), on a real gateway: a key created
+"""Self-service never gives more than the admin gave (docs/api.md), on a real gateway: a key created
 or changed through ``/api/keys`` gets at most the calling key's rights; what the admin set on a
 key is its ceiling (lowered by the owner, never raised or removed); only the admin reactivates
 what the admin revoked; a key cannot regenerate (and so obtain) a stronger sibling."""
