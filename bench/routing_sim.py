@@ -23,7 +23,9 @@ times 1 ms and decode times ±10 % (``+jitter``), the client's round trip before
 counting a request (``+lease=S``, as a lease under ``max_concurrency`` on a shared store). The
 bound is sampled as ``bench/routing.py`` samples it: the workers' running + waiting every 20 ms
 against ``ceil(1.25 x mean)`` (the last column: the same over the gateways' in-flight counts).
-Arguments: the arms to run (their least_loaded arms come too); ``SIM_SEEDS``: how many workloads.
+Arguments: the arms to run (their least_loaded arms come too); ``SIM_SEEDS``: how many workloads;
+``SIM_TOLD``: seconds a message takes to the other gateway (0.002). Also at each placement, at
+the worker on arrival and at the gateways' count, against the same bound.
 """
 
 from __future__ import annotations
@@ -51,7 +53,10 @@ from gateway.routing.balancer import Balancer
 
 PREFILL, DECODE, OUTPUT, SLOTS, CACHE_BLOCKS = 0.0002, 0.02, 16, 4, 3000
 NET, READ_DELAY, WORKERS = 0.001, 0.005, 4
-TOLD = 0.002  # a placement told through the store's broadcast reaches the other processes
+# A message told through the store's broadcast reaches the other processes (``SIM_TOLD``
+# seconds; a store on the same host answers in ~0.3 ms: with 2 ms a tell ties with the client's
+# next request, 2 hops of ``NET``, and loses, which real tells told at once do not).
+TOLD = float(os.environ.get("SIM_TOLD", "0.002"))
 SAMPLE = 0.02  # the workers' loads sampled this often, as ``bench/routing.py`` does
 Messages = list[dict[str, str]]
 
