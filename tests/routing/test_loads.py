@@ -70,12 +70,13 @@ steps = st.lists(
 def test_each_process_bounds_what_it_was_not_told_and_all_agree_once_told(
     processes: int, upstreams: int, schedule: list[Step]
 ) -> None:
-    """At every placement: (1) the placing process's untold placements on the chosen worker
-    stay within ``ceil(load_factor x its untold / n)``; (2) the fleet's true count there
-    exceeds what the placing process saw by no more than the others' untold placements there,
-    so when some worker was under both bounds, the true count is within the bound it saw plus
-    those. And once every message is delivered, every process's fleet load of every worker is
-    the true count (cross-process agreement)."""
+    """At every placement: (0) the chosen worker is under the fleet's bound as the placing
+    process saw it (always: the untold guard never overrides it); (1) when some worker was
+    under both bounds, the placing process's untold placements on the chosen worker stay
+    within ``ceil(load_factor x its untold / n)``; (2) the fleet's true count there exceeds
+    what the placing process saw by no more than the others' untold placements there, so the
+    true count is within the bound it saw plus those. And once every message is delivered,
+    every process's fleet load of every worker is the true count (cross-process agreement)."""
     clock = FakeClock()
     balancers = fleet(processes, clock)
     pool = tuple(up(f"w{i}") for i in range(upstreams))
@@ -98,12 +99,12 @@ def test_each_process_bounds_what_it_was_not_told_and_all_agree_once_told(
             b.acquire(chosen)
             held.append((p, chosen))
             w = pool.index(chosen)
-            assert b.state(chosen.name).unknown <= guard  # (1)
             others_untold = sum(o.state(chosen.name).unknown for o in balancers if o is not b)
             true = true_counts(balancers, pool)[w]
-            assert true <= seen[w] + 1 + others_untold  # (2)
+            assert seen[w] < bound and true <= bound + others_untold  # (0)
             if any(s < bound and u < guard for s, u in zip(seen, untold, strict=True)):
-                assert seen[w] < bound and true <= bound + others_untold
+                assert b.state(chosen.name).unknown <= guard  # (1)
+            assert true <= seen[w] + 1 + others_untold  # (2)
     for b in balancers:
         deliver(b, balancers)
     true = true_counts(balancers, pool)
