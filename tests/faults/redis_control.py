@@ -13,12 +13,16 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import cast
 
 import hiredis
+import orjson
 import pytest
 
+from gateway.auth.keys import sha256_hex
+from gateway.records import KeyRecord
+from gateway.store.redis_codec import esc, tag
 from tests import redis_server
 from tests.redis_server import RedisServer
 
@@ -131,3 +135,26 @@ def pipeline(server: RedisServer, commands: Iterable[Sequence[Arg]], batch: int 
                 flush()
         flush()
     return sent
+
+
+def big_owner(
+    owner: str, keys: int, days: list[int], now: float, fields: dict[str, str | int]
+) -> Iterator[tuple[str | bytes | int, ...]]:
+    """An owner of ``keys`` keys (``bk0000``...), each with a usage hash of ``fields`` per day
+    of ``days`` and its index of days, written as the store writes them
+    (``gateway.store.redis_codec``): the commands, for ``pipeline``."""
+    t = tag(owner)
+    for i in range(keys):
+        key_id = f"bk{i:04d}"
+        record = KeyRecord(
+            id=key_id,
+            owner=owner,
+            key_hash=sha256_hex(f"big-{i}"),
+            created_at=now - len(days) * 86400,
+        )
+        yield ("SET", f"gw:kid:{esc(key_id)}", record.key_hash)
+        yield ("SET", f"gw:kh:{record.key_hash}", orjson.dumps(record.to_store()))
+        yield ("SADD", f"{t}keys", key_id)
+        for day in days:
+            yield ("HSET", f"{t}use:{esc(key_id)}:{day}", *(x for f in fields.items() for x in f))
+        yield ("ZADD", f"{t}usedays:{esc(key_id)}", *(x for d in days for x in (d, d)))

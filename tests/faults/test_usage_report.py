@@ -14,13 +14,9 @@ import time
 from collections.abc import Iterator
 
 import aiohttp
-import orjson
 import pytest
 
-from gateway.auth.keys import sha256_hex
 from gateway.limits.windows import days_back
-from gateway.records import KeyRecord
-from gateway.store.redis_codec import esc, tag
 from tests.faults import redis_control
 from tests.faults.conftest import StartGateways
 from tests.faults.harness import (
@@ -47,26 +43,9 @@ PER_DAY = {"r": 1, "p": 10, "c": 5}  # requests, prompt and completion tokens pe
 def seed_commands(now: float) -> Iterator[tuple[str | bytes | int, ...]]:
     """The owner's keys (records, id → hash, the owner's set) and a usage hash per key and day
     with its index of days, as the store writes them."""
-    t, days = tag(OWNER), days_back(now, DAYS)
-    for i in range(KEYS):
-        key_id = f"bk{i:04d}"
-        record = KeyRecord(
-            id=key_id, owner=OWNER, key_hash=sha256_hex(f"big-{i}"), created_at=now - DAYS * 86400
-        )
-        yield ("SET", f"gw:kid:{esc(key_id)}", record.key_hash)
-        yield ("SET", f"gw:kh:{record.key_hash}", orjson.dumps(record.to_store()))
-        yield ("SADD", f"{t}keys", key_id)
-        for day in days:
-            yield (
-                "HSET",
-                f"{t}use:{esc(key_id)}:{day}",
-                *(x for stat, n in PER_DAY.items() for x in (f"{stat}:{MODEL}", n)),
-                f"l:{MODEL}",
-                "12.5",
-                f"b3:{MODEL}",
-                1,
-            )
-        yield ("ZADD", f"{t}usedays:{esc(key_id)}", *(x for d in days for x in (d, d)))
+    fields: dict[str, str | int] = {f"{stat}:{MODEL}": n for stat, n in PER_DAY.items()}
+    fields |= {f"l:{MODEL}": "12.5", f"b3:{MODEL}": 1}
+    return redis_control.big_owner(OWNER, KEYS, days_back(now, DAYS), now, fields)
 
 
 @pytest.mark.parametrize("on_error", ["closed", "open"])

@@ -21,14 +21,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from gateway.auth.keys import sha256_hex
 from gateway.limits.windows import days_back
-from gateway.records import KeyRecord
 from gateway.server import Server
-from gateway.store.redis_codec import esc, tag
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
 from tests.faults import redis_control
@@ -44,20 +41,9 @@ CHAT = "review-chat-key-0123456789abcdef"  # another owner's, chatting beside th
 
 
 def _seed(now: float) -> Iterator[tuple[str | bytes | int, ...]]:
-    """The owner's keys and a usage hash per key and day with its index of days, as the store
-    writes them (``gateway.store.redis_codec``)."""
-    t, days = tag(OWNER), days_back(now, DAYS)
-    for i in range(KEYS):
-        key_id = f"bk{i:04d}"
-        record = KeyRecord(
-            id=key_id, owner=OWNER, key_hash=sha256_hex(f"big-{i}"), created_at=now - DAYS * 86400
-        )
-        yield ("SET", f"gw:kid:{esc(key_id)}", record.key_hash)
-        yield ("SET", f"gw:kh:{record.key_hash}", orjson.dumps(record.to_store()))
-        yield ("SADD", f"{t}keys", key_id)
-        for day in days:
-            yield ("HSET", f"{t}use:{esc(key_id)}:{day}", f"r:{MODEL}", 1, f"p:{MODEL}", 10)
-        yield ("ZADD", f"{t}usedays:{esc(key_id)}", *(x for d in days for x in (d, d)))
+    """The owner's keys and a usage hash per key and day, as the store writes them."""
+    fields: dict[str, str | int] = {f"r:{MODEL}": 1, f"p:{MODEL}": 10}
+    return redis_control.big_owner(OWNER, KEYS, days_back(now, DAYS), now, fields)
 
 
 async def _chats(http: aiohttp.ClientSession, base: str, stop: asyncio.Event) -> list[bool]:
