@@ -104,6 +104,8 @@ MESSAGE_ITEM = (
     b'{"id":"%s","type":"message","role":"assistant","status":"completed","content":[%s]}'
 )
 TEXT_PART = b'{"type":"output_text","text":%s,"annotations":[],"logprobs":[]}'
+# The output of a message alone, its id and text to fill in
+_TEXT_ALONE = b"[" + MESSAGE_ITEM % (b"%s", TEXT_PART % b"%s") + b"]"
 # usage_of's object, written directly (the members in its order)
 _USAGE = (
     b'{"input_tokens":%d,"input_tokens_details":{"cached_tokens":%d,"cache_write_tokens":0},'
@@ -309,9 +311,10 @@ def _output_json(message: dict[str, Any], shape: Shape) -> bytes:
     from the templates."""
     content, calls = message.get("content"), message.get("tool_calls")
     text_alone = type(content) is str and content and not (type(calls) is list and calls)
-    if text_alone and reasoning_of(message) is None:
-        item = MESSAGE_ITEM % (shape.item_id("msg", 0).encode(), TEXT_PART % _dumps(content))
-        return b"[" + item + b"]"
+    # (no reasoning: neither key, the commonest, or what reasoning_of finds in them)
+    unreasoned = "reasoning_content" not in message and "reasoning" not in message
+    if text_alone and (unreasoned or reasoning_of(message) is None):
+        return _TEXT_ALONE % (shape.item_id("msg", 0).encode(), _dumps(content))
     return _dumps(output_items(message, shape))
 
 
