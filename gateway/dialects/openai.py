@@ -95,7 +95,7 @@ class OpenAIRelay:
                 continue
             if data == DONE:
                 self.done = True
-            elif b'"usage":{' in data or b'"usage": {' in data:
+            elif data.find(b'"usage":{') >= 0 or data.find(b'"usage": {') >= 0:  # (than `in`)
                 try:
                     chunk = orjson.loads(data)
                 except orjson.JSONDecodeError:

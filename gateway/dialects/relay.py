@@ -131,11 +131,11 @@ class AnthropicRelay:
                         pass
                     else:
                         texts += 1
-                        if b"\\" in literal:
+                        if _BACKSLASH in literal:
                             literal = _dumps(text)
                         parts.append(head + literal + TEXT_DELTA_END)
                         continue
-            if event.startswith(b"data: ") and b"\n" not in event:  # event_data's commonest
+            if event.startswith(b"data: ") and _NEWLINE not in event:  # event_data's commonest
                 data = event[6:]
             elif (found := event_data(event)) is not None:
                 data = found
