@@ -25,19 +25,14 @@ from orjson import JSONDecodeError
 
 from gateway.dialects import anthropic
 from gateway.dialects.anthropic import TEXT_DELTA_END, encode_events, plain_text
-from gateway.dialects.sse import DONE, event_data
+from gateway.dialects.sse import BACKSLASH, DONE, LF, event_data
 from gateway.errors import GatewayError
 
 _CONTENT = b'"delta":{"content":'
-_LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
-_NO_FRAME = (b"", b"", 0, 0)
+LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
 # A text to prove a frame with, as orjson writes it; the other for a frame learned on the first.
 _PROBE, _OTHER_PROBE = ("x", b'"x"'), ("y", b'"y"')
 _loads, _dumps = orjson.loads, orjson.dumps
-# A byte looked for in bytes by its value (``b"\\n" in event`` first tries the needle as an
-# integer and formats the TypeError it raises, CPython 3.11: ten times the cost), a longer
-# needle by ``find`` (half the cost of ``in``).
-_BACKSLASH, _NEWLINE = ord("\\"), ord("\n")
 
 
 class Relay(Protocol):
@@ -54,6 +49,7 @@ class Relay(Protocol):
 
 
 Frame = tuple[bytes, bytes, int, int]  # before the text literal, after it, its start and stop
+NO_FRAME: Frame = (b"", b"", 0, 0)  # none learned yet (stop 0)
 
 
 def learn_frame(event: bytes, data: bytes, text: str, literal: bytes) -> Frame | None:
@@ -62,7 +58,7 @@ def learn_frame(event: bytes, data: bytes, text: str, literal: bytes) -> Frame |
     same bytes around any other string are a plain text chunk. A relay that knows the frame
     reads a text chunk's text from its bytes alone (``event[start:stop]``, one literal)."""
     at = data.find(_CONTENT)
-    if at < 0 or _NEWLINE in event:  # one line: the event is "data:" or "data: ", then data
+    if at < 0 or LF in event:  # one line: the event is "data:" or "data: ", then data
         return None
     at += len(_CONTENT)
     # an upstream writing the text otherwise than orjson does is not learned from
@@ -76,7 +72,7 @@ def learn_frame(event: bytes, data: bytes, text: str, literal: bytes) -> Frame |
     # the text come from elsewhere. Without "content" after the literal (nor a backslash: no
     # escaped key either) there is none; else another text in the frame must parse as this
     # one did (a second text: read from elsewhere, both would read the same).
-    if _BACKSLASH not in tail and tail.find(b"content") < 0:
+    if BACKSLASH not in tail and tail.find(b"content") < 0:
         before = event[: len(event) - len(data)] + head
         return (before, tail, len(before), -len(tail))
     probe, probe_literal = _PROBE if text != _PROBE[0] else _OTHER_PROBE
@@ -107,8 +103,8 @@ class AnthropicRelay:
         self.chunks = 0
         # The frame of a plain text chunk: the event's bytes before and after the text literal
         # and where the literal starts and stops (stop is 0 until a frame is learned).
-        self._frame = _NO_FRAME
-        self._learn = _LEARN_ATTEMPTS
+        self._frame = NO_FRAME
+        self._learn = LEARN_ATTEMPTS
 
     def relay(self, events: list[bytes]) -> bytes:
         parts: list[bytes] = []
@@ -131,11 +127,11 @@ class AnthropicRelay:
                         pass
                     else:
                         texts += 1
-                        if _BACKSLASH in literal:
+                        if BACKSLASH in literal:
                             literal = _dumps(text)
                         parts.append(head + literal + TEXT_DELTA_END)
                         continue
-            if event.startswith(b"data: ") and _NEWLINE not in event:  # event_data's commonest
+            if event.startswith(b"data: ") and LF not in event:  # event_data's commonest
                 data = event[6:]
             elif (found := event_data(event)) is not None:
                 data = found

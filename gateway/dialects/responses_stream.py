@@ -32,7 +32,7 @@ import orjson
 from orjson import JSONDecodeError
 
 from gateway.dialects.anthropic_stream import plain_text
-from gateway.dialects.relay import Frame, learn_frame
+from gateway.dialects.relay import LEARN_ATTEMPTS, NO_FRAME, Frame, learn_frame
 from gateway.dialects.responses_answer import (
     MESSAGE_ITEM,
     TEXT_PART,
@@ -43,7 +43,7 @@ from gateway.dialects.responses_answer import (
     status_of,
     usage_json,
 )
-from gateway.dialects.sse import DONE, event_data
+from gateway.dialects.sse import BACKSLASH, DONE, LF, event_data
 from gateway.errors import GatewayError
 
 _dumps, _loads = orjson.dumps, orjson.loads
@@ -127,11 +127,6 @@ _CLOSED = {
     + _template("response.output_item.done", b'"output_index":%d,"item":%s')
     for kind in _DONE
 }
-_LEARN_ATTEMPTS = 3  # frames learned per stream at most (an upstream whose frame never repeats)
-_NO_FRAME: Frame = (b"", b"", 0, 0)
-# A byte looked for in bytes by its value: ``b"\\" in literal`` first tries the needle as an
-# integer and formats the TypeError it raises (CPython 3.11): ten times the cost of ``92 in``.
-_BACKSLASH, _NEWLINE = ord("\\"), ord("\n")
 
 
 def _end(seq: int) -> bytes:
@@ -419,8 +414,8 @@ class ResponsesRelay:
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.chunks = 0
-        self._frame: Frame = _NO_FRAME  # stop is 0 until a frame is learned
-        self._learn = _LEARN_ATTEMPTS
+        self._frame: Frame = NO_FRAME  # stop is 0 until a frame is learned
+        self._learn = LEARN_ATTEMPTS
 
     @property
     def final(self) -> bytes | None:
@@ -448,7 +443,7 @@ class ResponsesRelay:
                         pass
                     else:
                         item.parts.append(text)
-                        if _BACKSLASH in literal:
+                        if BACKSLASH in literal:
                             literal = _dumps(text)
                         end = ends[seq] if seq < _KNOWN_ENDS else _end(seq)
                         parts.append(item.head + literal + end)
@@ -456,7 +451,7 @@ class ResponsesRelay:
                         texts += 1
                         continue
             # a one-line event is "data: " and its data (event_data's commonest case, inline)
-            data = event[6:] if event.startswith(b"data: ") and _NEWLINE not in event else None
+            data = event[6:] if event.startswith(b"data: ") and LF not in event else None
             data = data if data is not None else event_data(event)
             if data is None:
                 continue  # comments and keep-alives: the Responses stream has its own events

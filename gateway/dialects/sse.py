@@ -9,8 +9,8 @@ from __future__ import annotations
 DONE = b"[DONE]"
 # Single bytes looked for by their value (``b"\n" in event`` first tries the needle as an integer
 # and formats the TypeError it raises, CPython 3.11: six times the cost); longer needles by
-# ``find``, half the cost of ``in``.
-_CR, _LF = ord("\r"), ord("\n")
+# ``find``, half the cost of ``in``. Every relay searches with these.
+BACKSLASH, CR, LF = ord("\\"), ord("\r"), ord("\n")
 
 
 class SSESplitter:
@@ -22,7 +22,7 @@ class SSESplitter:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[bytes]:
-        if _CR in data or (self._buffer and self._buffer.endswith(b"\r")):
+        if CR in data or (self._buffer and self._buffer.endswith(b"\r")):
             data = (self._buffer + data).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
             self._buffer = b""
         buffer = self._buffer + data if self._buffer else data
@@ -39,7 +39,7 @@ class SSESplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """The event's data (data lines joined by newlines), or None if it has no data line."""
-    if event.startswith(b"data:") and _LF not in event:
+    if event.startswith(b"data:") and LF not in event:
         data = event[5:]
         return data[1:] if data.startswith(b" ") else data
     parts = []
