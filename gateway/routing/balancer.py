@@ -411,10 +411,7 @@ class Balancer:
             state.counted()
         if self.loads.sharing and state.contested:
             state.unknown += 1
-            if state.bounded:
-                self.loads.at_once(upstream.name)
-            else:
-                self.loads.change(upstream.name)
+            self.loads.change(upstream.name, state.bounded)
 
     def release(self, upstream: Upstream) -> None:
         state = self.state(upstream.name)
@@ -423,10 +420,7 @@ class Balancer:
         if self.loads.sharing and state.contested:
             if state.unknown > state.in_flight:
                 state.unknown = state.in_flight
-            if state.bounded:
-                self.loads.at_once(upstream.name)
-            else:
-                self.loads.change(upstream.name)
+            self.loads.change(upstream.name, state.bounded)
         if self.on_release is not None:
             self.on_release(upstream)
 

@@ -79,23 +79,21 @@ class Loads(Teller):
         self.told: dict[str, float] = {}  # upstream → the others' counts, summed
 
     # -- telling ------------------------------------------------------------------------------
-    def change(self, upstream: str) -> None:
-        """This process's count for ``upstream`` changed (the request path: no await)."""
+    def change(self, upstream: str, at_once: bool = False) -> None:
+        """This process's count for ``upstream`` changed (the request path: no await): told
+        ``INTERVAL`` after the last message, or with ``at_once`` (an upstream affinity bounds)
+        at the end of this turn of the loop (one message in flight). Affinity's bound weighs
+        the fleet's mean, and a count the others have not heard of sets it wrong: an ended
+        request still counted raises it (the client's next request, sent as the answer ends,
+        often reaches another process first: ``ceil(1.25 x 17 / 4)`` = 6 where 16 in flight on
+        4 allow 5), and a start not told lets another process place on the same worker too."""
         changed = self.changed
-        if not changed:
+        if at_once:
+            if not self._urgent:
+                self.urgent()
+        elif not changed:
             self.soon()
         changed.add(upstream)
-
-    def at_once(self, upstream: str) -> None:
-        """``change`` for an upstream affinity bounds: told at the end of this turn of the loop
-        (one message in flight), not ``INTERVAL`` after the last. Affinity's bound weighs the
-        fleet's mean, and a count the others have not heard of sets it wrong: an ended request
-        still counted raises it (the client's next request, sent as the answer ends, often
-        reaches another process first: ``ceil(1.25 x 17 / 4)`` = 6 where 16 in flight on 4
-        allow 5), and a start not told lets another process place on the same worker too."""
-        self.changed.add(upstream)
-        if not self._urgent:
-            self.urgent()
 
     def message(self, every: bool = False) -> str | None:
         """The changed counts (``every``: all non-zero ones too) as one message, none changed

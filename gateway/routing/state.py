@@ -34,7 +34,7 @@ class UpstreamState:
     # anything, so only its count is told (an upstream alone in every pool costs no message).
     contested: bool = False
     # In a pool affinity bounds (``Balancer._view``): its count's changes are told at once
-    # (``Loads.at_once``), as the bound weighs the fleet's mean.
+    # (``Loads.change``), as the bound weighs the fleet's mean.
     bounded: bool = False
     others: float = 0.0
 
