@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from gateway.auth import keys
 from gateway.bounded import remember
@@ -238,6 +238,12 @@ class KeyService:
             raise Forbidden(
                 f"This key lacks the '{permission}' permission; add it to the key's permissions."
             )
+
+    @classmethod
+    def check_permissions(cls, record: KeyRecord, needed: Iterable[str]) -> None:
+        """``check_permission`` for each (a request's media: ``inputs.media_needed``)."""
+        for permission in needed:
+            cls.check_permission(record, permission)
 
     @staticmethod
     def check_model(record: KeyRecord, model: str, allowed: bool) -> None:

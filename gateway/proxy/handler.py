@@ -134,9 +134,8 @@ class ChatHandler:
             if parsed is None:
                 parse_json(raw)  # raises the precise 400
             body = self.chat_body(request, ex, parsed)
-            if inputs.may_carry_media(raw):  # images need vision, audio audio (403 naming it)
-                for permission in inputs.media_permissions(body):
-                    rt.keys.check_permission(record, permission)
+            # images need vision, audio audio (403 naming it)
+            rt.keys.check_permissions(record, inputs.media_needed(raw, body))
             route = govern.model(rt, ex, record, str(body["model"]))
             require(route, ex.api, str(body["model"]))  # 400 model_not_supported
             return await self.serve(request, ex, record, route, body, len(raw) // 4)

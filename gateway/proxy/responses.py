@@ -124,8 +124,8 @@ class ResponsesHandler:
         history, size = await self._history(record.owner, previous) if previous else ([], 0)
         items = responses.items_of(body)
         if history or inputs.may_carry_media(raw):  # a text request pays a few byte searches
-            for permission in inputs.media_permissions({"input": [*history, *items]}):
-                rt.keys.check_permission(record, permission)  # 403 naming vision or audio
+            needed = inputs.media_permissions({"input": [*history, *items]})
+            rt.keys.check_permissions(record, needed)  # 403 naming vision or audio
         estimate = (len(raw) + size) // 4
         keep = self._keeper(record.owner, body, history + items)
         model = rt.config.models.get(route.name)

@@ -75,9 +75,8 @@ def count_tokens_handler(
         body = parse_json(raw)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise BadRequest("messages: a list of messages is required.", param="messages")
-        if inputs.may_carry_media(raw):  # the worker tokenizes the image or the audio
-            for permission in inputs.media_permissions(body):
-                runtime.keys.check_permission(record, permission)
+        # the worker tokenizes the image or the audio
+        runtime.keys.check_permissions(record, inputs.media_needed(raw, body))
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("'model' is required: name the model to use.", param="model")

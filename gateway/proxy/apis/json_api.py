@@ -213,9 +213,8 @@ class JsonHandler:
         record = await govern.caller(rt, request, api.permission)
         raw = await govern.body(rt, request)
         body = api.check(parse(raw))
-        if inputs.may_carry_media(raw):  # multimodal embeddings, rerank, score: as chat's
-            for permission in inputs.media_permissions(body):
-                rt.keys.check_permission(record, permission)  # 403 naming vision or audio
+        # multimodal embeddings, rerank, score: as chat's (403 naming vision or audio)
+        rt.keys.check_permissions(record, inputs.media_needed(raw, body))
         asked = str(body["model"])
         route = govern.model(rt, ex, record, asked)
         require(route, api.api, asked)
