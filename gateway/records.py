@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
+from itertools import zip_longest
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 _R = TypeVar("_R")
@@ -390,12 +391,7 @@ class UsageDay:
 
     def plus(self, other: UsageDay) -> UsageDay:
         """This row with ``other``'s counts added (its date, key, model and API kept)."""
-        mine, theirs = self.latency_buckets, other.latency_buckets
-        width = max(len(mine), len(theirs))
-        buckets = tuple(
-            (mine[i] if i < len(mine) else 0) + (theirs[i] if i < len(theirs) else 0)
-            for i in range(width)
-        )
+        pairs = zip_longest(self.latency_buckets, other.latency_buckets, fillvalue=0)
         return replace(
             self,
             requests=self.requests + other.requests,
@@ -403,7 +399,7 @@ class UsageDay:
             completion_tokens=self.completion_tokens + other.completion_tokens,
             errors=self.errors + other.errors,
             latency_ms_total=self.latency_ms_total + other.latency_ms_total,
-            latency_buckets=buckets,
+            latency_buckets=tuple(a + b for a, b in pairs),
         )
 
 
