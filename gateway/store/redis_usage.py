@@ -37,7 +37,7 @@ from gateway.records import RowSink, Settlement, UsageDay
 from gateway.store import redis_codec as codec
 from gateway.store.base import StoreError
 from gateway.store.redis_codec import Row
-from gateway.store.transport import Call, Command, RedisTransport, Script, noscript, why
+from gateway.store.transport import Call, Command, RedisTransport, Script, scripts_run, why
 
 log = logging.getLogger("gateway.store")
 
@@ -133,20 +133,15 @@ class ClusterSettlement:
     ) -> tuple[list[Any], list[Any]]:
         """The commands ``first``, then the calls, in one pipeline (a Cluster's client splits
         it by node, each node's in order): their replies, each call's reply or error apart (one
-        that failed never hides what the others did). Calls that met an unloaded script (they
-        ran nothing) are sent again once it is."""
-        commands = [*first, *(_evalsha(script, c) for c in calls)]
-        replies = await self._io.pipeline(commands, raising=False)
-        head, replies = replies[: len(first)], replies[len(first) :]
-        missing = [i for i, reply in enumerate(replies) if noscript(reply)]
-        if missing:
-            await self._io.call("SCRIPT", "LOAD", script.source)
-            again = [_evalsha(script, calls[i]) for i in missing]
-            for i, reply in zip(
-                missing, await self._io.pipeline(again, raising=False), strict=True
-            ):
-                replies[i] = reply
-        return head, replies
+        that failed never hides what the others did)."""
+
+        def send(commands: list[Command]) -> Awaitable[list[Any]]:
+            return self._io.pipeline(commands, raising=False)
+
+        def load() -> Awaitable[object]:
+            return self._io.call("SCRIPT", "LOAD", script.source)
+
+        return await scripts_run(send, load, script, calls, first)
 
     def counted(self, owner: str, chunk: Sequence[Settlement], reply: Any) -> None:
         """A settle call's reply: the rows to write (JSON, see settle.lua) of those of
@@ -280,11 +275,6 @@ def _failed(reply: Any) -> bool:
 def _joined(calls: list[Call]) -> Call:
     """Several settlements' KEYS and ARGV as one call's."""
     return [k for keys, _ in calls for k in keys], [a for _, args in calls for a in args]
-
-
-def _evalsha(script: Script, call: Call) -> Command:
-    keys, args = call
-    return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
 # -- reports ----------------------------------------------------------------------------------

@@ -8,17 +8,18 @@ implementations, chosen by ``transport_for``.
 Both give one reply shape (what hiredis parses: bytes, ints, lists; a hash as its flat list of
 fields and values), one failure policy (any error, error reply or timeout is ``StoreError``,
 raised by the call that met it alone: a call that times out never fails its neighbours), and
-``evalsha`` handles NOSCRIPT once (loads the script and runs the calls again: a NOSCRIPT ran
-nothing). ``send_now`` is the hot path's admission: the script's reply as a future, sent before
-it returns, not bounded in time (the caller bounds its wait), or None when it cannot be sent
-now (then ``evalsha``).
+``scripts_run`` handles NOSCRIPT once for every caller (loads the script and sends again the
+calls that met it: a NOSCRIPT ran nothing, the others ran and are not sent twice).
+``send_now`` is the hot path's admission: the script's reply as a future, sent before it
+returns, not bounded in time (the caller bounds its wait), or None when it cannot be sent now
+(then ``evalsha``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, cast
 
@@ -90,8 +91,29 @@ def _raising(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def _evalshas(script: Script, calls: list[Call]) -> list[Command]:
+def evalsha_commands(script: Script, calls: Sequence[Call]) -> list[Command]:
     return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+
+
+async def scripts_run(
+    send: Callable[[list[Command]], Awaitable[list[Any]]],
+    load: Callable[[], Awaitable[object]],
+    script: Script,
+    calls: list[Call],
+    first: Sequence[Command] = (),
+) -> tuple[list[Any], list[Any]]:
+    """The commands ``first``, then the script's calls, in one pipeline (``send``): their
+    replies, apart, an error being a reply. Calls that met an unloaded script (they ran
+    nothing) are sent again, alone, once ``load`` has loaded it."""
+    replies = await send([*first, *evalsha_commands(script, calls)])
+    head, replies = replies[: len(first)], replies[len(first) :]
+    missing = [i for i, reply in enumerate(replies) if noscript(reply)]
+    if missing:
+        await load()
+        again = await send(evalsha_commands(script, [calls[i] for i in missing]))
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return head, replies
 
 
 def noscript(reply: object) -> bool:
@@ -134,11 +156,10 @@ class LaneTransport:
         return await self._bounded(self._evalsha(script, calls), self._timeout)
 
     async def _evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
-        commands = _evalshas(script, calls)
-        replies = await self._lane.call_many(commands)
-        if any(noscript(r) for r in replies):
-            await self._lane.call("SCRIPT", "LOAD", script.source)
-            replies = await self._lane.call_many(commands)
+        def load() -> Awaitable[object]:
+            return self._lane.call("SCRIPT", "LOAD", script.source)
+
+        _, replies = await scripts_run(self._lane.call_many, load, script, calls)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
@@ -207,11 +228,13 @@ class ClientTransport:
         return [_flat(r) for r in await pipe.execute(raise_on_error=False)]
 
     async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
-        commands = _evalshas(script, calls)
-        replies = await self._run(self._piped(commands))
-        if any(noscript(r) for r in replies):
-            await self._run(self.client.script_load(script.source))
-            replies = await self._run(self._piped(commands))
+        def send(commands: list[Command]) -> Awaitable[list[Any]]:
+            return self._run(self._piped(commands))
+
+        def load() -> Awaitable[object]:
+            return self._run(self.client.script_load(script.source))
+
+        _, replies = await scripts_run(send, load, script, calls)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
