@@ -97,12 +97,15 @@ async def admit(
 
 def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) -> None:
     """Settle the admission to what the request used: the upstream's usage when it reported
-    one, else an estimate (the prompt estimate and what was seen of the answer), marked so."""
+    one, else an estimate (the prompt estimate and what was seen of the answer), marked so. A
+    request that failed after some of the answer was relayed (a stream cut because its client
+    stopped reading, or broken off by its worker) is charged that estimate too: the worker made
+    it, as for a client that left."""
     usage: dict[str, Any] | None = ex.usage
     if usage is not None:
         ex.prompt_tokens = count(usage.get("prompt_tokens"))
         ex.completion_tokens = count(usage.get("completion_tokens"))
-    elif ex.upstream is not None and not ex.error:
+    elif ex.upstream is not None and (not ex.error or ex.completion_chunks > 0):
         ex.estimated = True
         ex.prompt_tokens = ex.prompt_estimate
         ex.completion_tokens = ex.completion_chunks
