@@ -40,6 +40,7 @@ from gateway.proxy.apis.answers import Counted
 from gateway.proxy.apis.json_api import NOTHING, answered_as, refused, require
 from gateway.proxy.apis.multipart import Aborted, Form
 from gateway.proxy.exchange import EXCHANGE, Exchange
+from gateway.proxy.timers import CLIENT_STALLED, bounded_write
 from gateway.proxy.upstream import forward_headers, returned_headers
 from gateway.records import KeyRecord
 from gateway.routing.chain import Chain
@@ -285,11 +286,16 @@ async def _relay(
     upstream: Upstream,
 ) -> web.StreamResponse:
     """The answer after its head went out; a stall or a broken upstream closes the client's
-    connection, which then cannot take the cut for the end."""
+    connection, which then cannot take the cut for the end. A client that takes nothing for
+    the upstream's ``idle`` is cut too (it would hold its key's concurrency slot for ever)."""
+    idle = upstream.timeouts.idle
     try:
         while chunk := await _next(response, upstream):
-            await out.write(chunk)
-    except GatewayError:
+            await bounded_write(out, chunk, idle)
+    except GatewayError as exc:
+        if exc.code == CLIENT_STALLED:
+            response.close()
+            raise  # the edge cuts the connection and logs why
         request[EXCHANGE].error = True
         response.close()
         if request.transport is not None:
