@@ -105,8 +105,10 @@ def parse_json(raw: bytes) -> object:
 # What a worker reads as the operator's word, never a client's: vLLM's ``priority`` orders its
 # queue (under ``--scheduling-policy priority`` a tenant would put itself before every other),
 # and its ``kv_transfer_params`` tell a disaggregated worker where to fetch KV blocks from (a
-# host and port of the client's choosing).
-OPERATOR_FIELDS = ("priority", "kv_transfer_params")
+# host and port of the client's choosing); its ``request_id`` names the request in the engine
+# and is the id of a Responses answer (which the gateway stores under that id: a client would
+# choose it, and write over another stored response of its owner).
+OPERATOR_FIELDS = ("priority", "kv_transfer_params", "request_id")
 
 
 def dump_upstream(body: object) -> bytes:
