@@ -69,14 +69,14 @@ async def _read_rest(
                 async with asyncio.timeout(min(idle, deadline - loop.time())):
                     chunk = await content.readany()
             except TimeoutError:
-                raise _late(idle, total, loop.time() >= deadline) from None
+                raise late(idle, total, loop.time() >= deadline) from None
             if not chunk:
                 return b"".join(parts)
         size += len(chunk)
         parts.append(chunk)
 
 
-def _late(idle: float, total: float, overdue: bool) -> RequestTimeout:
+def late(idle: float, total: float, overdue: bool) -> RequestTimeout:
     """The 408 of a body past its deadline (``overdue``) or stalled."""
     if overdue:
         return RequestTimeout(

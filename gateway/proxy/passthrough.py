@@ -53,7 +53,7 @@ from gateway.limits.windows import retry_seconds
 from gateway.netaddr import combine, forwarded_proto, parse_ip, peer_is_trusted
 from gateway.paths import encode, is_normal
 from gateway.proxy.access import authenticate, resolve_client
-from gateway.proxy.bodies import too_large
+from gateway.proxy.bodies import late, too_large
 from gateway.proxy.exchange import EXCHANGE
 from gateway.proxy.timers import CLIENT_STALLED, bounded_write
 from gateway.proxy.upstream import HOP_BY_HOP, returned_headers
@@ -74,6 +74,15 @@ CHUNK = 64 * 1024
 
 class _TooLarge(Exception):
     """Raised inside the upload generator; turned into 413 by the handler."""
+
+
+class _Late(Exception):
+    """Raised inside the upload generator: the client stalled, or its body is past the
+    deadline; its ``error`` (a 408) is the answer, never the backend's 504."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class PassThrough:
@@ -192,8 +201,9 @@ class PassThrough:
     async def _send(
         self, request: web.Request, route: Route, upstream: Upstream, limit: int, deadline: float
     ) -> aiohttp.ClientResponse:
-        idle = self.rt.config.network.header_timeout
-        body = _upload(request, limit, idle) if request.body_exists else None
+        network = self.rt.config.network
+        pace = (network.header_timeout, network.body_timeout)
+        body = _upload(request, limit, pace) if request.body_exists else None
         try:
             async with asyncio.timeout_at(deadline):
                 return await self.rt.client.session.request(
@@ -207,11 +217,16 @@ class PassThrough:
                 )
         except _TooLarge:
             raise too_large(limit) from None
+        except _Late as exc:
+            raise exc.error from None
         except TimeoutError:
             raise UpstreamTimeout(f"Upstream '{upstream.name}' did not answer in time.") from None
         except (aiohttp.ClientError, OSError) as exc:
-            if isinstance(exc.__cause__ or exc.__context__, _TooLarge):
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, _TooLarge):
                 raise too_large(limit) from None
+            if isinstance(cause, _Late):
+                raise cause.error from None
             raise UpstreamUnavailable(f"Upstream '{upstream.name}' could not be reached.") from exc
 
     async def _stream(
@@ -283,12 +298,21 @@ async def _next_chunk(
         ) from exc
 
 
-async def _upload(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
-    """The client's body as it comes; a stall of ``idle`` seconds ends the upload."""
+async def _upload(
+    request: web.Request, limit: int, pace: tuple[float, float]
+) -> AsyncIterator[bytes]:
+    """The client's body as it comes; a stall of ``idle`` seconds, or a body not all sent
+    within ``total`` seconds (``pace``), ends the upload with the client's 408."""
+    idle, total = pace
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total
     size = 0
     while True:
-        async with asyncio.timeout(idle):
-            chunk = await request.content.read(CHUNK)
+        try:
+            async with asyncio.timeout(min(idle, deadline - loop.time())):
+                chunk = await request.content.read(CHUNK)
+        except TimeoutError:
+            raise _Late(late(idle, total, loop.time() >= deadline)) from None
         if not chunk:
             return
         size += len(chunk)
