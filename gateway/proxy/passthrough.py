@@ -50,7 +50,7 @@ from gateway.errors import (
 )
 from gateway.limits.limiter import Ticket
 from gateway.limits.windows import retry_seconds
-from gateway.netaddr import combine, forwarded_proto, parse_ip, peer_is_trusted
+from gateway.netaddr import combine, forwarded_proto, guesser, parse_ip, peer_is_trusted
 from gateway.paths import encode, is_normal
 from gateway.proxy.access import authenticate, resolve_client
 from gateway.proxy.bodies import late, too_large
@@ -138,9 +138,10 @@ class PassThrough:
         return ticket
 
     async def _ip_rate(self, request: web.Request, prefix: str, most: int) -> None:
-        """429 beyond ``most`` requests a minute to the route from the client's address."""
+        """429 beyond ``most`` requests a minute to the route from the client's address (an
+        IPv6 client's /64: it can send each request from another address in it)."""
         ex = request[EXCHANGE]
-        client = ex.client_ip or request.remote or "-"
+        client = guesser(ex.client_ip or request.remote or "-")
         try:
             count, reset = await self.rt.store.hit(f"route:{prefix}:{client}")
         except StoreError:
