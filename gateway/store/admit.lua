@@ -27,6 +27,16 @@ local now = clock(ARGV[1])
 local lease, window, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local day, month, to_midnight, to_month = periods(now)
 local at = fmt(now)
+-- Texts of this call's instants, formatted once: '%.17g' of a double costs thousands of
+-- instructions, and every admission of the call shares them. A lease ends on a whole second
+-- (store/base.py lease_end): a small sorted set keeps integer scores as integers, others as text
+-- that every ZADD parses again for each entry it passes.
+local since, lease_end = fmt(now - window), fmt(math.floor(now + lease))
+local to_midnight_text, to_month_text = fmt(to_midnight), fmt(to_month)
+local function secs(x)  -- fmt, with the usual 0 for free
+  if x == 0 then return '0' end
+  return fmt(x)
+end
 
 -- Sorted sets (rpm logs, lease sets): trimmed and counted once; additions kept in ``adds`` and
 -- written by ``zflush`` (before a read that needs them, else at the end).
@@ -58,12 +68,12 @@ local function zadd(z, score, member)
 end
 
 local function log_size(key)
-  return zset(key, fmt(now - window)).n
+  return zset(key, since).n
 end
 
 -- The oldest entry's time of a log (text), '' when it is empty.
 local function oldest(key)
-  local z = zset(key, fmt(now - window))
+  local z = zset(key, since)
   if z.first == nil then
     z.first = z.stored > 0 and redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2] or false
   end
@@ -73,7 +83,7 @@ end
 
 -- nil when there is room, else the seconds until the entry whose leaving makes room leaves
 local function rpm_wait(key, limit)
-  local z = zset(key, fmt(now - window))
+  local z = zset(key, since)
   local n = z.n
   if n < limit then return nil end
   zflush(key, z)
@@ -102,14 +112,14 @@ local minutes = {}
 local function minute_tokens(z, h)
   if minutes[h] ~= nil then return minutes[h] end
   local sum = tonumber(redis.call('HGET', h, 's') or '0')
-  local old = redis.call('ZRANGEBYSCORE', z, '-inf', fmt(now - window))
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', since)
   if #old > 0 then
     for i = 1, #old, 1000 do
       local part = {unpack(old, i, math.min(i + 999, #old))}
       for _, v in ipairs(redis.call('HMGET', h, unpack(part))) do sum = sum - (tonumber(v) or 0) end
       redis.call('HDEL', h, unpack(part))
     end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', fmt(now - window))
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', since)
     redis.call('HSET', h, 's', sum)
   end
   minutes[h] = sum
@@ -145,9 +155,16 @@ local function minute_reset(z)
 end
 
 -- whether the TTLs renewed at ``last`` (nil: never) are due again
+local dues = {}  -- renewal time (text) -> due: each one read once per call
 local function due(last)
-  last = tonumber(last)
-  return last == nil or now - last >= window or now < last
+  if last == nil then return true end
+  local d = dues[last]
+  if d == nil then
+    local t = tonumber(last)
+    d = t == nil or now - t >= window or now < t
+    dues[last] = d
+  end
+  return d
 end
 
 local function admit(k, a)
@@ -215,7 +232,7 @@ local function admit(k, a)
     if tpm then ktpm = minute_take(KEYS[k + 6], KEYS[k + 7], rid, reserve) end
     if ptpm then otpm = minute_take(KEYS[k + 8], KEYS[k + 9], rid, reserve) end
     if renew_key or leases.n == 0 then expiring[kleases] = lease + 60 + window end
-    zadd(leases, fmt(now + lease), rid)
+    zadd(leases, lease_end, rid)
     dtok, mtok, otok = dtok + reserve, mtok + reserve, otok + reserve
     dcost, mcost, ocost = dcost + cost, mcost + cost, ocost + cost
     -- x: the last renewal (a renewal not due keeps the one read, never nil then)
@@ -238,9 +255,9 @@ local function admit(k, a)
   end
   local kreset = tpm and minute_reset(KEYS[k + 6]) or 0
   local oreset = ptpm and minute_reset(KEYS[k + 8]) or 0
-  return {refused == 0 and 1 or 0, refused, fmt(retry), count, first, dtok, mtok, otok, day,
-    month, at, fmt(to_midnight), fmt(to_month), ktpm, otpm, dcost, mcost, ocost, fmt(kreset),
-    fmt(oreset)}
+  return {refused == 0 and 1 or 0, refused, secs(retry), count, first, dtok, mtok, otok, day,
+    month, at, to_midnight_text, to_month_text, ktpm, otpm, dcost, mcost, ocost, secs(kreset),
+    secs(oreset)}
 end
 
 local verdicts = {}

@@ -39,6 +39,7 @@ Semantics every backend keeps:
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -47,6 +48,16 @@ from gateway.records import Admission, KeyRecord, RowSink, Settlement, UsageDay,
 # A request's lease: the limiter renews the leases of running requests every quarter of it, so a
 # lease lost with its process (or its admission's late reply) frees its slot within this time.
 LEASE_SECONDS = 20.0
+
+
+def lease_end(now: float) -> float:
+    """When a lease taken or renewed at ``now`` ends: the whole second at or before ``now +
+    LEASE_SECONDS``. Redis keeps a small set's scores as text unless they are integers, and reads
+    every score it passes when it adds one (a strtod each, thousands of instructions with a
+    fraction); and ``floor(now)``, its end less the lease, is in ``now``'s day, so a lease still
+    dates its admission exactly."""
+    return float(math.floor(now + LEASE_SECONDS))
+
 USAGE_DAYS = 100  # usage is kept this long (the promise: at least 90 days)
 # The day of a settlement whose admission's reply was lost (``Limiter._abandoned``): the store
 # dates it by its lease, the settlement's month holding the lease's seconds.

@@ -24,7 +24,7 @@ from gateway.records import (
     Verdict,
     latency_bucket,
 )
-from gateway.store.base import LEASE_SECONDS, PRESUMED, USAGE_DAYS, KeyExists
+from gateway.store.base import PRESUMED, USAGE_DAYS, KeyExists, lease_end
 
 # The settled marker of a request admitted without the store (on_error: open): it only has
 # to outlive the writer's retries of that settlement.
@@ -269,7 +269,7 @@ class MemoryStore:
             self._minutes[s.key].add(a.request_id, a.reserve, now)
         if a.plan_tpm is not None:
             self._minutes[s.owner].add(a.request_id, a.reserve, now)
-        leases[a.request_id] = now + LEASE_SECONDS
+        leases[a.request_id] = lease_end(now)
         counters = self._counters
         for scope, period, amount in _counters(s, day, month, a.reserve, a.reserve_cost):
             stored = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
@@ -400,10 +400,11 @@ class MemoryStore:
                 del self._usage[k]
 
     async def renew_leases(self, admissions: list[Admission]) -> None:
-        until = self._clock.time() + LEASE_SECONDS
+        now = self._clock.time()
+        until = lease_end(now)
         for a in admissions:
             leases = self._leases.get(a.key_id)
-            if leases is not None and leases.get(a.request_id, 0.0) > until - LEASE_SECONDS:
+            if leases is not None and leases.get(a.request_id, 0.0) > now:
                 leases[a.request_id] = until  # an expired lease stays expired
 
     async def auth_failure(self, client: str) -> tuple[int, float]:

@@ -31,10 +31,17 @@ local usage = ordered()      -- usage day hash -> {days index, day, days, keep, 
 -- One request's usage: ``prefix`` the key's usage key prefix (the day id is appended), ``index``
 -- the key's days index, ``keep`` the days it is kept, ``line`` its model (and API), then its
 -- prompt and completion tokens, error (0/1), latency (ms), latency bucket and end time.
+local day_ids = {}  -- day number -> {its id, the id as text}: worked out once per call
 local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finished)
   local days = epoch_days(finished)
-  local used_day = day_id(days)
-  local ukey = prefix .. used_day
+  local known = day_ids[days]
+  if known == nil then
+    local id = day_id(days)
+    known = {id, string.format('%d', id)}
+    day_ids[days] = known
+  end
+  local used_day = known[1]
+  local ukey = prefix .. known[2]
   local u = slot(usage, ukey, function()
     return {key = ukey, index = index, day = used_day, days = days, models = ordered()}
   end)

@@ -309,6 +309,17 @@ async def test_leases_expire(store: Store, clock: FakeClock) -> None:
     assert (await store.admit(ask(concurrency=1))).admitted
 
 
+async def test_a_lease_ends_on_the_whole_second(store: Store, clock: FakeClock) -> None:
+    """Taken at a fraction of a second, a lease ends on the whole second before admission +
+    LEASE_SECONDS, in every store alike (Redis keeps integer scores as integers)."""
+    clock.advance(0.7)
+    assert (await store.admit(ask(concurrency=1))).admitted
+    clock.advance(LEASE_SECONDS - 0.7 - 0.01)
+    assert (await store.admit(ask(concurrency=1))).refused == "concurrency"
+    clock.advance(0.01)  # T0 + LEASE_SECONDS: floor(T0 + 0.7 + LEASE_SECONDS)
+    assert (await store.admit(ask(concurrency=1))).admitted
+
+
 async def test_renewed_leases_outlive_their_first_expiry(store: Store, clock: FakeClock) -> None:
     running = ask(concurrency=1)
     assert (await store.admit(running)).admitted
