@@ -58,6 +58,7 @@ def lease_end(now: float) -> float:
     dates its admission exactly."""
     return float(math.floor(now + LEASE_SECONDS))
 
+
 USAGE_DAYS = 100  # usage is kept this long (the promise: at least 90 days)
 # The day of a settlement whose admission's reply was lost (``Limiter._abandoned``): the store
 # dates it by its lease, the settlement's month holding the lease's seconds.
