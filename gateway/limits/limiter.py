@@ -15,9 +15,10 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from gateway.bounded import remember
 from gateway.clock import Clock
@@ -29,6 +30,7 @@ from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
 from gateway.store.base import LEASE_SECONDS, PRESUMED, Store, StoreError, StoreLost
 
+T = TypeVar("T")
 log = logging.getLogger("gateway.limits")
 
 # An owner's plan is cached this long (a change is broadcast to every process at once; the TTL
@@ -169,6 +171,7 @@ class Limiter:
         self._wake = asyncio.Event()
         self._in_flight: dict[str, Ticket] = {}
         self._per_key: dict[str, int] = {}  # key id → its tickets in ``_in_flight``
+        self._reading: dict[str, int] = {}  # key id → its bodies read before their admission
         self._tasks: list[asyncio.Task[None]] = []
         self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
@@ -282,12 +285,32 @@ class Limiter:
 
     def refuse_if_full(self, record: KeyRecord) -> None:
         """429 from the request's head when this process alone holds the key's
-        ``maxConcurrency`` admitted requests: the store would refuse it too (every process's
-        count is at least this one's), and its body need not be read to know it."""
+        ``maxConcurrency`` requests, admitted or having their bodies read (``while_reading``):
+        the store would refuse it too (every process's count is at least this one's), and its
+        body need not be read to know it."""
         limit = record.max_concurrency
-        if limit is not None and self._per_key.get(record.id, 0) >= limit:
+        key_id = record.id
+        if (
+            limit is not None
+            and self._per_key.get(key_id, 0) + self._reading.get(key_id, 0) >= limit
+        ):
             code, what = _CODES["concurrency"]
             raise TooManyRequests(f"{what}; retry after 1 s.", code=code, retry_after=1)
+
+    async def while_reading(self, key_id: str, reading: Awaitable[T]) -> T:
+        """``reading`` (a request's body, before its admission) counted as one of the key's
+        requests in this process while it lasts: requests sent at once, none admitted yet,
+        are not all read (a key allowed one at a time held a body per connection)."""
+        counts = self._reading
+        counts[key_id] = counts.get(key_id, 0) + 1
+        try:
+            return await reading
+        finally:
+            left = counts[key_id] - 1
+            if left > 0:
+                counts[key_id] = left
+            else:
+                del counts[key_id]
 
     def _unheld(self, key_id: str) -> None:
         per_key = self._per_key

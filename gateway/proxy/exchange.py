@@ -45,6 +45,8 @@ class Exchange:
     audio_seconds: float = 0.0  # seconds of audio an audio request took, when reported
     span: RequestSpan = NO_SPAN  # its trace span (tracing off: the shared no-op)
     answered: bool = False  # a head went out (a stream's): no other answer may follow it
+    # the key whose ``maxConcurrency`` the body counts against while it is read (None: no limit)
+    held: str | None = None
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -9,7 +9,7 @@ so each is authenticated, allow-listed, limited and metered exactly as chat is.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -18,10 +18,12 @@ from gateway.limits import money
 from gateway.limits.limiter import Ticket
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import read_request_body, too_large
-from gateway.proxy.exchange import Exchange
+from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
+
+T = TypeVar("T")
 
 
 def refuse_declared_size(request: web.Request, limit: int) -> None:
@@ -41,16 +43,31 @@ async def caller(runtime: Runtime, request: web.Request, permission: str) -> Key
     record = await authenticate(runtime, request)
     runtime.keys.check_permission(record, permission)
     runtime.limiter.refuse_if_full(record)
+    if record.max_concurrency is not None:
+        request[EXCHANGE].held = record.id  # its body counts while read (``reading``)
     return record
 
 
 def body(runtime: Runtime, request: web.Request) -> Awaitable[bytes]:
     """The whole body, within ``network.max_body_bytes`` and its time limits (the reading
-    coroutine itself, for the caller to await: no level of its own in the await chain)."""
+    coroutine itself, for the caller to await: no level of its own in the await chain, unless
+    the key has a ``maxConcurrency``: ``reading``)."""
     network = runtime.config.network
-    return read_request_body(
-        request, network.max_body_bytes, network.header_timeout, network.body_timeout
+    return reading(
+        runtime,
+        request,
+        read_request_body(
+            request, network.max_body_bytes, network.header_timeout, network.body_timeout
+        ),
     )
+
+
+def reading(runtime: Runtime, request: web.Request, read: Awaitable[T]) -> Awaitable[T]:
+    """``read`` (of a body before its admission) counted against the caller's
+    ``maxConcurrency`` in this process while it lasts: a key allowed one request at a time,
+    sending many at once, has one body read and the others refused from their heads."""
+    key_id = request[EXCHANGE].held
+    return read if key_id is None else runtime.limiter.while_reading(key_id, read)
 
 
 def model(runtime: Runtime, ex: Exchange, record: KeyRecord, name: str) -> ModelRoute:

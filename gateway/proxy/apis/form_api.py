@@ -129,7 +129,7 @@ class FormHandler:
         self, request: web.Request, ex: Exchange, record: KeyRecord, form: Form
     ) -> web.StreamResponse:
         rt, api = self.rt, self.api
-        await form.read_head()
+        await govern.reading(rt, request, form.read_head())  # counted as the key's while read
         asked = form.model()
         route = govern.model(rt, ex, record, asked)
         require(route, api.api, asked)
