@@ -285,9 +285,9 @@ class Limiter:
 
     def refuse_if_full(self, record: KeyRecord) -> None:
         """429 from the request's head when this process alone holds the key's
-        ``maxConcurrency`` requests, admitted or having their bodies read (``while_reading``):
-        the store would refuse it too (every process's count is at least this one's), and its
-        body need not be read to know it."""
+        ``maxConcurrency`` requests, admitted (the store would refuse it too: every process's
+        count is at least this one's) or having their bodies read (``while_reading``: they are
+        in flight, only not counted by the store yet); its body need not be read."""
         limit = record.max_concurrency
         key_id = record.id
         if (
