@@ -49,6 +49,10 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "accept-encoding",
     "x-request-id",
     "expect",
+    # the serving stack's routing, the operator's word (as ``bodies.OPERATOR_FIELDS``): the
+    # prefill server llm-d's decode sidecar fetches KV blocks from, a vLLM data-parallel rank
+    "x-prefiller-host-port",
+    "x-data-parallel-rank",
 }
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 _TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
