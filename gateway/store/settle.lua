@@ -61,6 +61,7 @@ local last = ordered()       -- last-use hash -> ordered key id -> time
 local function counter(key)
   return slot(counters, key, function()
     local r = redis.call('HMGET', key, 'd', 'dt', 'dc', 'm', 'mt', 'mc')
+    for i = 1, 6 do r[i] = tonumber(r[i]) or false end  -- read as numbers once, not per item
     return {d = r[1], dt = r[2], dc = r[3], m = r[4], mt = r[5], mc = r[6], moved = ordered()}
   end)
 end
@@ -87,17 +88,21 @@ end
 
 -- The counters of the periods ``day`` and ``month`` (if current, or made so with ``reset``)
 -- moved by ``tokens`` and ``cost``.
+local DAY_FIELDS, MONTH_FIELDS = {'dt', 'dc'}, {'mt', 'mc'}
+local function move_month(c, month, tokens, cost, reset)
+  if current(c, 'm', month, MONTH_FIELDS, reset) then
+    add_to(c, 'mt', tokens)
+    add_to(c, 'mc', cost)
+  end
+end
+
 local function move(kc, oc, day, month, tokens, cost, reset)
-  if current(kc, 'd', day, {'dt', 'dc'}, reset) then
+  if current(kc, 'd', day, DAY_FIELDS, reset) then
     add_to(kc, 'dt', tokens)
     add_to(kc, 'dc', cost)
   end
-  for _, c in ipairs({kc, oc}) do
-    if current(c, 'm', month, {'mt', 'mc'}, reset) then
-      add_to(c, 'mt', tokens)
-      add_to(c, 'mc', cost)
-    end
-  end
+  move_month(kc, month, tokens, cost, reset)
+  move_month(oc, month, tokens, cost, reset)
 end
 
 -- A request's tokens in a rolling minute become what it used, if it is still there.
