@@ -153,9 +153,12 @@ async def open_with(
             finally:
                 balancer.release(failure)
             continue
-        except BaseException:  # cancelled (the client left): the upstream is not held
+        except BaseException as exc:  # cancelled (the client left): the upstream is not held
             balancer.release(upstream)
             chain.done()
+            if isinstance(exc, asyncio.CancelledError) and not rt.draining:
+                # the worker read the request and worked on it: charged (``govern.settle``)
+                ex.upstream, ex.model, ex.abandoned = upstream.name, chain.model.name, True
             raise
         chain.done()
         balancer.succeeded(upstream)

@@ -47,6 +47,8 @@ class Exchange:
     answered: bool = False  # a head went out (a stream's): no other answer may follow it
     # the key whose ``maxConcurrency`` the body counts against while it is read (None: no limit)
     held: str | None = None
+    reserved_completion: int = 0  # the completion tokens its admission reserved
+    abandoned: bool = False  # its client left while a worker had it (``govern.settle``)
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -108,7 +108,7 @@ async def admit(
     ticket = await runtime.limiter.admit(
         ex.id, record, prompt + completion, ex.anthropic, route.name, price
     )
-    ex.rate_headers = ticket.headers
+    ex.rate_headers, ex.reserved_completion = ticket.headers, completion
     return ticket
 
 
@@ -117,7 +117,9 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
     one, else an estimate (the prompt estimate and what was seen of the answer), marked so. A
     request that failed after some of the answer was relayed (a stream cut because its client
     stopped reading, or broken off by its worker) is charged that estimate too: the worker made
-    it, as for a client that left."""
+    it, as for a client that left. A whole answer its client left while a worker had it
+    (``abandoned``) is charged the completion it reserved: the worker may have made all of it,
+    and nothing of its progress is seen."""
     usage: dict[str, Any] | None = ex.usage
     if usage is not None:
         ex.prompt_tokens = count(usage.get("prompt_tokens"))
@@ -126,6 +128,8 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         ex.estimated = True
         ex.prompt_tokens = ex.prompt_estimate
         ex.completion_tokens = ex.completion_chunks
+        if ex.abandoned and not ex.stream:
+            ex.completion_tokens = ex.reserved_completion
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
     served = ex.upstream is not None and not error
     route = answered(runtime, ex, route)

@@ -1,0 +1,104 @@
+"""A whole (not streamed) answer its client left before it came was charged nothing.
+
+The client leaving cancels the request; the gateway closes the worker's request (vLLM aborts
+it), and the settlement found no upstream named on the exchange (it is named once the worker
+answers) and no usage: 0 tokens, not even the prompt. The worker had read the prompt and
+generated until then. A key held to 1,000 tokens a day sent ``max_tokens: 900`` (reserved, so
+admitted) and left just before each answer: every request admitted, none charged, the workers
+generating for it all day; its token limit never bound (only its rpm and concurrency).
+
+Expected: a request its client left while a worker had it is charged, marked estimated: its
+prompt estimate and, for a whole answer (whose progress the gateway cannot see), the completion
+it reserved, which the worker was allowed to make (a stream is charged what it relayed). So the
+key's day is spent after one such request. A request that waited in a queue and never reached
+a worker is still charged nothing.
+
+A real gateway (Redis store) before a real aiohttp worker that answers only when its client
+left; the admin API reads the key's usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.server import Server
+from tests.conftest import gateway_yaml
+from tests.fakes import FakeUpstream
+
+ADMIN = {"Authorization": "Bearer admin-token-0123456789"}
+LIMIT, ASKED = 1000, 900
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": ASKED},
+    ),
+    "completions": ("/v1/completions", {"prompt": "hi", "max_tokens": ASKED}),
+    "responses (translated)": ("/v1/responses", {"input": "hi", "max_output_tokens": ASKED}),
+    "chat, streamed": (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": ASKED, "stream": True},
+    ),
+}
+
+
+async def _usage(http: aiohttp.ClientSession, server: Server, key_id: str) -> dict[str, int]:
+    """The key's totals once its one request is recorded (within 10 s)."""
+    url = f"http://127.0.0.1:{server.admin_port}/admin/keys/{key_id}/usage?days=1"
+    deadline = time.monotonic() + 10
+    while True:
+        async with http.get(url, headers=ADMIN) as r:
+            totals: dict[str, int] = (await r.json())["totals"]
+        if totals["requests"] >= 1 or time.monotonic() > deadline:
+            return totals
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_request_left_while_a_worker_had_it_is_charged(
+    gateway_factory: Any, fake: FakeUpstream, redis_url: str, case: str
+) -> None:
+    """Attack: a request its client leaves once the worker has it. Observed (before): 0
+    tokens charged. Expected: the prompt estimate, and the completion reserved for a whole
+    answer (none for a stream that relayed nothing)."""
+    working, forever = asyncio.Event(), asyncio.Event()
+
+    async def generating(request: web.Request, body: Any) -> web.StreamResponse:
+        working.set()
+        await forever.wait()  # cancelled when the gateway closes the request
+        return web.json_response({})
+
+    fake.script = generating
+    text = gateway_yaml(
+        {"up": fake.url},
+        {"m": {"upstreams": ["up"], "apis": ["chat", "completions", "responses"]}},
+        extra=f"store: {{url: '{redis_url}'}}\n",
+        admin_token="admin-token-0123456789",
+    )
+    server: Server = await gateway_factory(text)
+    path, body = CASES[case]
+    async with aiohttp.ClientSession() as http:
+        admin = f"http://127.0.0.1:{server.admin_port}/admin/keys"
+        async with http.post(admin, json={"owner": "o", "dailyLimit": LIMIT}, headers=ADMIN) as r:
+            made = await r.json()
+        key = {"Authorization": f"Bearer {made['key']}"}
+        asked = asyncio.create_task(
+            http.post(
+                f"http://127.0.0.1:{server.port}{path}", json={"model": "m", **body}, headers=key
+            )
+        )
+        async with asyncio.timeout(5):
+            await working.wait()
+        asked.cancel()  # the client leaves
+        async with asyncio.timeout(5):
+            await fake.closed.wait()
+        totals = await _usage(http, server, made["id"])
+    assert totals["requests"] == 1, totals
+    assert totals["promptTokens"] > 0, f"the prompt the worker read was not charged: {totals}"
+    completion = 0 if body.get("stream") else ASKED
+    assert totals["completionTokens"] == completion, totals
