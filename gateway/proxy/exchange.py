@@ -48,6 +48,7 @@ class Exchange:
     # the key whose ``maxConcurrency`` the body counts against while it is read (None: no limit)
     held: str | None = None
     reserved_completion: int = 0  # the completion tokens its admission reserved
+    reserved_images: int = 0  # the images its admission reserved (an images request)
     abandoned: bool = False  # its client left while a worker had it (``govern.settle``)
 
 

@@ -108,7 +108,7 @@ async def admit(
     ticket = await runtime.limiter.admit(
         ex.id, record, prompt + completion, ex.anthropic, route.name, price
     )
-    ex.rate_headers, ex.reserved_completion = ticket.headers, completion
+    ex.rate_headers, ex.reserved_completion, ex.reserved_images = ticket.headers, completion, images
     return ticket
 
 
@@ -118,8 +118,8 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
     request that failed after some of the answer was relayed (a stream cut because its client
     stopped reading, or broken off by its worker) is charged that estimate too: the worker made
     it, as for a client that left. A whole answer its client left while a worker had it
-    (``abandoned``) is charged the completion it reserved: the worker may have made all of it,
-    and nothing of its progress is seen."""
+    (``abandoned``) is charged the completion (and the images) it reserved: the worker may have
+    made all of it, and nothing of its progress is seen."""
     usage: dict[str, Any] | None = ex.usage
     if usage is not None:
         ex.prompt_tokens = count(usage.get("prompt_tokens"))
@@ -129,7 +129,7 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         ex.prompt_tokens = ex.prompt_estimate
         ex.completion_tokens = ex.completion_chunks
         if ex.abandoned and not ex.stream:
-            ex.completion_tokens = ex.reserved_completion
+            ex.completion_tokens, ex.images = ex.reserved_completion, ex.reserved_images
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
     served = ex.upstream is not None and not error
     route = answered(runtime, ex, route)

@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from gateway.server import Server
+from tests.clients import AUTH, TEST_KEY_SHA
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
 
@@ -102,3 +103,49 @@ async def test_a_request_left_while_a_worker_had_it_is_charged(
     assert totals["promptTokens"] > 0, f"the prompt the worker read was not charged: {totals}"
     completion = 0 if body.get("stream") else ASKED
     assert totals["completionTokens"] == completion, totals
+
+
+async def test_images_left_before_they_came_are_charged_at_their_price(
+    gateway_factory: Any, fake: FakeUpstream
+) -> None:
+    """Attack: a key held to $1.50 a day asks for one $1.00 image and leaves before it comes,
+    again and again. Observed (before): charged nothing (the images made were never seen), so
+    every such request was admitted. Expected: the image it reserved is charged: the next
+    request of the day is 429 ``budget_exceeded``."""
+    working, forever = asyncio.Event(), asyncio.Event()
+
+    async def drawing(request: web.Request, body: Any) -> web.StreamResponse:
+        working.set()
+        await forever.wait()
+        return web.json_response({})
+
+    fake.script = drawing
+    text = gateway_yaml(
+        {"up": fake.url},
+        {"m": {"upstreams": ["up"], "apis": ["images"], "pricing": {"per_image": 1.0}}},
+        extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
+        "permissions: [images], daily_budget_usd: 1.5}]}\n",
+        admin_token="admin-token-0123456789",
+    )
+    server: Server = await gateway_factory(text)
+    url = f"http://127.0.0.1:{server.port}/v1/images/generations"
+    body = {"model": "m", "prompt": "a cat", "n": 1}
+    async with aiohttp.ClientSession() as http:
+        asked = asyncio.create_task(http.post(url, json=body, headers=AUTH))
+        async with asyncio.timeout(5):
+            await working.wait()
+        asked.cancel()
+        async with asyncio.timeout(5):
+            await fake.closed.wait()
+        assert (await _usage(http, server, "k"))["requests"] == 1  # the first is settled
+        working.clear()
+        again = asyncio.create_task(http.post(url, json=body, headers=AUTH))
+        reached = asyncio.create_task(working.wait())
+        await asyncio.wait({again, reached}, return_when=asyncio.FIRST_COMPLETED)
+        reached.cancel()
+        status = 0
+        if again.done():
+            async with await again as r:
+                status = r.status
+        again.cancel()  # else admitted: the worker has it
+    assert status == 429, "a second image was admitted: the first, left, was charged nothing"
