@@ -4,10 +4,10 @@ Every governed request costs one ``EVALSHA`` to admit and one (batched) to settl
 asyncio client spends more CPU on such a call than the rest of the request path together: it
 checks a connection out of its pool, packs the command in Python and reads the reply with a
 lock held. The lane is an ``asyncio.Protocol`` over a single connection: commands are packed by
-``hiredis.pack_command`` (C), written together once per loop iteration, and their replies —
-which Redis sends in order — are matched to a FIFO of futures as ``hiredis.Reader`` parses them.
-Many requests share the connection at once (pipelining), so no pool is needed. The store's
-other calls (key records, plans, usage) ride the same connection.
+``resp.pack`` (as ``hiredis.pack_command`` packs them, cheaper), written together once per loop
+iteration, and their replies — which Redis sends in order — are matched to a FIFO of futures
+as ``hiredis.Reader`` parses them. Many requests share the connection at once (pipelining), so
+no pool is needed. The store's other calls (key records, plans, usage) ride the same connection.
 
 It serves plain ``redis://`` URLs (AUTH and SELECT from the URL); ``rediss://``
 and Cluster targets stay on redis-py. Failure semantics are the store's:
@@ -28,15 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
 
-Arg = str | bytes | int | float
-# hiredis' stub types the argument as a 1-tuple; it takes any number of arguments.
-_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
+from gateway.store.resp import Arg
+from gateway.store.resp import pack as _pack
 
 
 class LaneError(Exception):

@@ -1,0 +1,44 @@
+"""The lane's RESP packer packs every command byte for byte as hiredis.pack_command does."""
+
+from __future__ import annotations
+
+import hiredis
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.store import resp
+
+ARGS = st.one_of(
+    st.text(),
+    st.binary(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.sampled_from(["", "1", "1.0", "EVALSHA", "gw:{bench}:rpm:o"]),
+)
+
+
+@given(st.lists(ARGS, min_size=1, max_size=40))
+def test_packs_as_hiredis(args: list[resp.Arg]) -> None:
+    command = tuple(args)
+    assert resp.pack(command) == hiredis.pack_command(command)
+    assert resp.pack(command) == hiredis.pack_command(command)  # again, from what it kept
+
+
+def test_a_kept_text_never_stands_for_a_number() -> None:
+    """1 and 1.0 hash alike, "1" does not: a number is never read from the kept texts."""
+    for command in (("SET", "1", 1), ("SET", 1.0, "1"), ("X", 1, "1.0", 1.0)):
+        assert resp.pack(command) == hiredis.pack_command(command)
+
+
+def test_a_lone_surrogate_fails_as_in_hiredis() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        hiredis.pack_command(("SET", "\udcff"))
+    with pytest.raises(UnicodeEncodeError):
+        resp.pack(("SET", "\udcff"))
+
+
+def test_what_is_kept_stays_bounded() -> None:
+    for n in range(resp.KEPT_MAX * 2 + 7):
+        resp.pack(("GET", f"req_{n}"))
+        assert len(resp._KEPT) <= resp.KEPT_MAX
