@@ -5,8 +5,12 @@ the same machine.
 
     flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py [COMMIT]   # ~1 minute
     flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py --instructions [COMMIT]
+    flock /tmp/bench.lock .venv/bin/python bench/routing_choice.py --store   # the store's part
 
 COMMIT: what to compare with (default ``36b8517``, before the cut of issue 16's second pass).
+"key and placement": a request's part on a shared store, where the store places affinity's
+requests (``routing.placing``: the candidates' order, then the choice remembered; the store's
+call apart); for a commit before that, its key and pick.
 The pick is the call ``routing.chain`` makes (``Balancer.affinity`` now, ``pick`` before it
 existed). Each figure is the best of ``ROUNDS`` rounds of ``NUMBER`` calls, rounds alternating
 between the two codes; "spread" is the median round over the best. Pools: the chat arm's 2
@@ -20,6 +24,7 @@ loaded machine does not move; about 4 minutes for ``INSTRUCTION_CASES``.
 
 from __future__ import annotations
 
+import pathlib
 import random
 import re
 import statistics
@@ -49,6 +54,11 @@ def modules(commit: str) -> tuple[Any, Any]:
     key = old_module(commit, "gateway/routing/affinity.py", f"affinity_{commit}")
     balancer = old_module(commit, "gateway/routing/balancer.py", f"balancer_{commit}")
     balancer.Ring, balancer.History = ring.Ring, history.History
+    path = f"{commit}:gateway/routing/state.py"
+    known = subprocess.run(["git", "cat-file", "-e", path], capture_output=True)
+    if known.returncode == 0:  # its per-upstream state too, where it had one
+        state = old_module(commit, "gateway/routing/state.py", f"state_{commit}")
+        balancer.UpstreamState, balancer.full = state.UpstreamState, state.full
     return key.affinity, balancer.Balancer
 
 
@@ -91,7 +101,26 @@ def calls(affinity: Callable[..., Any], balancer_class: Any) -> dict[str, Callab
         out[f"pick, {size} upstreams"] = pick
         out[f"key and pick, {size} upstreams"] = both
         out[f"least_loaded pick, {size} upstreams"] = lambda b=balancer, p=pool: b.pick(p, (), None)
+        # On a shared store (since the store places affinity's requests): the key, the order
+        # of the candidates, and the choice remembered; the store call not counted. A commit
+        # before it: its key and pick (what a request did there).
+        out[f"key and placement, {size} upstreams"] = placing_call(balancer, pool) or both
     return out
+
+
+def placing_call(balancer: Any, pool: tuple[Upstream, ...]) -> Callable[[], Any] | None:
+    """``routing.placing``'s part of a request on a shared store, if this is today's balancer."""
+    if not isinstance(balancer, balancer_now.Balancer):
+        return None
+    from gateway.routing.placing import placed, placement
+
+    def place(b: Any = balancer, p: Any = pool) -> Any:
+        k, f = affinity_now.affinity(SMALL, 256)
+        found = placement(b, p, (), None, 1.25, k, f)
+        placed(b, found, found[0][0])
+        return found
+
+    return place
 
 
 def measure(commit: str) -> dict[str, dict[str, list[float]]]:
@@ -127,6 +156,8 @@ INSTRUCTION_CASES = (
     "pick, 2 upstreams",
     "key and pick, 2 upstreams",
     "least_loaded pick, 2 upstreams",
+    "key and placement, 2 upstreams",
+    "key and placement, 4 upstreams",
 )
 
 
@@ -162,9 +193,62 @@ def instruction_table(commit: str) -> str:
     return "\n".join(lines)
 
 
+STORE_CALLS = 4000
+
+
+def store_cost() -> str:
+    """The store's part of a placement on a shared store, apart from choosing: a placement of
+    4 candidates and its release on a redis-server on loopback, one after the other (nothing
+    to batch with): the wall time per placement (its round trip, p50 and p99) and the CPU this
+    process spends per placement and release (the call made, the reply read)."""
+    import asyncio
+    import tempfile
+
+    from procs import Proc, Stack, free_port, wait_listening
+
+    from gateway.store.capacity import UNCAPPED
+    from gateway.store.capacity_redis import RedisLeaseStore
+
+    async def run(url: str, bound: Any) -> tuple[list[float], float]:
+        store = RedisLeaseStore(url, 5000)
+        spec = [(f"gpu{i}", UNCAPPED) for i in range(4)]
+        walls: list[float] = []
+        try:
+            await store.acquire(spec, "warm", None, bound)
+            cpu = time.process_time()
+            for i in range(STORE_CALLS):
+                started = time.perf_counter()
+                got = await store.acquire_now(spec, f"l{i}", None, False, bound)
+                walls.append(time.perf_counter() - started)
+                store.release_now([(spec[got][0], f"l{i}")], True)
+            cpu = time.process_time() - cpu
+        finally:
+            await store.close()
+        return walls, cpu
+
+    with Stack() as stack, tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+        log = pathlib.Path(tmp) / "redis.log"
+        wait_listening(stack.start(Proc("redis", [*cmd, "--appendonly", "no"], log)), port)
+        lines = []
+        for what, bound in (("bounded", (1.25, [1.0] * 4)), ("plain lease", None)):
+            walls, cpu = asyncio.run(run(f"redis://127.0.0.1:{port}/0", bound))
+            walls.sort()
+            p50, p99 = walls[len(walls) // 2], walls[int(len(walls) * 0.99)]
+            lines.append(
+                f"{what}, 4 candidates, {STORE_CALLS} one after the other: round trip p50 "
+                f"{p50 * 1e6:.0f} µs, p99 {p99 * 1e6:.0f} µs; this process's CPU per "
+                f"acquisition and release {cpu / STORE_CALLS * 1e6:.1f} µs"
+            )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["--count"]:
+    if args[:1] == ["--store"]:
+        print(store_cost())
+    elif args[:1] == ["--count"]:
         run_case(args[1], args[2], int(args[3]))
     elif args[:1] == ["--instructions"]:
         base = args[1] if len(args) > 1 else BASE

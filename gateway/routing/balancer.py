@@ -13,8 +13,10 @@ An upstream's load is the fleet's requests in flight to it: this process's own (
 other processes' as they last told it (``routing.loads``); while its worker signals are fresh
 (``routing.signals``), plus what the worker held beyond both when last read (requests from
 elsewhere) and the share of its KV cache in use. Affinity also keeps the placements the others
-were not told of yet under their own bound (``Ring.choose``'s ``unknown``). Every policy passes
-over a worker with a queue while one without is usable.
+were not told of yet under their own bound (``Ring.choose``'s ``unknown``). On a shared store
+affinity's placement is the store's, exact across processes (``routing.placing``: this pick
+gives it the candidates' order); the bound here stands in while the store fails. Every policy
+passes over a worker with a queue while one without is usable.
 
 Per-process state; an upstream keeps its state across reloads as long as its name stays.
 Discovered upstreams (``discover: dns``) stand in for the entry they were found for.
@@ -45,6 +47,7 @@ _DEFAULT = ModelRouting()
 
 
 _View = tuple[Ring, list[UpstreamState], bool]  # a pool's ring, its states, any capped
+_Order = tuple[list[Upstream], list[float]]  # upstreams in a key's order, their weights
 
 
 # Upstreams over all the rings a process keeps (about 17 KB each with its walks: ~35 MB).
@@ -74,6 +77,11 @@ class Balancer:
         self.loads = Loads(self, self._now)  # the fleet's counts, told and heard
         self._contested: set[int] = set()  # ids of route pools whose upstreams are contested
         self.on_release: Callable[[Upstream], None] | None = None  # ``routing.capacity``'s
+        # Affinity's placements are the shared store's (``routing.placing``): its pick on a
+        # pool with slots gives the candidates, the store the choice.
+        self.placing = False
+        # ``routing.placing``'s orders of the upstreams per ring point, by pool identity.
+        self.orders: dict[int, tuple[Sequence[Upstream], dict[int, _Order]]] = {}
 
     def state(self, name: str) -> UpstreamState:
         state = self._state.get(name)
@@ -345,8 +353,6 @@ class Balancer:
         )
         if len(pool) > 1:
             self._contest(pool)
-            for state in view[1]:
-                state.bounded = True
         if isinstance(pool, tuple):  # a route's pool lives as long as its route
             if len(self._views) >= 1024:
                 self._views.clear()
@@ -411,7 +417,7 @@ class Balancer:
             state.counted()
         if self.loads.sharing and state.contested:
             state.unknown += 1
-            self.loads.change(upstream.name, state.bounded)
+            self.loads.change(upstream.name)
 
     def release(self, upstream: Upstream) -> None:
         state = self.state(upstream.name)
@@ -420,7 +426,7 @@ class Balancer:
         if self.loads.sharing and state.contested:
             if state.unknown > state.in_flight:
                 state.unknown = state.in_flight
-            self.loads.change(upstream.name, state.bounded)
+            self.loads.change(upstream.name)
         if self.on_release is not None:
             self.on_release(upstream)
 

@@ -26,6 +26,12 @@ the leases it holds, one is released, unless the store said the upstream has roo
 nobody waits for it: then it is kept idle for this process's next request to it, which takes
 it with no store call (``routing.capacity_pool``: given back at once when a request anywhere
 starts to wait for it).
+
+On a shared store, every call to an upstream of an ``affinity`` model takes a lease too (an
+upstream without a cap: one never reached), so that its lease set counts every process's
+requests there; an affinity request's first attempt (and any retry the ring picks) is placed by
+the store under the bound (``place``, ``routing.placing``). Such an upstream's leases are never
+kept idle (one would count in the bound), and a freed one goes back at once.
 """
 
 from __future__ import annotations
@@ -45,12 +51,20 @@ from gateway.metrics import Metrics
 from gateway.routing.balancer import Balancer
 from gateway.routing.capacity_pool import Pool
 from gateway.routing.chain import Chain
+from gateway.routing.placing import Bounded, placed
+from gateway.routing.placing import local as local_choice
 from gateway.routing.router import ModelRoute
 from gateway.routing.waiting import Tick, share_label
 from gateway.routing.waiting_local import LocalRoom
 from gateway.routing.waiting_shared import SharedRoom
 from gateway.store.base import StoreError
-from gateway.store.capacity import RENEW_SECONDS, ROOMY, GrantListener, LeaseStore, WaitRoom
+from gateway.store.capacity import (
+    RENEW_SECONDS,
+    ROOMY,
+    GrantListener,
+    LeaseStore,
+    WaitRoom,
+)
 
 log = logging.getLogger("gateway.routing")
 
@@ -85,6 +99,11 @@ class Capacity:
         self._renewer: asyncio.Task[None] | None = None
         self._ids = itertools.count()
         balancer.on_release = self._freed
+        # On a shared store affinity's placements are the store's (``routing.placing``), and
+        # every call to an upstream of an affinity pool takes a lease, capped or not, so that
+        # the lease sets count every process's requests there: these upstreams (``configure``).
+        balancer.placing = leases is not None
+        self.bounded = Bounded()
 
     def configure(self, config: Config) -> None:
         """The scheduling settings, and a series of every queue metric for each plan (at 0,
@@ -94,6 +113,8 @@ class Capacity:
         for room in (self.local, self.shared):
             if room is not None:
                 room.scheduling = config.scheduling
+        if self.leases is not None:  # what the configuration says now: a reload may drop some
+            self.bounded.configure(config)
         if self._room is not None and any(u.max_concurrency for u in config.upstreams.values()):
             with contextlib.suppress(RuntimeError):  # no loop yet: made on first use
                 asyncio.get_running_loop()
@@ -123,27 +144,14 @@ class Capacity:
         known = self._routes.get(route.name)  # _queued(route), in place
         queued = known[1] if known is not None and known[0] is route else self._queued(route)
         if upstream is not None:
-            if self.leases is None or upstream.max_concurrency is None:
+            if chain.pending is not None:  # affinity's placement: the store's choice
+                taken = await self.place(chain, route.name if queued else None)
+            elif self.leases is None or not self.bounded.leased(upstream):
                 return upstream
-            if upstream.name in self.pool.roomy and self.pool.reuse(upstream.name):
+            elif upstream.name in self.pool.roomy and self.pool.reuse(upstream.name):
                 return upstream  # an idle lease of this process: no store call
-            pool = self.balancer.expand(route.upstreams)  # the chain's model is the route's
-            if not pool or pool[0] is not upstream:
-                pool = [upstream, *(u for u in pool if u is not upstream)]
-            taken = None
-            if not queued:  # the chosen one if it has room, else one without a cap or free
-                taken = await self._lease(pool, None)
-            else:  # every one capped: a lease (awaited here: one level less to resume)
-                lease, seq = f"{self._me}:l{next(self._ids)}", self.pool.seq
-                spec = [(u.name, u.max_concurrency or 0) for u in pool]
-                asking = self.leases.acquire_now(spec, lease, route.name, True)
-                try:
-                    taken = self._got(pool, lease, await asking, seq)
-                except StoreError as exc:  # the store is down: each process keeps its own count
-                    taken = _store_down(exc, pool)
-                except asyncio.CancelledError:
-                    self._left(asking, pool, lease)
-                    raise
+            else:
+                taken = await self._first_lease(route, upstream, queued)
             if taken is not None:
                 if taken is not upstream:
                     chain.tried[-1] = taken.name
@@ -156,6 +164,53 @@ class Capacity:
             return await self._wait_local(chain, owner, await plan(), tick)
         return await self._wait_shared(chain, owner, await plan(), tick)
 
+    async def _first_lease(
+        self, route: ModelRoute, upstream: Upstream, queued: bool
+    ) -> Upstream | None:
+        """The slot of a first attempt's ``upstream`` (or of another of its model's)."""
+        assert self.leases is not None
+        pool = self.balancer.expand(route.upstreams)  # the chain's model is the route's
+        if not pool or pool[0] is not upstream:
+            pool = [upstream, *(u for u in pool if u is not upstream)]
+        if not queued:  # the chosen one if it has room, else one without a cap or free
+            return await self._lease(pool, None)
+        # every one capped: a lease (awaited here: one level less to resume)
+        lease, seq = f"{self._me}:l{next(self._ids)}", self.pool.seq
+        spec = [(u.name, self.bounded.cap(u)) for u in pool]
+        asking = self.leases.acquire_now(spec, lease, route.name, self.bounded.roomy(pool))
+        try:
+            return self._got(pool, lease, await asking, seq)
+        except StoreError as exc:  # the store is down: each process keeps its own count
+            return _store_down(exc, pool)
+        except asyncio.CancelledError:
+            self._left(asking, pool, lease)
+            raise
+
+    async def place(self, chain: Chain, queue: str | None) -> Upstream | None:
+        """The slot of affinity's placement (``chain.pending``, the candidates in the order
+        the key meets them): the store takes the first under the bound over every process's
+        leases (``routing.placing``), remembered and told as a local choice; None when every
+        one is full. If the store fails, the balancer's own choice (its bound over the counts
+        told) stands in, as each process keeps its own count of capped upstreams then."""
+        found, chain.pending = chain.pending, None
+        assert found is not None and self.leases is not None
+        candidates, weights, load_factor, _ = found
+        spec = [(u.name, self.bounded.cap(u)) for u in candidates]
+        lease = f"{self._me}:l{next(self._ids)}"
+        asking = self.leases.acquire_now(spec, lease, queue, False, (load_factor, weights))
+        try:
+            taken = self._got(candidates, lease, await asking, None)
+        except StoreError as exc:
+            log.warning("affinity placement failed", extra={"reason": str(exc)})
+            self.metrics.store_errors.labels("affinity_placement").inc()
+            return local_choice(self.balancer, found)
+        except asyncio.CancelledError:
+            self._left(asking, candidates, lease)
+            raise
+        if taken is not None:
+            placed(self.balancer, found, taken)
+        return taken
+
     async def take(
         self, upstream: Upstream, alternatives: Sequence[Upstream] = ()
     ) -> Upstream | None:
@@ -163,7 +218,7 @@ class Capacity:
         first of ``alternatives`` with one), taken for a caller that counts it with
         ``Balancer.acquire`` at once (``Balancer.release`` gives both back); None when every
         one is full. Under a cap on a shared store, a lease; else nothing more than the count."""
-        if self.leases is None or upstream.max_concurrency is None:
+        if self.leases is None or not self.bounded.leased(upstream):
             return upstream
         pool = [upstream, *(u for u in alternatives if u is not upstream)]
         return await self._lease(pool, None)
@@ -215,7 +270,7 @@ class Capacity:
         one store call for every lease asked for in this turn of the loop
         (``LeaseStore.acquire_now``). ``queue``: the model whose waiting requests a newcomer
         may not pass."""
-        chosen, free = pool[0], _uncapped(pool)
+        chosen, free = pool[0], self._unleased(pool)
         if chosen is free or (chosen.name in self.pool.roomy and self.pool.reuse(chosen.name)):
             return chosen
         capped = pool if free is None else [chosen]
@@ -233,8 +288,15 @@ class Capacity:
     def _ask(self, capped: list[Upstream], queue: str | None) -> tuple[asyncio.Future[int], str]:
         assert self.leases is not None
         lease = f"{self._me}:l{next(self._ids)}"
-        spec = [(u.name, u.max_concurrency or 0) for u in capped]
-        return self.leases.acquire_now(spec, lease, queue, True), lease
+        spec = [(u.name, self.bounded.cap(u)) for u in capped]
+        return self.leases.acquire_now(spec, lease, queue, self.bounded.roomy(capped)), lease
+
+    def _unleased(self, pool: list[Upstream]) -> Upstream | None:
+        """The first upstream of ``pool`` that takes no lease (never full), if any."""
+        for upstream in pool:
+            if not self.bounded.leased(upstream):
+                return upstream
+        return None
 
     def _got(
         self, capped: list[Upstream], lease: str, index: int, seq: int | None
@@ -285,10 +347,17 @@ class Capacity:
         name = upstream.name
         held = self._held.get(name)
         if held and name not in self.pool.roomy and len(held) > self.balancer.state(name).in_flight:
-            releasing = self._to_release  # as _give, in place: this runs once per request
-            releasing.append((name, held.pop()))
-            if len(releasing) == 1:
-                asyncio.get_running_loop().call_soon(self._release)
+            if self.bounded.names and self.bounded.bounds(upstream):
+                # Out before the answer's end reaches the client, whose next request (often
+                # through another process) must not find it still counted: that would raise
+                # the bound (``routing.placing``).
+                assert self.leases is not None
+                self.leases.release_now([(name, held.pop())], True)
+            else:
+                releasing = self._to_release  # as _give, in place: this runs once per request
+                releasing.append((name, held.pop()))
+                if len(releasing) == 1:
+                    asyncio.get_running_loop().call_soon(self._release)
         if self.local.queues:
             self.local.freed()
 
@@ -371,8 +440,11 @@ async def slot(
     if capacity is None:
         return upstream
     while upstream is not None:
-        others = [u for u in chain.model.upstreams if u.name not in chain.tried]
-        taken = await capacity.take(upstream, others)
+        if chain.pending is not None:  # affinity's placement: the store's choice
+            taken = await capacity.place(chain, None)
+        else:
+            others = [u for u in chain.model.upstreams if u.name not in chain.tried]
+            taken = await capacity.take(upstream, others)
         if taken is not None:
             if taken is not upstream and chain.tried:
                 chain.tried[-1] = taken.name
@@ -391,14 +463,6 @@ async def take(
     if capacity is None:
         return upstream
     return await capacity.take(upstream, alternatives)
-
-
-def _uncapped(pool: list[Upstream]) -> Upstream | None:
-    """The first upstream of ``pool`` without a cap (never full), if any."""
-    for upstream in pool:
-        if upstream.max_concurrency is None:
-            return upstream
-    return None
 
 
 def _store_down(exc: StoreError, pool: list[Upstream]) -> Upstream:

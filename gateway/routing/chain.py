@@ -20,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.records import KeyRecord
 from gateway.routing.affinity import Affinity, affinity
 from gateway.routing.balancer import Balancer
+from gateway.routing.placing import Placement, placement
 from gateway.routing.retry import (
     REFUSALS,
     context_exceeded,
@@ -50,6 +51,7 @@ class Chain:
         "metrics",
         "model",
         "payload",
+        "pending",
         "region",
         "route",
         "router",
@@ -79,6 +81,9 @@ class Chain:
         self._retrying = False  # an attempt after a failure is in flight: it holds the budget
         self._key: Affinity | None = None
         self._key_model: ModelRoute | None = None
+        # The store's placement the last pick asked for (``routing.placing``): its upstream is
+        # the first candidate until ``routing.capacity`` takes the slot the store chooses.
+        self.pending: Placement | None = None
 
     # What the HTTP layer asks of a failed attempt (``routing.retry``).
     failure = staticmethod(failure_kind)
@@ -106,6 +111,17 @@ class Chain:
             upstream = self.balancer.pick(
                 model.upstreams, self.tried, self.region, routing, None, model.name
             )
+        elif self.balancer.placing and model.capped:  # the store places it: its candidates
+            found = self.pending = placement(
+                self.balancer,
+                model.upstreams,
+                self.tried,
+                self.region,
+                routing.load_factor,
+                key[0],
+                key[1],
+            )
+            upstream = found[0][0] if found is not None else None
         else:
             upstream = self.balancer.affinity(
                 model.upstreams, self.tried, self.region, routing.load_factor, key[0], key[1]

@@ -7,8 +7,7 @@ and two processes could crowd one worker between two reads (``bench/routing.py``
 busiest worker over ``ceil(load_factor x mean)`` by 2 to 3 in 2.5-8.7 % of its samples). So each
 process tells its in-flight counts: the upstreams whose count changed, one ``PUBLISH`` per
 batch (at most one per ``INTERVAL`` and one in flight, never awaited by a request; a burst of
-changes goes out as the counts at send time; for an upstream affinity bounds, at once, one
-in flight: at most one message per store round trip), and every count again each
+changes goes out as the counts at send time), and every count again each
 ``KEEP`` seconds while any is not zero (a long stream changes nothing for minutes). A receiver
 keeps each other process's last told counts and forgets a process not heard from for ``AGE``
 seconds (one that stopped). On the request path a change costs a set insertion. While the
@@ -18,7 +17,9 @@ i.e. each process bounds its own share.
 
 What a receiver does with the counts is the balancer's (``Balancer.told``): an upstream's load is
 this process's own in flight (exact) plus the others' last told, plus what the worker's signals
-show beyond both (requests from outside these gateways).
+show beyond both (requests from outside these gateways). Affinity's bound on a shared store is
+not these counts' but the store's (``routing.placing``), exact: they stand in for it only while
+the store fails.
 
 Messages are ``load:`` then JSON ``[origin, full, [upstream, count, upstream, count, …]]``
 (``full``: every non-zero count is in it, the others are zero); the store's other broadcasts
@@ -79,19 +80,11 @@ class Loads(Teller):
         self.told: dict[str, float] = {}  # upstream → the others' counts, summed
 
     # -- telling ------------------------------------------------------------------------------
-    def change(self, upstream: str, at_once: bool = False) -> None:
+    def change(self, upstream: str) -> None:
         """This process's count for ``upstream`` changed (the request path: no await): told
-        ``INTERVAL`` after the last message, or with ``at_once`` (an upstream affinity bounds)
-        at the end of this turn of the loop (one message in flight). Affinity's bound weighs
-        the fleet's mean, and a count the others have not heard of sets it wrong: an ended
-        request still counted raises it (the client's next request, sent as the answer ends,
-        often reaches another process first: ``ceil(1.25 x 17 / 4)`` = 6 where 16 in flight on
-        4 allow 5), and a start not told lets another process place on the same worker too."""
+        ``INTERVAL`` after the last message."""
         changed = self.changed
-        if at_once:
-            if not self._urgent:
-                self.urgent()
-        elif not changed:
+        if not changed:
             self.soon()
         changed.add(upstream)
 

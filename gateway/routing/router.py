@@ -35,7 +35,9 @@ class ModelRoute:
     routing: ModelRouting = _ROUTING  # how its upstream is chosen
     fallbacks: tuple[str, ...] = ()  # models tried next, in order, when it fails
     retry: Retry = _RETRY
-    capped: bool = False  # an upstream has a max_concurrency: admission may queue for a slot
+    # Its first attempt takes a slot (``routing.capacity``): an upstream has a max_concurrency
+    # (admission may queue for one), or affinity places on a shared store (``routing.placing``).
+    capped: bool = False
 
     def allowed_by(self, models: frozenset[str] | None) -> bool:
         """May a key whose model allowlist is ``models`` use this model (by any name)?"""
@@ -63,7 +65,8 @@ class Router:
                 routing=model.routing,
                 fallbacks=model.fallbacks,
                 retry=model.retry,
-                capped=any(config.upstreams[u].max_concurrency for u in model.upstreams),
+                capped=any(config.upstreams[u].max_concurrency for u in model.upstreams)
+                or (model.routing.policy == "affinity" and not config.store.is_memory),
             )
             self._models.append(route)
             for name in (model.name, *model.aliases):

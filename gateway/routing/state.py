@@ -33,9 +33,6 @@ class UpstreamState:
     # Chosen among others (a pool of more than one): only such an upstream's load decides
     # anything, so only its count is told (an upstream alone in every pool costs no message).
     contested: bool = False
-    # In a pool affinity bounds (``Balancer._view``): its count's changes are told at once
-    # (``Loads.change``), as the bound weighs the fleet's mean.
-    bounded: bool = False
     others: float = 0.0
 
     # When this process chose the upstream for requests not counted yet: under a cap on a

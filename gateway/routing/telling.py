@@ -2,9 +2,7 @@
 (``routing.placements``) and loads (``routing.loads``) do: what gathered goes out as one
 ``PUBLISH`` at the end of the loop's turn, or once ``interval`` has passed since the last (a
 busy process sends at most 1/interval messages a second), with at most one in flight (what
-gathers meanwhile goes in the next), never awaited by a request. Something ``urgent`` goes at
-the end of the loop's turn whatever the interval (still one message in flight: at most one per
-store round trip).
+gathers meanwhile goes in the next), never awaited by a request.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ class Teller:
     """The sending half; a subclass says what its ``message`` is, whether ``more`` waits, and
     what a ``delivered`` message means to it."""
 
-    __slots__ = ("_interval", "_next", "_publish", "_sending", "_urgent", "_what", "sharing")
+    __slots__ = ("_interval", "_next", "_publish", "_sending", "_what", "sharing")
 
     def __init__(self, interval: float, what: str) -> None:
         self._interval = interval
@@ -31,7 +29,6 @@ class Teller:
         self._publish: Publish | None = None
         self._sending: asyncio.Future[None] | asyncio.Handle | None = None
         self._next = 0.0  # the loop's time before which no message goes out
-        self._urgent = False  # the next message goes without waiting for ``_next``
 
     def share(self, publish: Publish) -> None:
         """Tell the other processes through ``publish`` (the store's broadcast)."""
@@ -54,28 +51,15 @@ class Teller:
         if self._sending is None and self._publish is not None:
             self._later()
 
-    def urgent(self) -> None:
-        """Something to tell at once: at the end of this turn of the loop (or as soon as the
-        message in flight is through), not ``interval`` after the last."""
-        self._urgent = True
-        sending = self._sending
-        if sending is None:
-            if self._publish is not None:
-                self._later()
-        elif isinstance(sending, asyncio.TimerHandle):  # waiting for ``_next``: not any more
-            sending.cancel()
-            self._sending = asyncio.get_running_loop().call_soon(self._send)
-
     def _later(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._urgent or loop.time() >= self._next:
+        if loop.time() >= self._next:
             self._sending = loop.call_soon(self._send)
         else:
             self._sending = loop.call_at(self._next, self._send)
 
     def _send(self) -> None:
         self._sending = None
-        self._urgent = False
         self.emit(self.message())
 
     def emit(self, message: str | None) -> None:

@@ -14,6 +14,7 @@ waiting request's ticket, and the ticket's process is told at once (``GrantListe
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -25,6 +26,35 @@ SWEEP_SECONDS = 0.25  # how often a process with waiting requests vouches for th
 ROOMY = 1024
 
 Deliver = Callable[[str, str], None]  # (ticket, upstream) of a grant
+
+# The cap of an upstream that has none but whose requests are counted in the store all the same
+# (a pool affinity bounds across processes): never reached.
+UNCAPPED = 1 << 30
+
+# An acquisition bounded by affinity's rule: the load factor, and the candidates' weights.
+Bound = tuple[float, Sequence[float]]
+
+
+def bounded_choice(held: Sequence[int], caps: Sequence[int], bound: Bound) -> int:
+    """Which candidate a bounded acquisition takes (-1: none): the first, in order, with a free
+    slot (``held`` < its cap) and ``held`` under ``ceil(f x (T + 1) x w / W)``, where T and W
+    are the live leases and the weights of the candidates with a free slot (consistent hashing
+    with bounded loads over every process's requests; ``routing.ring``'s rule, which
+    ``capacity_acquire.lua`` applies in Redis). With f >= 1 one is always found while any has
+    a free slot: the bounds add up to more than T."""
+    factor, weights = bound
+    total = weight = 0.0
+    for n, cap, w in zip(held, caps, weights, strict=True):
+        if n < cap:
+            total += n
+            weight += w
+    if weight <= 0.0:
+        return -1
+    scale = factor * (total + 1.0) / weight
+    for i, (n, cap, w) in enumerate(zip(held, caps, weights, strict=True)):
+        if n < cap and n < math.ceil(scale * w - 1e-9):
+            return i
+    return -1
 
 
 class Renewed(NamedTuple):
@@ -46,21 +76,29 @@ class LeaseStore(Protocol):
         lease: str,
         queue: str | None = None,
         room: bool = False,
+        bound: Bound | None = None,
     ) -> asyncio.Future[int]:
         """``acquire`` on the hot path: on its way when this returns (with the others of this
         turn of the loop, decided in order as one by one). The future completes whatever its
         awaiter does: a lease taken for a caller that left, or after the store's time ran out
         (then the future fails with ``StoreError``), is given back, as is one whose reply was
         lost with the connection (``StoreLost``). ``room``: ``ROOMY`` is added to the index
-        when the upstream had room to spare (a store that cannot tell never adds it)."""
+        when the upstream had room to spare (a store that cannot tell never adds it; never
+        with ``bound``)."""
         ...
 
     async def acquire(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        bound: Bound | None = None,
     ) -> int:
         """Take a slot as ``lease`` on the first of ``candidates`` (upstream name, cap) with one
         free; its index, or -1 if every one is full (or if requests wait in the queue of model
-        ``queue``: a newcomer does not pass them)."""
+        ``queue``: a newcomer does not pass them). ``bound``: the first under affinity's bound
+        too (``bounded_choice``, every process's leases counted at once; the candidates
+        distinct)."""
         ...
 
     async def renew(
@@ -75,9 +113,11 @@ class LeaseStore(Protocol):
         """Give (upstream name, lease) pairs back (to the waiting room's next, if shared)."""
         ...
 
-    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
+    def release_now(self, leases: Sequence[tuple[str, str]], at_once: bool = False) -> None:
         """``release`` on the hot path: on its way when this returns, not awaited (a failure
-        is logged; the leases expire within a lease time)."""
+        is logged; the leases expire within a lease time); sent with the others of this turn of
+        the loop at its end, or with ``at_once`` now (before the caller's next write: a bounded
+        upstream's freed slot must be gone from the count before its client can send again)."""
         ...
 
     async def held(self, upstream: str) -> int:

@@ -102,14 +102,16 @@ class Acquirer:
             self._send()
         return future
 
-    def release_now(self, leases: Pairs) -> None:
+    def release_now(self, leases: Pairs, at_once: bool = False) -> None:
         """Leases given back, sent at the end of this turn with its acquisitions (first: their
-        slots go to the waiting before any newcomer of the turn); not awaited (a failure is
-        logged: they expire)."""
-        if not self._asking and not self._freeing:
+        slots go to the waiting before any newcomer of the turn), or with ``at_once`` now, with
+        what gathered so far; not awaited (a failure is logged: they expire)."""
+        if not self._asking and not self._freeing and not at_once:
             self._loop = asyncio.get_running_loop()
             self._loop.call_soon(self._send)
         self._freeing += leases
+        if at_once:
+            self._send()
 
     def _send(self) -> None:
         batch, self._asking = self._asking, []

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.clock import Clock
-from gateway.store.capacity import LEASE_SECONDS, Renewed
+from gateway.store.capacity import LEASE_SECONDS, Bound, Renewed, bounded_choice
 
 
 class MemoryLeaseStore:
@@ -30,23 +30,33 @@ class MemoryLeaseStore:
         lease: str,
         queue: str | None = None,
         room: bool = False,
+        bound: Bound | None = None,
     ) -> asyncio.Future[int]:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        done.set_result(self._take(candidates, lease))
+        done.set_result(self._take(candidates, lease, bound))
         return done
 
     async def acquire(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        bound: Bound | None = None,
     ) -> int:
-        return self._take(candidates, lease)
+        return self._take(candidates, lease, bound)
 
-    def _take(self, candidates: Sequence[tuple[str, int]], lease: str) -> int:
-        for index, (upstream, cap) in enumerate(candidates):
-            leases = self._live(upstream)
-            if len(leases) < cap:
-                leases[lease] = self.clock.monotonic() + self.lease_seconds
-                return index
-        return -1
+    def _take(self, candidates: Sequence[tuple[str, int]], lease: str, bound: Bound | None) -> int:
+        held = [len(self._live(upstream)) for upstream, _ in candidates]
+        caps = [cap for _, cap in candidates]
+        if bound is not None:
+            index = bounded_choice(held, caps, bound)
+        else:
+            free = (i for i, (n, cap) in enumerate(zip(held, caps, strict=True)) if n < cap)
+            index = next(free, -1)
+        if index >= 0:
+            leases = self._live(candidates[index][0])
+            leases[lease] = self.clock.monotonic() + self.lease_seconds
+        return index
 
     async def renew(
         self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
@@ -63,7 +73,7 @@ class MemoryLeaseStore:
     async def release(self, leases: Sequence[tuple[str, str]]) -> None:
         self.release_now(leases)
 
-    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
+    def release_now(self, leases: Sequence[tuple[str, str]], at_once: bool = False) -> None:
         for upstream, lease in leases:
             self._sets.get(upstream, {}).pop(lease, None)
 

@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from importlib import resources
 
-from gateway.store.capacity import LEASE_SECONDS, Deliver, Renewed, Status, Wanted
+from gateway.store.capacity import LEASE_SECONDS, Bound, Deliver, Renewed, Status, Wanted
 from gateway.store.capacity_batch import Acquirer
 from gateway.store.capacity_grants import RedisGrantListener
 from gateway.store.redis_conn import parse
@@ -80,6 +80,7 @@ class RedisLeaseStore:
         lease: str,
         queue: str | None = None,
         room: bool = False,
+        bound: Bound | None = None,
     ) -> asyncio.Future[int]:
         if len(candidates) == 1:  # the usual model: one upstream
             ((name, cap),) = candidates
@@ -88,15 +89,27 @@ class RedisLeaseStore:
             names = [name for name, _ in candidates]
             keys = [PREFIX + name for name in names]
             args = [lease, "0", str(len(names)), *(str(cap) for _, cap in candidates)]
+        flags = 0
         if queue is not None:
             keys.append(QUEUE + queue + "|z")  # queue_key(queue)
-            args[1] = "1"
+            flags = 1
+        if bound is not None:  # the load factor and weights, exact (repr round-trips)
+            factor, weights = bound
+            args += [repr(float(factor)), *(repr(float(w)) for w in weights)]
+            flags += 2
+            room = False
+        if flags:
+            args[1] = str(flags)
         return self._acquirer.ask(keys, args, names, lease, room)
 
     async def acquire(
-        self, candidates: Sequence[tuple[str, int]], lease: str, queue: str | None = None
+        self,
+        candidates: Sequence[tuple[str, int]],
+        lease: str,
+        queue: str | None = None,
+        bound: Bound | None = None,
     ) -> int:
-        return await self.acquire_now(candidates, lease, queue)
+        return await self.acquire_now(candidates, lease, queue, bound=bound)
 
     async def renew(
         self, leases: Sequence[tuple[str, str]], room: Sequence[tuple[str, int]] = ()
@@ -114,9 +127,9 @@ class RedisLeaseStore:
         if leases:
             await self.transport.evalsha(RELEASE, [self._release_call(leases)])
 
-    def release_now(self, leases: Sequence[tuple[str, str]]) -> None:
+    def release_now(self, leases: Sequence[tuple[str, str]], at_once: bool = False) -> None:
         if leases:
-            self._acquirer.release_now(list(leases))
+            self._acquirer.release_now(list(leases), at_once)
 
     def _release_call(self, leases: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
         keys = [PREFIX + name for name, _ in leases]

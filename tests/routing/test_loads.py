@@ -5,7 +5,6 @@ are the ones the store's broadcast would carry."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 
@@ -13,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.clock import FakeClock
-from gateway.config.schema import ModelRouting, Upstream
+from gateway.config.schema import Upstream
 from gateway.routing.balancer import Balancer
 from gateway.routing.loads import AGE, PREFIX, Loads
 from gateway.routing.ring import key_hash
@@ -264,40 +263,6 @@ async def test_a_long_request_is_told_again_each_beat_and_never_forgotten() -> N
     count = len(sent)
     a.loads.beat()
     assert len(sent) == count  # nothing held: no beat
-
-
-async def test_an_affinity_pool_s_counts_are_told_at_once_others_after_the_interval() -> None:
-    """Affinity's bound weighs the fleet's mean: an ended request the others still count
-    raises it (the client's next request, sent as the answer ends, often reaches another
-    process first), a start not told lets another place there too. So an upstream affinity
-    bounds has its changes told as soon as the message in flight is through, whatever
-    ``INTERVAL``; a least_loaded pool's wait for it (fewer messages)."""
-    clock = FakeClock()
-    a, b = fleet(2, clock)
-    pool = (up("w0"), up("w1"))
-    for p in (a, b):
-        p.pick(pool, routing=ModelRouting(policy="affinity"), key=1)
-    loose = (up("l0"), up("l1"))
-    contest([a, b], *loose)
-    sent: list[str] = []
-
-    async def publish(message: str) -> None:
-        sent.append(message)
-        b.loads.receive(message)
-
-    a.loads.share(publish)
-    a.loads._interval = 60.0  # a minute between messages, but for affinity's upstreams
-    a.acquire(loose[0])
-    await until(lambda: b.state("l0").told == 1, what="the first change told")
-    a.acquire(loose[1])  # waits for the interval: a minute
-    await asyncio.sleep(0)
-    assert isinstance(a.loads._sending, asyncio.TimerHandle)
-    a.acquire(pool[0])  # goes at once, with what gathered
-    await until(lambda: b.state("w0").told == 1, what="the start told", seconds=2.0)
-    assert b.state("l1").told == 1
-    a.release(pool[0])
-    await until(lambda: b.state("w0").told == 0, what="the end told", seconds=2.0)
-    assert len(sent) == 3
 
 
 async def test_an_upstream_alone_in_its_pools_is_never_told() -> None:

@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.routing.balancer import Balancer
 from gateway.routing.capacity import Capacity
 from gateway.store.base import StoreError, StoreLost
+from gateway.store.capacity import Bound
 from gateway.store.capacity_batch import BATCH
 from gateway.store.capacity_redis import PREFIX, RedisLeaseStore, queue_key
 from tests.faultproxy import FaultProxy
@@ -365,8 +366,9 @@ class LeavingAsAnswered(RedisLeaseStore):
         lease: str,
         queue: str | None = None,
         room: bool = False,
+        bound: Bound | None = None,
     ) -> asyncio.Future[int]:
-        asking = super().acquire_now(candidates, lease, queue, room)
+        asking = super().acquire_now(candidates, lease, queue, room, bound)
         asking.add_done_callback(lambda _: self.leaving and self.leaving.cancel())
         return asking
 
