@@ -71,6 +71,9 @@ from gateway.store.memory import SETTLED_TTL
 
 CHANNEL = "gw:invalidate"
 COUNTER_TTL = 35 * 86400  # a month's counter outlives its month
+# The texts of the calls' fixed arguments, made once
+_ADMIT_FIXED = (repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL))
+_SETTLED_TTL, _USAGE_DAYS = str(int(SETTLED_TTL)), str(USAGE_DAYS)
 HIT_WINDOW = 60.0  # the fixed window of ``hit`` counters (auth failures, route rates)
 # Usage stripes: a key's usage rows live in stripe crc32(key id) mod STRIPES. Fixed: a key's rows
 # are found by it (changing it would hide the rows already written).
@@ -130,7 +133,7 @@ def num(value: int | None) -> str:
 def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], list[str]]:
     """One ``admit`` call deciding ``admissions`` in order (on a Cluster: one owner's)."""
     keys: list[str] = []
-    args = [now, repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)]
+    args = [now, *_ADMIT_FIXED]
     for a in admissions:
         keys += _keys(a.owner, a.key_id, _ADMIT_KEYS)
         args += (
@@ -254,8 +257,8 @@ def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[list[s
         repr(float(s.finished_at)),
         now,
         a.key_id,
-        str(int(SETTLED_TTL)),
-        str(USAGE_DAYS),
+        _SETTLED_TTL,
+        _USAGE_DAYS,
         (row or "1") if s.record else "0",
         str(s.cost - a.reserve_cost),
         str(s.cost),

@@ -43,4 +43,5 @@ def pack(args: tuple[Arg, ...]) -> bytes:
     """``args`` as one RESP command, byte for byte what ``hiredis.pack_command`` gives."""
     get = _KEPT.get  # a number or bytes is never a key: None, then hiredis packs it
     parts = [get(a) or _packed(a) for a in args]  # type: ignore[arg-type]
-    return b"*%d\r\n%s" % (len(args), b"".join(parts))
+    parts.insert(0, b"*%d\r\n" % len(args))
+    return b"".join(parts)
