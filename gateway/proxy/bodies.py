@@ -107,8 +107,24 @@ def parse_json(raw: bytes) -> object:
 # and its ``kv_transfer_params`` tell a disaggregated worker where to fetch KV blocks from (a
 # host and port of the client's choosing); its ``request_id`` names the request in the engine
 # and is the id of a Responses answer (which the gateway stores under that id: a client would
-# choose it, and write over another stored response of its owner).
-OPERATOR_FIELDS = ("priority", "kv_transfer_params", "request_id")
+# choose it, and write over another stored response of its owner). SGLang's the same:
+# ``bootstrap_*`` (where a decode server fetches the KV cache), the data-parallel rank fields,
+# ``rid``; and ``lora_path`` (an adapter beside the model the key may use) and
+# ``custom_logit_processor`` (a serialized callable the sampler runs).
+OPERATOR_FIELDS = (
+    "priority",
+    "kv_transfer_params",
+    "request_id",
+    "bootstrap_host",
+    "bootstrap_port",
+    "bootstrap_room",
+    "routed_dp_rank",
+    "disagg_prefill_dp_rank",
+    "data_parallel_rank",
+    "rid",
+    "lora_path",
+    "custom_logit_processor",
+)
 
 
 def dump_upstream(body: object) -> bytes:
