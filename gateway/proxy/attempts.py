@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.config.schema import Upstream
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
 from gateway.proxy.exchange import Exchange
-from gateway.proxy.upstream import forward_headers, read_body, read_chunk
+from gateway.proxy.upstream import AnswerTooLarge, forward_headers, read_body, read_chunk
 from gateway.proxy.wire import Response
 from gateway.routing.capacity import Capacity, slot
 from gateway.routing.chain import Chain
@@ -158,7 +158,7 @@ async def open_with(
             chain.done()
             if isinstance(exc, asyncio.CancelledError) and not rt.draining:
                 # the worker read the request and worked on it: charged (``govern.settle``)
-                ex.upstream, ex.model, ex.abandoned = upstream.name, chain.model.name, True
+                ex.upstream, ex.model, ex.unseen = upstream.name, chain.model.name, True
             raise
         chain.done()
         balancer.succeeded(upstream)
@@ -210,6 +210,9 @@ async def try_json(
         ex.upstream_status = answer.status
         try:
             body = await read_body(usable(upstream, answer), upstream)
+        except AnswerTooLarge:  # made, and not passed on: charged (``govern.settle``)
+            ex.upstream, ex.model, ex.unseen = upstream.name, chain.model.name, True
+            raise
         finally:
             answer.release()
         if peek and (too_long := Chain.context_exceeded(answer.status, body)):

@@ -49,7 +49,9 @@ class Exchange:
     held: str | None = None
     reserved_completion: int = 0  # the completion tokens its admission reserved
     reserved_images: int = 0  # the images its admission reserved (an images request)
-    abandoned: bool = False  # its client left while a worker had it (``govern.settle``)
+    # a worker worked on it and its answer was not seen (its client left, the answer was past
+    # the size read whole): charged what it reserved (``govern.settle``)
+    unseen: bool = False
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -117,18 +117,18 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
     one, else an estimate (the prompt estimate and what was seen of the answer), marked so. A
     request that failed after some of the answer was relayed (a stream cut because its client
     stopped reading, or broken off by its worker) is charged that estimate too: the worker made
-    it, as for a client that left. A whole answer its client left while a worker had it
-    (``abandoned``) is charged the completion (and the images) it reserved: the worker may have
-    made all of it, and nothing of its progress is seen."""
+    it, as for a client that left. A whole answer a worker made and the gateway never saw
+    (``unseen``: its client left while a worker had it, or it was too large to read) is charged
+    the completion (and the images) it reserved: the worker may have made all of it."""
     usage: dict[str, Any] | None = ex.usage
     if usage is not None:
         ex.prompt_tokens = count(usage.get("prompt_tokens"))
         ex.completion_tokens = count(usage.get("completion_tokens"))
-    elif ex.upstream is not None and (not ex.error or ex.completion_chunks > 0):
+    elif ex.upstream is not None and (not ex.error or ex.completion_chunks > 0 or ex.unseen):
         ex.estimated = True
         ex.prompt_tokens = ex.prompt_estimate
         ex.completion_tokens = ex.completion_chunks
-        if ex.abandoned and not ex.stream:
+        if ex.unseen and not ex.stream:
             ex.completion_tokens, ex.images = ex.reserved_completion, ex.reserved_images
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
     served = ex.upstream is not None and not error

@@ -22,8 +22,16 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config.schema import Upstream
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
-from gateway.proxy.wire import ConnectError, ConnectTimeout, Origin, Pool, Response, WireError
+from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
+from gateway.proxy.wire import (
+    ConnectError,
+    ConnectTimeout,
+    Origin,
+    Pool,
+    Response,
+    TooLarge,
+    WireError,
+)
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the gateway owns or recomputes itself.
 HOP_BY_HOP = frozenset(
@@ -55,6 +63,19 @@ _NOT_FORWARDED = HOP_BY_HOP | {
     "x-data-parallel-rank",
 }
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+# The most of a whole answer read into memory (images: base64 in JSON, 128 of them); a larger one
+# is refused, not held: a client can make a worker's answer huge (n, max_tokens, logprobs).
+ANSWER_MAX = 256 * 1024 * 1024
+
+
+class AnswerTooLarge(GatewayError):
+    """A whole answer past ``ANSWER_MAX``: 502, neither retried nor the worker's failure (the
+    request asked for it), and charged what it reserved (``Exchange.unseen``)."""
+
+    status = 502
+    default_code = "answer_too_large"
+
+
 _TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
 
 
@@ -196,9 +217,15 @@ async def read_chunk(response: Response, upstream: Upstream) -> bytes:
 
 
 async def read_body(response: Response, upstream: Upstream) -> bytes:
-    """The whole (non-streamed) answer body; the wire's read timer bounds each silence."""
+    """The whole (non-streamed) answer body, at most ``ANSWER_MAX`` bytes; the wire's read
+    timer bounds each silence."""
     try:
-        return await response.read()
+        return await response.read(ANSWER_MAX)
+    except TooLarge:
+        raise AnswerTooLarge(
+            f"Upstream '{upstream.name}' sent an answer too large to pass on (over "
+            f"{ANSWER_MAX} bytes); ask for less (max_tokens, n, logprobs)."
+        ) from None
     except TimeoutError as exc:
         raise UpstreamTimeout(
             f"Upstream '{upstream.name}' stalled while sending its answer."

@@ -39,6 +39,10 @@ class WireError(Exception):
     """The connection failed, or the upstream broke HTTP/1.1."""
 
 
+class TooLarge(WireError):
+    """An answer past the size its reader allows."""
+
+
 class ConnectError(WireError):
     """No connection could be made."""
 
@@ -239,9 +243,14 @@ class Response:
         conn = self._conn
         return conn.complete and not conn.chunks and conn.error is None
 
-    async def read(self) -> bytes:
-        conn, parts = self._conn, []
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; past ``limit`` bytes, ``TooLarge`` (the connection closed)."""
+        conn, parts, size = self._conn, [], 0
         while chunk := await conn.readany():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.close()
+                raise TooLarge(limit)
             parts.append(chunk)
         self._stop_timer()
         return b"".join(parts)

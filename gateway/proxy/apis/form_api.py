@@ -41,7 +41,7 @@ from gateway.proxy.apis.json_api import NOTHING, answered_as, refused, require
 from gateway.proxy.apis.multipart import Aborted, Form
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.timers import CLIENT_STALLED, bounded_write
-from gateway.proxy.upstream import forward_headers, returned_headers
+from gateway.proxy.upstream import ANSWER_MAX, forward_headers, returned_headers
 from gateway.records import KeyRecord
 from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
@@ -49,7 +49,6 @@ from gateway.runtime import Runtime
 from gateway.tracing import Span
 
 CHUNK = 64 * 1024
-ANSWER_MAX = 256 * 1024 * 1024  # a JSON answer read whole (images: base64 in JSON)
 
 
 @dataclass(frozen=True, slots=True)
