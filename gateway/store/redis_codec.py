@@ -4,8 +4,10 @@ Every key an admission touches carries the owner's hash tag, so each script runs
 slot; so does every key of a settlement but the usage rows, which live in the key's usage
 stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread over shards)::
 
-    gw:{<owner>}:rpm:k:<keyId>      ZSET request id -> admission time (the key's rpm log)
-    gw:{<owner>}:rpm:o              ZSET request id -> admission time (the plan rpm log)
+    gw:{<owner>}:rpmu:k:<keyId>     ZSET request id -> admission time, whole microseconds (the
+                                    key's rpm log; rpm:k:<keyId> before, in seconds)
+    gw:{<owner>}:rpmu:o             ZSET request id -> admission time, whole microseconds (the
+                                    plan rpm log; rpm:o before)
     gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry (every admitted request
                                     holds one until settled: the settle-once marker)
     gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), dc (day micro-dollars),
@@ -180,7 +182,7 @@ def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
 
 
 # The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
-_ADMIT_KEYS: tuple[str, ...] = ("rpm:k:{k}", "rpm:o", "lease:{k}", "tok:{k}", "tok:o")
+_ADMIT_KEYS: tuple[str, ...] = ("rpmu:k:{k}", "rpmu:o", "lease:{k}", "tok:{k}", "tok:o")
 _ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
 # the fourth: the settled marker's prefix (the request id is appended); the sixth and seventh,
 # the usage rows in the owner's slot, are the layout before the stripes (``usage_keys``)
