@@ -34,7 +34,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import parse_url
 
-from gateway.store.resp import Arg
+from gateway.store.resp import Arg as Arg  # the lane's arguments, as its callers name them
 from gateway.store.resp import pack as _pack
 
 
