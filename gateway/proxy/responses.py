@@ -22,12 +22,13 @@ input. Then, by ``models.<name>.responses``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from gateway.config.schema import Model
 from gateway.dialects import inputs, responses
 from gateway.dialects.relay import Relay
 from gateway.dialects.responses_answer import Shape, encode_response, shape
@@ -37,7 +38,6 @@ from gateway.proxy import govern, responses_items, responses_native
 from gateway.proxy.apis.json_api import parse, require
 from gateway.proxy.exchange import EXCHANGE, Exchange, traced
 from gateway.proxy.handler import SSE_HEADERS, ChatHandler
-from gateway.records import KeyRecord
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 from gateway.store.base import StoreError
@@ -50,35 +50,71 @@ PATHS = ("/v1/responses", "/responses", "/api/v1/responses", "/v1/llm/responses"
 DROPPED = "x-gateway-dropped-tools"
 DAY = 86_400.0
 
-Keep = Callable[[str, bytes], Awaitable[None]]  # a finished response: its id, its JSON
+
+class _Keeper:
+    """What stores a finished response (with the input it answered) for its owner, when asked
+    to: ``keep``, or ``storing`` and ``failed`` apart (for the stream's end)."""
+
+    __slots__ = ("body", "items", "owner", "rt")
+
+    def __init__(self, rt: Runtime, owner: str, body: dict[str, Any], items: list[Any]) -> None:
+        self.rt, self.owner, self.body, self.items = rt, owner, body, items
+
+    def storing(self, response_id: str, response: bytes) -> Awaitable[None] | None:
+        """The store's write of the response (its failure a ``StoreError``, for ``failed``),
+        or None when it is not to be kept."""
+        if self.body.get("store") is False:
+            return None
+        try:
+            record = _RECORD % (response, orjson.dumps(self.items))
+        except (orjson.JSONEncodeError, RecursionError):
+            return None  # nested past what can be written: answered, not kept
+        settings = self.rt.config.responses
+        if len(record) > settings.max_stored_bytes:
+            log.info("response %s not stored: %d bytes", response_id, len(record))
+            return None
+        return self.rt.responses.put(self.owner, response_id, record, settings.ttl_days * DAY)
+
+    def failed(self) -> None:
+        """The answer is given already; only its continuation is lost."""
+        self.rt.keys.on_store_error("responses")
+
+    async def keep(self, response_id: str, response: bytes) -> None:
+        storing = self.storing(response_id, response)
+        if storing is not None:
+            try:
+                await storing
+            except StoreError:
+                self.failed()
+
+
+_RECORD = b'{"response":%s,"input":%s}'
 
 
 class _KeptStream(web.StreamResponse):
-    """The client's event stream; before its end goes out, ``before_end`` runs (the response
-    is stored), so nothing the client reads comes before the response is kept. Once: aiohttp
+    """The client's event stream; before its end goes out, the response is stored (``turn``'s
+    ``storing``), so nothing the client reads comes before the response is kept. Once: aiohttp
     calls ``write_eof`` again when the handler returns, which ends nothing more."""
 
     _send_headers_immediately = False  # the head goes with the first events, as for chat
-
-    def __init__(
-        self, before_end: Callable[[], Awaitable[None] | None], headers: dict[str, str]
-    ) -> None:
-        super().__init__(headers=headers)
-        self._before_end: Callable[[], Awaitable[None] | None] | None = before_end
+    _turn: _Turn | None = None  # (set once made: no __init__ of its own, a step less)
 
     async def write_eof(self, data: bytes = b"") -> None:
-        before_end, self._before_end = self._before_end, None
-        if before_end is not None and (kept := before_end()) is not None:
-            await kept
+        turn, self._turn = self._turn, None
+        if turn is not None and (storing := turn.storing()) is not None:
+            try:  # (awaited here, not in a coroutine of its own: a step less in the await
+                await storing  # chain while Redis answers)
+            except StoreError:
+                turn.keeper.failed()
         await super().write_eof(data)
 
 
 class _Turn(ChatHandler):
     """The chat recipe for one translated Responses request: its seams answer in Responses."""
 
-    def __init__(self, runtime: Runtime, shape: Shape, keep: Keep, headers: dict[str, str]):
-        super().__init__(runtime)
-        self.shape, self.keep, self.headers = shape, keep, headers
+    def __init__(self, runtime: Runtime, shape: Shape, keeper: _Keeper, headers: dict[str, str]):
+        self.rt = runtime  # (ChatHandler's __init__, written out: one per request)
+        self.shape, self.keeper, self.headers = shape, keeper, headers
         self.relay: ResponsesRelay | None = None
         self.final: bytes | None = None  # a whole answer, encoded
 
@@ -95,13 +131,14 @@ class _Turn(ChatHandler):
 
     def event_stream(self) -> web.StreamResponse:
         headers = {**SSE_HEADERS, **self.headers} if self.headers else SSE_HEADERS
-        return _KeptStream(self._before_end, headers)
+        stream = _KeptStream(headers=headers)
+        stream._turn = self
+        return stream
 
-    def _before_end(self) -> Awaitable[None] | None:
-        """The response kept, if the stream ended well (awaited by ``_KeptStream``: a step
-        less in the await chain while Redis answers)."""
+    def storing(self) -> Awaitable[None] | None:
+        """The store's write of the response, if the stream ended well and it is kept."""
         if self.relay is not None and self.relay.final is not None:
-            return self.keep(self.shape.id, self.relay.final)
+            return self.keeper.storing(self.shape.id, self.relay.final)
         return None
 
 
@@ -127,62 +164,38 @@ class ResponsesHandler:
             needed = inputs.media_permissions({"input": [*history, *items]})
             rt.keys.check_permissions(record, needed)  # 403 naming vision or audio
         estimate = (len(raw) + size) // 4
-        keep = self._keeper(record.owner, body, history + items)
+        keeper = _Keeper(rt, record.owner, body, history + items)
         model = rt.config.models.get(route.name)
         if model is not None and model.responses == "native":
             return await responses_native.create(
-                rt, request, ex, (record, route), body, history, estimate, keep
+                rt, request, ex, (record, route), body, history, estimate, keeper.keep
             )
-        return await self._translated(
-            request, ex, (record, route), body, (history, items), estimate, keep
-        )
+        # translated: served here, not in a coroutine of its own (every level of the await
+        # chain is walked again each time the request's task resumes)
+        turn, chat = self._turn(body, (history, items), model, keeper)
+        answer = await turn.serve(request, ex, record, route, chat, estimate)
+        if turn.final is not None:
+            await keeper.keep(turn.shape.id, turn.final)
+        if turn.headers and not answer.prepared:
+            answer.headers.update(turn.headers)
+        return answer
 
-    async def _translated(
+    def _turn(
         self,
-        request: web.Request,
-        ex: Exchange,
-        caller: tuple[KeyRecord, ModelRoute],
         body: dict[str, Any],
         conversation: tuple[list[Any], list[Any]],  # the stored history, the body's own items
-        estimate: int,
-        keep: Keep,
-    ) -> web.StreamResponse:
-        rt, (record, route), (history, items) = self.rt, caller, conversation
+        model: Model | None,
+        keeper: _Keeper,
+    ) -> tuple[_Turn, dict[str, Any]]:
+        """The translated request's turn (its response's shape) and its chat body."""
+        rt, (history, items) = self.rt, conversation
         plan = responses.translate(body, history, rt.config.responses.hosted_tools, items)
-        model = rt.config.models.get(route.name)
         ceiling = model.max_output_tokens if model is not None else None
         if ceiling is not None and plan.chat.get("max_tokens", 0) > ceiling:
             plan.chat["max_tokens"] = ceiling  # what the model's workers generate at most
         headers = {DROPPED: ", ".join(plan.dropped)} if plan.dropped else {}
         made = shape(body, new_id(), int(rt.clock.time()), body["model"], plan.names)
-        turn = _Turn(rt, made, keep, headers)
-        answer = await turn.serve(request, ex, record, route, plan.chat, estimate)
-        if turn.final is not None:
-            await keep(made.id, turn.final)
-        if headers and not answer.prepared:
-            answer.headers.update(headers)
-        return answer
-
-    def _keeper(self, owner: str, body: dict[str, Any], items: list[Any]) -> Keep:
-        """What stores a finished response (with the input it answered), when asked to."""
-        settings, responses_store = self.rt.config.responses, self.rt.responses
-
-        async def keep(response_id: str, response: bytes) -> None:
-            if body.get("store") is False:
-                return
-            try:
-                record = b'{"response":' + response + b',"input":' + orjson.dumps(items) + b"}"
-            except (orjson.JSONEncodeError, RecursionError):
-                return  # nested past what can be written: answered, not kept
-            if len(record) > settings.max_stored_bytes:
-                log.info("response %s not stored: %d bytes", response_id, len(record))
-                return
-            try:
-                await responses_store.put(owner, response_id, record, settings.ttl_days * DAY)
-            except StoreError:  # the answer is given already; only its continuation is lost
-                self.rt.keys.on_store_error("responses")
-
-        return keep
+        return _Turn(rt, made, keeper, headers), plan.chat
 
     async def _history(self, owner: str, previous: object) -> tuple[list[Any], int]:
         """The conversation a ``previous_response_id`` continues (its input, then its output)

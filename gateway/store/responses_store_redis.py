@@ -16,15 +16,16 @@ upgrade stays found until it expires (``responses.ttl_days``); nothing writes th
 
 Its own connection from ``store.url``, apart from the main store's: a pipelined lane
 (``store.redis_lane``, as the main store's calls ride) for a plain ``redis://`` URL, a redis-py
-client (``store.redis_conn``) for Cluster and TLS. A call on the lane is bounded by a timer on
-its reply (an ``asyncio.timeout`` per call cost as much as the call); one through redis-py by
-``asyncio.timeout``.
+client (``store.redis_conn``) for Cluster and TLS. A call on the lane is bounded by its reply's
+deadline (``_Deadlines``: one timer for every reply awaited, where an ``asyncio.timeout``, or a
+timer, per call cost as much as the call); one through redis-py by ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -55,9 +56,39 @@ def _bytes(value: Any) -> bytes | None:
     return None if value is None else value.encode() if isinstance(value, str) else bytes(value)
 
 
-def _expire(reply: asyncio.Future[Any]) -> None:
-    if not reply.done():
-        reply.set_exception(TimeoutError())
+class _Deadlines:
+    """Replies awaited on the lane, each failed with ``TimeoutError`` once ``timeout`` seconds
+    have passed since it was sent: one timer for them all, armed for the oldest reply still
+    owed, where a timer per reply cost two timer operations per call."""
+
+    __slots__ = ("_handle", "_loop", "_owed", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._owed: deque[tuple[float, asyncio.Future[Any]]] = deque()  # oldest first
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, reply: asyncio.Future[Any]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = reply.get_loop()
+        self._owed.append((loop.time() + self.timeout, reply))
+        if self._handle is None:
+            self._handle = loop.call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        """Every reply past its deadline failed (those answered dropped); the timer armed
+        again for the oldest still owed."""
+        self._handle, owed = None, self._owed
+        assert self._loop is not None
+        now = self._loop.time()
+        while owed and (owed[0][1].done() or owed[0][0] <= now):
+            reply = owed.popleft()[1]
+            if not reply.done():
+                reply.set_exception(TimeoutError())
+        if owed:
+            self._handle = self._loop.call_later(owed[0][0] - now, self._expire)
 
 
 class RedisResponses:
@@ -65,6 +96,7 @@ class RedisResponses:
         self.timeout = max(0.05, timeout_ms / 1000.0)
         self.lane = Lane(url, self.timeout) if supported(url) else None
         self.client = client(parse(url), self.timeout) if self.lane is None else None
+        self._deadlines = _Deadlines(self.timeout)
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:
@@ -81,17 +113,25 @@ class RedisResponses:
         reply = self.lane.send_now(*args)
         if reply is None:  # not connected yet: the lane connects (bounded as redis-py's are)
             return await self._call(self.lane.call(*args))
-        timer = reply.get_loop().call_later(self.timeout, _expire, reply)
+        self._deadlines.add(reply)
         try:
             return await reply
         except (LaneError, ConnectionError, TimeoutError) as exc:
             raise StoreError(f"redis (responses): {exc or type(exc).__name__}") from None
-        finally:
-            timer.cancel()
 
     async def put(self, owner: str, response_id: str, record: bytes, ttl: float) -> None:
-        ms = max(1, int(ttl * 1000))
-        await self._command("SET", key(owner, response_id), record, "PX", ms)
+        """(``_command``'s lane path written out: a step less in the await chain of a request
+        whose answer waits on it)"""
+        args = ("SET", key(owner, response_id), record, "PX", max(1, int(ttl * 1000)))
+        reply = self.lane.send_now(*args) if self.lane is not None else None
+        if reply is None:
+            await self._command(*args)
+            return
+        self._deadlines.add(reply)
+        try:
+            await reply
+        except (LaneError, ConnectionError, TimeoutError) as exc:
+            raise StoreError(f"redis (responses): {exc or type(exc).__name__}") from None
 
     async def get(self, owner: str, response_id: str) -> bytes | None:
         found = await self._command("GET", key(owner, response_id))

@@ -147,3 +147,44 @@ async def test_the_key_is_tagged_by_the_id(redis_process: RedisServer, redis_url
     await made.put("a{b}", rid, b"x", ttl=60)
     assert redis_process.call("KEYS", "*") == f"gw:resp:{{{rid}}}:a%7Bb%7D" == key("a{b}", rid)
     await made.close()
+
+
+async def test_each_call_on_a_silent_redis_fails_at_its_own_deadline() -> None:
+    """A server that takes the commands and never answers: each call on the lane fails
+    (``StoreError``) once ``store.timeout_ms`` has passed since it was sent, a call sent later
+    at its own later deadline; none waits for the lane to give the connection up."""
+    received: list[bytes] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            received.append(data)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    made = create_responses_store(
+        Store(url=f"redis://127.0.0.1:{port}", timeout_ms=200), FakeClock()
+    )
+    loop = asyncio.get_running_loop()
+    with pytest.raises(StoreError):  # the first call connects the lane
+        await made.put("acme", new_id(), b"x", ttl=60)
+
+    async def failed_at(started: list[float]) -> float:
+        started.append(loop.time())
+        with pytest.raises(StoreError):
+            await made.put("acme", new_id(), b"x", ttl=60)
+        return loop.time()
+
+    first_started: list[float] = []
+    first = asyncio.ensure_future(failed_at(first_started))
+    deadline = loop.time() + 3.0
+    while not first_started or loop.time() < first_started[0] + 0.1:  # the second, later
+        assert loop.time() < deadline
+        await asyncio.sleep(0.01)
+    second_started: list[float] = []
+    first_failed, second_failed = await asyncio.gather(first, failed_at(second_started))
+    assert first_started[0] + 0.19 <= first_failed < first_started[0] + 2.0
+    assert second_started[0] + 0.19 <= second_failed < second_started[0] + 2.0
+    assert first_failed < second_failed
+    await made.close()
+    server.close()
