@@ -160,7 +160,8 @@ class _Call:
 
 
 class ResponsesStream:
-    """Chat chunks in, Responses events out (as bytes); ``final`` is the last ``response``."""
+    """Chat chunks in, Responses events out (as bytes, gathered in ``out`` until ``take``);
+    ``final`` is the last ``response``."""
 
     __slots__ = (
         "calls",
@@ -200,7 +201,8 @@ class ResponsesStream:
         self.out.append(_WHOLE[kind] % (response, self.seq))
         self.seq += 1
 
-    def _take(self) -> bytes:
+    def take(self) -> bytes:
+        """The events made since the last ``take``."""
         out, self.out = self.out, []
         return b"".join(out)
 
@@ -211,15 +213,16 @@ class ResponsesStream:
         self.out.append(_STARTED % (created, seq, created, seq + 1))
         self.seq = seq + 2
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: dict[str, Any]) -> None:
         """The events one chat chunk makes."""
         if self.ended:
-            return b""
+            return
         if not self.started:
             self._start()
         # (``in`` before a lookup, ``type() is``: a parsed chunk's members, with few calls)
         if "error" in chunk and chunk["error"] is not None:
-            return self.fail(_message_of(chunk["error"]), "upstream_error")
+            self.fail(_message_of(chunk["error"]), "upstream_error")
+            return
         if "usage" in chunk:
             usage = chunk["usage"]
             if type(usage) is dict and isinstance(usage.get("prompt_tokens"), int):
@@ -229,22 +232,19 @@ class ResponsesStream:
             for choice in choices:
                 if type(choice) is dict and choice.get("index", 0) == 0:
                     self._choice(choice)
-        return self._take()
 
     def writing(self) -> _Open | None:
         """The message being written (more text goes to it as it is), if any."""
         item = self.open
         return item if item is not None and item.kind == "message" and not self.ended else None
 
-    def text(self, text: str) -> bytes:
-        """The events of a chunk of nothing but more answer text (``plain_text``): what
-        ``feed`` makes of it, in fewer steps."""
+    def text(self, text: str) -> None:
+        """A chunk of nothing but more answer text (``plain_text``): ``feed``'s events, sooner."""
         if self.ended:
-            return b""
+            return
         if not self.started:
             self._start()
         self._text("message", text)
-        return self._take()
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta")
@@ -353,11 +353,11 @@ class ResponsesStream:
         item = call_item(self.shape, call.id, call.call_id, call.name, arguments)
         self._done(call.index, _dumps(item))
 
-    def finish(self, output_estimate: int = 0) -> bytes:
+    def finish(self, output_estimate: int = 0) -> None:
         """The end of a complete answer: every item done, then ``response.completed`` (or
         ``response.incomplete``)."""
         if self.ended:
-            return b""
+            return
         if not self.started:
             self._start()
         self.ended = True
@@ -374,16 +374,15 @@ class ResponsesStream:
         self.final = self.shape.encode(status, output, usage, details)
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit_response(kind, self.final)
-        return self._take()
 
     def _output(self) -> bytes:
         """The items done so far, as the response's ``output``."""
         return b"[" + b",".join(i for i in self.items if i is not None) + b"]"
 
-    def fail(self, message: str, code: str = "server_error") -> bytes:
+    def fail(self, message: str, code: str = "server_error") -> None:
         """The end of a failed answer: an ``error`` event and ``response.failed``."""
         if self.ended:
-            return b""
+            return
         if not self.started:
             self._start()
         self.ended = True
@@ -391,7 +390,6 @@ class ResponsesStream:
         error = {"code": "server_error", "message": message}
         failed = self.shape.encode("failed", self._output(), None, None, error)
         self._emit_response("response.failed", failed)
-        return self._take()
 
 
 def _message_of(error: object) -> str:
@@ -424,8 +422,8 @@ class ResponsesRelay:
         return self.stream.final
 
     def relay(self, events: list[bytes]) -> bytes:
-        parts: list[bytes] = []
         stream = self.stream
+        parts = stream.out  # (the parsed path's events join them there, in order)
         before, after, start, stop = self._frame
         item = stream.writing() if stop else None  # the message, while a frame is known
         seq = stream.seq  # (kept here while text chunks come; the stream's own around others)
@@ -459,7 +457,7 @@ class ResponsesRelay:
                 self.done = True
                 continue
             stream.seq = seq
-            parts.append(self._parsed(event, data))
+            self._parsed(event, data)
             seq = stream.seq
             before, after, start, stop = self._frame
             item = stream.open if stop and not stream.ended else None  # (``writing``, inline)
@@ -468,33 +466,35 @@ class ResponsesRelay:
         stream.seq = seq
         self.chunks += texts
         self.usage = stream.usage
-        return b"".join(parts)
+        return stream.take()
 
-    def _parsed(self, event: bytes, data: bytes) -> bytes:
+    def _parsed(self, event: bytes, data: bytes) -> None:
         stream = self.stream
         try:
             chunk = _loads(data)
         except JSONDecodeError:
-            return stream.fail("The upstream sent a stream event that is not JSON.")
+            stream.fail("The upstream sent a stream event that is not JSON.")
+            return
         if type(chunk) is not dict:
-            return b""
+            return
         self.chunks += 1
         # Nothing more to learn, or a chunk with a role (the stream's first): as it is. (A
         # "role" key can be in no plain text chunk: feed gives any chunk the same events.)
-        if self._frame[3] or not self._learn or data.find(b'"role"') >= 0:
-            return stream.feed(chunk)
-        text = plain_text(chunk)
-        if text is None:
-            return stream.feed(chunk)
+        learnt = self._frame[3] or not self._learn or data.find(b'"role"') >= 0
+        if learnt or (text := plain_text(chunk)) is None:
+            stream.feed(chunk)
+            return
         self._learn -= 1
         self._frame = learn_frame(event, data, text, _dumps(text)) or self._frame
-        return stream.text(text)
+        stream.text(text)
 
     def error(self, error: GatewayError) -> bytes:
-        return self.stream.fail(error.message, error.code)
+        self.stream.fail(error.message, error.code)
+        return self.stream.take()
 
     def finish(self) -> bytes:
-        return self.stream.finish(self.estimated_completion_tokens())
+        self.stream.finish(self.estimated_completion_tokens())
+        return self.stream.take()
 
     def estimated_completion_tokens(self) -> int:
         return max(0, self.chunks - 2)
