@@ -123,6 +123,49 @@ def shape(
     """The shape of the responses to a checked request ``body``; ``names``: the flat names
     of its namespaced tools (``Translated.names``)."""
     get = body.get  # (written out, not looped over ECHOED: this runs once per request)
+    if _PLAIN.issuperset(body):  # the commonest request: the same echo, in one step
+        echo: dict[str, Any] = {
+            "instructions": get("instructions"),
+            "max_output_tokens": get("max_output_tokens"),
+            "previous_response_id": get("previous_response_id"),
+            "temperature": get("temperature"),
+            "top_p": get("top_p"),
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": get("parallel_tool_calls") is not False,
+            "text": {"format": {"type": "text"}},
+            "store": get("store") is not False,
+            "metadata": get("metadata") or {},
+            "truncation": "disabled",
+            "background": False,
+        }
+    else:
+        echo = _echo(body)
+    try:
+        echo_json = _dumps(echo)[1:-1]
+    except (orjson.JSONEncodeError, RecursionError):
+        raise BadRequest(
+            f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and "
+            "objects); flatten it."
+        ) from None
+    head = b'{"id":%s,"object":"response","created_at":%d,"status":"' % (
+        _dumps(response_id),
+        created_at,
+    )
+    return Shape(response_id, created_at, model, echo, names or {}, echo_json, head, _dumps(model))
+
+
+# A request of none but these fields echoes no tools, tool_choice, text, user,
+# prompt_cache_key nor reasoning: their defaults
+_PLAIN = frozenset(
+    {"model", "input", "instructions", "max_output_tokens", "previous_response_id", "stream",
+     "store", "temperature", "top_p", "metadata", "include", "parallel_tool_calls"}
+)  # fmt: skip
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """What a ``response`` repeats of any request, in its order."""
+    get = body.get
     echo: dict[str, Any] = {
         "instructions": get("instructions"),
         "max_output_tokens": get("max_output_tokens"),
@@ -145,18 +188,7 @@ def shape(
     echo["metadata"] = get("metadata") or {}
     echo["truncation"] = "disabled"
     echo["background"] = False
-    try:
-        echo_json = _dumps(echo)[1:-1]
-    except (orjson.JSONEncodeError, RecursionError):
-        raise BadRequest(
-            f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and "
-            "objects); flatten it."
-        ) from None
-    head = b'{"id":%s,"object":"response","created_at":%d,"status":"' % (
-        _dumps(response_id),
-        created_at,
-    )
-    return Shape(response_id, created_at, model, echo, names or {}, echo_json, head, _dumps(model))
+    return echo
 
 
 def _kept(tool: object) -> bool:
