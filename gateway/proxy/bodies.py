@@ -125,13 +125,14 @@ OPERATOR_FIELDS = (
     "lora_path",
     "custom_logit_processor",
 )
+_OPERATOR = frozenset(OPERATOR_FIELDS)
 
 
 def dump_upstream(body: object) -> bytes:
     """A request body as JSON for the upstream (without ``OPERATOR_FIELDS``), or 400 when it
     cannot be written: nested deeper than orjson writes (it reads more levels than it writes).
     Costs nothing but the dump itself: no walk of the body beforehand."""
-    if type(body) is dict:
+    if type(body) is dict and not _OPERATOR.isdisjoint(body):  # one test for the usual body
         for name in OPERATOR_FIELDS:
             body.pop(name, None)
     try:
