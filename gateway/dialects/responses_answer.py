@@ -35,18 +35,23 @@ INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 # more, once per request.
 @dataclass(slots=True, eq=False)
 class Shape:
-    """What every ``response`` object of one request carries besides its output: ``echo``,
-    also encoded once (``echo_json``, its members), as every event of a stream repeats it, and
-    the bytes of every response's start (``head``, up to its status) and of its model."""
+    """What every ``response`` object of one request carries besides its output: ``echo``
+    (the request's fields it repeats, made from ``body`` when asked for), encoded once
+    (``echo_json``, its members) as every event of a stream repeats it, and the bytes of every
+    response's start (``head``, up to its status) and of its model."""
 
     id: str  # resp_<hex>
     created_at: int
     model: str  # the public name the client asked for
-    echo: dict[str, Any]  # the request's fields the response repeats
+    body: dict[str, Any]  # the request
     names: dict[str, tuple[str, str]] = field(default_factory=dict)  # flat → (namespace, name)
     echo_json: bytes = b""
     head: bytes = b""  # {"id":…,"object":"response","created_at":…,"status":"
     model_json: bytes = b""
+
+    @property
+    def echo(self) -> dict[str, Any]:
+        return _echo(self.body)
 
     def item_id(self, prefix: str, index: int) -> str:
         return f"{prefix}_{self.id[5:]}_{index}"
@@ -122,27 +127,20 @@ def shape(
 ) -> Shape:
     """The shape of the responses to a checked request ``body``; ``names``: the flat names
     of its namespaced tools (``Translated.names``)."""
-    get = body.get  # (written out, not looped over ECHOED: this runs once per request)
-    if _PLAIN.issuperset(body):  # the commonest request: the same echo, in one step
-        echo: dict[str, Any] = {
-            "instructions": get("instructions"),
-            "max_output_tokens": get("max_output_tokens"),
-            "previous_response_id": get("previous_response_id"),
-            "temperature": get("temperature"),
-            "top_p": get("top_p"),
-            "tools": [],
-            "tool_choice": "auto",
-            "parallel_tool_calls": get("parallel_tool_calls") is not False,
-            "text": {"format": {"type": "text"}},
-            "store": get("store") is not False,
-            "metadata": get("metadata") or {},
-            "truncation": "disabled",
-            "background": False,
-        }
-    else:
-        echo = _echo(body)
+    get = body.get
     try:
-        echo_json = _dumps(echo)[1:-1]
+        if _PLAIN.issuperset(body) and not get("metadata"):  # the commonest: from a template
+            echo_json = _PLAIN_ECHO % (  # (each member's JSON written out: no call more)
+                b"null" if (instructions := get("instructions")) is None else _dumps(instructions),
+                b"null" if (most := get("max_output_tokens")) is None else _dumps(most),
+                b"null" if (previous := get("previous_response_id")) is None else _dumps(previous),
+                b"null" if (temperature := get("temperature")) is None else _dumps(temperature),
+                b"null" if (top_p := get("top_p")) is None else _dumps(top_p),
+                b"false" if get("parallel_tool_calls") is False else b"true",
+                b"false" if get("store") is False else b"true",
+            )
+        else:
+            echo_json = _dumps(_echo(body))[1:-1]
     except (orjson.JSONEncodeError, RecursionError):
         raise BadRequest(
             f"The request is nested too deeply (at most {MAX_DEPTH} levels of arrays and "
@@ -152,11 +150,17 @@ def shape(
         _dumps(response_id),
         created_at,
     )
-    return Shape(response_id, created_at, model, echo, names or {}, echo_json, head, _dumps(model))
+    return Shape(response_id, created_at, model, body, names or {}, echo_json, head, _dumps(model))
 
 
-# A request of none but these fields echoes no tools, tool_choice, text, user,
-# prompt_cache_key nor reasoning: their defaults
+# A request of none but these fields (and no metadata) echoes no tools, tool_choice, text,
+# user, prompt_cache_key, reasoning nor metadata: their defaults, written in _PLAIN_ECHO
+_PLAIN_ECHO = (
+    b'"instructions":%s,"max_output_tokens":%s,"previous_response_id":%s,"temperature":%s,'
+    b'"top_p":%s,"tools":[],"tool_choice":"auto","parallel_tool_calls":%s,'
+    b'"text":{"format":{"type":"text"}},"store":%s,"metadata":{},"truncation":"disabled",'
+    b'"background":false'
+)
 _PLAIN = frozenset(
     {"model", "input", "instructions", "max_output_tokens", "previous_response_id", "stream",
      "store", "temperature", "top_p", "metadata", "include", "parallel_tool_calls"}
