@@ -96,7 +96,9 @@ def check(body: object) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model", "is required: name the model to use (a non-empty string).")
-    _input(body.get("input"), body.get("previous_response_id") is not None)
+    value = body.get("input")
+    if type(value) is not str:  # (a string, the commonest input, is all it can be)
+        _input(value, body.get("previous_response_id") is not None)
     for name, value in body.items():
         kind = FIELDS.get(name)
         if kind is None or value is None:
@@ -178,10 +180,11 @@ def translate(
 def _plain(body: dict[str, Any], items: list[Any]) -> Translated:
     """``_general``'s translation of the commonest request (``PLAIN``: a string input, its
     instructions, no tools), in one step: the same chat body, its members in the same order."""
-    instructions = body.get("instructions")
-    messages = [{"role": "user", "content": body["input"]}]
+    instructions, user = body.get("instructions"), {"role": "user", "content": body["input"]}
     if type(instructions) is str and instructions:
-        messages.insert(0, {"role": "system", "content": instructions})
+        messages = [{"role": "system", "content": instructions}, user]
+    else:
+        messages = [user]
     chat: dict[str, Any] = {"model": body["model"], "messages": messages}
     if body.get("stream") is True:
         chat["stream"] = True
