@@ -174,8 +174,12 @@ class ResponsesHandler:
         # chain is walked again each time the request's task resumes)
         turn, chat = self._turn(body, (history, items), model, keeper)
         answer = await turn.serve(request, ex, record, route, chat, estimate)
-        if turn.final is not None:
-            await keeper.keep(turn.shape.id, turn.final)
+        storing = keeper.storing(turn.shape.id, turn.final) if turn.final is not None else None
+        if storing is not None:  # (awaited here, not in keep: a step less in the await chain)
+            try:
+                await storing
+            except StoreError:
+                keeper.failed()
         if turn.headers and not answer.prepared:
             answer.headers.update(turn.headers)
         return answer
