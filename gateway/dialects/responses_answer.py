@@ -103,6 +103,8 @@ class Shape:
 
 
 _RESPONSE = b'%s%s","error":%s,"incomplete_details":%s,"model":%s,"output":%s,%s,"usage":%s}'
+# encode("in_progress", b"[]") as a template of its head, model and echo (a stream's start)
+IN_PROGRESS = _RESPONSE % (b"%s", b"in_progress", b"null", b"null", b"%s", b"[]", b"%s", b"null")
 # A completed message item with its one text part, as message_item and text_part build them
 # (the stream's events write them too)
 MESSAGE_ITEM = (
@@ -214,9 +216,18 @@ def usage_of(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> dict[str, A
 
 
 def usage_json(chat_usage: Any, estimate: tuple[int, int] = (0, 0)) -> bytes:
-    """``usage_of(...)`` encoded, from a template."""
-    prompt, completion, cached, reasoning = _counts(chat_usage, estimate)
-    return _USAGE % (prompt, cached, completion, reasoning, prompt + completion)
+    """``usage_of(...)`` encoded, from a template (a usage without details, the commonest,
+    counted here: ``_counts`` written out)."""
+    prompt = chat_usage.get("prompt_tokens") if type(chat_usage) is dict else None
+    details = type(prompt) is int and (
+        "prompt_tokens_details" in chat_usage or "completion_tokens_details" in chat_usage
+    )
+    if type(prompt) is not int or details:
+        prompt, completion, cached, reasoning = _counts(chat_usage, estimate)
+        return _USAGE % (prompt, cached, completion, reasoning, prompt + completion)
+    completion = chat_usage.get("completion_tokens")
+    completion = completion if type(completion) is int and completion >= 0 else 0
+    return _USAGE % (prompt, 0, completion, 0, prompt + completion)
 
 
 def _counts(chat_usage: Any, estimate: tuple[int, int]) -> tuple[int, int, int, int]:

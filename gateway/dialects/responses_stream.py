@@ -34,6 +34,7 @@ from orjson import JSONDecodeError
 from gateway.dialects.anthropic_stream import plain_text
 from gateway.dialects.relay import LEARN_ATTEMPTS, NO_FRAME, Frame, learn_frame
 from gateway.dialects.responses_answer import (
+    IN_PROGRESS,
     MESSAGE_ITEM,
     TEXT_PART,
     Shape,
@@ -109,9 +110,11 @@ _WHOLE = {
     kind: _template(kind, b'"response":%s')
     for kind in ("response.completed", "response.incomplete", "response.failed")
 }
-_STARTED = _template("response.created", b'"response":%s') + _template(
+# The stream's first two events (numbered 0 and 1), each with the response in progress: its
+# head, model and echo to fill in
+_STARTED = _template("response.created", b'"response":%s') % (IN_PROGRESS, 0) + _template(
     "response.in_progress", b'"response":%s'
-)
+) % (IN_PROGRESS, 1)
 _WHERE = b'"item_id":"%s","output_index":%d,"content_index":0,'
 # An item opened (its added events) and closed (its text done, its part done, the item done),
 # each in one template: (index, id, seq, id, index, seq) and (id, index, text, seq, id, index,
@@ -207,11 +210,10 @@ class ResponsesStream:
         return b"".join(out)
 
     def _start(self) -> None:
-        self.started = True
-        created = self.shape.encode("in_progress", b"[]")
-        seq = self.seq
-        self.out.append(_STARTED % (created, seq, created, seq + 1))
-        self.seq = seq + 2
+        self.started = True  # (nothing goes before: the events numbered 0 and 1)
+        head, model, echo = self.shape.head, self.shape.model_json, self.shape.echo_json
+        self.out.append(_STARTED % (head, model, echo, head, model, echo))
+        self.seq = 2
 
     def feed(self, chunk: dict[str, Any]) -> None:
         """The events one chat chunk makes."""
@@ -375,10 +377,6 @@ class ResponsesStream:
         kind = "response.completed" if status == "completed" else "response.incomplete"
         self._emit_response(kind, self.final)
 
-    def _output(self) -> bytes:
-        """The items done so far, as the response's ``output``."""
-        return b"[" + b",".join(i for i in self.items if i is not None) + b"]"
-
     def fail(self, message: str, code: str = "server_error") -> None:
         """The end of a failed answer: an ``error`` event and ``response.failed``."""
         if self.ended:
@@ -388,7 +386,8 @@ class ResponsesStream:
         self.ended = True
         self._emit("error", {"code": code, "message": message, "param": None})
         error = {"code": "server_error", "message": message}
-        failed = self.shape.encode("failed", self._output(), None, None, error)
+        output = b"[" + b",".join(i for i in self.items if i is not None) + b"]"  # those done
+        failed = self.shape.encode("failed", output, None, None, error)
         self._emit_response("response.failed", failed)
 
 
