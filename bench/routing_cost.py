@@ -9,13 +9,15 @@
   ``affinity`` (the key and prefixes read from the body, the pick, the memory kept).
 - the chat arm: one ``gateway run`` in front of an instant worker, 3 rounds of 2000 requests
   (8 at once) for each of least_loaded and affinity, alternated; the gateway's CPU per request
-  from /proc.
+  from /proc (``BENCH_ROUTING_ARM_STORE=redis``: on a Redis store, whose CPU is given too;
+  ``python bench/routing_cost.py --arm``: this part alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import random
 import statistics
 import subprocess
@@ -164,7 +166,7 @@ def chain_costs(pool: tuple[Upstream, ...], old: Any, new: Balancer) -> dict[str
     }
 
 
-def arm_config(policy: str, worker: int, port: int, admin: int) -> str:
+def arm_config(policy: str, worker: int, port: int, admin: int, store: str = "memory://") -> str:
     from gateway.auth.keys import sha256_hex
 
     return f"""
@@ -174,6 +176,7 @@ log: {{level: warning, access: false}}
 keys: {{static: [{{id: bench, owner: bench, sha256: '{sha256_hex(BENCH_KEY)}'}}]}}
 upstreams: {{w0: {{url: 'http://127.0.0.1:{worker}'}}, w1: {{url: 'http://127.0.0.1:{worker}'}}}}
 models: {{bench-model: {{upstreams: [w0, w1], routing: {{policy: {policy}}}}}}}
+store: {{url: '{store}'}}
 """
 
 
@@ -192,9 +195,21 @@ async def load(port: int, requests: int) -> None:
 
 
 def chat_arm(run: Path, rounds: int = 3, requests: int = 4000) -> dict[str, list[float]]:
-    """Gateway CPU µs per request, per round, for each policy."""
+    """Gateway CPU µs per request, per round, for each policy. ``BENCH_ROUTING_ARM_STORE=redis``:
+    the gateway on a redis-server of its own (where affinity's requests are placed by the
+    store), whose CPU per request is given too."""
     out: dict[str, list[float]] = {"least_loaded": [], "affinity": []}
+    shared = os.environ.get("BENCH_ROUTING_ARM_STORE") == "redis"
+    if shared:
+        out.update({"least_loaded (redis CPU)": [], "affinity (redis CPU)": []})
     with Stack() as stack:
+        store, redis = "memory://", None
+        if shared:
+            redis_port = free_port()
+            cmd = ["redis-server", "--bind", "127.0.0.1", "--port", str(redis_port)]
+            redis = stack.start(Proc("redis", [*cmd, "--save", ""], run / "arm-redis.log"))
+            wait_listening(redis, redis_port)
+            store = f"redis://127.0.0.1:{redis_port}/0"
         worker = free_port()
         cmd = [
             str(PYTHON),
@@ -206,10 +221,10 @@ def chat_arm(run: Path, rounds: int = 3, requests: int = 4000) -> dict[str, list
         ]
         wait_listening(stack.start(Proc("instant", cmd, run / "instant.log")), worker)
         for _ in range(rounds):
-            for policy in out:
+            for policy in ("least_loaded", "affinity"):
                 port, admin = free_port(), free_port()
                 path = run / f"arm-{policy}.yaml"
-                path.write_text(arm_config(policy, worker, port, admin))
+                path.write_text(arm_config(policy, worker, port, admin, store))
                 proc = Proc(
                     f"arm-{policy}",
                     [str(PYTHON), "-m", "gateway", "run", "--config", str(path)],
@@ -219,9 +234,13 @@ def chat_arm(run: Path, rounds: int = 3, requests: int = 4000) -> dict[str, list
                 wait_listening(proc, port)
                 asyncio.run(load(port, 200))  # warm-up
                 before = group_ticks(proc)
+                spent = group_ticks(redis) if redis is not None else 0
                 asyncio.run(load(port, requests))
                 ticks = group_ticks(proc) - before
                 out[policy].append(ticks / CLK_TCK * 1e6 / requests)
+                if redis is not None:
+                    spent = group_ticks(redis) - spent
+                    out[f"{policy} (redis CPU)"].append(spent / CLK_TCK * 1e6 / requests)
                 proc.stop()
     return out
 
@@ -246,4 +265,9 @@ def table(cost: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    print(table({"micro": micro(), "chat_arm": {}}) if "--micro" in sys.argv else "")
+    if "--micro" in sys.argv:
+        print(table({"micro": micro(), "chat_arm": {}}))
+    elif "--arm" in sys.argv:  # the chat arm alone (BENCH_ROUTING_ARM_STORE=redis: on Redis)
+        work = ROOT / "bench" / ".work" / "routing"
+        work.mkdir(parents=True, exist_ok=True)
+        print(table({"micro": {}, "chat_arm": chat_arm(work)}))
