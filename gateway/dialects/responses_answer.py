@@ -90,15 +90,24 @@ class Shape:
     ) -> bytes:
         """``response(...)`` as JSON, ``output`` given encoded (``usage`` too, when bytes):
         the echo is not encoded again."""
-        return _RESPONSE % (
-            self.head,
-            status.encode(),
-            b"null" if error is None else _dumps(error),
-            b"null" if details is None else _dumps(details),
-            self.model_json,
-            output,
-            self.echo_json,
-            usage if type(usage) is bytes else _dumps(usage),
+        return b"".join(  # (_RESPONSE's pieces: one copy of each, where % copied them twice)
+            (
+                self.head,
+                status.encode(),
+                b'","error":',
+                b"null" if error is None else _dumps(error),
+                b',"incomplete_details":',
+                b"null" if details is None else _dumps(details),
+                b',"model":',
+                self.model_json,
+                b',"output":',
+                output,
+                b",",
+                self.echo_json,
+                b',"usage":',
+                usage if type(usage) is bytes else _dumps(usage),
+                b"}",
+            )
         )
 
 

@@ -106,15 +106,16 @@ _RAW = {
         *_DONE.values(),
     )
 }
-_WHOLE = {
-    kind: _template(kind, b'"response":%s')
+_WHOLE = {  # (what goes before the response in each event carrying one; ``_end`` ends it)
+    kind: _template(kind, b'"response":%s').split(b"%s")[0]
     for kind in ("response.completed", "response.incomplete", "response.failed")
 }
-# The stream's first two events (numbered 0 and 1), each with the response in progress: its
-# head, model and echo to fill in
-_STARTED = _template("response.created", b'"response":%s') % (IN_PROGRESS, 0) + _template(
-    "response.in_progress", b'"response":%s'
-) % (IN_PROGRESS, 1)
+# The stream's first two events (numbered 0 and 1), each with the response in progress, in
+# the pieces around its head, model and echo (gathered in ``out``, joined once by ``take``)
+_S0, _S1, _S2, _S3, _S4, _S5, _S6 = (
+    _template("response.created", b'"response":%s') % (IN_PROGRESS, 0)
+    + _template("response.in_progress", b'"response":%s') % (IN_PROGRESS, 1)
+).split(b"%s")
 _WHERE = b'"item_id":"%s","output_index":%d,"content_index":0,'
 # An item opened (its added events) and closed (its text done, its part done, the item done),
 # each in one template: (index, id, seq, id, index, seq) and (id, index, text, seq, id, index,
@@ -201,7 +202,7 @@ class ResponsesStream:
 
     def _emit_response(self, kind: str, response: bytes) -> None:
         """An event carrying the whole ``response`` (given encoded)."""
-        self.out.append(_WHOLE[kind] % (response, self.seq))
+        self.out += (_WHOLE[kind], response, _end(self.seq))  # (no copy of it made here)
         self.seq += 1
 
     def take(self) -> bytes:
@@ -212,7 +213,7 @@ class ResponsesStream:
     def _start(self) -> None:
         self.started = True  # (nothing goes before: the events numbered 0 and 1)
         head, model, echo = self.shape.head, self.shape.model_json, self.shape.echo_json
-        self.out.append(_STARTED % (head, model, echo, head, model, echo))
+        self.out += (_S0, head, _S1, model, _S2, echo, _S3, head, _S4, model, _S5, echo, _S6)
         self.seq = 2
 
     def feed(self, chunk: dict[str, Any]) -> None:

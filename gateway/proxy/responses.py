@@ -66,7 +66,9 @@ class _Keeper:
         if self.body.get("store") is False:
             return None
         try:
-            record = _RECORD % (response, orjson.dumps(self.items))
+            record = b"".join(
+                (b'{"response":', response, b',"input":', orjson.dumps(self.items), b"}")
+            )
         except (orjson.JSONEncodeError, RecursionError):
             return None  # nested past what can be written: answered, not kept
         settings = self.rt.config.responses
@@ -86,9 +88,6 @@ class _Keeper:
                 await storing
             except StoreError:
                 self.failed()
-
-
-_RECORD = b'{"response":%s,"input":%s}'
 
 
 class _KeptStream(web.StreamResponse):
