@@ -121,8 +121,9 @@ class RedisResponses:
 
     async def put(self, owner: str, response_id: str, record: bytes, ttl: float) -> None:
         """(``_command``'s lane path written out: a step less in the await chain of a request
-        whose answer waits on it)"""
-        args = ("SET", key(owner, response_id), record, "PX", max(1, int(ttl * 1000)))
+        whose answer waits on it; the milliseconds as text, which the lane packs once and
+        keeps, where a number is packed by a call each time)"""
+        args = ("SET", key(owner, response_id), record, "PX", str(max(1, int(ttl * 1000))))
         reply = self.lane.send_now(*args) if self.lane is not None else None
         if reply is None:
             await self._command(*args)
