@@ -126,7 +126,7 @@ local function minute_tokens(z, h)
       redis.call('HDEL', h, unpack(part))
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', since)
-    redis.call('HSET', h, 's', sum)
+    redis.call('HSET', h, 's', whole(sum))
   end
   minutes[h] = sum
   return sum
@@ -149,7 +149,7 @@ local expiring = {}  -- key -> seconds: the EXPIREs to send at the end
 local function minute_take(z, h, rid, reserve)
   local sum = minutes[h] + reserve
   redis.call('ZADD', z, at, rid)
-  redis.call('HSET', h, rid, reserve, 's', sum)
+  redis.call('HSET', h, rid, whole(reserve), 's', whole(sum))
   expiring[z], expiring[h] = 2 * window + 1, 2 * window + 1
   minutes[h] = sum
   return sum
@@ -281,13 +281,13 @@ for key, h in pairs(hashes) do
       local value = h.fields[name]
       if value ~= nil and value ~= false then
         pairs_[#pairs_ + 1] = name
-        pairs_[#pairs_ + 1] = value
+        pairs_[#pairs_ + 1] = type(value) == 'number' and whole(value) or value
       end
     end
     redis.call('HSET', key, unpack(pairs_))
   end
 end
 for key, seconds in pairs(expiring) do
-  redis.call('EXPIRE', key, seconds)
+  redis.call('EXPIRE', key, whole(seconds))
 end
 return verdicts

@@ -61,3 +61,9 @@ end
 local function fmt(x)
   return string.format('%.17g', x)
 end
+
+-- A whole number as a command's argument: Redis writes a number a script passes with '%.17g'
+-- (the floating-point engine, thousands of instructions); '%d' here takes the integer path.
+local function whole(x)
+  return string.format('%d', x)
+end

@@ -42,14 +42,15 @@ local ADOPT_AFTER = 60  -- seconds a row may wait in the owner's slot before ano
 local ADOPT_MAX = 16  -- rows adopted per call
 local ROWS_TTL = 43200  -- the rows kept in an idle owner's slot expire (redis_codec.ROWS_TTL)
 
--- HSET of every field of an ordered table (each value through ``text`` if given), if it has any
+-- HSET of every field of an ordered table (each value through ``text``, else a whole number), if
+-- it has any
 local function hset_all(key, t, text)
   if #t.keys == 0 then return end
   local args = {}
   for _, field in ipairs(t.keys) do
     table.insert(args, field)
     local value = t.values[field]
-    table.insert(args, text and text(value) or value)
+    table.insert(args, (text or whole)(value))
   end
   redis.call('HSET', key, unpack(args))
 end
@@ -109,8 +110,8 @@ end
 local function minute_settle(h, rid, used)
   local held = redis.call('HGET', h, rid)
   if held then
-    redis.call('HSET', h, rid, used)
-    redis.call('HINCRBY', h, 's', used - tonumber(held))
+    redis.call('HSET', h, rid, whole(used))
+    redis.call('HINCRBY', h, 's', whole(used - tonumber(held)))
   end
 end
 

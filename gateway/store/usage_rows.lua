@@ -66,23 +66,23 @@ local function write_usage()
     for _, model in ipairs(u.models.keys) do
       local m = u.models.values[model]
       -- the day hash's TTL is set when it gains a model, not every time
-      local new_model = redis.call('HINCRBY', key, 'r:' .. model, m.r) == m.r
-      redis.call('HINCRBY', key, 'p:' .. model, m.p)
-      redis.call('HINCRBY', key, 'c:' .. model, m.c)
-      if m.e ~= 0 then redis.call('HINCRBY', key, 'e:' .. model, m.e) end
+      local new_model = redis.call('HINCRBY', key, 'r:' .. model, whole(m.r)) == m.r
+      redis.call('HINCRBY', key, 'p:' .. model, whole(m.p))
+      redis.call('HINCRBY', key, 'c:' .. model, whole(m.c))
+      if m.e ~= 0 then redis.call('HINCRBY', key, 'e:' .. model, whole(m.e)) end
       redis.call('HSET', key, 'l:' .. model, fmt(m.l))
       for _, bucket in ipairs(m.buckets.keys) do
-        redis.call('HINCRBY', key, bucket .. ':' .. model, m.buckets.values[bucket])
+        redis.call('HINCRBY', key, bucket .. ':' .. model, whole(m.buckets.values[bucket]))
       end
       -- The day joins the index of days when its hash gains a model, and the index's TTL is
       -- renewed then too: the index outlives every day hash it names, and a day hash that
       -- already has this model is already in it.
       if new_model then
-        redis.call('EXPIRE', key, u.keep * 86400)
-        if redis.call('ZADD', u.index, u.day, u.day) == 1 then
+        redis.call('EXPIRE', key, whole(u.keep * 86400))
+        if redis.call('ZADD', u.index, whole(u.day), whole(u.day)) == 1 then
           redis.call('ZREMRANGEBYSCORE', u.index, '-inf', '(' .. day_id(u.days - u.keep))
         end
-        redis.call('EXPIRE', u.index, u.keep * 86400)
+        redis.call('EXPIRE', u.index, whole(u.keep * 86400))
       end
     end
   end
