@@ -28,7 +28,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.config.schema import Model
 from gateway.dialects import inputs, responses
 from gateway.dialects.relay import Relay
 from gateway.dialects.responses_answer import Shape, encode_response, shape
@@ -171,7 +170,7 @@ class ResponsesHandler:
             )
         # translated: served here, not in a coroutine of its own (every level of the await
         # chain is walked again each time the request's task resumes)
-        turn, chat = self._turn(body, (history, items), model, keeper)
+        turn, chat = self._turn(body, (history, items), keeper)
         answer = await turn.serve(request, ex, record, route, chat, estimate)
         storing = keeper.storing(turn.shape.id, turn.final) if turn.final is not None else None
         if storing is not None:  # (awaited here, not in keep: a step less in the await chain)
@@ -187,15 +186,13 @@ class ResponsesHandler:
         self,
         body: dict[str, Any],
         conversation: tuple[list[Any], list[Any]],  # the stored history, the body's own items
-        model: Model | None,
         keeper: _Keeper,
     ) -> tuple[_Turn, dict[str, Any]]:
         """The translated request's turn (its response's shape) and its chat body."""
         rt, (history, items) = self.rt, conversation
         plan = responses.translate(body, history, rt.config.responses.hosted_tools, items)
-        ceiling = model.max_output_tokens if model is not None else None
-        if ceiling is not None and plan.chat.get("max_tokens", 0) > ceiling:
-            plan.chat["max_tokens"] = ceiling  # what the model's workers generate at most
+        # (a max_tokens past the model's ceiling is lowered by the chat recipe, ``outbound``,
+        # which compares whole numbers only: a forwarded one of another type is its 400)
         headers = {DROPPED: ", ".join(plan.dropped)} if plan.dropped else {}
         made = shape(body, new_id(), int(rt.clock.time()), body["model"], plan.names)
         return _Turn(rt, made, keeper, headers), plan.chat
