@@ -115,6 +115,8 @@ class Capacity:
                 room.scheduling = config.scheduling
         if self.leases is not None:  # what the configuration says now: a reload may drop some
             self.bounded.configure(config)
+            for name in [n for n in self.pool.roomy if self.bounded.named(n)]:
+                self.pool.revoke(name)  # newly bounded: its idle leases would count as load
         if self._room is not None and any(u.max_concurrency for u in config.upstreams.values()):
             with contextlib.suppress(RuntimeError):  # no loop yet: made on first use
                 asyncio.get_running_loop()

@@ -181,7 +181,10 @@ class Bounded:
 
     def bounds(self, upstream: Upstream) -> bool:
         """Is ``upstream`` in an affinity pool (a discovered one: its entry)?"""
-        names, name = self.names, upstream.name
+        return self.named(upstream.name)
+
+    def named(self, name: str) -> bool:
+        names = self.names
         return bool(names) and (name in names or name.partition("@")[0] in names)
 
     def leased(self, upstream: Upstream) -> bool:

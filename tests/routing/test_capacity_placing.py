@@ -24,6 +24,7 @@ from gateway.routing.router import Router
 from gateway.store.capacity_redis import PREFIX, RedisLeaseStore
 from tests.clients import KEYS_YAML
 from tests.redis_server import RedisServer, free_port
+from tests.routing.support import until
 from tests.store.test_admission_batches import evalsha_calls
 
 LONG = 60.0
@@ -164,3 +165,42 @@ async def test_when_the_store_fails_the_balancer_s_choice_stands_in() -> None:
         assert failed == 1
     finally:
         await capacity.close()
+
+
+async def test_a_reload_that_bounds_an_upstream_gives_its_idle_leases_back(
+    redis_process: RedisServer,
+) -> None:
+    """A capped upstream of a least_loaded model keeps a freed lease idle (room to spare); the
+    model reloaded on affinity, that idle lease goes back at once (it would count as a request
+    in the bound), not at the pool's next trim."""
+    assert redis_process.call("FLUSHALL") == "OK"
+    capacity = service(redis_process.url)
+    try:
+        config = capped("least_loaded", redis_process.url)
+        capacity.configure(config)
+        # The store's notices heard: the pool may keep leases.
+        await until(lambda: capacity.pool.seq is not None, 5, "the subscription")
+        a = config.upstreams["a"]
+        assert await capacity.take(a) is a
+        capacity.balancer.acquire(a)
+        capacity.balancer.release(a)
+        assert "a" in capacity.pool.roomy and leases(redis_process, "a") == 1  # kept idle
+        capacity.configure(capped("affinity", redis_process.url))
+        assert "a" not in capacity.pool.roomy
+        # (A trim would take up to a renewal, 1 s, or more.)
+        await until(lambda: leases(redis_process, "a") == 0, 0.5, "the idle lease given back")
+    finally:
+        await capacity.close()
+
+
+def capped(policy: str, store: str) -> Config:
+    text = f"""
+listen: {{host: 127.0.0.1, port: 0}}
+upstreams:
+  a: {{url: 'http://127.0.0.1:9', max_concurrency: 64}}
+  b: {{url: 'http://127.0.0.1:9', max_concurrency: 64}}
+models:
+  m: {{upstreams: [a, b], routing: {{policy: {policy}}}}}
+store: {{url: '{store}'}}
+{KEYS_YAML}"""
+    return parse_text(text, "test.yaml")
