@@ -152,3 +152,23 @@ async def test_a_bounded_lease_is_never_kept_idle(redis_process: RedisServer) ->
         assert plain >= 1024 and bounded == 0
     finally:
         await store.close()
+
+
+async def test_on_a_cluster_a_bounded_batch_decides_as_the_rule(cluster_url: str) -> None:
+    """Every lease set in one slot: the same script, the same answers on a Cluster."""
+    store = RedisLeaseStore(cluster_url, 5000, LONG)
+    try:
+        caps = {"a": UNCAPPED, "b": 2, "c": UNCAPPED}
+        bound: Bound = (1.25, [1.0, 1.0, 2.0])
+        asks: list[Ask] = [(["a", "b", "c"], None, bound)] * 9 + [(["b", "a"], None, None)] * 2
+        expected, counts = reference(asks, caps, dict.fromkeys(UPSTREAMS, 0))
+        got = await asyncio.gather(
+            *(
+                store.acquire_now([(u, caps[u]) for u in ups], f"l{i}", q, bound=b)
+                for i, (ups, q, b) in enumerate(asks)
+            )
+        )
+        assert list(got) == expected
+        assert {u: len(held) for u, held in (await live_leases(store)).items()} == counts
+    finally:
+        await store.close()
