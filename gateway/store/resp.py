@@ -22,12 +22,15 @@ Arg = str | bytes | int | float
 hiredis_pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 KEPT_MAX = 8192  # packed texts kept; emptied when full (a request adds a few unique ones)
+# A command of fewer arguments is packed by hiredis whole: a short one (a GET, a stored
+# response's SET with its one-off key and record) gains nothing from what is kept here.
+FEW = 8
 _KEPT: dict[str, bytes] = {}
 
 
 def _packed(arg: Arg) -> bytes:
     """One argument's packed form: ``$<length>\\r\\n<bytes>\\r\\n``."""
-    if type(arg) is str:
+    if isinstance(arg, str):
         kept = _KEPT.get(arg)
         if kept is None:
             data = arg.encode()  # a lone surrogate raises, as in hiredis
@@ -36,12 +39,16 @@ def _packed(arg: Arg) -> bytes:
                 _KEPT.clear()
             _KEPT[arg] = kept
         return kept
+    if isinstance(arg, bytes):  # as it is (a stored record: never hashed, copied once)
+        return b"$%d\r\n%s\r\n" % (len(arg), arg)
     return hiredis_pack((arg,))[4:]  # "*1\r\n" and the argument as hiredis packs it
 
 
 def pack(args: tuple[Arg, ...]) -> bytes:
     """``args`` as one RESP command, byte for byte what ``hiredis.pack_command`` gives."""
-    get = _KEPT.get  # a number or bytes is never a key: None, then hiredis packs it
-    parts = [get(a) or _packed(a) for a in args]  # type: ignore[arg-type]
+    if len(args) < FEW:
+        return hiredis_pack(args)
+    get = _KEPT.get  # only a text is looked up: bytes (a large record) are not hashed
+    parts = [(get(a) if type(a) is str else None) or _packed(a) for a in args]
     parts.insert(0, b"*%d\r\n" % len(args))
     return b"".join(parts)

@@ -39,6 +39,16 @@ def test_a_lone_surrogate_fails_as_in_hiredis() -> None:
 
 
 def test_what_is_kept_stays_bounded() -> None:
+    filler = ("x",) * resp.FEW  # a command long enough to be packed from what is kept
+    resp.pack((*filler, "req_first"))
+    assert "req_first" in resp._KEPT
     for n in range(resp.KEPT_MAX * 2 + 7):
-        resp.pack(("GET", f"req_{n}"))
+        resp.pack((*filler, f"req_{n}"))
         assert len(resp._KEPT) <= resp.KEPT_MAX
+
+
+def test_a_short_command_is_packed_by_hiredis_whole() -> None:
+    """A stored response's SET (its key seen once, its record large) keeps nothing here."""
+    command = ("SET", "gw:resp:{resp_once}:acme", b"x" * 1024, "PX", "2592000000")
+    assert resp.pack(command) == hiredis.pack_command(command)
+    assert "gw:resp:{resp_once}:acme" not in resp._KEPT
