@@ -221,7 +221,8 @@ def counted(tree: Path, label: str, gateway_config: Path) -> Iterator[Callable[[
     command = ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--instr-atstart=no"]
     command += [f"--callgrind-out-file={out}", sys.executable, "-m", "gateway", "run"]
     command += ["--config", str(gateway_config)]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # one hash seed for every source: dict and set layouts (and so counts) alike across processes
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     with open(WORK / f"valgrind.{label}.log", "wb") as log:
         process = subprocess.Popen(
             command, env=env, cwd=WORK, stdout=log, stderr=subprocess.STDOUT
