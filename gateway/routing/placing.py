@@ -44,9 +44,10 @@ def placement(
     prefixes: Sequence[int],
 ) -> Placement | None:
     """The usable upstreams of ``pool`` (not ejected; of ``region`` when any is; every one in
-    panic) in the order the key meets them, the prompt's last upstream first; None when the
-    pool is empty. (Per request, on a route's own pool with every upstream usable: the order
-    from the key's point on the ring is made once and kept.)"""
+    panic) in the order the key meets them, the prompt's last upstream first (not in panic, as
+    ``Balancer.affinity``); None when the pool is empty. (Per request, on a route's own pool
+    with every upstream usable: the order from the key's point on the ring is made once and
+    kept.)"""
     asked = (pool, exclude, region)
     if balancer._members:
         pool = balancer.expand(pool)
@@ -65,9 +66,9 @@ def placement(
                 found = prefix
                 break
     at = bisect.bisect_left(ring.points, key)
-    usable = None
+    usable, panic = None, False
     if region is not None or balancer._now() < balancer._ejected_until:
-        usable = _usable(balancer, pool, states, region)
+        usable, panic = _usable(balancer, pool, states, region)
     if usable is None and type(pool) is tuple and ring.size <= _KEPT:  # kept per ring point
         kept = balancer.orders.get(id(pool))
         order = kept[1].get(at) if kept is not None and kept[0] is pool else None
@@ -76,7 +77,7 @@ def placement(
         candidates, weights = order
     else:
         candidates, weights = _order(pool, ring, key, at, usable)
-    if went is not None and candidates[0].name != went:  # where the prompt went, first
+    if went is not None and not panic and candidates[0].name != went:  # where it went, first
         for i, upstream in enumerate(candidates):
             if upstream.name == went:
                 candidates = [upstream, *candidates[:i], *candidates[i + 1 :]]
@@ -117,20 +118,21 @@ def _keep(balancer: Balancer, pool: tuple[Upstream, ...], ring: Ring, key: int, 
 
 def _usable(
     balancer: Balancer, pool: Sequence[Upstream], states: list[UpstreamState], region: str | None
-) -> list[bool] | None:
+) -> tuple[list[bool] | None, bool]:
     """Which upstreams a placement may take (None: every one): not ejected, of ``region`` when
-    any such is; every one when all are ejected (panic)."""
+    any such is; and whether every one is ejected (panic: then the ring alone decides, among
+    them all, as in ``Balancer.affinity``)."""
     usable: list[bool] | None = None
     now = balancer._now()
     if now < balancer._ejected_until:
         usable = [s.ejected_until <= now for s in states]
         if not any(usable):
-            usable = None
+            return None, True
     if region is not None:
         local = [(usable is None or usable[i]) and u.region == region for i, u in enumerate(pool)]
         if any(local):
             usable = local
-    return usable
+    return usable, False
 
 
 def placed(balancer: Balancer, found: Placement, upstream: Upstream) -> None:
