@@ -42,7 +42,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import cast
 
 from gateway.clock import Clock
 from gateway.config.schema import Config, Plan, Scheduling, Upstream
@@ -63,7 +62,6 @@ from gateway.store.capacity import (
     ROOMY,
     GrantListener,
     LeaseStore,
-    WaitRoom,
 )
 
 log = logging.getLogger("gateway.routing")
@@ -85,9 +83,8 @@ class Capacity:
         self._me = uuid.uuid4().hex[:12]
         self.local = LocalRoom(clock, metrics, scheduling, balancer)
         self.shared: SharedRoom | None = None
-        self._room: WaitRoom | None = None
-        if leases is not None and _is_wait_room(leases):
-            room = self._room = cast(WaitRoom, leases)
+        room = self._room = leases.wait_room if leases is not None else None
+        if room is not None:
             self.shared = SharedRoom(
                 clock, metrics, scheduling, room, self._me, self._give, self._subscription
             )
@@ -483,7 +480,3 @@ def _taken(asking: asyncio.Future[int]) -> int:
     if not asking.done() or asking.cancelled() or asking.exception() is not None:
         return -1
     return asking.result()
-
-
-def _is_wait_room(store: object) -> bool:
-    return all(callable(getattr(store, name, None)) for name in ("join", "leave", "sweep"))

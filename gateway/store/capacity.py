@@ -126,6 +126,12 @@ class LeaseStore(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def wait_room(self) -> WaitRoom | None:
+        """The queues of full models this store keeps for every process (None: none; this
+        process's own queues serve)."""
+        ...
+
 
 class GrantListener(Protocol):
     async def ready(self, seconds: float) -> bool:

@@ -8,10 +8,12 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.clock import Clock
-from gateway.store.capacity import LEASE_SECONDS, Bound, Renewed, bounded_choice
+from gateway.store.capacity import LEASE_SECONDS, Bound, Renewed, WaitRoom, bounded_choice
 
 
 class MemoryLeaseStore:
+    wait_room: WaitRoom | None = None  # no queues shared: each process's own serve
+
     def __init__(self, clock: Clock, lease_seconds: float = LEASE_SECONDS) -> None:
         self.clock = clock
         self.lease_seconds = lease_seconds

@@ -68,6 +68,11 @@ class RedisLeaseStore:
         )
 
     @property
+    def wait_room(self) -> RedisLeaseStore:
+        """This store keeps the queues of full models too (``join``, ``leave``, ``sweep``)."""
+        return self
+
+    @property
     def transport(self) -> RedisTransport:
         """Made on first use: a gateway without capped upstreams never connects."""
         if self._transport is None:
