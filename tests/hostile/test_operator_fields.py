@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 
 from gateway.server import Server
-from tests.clients import AUTH, TEST_KEY_SHA
-from tests.conftest import gateway_yaml
+from tests.clients import AUTH
 from tests.fakes import FakeUpstream
+from tests.hostile.every_api import CASES, every_api_config
 
 HOSTILE = {
     "priority": -1000,
@@ -28,32 +28,6 @@ HOSTILE = {
         "do_remote_prefill": True,
     },
 }
-MESSAGES = [{"role": "user", "content": "hi"}]
-CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "chat": ("/v1/chat/completions", {"model": "m", "messages": MESSAGES}),
-    "chat, streamed": (
-        "/v1/chat/completions",
-        {"model": "m", "messages": MESSAGES, "stream": True},
-    ),
-    "anthropic messages": ("/v1/messages", {"model": "m", "messages": MESSAGES, "max_tokens": 8}),
-    "responses (translated)": ("/v1/responses", {"model": "m", "input": "hi"}),
-    "responses (native)": ("/v1/responses", {"model": "nm", "input": "hi"}),
-    "completions": ("/v1/completions", {"model": "m", "prompt": "hi"}),
-    "embeddings": ("/v1/embeddings", {"model": "m", "input": "hi"}),
-}
-
-
-def _config(upstream: str) -> str:
-    apis = ["chat", "responses", "completions", "embeddings"]
-    return gateway_yaml(
-        {"up": upstream},
-        {
-            "m": {"upstreams": ["up"], "apis": apis},
-            "nm": {"upstreams": ["up"], "apis": ["responses"], "responses": "native"},
-        },
-        extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
-        "permissions: [chat, embeddings]}]}\n",
-    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -61,7 +35,7 @@ async def test_the_worker_never_gets_a_clients_priority_or_kv_transfer_params(
     gateway_factory: Any, fake: FakeUpstream, case: str
 ) -> None:
     path, body = CASES[case]
-    server: Server = await gateway_factory(_config(fake.url))
+    server: Server = await gateway_factory(every_api_config(fake.url))
     async with (
         aiohttp.ClientSession() as http,
         http.post(

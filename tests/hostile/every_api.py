@@ -1,0 +1,39 @@
+"""One request for every JSON API a worker serves, and a gateway serving them all on one fake
+worker: what the operator-fields and operator-headers suites send, each with its own hostile
+part."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.clients import TEST_KEY_SHA
+from tests.conftest import gateway_yaml
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat": ("/v1/chat/completions", {"model": "m", "messages": MESSAGES}),
+    "chat, streamed": (
+        "/v1/chat/completions",
+        {"model": "m", "messages": MESSAGES, "stream": True},
+    ),
+    "anthropic messages": ("/v1/messages", {"model": "m", "messages": MESSAGES, "max_tokens": 8}),
+    "responses (translated)": ("/v1/responses", {"model": "m", "input": "hi"}),
+    "responses (native)": ("/v1/responses", {"model": "nm", "input": "hi"}),
+    "completions": ("/v1/completions", {"model": "m", "prompt": "hi"}),
+    "embeddings": ("/v1/embeddings", {"model": "m", "input": "hi"}),
+}
+
+
+def every_api_config(upstream: str) -> str:
+    """Model ``m`` (chat, Responses translated, completions, embeddings) and ``nm`` (Responses
+    native) on the one worker ``upstream``; the test key may use chat and embeddings."""
+    apis = ["chat", "responses", "completions", "embeddings"]
+    return gateway_yaml(
+        {"up": upstream},
+        {
+            "m": {"upstreams": ["up"], "apis": apis},
+            "nm": {"upstreams": ["up"], "apis": ["responses"], "responses": "native"},
+        },
+        extra=f"keys: {{static: [{{id: k, owner: o, sha256: '{TEST_KEY_SHA}', "
+        "permissions: [chat, embeddings]}]}\n",
+    )
