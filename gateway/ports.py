@@ -121,8 +121,14 @@ def bind_process(config: Config) -> Listeners:
 def bind_workers(config: Config, count: int) -> list[Listeners]:
     """``count`` workers' sockets on the same ports, after checking no one else holds them."""
     listen, admin = config.listen, config.admin
-    probe("listen.port", listen.host, listen.port)
-    probe("admin.port", admin.host, admin.port)
+    # the public port held while the admin port is tried: the two the same port would be bound
+    # by every worker with SO_REUSEPORT, and the kernel would share connections between them
+    held = bind("listen.port", listen.host, listen.port) if listen.port else []
+    try:
+        probe("admin.port", admin.host, admin.port)
+    finally:
+        for sock in held:
+            sock.close()
     _probe_mock(config)
     groups: list[Listeners] = []
     ports = [listen.port, admin.port]

@@ -45,7 +45,10 @@ class Ports:
 
 
 def fresh() -> Ports:
-    return Ports(free_port(), free_port(), free_port())
+    """Three free ports, all different (two free_port() calls may give the same one)."""
+    while len(ports := {free_port(), free_port(), free_port()}) < 3:
+        pass
+    return Ports(*ports)
 
 
 def _status(url: str, key: str | None = None) -> int:
@@ -186,6 +189,24 @@ def test_workers_share_their_ports_with_each_other_only(
     # The first gateway's workers still serve the port (a key is needed: 401, never refused).
     statuses = {_status(f"http://127.0.0.1:{ports.port}/v1/models") for _ in range(20)}
     assert statuses == {401}
+
+
+def test_workers_never_share_the_public_port_with_the_admin_port(
+    tmp_path: pathlib.Path, redis_url: str
+) -> None:
+    """listen.port = admin.port with several workers: one line, as with one worker. (Before,
+    every worker bound both with SO_REUSEPORT, and the kernel handed some of the public
+    port's connections to the admin listener: 404 for /v1/models.)"""
+    ports = fresh()
+    for workers in (2, 1):
+        config = tmp_path / f"same{workers}.yaml"
+        config.write_text(
+            f"listen: {{host: 127.0.0.1, port: {ports.port}, workers: {workers}}}\n"
+            f"admin: {{host: 127.0.0.1, port: {ports.port}}}\n"
+            f"store: {{url: '{redis_url}'}}\n"
+            "upstreams: {u: {url: 'http://127.0.0.1:1'}}\nmodels: {m: {upstreams: [u]}}\n"
+        )
+        one_line(refused(tmp_path, ports, "--config", str(config)), "admin.port", ports.port)
 
 
 def test_port_zero_with_several_workers_is_one_port(
