@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import pytest
 
-from gateway.server import Server
-from tests.clients import AUTH
 from tests.fakes import FakeUpstream
-from tests.hostile.every_api import CASES, every_api_config
+from tests.hostile.every_api import CASES, what_the_worker_got
 
 HOSTILE = {
     "priority": -1000,
@@ -34,16 +31,7 @@ HOSTILE = {
 async def test_the_worker_never_gets_a_clients_priority_or_kv_transfer_params(
     gateway_factory: Any, fake: FakeUpstream, case: str
 ) -> None:
-    path, body = CASES[case]
-    server: Server = await gateway_factory(every_api_config(fake.url))
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{server.port}{path}", json={**body, **HOSTILE}, headers=AUTH
-        ) as r,
-    ):
-        await r.read()
-    assert fake.seen, f"the worker was not asked ({r.status})"
-    sent = fake.seen[-1].body
+    seen = await what_the_worker_got(gateway_factory, fake, case, fields=HOSTILE)
+    sent = seen.body
     assert isinstance(sent, dict), sent
     assert "priority" not in sent and "kv_transfer_params" not in sent, sent

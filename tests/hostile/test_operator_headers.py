@@ -18,13 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import pytest
 
-from gateway.server import Server
-from tests.clients import AUTH
 from tests.fakes import FakeUpstream
-from tests.hostile.every_api import CASES, every_api_config
+from tests.hostile.every_api import CASES, what_the_worker_got
 
 HOSTILE = {"x-prefiller-host-port": "10.0.0.66:8000", "X-data-parallel-rank": "3"}
 
@@ -34,16 +31,6 @@ async def test_the_worker_never_gets_a_clients_routing_headers(
     gateway_factory: Any, fake: FakeUpstream, case: str
 ) -> None:
     """Observed (before): both headers reached the worker as sent. Expected: neither."""
-    path, body = CASES[case]
-    server: Server = await gateway_factory(every_api_config(fake.url))
-    headers = {**AUTH, **HOSTILE}
-    if path == "/v1/messages":
-        headers["anthropic-version"] = "2023-06-01"
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"http://127.0.0.1:{server.port}{path}", json=body, headers=headers) as r,
-    ):
-        await r.read()
-    assert fake.seen, f"the worker was not asked ({r.status})"
-    got = {name.lower() for name in fake.seen[-1].headers}
+    seen = await what_the_worker_got(gateway_factory, fake, case, headers=HOSTILE)
+    got = {name.lower() for name in seen.headers}
     assert not got & {name.lower() for name in HOSTILE}, sorted(got)

@@ -20,13 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import pytest
 
-from gateway.server import Server
-from tests.clients import AUTH
 from tests.fakes import FakeUpstream
-from tests.hostile.every_api import CASES, every_api_config
+from tests.hostile.every_api import CASES, what_the_worker_got
 
 HOSTILE: dict[str, Any] = {
     "bootstrap_host": "10.0.0.66",
@@ -46,17 +43,7 @@ async def test_an_sglang_worker_never_gets_a_clients_operator_fields(
     gateway_factory: Any, fake: FakeUpstream, case: str
 ) -> None:
     """Observed (before): every field reached the worker as sent. Expected: none."""
-    path, body = CASES[case]
-    server: Server = await gateway_factory(every_api_config(fake.url))
-    headers = {**AUTH, "anthropic-version": "2023-06-01"} if path == "/v1/messages" else AUTH
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(
-            f"http://127.0.0.1:{server.port}{path}", json={**body, **HOSTILE}, headers=headers
-        ) as r,
-    ):
-        await r.read()
-    assert fake.seen, f"the worker was not asked ({r.status})"
-    sent = fake.seen[-1].body
+    seen = await what_the_worker_got(gateway_factory, fake, case, fields=HOSTILE)
+    sent = seen.body
     assert isinstance(sent, dict), sent
     assert not set(sent) & set(HOSTILE), sorted(set(sent) & set(HOSTILE))
