@@ -57,14 +57,8 @@ def placement(
         return None
     known = balancer._views.get(id(pool))
     ring, states, _ = known[1] if known is not None and known[0] is pool else balancer._view(pool)
-    found = went = None
-    if prefixes:
-        sent = balancer.history.sent
-        for prefix in reversed(prefixes):  # ``History.where``: the longest sent before
-            went = sent.get(prefix)
-            if went is not None:
-                found = prefix
-                break
+    seen = balancer.history.where(prefixes) if prefixes else None
+    found, went = seen if seen is not None else (None, None)
     at = bisect.bisect_left(ring.points, key)
     usable, panic = None, False
     if region is not None or balancer._now() < balancer._ejected_until:
