@@ -31,7 +31,8 @@ local at = fmt(now)
 -- instructions, and every admission of the call shares them. A lease ends on a whole second
 -- (store/base.py lease_end): a small sorted set keeps integer scores as integers, others as text
 -- that every ZADD parses again for each entry it passes.
-local since, lease_end = fmt(now - window), fmt(math.floor(now + lease))
+local lease_end = whole(math.floor(now + lease))
+local since = nil  -- the token minutes' window start (text), made when one is first read
 -- The rpm logs' scores are whole microseconds (Redis TIME's own grain), for the same reason: a
 -- log under 129 entries is a listpack, and a ZADD there reads the score of every entry it passes
 -- (a log at an rpm limit of 60 cost a third more per admission as text).
@@ -118,6 +119,7 @@ local minutes = {}
 local function minute_tokens(z, h)
   if minutes[h] ~= nil then return minutes[h] end
   local sum = tonumber(redis.call('HGET', h, 's') or '0')
+  since = since or fmt(now - window)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', since)
   if #old > 0 then
     for i = 1, #old, 1000 do

@@ -5,7 +5,7 @@
 
 local now = clock(ARGV[1])
 local lease = tonumber(ARGV[2])
-local expiry = fmt(math.floor(now + lease))  -- a whole second: see admit.lua
+local expiry = whole(math.floor(now + lease))  -- a whole second: see admit.lua
 for i, key in ipairs(KEYS) do
   local current = redis.call('ZSCORE', key, ARGV[i + 2])
   if current and tonumber(current) > now then
