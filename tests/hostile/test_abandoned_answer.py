@@ -20,7 +20,6 @@ left; the admin API reads the key's usage.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import aiohttp
@@ -31,8 +30,8 @@ from gateway.server import Server
 from tests.clients import AUTH, TEST_KEY_SHA
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
+from tests.hostile.charged import ADMIN, key_totals
 
-ADMIN = {"Authorization": "Bearer admin-token-0123456789"}
 LIMIT, ASKED = 1000, 900
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "chat": (
@@ -46,18 +45,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         {"messages": [{"role": "user", "content": "hi"}], "max_tokens": ASKED, "stream": True},
     ),
 }
-
-
-async def _usage(http: aiohttp.ClientSession, server: Server, key_id: str) -> dict[str, int]:
-    """The key's totals once its one request is recorded (within 10 s)."""
-    url = f"http://127.0.0.1:{server.admin_port}/admin/keys/{key_id}/usage?days=1"
-    deadline = time.monotonic() + 10
-    while True:
-        async with http.get(url, headers=ADMIN) as r:
-            totals: dict[str, int] = (await r.json())["totals"]
-        if totals["requests"] >= 1 or time.monotonic() > deadline:
-            return totals
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -98,7 +85,7 @@ async def test_a_request_left_while_a_worker_had_it_is_charged(
         asked.cancel()  # the client leaves
         async with asyncio.timeout(5):
             await fake.closed.wait()
-        totals = await _usage(http, server, made["id"])
+        totals = await key_totals(http, server, made["id"])
     assert totals["requests"] == 1, totals
     assert totals["promptTokens"] > 0, f"the prompt the worker read was not charged: {totals}"
     completion = 0 if body.get("stream") else ASKED
@@ -137,7 +124,7 @@ async def test_images_left_before_they_came_are_charged_at_their_price(
         asked.cancel()
         async with asyncio.timeout(5):
             await fake.closed.wait()
-        assert (await _usage(http, server, "k"))["requests"] == 1  # the first is settled
+        assert (await key_totals(http, server, "k"))["requests"] == 1  # the first is settled
         working.clear()
         again = asyncio.create_task(http.post(url, json=body, headers=AUTH))
         reached = asyncio.create_task(working.wait())

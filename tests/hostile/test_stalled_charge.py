@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any
 
 import aiohttp
@@ -28,9 +27,9 @@ from aiohttp import web
 from gateway.server import Server
 from tests.conftest import gateway_yaml
 from tests.fakes import FakeUpstream
+from tests.hostile.charged import ADMIN, key_totals
 
 IDLE = 1.0
-ADMIN = {"Authorization": "Bearer admin-token-0123456789"}
 EVENTS = 3000
 
 
@@ -76,19 +75,6 @@ def _stalled_stream(port: int, path: str, key: str) -> socket.socket:
     return sock
 
 
-async def _usage(http: aiohttp.ClientSession, server: Server, key_id: str) -> dict[str, int]:
-    """The key's totals once its one request is settled (within 10 s)."""
-    url = f"http://127.0.0.1:{server.admin_port}/admin/keys/{key_id}/usage?days=1"
-    deadline = time.monotonic() + 10
-    while True:
-        async with http.get(url, headers=ADMIN) as r:
-            assert r.status == 200, await r.text()
-            totals: dict[str, int] = (await r.json())["totals"]
-        if totals["requests"] >= 1 or time.monotonic() > deadline:
-            return totals
-        await asyncio.sleep(0.1)
-
-
 @pytest.mark.parametrize("path", sorted(STREAMS))
 async def test_a_stream_cut_for_a_stalled_client_is_charged(
     gateway_factory: Any, fake: FakeUpstream, redis_url: str, path: str
@@ -112,7 +98,7 @@ async def test_a_stream_cut_for_a_stalled_client_is_charged(
             made = await r.json()
         sock = await asyncio.to_thread(_stalled_stream, server.port, path, made["key"])
         try:
-            totals = await _usage(http, server, made["id"])
+            totals = await key_totals(http, server, made["id"])
         finally:
             sock.close()
     assert totals["requests"] == 1, totals
