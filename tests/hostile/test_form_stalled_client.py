@@ -28,6 +28,7 @@ from aiohttp import web
 from gateway.server import Server
 from tests.clients import TEST_KEY, TEST_KEY_SHA
 from tests.conftest import gateway_yaml
+from tests.fakes import serving
 
 IDLE = 1.0
 FORM = (
@@ -54,12 +55,8 @@ async def _transcribe(request: web.Request) -> web.StreamResponse:
 async def worker() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/audio/transcriptions", _transcribe)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 def _stalled_upload(port: int) -> socket.socket:

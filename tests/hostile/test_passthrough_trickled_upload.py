@@ -23,6 +23,7 @@ from aiohttp import web
 
 from gateway.server import Server
 from tests.conftest import gateway_yaml
+from tests.fakes import serving
 
 STALL, BODY, FIRST_BYTE = 1.0, 2.0, 8.0
 
@@ -35,12 +36,8 @@ async def backend() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", whole)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serving(app) as url:
+        yield url
 
 
 async def _upload(port: int, trickle: bool) -> tuple[bytes, float]:
