@@ -30,10 +30,20 @@ def available() -> bool:
     return os.access(REDIS_SERVER, os.X_OK) and os.access(REDIS_CLI, os.X_OK)
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now and never handed out before by this process: the kernel may give the
+    same free port to two calls in a row, and a test taking two (a gateway's public and admin
+    ports) would then collide with itself."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def command(port: int, *args: str, password: str | None = None, timeout: float = 1.0) -> str:
