@@ -177,13 +177,13 @@ end
 
 local function admit(k, a)
   local rid = ARGV[a + 1]
-  local rpm, conc = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local daily, monthly = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local prpm, pmonthly = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-  local reserve = tonumber(ARGV[a + 8])
-  local tpm, dbudget, mbudget = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]), tonumber(ARGV[a + 11])
-  local ptpm, pbudget = tonumber(ARGV[a + 12]), tonumber(ARGV[a + 13])
-  local cost = tonumber(ARGV[a + 14])
+  local rpm, conc = num(ARGV[a + 2]), num(ARGV[a + 3])
+  local daily, monthly = num(ARGV[a + 4]), num(ARGV[a + 5])
+  local prpm, pmonthly = num(ARGV[a + 6]), num(ARGV[a + 7])
+  local reserve = num(ARGV[a + 8])
+  local tpm, dbudget, mbudget = num(ARGV[a + 9]), num(ARGV[a + 10]), num(ARGV[a + 11])
+  local ptpm, pbudget = num(ARGV[a + 12]), num(ARGV[a + 13])
+  local cost = num(ARGV[a + 14])
   local klog, olog, kleases = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 
   local kh = hash(KEYS[k + 4], 'd', 'dt', 'm', 'mt', 'x', 'dc', 'mc').fields

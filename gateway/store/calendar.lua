@@ -57,6 +57,19 @@ local function clock(override)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- tonumber of an argument, each distinct text parsed once per call: Lua's tonumber reads a
+-- text with strtod twice (is it a number, then its value), thousands of instructions, and the
+-- admissions or settlements of one call repeat the same limits, days and months.
+local parsed = {}
+local function num(text)
+  local v = parsed[text]
+  if v == nil then
+    v = tonumber(text) or false
+    parsed[text] = v
+  end
+  return v or nil
+end
+
 -- A double as text that reads back to the same double.
 local function fmt(x)
   return string.format('%.17g', x)

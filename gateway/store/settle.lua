@@ -166,7 +166,7 @@ end
 local settled = 0
 for i = 0, #KEYS / 9 - 1 do
   local k, a = 9 * i, 20 * i
-  local day, month = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local day, month = num(ARGV[a + 2]), num(ARGV[a + 3])
   local mode = ARGV[a + 16]
   local striped = mode ~= '0' and mode ~= '1'  -- a Cluster's: usage.lua writes the row
   if striped and not rows then
@@ -182,7 +182,7 @@ for i = 0, #KEYS / 9 - 1 do
   if first then
     settled = settled + 1
     local kc, oc = counter(KEYS[k + 2]), counter(KEYS[k + 3])
-    local used = tonumber(ARGV[a + 6]) + tonumber(ARGV[a + 7])
+    local used = num(ARGV[a + 6]) + num(ARGV[a + 7])
     local finished = tonumber(ARGV[a + 11])
     if finished == 0 or day == 0 then
       local t = now or clock(ARGV[a + 12])
@@ -193,7 +193,7 @@ for i = 0, #KEYS / 9 - 1 do
       end
     end
     if day ~= 0 then
-      move(kc, oc, day, month, tonumber(ARGV[a + 4]), tonumber(ARGV[a + 17]), false)
+      move(kc, oc, day, month, num(ARGV[a + 4]), num(ARGV[a + 17]), false)
       if ARGV[a + 19] == '1' then minute_settle(KEYS[k + 8], ARGV[a + 1], used) end
       if ARGV[a + 20] == '1' then minute_settle(KEYS[k + 9], ARGV[a + 1], used) end
     end
