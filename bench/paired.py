@@ -22,12 +22,15 @@ from measure import probe, wrk
 from procs import CLK_TCK, Stack, group_ticks
 
 # (arm, its baseline); the budgeted arm against the governed one: TPM and budgets must cost
-# ≤ 5 % of its RPS (and still one admission round trip, checked by the arm's own run)
+# ≤ 5 % of its RPS (and still one admission round trip, checked by the arm's own run); the light
+# 2-worker arm beside the governed one tells the store's and the machine's share of the 2-worker
+# gap from what governing adds
 PAIRS_OF = (
     ("gateway-1w", "passthrough-1w"),
     ("governed-1w", "passthrough-1w"),
     ("governed-budget-1w", "governed-1w"),
     ("governed-capped-1w", "governed-1w"),
+    ("gateway-2w", "passthrough-2w"),
     ("governed-2w", "passthrough-2w"),
 )
 

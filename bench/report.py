@@ -777,14 +777,15 @@ def paired_rows(paired: list[Paired]) -> list[Row]:
     for p in paired:
         label = f"{p.arm} / {p.base}"
         target = PAIR_TARGETS.get(p.base, 0.80)
+        workers = "2 workers" if p.arm.endswith("-2w") else "1 worker"
         if p.error or not p.rps:
-            rows.append((f"{label} RPS, 1 worker, paired", "n/a", f"≥ {target:.2f}", "FAILED"))
+            rows.append((f"{label} RPS, {workers}, paired", "n/a", f"≥ {target:.2f}", "FAILED"))
             continue
         for name, values in (("RPS", p.rps), ("CPU per request (baseline / arm)", p.cpu)):
             mid = Paired.median(values)
             rows.append(
                 (
-                    f"{label} {name}, 1 worker, median of {len(values)} "
+                    f"{label} {name}, {workers}, median of {len(values)} "
                     f"alternated pairs (range {min(values):.2f}-{max(values):.2f})",
                     f"{mid:.2f}",
                     f"≥ {target:.2f}",
