@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/instructions.py [COMMIT|DIR ...] [--requests N] [--governed|--capped]
     .venv/bin/python bench/instructions.py [COMMIT|DIR ...] --apis [--requests N]
+    .venv/bin/python bench/instructions.py --passthrough [--requests N]
 
 Wall-clock pairs drift ±10 % on a shared 2-CPU machine; the number of instructions a request
 costs does not (two runs of one commit agree within 0.1 %). For each commit (checked out in a
@@ -13,7 +14,9 @@ requests over 8 keep-alive connections, then the count is dumped. The canned ups
 client are plain asyncio on CPU 1, outside valgrind; only the gateway is counted. One line per
 source: ``<label> <commit> Ir/request: N``. ``--governed``: governed-1w's config (a Redis store
 of its own, every limit, the access log); ``--capped``: governed-capped-1w's (the same, the
-upstream capped: a capacity lease per request), to set against ``--governed``.
+upstream capped: a capacity lease per request), to set against ``--governed``;
+``--passthrough``: the baseline itself, ``bench/passthrough.py`` (aiohttp, one worker) before the
+same upstream and client, counted the same way (no source: it is the bench's own).
 
 ``--apis``: the Responses API (translate mode) beside chat, as ``bench/apis.py`` pairs them but
 counted: ``bench/apis.py``'s governed config (a Redis store of its own, every limit, the access
@@ -179,18 +182,34 @@ async def drive(count: int, connections: int = 8, request: bytes | None = None) 
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
-def ready(process: subprocess.Popen[bytes], deadline: float) -> None:
+def ready(process: subprocess.Popen[bytes], deadline: float, url: str) -> None:
+    """Wait until ``url`` answers 200 (the gateway's /readyz; the pass-through's one POST)."""
+    request = urllib.request.Request(url, data=b"{}" if "/v1/" in url else None)
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit("the gateway exited under valgrind (see bench/.work/instructions)")
+            raise SystemExit("the server exited under valgrind (see bench/.work/instructions)")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/readyz", timeout=1) as answer:
+            with urllib.request.urlopen(request, timeout=1) as answer:
                 if answer.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    raise SystemExit("the gateway was not ready within the deadline")
+    raise SystemExit("the server was not ready within the deadline")
+
+
+def gateway_command(gateway_config: Path) -> tuple[list[str], str]:
+    """The gateway's command line and the address that says it is ready."""
+    command = [sys.executable, "-m", "gateway", "run", "--config", str(gateway_config)]
+    return command, f"http://127.0.0.1:{ADMIN}/readyz"
+
+
+def passthrough_command() -> tuple[list[str], str]:
+    """The bench's aiohttp pass-through, one worker, before the same upstream."""
+    script = str(ROOT / "bench" / "passthrough.py")
+    command = [sys.executable, script, "--port", str(PORT), "--workers", "1"]
+    command += ["--upstream", f"http://127.0.0.1:{UPSTREAM}"]
+    return command, f"http://127.0.0.1:{PORT}/v1/chat/completions"
 
 
 def source(name: str) -> tuple[Path, str]:
@@ -212,15 +231,15 @@ def serve_upstream() -> None:
 
 
 @contextlib.contextmanager
-def counted(tree: Path, label: str, gateway_config: Path) -> Iterator[Callable[[], int]]:
-    """The gateway of ``tree`` under callgrind, ready, instrumentation off; yields ``dump``:
-    instrumentation on from the first call, each call the instructions since the last."""
+def counted(tree: Path, label: str, server: tuple[list[str], str]) -> Iterator[Callable[[], int]]:
+    """The server (``gateway_command``'s, of ``tree``, or ``passthrough_command``'s) under
+    callgrind, ready, instrumentation off; yields ``dump``: instrumentation on from the first
+    call, each call the instructions since the last."""
     out = WORK / f"callgrind.{label}"
     for old in WORK.glob(f"callgrind.{label}*"):
         old.unlink()
     command = ["taskset", "-c", "0", "valgrind", "--tool=callgrind", "--instr-atstart=no"]
-    command += [f"--callgrind-out-file={out}", sys.executable, "-m", "gateway", "run"]
-    command += ["--config", str(gateway_config)]
+    command += [f"--callgrind-out-file={out}", *server[0]]
     # one hash seed for every source: dict and set layouts (and so counts) alike across processes
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONHASHSEED": "0"}
     with open(WORK / f"valgrind.{label}.log", "wb") as log:
@@ -244,7 +263,7 @@ def counted(tree: Path, label: str, gateway_config: Path) -> Iterator[Callable[[
         return total
 
     try:
-        ready(process, time.monotonic() + 180)
+        ready(process, time.monotonic() + 180, server[1])
         yield dump
         subprocess.run([*control, "-i", "off", pid], capture_output=True)
     finally:
@@ -252,8 +271,8 @@ def counted(tree: Path, label: str, gateway_config: Path) -> Iterator[Callable[[
         process.wait()
 
 
-def count(tree: Path, label: str, requests: int, gateway_config: Path) -> int:
-    with counted(tree, label, gateway_config) as dump:
+def count(tree: Path, label: str, requests: int, server: tuple[list[str], str]) -> int:
+    with counted(tree, label, server) as dump:
         asyncio.run(drive(600))
         dump()
         asyncio.run(drive(requests))
@@ -287,7 +306,7 @@ def count_apis(tree: Path, label: str, requests: int, gateway_config: Path) -> N
     }
     counts: dict[str, list[int]] = {name: [] for name in requests_of}
     order = list(requests_of)
-    with counted(tree, label, gateway_config) as dump:
+    with counted(tree, label, gateway_command(gateway_config)) as dump:
         for name in order:  # warm-up
             asyncio.run(drive(400, request=requests_of[name]))
         dump()
@@ -326,6 +345,11 @@ def main() -> None:
         help="governed-capped-1w: --governed with the upstream capped (never full)",
     )
     parser.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="the baseline: bench/passthrough.py (aiohttp, one worker), no source",
+    )
+    parser.add_argument(
         "--apis",
         action="store_true",
         help="Responses (whole, streamed) beside chat, bench/apis.py's config",
@@ -347,6 +371,10 @@ def main() -> None:
         serve_upstream()
     requests = args.requests or (500 if args.apis else 2000)
     try:
+        if args.passthrough:
+            per_request = count(ROOT, "passthrough", requests, passthrough_command())
+            print(f"passthrough-1w Ir/request: {per_request}", flush=True)
+            return
         measure(args.sources, requests, gateway_config, count_apis if args.apis else None)
     finally:
         for process in (redis, upstream):
@@ -373,7 +401,7 @@ def measure(
             print(f"{label} {commit}", flush=True)
             apis(tree, safe, requests, gateway_config)
             continue
-        per_request = count(tree, safe, requests, gateway_config)
+        per_request = count(tree, safe, requests, gateway_command(gateway_config))
         print(f"{label} {commit} Ir/request: {per_request}", flush=True)
 
 
