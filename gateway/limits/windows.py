@@ -114,18 +114,16 @@ def verdict_of(
     if req_limit is not None:
         remaining = max(0, req_limit - count)
         reset = (oldest + RPM_WINDOW - now) if count else 0.0
-    tokens = [
-        (limit - used, limit, until)
-        for limit, used, until in (
-            (a.daily, spent.day_tokens, to_midnight),
-            (a.monthly, spent.month_tokens, to_month),
-            (a.plan_monthly, spent.owner_month_tokens, to_month),
-            (a.tpm, spent.minute_tokens, minute_resets[0]),
-            (a.plan_tpm, spent.owner_minute_tokens, minute_resets[1]),
-        )
-        if limit is not None
-    ]
-    tight = min(tokens, default=None)
+    tight: tuple[int, int, float] | None = None  # (remaining, limit, reset): the least
+    for limit, used, until in (
+        (a.daily, spent.day_tokens, to_midnight),
+        (a.monthly, spent.month_tokens, to_month),
+        (a.plan_monthly, spent.owner_month_tokens, to_month),
+        (a.tpm, spent.minute_tokens, minute_resets[0]),
+        (a.plan_tpm, spent.owner_minute_tokens, minute_resets[1]),
+    ):
+        if limit is not None and (tight is None or (limit - used, limit, until) < tight):
+            tight = (limit - used, limit, until)
     return Verdict(
         admitted=refused is None,
         refused=refused,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.clock import Clock
@@ -50,7 +50,13 @@ class _Check:
     retry_after: float
 
 
-_NO_MINUTE = MinuteTokens()  # read only: the minute of a key or owner without a tpm limit
+_NO_MINUTE = (0, 0.0)  # the tokens and reset of a key or owner without a tpm limit
+
+# A counter: [its period, tokens, micro-dollars]. A period's tokens and money are always
+# written together, so one period dates both; a counter of another period holds nothing.
+Counter = list[int]
+_EMPTY = (0, 0, 0)  # what a counter of another period (or none) holds
+TOKENS, MONEY = 1, 2  # a counter's places
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,24 +68,12 @@ class _Scopes:
     day: str
     month: str
     owner_month: str
-    day_cost: str
-    month_cost: str
-    owner_month_cost: str
 
 
 @functools.lru_cache(maxsize=4096)
 def _scopes(key_id: str, owner: str) -> _Scopes:
-    """Built once per key, not per request (a request names each several times)."""
-    return _Scopes(
-        f"k:{key_id}",
-        f"o:{owner}",
-        f"kd:{key_id}",
-        f"km:{key_id}",
-        f"om:{owner}",
-        f"kdc:{key_id}",
-        f"kmc:{key_id}",
-        f"omc:{owner}",
-    )
+    """Built once per key, not per request."""
+    return _Scopes(f"k:{key_id}", f"o:{owner}", f"kd:{key_id}", f"km:{key_id}", f"om:{owner}")
 
 
 class MemoryStore:
@@ -92,7 +86,7 @@ class MemoryStore:
         self._budgets: dict[str, int] = {}  # owners' own monthly budgets (micro-dollars)
         self._logs: dict[str, deque[float]] = {}
         self._leases: dict[str, dict[str, float]] = {}
-        self._counters: dict[str, tuple[int, int]] = {}  # scope → (period, tokens or micros)
+        self._counters: dict[str, Counter] = {}  # scope → [period, tokens, micro-dollars]
         self._minutes: dict[str, MinuteTokens] = {}  # the rolling minutes of tokens
         self._settled: dict[str, float] = {}
         self._usage: dict[tuple[str, str, int, str, str], _Usage] = {}
@@ -163,7 +157,9 @@ class MemoryStore:
 
     # -- limits -----------------------------------------------------------------------------
     def _log(self, scope: str, now: float) -> deque[float]:
-        log = self._logs.setdefault(scope, deque())
+        log = self._logs.get(scope)
+        if log is None:
+            log = self._logs[scope] = deque()
         while log and log[0] <= now - windows.RPM_WINDOW:
             log.popleft()
         return log
@@ -186,14 +182,21 @@ class MemoryStore:
                 del leases[rid]
         return leases
 
-    def _tokens(self, scope: str, period: int) -> int:
-        stored = self._counters.get(scope)
-        return stored[1] if stored is not None and stored[0] == period else 0
+    def _held(self, scope: str, period: int) -> Sequence[int]:
+        """What the counter of ``scope`` holds in ``period`` (read only)."""
+        held = self._counters.get(scope)
+        return held if held is not None and held[0] == period else _EMPTY
 
     def _quota(
-        self, reason: Refusal, scope: str, period: int, limit: int, reserve: int, until: float
+        self,
+        reason: Refusal,
+        held: Sequence[int],
+        what: int,
+        limit: int,
+        reserve: int,
+        until: float,
     ) -> _Check:
-        return _Check(reason, self._tokens(scope, period) + reserve <= limit, until)
+        return _Check(reason, held[what] + reserve <= limit, until)
 
     async def admit(self, admission: Admission) -> Verdict:
         return self._admit(admission)
@@ -206,16 +209,22 @@ class MemoryStore:
 
     def _admit(self, admission: Admission) -> Verdict:
         a, now = admission, self._clock.time()
+        s = _scopes(a.key_id, a.owner)
         periods = self._calendar.periods(now)
         leases = self._leases_of(a.key_id, now)
-        refused = next((c for c in self._checks(a, now, periods, leases) if not c.fits), None)
-        if refused is None:
-            self._take(a, now, periods[0], periods[1], leases)
-        return self._verdict(a, refused, now, *periods)
+        refused = None
+        for check in self._checks(a, s, now, periods, leases):
+            if not check.fits:
+                refused = check
+                break
+        else:
+            self._take(a, s, now, periods[0], periods[1], leases)
+        return self._verdict(a, s, refused, now, *periods)
 
     def _checks(
         self,
         a: Admission,
+        s: _Scopes,
         now: float,
         periods: tuple[int, int, float, float],
         leases: dict[str, float],
@@ -223,44 +232,45 @@ class MemoryStore:
         """Each limit that applies, in the order every store checks them (the first that does
         not fit is the refusal); a limit that is not set costs nothing."""
         day, month, to_midnight, to_month = periods
-        s, tokens, cost = _scopes(a.key_id, a.owner), a.reserve, a.reserve_cost
+        tokens, cost = a.reserve, a.reserve_cost
         if a.rpm is not None:
             yield self._rpm("rpm", s.key, a.rpm, now)
         if a.concurrency is not None:
             yield _Check("concurrency", len(leases) < a.concurrency, 1.0)
         if a.daily is not None:
-            yield self._quota("daily", s.day, day, a.daily, tokens, to_midnight)
+            yield self._quota("daily", self._held(s.day, day), TOKENS, a.daily, tokens, to_midnight)
         if a.monthly is not None:
-            yield self._quota("monthly", s.month, month, a.monthly, tokens, to_month)
+            held = self._held(s.month, month)
+            yield self._quota("monthly", held, TOKENS, a.monthly, tokens, to_month)
         if a.tpm is not None:
             yield self._minute("tpm", s.key, a.tpm, tokens, now)
         if a.daily_budget is not None:
-            yield self._quota("daily_budget", s.day_cost, day, a.daily_budget, cost, to_midnight)
+            held = self._held(s.day, day)
+            yield self._quota("daily_budget", held, MONEY, a.daily_budget, cost, to_midnight)
         if a.monthly_budget is not None:
-            yield self._quota(
-                "monthly_budget", s.month_cost, month, a.monthly_budget, cost, to_month
-            )
+            held = self._held(s.month, month)
+            yield self._quota("monthly_budget", held, MONEY, a.monthly_budget, cost, to_month)
         if a.plan_rpm is not None:
             yield self._rpm("plan_rpm", s.owner, a.plan_rpm, now)
         if a.plan_monthly is not None:
-            yield self._quota(
-                "plan_monthly", s.owner_month, month, a.plan_monthly, tokens, to_month
-            )
+            held = self._held(s.owner_month, month)
+            yield self._quota("plan_monthly", held, TOKENS, a.plan_monthly, tokens, to_month)
         if a.plan_tpm is not None:
             yield self._minute("plan_tpm", s.owner, a.plan_tpm, tokens, now)
         if a.plan_budget is not None:
-            yield self._quota(
-                "plan_budget", s.owner_month_cost, month, a.plan_budget, cost, to_month
-            )
+            held = self._held(s.owner_month, month)
+            yield self._quota("plan_budget", held, MONEY, a.plan_budget, cost, to_month)
 
     def _minute(self, reason: Refusal, scope: str, limit: int, reserve: int, now: float) -> _Check:
-        wait = self._minutes.setdefault(scope, MinuteTokens()).wait(reserve, limit, now)
+        minute = self._minutes.get(scope)
+        if minute is None:
+            minute = self._minutes[scope] = MinuteTokens()
+        wait = minute.wait(reserve, limit, now)
         return _Check(reason, wait is None, wait or 0.0)
 
     def _take(
-        self, a: Admission, now: float, day: int, month: int, leases: dict[str, float]
+        self, a: Admission, s: _Scopes, now: float, day: int, month: int, leases: dict[str, float]
     ) -> None:
-        s = _scopes(a.key_id, a.owner)
         if a.rpm is not None:
             self._log(s.key, now).append(now)
         if a.plan_rpm is not None:
@@ -270,15 +280,21 @@ class MemoryStore:
         if a.plan_tpm is not None:
             self._minutes[s.owner].add(a.request_id, a.reserve, now)
         leases[a.request_id] = lease_end(now)
-        counters = self._counters
-        for scope, period, amount in _counters(s, day, month, a.reserve, a.reserve_cost):
-            stored = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
-            held = stored[1] if stored is not None and stored[0] == period else 0
-            counters[scope] = (period, held + amount)
+        counters, tokens, cost = self._counters, a.reserve, a.reserve_cost
+        for scope, period in ((s.day, day), (s.month, month), (s.owner_month, month)):
+            held = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
+            if held is None:
+                counters[scope] = [period, tokens, cost]
+            elif held[0] == period:
+                held[TOKENS] += tokens
+                held[MONEY] += cost
+            else:
+                held[:] = (period, tokens, cost)
 
     def _verdict(
         self,
         a: Admission,
+        s: _Scopes,
         refused: _Check | None,
         now: float,
         day: int,
@@ -286,30 +302,39 @@ class MemoryStore:
         to_midnight: float,
         to_month: float,
     ) -> Verdict:
-        s, minutes = _scopes(a.key_id, a.owner), self._minutes
-        in_window = (a.rpm or a.plan_rpm) is not None
-        log = self._log(s.key if a.rpm else s.owner, now) if in_window else deque()
-        key_minute = minutes.get(s.key, _NO_MINUTE) if a.tpm is not None else _NO_MINUTE
-        owner_minute = minutes.get(s.owner, _NO_MINUTE) if a.plan_tpm is not None else _NO_MINUTE
+        window = (0, 0.0)  # the rpm window that applies: its admissions, the oldest's time
+        if (a.rpm or a.plan_rpm) is not None:
+            log = self._log(s.key if a.rpm else s.owner, now)
+            window = (len(log), log[0] if log else 0.0)
+        key_minute = self._minute_of(s.key, a.tpm, now)
+        owner_minute = self._minute_of(s.owner, a.plan_tpm, now)
+        kd, km = self._held(s.day, day), self._held(s.month, month)
+        om = self._held(s.owner_month, month)
         spent = Spent(
-            day_tokens=self._tokens(s.day, day),
-            month_tokens=self._tokens(s.month, month),
-            owner_month_tokens=self._tokens(s.owner_month, month),
-            minute_tokens=key_minute.trim(now) if a.tpm is not None else 0,
-            owner_minute_tokens=owner_minute.trim(now) if a.plan_tpm is not None else 0,
-            day_cost=self._tokens(s.day_cost, day),
-            month_cost=self._tokens(s.month_cost, month),
-            owner_month_cost=self._tokens(s.owner_month_cost, month),
+            day_tokens=kd[TOKENS],
+            month_tokens=km[TOKENS],
+            owner_month_tokens=om[TOKENS],
+            minute_tokens=key_minute[0],
+            owner_minute_tokens=owner_minute[0],
+            day_cost=kd[MONEY],
+            month_cost=km[MONEY],
+            owner_month_cost=om[MONEY],
         )
         return windows.verdict_of(
             a,
             refused.reason if refused else None,
             refused.retry_after if refused else 0.0,
-            (len(log), log[0] if log else 0.0),
+            window,
             spent,
             (day, month, now, to_midnight, to_month),
-            (key_minute.reset_in(now), owner_minute.reset_in(now)),
+            (key_minute[1], owner_minute[1]),
         )
+
+    def _minute_of(self, scope: str, limit: int | None, now: float) -> tuple[int, float]:
+        """A rolling minute's tokens and the seconds until its oldest leave (none without a
+        ``limit``)."""
+        minute = self._minutes.get(scope) if limit is not None else None
+        return (minute.trim(now), minute.reset_in(now)) if minute is not None else _NO_MINUTE
 
     async def settle(self, settlement: Settlement) -> None:
         s, a, now = settlement, settlement.admission, self._clock.time()
@@ -319,16 +344,17 @@ class MemoryStore:
             return
         day, month = periods
         used = s.prompt_tokens + s.completion_tokens
+        scopes = _scopes(a.key_id, a.owner)
         if day:  # the admission's periods, if still current, move by used - reserved
-            self._move(a, day, month, used - a.reserve, s.cost - a.reserve_cost, False)
-            scopes = _scopes(a.key_id, a.owner)
-            for scope in (scopes.key, scopes.owner):
-                minute = self._minutes.get(scope)
-                if minute is not None:
-                    minute.settle(a.request_id, used)
+            self._move(scopes, day, month, used - a.reserve, s.cost - a.reserve_cost, False)
+            if self._minutes:
+                for scope in (scopes.key, scopes.owner):
+                    minute = self._minutes.get(scope)
+                    if minute is not None:
+                        minute.settle(a.request_id, used)
         else:  # admitted without the store: charged to the periods current now
             today, this_month, _, _ = self._calendar.periods(now)
-            self._move(a, today, this_month, used, s.cost, True)
+            self._move(scopes, today, this_month, used, s.cost, True)
         if s.record:
             self._record(s, now)
 
@@ -354,24 +380,26 @@ class MemoryStore:
         self._settled[marker] = now + SETTLED_TTL
         return 0, 0
 
-    def _move(
-        self, a: Admission, day: int, month: int, tokens: int, cost: int, reset: bool
-    ) -> None:
+    def _move(self, s: _Scopes, day: int, month: int, tokens: int, cost: int, reset: bool) -> None:
         """Counters of ``day``/``month`` moved by ``tokens`` and ``cost`` (never below zero); a
         counter of an older period is left alone, or, with ``reset``, restarted at the delta."""
-        for scope, period, delta in _counters(_scopes(a.key_id, a.owner), day, month, tokens, cost):
-            stored = self._counters.get(scope)
-            if stored is not None and stored[0] == period:
-                self._counters[scope] = (period, max(0, stored[1] + delta))
+        counters = self._counters
+        for scope, period in ((s.day, day), (s.month, month), (s.owner_month, month)):
+            held = counters.get(scope)
+            if held is not None and held[0] == period:
+                moved, charged = held[TOKENS] + tokens, held[MONEY] + cost
+                held[TOKENS] = moved if moved > 0 else 0
+                held[MONEY] = charged if charged > 0 else 0
             elif reset:
-                self._counters[scope] = (period, max(0, delta))
+                counters[scope] = [period, max(0, tokens), max(0, cost)]
 
     def _record(self, s: Settlement, now: float) -> None:
         a = s.admission
         finished = s.finished_at or now
-        row = self._usage.setdefault(
-            (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model, s.api), _Usage()
-        )
+        at = (a.owner, a.key_id, self._calendar.periods(finished)[0], s.model, s.api)
+        row = self._usage.get(at)
+        if row is None:
+            row = self._usage[at] = _Usage()
         row.requests += 1
         row.prompt += s.prompt_tokens
         row.completion += s.completion_tokens
@@ -467,17 +495,3 @@ def _row_order(item: tuple[tuple[str, str, int, str, str], _Usage]) -> tuple[obj
     Redis store's order)."""
     owner, key_id, day, model, api = item[0]
     return owner, key_id, day, model, api != "chat", api
-
-
-def _counters(
-    s: _Scopes, day: int, month: int, tokens: int, cost: int
-) -> tuple[tuple[str, int, int], ...]:
-    """Every counter an admission moves: (scope, its period, the amount)."""
-    return (
-        (s.day, day, tokens),
-        (s.month, month, tokens),
-        (s.owner_month, month, tokens),
-        (s.day_cost, day, cost),
-        (s.month_cost, month, cost),
-        (s.owner_month_cost, month, cost),
-    )
