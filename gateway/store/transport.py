@@ -91,8 +91,13 @@ def _raising(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def evalsha_commands(script: Script, calls: Sequence[Call]) -> list[Command]:
-    return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+def evalsha_commands(script: Script, calls: Sequence[Call], text: bool = False) -> list[Command]:
+    """``text``: the number of KEYS as text (the lane: a text its packer keeps, the same bytes
+    on the wire as the number hiredis packs; redis-py reads it as a number to find the slot)."""
+    return [
+        ("EVALSHA", script.sha, str(len(keys)) if text else len(keys), *keys, *args)
+        for keys, args in calls
+    ]
 
 
 async def scripts_run(
@@ -101,16 +106,18 @@ async def scripts_run(
     script: Script,
     calls: list[Call],
     first: Sequence[Command] = (),
+    text: bool = False,
 ) -> tuple[list[Any], list[Any]]:
     """The commands ``first``, then the script's calls, in one pipeline (``send``): their
     replies, apart, an error being a reply. Calls that met an unloaded script (they ran
-    nothing) are sent again, alone, once ``load`` has loaded it."""
-    replies = await send([*first, *evalsha_commands(script, calls)])
+    nothing) are sent again, alone, once ``load`` has loaded it. ``text``: as in
+    ``evalsha_commands``."""
+    replies = await send([*first, *evalsha_commands(script, calls, text)])
     head, replies = replies[: len(first)], replies[len(first) :]
     missing = [i for i, reply in enumerate(replies) if noscript(reply)]
     if missing:
         await load()
-        again = await send(evalsha_commands(script, [calls[i] for i in missing]))
+        again = await send(evalsha_commands(script, [calls[i] for i in missing], text))
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     return head, replies
@@ -159,12 +166,12 @@ class LaneTransport:
         def load() -> Awaitable[object]:
             return self._lane.call("SCRIPT", "LOAD", script.source)
 
-        _, replies = await scripts_run(self._lane.call_many, load, script, calls)
+        _, replies = await scripts_run(self._lane.call_many, load, script, calls, text=True)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
         keys, args = call
-        return self._lane.send_now("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self._lane.send_now("EVALSHA", script.sha, str(len(keys)), *keys, *args)
 
     async def close(self) -> None:
         await self._lane.close()
