@@ -17,11 +17,14 @@
 -- is field x of the key's and of the owner's counters), each renewal long enough that every
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
 -- TTL at once. That spares three EXPIREs per admission.
--- Returns, per admission, {admitted, refused (0 none, 1..11 as REFUSALS in redis_codec.py),
---   retry_after (text), requests in the headers' log, its oldest time (text), day tokens, month
---   tokens, owner month tokens, day, month, now, to midnight, to month end, minute tokens, owner
---   minute tokens, day cost, month cost, owner month cost, to the minute's reset, to the owner
---   minute's reset}
+-- Returns, per admission, one string (struct.pack, little-endian; redis_codec.VERDICT): 12
+--   whole numbers (8 bytes, signed): refused (0 none, 1..11 as REFUSALS in redis_codec.py),
+--   requests in the headers' log, day tokens, month tokens, owner month tokens, day, month,
+--   minute tokens, owner minute tokens, day cost, month cost, owner month cost; then 7 doubles:
+--   retry_after, the headers' log's oldest time (0 when empty), now, to midnight, to month end,
+--   to the minute's reset, to the owner minute's reset. The doubles as they are: a text of each
+--   ('%.17g') cost thousands of instructions here and a slow parse in the gateway, and 20
+--   replies an admission as many objects there.
 
 local now = clock(ARGV[1])
 local lease, window, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -38,10 +41,9 @@ local since = nil  -- the token minutes' window start (text), made when one is f
 -- (a log at an rpm limit of 60 cost a third more per admission as text).
 local now_us, window_us = math.floor(now * 1000000 + 0.5), window * 1000000
 local at_us, since_us = string.format('%d', now_us), string.format('%d', now_us - window_us)
-local to_midnight_text, to_month_text = fmt(to_midnight), fmt(to_month)
-local function secs(x)  -- fmt, with the usual 0 for free
-  if x == 0 then return '0' end
-  return fmt(x)
+local function secs(x)  -- seconds, a zero always +0 (as the text '0' was read)
+  if x == 0 then return 0 end
+  return x
 end
 
 -- Sorted sets (rpm logs, lease sets): trimmed and counted once; additions kept in ``adds`` and
@@ -77,15 +79,15 @@ local function log_size(key)
   return zset(key, since_us).n
 end
 
--- The oldest entry's time of a log (text), '' when it is empty.
+-- The oldest entry's time of a log, 0 when it is empty.
 local function oldest(key)
   local z = zset(key, since_us)
   if z.first == nil then
     local first = z.stored > 0 and redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
-    z.first = first and fmt(tonumber(first) / 1000000) or false
+    z.first = first and tonumber(first) / 1000000 or false
   end
   if z.first then return z.first end
-  return z.n > 0 and at or ''
+  return z.n > 0 and now or 0
 end
 
 -- nil when there is room, else the seconds until the entry whose leaving makes room leaves
@@ -255,7 +257,7 @@ local function admit(k, a)
   end
 
   -- the request-limit headers follow the key's rpm when it has one, else the owner's plan rpm
-  local count, first = 0, ''
+  local count, first = 0, 0
   local shown = (rpm and rpm ~= 0) and klog or (prpm and olog)
   if shown then
     count = log_size(shown)
@@ -263,9 +265,9 @@ local function admit(k, a)
   end
   local kreset = tpm and minute_reset(KEYS[k + 6]) or 0
   local oreset = ptpm and minute_reset(KEYS[k + 8]) or 0
-  return {refused == 0 and 1 or 0, refused, secs(retry), count, first, dtok, mtok, otok, day,
-    month, at, to_midnight_text, to_month_text, ktpm, otpm, dcost, mcost, ocost, secs(kreset),
-    secs(oreset)}
+  return struct.pack('<llllllllllllddddddd', refused, count, dtok, mtok, otok, day, month, ktpm,
+    otpm, dcost, mcost, ocost, secs(retry), first, now, to_midnight, to_month, secs(kreset),
+    secs(oreset))
 end
 
 local verdicts = {}

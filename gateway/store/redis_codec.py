@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import functools
 import re
+import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -157,27 +158,32 @@ def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], li
     return keys, args
 
 
-def verdict(a: Admission, r: list[bytes | int]) -> Verdict:
+# admit.lua's reply per admission: 12 whole numbers, then 7 doubles (the script's header says
+# which), packed little-endian; one unpack reads them all, the doubles bit for bit.
+VERDICT = struct.Struct("<12q7d")
+
+
+def verdict(a: Admission, reply: bytes) -> Verdict:
     """The script's reply as the Verdict ``MemoryStore`` would give (same arithmetic)."""
-    refused = REFUSALS[int(r[1])]
+    r = VERDICT.unpack(reply)
     spent = Spent(
-        day_tokens=int(r[5]),
-        month_tokens=int(r[6]),
-        owner_month_tokens=int(r[7]),
-        minute_tokens=int(r[13]),
-        owner_minute_tokens=int(r[14]),
-        day_cost=int(r[15]),
-        month_cost=int(r[16]),
-        owner_month_cost=int(r[17]),
+        day_tokens=r[2],
+        month_tokens=r[3],
+        owner_month_tokens=r[4],
+        minute_tokens=r[7],
+        owner_minute_tokens=r[8],
+        day_cost=r[9],
+        month_cost=r[10],
+        owner_month_cost=r[11],
     )
     return windows.verdict_of(
         a,
-        refused,
-        float(r[2]),
-        (int(r[3]), float(r[4]) if int(r[3]) else 0.0),  # no entry: no oldest time
+        REFUSALS[r[0]],
+        r[12],  # retry after
+        (r[1], r[13]),  # the headers' log: entries, the oldest's time (0 when none)
         spent,
-        (int(r[8]), int(r[9]), float(r[10]), float(r[11]), float(r[12])),
-        (float(r[18]), float(r[19])),
+        (r[5], r[6], r[14], r[15], r[16]),  # day, month, now, to midnight, to month end
+        (r[17], r[18]),  # to the minutes' resets
     )
 
 
