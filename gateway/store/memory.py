@@ -337,6 +337,13 @@ class MemoryStore:
         return (minute.trim(now), minute.reset_in(now)) if minute is not None else _NO_MINUTE
 
     async def settle(self, settlement: Settlement) -> None:
+        self._settle(settlement)
+
+    async def settle_many(self, settlements: list[Settlement]) -> None:
+        for settlement in settlements:
+            self._settle(settlement)
+
+    def _settle(self, settlement: Settlement) -> None:
         s, a, now = settlement, settlement.admission, self._clock.time()
         self._prune(now)
         periods = self._settle_once(s, now)
@@ -407,10 +414,6 @@ class MemoryStore:
         row.latency_total += s.latency_ms
         row.buckets[latency_bucket(s.latency_ms)] += 1
         self._last_used[a.key_id] = finished
-
-    async def settle_many(self, settlements: list[Settlement]) -> None:
-        for settlement in settlements:
-            await self.settle(settlement)
 
     def _prune(self, now: float) -> None:
         """Amortised: settled ids expire in insertion order (their TTL is constant), so only the
