@@ -114,21 +114,37 @@ def client_ip(
     """The real client: the peer, unless the peer is a trusted proxy; then the right-most
     address of ``X-Forwarded-For`` (``combine`` of all its lines) that is not itself trusted.
     Empty list elements are skipped, as RFC 9110 §5.6.1 asks."""
+    return parse_ip(client_source(peer, forwarded_for, trusted))
+
+
+def client_source(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[IPNetwork, ...]
+) -> str | None:
+    """The text ``client_ip`` reads the client from: the peer, or one hop of
+    ``X-Forwarded-For`` (``shown`` and ``parse_ip`` of it are remembered per text)."""
     address = parse_ip(peer)
     if address is None or not trusted or not in_networks(address, trusted):
-        return address
+        return peer
     if not forwarded_for:
-        return address
+        return peer
+    source = peer
     for hop in reversed(forwarded_for.split(",")):
         if not hop.strip():
             continue
-        hop_address = parse_ip(hop)
-        if hop_address is None:
-            return address  # a garbled hop: trust nothing beyond the last good one
-        address = hop_address
+        address = parse_ip(hop)
+        if address is None:
+            return source  # a garbled hop: trust nothing beyond the last good one
+        source = hop
         if not in_networks(address, trusted):
-            return address
-    return address
+            return source
+    return source
+
+
+@functools.lru_cache(maxsize=4096)  # as ``_parse_ip``: ``str`` of an address costs ~8k
+def shown(text: str | None) -> str | None:  # instructions, a cached one a lookup
+    """``str(parse_ip(text))``, or None when ``text`` is no address."""
+    address = parse_ip(text)
+    return str(address) if address is not None else None
 
 
 def peer_is_trusted(peer: str | None, trusted: tuple[IPNetwork, ...]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.netaddr import IPAddress, client_ip, combine
+from gateway.netaddr import IPAddress, client_source, combine, parse_ip, shown
 from gateway.proxy.exchange import EXCHANGE
 from gateway.records import KeyRecord
 from gateway.runtime import Runtime
@@ -18,13 +18,13 @@ from gateway.runtime import Runtime
 def resolve_client(runtime: Runtime, request: web.Request) -> IPAddress | None:
     """The real client's address (noted on the exchange for logs, per-IP counts and the
     failed-auth blocking, which must never blame an address the client wrote)."""
-    client = client_ip(
+    source = client_source(
         request.remote,
         combine(request.headers.getall("X-Forwarded-For", ())),
         runtime.config.network.trusted_proxies,
     )
-    request[EXCHANGE].client_ip = str(client) if client is not None else None
-    return client
+    request[EXCHANGE].client_ip = shown(source)
+    return parse_ip(source)
 
 
 async def authenticate(runtime: Runtime, request: web.Request) -> KeyRecord:
