@@ -32,7 +32,7 @@ from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.routing.waiting import Tick
 from gateway.runtime import Runtime
-from gateway.tracing import Span
+from gateway.tracing import NO_SPAN, Span
 
 R = TypeVar("R")
 
@@ -137,11 +137,15 @@ async def open_with(
         upstream = await first_slot(rt, capacity, chain, ex, tick)
     upstream = upstream or await slot(capacity, chain, await chain.fall_back("connect"), "connect")
     error: GatewayError | None = None
+    span = ex.span
     while upstream is not None:
         balancer.acquire(upstream)
         try:
-            with ex.span.attempt(upstream.name) as span:
+            if span is NO_SPAN:  # tracing off: no attempt span (see ``handler.serve``)
                 answer, body = await attempt(upstream, chain, span)
+            else:
+                with span.attempt(upstream.name) as child:
+                    answer, body = await attempt(upstream, chain, child)
         except GatewayError as err:
             kind, error, failure = chain.failure(err, ex.upstream_status), err, upstream
             if kind is not None and kind != "context_length":

@@ -12,7 +12,7 @@ from gateway.errors import BadRequest
 from gateway.proxy import apis, govern, responses
 from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json
-from gateway.proxy.exchange import EXCHANGE
+from gateway.proxy.exchange import EXCHANGE, traced
 from gateway.proxy.handler import ChatHandler
 from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
@@ -111,7 +111,7 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
             app.router.add_get(path, probe)  # and HEAD
     models = models_handler(runtime)
     for path in CHAT_PATHS:
-        app.router.add_post(path, chat.handle)
+        app.router.add_post(path, traced(runtime.tracer, chat.handle))
     for path in MODELS_PATHS:
         app.router.add_get(path, models, allow_head=False)
     for path in sorted(p for p in anthropic.MESSAGES_PATHS if p.endswith("/count_tokens")):
