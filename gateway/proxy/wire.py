@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -161,20 +162,19 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     # -- the request --------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes) -> None:
+    def send(self, head: bytes, body: bytes) -> asyncio.Future[None]:
+        """Write the request; returns what the answer's head resolves (awaited as it is, not
+        through a coroutine of this connection's: one level less in the await chain)."""
         assert self.transport is not None
         self.busy, self.complete, self.framed, self.error = True, False, False, None
         self.keep_alive = False
         self.status, self.buffered, self.seen = 0, 0, False
         self.headers, self.chunks = [], deque()
-        self._head = self.loop.create_future()
+        self._head = answered = self.loop.create_future()
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
             self.transport.write(body)
-
-    async def head(self) -> None:
-        assert self._head is not None
-        await self._head
+        return answered
 
     def _wake_head(self) -> None:
         if self._head is not None and not self._head.done():
@@ -234,8 +234,10 @@ class Response:
         self._timer: asyncio.TimerHandle | None = None
         self._timeout = timeout
 
-    async def readany(self) -> bytes:
-        return await self._conn.readany()
+    def readany(self) -> Awaitable[bytes]:
+        """The next piece of the body (the connection's coroutine itself: no level of its own
+        in the await chain)."""
+        return self._conn.readany()
 
     @property
     def ended(self) -> bool:
@@ -319,12 +321,12 @@ class Pool:
         lines = [f"POST {path} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        conn.send("".join(lines).encode("utf-8", "surrogateescape"), body)
+        head = conn.send("".join(lines).encode("utf-8", "surrogateescape"), body)
         response = Response(conn, self, read_timeout)
         if read_timeout is not None:
             response.arm()
         try:
-            await conn.head()
+            await head
         except BaseException:
             response.close()
             raise
