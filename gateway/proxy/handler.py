@@ -69,6 +69,7 @@ class Outbound:
     payload: bytes  # OpenAI chat JSON, the model mapped to the upstream's name
     stream: bool
     client_usage: bool  # a stream whose client asked for the usage chunk itself
+    limit: int | None  # the OpenAI body's ``max_output_tokens`` as sent on (Anthropic: None)
 
 
 def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> Outbound:
@@ -80,15 +81,16 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
         translated = anthropic.to_openai_request(
             body, route.upstream_model, route.max_output_tokens
         )
-        return Outbound(dump_upstream(translated), translated.get("stream") is True, True)
+        return Outbound(dump_upstream(translated), translated.get("stream") is True, True, None)
     stream = body.get("stream") is True
     body["model"] = route.upstream_model
     if route.max_output_tokens is not None:
         _clamp(body, route.max_output_tokens)
-    if max_output_tokens(body) is None:  # held to what is reserved, not the worker's default
+    limit = max_output_tokens(body)
+    if limit is None:  # held to what is reserved, not the worker's default
         ceiling = route.max_output_tokens
         default = route.default_max_tokens
-        body["max_tokens"] = default if ceiling is None else min(default, ceiling)
+        limit = body["max_tokens"] = default if ceiling is None else min(default, ceiling)
     client_usage = False
     if stream:
         client_usage = wants_usage(body)
@@ -97,7 +99,7 @@ def outbound(body: dict[str, object], route: ModelRoute, is_anthropic: bool) -> 
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
         }
-    return Outbound(dump_upstream(body), stream, client_usage)
+    return Outbound(dump_upstream(body), stream, client_usage, limit)
 
 
 def _choices(body: dict[str, object]) -> int:
@@ -159,7 +161,8 @@ class ChatHandler:
             _str_or_none(body.get("agent_id")),
         )
         ex.prompt_estimate = estimate  # a cheap over-estimate, settled to the real usage
-        allowance = max_output_tokens(body) or route.default_max_tokens
+        # (an OpenAI body's limit as ``outbound`` found it, not read again; an Anthropic one's)
+        allowance = out.limit or max_output_tokens(body) or route.default_max_tokens
         if route.max_output_tokens is not None:  # what the model's workers generate at most
             allowance = min(allowance, route.max_output_tokens)
         allowance *= _choices(body)  # every choice asked for may be as long
