@@ -106,6 +106,14 @@ def credential(headers: Mapping[str, str], all_values: Callable[[str], list[str]
     refused, whatever the headers, since either could be the one meant. The scheme is
     case-insensitive (RFC 9110 §11.1); surrounding whitespace and empty lines are ignored.
     """
+    key = presented(all_values)
+    check_form(key)
+    return key
+
+
+def presented(all_values: Callable[[str], list[str]]) -> str:
+    """The one key the request's headers carry (``credential`` without the check of its
+    characters): ``CredentialError`` when they carry none, two, or another scheme."""
     sent: set[str] = set()
     other_scheme = False
     for line in all_values("Authorization"):
@@ -115,7 +123,8 @@ def credential(headers: Mapping[str, str], all_values: Callable[[str], list[str]
         elif scheme:
             other_scheme = True
             sent.add(line.strip())  # a value of its own: differs from any bearer token
-    sent.update(line.strip() for line in all_values("X-API-Key"))
+    for line in all_values("X-API-Key"):  # (a loop: a generator costs more, made per request)
+        sent.add(line.strip())
     sent.discard("")  # an empty header is as if absent
     if len(sent) > 1:
         raise CredentialError(
@@ -127,10 +136,13 @@ def credential(headers: Mapping[str, str], all_values: Callable[[str], list[str]
         raise CredentialError("malformed", "the Authorization header must be 'Bearer <key>'")
     if not sent:
         raise CredentialError("missing", "no key was sent")
-    key = sent.pop()
+    return sent.pop()
+
+
+def check_form(key: str) -> None:
+    """``CredentialError`` (malformed) for a key too long or of characters no key has."""
     if len(key) > MAX_KEY_CHARS or not _KEY_CHARS.match(key):
         raise CredentialError(
             "malformed",
             f"a key is at most {MAX_KEY_CHARS} letters, digits and . _ ~ + / = - characters",
         )
-    return key

@@ -38,6 +38,7 @@ log = logging.getLogger("gateway.auth")
 POSITIVE_TTL = 60.0  # the broadcast is what keeps the cache fresh; this bounds a missed one
 NEGATIVE_TTL = 5.0
 CACHE_MAX = 50_000  # records a process keeps (~1.5 KB each: ~75 MB at the bound)
+DIGESTS_MAX = 10_000  # hashes of presented keys kept (~0.4 KB each: ~4 MB at the bound)
 
 INVALID = "Invalid API key. Check the key you sent, or create a new one under /api/keys."
 
@@ -76,6 +77,13 @@ class KeyService:
         # Hashes not found, apart: a flood of made-up keys cannot evict the found ones.
         self._negative: dict[str, float] = {}
         self._blocked: dict[str, float] = {}
+        # The SHA-256 of each presented key that matched a key record (its characters checked):
+        # hashing and checking cost ~8.5k instructions a request, a look-up ~0.2k. Only a key
+        # that was found goes in (no guess can fill it), bounded; the hash of a key never
+        # changes, so nothing in it goes stale (the record it finds is checked every time). It
+        # holds those keys as they were sent, in this process's memory only: never logged,
+        # never stored.
+        self._digests: dict[str, str] = {}
         self.on_failure: Callable[[str], None] = lambda reason: None
         self.on_store_error: Callable[[str], None] = lambda op: None
 
@@ -102,15 +110,20 @@ class KeyService:
     ) -> KeyRecord:
         client = guesser(client)  # an IPv6 /64 is one client: it holds every address in it
         try:
-            key = keys.credential(headers, all_values)
+            key = keys.presented(all_values)
+            key_hash = known_hash = self._digests.get(key)
+            if key_hash is None:  # (``keys.credential``, then its hash)
+                keys.check_form(key)
+                key_hash = keys.sha256_hex(key)
         except keys.CredentialError as exc:
             self._unless_blocked(client)
             raise self._unusable(exc) from None
-        key_hash = keys.sha256_hex(key)
         record = self._known(key_hash)
         if record is not None:
             if client in self._blocked and (record.static or not key.startswith(self._issued_head)):
                 self._unless_blocked(client)  # a right guess of a guessable key is a guess too
+            if known_hash is None:
+                remember(self._digests, key, key_hash, DIGESTS_MAX)
             return self._alive(record)
         issued = keys.parse_issued(key, self.config.keys.prefix)
         if issued is None or not issued.valid:
@@ -125,6 +138,8 @@ class KeyService:
             else:
                 self.on_failure("unknown")
             raise Unauthorized(INVALID)
+        if known_hash is None:
+            remember(self._digests, key, key_hash, DIGESTS_MAX)
         return self._alive(record)
 
     def _unusable(self, exc: keys.CredentialError) -> Unauthorized:
