@@ -252,8 +252,9 @@ class ChatHandler:
     async def _complete(
         self, request: web.Request, ex: Exchange, route: ModelRoute, payload: bytes
     ) -> web.StreamResponse:
-        with await self._open(request, ex, route, payload) as held:  # until the body is read
-            upstream, response, raw = held.upstream, held.answer, held.body
+        held = await self._open(request, ex, route, payload)
+        held.release()  # the whole body is read: the upstream is given back at once
+        upstream, response, raw = held.upstream, held.answer, held.body
         if response.status != 200:
             return upstream_error(ex, response.status, raw)
         try:

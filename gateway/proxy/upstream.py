@@ -161,7 +161,7 @@ class UpstreamClient:
         """POST a chat request; returns at the answer's head (a stream's caller bounds the
         wait itself, a whole answer is bounded by ``wait`` of silence: by default the
         upstream's ``first_byte``)."""
-        origin, path = self.chat_target(upstream)
+        origin, path = self._targets.get(upstream.url) or self.chat_target(upstream)
         return self.post_to(upstream, origin, path, body, headers, stream, wait)
 
     async def post_to(

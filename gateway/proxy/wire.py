@@ -196,25 +196,31 @@ class _Conn(asyncio.Protocol):
     def stalled(self) -> None:
         self._fail(TimeoutError())
 
+    def take(self) -> bytes | None:
+        """What came of the body and was not read yet (``b""`` at its end), or None when the
+        reader must wait for more; the connection's failure is raised."""
+        if self.chunks:
+            data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+            self.chunks.clear()
+            self.buffered = 0
+            if self.paused and self.transport is not None:
+                self.paused = False
+                self.transport.resume_reading()
+            return data
+        if self.error is not None:
+            raise self.error
+        if self.complete:
+            return b""
+        return None
+
     async def readany(self) -> bytes:
-        while True:
-            if self.chunks:
-                data = b"".join(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-                self.chunks.clear()
-                self.buffered = 0
-                if self.paused and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
-                return data
-            if self.error is not None:
-                raise self.error
-            if self.complete:
-                return b""
+        while (data := self.take()) is None:
             self._waiter = self.loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+        return data
 
     def abort(self) -> None:
         self.closed = True
@@ -248,7 +254,12 @@ class Response:
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; past ``limit`` bytes, ``TooLarge`` (the connection closed)."""
         conn, parts, size = self._conn, [], 0
-        while chunk := await conn.readany():
+        while True:
+            chunk = conn.take()  # what is here already: no coroutine (a small answer is whole)
+            if chunk is None:
+                chunk = await conn.readany()
+            if not chunk:
+                break
             size += len(chunk)
             if limit is not None and size > limit:
                 self.close()

@@ -410,7 +410,7 @@ class Balancer:
 
     # -- the request path -------------------------------------------------------------------
     def acquire(self, upstream: Upstream) -> None:
-        state = self.state(upstream.name)
+        state = self._state.get(upstream.name) or self.state(upstream.name)
         state.in_flight += 1
         self.in_flight += 1
         if state.chosen:
@@ -420,7 +420,7 @@ class Balancer:
             self.loads.change(upstream.name)
 
     def release(self, upstream: Upstream) -> None:
-        state = self.state(upstream.name)
+        state = self._state.get(upstream.name) or self.state(upstream.name)
         state.in_flight -= 1
         self.in_flight -= 1
         if self.loads.sharing and state.contested:
@@ -467,7 +467,7 @@ class Balancer:
         state.others = total + state.beyond
 
     def succeeded(self, upstream: Upstream) -> None:
-        state = self.state(upstream.name)
+        state = self._state.get(upstream.name) or self.state(upstream.name)
         if state.failures:
             state.failures = 0
             state.ejected_until = 0.0

@@ -95,9 +95,6 @@ class Chain:
         """A worker's refusal read whole: a context-length failure, or the client's own."""
         return context_exceeded(status, raw) or refusal(status, raw)
 
-    def first(self) -> Upstream | None:
-        return self._pick()
-
     def _pick(self) -> Upstream | None:
         model = self.model
         routing = model.routing
@@ -203,3 +200,5 @@ class Chain:
         if self._retrying:
             self._retrying = False
             self.balancer.budget.retries -= 1
+
+    first = _pick  # the first upstream of the model asked for (no call of its own)
