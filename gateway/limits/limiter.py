@@ -237,24 +237,25 @@ class Limiter:
         """Admit a request reserving ``reserve`` tokens that may cost ``reserve_cost``
         micro-dollars, against every limit of its key and its owner's plan."""
         plan = self._known_plan(record.owner) or await self.plan_of(record.owner)
-        admission = Admission(
-            request_id=request_id,
-            key_id=record.id,
-            owner=record.owner,
-            rpm=record.rpm_limit,
-            concurrency=record.max_concurrency,
-            daily=record.daily_limit,
-            monthly=record.monthly_limit,
-            plan_rpm=plan.rpm,
-            # a plan that allows overage serves past its monthly tokens (usage reports it apart)
-            plan_monthly=plan.monthly_tokens if plan.overage == "block" else None,
-            reserve=reserve,
-            tpm=record.tpm_limit,
-            daily_budget=record.daily_budget,
-            monthly_budget=record.monthly_budget,
-            plan_tpm=plan.tpm,
-            plan_budget=money.micros(plan.monthly_budget_usd),
-            reserve_cost=reserve_cost,
+        admission = Admission(  # (by position: a keyword call of a record costs a dict per call)
+            request_id,
+            record.id,  # key_id
+            record.owner,
+            record.rpm_limit,  # rpm
+            record.max_concurrency,  # concurrency
+            record.daily_limit,  # daily
+            record.monthly_limit,  # monthly
+            plan.rpm,  # plan_rpm
+            # plan_monthly: a plan that allows overage serves past its monthly tokens (usage
+            # reports it apart)
+            plan.monthly_tokens if plan.overage == "block" else None,
+            reserve,
+            record.tpm_limit,  # tpm
+            record.daily_budget,
+            record.monthly_budget,
+            plan.tpm,  # plan_tpm
+            money.micros(plan.monthly_budget_usd),  # plan_budget
+            reserve_cost,
         )
         if self._behind is not None:
             await self._catch_up()
@@ -403,20 +404,20 @@ class Limiter:
             self._unheld(ticket.admission.key_id)
         verdict = ticket.verdict
         self.buffer.add(
-            Settlement(
-                admission=ticket.admission,
-                day=verdict.day if verdict else 0,
-                month=verdict.month if verdict else 0,
-                model=model,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=(self.clock.monotonic() - ticket.started) * 1000.0,
-                error=error,
-                estimated=estimated,
-                finished_at=self.clock.time(),
-                record=record,
-                api=api,
-                cost=cost,
+            Settlement(  # (by position: a keyword call of a record costs a dict)
+                ticket.admission,
+                verdict.day if verdict else 0,
+                verdict.month if verdict else 0,
+                model,
+                prompt,  # prompt_tokens
+                completion,  # completion_tokens
+                (self.clock.monotonic() - ticket.started) * 1000.0,  # latency_ms
+                error,
+                estimated,
+                self.clock.time(),  # finished_at
+                record,
+                api,
+                cost,
             )
         )
         waking = self._waking

@@ -124,18 +124,18 @@ def verdict_of(
     ):
         if limit is not None and (tight is None or (limit - used, limit, until) < tight):
             tight = (limit - used, limit, until)
-    return Verdict(
-        admitted=refused is None,
-        refused=refused,
-        retry_after=retry_seconds(retry_after) if refused else 0,
-        requests_limit=req_limit,
-        requests_remaining=remaining,
-        requests_reset=reset or 0.0,
-        tokens_limit=tight[1] if tight else None,
-        tokens_remaining=max(0, tight[0]) if tight else None,
-        tokens_reset=tight[2] if tight else 0.0,
-        day=day,
-        month=month,
-        now=now,
-        spent=spent,
+    return Verdict(  # (by position: a keyword call of a record costs a dict per call)
+        refused is None,  # admitted
+        refused,
+        retry_seconds(retry_after) if refused else 0,  # retry_after
+        req_limit,  # requests_limit
+        remaining,  # requests_remaining
+        reset or 0.0,  # requests_reset
+        tight[1] if tight else None,  # tokens_limit
+        max(0, tight[0]) if tight else None,  # tokens_remaining
+        tight[2] if tight else 0.0,  # tokens_reset
+        day,
+        month,
+        now,
+        spent,
     )

@@ -310,15 +310,15 @@ class MemoryStore:
         owner_minute = self._minute_of(s.owner, a.plan_tpm, now)
         kd, km = self._held(s.day, day), self._held(s.month, month)
         om = self._held(s.owner_month, month)
-        spent = Spent(
-            day_tokens=kd[TOKENS],
-            month_tokens=km[TOKENS],
-            owner_month_tokens=om[TOKENS],
-            minute_tokens=key_minute[0],
-            owner_minute_tokens=owner_minute[0],
-            day_cost=kd[MONEY],
-            month_cost=km[MONEY],
-            owner_month_cost=om[MONEY],
+        spent = Spent(  # (by position: a keyword call of a record costs a dict per call)
+            kd[TOKENS],  # day_tokens
+            km[TOKENS],  # month_tokens
+            om[TOKENS],  # owner_month_tokens
+            key_minute[0],  # minute_tokens
+            owner_minute[0],  # owner_minute_tokens
+            kd[MONEY],  # day_cost
+            km[MONEY],  # month_cost
+            om[MONEY],  # owner_month_cost
         )
         return windows.verdict_of(
             a,
