@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -32,7 +32,14 @@ from gateway.store.redis_codec import esc, num, tag
 from gateway.store.redis_conn import Subscriber, parse
 from gateway.store.redis_lane import Arg
 from gateway.store.redis_usage import SETTLE_CHUNK, ClusterSettlement, usage_rows
-from gateway.store.transport import ClientTransport, Script, may_have_run, transport_for, why
+from gateway.store.transport import (
+    Call,
+    ClientTransport,
+    Script,
+    may_have_run,
+    transport_for,
+    why,
+)
 
 SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key", "usage")
 # The most admissions one EVALSHA decides (more in one turn of the loop: another call).
@@ -102,7 +109,7 @@ class RedisStore:
         """The scripts' clock override: '' (use Redis TIME) unless a test clock was given."""
         return "" if self._clock is None else repr(self._clock.time())
 
-    async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
         return (await self._io.evalsha(self._scripts[name], [(keys, args)]))[0]
 
     async def _cmd(self, *args: Arg) -> Any:
@@ -340,13 +347,9 @@ class RedisStore:
         if self._cluster is not None:
             await self._cluster.settle_many(settlements, now)
             return
-        calls = [codec.settle_call(s, now) for s in settlements]
-        chunks = [
-            (
-                [k for keys, _ in calls[i : i + SETTLE_CHUNK] for k in keys],
-                [a for _, args in calls[i : i + SETTLE_CHUNK] for a in args],
-            )
-            for i in range(0, len(calls), SETTLE_CHUNK)
+        chunks: list[Call] = [
+            codec.settle_calls(settlements[i : i + SETTLE_CHUNK], now)
+            for i in range(0, len(settlements), SETTLE_CHUNK)
         ]
         await self._io.evalsha(self._scripts["settle"], chunks)
 

@@ -71,11 +71,10 @@ from gateway.records import (
 )
 from gateway.store.base import LEASE_SECONDS, USAGE_DAYS
 from gateway.store.memory import SETTLED_TTL
+from gateway.store.resp import Run
 
 CHANNEL = "gw:invalidate"
 COUNTER_TTL = 35 * 86400  # a month's counter outlives its month
-# The texts of the calls' fixed arguments, made once
-_ADMIT_FIXED = (repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL))
 _SETTLED_TTL, _USAGE_DAYS = str(int(SETTLED_TTL)), str(USAGE_DAYS)
 HIT_WINDOW = 60.0  # the fixed window of ``hit`` counters (auth failures, route rates)
 # Usage stripes: a key's usage rows live in stripe crc32(key id) mod STRIPES. Fixed: a key's rows
@@ -133,29 +132,38 @@ def num(value: int | None) -> str:
 
 
 # -- admit ----------------------------------------------------------------------------------
-def admit_call(admissions: Sequence[Admission], now: str) -> tuple[list[str], list[str]]:
-    """One ``admit`` call deciding ``admissions`` in order (on a Cluster: one owner's)."""
-    keys: list[str] = []
-    args = [now, *_ADMIT_FIXED]
+def admit_call(admissions: Sequence[Admission], now: str) -> tuple[Run, Run]:
+    """One ``admit`` call deciding ``admissions`` in order (on a Cluster: one owner's): its
+    KEYS and ARGV as runs, of parts kept per key and per set of limits (packed once)."""
+    keys: list[str | Run] = []
+    args: list[str | Run] = [now, _ADMIT_FIXED]
     for a in admissions:
-        keys += _keys(a.owner, a.key_id, _ADMIT_KEYS)
-        args += (
-            a.request_id,
-            num(a.rpm),
-            num(a.concurrency),
-            num(a.daily),
-            num(a.monthly),
-            num(a.plan_rpm),
-            num(a.plan_monthly),
-            str(a.reserve),
-            num(a.tpm),
-            num(a.daily_budget),
-            num(a.monthly_budget),
-            num(a.plan_tpm),
-            num(a.plan_budget),
-            str(a.reserve_cost),
-        )
-    return keys, args
+        keys.append(_admit_keys(a.owner, a.key_id))
+        head, tail = _limits(a)
+        args += (a.request_id, head, str(a.reserve), tail, str(a.reserve_cost))
+    n = len(admissions)
+    whole = keys[0] if n == 1 and type(keys[0]) is Run else Run(keys, 9 * n)
+    return whole, Run(args, 4 + 14 * n)
+
+
+_ADMIT_FIXED = Run((repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)))
+_LIMITS_KEPT = 1024
+_limit_runs: dict[tuple[int | None, ...], tuple[Run, Run]] = {}
+
+
+def _limits(a: Admission) -> tuple[Run, Run]:
+    """The texts of an admission's limits, as its ARGV has them (rpm .. plan monthly before the
+    reserve, tpm .. plan budget after it): made once per set of limits (the operator's
+    configuration, a few per key: emptied when full), not per request."""
+    limits: tuple[int | None, ...] = (a.rpm, a.concurrency, a.daily, a.monthly, a.plan_rpm)
+    limits += (a.plan_monthly, a.tpm, a.daily_budget, a.monthly_budget, a.plan_tpm, a.plan_budget)
+    runs = _limit_runs.get(limits)
+    if runs is None:
+        if len(_limit_runs) >= _LIMITS_KEPT:
+            _limit_runs.clear()
+        texts = tuple(map(num, limits))
+        runs = _limit_runs[limits] = (Run(texts[:6]), Run(texts[6:]))
+    return runs
 
 
 # admit.lua's reply per admission: 12 whole numbers, then 7 doubles (the script's header says
@@ -203,6 +211,11 @@ def _keys(owner: str, key_id: str, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(t + name.format(k=k) for name in names)
 
 
+@functools.lru_cache(maxsize=8192)
+def _admit_keys(owner: str, key_id: str) -> Run:
+    return Run(_keys(owner, key_id, _ADMIT_KEYS))
+
+
 # -- usage stripes --------------------------------------------------------------------------
 def stripe(key_id: str) -> int:
     return zlib.crc32(key_id.encode()) % STRIPES
@@ -232,25 +245,30 @@ def row_marks(number: int, process: str) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=8192)
-def _settle_keys(owner: str, key_id: str, striped: bool) -> tuple[str, ...]:
+def _settle_keys(owner: str, key_id: str, striped: bool) -> Run:
     """settle.lua's KEYS for one key: with ``striped`` (one Redis: one script may touch any
     slot) the usage rows in the key's stripe; without (a Cluster: the owner's slot only), the
-    owner's rows not yet written in their stripes (usage.lua writes them)."""
+    owner's rows not yet written in their stripes (usage.lua writes them). The fourth is the
+    settled marker's prefix (in the owner's slot: a settlement of an admission the store made
+    never reads it)."""
     keys = _keys(owner, key_id, _SETTLE_KEYS)
     if striped:
-        return (*keys[:5], *usage_keys(owner, key_id), *keys[7:])
+        return Run((*keys[:5], *usage_keys(owner, key_id), *keys[7:]))
     t = tag(owner)
-    return (*keys[:5], f"{t}pending", f"{t}pending:at", *keys[7:])
+    return Run((*keys[:5], f"{t}pending", f"{t}pending:at", *keys[7:]))
 
 
 # -- settle ---------------------------------------------------------------------------------
-def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[list[str], list[str]]:
-    """One settlement's KEYS and ARGV; on a Cluster, ``row`` names its usage row in the
-    stripes (``<process>:<number>``), written by usage.lua (settle.lua returns it if it
-    counted)."""
+def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[Sequence[str], list[str]]:
+    """One settlement's KEYS (the key's, kept, but for one admitted without the store: its
+    settled marker) and ARGV; on a Cluster, ``row`` names its usage row in the stripes
+    (``<process>:<number>``), written by usage.lua (settle.lua returns it if it counted)."""
     a = s.admission
-    keys = list(_settle_keys(a.owner, a.key_id, row is None))
-    keys[3] += a.request_id  # the settled marker (used only by one admitted without the store)
+    keys: Sequence[str] = _settle_keys(a.owner, a.key_id, row is None)
+    if s.day == 0:  # the settled marker is read (admitted without the store)
+        marked = list(keys)
+        marked[3] += a.request_id
+        keys = marked
     args = [
         a.request_id,
         str(s.day),
@@ -274,6 +292,21 @@ def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[list[s
         "0" if a.plan_tpm is None else "1",
     ]
     return keys, args
+
+
+def settle_calls(settlements: Sequence[Settlement], now: str) -> tuple[Run, Run]:
+    """One call settling ``settlements`` (on one Redis: the rows in the stripes), their KEYS
+    and ARGV one after the other, as runs (a key's KEYS packed once)."""
+    keys: list[str | Run] = []
+    args: list[str] = []
+    for s in settlements:
+        more_keys, more_args = settle_call(s, now)
+        if type(more_keys) is Run:
+            keys.append(more_keys)
+        else:
+            keys += more_keys
+        args += more_args
+    return Run(keys, 9 * len(settlements)), Run(args)
 
 
 @dataclass(slots=True, frozen=True)

@@ -172,19 +172,26 @@ class Lane:
         """The reply's future of one command sent at once, or None when not connected (then
         ``call``, which connects, is the way). The caller bounds its wait; the future completes
         when the reply comes, however late."""
+        return self.send_packed(_pack(args))
+
+    def send_packed(self, packed: bytes) -> asyncio.Future[Any] | None:
+        """``send_now`` of a command packed already (``resp``)."""
         wire = self._wire
         if wire is None or wire.closed:
             return None
-        return wire.send(_pack(args), 1)[0]
+        return wire.send(packed, 1)[0]
 
     async def call_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """Commands in one write; their replies in order, an error reply as a ``LaneError``
         in its place (the others still count)."""
+        return await self.call_packed([_pack(c) for c in commands])
+
+    async def call_packed(self, commands: Sequence[bytes]) -> list[Any]:
+        """``call_many`` of commands packed already (``resp``)."""
         wire = self._wire if self._wire is not None and not self._wire.closed else None
         if wire is None:
             wire = await self._connect()
-        packed = b"".join(_pack(c) for c in commands)
-        futures = wire.send(packed, len(commands))
+        futures = wire.send(b"".join(commands), len(commands))
         replies: list[Any] = []
         for future in futures:
             try:

@@ -37,7 +37,15 @@ from gateway.records import RowSink, Settlement, UsageDay
 from gateway.store import redis_codec as codec
 from gateway.store.base import StoreError
 from gateway.store.redis_codec import Row
-from gateway.store.transport import Call, Command, RedisTransport, Script, scripts_run, why
+from gateway.store.transport import (
+    Call,
+    Command,
+    RedisTransport,
+    Script,
+    evalsha_commands,
+    scripts_run,
+    why,
+)
 
 log = logging.getLogger("gateway.store")
 
@@ -141,7 +149,7 @@ class ClusterSettlement:
         def load() -> Awaitable[object]:
             return self._io.call("SCRIPT", "LOAD", script.source)
 
-        return await scripts_run(send, load, script, calls, first)
+        return await scripts_run(send, load, script, calls, evalsha_commands, first)
 
     def counted(self, owner: str, chunk: Sequence[Settlement], reply: Any) -> None:
         """A settle call's reply: the rows to write (JSON, see settle.lua) of those of

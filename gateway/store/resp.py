@@ -14,8 +14,8 @@ in hiredis (``tests/store/test_resp.py`` holds the two equal).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast, overload
 
 import hiredis
 
@@ -29,21 +29,26 @@ KEPT_MAX = 8192  # packed texts kept; emptied when full (a request adds a few un
 FEW = 8
 
 
-class _Kept(dict[Arg, bytes]):
-    """Texts' packed forms; looking up any other argument packs it without keeping it."""
+class _Kept(dict["Arg | Run", bytes]):
+    """Texts' packed forms, and kept runs'; looking up any other argument packs it without
+    keeping it."""
 
-    def __missing__(self, arg: Arg) -> bytes:
+    def __missing__(self, arg: Arg | Run) -> bytes:
         """One argument's packed form: ``$<length>\\r\\n<bytes>\\r\\n``."""
         if type(arg) is str:
             data = arg.encode()  # a lone surrogate raises, as in hiredis
-            packed = b"$%d\r\n%s\r\n" % (len(data), data)
-            if len(self) >= KEPT_MAX:
-                self.clear()
-            self[arg] = packed
-            return packed
+            return self._keep(arg, b"$%d\r\n%s\r\n" % (len(data), data))
+        if type(arg) is Run:  # a run a codec keeps (by identity: it equals no text)
+            return self._keep(arg, arg.wire)
         if isinstance(arg, bytes):  # as it is (a stored record: never kept, copied once)
             return b"$%d\r\n%s\r\n" % (len(arg), arg)
-        return hiredis_pack((arg,))[4:]  # "*1\r\n" and the argument as hiredis packs it
+        return hiredis_pack((cast(Arg, arg),))[4:]  # "*1\r\n" and the argument as hiredis packs it
+
+    def _keep(self, arg: str | Run, packed: bytes) -> bytes:
+        if len(self) >= KEPT_MAX:
+            self.clear()
+        self[arg] = packed
+        return packed
 
 
 _KEPT = _Kept()
@@ -57,3 +62,55 @@ def pack(args: tuple[Arg, ...]) -> bytes:
     parts = list(map(_packed, args))
     parts.insert(0, b"*%d\r\n" % len(args))
     return b"".join(parts)
+
+
+class Run(Sequence[str]):
+    """Texts a command sends one after the other, with their packed form, made once: a script
+    call's KEYS or ARGV, from parts (texts, and runs a codec keeps: a key's KEYS, its limits,
+    looked up by identity among the kept texts). ``size``: the texts in ``parts`` (given when
+    a part is a run). Its texts are made only when read (redis-py's calls, not the lane's)."""
+
+    __slots__ = ("_texts", "parts", "size", "wire")
+
+    def __init__(self, parts: Sequence[str | Run], size: int | None = None) -> None:
+        self.parts = parts
+        self.size = len(parts) if size is None else size
+        self.wire = b"".join(map(_packed, parts))
+        self._texts: tuple[str, ...] | None = None
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        if self._texts is None:
+            flat: list[str] = []
+            for part in self.parts:
+                if type(part) is Run:
+                    flat += part.texts
+                else:
+                    flat.append(cast(str, part))
+            self._texts = tuple(flat)
+        return self._texts
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.texts)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[str, ...]: ...
+    def __getitem__(self, index: int | slice) -> str | tuple[str, ...]:
+        return self.texts[index]
+
+
+_EVALSHA = _packed("EVALSHA")
+
+
+def evalsha(sha: str, keys: Sequence[str], args: Sequence[str]) -> bytes:
+    """``EVALSHA sha len(keys) *keys *args`` packed; KEYS and ARGV as runs are joined whole."""
+    if type(keys) is Run and type(args) is Run:
+        head = b"*%d\r\n" % (3 + keys.size + args.size)
+        count = _packed(str(keys.size))
+        return b"".join((head, _EVALSHA, _packed(sha), count, keys.wire, args.wire))
+    return pack(("EVALSHA", sha, str(len(keys)), *keys, *args))

@@ -28,13 +28,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.store import resp
 from gateway.store.base import StoreError
 from gateway.store.redis_conn import ERRORS, POOL, Client, Target, client
 from gateway.store.redis_lane import Arg, Lane, LaneError, supported
 
 T = TypeVar("T")
+C = TypeVar("C")
 Command = tuple[Arg, ...]
-Call = tuple[list[str], list[str]]  # a script call's KEYS and ARGV
+Call = tuple[Sequence[str], Sequence[str]]  # a script call's KEYS and ARGV (lists, or runs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,33 +93,32 @@ def _raising(replies: list[Any]) -> list[Any]:
     return replies
 
 
-def evalsha_commands(script: Script, calls: Sequence[Call], text: bool = False) -> list[Command]:
-    """``text``: the number of KEYS as text (the lane: a text its packer keeps, the same bytes
-    on the wire as the number hiredis packs; redis-py reads it as a number to find the slot)."""
-    return [
-        ("EVALSHA", script.sha, str(len(keys)) if text else len(keys), *keys, *args)
-        for keys, args in calls
-    ]
+def evalsha_commands(script: Script, calls: Sequence[Call]) -> list[Command]:
+    return [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+
+
+def evalsha_packed(script: Script, calls: Sequence[Call]) -> list[bytes]:
+    """The calls packed for the lane (``resp.evalsha``: a call's runs joined whole)."""
+    return [resp.evalsha(script.sha, keys, args) for keys, args in calls]
 
 
 async def scripts_run(
-    send: Callable[[list[Command]], Awaitable[list[Any]]],
+    send: Callable[[list[C]], Awaitable[list[Any]]],
     load: Callable[[], Awaitable[object]],
     script: Script,
     calls: list[Call],
-    first: Sequence[Command] = (),
-    text: bool = False,
+    commands: Callable[[Script, Sequence[Call]], list[C]],
+    first: Sequence[C] = (),
 ) -> tuple[list[Any], list[Any]]:
-    """The commands ``first``, then the script's calls, in one pipeline (``send``): their
-    replies, apart, an error being a reply. Calls that met an unloaded script (they ran
-    nothing) are sent again, alone, once ``load`` has loaded it. ``text``: as in
-    ``evalsha_commands``."""
-    replies = await send([*first, *evalsha_commands(script, calls, text)])
+    """The commands ``first``, then the script's calls (as ``commands`` makes them), in one
+    pipeline (``send``): their replies, apart, an error being a reply. Calls that met an
+    unloaded script (they ran nothing) are sent again, alone, once ``load`` has loaded it."""
+    replies = await send([*first, *commands(script, calls)])
     head, replies = replies[: len(first)], replies[len(first) :]
     missing = [i for i, reply in enumerate(replies) if noscript(reply)]
     if missing:
         await load()
-        again = await send(evalsha_commands(script, [calls[i] for i in missing], text))
+        again = await send(commands(script, [calls[i] for i in missing]))
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
     return head, replies
@@ -166,12 +167,11 @@ class LaneTransport:
         def load() -> Awaitable[object]:
             return self._lane.call("SCRIPT", "LOAD", script.source)
 
-        _, replies = await scripts_run(self._lane.call_many, load, script, calls, text=True)
+        _, replies = await scripts_run(self._lane.call_packed, load, script, calls, evalsha_packed)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
-        keys, args = call
-        return self._lane.send_now("EVALSHA", script.sha, str(len(keys)), *keys, *args)
+        return self._lane.send_packed(resp.evalsha(script.sha, *call))
 
     async def close(self) -> None:
         await self._lane.close()
@@ -241,7 +241,7 @@ class ClientTransport:
         def load() -> Awaitable[object]:
             return self._run(self.client.script_load(script.source))
 
-        _, replies = await scripts_run(send, load, script, calls)
+        _, replies = await scripts_run(send, load, script, calls, evalsha_commands)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:

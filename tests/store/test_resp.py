@@ -52,3 +52,25 @@ def test_a_short_command_is_packed_by_hiredis_whole() -> None:
     command = ("SET", "gw:resp:{resp_once}:acme", b"x" * 1024, "PX", "2592000000")
     assert resp.pack(command) == hiredis.pack_command(command)
     assert "gw:resp:{resp_once}:acme" not in resp._KEPT
+
+
+_TEXTS = st.lists(st.text(max_size=12), max_size=5)
+
+
+@given(st.lists(_TEXTS, max_size=4), _TEXTS, st.booleans())
+def test_a_script_call_of_runs_packs_as_hiredis(
+    groups: list[list[str]], args: list[str], kept: bool
+) -> None:
+    """A call's KEYS of kept runs (a key's) and ARGV of texts: what hiredis packs of the
+    flat command, and the same texts read back (redis-py's calls)."""
+    parts: list[str | resp.Run] = [resp.Run(tuple(g)) for g in groups]
+    if kept:
+        parts.append("loose")
+    keys = resp.Run(parts, sum(map(len, groups)) + kept)
+    argv = resp.Run(args)
+    flat = [text for g in groups for text in g] + (["loose"] if kept else [])
+    command = ("EVALSHA", "f" * 40, len(flat), *flat, *args)
+    assert resp.evalsha("f" * 40, keys, argv) == hiredis.pack_command(command)
+    assert resp.evalsha("f" * 40, keys, argv) == hiredis.pack_command(command)  # kept runs
+    assert list(keys) == flat and len(keys) == len(flat) and tuple(argv) == tuple(args)
+    assert resp.evalsha("f" * 40, flat, args) == hiredis.pack_command(command)
