@@ -67,19 +67,33 @@ def unmap(address: IPAddress) -> IPAddress:
 _MAPPED = 0xFFFF << 32
 _SPANS_KEPT = 4096  # allowlists whose spans are kept (a dict cleared when it is full)
 _spans_kept: dict[int, tuple[tuple[IPNetwork, ...], tuple[tuple[int, int], ...]]] = {}
+_POINTS_KEPT = 4096  # addresses whose points are kept (``parse_ip`` hands out the same objects)
+_points_kept: dict[int, tuple[IPAddress, int]] = {}
 
 
 def in_networks(address: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     """Whether ``address`` (an IPv4-mapped IPv6 one as its IPv4 address) is in one of the
     networks, an IPv4 address also in an IPv6 network holding its mapped form. Matched as
     integers: a tuple of networks (a key's allowlist, the trusted proxies) is made into spans
-    once, not compared as ``ipaddress`` objects on every request."""
-    address = unmap(address)
-    point = int(address) + _MAPPED if isinstance(address, ipaddress.IPv4Address) else int(address)
-    for low, high in _spans(networks):  # noqa: SIM110 (any() and its generator cost more)
+    once, and an address into its point once, not compared as ``ipaddress`` objects (whose
+    ``int`` is a Python call) on every request."""
+    kept = _points_kept.get(id(address))
+    if kept is None or kept[0] is not address:  # (kept holds the address: its id is not reused)
+        if len(_points_kept) >= _POINTS_KEPT:
+            _points_kept.clear()
+        kept = _points_kept[id(address)] = (address, _point(address))
+    point = kept[1]
+    spans = _spans_kept.get(id(networks))  # (``_spans``'s look-up, without its call)
+    for low, high in spans[1] if spans is not None and spans[0] is networks else _spans(networks):
         if low <= point <= high:
             return True
     return False
+
+
+def _point(address: IPAddress) -> int:
+    """Where ``address`` sits in the one 128-bit space (IPv4 as its mapped form)."""
+    address = unmap(address)
+    return int(address) + _MAPPED if isinstance(address, ipaddress.IPv4Address) else int(address)
 
 
 def _spans(networks: Iterable[IPNetwork]) -> tuple[tuple[int, int], ...]:

@@ -90,7 +90,11 @@ def by_body(body: object) -> bool:
     if isinstance(tools, list) and any(isinstance(t, dict) and "input_schema" in t for t in tools):
         return True
     messages = body.get("messages")
-    return isinstance(messages, list) and any(has_anthropic_block(m) for m in messages)
+    if isinstance(messages, list):
+        for message in messages:  # (a loop: a generator costs more, made per request)
+            if has_anthropic_block(message):
+                return True
+    return False
 
 
 def is_anthropic(path: str, has_anthropic_version: bool, body: object) -> bool:

@@ -128,7 +128,8 @@ def edge_middleware(
         # The client's X-Request-ID is a label (logs, tracing, upstream); what the gateway
         # counts (rate windows, leases, settlement) is known by an id only it makes.
         own = new()
-        ex = Exchange(label(headers.get(_X_REQUEST_ID), own), clock_monotonic(), own)
+        offered = headers.get(_X_REQUEST_ID)
+        ex = Exchange(label(offered, own) if offered else own, clock_monotonic(), own)
         request[EXCHANGE] = ex
         # the dialect of its refusals (and, on chat routes, of its answer, refined by the body)
         ex.anthropic = by_route(request.path, _ANTHROPIC_VERSION in headers)

@@ -76,6 +76,9 @@ class Observer:
         self._tokens: dict[tuple[str, bool, str], tuple[Any, Any]] = {}
         self._ttft: dict[tuple[str, str], Any] = {}
         self._refused: dict[str, Any] = {}
+        # The route label of each route a request matched (routes are registered: bounded; an
+        # unmatched request's route is made per request, so it is never kept).
+        self._routes: dict[object, str] = {}
         # Imported here: the public routes import the runtime, which imports this module.
         from gateway.web.public import CHAT_PATHS
 
@@ -91,10 +94,17 @@ class Observer:
         return api
 
     def done(self, request: web.Request, ex: Exchange, status: int, duration: float) -> None:
-        route = route_of(request)
+        matched = request.match_info.route
+        route = self._routes.get(matched)
+        if route is None:
+            route = route_of(request)
+            if route != "unmatched":
+                self._routes[matched] = route
         dialect = "anthropic" if ex.anthropic else "openai"
         model = ex.model or ""
-        api = self.api_of(ex, route)
+        api = ex.api  # (``api_of``, without its call)
+        if api == "chat" and route not in self._chat_routes:
+            api = ""
         key = (route, model, status, dialect, api)
         answered = self._answered.get(key)
         if answered is None:  # the request counter's child and the duration histogram's
