@@ -19,8 +19,9 @@
 -- TTL at once. That spares three EXPIREs per admission.
 -- Returns, per admission, one string (struct.pack, little-endian; redis_codec.VERDICT): 12
 --   whole numbers (8 bytes, signed): refused (0 none, 1..11 as REFUSALS in redis_codec.py),
---   requests in the headers' log, day tokens, month tokens, owner month tokens, day, month,
---   minute tokens, owner minute tokens, day cost, month cost, owner month cost; then 7 doubles:
+--   requests in the headers' log, day, month, then what the counters hold in the order of
+--   records.Spent: day tokens, month tokens, owner month tokens, minute tokens, owner minute
+--   tokens, day cost, month cost, owner month cost; then 7 doubles:
 --   retry_after, the headers' log's oldest time (0 when empty), now, to midnight, to month end,
 --   to the minute's reset, to the owner minute's reset. The doubles as they are: a text of each
 --   ('%.17g') cost thousands of instructions here and a slow parse in the gateway, and 20
@@ -265,7 +266,7 @@ local function admit(k, a)
   end
   local kreset = tpm and minute_reset(KEYS[k + 6]) or 0
   local oreset = ptpm and minute_reset(KEYS[k + 8]) or 0
-  return struct.pack('<llllllllllllddddddd', refused, count, dtok, mtok, otok, day, month, ktpm,
+  return struct.pack('<llllllllllllddddddd', refused, count, day, month, dtok, mtok, otok, ktpm,
     otpm, dcost, mcost, ocost, secs(retry), first, now, to_midnight, to_month, secs(kreset),
     secs(oreset))
 end

@@ -174,24 +174,14 @@ VERDICT = struct.Struct("<12q7d")
 def verdict(a: Admission, reply: bytes) -> Verdict:
     """The script's reply as the Verdict ``MemoryStore`` would give (same arithmetic)."""
     r = VERDICT.unpack(reply)
-    spent = Spent(
-        day_tokens=r[2],
-        month_tokens=r[3],
-        owner_month_tokens=r[4],
-        minute_tokens=r[7],
-        owner_minute_tokens=r[8],
-        day_cost=r[9],
-        month_cost=r[10],
-        owner_month_cost=r[11],
-    )
     return windows.verdict_of(
         a,
         REFUSALS[r[0]],
         r[12],  # retry after
         (r[1], r[13]),  # the headers' log: entries, the oldest's time (0 when none)
-        spent,
-        (r[5], r[6], r[14], r[15], r[16]),  # day, month, now, to midnight, to month end
-        (r[17], r[18]),  # to the minutes' resets
+        Spent(*r[4:12]),  # in its fields' order (tests/limits/test_records_by_position.py)
+        (r[2], r[3], r[14], r[15], r[16]),  # day, month, now, to midnight, to month end
+        r[17:19],  # to the minutes' resets
     )
 
 
