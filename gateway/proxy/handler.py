@@ -156,10 +156,7 @@ class ChatHandler:
         rt = self.rt
         out = outbound(body, route, ex.anthropic)
         ex.stream, ex.client_usage = out.stream, out.client_usage
-        ex.region, ex.agent_id = (
-            _str_or_none(body.get("region")),
-            _str_or_none(body.get("agent_id")),
-        )
+        ex.region, ex.agent_id = _labels(body)
         ex.prompt_estimate = estimate  # a cheap over-estimate, settled to the real usage
         # (an OpenAI body's limit as ``outbound`` found it, not read again; an Anthropic one's)
         allowance = out.limit or max_output_tokens(body) or route.default_max_tokens
@@ -396,5 +393,10 @@ def _answer_chars(answer: object) -> int:
         return 0
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _labels(body: dict[str, object]) -> tuple[str | None, str | None]:
+    """The body's ``region`` and ``agent_id``, each a non-empty string or None."""
+    region, agent = body.get("region"), body.get("agent_id")
+    return (
+        region if isinstance(region, str) and region else None,
+        agent if isinstance(agent, str) and agent else None,
+    )

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from gateway.config.schema import Upstream
 from gateway.errors import GatewayError, UpstreamTimeout, UpstreamUnavailable
@@ -77,6 +77,7 @@ class AnswerTooLarge(GatewayError):
 
 
 _TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+_CONNECTION = istr("Connection")  # (its case-folded form made once, not per look-up)
 
 
 def forward_headers(
@@ -90,10 +91,13 @@ def forward_headers(
     trace is continued) the client's own trace context headers are replaced by it; without,
     they pass as they came."""
     drop = _NOT_FORWARDED if trace is None else _NOT_FORWARDED | _TRACE_CONTEXT
-    if "Connection" in client:  # every line's names (a client may send several)
-        lines = client.getall("Connection")
+    if _CONNECTION in client:  # every line's names (a client may send several)
+        lines = client.getall(_CONNECTION)
         drop = drop | {n.strip().lower() for line in lines for n in line.split(",")}
-    headers = {k: v for k, v in client.items() if k.lower() not in drop}
+    headers = {}
+    for name, value in client.items():  # (a loop: a comprehension is a call of its own)
+        if name.lower() not in drop:
+            headers[name] = value
     if trace is not None:
         headers.update(trace)
     headers["Content-Type"] = "application/json"

@@ -330,7 +330,8 @@ class Pool:
         longest silence before the whole answer is in (None: the caller bounds it)."""
         conn = self._idle(origin) or await self._connect(origin, connect_timeout)
         lines = [f"POST {path} HTTP/1.1\r\nHost: {origin.authority}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        for name, value in headers.items():  # (a loop: a generator costs ~2.5k more)
+            lines.append(f"{name}: {value}\r\n")
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
         head = conn.send("".join(lines).encode("utf-8", "surrogateescape"), body)
         response = Response(conn, self, read_timeout)

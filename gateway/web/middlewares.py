@@ -213,13 +213,14 @@ def stamper(
     ``network`` is read per answer, so a reload changes the headers at once."""
 
     def stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:
-        ex = request.get(EXCHANGE)
         headers = response.headers
-        if ex is not None:
+        try:  # (not ``request.get``: the Mapping mixin's, two Python calls)
+            ex = request[EXCHANGE]
+        except KeyError:  # an answer before the edge (``web.protocol``'s parser errors)
+            headers[_X_REQUEST_ID] = ids.new()
+        else:
             ex.answered = True
             headers[_X_REQUEST_ID] = ex.request_id
-        else:
-            headers[_X_REQUEST_ID] = ids.new()
         settings = network()
         if not settings.security_headers:
             headers[_SERVER] = SERVER
