@@ -90,6 +90,16 @@ def reset_text(seconds: float) -> str:
     return f"{secs}s"
 
 
+_Tokens = tuple[int, int, float]  # a token limit as the headers tell it: (remaining, limit, reset)
+
+
+def _tighter(tight: _Tokens | None, limit: int, used: int, until: float) -> _Tokens:
+    """The tighter of ``tight`` and ``limit`` with ``used`` spent, resetting in ``until``: the
+    least remaining, then the least limit, then the soonest reset."""
+    tokens = (limit - used, limit, until)
+    return tokens if tight is None or tokens < tight else tight
+
+
 def verdict_of(
     a: Admission,
     refused: Refusal | None,
@@ -114,16 +124,17 @@ def verdict_of(
     if req_limit is not None:
         remaining = max(0, req_limit - count)
         reset = (oldest + RPM_WINDOW - now) if count else 0.0
-    tight: tuple[int, int, float] | None = None  # (remaining, limit, reset): the least
-    for limit, used, until in (
-        (a.daily, spent.day_tokens, to_midnight),
-        (a.monthly, spent.month_tokens, to_month),
-        (a.plan_monthly, spent.owner_month_tokens, to_month),
-        (a.tpm, spent.minute_tokens, minute_resets[0]),
-        (a.plan_tpm, spent.owner_minute_tokens, minute_resets[1]),
-    ):
-        if limit is not None and (tight is None or (limit - used, limit, until) < tight):
-            tight = (limit - used, limit, until)
+    tight: _Tokens | None = None  # a limit that is not set costs nothing
+    if a.daily is not None:
+        tight = _tighter(tight, a.daily, spent.day_tokens, to_midnight)
+    if a.monthly is not None:
+        tight = _tighter(tight, a.monthly, spent.month_tokens, to_month)
+    if a.plan_monthly is not None:
+        tight = _tighter(tight, a.plan_monthly, spent.owner_month_tokens, to_month)
+    if a.tpm is not None:
+        tight = _tighter(tight, a.tpm, spent.minute_tokens, minute_resets[0])
+    if a.plan_tpm is not None:
+        tight = _tighter(tight, a.plan_tpm, spent.owner_minute_tokens, minute_resets[1])
     return Verdict(  # (by position: a keyword call of a record costs a dict per call)
         refused is None,  # admitted
         refused,

@@ -219,7 +219,7 @@ class MemoryStore:
                 break
         else:
             self._take(a, s, now, periods[0], periods[1], leases)
-        return self._verdict(a, s, refused, now, *periods)
+        return self._verdict(a, s, refused, now, periods)
 
     def _checks(
         self,
@@ -297,17 +297,15 @@ class MemoryStore:
         s: _Scopes,
         refused: _Check | None,
         now: float,
-        day: int,
-        month: int,
-        to_midnight: float,
-        to_month: float,
+        periods: tuple[int, int, float, float],
     ) -> Verdict:
+        day, month, to_midnight, to_month = periods
         window = (0, 0.0)  # the rpm window that applies: its admissions, the oldest's time
         if (a.rpm or a.plan_rpm) is not None:
             log = self._log(s.key if a.rpm else s.owner, now)
             window = (len(log), log[0] if log else 0.0)
-        key_minute = self._minute_of(s.key, a.tpm, now)
-        owner_minute = self._minute_of(s.owner, a.plan_tpm, now)
+        key_minute = self._minute_of(s.key, now) if a.tpm is not None else _NO_MINUTE
+        owner_minute = self._minute_of(s.owner, now) if a.plan_tpm is not None else _NO_MINUTE
         kd, km = self._held(s.day, day), self._held(s.month, month)
         om = self._held(s.owner_month, month)
         spent = Spent(  # (by position: a keyword call of a record costs a dict per call)
@@ -330,10 +328,9 @@ class MemoryStore:
             (key_minute[1], owner_minute[1]),
         )
 
-    def _minute_of(self, scope: str, limit: int | None, now: float) -> tuple[int, float]:
-        """A rolling minute's tokens and the seconds until its oldest leave (none without a
-        ``limit``)."""
-        minute = self._minutes.get(scope) if limit is not None else None
+    def _minute_of(self, scope: str, now: float) -> tuple[int, float]:
+        """A rolling minute's tokens and the seconds until its oldest leave."""
+        minute = self._minutes.get(scope)
         return (minute.trim(now), minute.reset_in(now)) if minute is not None else _NO_MINUTE
 
     async def settle(self, settlement: Settlement) -> None:
