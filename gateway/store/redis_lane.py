@@ -12,9 +12,10 @@ no pool is needed. The store's other calls (key records, plans, usage) ride the 
 It serves plain ``redis://`` URLs (AUTH and SELECT from the URL); ``rediss://``
 and Cluster targets stay on redis-py. Failure semantics are the store's:
 
-- The caller bounds each call (``asyncio.timeout``). A call that timed out fails alone: its
-  reply, still owed, is read and dropped when it comes (its future is done), so its neighbours
-  on the connection are untouched. redis-py drops the connection instead (``socket_timeout``),
+- The caller bounds each call: by a deadline (one timer per connection fails the calls past
+  theirs with ``TimeoutError``), or by its own ``asyncio.timeout``. A call that timed out fails
+  alone: its reply, still owed, is read and dropped when it comes (its future is done), so its
+  neighbours on the connection are untouched. redis-py drops the connection instead (``socket_timeout``),
   which fails every call on it and loses the replies of commands Redis will still run.
 - A server that owes replies and sends nothing for ``hang`` seconds (a hung or stopped Redis)
   loses the connection: its callers fail, and the next call reconnects.
@@ -63,11 +64,22 @@ class _Wire(asyncio.Protocol):
         self.hang = hang
         self.heard = 0.0  # when the server last sent something (or a wait began)
         self._watch: asyncio.TimerHandle | None = None
+        # The bounded calls' deadlines (loop time) and futures, in the order sent; one timer,
+        # at the soonest deadline, fails those past theirs (a timer per call costs ~7k
+        # instructions, and asyncio.timeout ~29k).
+        self.bounded: list[tuple[float, list[asyncio.Future[Any]]]] = []
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is no asyncio.Transport
 
-    def send(self, packed: bytes, replies: int) -> list[asyncio.Future[Any]]:
+    def send(
+        self, packed: bytes, replies: int, deadline: float | None = None
+    ) -> list[asyncio.Future[Any]]:
+        """The replies' futures of ``replies`` commands (``packed``); with ``deadline``, those
+        still unanswered then fail with ``TimeoutError`` (the reply still owed is dropped when
+        it comes)."""
         if self.closed:
             raise ConnectionError("redis connection closed")
         if not self.out:  # the first command of this loop iteration: flush once, after it
@@ -79,7 +91,35 @@ class _Wire(asyncio.Protocol):
         self.waiting.extend(futures)
         if self._watch is None:
             self._watch = self.loop.call_later(self.hang, self._check)
+        if deadline is not None:
+            self.bounded.append((deadline, futures))
+            if self._expiry is None or deadline < self._expiry_at:
+                self._expire_at(deadline)
         return futures
+
+    def _expire_at(self, when: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry, self._expiry_at = self.loop.call_at(when, self._expire), when
+
+    def _expire(self) -> None:
+        """Fail the calls past their deadline (each alone), forget those answered, and wait
+        for the soonest deadline left."""
+        self._expiry = None
+        now, left = self.loop.time(), []
+        for deadline, futures in self.bounded:
+            if futures[-1].done():  # answered (replies come in order), failed or expired
+                continue
+            if deadline <= now:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(TimeoutError())
+                        future.exception()  # retrieved: see ``fail``
+            else:
+                left.append((deadline, futures))
+        self.bounded = left
+        if left:
+            self._expire_at(min(deadline for deadline, _ in left))
 
     def _check(self) -> None:
         """Drop a connection whose server owes replies and has been silent for ``hang``."""
@@ -121,6 +161,10 @@ class _Wire(asyncio.Protocol):
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.bounded.clear()
         if not self.closed:
             self.closed = True
             if self.transport is not None:
@@ -161,11 +205,12 @@ class Lane:
         self._wire: _Wire | None = None
         self._connecting: asyncio.Future[_Wire] | None = None
 
-    async def call(self, *args: Arg) -> Any:
+    async def call(self, *args: Arg, deadline: float | None = None) -> Any:
+        """One command's reply; with ``deadline`` (loop time), ``TimeoutError`` past it."""
         wire = self._wire if self._wire is not None and not self._wire.closed else None
         if wire is None:
-            wire = await self._connect()
-        (future,) = wire.send(_pack(args), 1)
+            wire = await self._connect(deadline)
+        (future,) = wire.send(_pack(args), 1, deadline)
         return await future
 
     def send_now(self, *args: Arg) -> asyncio.Future[Any] | None:
@@ -181,17 +226,21 @@ class Lane:
             return None
         return wire.send(packed, 1)[0]
 
-    async def call_many(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+    async def call_many(
+        self, commands: Sequence[tuple[Arg, ...]], deadline: float | None = None
+    ) -> list[Any]:
         """Commands in one write; their replies in order, an error reply as a ``LaneError``
-        in its place (the others still count)."""
-        return await self.call_packed([_pack(c) for c in commands])
+        in its place (the others still count); with ``deadline``, as in ``call``."""
+        return await self.call_packed([_pack(c) for c in commands], deadline)
 
-    async def call_packed(self, commands: Sequence[bytes]) -> list[Any]:
+    async def call_packed(
+        self, commands: Sequence[bytes], deadline: float | None = None
+    ) -> list[Any]:
         """``call_many`` of commands packed already (``resp``)."""
         wire = self._wire if self._wire is not None and not self._wire.closed else None
         if wire is None:
-            wire = await self._connect()
-        futures = wire.send(b"".join(commands), len(commands))
+            wire = await self._connect(deadline)
+        futures = wire.send(b"".join(commands), len(commands), deadline)
         replies: list[Any] = []
         for future in futures:
             try:
@@ -200,13 +249,14 @@ class Lane:
                 replies.append(exc)
         return replies
 
-    async def _connect(self) -> _Wire:
+    async def _connect(self, deadline: float | None = None) -> _Wire:
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
             # retrieved here: when every caller gave up, nobody else reads its failure
             self._connecting.add_done_callback(_retrieve)
         # Shielded: a caller that gives up does not cancel the connection the others wait for.
-        return await asyncio.shield(self._connecting)
+        async with asyncio.timeout_at(deadline):
+            return await asyncio.shield(self._connecting)
 
     async def _open(self) -> _Wire:
         loop = asyncio.get_running_loop()

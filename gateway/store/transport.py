@@ -141,15 +141,21 @@ class LaneTransport:
         self._lane = Lane(url, timeout)
         self._bulk = Lane(url, bulk_timeout)
 
-    async def _bounded(self, call: Coroutine[Any, Any, T], budget: float) -> T:
+    async def _bounded(self, call: Coroutine[Any, Any, T]) -> T:
+        """``call`` (bounded by the deadline it was given), its failure a ``StoreError``."""
         try:
-            async with asyncio.timeout(budget):
-                return await call
+            return await call
         except (*ERRORS, LaneError) as exc:
             raise StoreError(f"redis: {why(exc)}") from exc
 
+    @staticmethod
+    def _deadline(budget: float) -> float:
+        """When a call given ``budget`` seconds now fails (the lanes' loop time)."""
+        return asyncio.get_running_loop().time() + budget
+
     async def call(self, *args: Arg) -> Any:
-        return await self._bounded(self._lane.call(*args), self._timeout)
+        deadline = self._deadline(self._timeout)
+        return await self._bounded(self._lane.call(*args, deadline=deadline))
 
     async def pipeline(
         self, commands: Sequence[Command], bulk: bool = False, raising: bool = True
@@ -157,17 +163,20 @@ class LaneTransport:
         if not commands:
             return []
         lane, budget = (self._bulk, self._bulk_timeout) if bulk else (self._lane, self._timeout)
-        replies = await self._bounded(lane.call_many(commands), budget)
+        replies = await self._bounded(lane.call_many(commands, self._deadline(budget)))
         return _raising(replies) if raising else replies
 
     async def evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
-        return await self._bounded(self._evalsha(script, calls), self._timeout)
+        return await self._bounded(self._evalsha(script, calls, self._deadline(self._timeout)))
 
-    async def _evalsha(self, script: Script, calls: list[Call]) -> list[Any]:
+    async def _evalsha(self, script: Script, calls: list[Call], deadline: float) -> list[Any]:
+        def send(commands: list[bytes]) -> Awaitable[list[Any]]:
+            return self._lane.call_packed(commands, deadline)
+
         def load() -> Awaitable[object]:
-            return self._lane.call("SCRIPT", "LOAD", script.source)
+            return self._lane.call("SCRIPT", "LOAD", script.source, deadline=deadline)
 
-        _, replies = await scripts_run(self._lane.call_packed, load, script, calls, evalsha_packed)
+        _, replies = await scripts_run(send, load, script, calls, evalsha_packed)
         return _raising(replies)
 
     def send_now(self, script: Script, call: Call) -> asyncio.Future[Any] | None:
