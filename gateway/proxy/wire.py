@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 256 * 1024  # buffered body bytes above which reading pauses
+_FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
 IDLE_SECONDS = 60.0
 
 
@@ -82,7 +83,6 @@ class _Conn(asyncio.Protocol):
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
@@ -123,22 +123,23 @@ class _Conn(asyncio.Protocol):
             self.abort()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        # Only the framing is read of the head, as each line comes (no list of them kept):
+        # only the lengths of Content-Length and Transfer-Encoding are worth a lower().
+        if len(name) in _FRAMING_LENGTHS:
+            lower = name.lower()
+            if lower == b"content-length" or (
+                lower == b"transfer-encoding" and b"chunked" in value.lower()
+            ):
+                self.framed = True
 
     def on_headers_complete(self) -> None:
         if self.closed:
             return
         status = self.parser.get_status_code()
         if status < 200:  # an interim answer (100 Continue, 103): the real one follows
-            self.headers.clear()
+            self.framed = False  # (its lines said nothing of the real answer's body)
             return
         self.status = status
-        for name, value in self.headers:
-            lower = name.lower()
-            if lower == b"content-length" or (
-                lower == b"transfer-encoding" and b"chunked" in value.lower()
-            ):
-                self.framed = True
         if status in (204, 304):
             self.framed = True
         self._wake_head()
@@ -169,7 +170,7 @@ class _Conn(asyncio.Protocol):
         self.busy, self.complete, self.framed, self.error = True, False, False, None
         self.keep_alive = False
         self.status, self.buffered, self.seen = 0, 0, False
-        self.headers, self.chunks = [], deque()
+        self.chunks.clear()  # (empty already: a connection comes back only read to its end)
         self._head = answered = self.loop.create_future()
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
