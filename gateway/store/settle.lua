@@ -122,7 +122,7 @@ local function first_time(k, a, day)
 end
 
 local function record(k, a, finished)
-  record_usage(KEYS[k + 6], KEYS[k + 7], tonumber(ARGV[a + 15]), ARGV[a + 5], ARGV[a + 6],
+  record_usage(KEYS[k + 6], KEYS[k + 7], num(ARGV[a + 15]), ARGV[a + 5], ARGV[a + 6],
     ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], finished)
   put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
 end

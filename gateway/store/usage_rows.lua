@@ -53,9 +53,9 @@ local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finis
     return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
   end)
   m.r = m.r + 1
-  m.p = m.p + tonumber(p)
-  m.c = m.c + tonumber(c)
-  m.e = m.e + tonumber(e)
+  m.p = m.p + num(p)  -- token counts and the error flag repeat from request to request: each
+  m.c = m.c + num(c)  -- text parsed once per call (num, calendar.lua)
+  m.e = m.e + num(e)
   m.l = m.l + tonumber(l)
   add(m.buckets, 'b' .. bucket, 1)
 end
