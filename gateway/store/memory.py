@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,17 @@ class _Check:
     retry_after: float
 
 
+class _Leases(dict[str, float]):
+    """A key's leases: request id → when it ends; ``soonest`` is at or before every end (a
+    lease renewed or settled leaves it early), so none has ended while it is in the future."""
+
+    __slots__ = ("soonest",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.soonest = math.inf
+
+
 _NO_MINUTE = (0, 0.0)  # the tokens and reset of a key or owner without a tpm limit
 
 # A counter: [its period, tokens, micro-dollars]. A period's tokens and money are always
@@ -85,7 +97,7 @@ class MemoryStore:
         self._plans: dict[str, str] = {}
         self._budgets: dict[str, int] = {}  # owners' own monthly budgets (micro-dollars)
         self._logs: dict[str, deque[float]] = {}
-        self._leases: dict[str, dict[str, float]] = {}
+        self._leases: dict[str, _Leases] = {}
         self._counters: dict[str, Counter] = {}  # scope → [period, tokens, micro-dollars]
         self._minutes: dict[str, MinuteTokens] = {}  # the rolling minutes of tokens
         self._settled: dict[str, float] = {}
@@ -173,13 +185,15 @@ class MemoryStore:
         leaving = log[len(log) - limit]  # once this one leaves, there is room
         return _Check(reason, False, leaving + windows.RPM_WINDOW - now)
 
-    def _leases_of(self, key_id: str, now: float) -> dict[str, float]:
+    def _leases_of(self, key_id: str, now: float) -> _Leases:
+        """The key's live leases (those that ended are dropped)."""
         leases = self._leases.get(key_id)
         if leases is None:
-            leases = self._leases[key_id] = {}
-        elif leases:
+            leases = self._leases[key_id] = _Leases()
+        elif leases.soonest <= now:  # (a look at every lease only when one may have ended)
             for rid in [r for r, until in leases.items() if until <= now]:
                 del leases[rid]
+            leases.soonest = min(leases.values(), default=math.inf)
         return leases
 
     def _held(self, scope: str, period: int) -> Sequence[int]:
@@ -227,7 +241,7 @@ class MemoryStore:
         s: _Scopes,
         now: float,
         periods: tuple[int, int, float, float],
-        leases: dict[str, float],
+        leases: _Leases,
     ) -> Iterator[_Check]:
         """Each limit that applies, in the order every store checks them (the first that does
         not fit is the refusal); a limit that is not set costs nothing."""
@@ -269,7 +283,7 @@ class MemoryStore:
         return _Check(reason, wait is None, wait or 0.0)
 
     def _take(
-        self, a: Admission, s: _Scopes, now: float, day: int, month: int, leases: dict[str, float]
+        self, a: Admission, s: _Scopes, now: float, day: int, month: int, leases: _Leases
     ) -> None:
         if a.rpm is not None:
             self._log(s.key, now).append(now)
@@ -279,7 +293,9 @@ class MemoryStore:
             self._minutes[s.key].add(a.request_id, a.reserve, now)
         if a.plan_tpm is not None:
             self._minutes[s.owner].add(a.request_id, a.reserve, now)
-        leases[a.request_id] = lease_end(now)
+        leases[a.request_id] = until = lease_end(now)
+        if until < leases.soonest:
+            leases.soonest = until
         counters, tokens, cost = self._counters, a.reserve, a.reserve_cost
         for scope, period in ((s.day, day), (s.month, month), (s.owner_month, month)):
             held = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
@@ -407,7 +423,7 @@ class MemoryStore:
         row.requests += 1
         row.prompt += s.prompt_tokens
         row.completion += s.completion_tokens
-        row.errors += int(s.error)
+        row.errors += s.error  # (a bool: 0 or 1)
         row.latency_total += s.latency_ms
         row.buckets[latency_bucket(s.latency_ms)] += 1
         self._last_used[a.key_id] = finished
