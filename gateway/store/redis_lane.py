@@ -15,8 +15,9 @@ and Cluster targets stay on redis-py. Failure semantics are the store's:
 - The caller bounds each call: by a deadline (one timer per connection fails the calls past
   theirs with ``TimeoutError``), or by its own ``asyncio.timeout``. A call that timed out fails
   alone: its reply, still owed, is read and dropped when it comes (its future is done), so its
-  neighbours on the connection are untouched. redis-py drops the connection instead (``socket_timeout``),
-  which fails every call on it and loses the replies of commands Redis will still run.
+  neighbours on the connection are untouched. redis-py drops the connection instead
+  (``socket_timeout``), which fails every call on it and loses the replies of commands Redis
+  will still run.
 - A server that owes replies and sends nothing for ``hang`` seconds (a hung or stopped Redis)
   loses the connection: its callers fail, and the next call reconnects.
 - A lost connection fails every call waiting on it with ``ConnectionError``; nothing is
