@@ -62,7 +62,7 @@ class _EventStream(web.StreamResponse):
     _send_headers_immediately = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # (not frozen: that sets each field by ``object.__setattr__``)
 class Outbound:
     """What goes to the upstream for a chat request, decided once."""
 
@@ -135,10 +135,11 @@ class ChatHandler:
         if parsed is None:
             parse_json(raw)  # raises the precise 400
         body = self.chat_body(request, ex, parsed)
-        # images need vision, audio audio (403 naming it)
-        rt.keys.check_permissions(record, inputs.media_needed(raw, body))
-        route = govern.model(rt, ex, record, str(body["model"]))
-        require(route, ex.api, str(body["model"]))  # 400 model_not_supported
+        if needed := inputs.media_needed(raw, body):  # images need vision, audio audio (403)
+            rt.keys.check_permissions(record, needed)
+        name = str(body["model"])
+        route = govern.model(rt, ex, record, name)
+        require(route, ex.api, name)  # 400 model_not_supported
         return await self.serve(request, ex, record, route, body, len(raw) // 4)
 
     async def serve(
