@@ -17,7 +17,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from gateway.bounded import remember
@@ -25,7 +24,7 @@ from gateway.clock import Clock
 from gateway.config.schema import Config, Plan
 from gateway.errors import StoreUnavailable, TooManyRequests
 from gateway.limits import money
-from gateway.limits.windows import reset_text
+from gateway.limits.windows import rate_headers
 from gateway.periodic import Periodic
 from gateway.records import Admission, KeyRecord, Refusal, Settlement, Verdict
 from gateway.store.base import LEASE_SECONDS, PRESUMED, Store, StoreError, StoreLost
@@ -71,39 +70,6 @@ class Ticket:
     verdict: Verdict | None  # None: admitted without the store (on_error: open)
     headers: dict[str, str]
     started: float
-
-
-@functools.lru_cache(maxsize=4096)
-def _rfc3339(second: int) -> str:
-    """A whole second as Anthropic's reset time (cached: most requests share a few)."""
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if verdict.requests_limit is not None:
-        headers["x-ratelimit-limit-requests"] = str(verdict.requests_limit)
-        headers["x-ratelimit-remaining-requests"] = str(verdict.requests_remaining or 0)
-        headers["x-ratelimit-reset-requests"] = reset_text(verdict.requests_reset)
-    if verdict.tokens_limit is not None:
-        headers["x-ratelimit-limit-tokens"] = str(verdict.tokens_limit)
-        headers["x-ratelimit-remaining-tokens"] = str(verdict.tokens_remaining or 0)
-        headers["x-ratelimit-reset-tokens"] = reset_text(verdict.tokens_reset)
-    if anthropic:
-        for kind, limit, remaining, reset in (
-            (
-                "requests",
-                verdict.requests_limit,
-                verdict.requests_remaining,
-                verdict.requests_reset,
-            ),
-            ("tokens", verdict.tokens_limit, verdict.tokens_remaining, verdict.tokens_reset),
-        ):
-            if limit is not None:
-                headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
-                headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining or 0)
-                headers[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(int(verdict.now + reset))
-    return headers
 
 
 @dataclass

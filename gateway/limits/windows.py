@@ -1,4 +1,5 @@
-"""Window math: UTC day and month periods as integers, and the time until they roll over. Pure.
+"""Window math: UTC day and month periods as integers, and the time until they roll over; the
+verdicts every store gives, and the rate-limit headers a verdict becomes. Pure.
 
 Periods are ``YYYYMMDD`` and ``YYYYMM`` integers of the store's clock. The Redis scripts compute
 the same numbers from ``TIME`` (``store/*.lua``); ``tests/limits`` checks both agree.
@@ -6,6 +7,7 @@ the same numbers from ``TIME`` (``store/*.lua``); ``tests/limits`` checks both a
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -150,3 +152,36 @@ def verdict_of(
         now,
         spent,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339(second: int) -> str:
+    """A whole second as Anthropic's reset time (cached: most requests share a few)."""
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rate_headers(verdict: Verdict, anthropic: bool) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if verdict.requests_limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(verdict.requests_limit)
+        headers["x-ratelimit-remaining-requests"] = str(verdict.requests_remaining or 0)
+        headers["x-ratelimit-reset-requests"] = reset_text(verdict.requests_reset)
+    if verdict.tokens_limit is not None:
+        headers["x-ratelimit-limit-tokens"] = str(verdict.tokens_limit)
+        headers["x-ratelimit-remaining-tokens"] = str(verdict.tokens_remaining or 0)
+        headers["x-ratelimit-reset-tokens"] = reset_text(verdict.tokens_reset)
+    if anthropic:
+        for kind, limit, remaining, reset in (
+            (
+                "requests",
+                verdict.requests_limit,
+                verdict.requests_remaining,
+                verdict.requests_reset,
+            ),
+            ("tokens", verdict.tokens_limit, verdict.tokens_remaining, verdict.tokens_reset),
+        ):
+            if limit is not None:
+                headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+                headers[f"anthropic-ratelimit-{kind}-remaining"] = str(remaining or 0)
+                headers[f"anthropic-ratelimit-{kind}-reset"] = _rfc3339(int(verdict.now + reset))
+    return headers

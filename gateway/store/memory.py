@@ -56,17 +56,14 @@ class _Leases(dict[str, float]):
     lease renewed or settled leaves it early), so none has ended while it is in the future."""
 
     __slots__ = ("soonest",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.soonest = math.inf
+    soonest: float
 
 
 _NO_MINUTE = (0, 0.0)  # the tokens and reset of a key or owner without a tpm limit
 
 # A counter: [its period, tokens, micro-dollars]. A period's tokens and money are always
 # written together, so one period dates both; a counter of another period holds nothing.
-Counter = list[int]
+Periods = tuple[int, int, float, float]  # Calendar.periods: day, month, to midnight, to month end
 _EMPTY = (0, 0, 0)  # what a counter of another period (or none) holds
 TOKENS, MONEY = 1, 2  # a counter's places
 
@@ -98,7 +95,7 @@ class MemoryStore:
         self._budgets: dict[str, int] = {}  # owners' own monthly budgets (micro-dollars)
         self._logs: dict[str, deque[float]] = {}
         self._leases: dict[str, _Leases] = {}
-        self._counters: dict[str, Counter] = {}  # scope → [period, tokens, micro-dollars]
+        self._counters: dict[str, list[int]] = {}  # scope → [period, tokens, micro-dollars]
         self._minutes: dict[str, MinuteTokens] = {}  # the rolling minutes of tokens
         self._settled: dict[str, float] = {}
         self._usage: dict[tuple[str, str, int, str, str], _Usage] = {}
@@ -190,6 +187,7 @@ class MemoryStore:
         leases = self._leases.get(key_id)
         if leases is None:
             leases = self._leases[key_id] = _Leases()
+            leases.soonest = math.inf
         elif leases.soonest <= now:  # (a look at every lease only when one may have ended)
             for rid in [r for r, until in leases.items() if until <= now]:
                 del leases[rid]
@@ -236,12 +234,7 @@ class MemoryStore:
         return self._verdict(a, s, refused, now, periods)
 
     def _checks(
-        self,
-        a: Admission,
-        s: _Scopes,
-        now: float,
-        periods: tuple[int, int, float, float],
-        leases: _Leases,
+        self, a: Admission, s: _Scopes, now: float, periods: Periods, leases: _Leases
     ) -> Iterator[_Check]:
         """Each limit that applies, in the order every store checks them (the first that does
         not fit is the refusal); a limit that is not set costs nothing."""
@@ -299,21 +292,14 @@ class MemoryStore:
         counters, tokens, cost = self._counters, a.reserve, a.reserve_cost
         for scope, period in ((s.day, day), (s.month, month), (s.owner_month, month)):
             held = counters.get(scope)  # (a counter of this period, even at 0: settle moves it)
-            if held is None:
-                counters[scope] = [period, tokens, cost]
-            elif held[0] == period:
+            if held is not None and held[0] == period:
                 held[TOKENS] += tokens
                 held[MONEY] += cost
             else:
-                held[:] = (period, tokens, cost)
+                counters[scope] = [period, tokens, cost]
 
     def _verdict(
-        self,
-        a: Admission,
-        s: _Scopes,
-        refused: _Check | None,
-        now: float,
-        periods: tuple[int, int, float, float],
+        self, a: Admission, s: _Scopes, refused: _Check | None, now: float, periods: Periods
     ) -> Verdict:
         day, month, to_midnight, to_month = periods
         window = (0, 0.0)  # the rpm window that applies: its admissions, the oldest's time
