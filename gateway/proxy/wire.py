@@ -15,9 +15,9 @@ relay what comes back, so this client is an ``asyncio.Protocol`` per connection 
   closed after ``IDLE_SECONDS``, or at once when the upstream closes them.
 - A non-streamed answer is bounded by ``read_timeout``: it fails if that long passes with
   no data (a window re-opened only when it ends after data arrived). Streams are bounded by
-  the caller. The timer is the connection's, kept across its answers: a timer set up and
-  cancelled per request cost ~6.5k instructions (uvloop makes a libuv handle for each); one
-  that ends before the current answer's window does is set again for the window's end.
+  the caller. The timer is the connection's, kept across its answers (uvloop makes and frees
+  a libuv handle for every timer set up and cancelled: a few thousand instructions a request);
+  one that ends before the current answer's window does is set again for the window's end.
 
 Failures raise ``WireError`` (``ConnectError`` for the connect step) and ``TimeoutError``;
 ``gateway.proxy.upstream`` turns them into the client-facing errors. Nothing is retried here.
