@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,6 +46,9 @@ SCRIPTS = ("admit", "settle", "renew", "hit", "insert_key", "usage")
 # The most admissions one EVALSHA decides (more in one turn of the loop: another call).
 ADMIT_BATCH = 64
 BULK_TIMEOUT = 10.0  # seconds a report's reads may take (never less than timeout_ms)
+
+
+_first = operator.itemgetter(0)  # a batch entry's admission
 
 
 def _kh(key_hash: str) -> str:
@@ -261,7 +265,7 @@ class RedisStore:
         batch, self._admitting = self._admitting, []
         if not batch:
             return
-        call = codec.admit_call([a for a, _ in batch], self._now())
+        call = codec.admit_call(list(map(_first, batch)), self._now())
         reply = self._io.send_now(self._scripts["admit"], call)
         if reply is None:
             self._resend(batch)
@@ -293,7 +297,7 @@ class RedisStore:
                 if not verdict.done():
                     _fail(verdict, exc)
             return
-        call = codec.admit_call([a for a, _ in batch], self._now())
+        call = codec.admit_call(list(map(_first, batch)), self._now())
         reply = self._io.send_now(script, call)
         if reply is None:  # the connection dropped again meanwhile: nothing was sent
             for _, verdict in batch:
@@ -320,9 +324,10 @@ class RedisStore:
                     _fail(verdict, kind(f"redis: {why(exc)}"))
             return
         try:
-            verdicts = [
-                codec.verdict(a, r) for (a, _), r in zip(batch, reply.result(), strict=True)
-            ]
+            replies = reply.result()
+            if len(replies) != len(batch):
+                raise ValueError(f"{len(replies)} verdicts for {len(batch)} admissions")
+            verdicts = list(map(codec.verdict, map(_first, batch), replies))
         except Exception as err:  # a reply of the wrong shape
             for _, verdict in batch:
                 if not verdict.done():
@@ -347,10 +352,14 @@ class RedisStore:
         if self._cluster is not None:
             await self._cluster.settle_many(settlements, now)
             return
-        chunks: list[Call] = [
-            codec.settle_calls(settlements[i : i + SETTLE_CHUNK], now)
-            for i in range(0, len(settlements), SETTLE_CHUNK)
-        ]
+        chunks: list[Call] = (
+            [
+                codec.settle_calls(settlements[i : i + SETTLE_CHUNK], now)
+                for i in range(0, len(settlements), SETTLE_CHUNK)
+            ]
+            if len(settlements) > SETTLE_CHUNK
+            else [codec.settle_calls(settlements, now)]
+        )
         await self._io.evalsha(self._scripts["settle"], chunks)
 
     async def renew_leases(self, admissions: list[Admission]) -> None:

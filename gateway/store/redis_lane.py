@@ -86,7 +86,8 @@ class _Wire(asyncio.Protocol):
         if not self.out:  # the first command of this loop iteration: flush once, after it
             self.loop.call_soon(self._flush)
         self.out.append(packed)
-        futures = [self.loop.create_future() for _ in range(replies)]
+        create = self.loop.create_future
+        futures = [create()] if replies == 1 else [create() for _ in range(replies)]
         if not self.waiting:
             self.heard = self.loop.time()
         self.waiting.extend(futures)

@@ -95,7 +95,7 @@ def _failed(exc: BaseException) -> StoreError:
 
 def _raising(replies: list[Any]) -> list[Any]:
     for reply in replies:
-        if isinstance(reply, LaneError | Exception):
+        if isinstance(reply, Exception):  # a LaneError, or redis-py's error
             raise StoreError(f"redis: {why(reply)}")
     return replies
 
