@@ -296,7 +296,9 @@ def settle_calls(settlements: Sequence[Settlement], now: str) -> tuple[Run, Run]
         else:
             keys += more_keys
         args += more_args
-    return Run(keys, 9 * len(settlements)), Run(args)
+    n = len(settlements)
+    whole = keys[0] if n == 1 and type(keys[0]) is Run else Run(keys, 9 * n)
+    return whole, Run(args)
 
 
 @dataclass(slots=True, frozen=True)
