@@ -42,16 +42,20 @@ local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finis
   end
   local used_day = known[1]
   local ukey = prefix .. known[2]
-  local u = slot(usage, ukey, function()
-    return {key = ukey, index = index, day = used_day, days = days, models = ordered()}
-  end)
+  local u = usage.values[ukey]  -- (no closure made per settlement to make it)
+  if u == nil then
+    u = {key = ukey, index = index, day = used_day, days = days, models = ordered()}
+    put(usage, ukey, u)
+  end
   u.keep = keep
-  local m = slot(u.models, line, function()
+  local m = u.models.values[line]
+  if m == nil then
     -- the latency total is added to in Lua, one settlement after the other, so the sum is
     -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
     local total = tonumber(redis.call('HGET', u.key, 'l:' .. line) or '0')
-    return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
-  end)
+    m = {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
+    put(u.models, line, m)
+  end
   m.r = m.r + 1
   m.p = m.p + num(p)  -- token counts and the error flag repeat from request to request: each
   m.c = m.c + num(c)  -- text parsed once per call (num, calendar.lua)
