@@ -18,7 +18,8 @@
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
 -- TTL at once. That spares three EXPIREs per admission.
 -- Returns, per admission, one string (struct.pack, little-endian; redis_codec.VERDICT): 12
---   whole numbers (8 bytes, signed): refused (0 none, 1..11 as REFUSALS in redis_codec.py),
+--   whole numbers (8 bytes, signed: 'i8', not 'l', whose size is the platform's): refused
+--   (0 none, 1..11 as REFUSALS in redis_codec.py),
 --   requests in the headers' log, day, month, then what the counters hold in the order of
 --   records.Spent: day tokens, month tokens, owner month tokens, minute tokens, owner minute
 --   tokens, day cost, month cost, owner month cost; then 7 doubles:
@@ -266,9 +267,9 @@ local function admit(k, a)
   end
   local kreset = tpm and minute_reset(KEYS[k + 6]) or 0
   local oreset = ptpm and minute_reset(KEYS[k + 8]) or 0
-  return struct.pack('<llllllllllllddddddd', refused, count, day, month, dtok, mtok, otok, ktpm,
-    otpm, dcost, mcost, ocost, secs(retry), first, now, to_midnight, to_month, secs(kreset),
-    secs(oreset))
+  return struct.pack('<i8i8i8i8i8i8i8i8i8i8i8i8ddddddd', refused, count, day, month, dtok,
+    mtok, otok, ktpm, otpm, dcost, mcost, ocost, secs(retry), first, now, to_midnight, to_month,
+    secs(kreset), secs(oreset))
 end
 
 local verdicts = {}
