@@ -219,7 +219,10 @@ def source(name: str) -> tuple[Path, str]:
     tree = WORK / "tree"
     if not tree.exists():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree)])
-    subprocess.run(["git", "-C", str(tree), "checkout", "-q", "--detach", name], check=True)
+    # the name as the repository reads it: in the worktree, HEAD is the last commit measured there
+    show = ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{name}^{{commit}}"]
+    commit = subprocess.run(show, capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["git", "-C", str(tree), "checkout", "-q", "--detach", commit], check=True)
     return tree, name
 
 
