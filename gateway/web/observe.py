@@ -102,9 +102,7 @@ class Observer:
                 self._routes[matched] = route
         dialect = "anthropic" if ex.anthropic else "openai"
         model = ex.model or ""
-        api = ex.api  # (``api_of``, without its call)
-        if api == "chat" and route not in self._chat_routes:
-            api = ""
+        api = self.api_of(ex, route)
         key = (route, model, status, dialect, api)
         answered = self._answered.get(key)
         if answered is None:  # the request counter's child and the duration histogram's
