@@ -352,14 +352,10 @@ class RedisStore:
         if self._cluster is not None:
             await self._cluster.settle_many(settlements, now)
             return
-        chunks: list[Call] = (
-            [
-                codec.settle_calls(settlements[i : i + SETTLE_CHUNK], now)
-                for i in range(0, len(settlements), SETTLE_CHUNK)
-            ]
-            if len(settlements) > SETTLE_CHUNK
-            else [codec.settle_calls(settlements, now)]
-        )
+        chunks: list[Call] = [
+            codec.settle_calls(settlements[i : i + SETTLE_CHUNK], now)
+            for i in range(0, len(settlements), SETTLE_CHUNK)
+        ]
         await self._io.evalsha(self._scripts["settle"], chunks)
 
     async def renew_leases(self, admissions: list[Admission]) -> None:
