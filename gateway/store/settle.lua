@@ -58,17 +58,15 @@ end
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
 local last = ordered()       -- last-use hash -> ordered key id -> time
 
--- A counter hash (a key's: d, dt, dc, m, mt, mc; an owner's: m, mt, mc), read once per batch
--- (no closure made per settlement to read it).
+-- A counter hash (a key's: d, dt, dc, m, mt, mc; an owner's: m, mt, mc), read once per batch.
+local function read_counter(key)
+  local r = redis.call('HMGET', key, 'd', 'dt', 'dc', 'm', 'mt', 'mc')
+  for i = 1, 6 do r[i] = tonumber(r[i]) or false end  -- read as numbers once, not per item
+  return {d = r[1], dt = r[2], dc = r[3], m = r[4], mt = r[5], mc = r[6], moved = ordered()}
+end
+
 local function counter(key)
-  local c = counters.values[key]
-  if c == nil then
-    local r = redis.call('HMGET', key, 'd', 'dt', 'dc', 'm', 'mt', 'mc')
-    for i = 1, 6 do r[i] = tonumber(r[i]) or false end  -- read as numbers once, not per item
-    c = {d = r[1], dt = r[2], dc = r[3], m = r[4], mt = r[5], mc = r[6], moved = ordered()}
-    put(counters, key, c)
-  end
-  return c
+  return slot(counters, key, read_counter, key)
 end
 
 -- Whether counter ``c``'s period ``pf`` is ``period``; with ``reset``, one that held another is

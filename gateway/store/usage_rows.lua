@@ -7,10 +7,13 @@ local function ordered()  -- a table that remembers the order its keys were firs
   return {keys = {}, values = {}}
 end
 
-local function slot(t, key, make)
+-- ``t``'s value of ``key``, made by ``make(a, b, c, d)`` when it has none (a function defined
+-- once, given its arguments here: a closure made per call costs more than the look-up it
+-- guards, and a vararg call more than these four).
+local function slot(t, key, make, a, b, c, d)
   local value = t.values[key]
   if value == nil then
-    value = make()
+    value = make(a, b, c, d)
     t.values[key] = value
     table.insert(t.keys, key)
   end
@@ -32,6 +35,18 @@ local usage = ordered()      -- usage day hash -> {days index, day, days, keep, 
 -- the key's days index, ``keep`` the days it is kept, ``line`` its model (and API), then its
 -- prompt and completion tokens, error (0/1), latency (ms), latency bucket and end time.
 local day_ids = {}  -- day number -> {its id, the id as text}: worked out once per call
+
+local function usage_day(key, index, day, days)
+  return {key = key, index = index, day = day, days = days, models = ordered()}
+end
+
+-- the latency total is added to in Lua, one settlement after the other, so the sum is the
+-- double the reference's additions give (HINCRBYFLOAT adds in long double)
+local function model_line(key, line)
+  local total = tonumber(redis.call('HGET', key, 'l:' .. line) or '0')
+  return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
+end
+
 local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finished)
   local days = epoch_days(finished)
   local known = day_ids[days]
@@ -42,20 +57,9 @@ local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finis
   end
   local used_day = known[1]
   local ukey = prefix .. known[2]
-  local u = usage.values[ukey]  -- (no closure made per settlement to make it)
-  if u == nil then
-    u = {key = ukey, index = index, day = used_day, days = days, models = ordered()}
-    put(usage, ukey, u)
-  end
+  local u = slot(usage, ukey, usage_day, ukey, index, used_day, days)
   u.keep = keep
-  local m = u.models.values[line]
-  if m == nil then
-    -- the latency total is added to in Lua, one settlement after the other, so the sum is
-    -- the double the reference's additions give (HINCRBYFLOAT adds in long double)
-    local total = tonumber(redis.call('HGET', u.key, 'l:' .. line) or '0')
-    m = {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
-    put(u.models, line, m)
-  end
+  local m = slot(u.models, line, model_line, u.key, line)
   m.r = m.r + 1
   m.p = m.p + num(p)  -- token counts and the error flag repeat from request to request: each
   m.c = m.c + num(c)  -- text parsed once per call (num, calendar.lua)
