@@ -4,14 +4,17 @@
 
 ``CAPTURE``: a ``MONITOR`` capture of a governed arm under load, as ``bench/run`` writes them
 (``bench/.work/run/governed-2w-monitor-*.txt``). Its ``admit`` and ``settle`` EVALSHAs (told
-apart by their shape: 9 KEYS and 14 ARGV an admission after 4, 9 KEYS and 20 ARGV a settlement)
-are replayed in their order against a fresh ``redis-server`` running under ``valgrind
---tool=callgrind``, once with the scripts of each source (a commit's ``gateway/store/*.lua``, or
-a directory's; ``.`` by default): first the admissions alone, then everything as captured. One
-line per source: instructions per admission (the first pass), per settlement (the second less
-the first) and their sum, what one governed request costs Redis in its scripts, the commands
-they call included. Wall-clock CPU of redis-server moves with the machine's other load; this
-count does not (two runs agree within 0.5 %).
+apart by their first key: a key's rpm log, a key's leases) are read as the admissions and
+settlements they carry, in either layout of the scripts' arguments (binary, as the scripts'
+headers have them, or the texts before: 9 KEYS and 14 ARGV an admission, 9 and 20 a
+settlement), and replayed in their order against a fresh ``redis-server`` running under
+``valgrind --tool=callgrind``, once with the scripts of each source (a commit's
+``gateway/store/*.lua``, or a directory's; ``.`` by default), each call in the layout those
+scripts read (binary when they ``struct.unpack``): first the admissions alone, then everything
+as captured. One line per source: instructions per admission (the first pass), per settlement
+(the second less the first) and their sum, what one governed request costs Redis in its
+scripts, the commands they call included. Wall-clock CPU of redis-server moves with the
+machine's other load; this count does not (two runs agree within 0.5 %).
 
 Needs valgrind. About 40 s a source.
 """
@@ -28,29 +31,165 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
+
+from gateway.limits import windows
+from gateway.records import Admission, Settlement, latency_bucket
+from gateway.store import redis_codec as codec
+from gateway.store.base import LEASE_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work" / "redis-instructions"
 TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
-Call = tuple[str, list[bytes], list[bytes]]  # script, KEYS, ARGV
+Call = tuple[str, str, list[Any]]  # script, clock override, its admissions or settlements
 
 
 def calls_of(capture: Path) -> list[Call]:
-    """The capture's admit and settle calls, in order."""
+    """The capture's admit and settle calls, in order, each as the admissions or settlements it
+    carried (read from either layout: the binary one, or the texts before it)."""
     calls: list[Call] = []
     for line in capture.read_text(errors="replace").splitlines():
         if '"EVALSHA"' not in line:
             continue
         words = [codecs.escape_decode(w.encode())[0] for w in TOKEN.findall(line)]
         count = int(words[2])
-        keys, args = words[3 : 3 + count], words[3 + count :]
-        if (len(args) - 4) % 14 == 0 and len(keys) * 14 == 9 * (len(args) - 4):
-            calls.append(("admit", keys, args))
-        elif len(args) % 20 == 0 and len(keys) * 20 == 9 * len(args):
-            calls.append(("settle", keys, args))
+        keys, args = [w.decode() for w in words[3 : 3 + count]], words[3 + count :]
+        if keys and keys[0].split(":", 2)[2].startswith("rpmu:k:"):
+            calls.append(("admit", args[0].decode(), admissions_of(keys, args)))
+        elif keys and keys[0].split(":", 2)[2].startswith("lease:"):
+            calls.append(("settle", *settlements_of(keys, args)))
     return calls
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def owner_key(key: str, name: str) -> tuple[str, str]:
+    """The owner and key id of a key ``gw:{<owner>}:<name><key id>``."""
+    head, _, rest = key.partition("}:")
+    return _unescape(head.removeprefix("gw:{")), _unescape(rest.removeprefix(name))
+
+
+def _opt(text: bytes) -> int | None:
+    return int(text) if text else None
+
+
+def admissions_of(keys: list[str], args: list[bytes]) -> list[Admission]:
+    """An admit call's admissions, from either layout (admit.lua's header)."""
+    n, size = len(keys) // 9, codec.ADMISSION.size
+    if len(args) < 6 or len(args[5]) != size * (len(args) - 6):  # texts: 9 KEYS, 14 ARGV each
+        out = []
+        for i in range(n):
+            owner, key_id = owner_key(keys[9 * i], "rpmu:k:")
+            f = args[4 + 14 * i : 18 + 14 * i]
+            limits = [_opt(f[j]) for j in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12)]
+            out.append(_admission(f[0].decode(), key_id, owner, limits, int(f[7]), int(f[13])))
+        return out
+    sets = []
+    for v in codec.LIMITS.iter_unpack(args[4]):
+        sets.append([v[i + 1] if v[i] else None for i in range(0, len(v), 2)])
+    out = []
+    for rid, (k, lim, reserve, cost) in zip(
+        args[6:], codec.ADMISSION.iter_unpack(args[5]), strict=True
+    ):
+        owner, key_id = owner_key(keys[9 * k], "rpmu:k:")
+        out.append(_admission(rid.decode(), key_id, owner, sets[lim], reserve, cost))
+    return out
+
+
+def _admission(
+    rid: str, key_id: str, owner: str, limits: list[int | None], reserve: int, cost: int
+) -> Admission:
+    rpm, concurrency, daily, monthly, plan_rpm, plan_monthly, tpm, dbudget, mbudget = limits[:9]
+    return Admission(
+        rid, key_id, owner, rpm, concurrency, daily, monthly, plan_rpm, plan_monthly, reserve,
+        tpm, dbudget, mbudget, limits[9], limits[10], cost,
+    )  # fmt: skip
+
+
+def settlements_of(keys: list[str], args: list[bytes]) -> tuple[str, list[Settlement]]:
+    """A settle call's clock override and settlements, from either layout (settle.lua's
+    header; a Cluster's row names are dropped: the replay is on one Redis)."""
+    text = [a.decode(errors="surrogateescape") for a in args]
+    if text[1:3] != [codec._SETTLED_TTL, codec._USAGE_DAYS]:  # texts, 9 KEYS and 20 ARGV each
+        out = []
+        for i in range(len(keys) // 9):
+            f = text[20 * i : 20 * (i + 1)]
+            owner, _ = owner_key(keys[9 * i], "lease:")
+            p, c, delta, cost = int(f[5]), int(f[6]), int(f[3]), int(f[17])
+            minutes = (f[18] == "1", f[19] == "1")
+            a = _settled(f[0], f[12], owner, p + c - delta, cost - int(f[16]), minutes)
+            out.append(_settlement(a, f, (int(f[1]), int(f[2]), p, c, float(f[8]))))
+        return (text[11] if args else ""), out
+    out = []
+    for v in codec.SETTLEMENT.iter_unpack(args[3]):
+        k, rid, key_id, line, mode, _, day, month, delta, p, c, err, lat, _, fin, dc, cost = v[:17]
+        owner, _ = owner_key(keys[9 * k], "lease:")
+        a = _settled(text[4 + rid], text[4 + key_id], owner, p + c - delta, cost - dc, v[17:])
+        f = [""] * 20
+        f[4], f[7], f[10], f[15], f[17] = text[4 + line], str(err), repr(fin), str(mode), str(cost)
+        out.append(_settlement(a, f, (day, month, p, c, lat)))
+    return text[0], out
+
+
+def _settled(
+    rid: str, key_id: str, owner: str, reserve: int, reserve_cost: int, minutes: Any
+) -> Admission:
+    tpm, plan_tpm = (1 if minutes[0] else None), (1 if minutes[1] else None)
+    return Admission(
+        rid, key_id, owner, reserve=reserve, reserve_cost=reserve_cost, tpm=tpm, plan_tpm=plan_tpm
+    )
+
+
+def _settlement(
+    a: Admission, f: list[str], numbers: tuple[int, int, int, int, float]
+) -> Settlement:
+    """A settlement from its texts ``f`` (the layout before the binary one: model line 4,
+    error 7, finished 10, mode 15, cost 17) and ``numbers`` (day, month, prompt, completion,
+    latency)."""
+    day, month, p, c, latency = numbers
+    model, _, api = f[4].partition(codec.API_MARK)
+    return Settlement(
+        a, day, month, model, p, c, latency, error=f[7] == "1", finished_at=float(f[10]),
+        record=f[15] != "0", api=api or "chat", cost=int(f[17]),
+    )  # fmt: skip
+
+
+def binary_call(script: str, now: str, items: list[Any]) -> tuple[list[Any], list[Any]]:
+    """A call in the codec's layout."""
+    make = codec.admit_call if script == "admit" else codec.settle_calls
+    keys, args = make(items, now)
+    return list(keys.texts), list(args.texts)
+
+
+def text_call(script: str, now: str, items: list[Any]) -> tuple[list[Any], list[Any]]:
+    """A call in the layout before the binary one (scripts of older commits)."""
+    keys: list[str] = []
+    if script == "admit":
+        args = [now, repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(codec.COUNTER_TTL)]
+        for a in items:
+            keys += codec.admit_call([a], now)[0].texts
+            head = (a.rpm, a.concurrency, a.daily, a.monthly, a.plan_rpm, a.plan_monthly)
+            tail = (a.tpm, a.daily_budget, a.monthly_budget, a.plan_tpm, a.plan_budget)
+            args += [a.request_id, *map(codec.num, head), str(a.reserve)]
+            args += [*map(codec.num, tail), str(a.reserve_cost)]
+        return keys, args
+    args = []
+    for s in items:
+        a = s.admission
+        keys += codec.settle_calls([s], now)[0].texts
+        args += [a.request_id, str(s.day), str(s.month)]
+        args += [str(s.prompt_tokens + s.completion_tokens - a.reserve)]
+        args += [codec.usage_line(s.model, s.api), str(s.prompt_tokens)]
+        args += [str(s.completion_tokens), str(int(s.error)), repr(float(s.latency_ms))]
+        args += [str(latency_bucket(s.latency_ms)), repr(float(s.finished_at)), now, a.key_id]
+        args += [codec._SETTLED_TTL, codec._USAGE_DAYS, "1" if s.record else "0"]
+        args += [str(s.cost - a.reserve_cost), str(s.cost)]
+        args += ["0" if a.tpm is None else "1", "0" if a.plan_tpm is None else "1"]
+    return keys, args
 
 
 def source_of(name: str, script: str) -> str:
@@ -98,8 +237,8 @@ def counted(name: str, calls: list[Call]) -> tuple[float, float]:
     finally:
         server.terminate()
         server.wait()
-    admissions = sum((len(a) - 4) // 14 for s, _, a in calls if s == "admit")
-    settlements = sum(len(a) // 20 for s, _, a in calls if s == "settle")
+    admissions = sum(len(items) for script, _, items in calls if script == "admit")
+    settlements = sum(len(items) for script, _, items in calls if script == "settle")
     return totals[0] / admissions, (totals[1] - totals[0]) / settlements
 
 
@@ -108,11 +247,14 @@ def _pass(
 ) -> int:
     """Instructions of one replay from an empty Redis (``only``: that script's calls alone)."""
     client.flushall()
-    shas = {s: client.script_load(source_of(name, s)) for s in ("admit", "settle")}
+    sources = {s: source_of(name, s) for s in ("admit", "settle")}
+    shas = {s: client.script_load(source) for s, source in sources.items()}
+    binary = {s: "struct.unpack" in source for s, source in sources.items()}
     control = ["callgrind_control"]
     subprocess.run([*control, "-i", "on", str(pid)], capture_output=True, check=True)
-    for script, keys, args in calls:
+    for script, now, items in calls:
         if only is None or script == only:
+            keys, args = (binary_call if binary[script] else text_call)(script, now, items)
             client.evalsha(shas[script], len(keys), *keys, *args)
     subprocess.run([*control, "-i", "off", str(pid)], capture_output=True, check=True)
     subprocess.run([*control, "-d", str(pid)], capture_output=True, check=True)

@@ -16,6 +16,7 @@ Two views:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 import time
@@ -94,8 +95,20 @@ def cost(before: Snapshot, after: Snapshot, requests: int, info_calls: int = 0) 
 
 
 _LINE = re.compile(r'^\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?(?: "([^"]*)")?')
-SETTLE_KEYS = 9  # keys per settlement in a settle EVALSHA (it may carry several)
-ADMIT_KEYS = 9  # keys per admission in an admit EVALSHA (one turn of a worker's loop: several)
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def carried(name: str, line: str) -> int:
+    """The admissions (one turn of a worker's loop: several) or settlements an admit or settle
+    EVALSHA's MONITOR line carries: admit.lua's ARGV past the sixth are their request ids,
+    settle.lua's ARGV 4 holds them (redis_codec.SETTLEMENT each; the scripts' headers)."""
+    from gateway.store.redis_codec import SETTLEMENT
+
+    words = _TOKEN.findall(line)
+    args = words[3 + int(words[2]) :]
+    if name == "admit":
+        return len(args) - 6
+    return len(codecs.escape_decode(args[3].encode())[0]) // SETTLEMENT.size
 
 
 @dataclass
@@ -103,9 +116,9 @@ class MonitorSample:
     label: str
     requests: int = 0
     admit: int = 0  # EVALSHA of admit.lua
-    admissions: int = 0  # admissions those decided (their keys / ADMIT_KEYS): one a request
+    admissions: int = 0  # admissions those decided (their request ids): one a request
     settle: int = 0  # EVALSHA of settle.lua
-    settlements: int = 0  # settlements those carried (their keys / SETTLE_KEYS)
+    settlements: int = 0  # settlements those carried (settle.lua's ARGV 4)
     settle_runs: int = 0  # consecutive settle EVALSHAs of one connection: ≈ pipelines
     key_gets: int = 0  # GET gw:kh:<hash> (a key record) or gw:kid:<id>
     other_gets: int = 0  # other GETs (e.g. the owner's plan, cached 30 s per worker)
@@ -169,12 +182,10 @@ def parse_monitor(path: Path, label: str, requests: int) -> MonitorSample:
             command = f"evalsha ({name})"
             if name == "admit":
                 out.admit += 1
-                numkeys = match.group(4) or ""
-                out.admissions += int(numkeys) // ADMIT_KEYS if numkeys.isdigit() else 0
+                out.admissions += carried(name, line)
             elif name == "settle":
                 out.settle += 1
-                numkeys = match.group(4) or ""
-                out.settlements += int(numkeys) // SETTLE_KEYS if numkeys.isdigit() else 0
+                out.settlements += carried(name, line)
                 if run_client != client:
                     out.settle_runs += 1
                 run_client = client

@@ -5,14 +5,21 @@
 -- once, kept here, and written once at the end, so a call of N admissions costs far less than N
 -- calls. On a Cluster a call holds one owner's admissions (all its keys carry the hash tag).
 -- ARGV: 1 clock override (''), 2 lease seconds, 3 rpm window seconds, 4 counter ttl seconds,
---   then 14 per admission: request id, rpm, concurrency, daily, monthly, plan rpm, plan monthly,
---   reserve, tpm, daily budget, monthly budget, plan tpm, plan budget (each '' when it does not
---   apply), reserve cost
--- KEYS, 9 per admission: 1 the key's rpm log, 2 the owner's rpm log (ZSETs request id ->
---   admission time in whole microseconds), 3 the key's leases (ZSET request id -> lease expiry), 4 the key's counters
---   (HASH d, dt, m, mt, x; dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x;
---   mc), 6 the key's minute log, 7 its tokens (ZSET request id -> admission time; HASH request
---   id -> tokens, s = their sum), 8 and 9 the owner's
+--   5 the call's sets of limits, 6 its admissions (both binary, below), then per admission its
+--   request id
+-- The sets of limits (each once, however many admissions share it): per set 11 pairs of a flag
+--   (1 byte: 1 the limit applies, 0 not) and the limit, in the order rpm, concurrency, daily,
+--   monthly, plan rpm, plan monthly, tpm, daily budget, monthly budget, plan tpm, plan budget.
+--   The admissions: per admission its key set and its set of limits (2 bytes each, from 0),
+--   reserve and reserve cost. Little-endian, whole numbers 8 bytes signed (redis_codec.LIMITS,
+--   ADMISSION): struct.unpack reads them, where a text per field cost Redis a bulk string, a
+--   Lua string and a tonumber each.
+-- KEYS, 9 per key set (each key an admission of the call is for, once): 1 the key's rpm log,
+--   2 the owner's rpm log (ZSETs request id -> admission time in whole microseconds), 3 the
+--   key's leases (ZSET request id -> lease expiry), 4 the key's counters (HASH d, dt, m, mt, x;
+--   dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x; mc), 6 the key's minute
+--   log, 7 its tokens (ZSET request id -> admission time; HASH request id -> tokens, s = their
+--   sum), 8 and 9 the owner's
 -- The logs' and the leases' TTLs are renewed at most once a window (the time of the last renewal
 -- is field x of the key's and of the owner's counters), each renewal long enough that every
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
@@ -179,15 +186,10 @@ local function due(last)
   return d
 end
 
-local function admit(k, a)
-  local rid = ARGV[a + 1]
-  local rpm, conc = num(ARGV[a + 2]), num(ARGV[a + 3])
-  local daily, monthly = num(ARGV[a + 4]), num(ARGV[a + 5])
-  local prpm, pmonthly = num(ARGV[a + 6]), num(ARGV[a + 7])
-  local reserve = num(ARGV[a + 8])
-  local tpm, dbudget, mbudget = num(ARGV[a + 9]), num(ARGV[a + 10]), num(ARGV[a + 11])
-  local ptpm, pbudget = num(ARGV[a + 12]), num(ARGV[a + 13])
-  local cost = num(ARGV[a + 14])
+local function admit(rid, k, limits, reserve, cost)
+  local rpm, conc, daily, monthly = limits[1], limits[2], limits[3], limits[4]
+  local prpm, pmonthly, tpm, dbudget = limits[5], limits[6], limits[7], limits[8]
+  local mbudget, ptpm, pbudget = limits[9], limits[10], limits[11]
   local klog, olog, kleases = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 
   local kh = hash(KEYS[k + 4], 'd', 'dt', 'm', 'mt', 'x', 'dc', 'mc').fields
@@ -272,9 +274,23 @@ local function admit(k, a)
     secs(kreset), secs(oreset))
 end
 
-local verdicts = {}
-for i = 1, #KEYS / 9 do
-  verdicts[i] = admit((i - 1) * 9, 4 + (i - 1) * 14)
+-- The sets of limits, each a table of the limits that apply (nil: does not).
+local limit_sets, blob, at_byte = {}, ARGV[5], 1
+local LIMITS = '<' .. string.rep('Bi8', 11)
+while at_byte <= #blob do
+  local v, set = {struct.unpack(LIMITS, blob, at_byte)}, {}
+  for i = 1, 11 do
+    if v[2 * i - 1] == 1 then set[i] = v[2 * i] end
+  end
+  limit_sets[#limit_sets + 1], at_byte = set, v[23]
+end
+
+local verdicts, items = {}, ARGV[6]
+at_byte = 1
+for i = 1, #ARGV - 6 do
+  local k, l, reserve, cost
+  k, l, reserve, cost, at_byte = struct.unpack('<HHi8i8', items, at_byte)
+  verdicts[i] = admit(ARGV[6 + i], 9 * k, limit_sets[l + 1], reserve, cost)
 end
 
 for key, z in pairs(zsets) do

@@ -55,6 +55,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import cast
 
 import orjson
 
@@ -132,38 +133,48 @@ def num(value: int | None) -> str:
 
 
 # -- admit ----------------------------------------------------------------------------------
+# admit.lua's numbers (its header says which), packed little-endian: a set of limits (a flag,
+# 1 when it applies, and the limit, per limit), and per admission its key set's and its set of
+# limits' places in the call, reserve and reserve cost.
+LIMITS = struct.Struct("<" + "Bq" * 11)
+ADMISSION = struct.Struct("<HHqq")
+
+
 def admit_call(admissions: Sequence[Admission], now: str) -> tuple[Run, Run]:
     """One ``admit`` call deciding ``admissions`` in order (on a Cluster: one owner's): its
-    KEYS and ARGV as runs, of parts kept per key and per set of limits (packed once)."""
-    keys: list[str | Run] = []
-    args: list[str | Run] = [now, _ADMIT_FIXED]
+    KEYS and ARGV as runs; each key's KEYS and each set of limits sent once."""
+    key_sets: dict[Run, int] = {}
+    limit_sets: dict[bytes, int] = {}
+    items, rids = [], []
     for a in admissions:
-        keys.append(_admit_keys(a.owner, a.key_id))
-        head, tail = _limits(a)
-        args += (a.request_id, head, str(a.reserve), tail, str(a.reserve_cost))
-    n = len(admissions)
-    whole = keys[0] if n == 1 and type(keys[0]) is Run else Run(keys, 9 * n)
-    return whole, Run(args, 4 + 14 * n)
+        k = key_sets.setdefault(_admit_keys(a.owner, a.key_id), len(key_sets))
+        lim = limit_sets.setdefault(_limits(a), len(limit_sets))
+        items.append(ADMISSION.pack(k, lim, a.reserve, a.reserve_cost))
+        rids.append(a.request_id)
+    keys = list(key_sets)
+    whole = keys[0] if len(keys) == 1 else Run(keys, 9 * len(keys))
+    # the two packed parts are bytes (packed as they are: resp.Run takes them, unkept)
+    packed = cast(list[str], [b"".join(limit_sets), b"".join(items)])
+    return whole, Run([now, _ADMIT_FIXED, *packed, *rids], 6 + len(rids))
 
 
 _ADMIT_FIXED = Run((repr(LEASE_SECONDS), repr(windows.RPM_WINDOW), str(COUNTER_TTL)))
 _LIMITS_KEPT = 1024
-_limit_runs: dict[tuple[int | None, ...], tuple[Run, Run]] = {}
+_limit_sets: dict[tuple[int | None, ...], bytes] = {}
 
 
-def _limits(a: Admission) -> tuple[Run, Run]:
-    """The texts of an admission's limits, as its ARGV has them (rpm .. plan monthly before the
-    reserve, tpm .. plan budget after it): made once per set of limits (the operator's
-    configuration, a few per key: emptied when full), not per request."""
+def _limits(a: Admission) -> bytes:
+    """An admission's limits as admit.lua reads a set of them: made once per set (the
+    operator's configuration, a few per key: emptied when full), not per request."""
     limits: tuple[int | None, ...] = (a.rpm, a.concurrency, a.daily, a.monthly, a.plan_rpm)
     limits += (a.plan_monthly, a.tpm, a.daily_budget, a.monthly_budget, a.plan_tpm, a.plan_budget)
-    runs = _limit_runs.get(limits)
-    if runs is None:
-        if len(_limit_runs) >= _LIMITS_KEPT:
-            _limit_runs.clear()
-        texts = tuple(map(num, limits))
-        runs = _limit_runs[limits] = (Run(texts[:6]), Run(texts[6:]))
-    return runs
+    packed = _limit_sets.get(limits)
+    if packed is None:
+        if len(_limit_sets) >= _LIMITS_KEPT:
+            _limit_sets.clear()
+        pairs = [(0, 0) if v is None else (1, v) for v in limits]
+        packed = _limit_sets[limits] = LIMITS.pack(*(x for pair in pairs for x in pair))
+    return packed
 
 
 # admit.lua's reply per admission: 12 whole numbers, then 7 doubles (the script's header says
@@ -249,56 +260,68 @@ def _settle_keys(owner: str, key_id: str, striped: bool) -> Run:
 
 
 # -- settle ---------------------------------------------------------------------------------
-def settle_call(s: Settlement, now: str, row: str | None = None) -> tuple[Sequence[str], list[str]]:
-    """One settlement's KEYS (the key's, kept, but for one admitted without the store: its
-    settled marker) and ARGV; on a Cluster, ``row`` names its usage row in the stripes
-    (``<process>:<number>``), written by usage.lua (settle.lua returns it if it counted)."""
-    a = s.admission
-    keys: Sequence[str] = _settle_keys(a.owner, a.key_id, row is None)
-    if s.day == 0:  # the settled marker is read (admitted without the store)
-        marked = list(keys)
-        marked[3] += a.request_id
-        keys = marked
-    args = [
-        a.request_id,
-        str(s.day),
-        str(s.month),
-        str(s.prompt_tokens + s.completion_tokens - a.reserve),
-        usage_line(s.model, s.api),
-        str(s.prompt_tokens),
-        str(s.completion_tokens),
-        str(int(s.error)),
-        repr(float(s.latency_ms)),
-        str(latency_bucket(s.latency_ms)),
-        repr(float(s.finished_at)),
-        now,
-        a.key_id,
-        _SETTLED_TTL,
-        _USAGE_DAYS,
-        (row or "1") if s.record else "0",
-        str(s.cost - a.reserve_cost),
-        str(s.cost),
-        "0" if a.tpm is None else "1",
-        "0" if a.plan_tpm is None else "1",
-    ]
-    return keys, args
+# settle.lua's fields of a settlement (its header says which), packed little-endian
+SETTLEMENT = struct.Struct("<HHHHBHqqqqqBdBdqqBB")
+_SETTLE_FIXED = Run((_SETTLED_TTL, _USAGE_DAYS))
 
 
-def settle_calls(settlements: Sequence[Settlement], now: str) -> tuple[Run, Run]:
-    """One call settling ``settlements`` (on one Redis: the rows in the stripes), their KEYS
-    and ARGV one after the other, as runs (a key's KEYS packed once)."""
+def settle_calls(
+    settlements: Sequence[Settlement], now: str, rows: Sequence[str] | None = None
+) -> tuple[Run, Run]:
+    """One call settling ``settlements`` in order: its KEYS and ARGV as runs, each key's KEYS
+    and each text sent once. Without ``rows`` (one Redis) the usage rows are written in the
+    stripes; with (a Cluster: one owner's settlements), ``rows`` names each one's usage row
+    there (``<process>:<number>``), written by usage.lua (settle.lua returns it if counted)."""
+    key_sets: dict[Run, int] = {}
     keys: list[str | Run] = []
-    args: list[str] = []
-    for s in settlements:
-        more_keys, more_args = settle_call(s, now)
-        if type(more_keys) is Run:
-            keys.append(more_keys)
-        else:
-            keys += more_keys
-        args += more_args
-    n = len(settlements)
-    whole = keys[0] if n == 1 and type(keys[0]) is Run else Run(keys, 9 * n)
-    return whole, Run(args)
+    texts: dict[str, int] = {}
+    items, n = [], 0  # n: the key sets
+    for i, s in enumerate(settlements):
+        a = s.admission
+        run = _settle_keys(a.owner, a.key_id, rows is None)
+        k = key_sets.get(run)
+        if s.day == 0:  # its settled marker is read (admitted without the store): a set apart
+            marked = list(run)
+            marked[3] += a.request_id
+            keys += marked
+            k, n = n, n + 1
+        elif k is None:
+            k = key_sets[run] = n
+            keys.append(run)
+            n += 1
+        row = rows[i] if rows and s.record else None
+        items.append(_settlement(s, k, texts, row))
+    whole = keys[0] if len(keys) == 1 else Run(keys, 9 * n)
+    packed = cast(str, b"".join(items))  # bytes, packed as they are (resp.Run takes them)
+    return cast(Run, whole), Run([now, _SETTLE_FIXED, packed, *texts], 4 + len(texts))
+
+
+def _settlement(s: Settlement, k: int, texts: dict[str, int], row: str | None) -> bytes:
+    """One settlement's fields as settle.lua reads them, its texts' places taken in ``texts``
+    (those it adds are appended)."""
+    a, text = s.admission, texts.setdefault
+    mode = 0 if not s.record else 1 if row is None else 2
+    return SETTLEMENT.pack(
+        k,
+        text(a.request_id, len(texts)),
+        text(a.key_id, len(texts)),
+        text(usage_line(s.model, s.api), len(texts)),
+        mode,
+        0 if row is None else text(row, len(texts)),
+        s.day,
+        s.month,
+        s.prompt_tokens + s.completion_tokens - a.reserve,
+        s.prompt_tokens,
+        s.completion_tokens,
+        s.error,
+        s.latency_ms,
+        latency_bucket(s.latency_ms),
+        s.finished_at,
+        s.cost - a.reserve_cost,
+        s.cost,
+        a.tpm is not None,
+        a.plan_tpm is not None,
+    )
 
 
 @dataclass(slots=True, frozen=True)

@@ -93,8 +93,10 @@ class ClusterSettlement:
             for owner, group in by_owner.items()
             for i in range(0, len(group), SETTLE_CHUNK)
         ]
-        calls = [
-            _joined([codec.settle_call(s, now, f"{self.process}:{n}") for n, s in chunk])
+        calls: list[Call] = [
+            codec.settle_calls(
+                [s for _, s in chunk], now, [f"{self.process}:{n}" for n, _ in chunk]
+            )
             for _, chunk in chunks
         ]
         forgotten, forgets = self._forgets()
@@ -278,11 +280,6 @@ class ClusterSettlement:
 
 def _failed(reply: Any) -> bool:
     return isinstance(reply, BaseException)
-
-
-def _joined(calls: list[Call]) -> Call:
-    """Several settlements' KEYS and ARGV as one call's."""
-    return [k for keys, _ in calls for k in keys], [a for _, args in calls for a in args]
 
 
 # -- reports ----------------------------------------------------------------------------------

@@ -5,24 +5,30 @@
 -- Once: a request admitted by the store is settled only while its lease is held, and the lease
 -- goes with the settlement (the lease is the marker: nothing of a request outlives it). One
 -- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
--- ARGV 14 seconds, and its tokens are charged to the periods current now.
--- KEYS: 1 the key's leases, 2 the key's counters, 3 the owner's counters,
---       4 the request's settled marker (day 0 only), 5 the owner's last-use hash (key id -> time),
---       6, 7 on one Redis: the key's usage key prefix (the UTC day is appended) and usage days
---       (ZSET of day ids, for range reads), both in the key's usage stripe (redis_codec.py);
---       on a Cluster (ARGV 16 a row's name): the owner's rows not yet written (HASH request id
---       -> row) and their times (ZSET request id -> when counted or last adopted),
---       8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s = their sum)
--- ARGV: 1 request id, 2 day, 3 month (of the admission; 0 0: admitted without the store;
---       -1 and the lease's seconds: an admission whose reply was lost, dated by its lease),
---       4 used - reserved, 5 model, 6 prompt tokens, 7 completion tokens, 8 error (0/1),
---       9 latency ms, 10 latency bucket, 11 finished at (0: now), 12 clock override (''),
---       13 key id, 14 settled marker ttl, 15 days usage is kept, 16 record usage (0: release only;
---       1: here; otherwise the row's name in the stripes, "<process>:<number>": a Cluster's, the
---       usage to be written in the stripe's slot by usage.lua), 17 cost - reserved cost,
---       18 cost (micro-dollars), 19 the key's minute counted it (1/0), 20 the owner's minute did
--- Several settlements in one call: KEYS and ARGV hold 9 and 20 per settlement, one after the
--- other (on one Redis, a batch of any owners; on a Cluster, one owner's: one slot).
+-- ARGV 2 seconds, and its tokens are charged to the periods current now.
+-- KEYS, 9 per key set (each key a settlement of the call is for, once; a settlement of day 0 a
+--       set of its own, for its marker): 1 the key's leases, 2 the key's counters, 3 the
+--       owner's counters, 4 the request's settled marker (day 0 only), 5 the owner's last-use
+--       hash (key id -> time), 6, 7 on one Redis: the key's usage key prefix (the UTC day is
+--       appended) and usage days (ZSET of day ids, for range reads), both in the key's usage
+--       stripe (redis_codec.py); on a Cluster (mode 2, below): the owner's rows not yet written
+--       (HASH request id -> row) and their times (ZSET request id -> when counted or last
+--       adopted), 8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s =
+--       their sum)
+-- ARGV: 1 clock override (''), 2 settled marker ttl, 3 days usage is kept, 4 the settlements
+--       (binary, below), then the call's texts, each once: request ids, key ids, model lines,
+--       rows' names
+-- The settlements, one after the other, each (little-endian; redis_codec.SETTLEMENT): its key
+--       set (from 0), then the places among the texts (from 0) of its request id, key id and
+--       model (and API) (2 bytes each), mode (1 byte: 0 release only; 1 record usage here;
+--       2 a Cluster's: usage.lua writes the row, whose name in the stripes, "<process>:<number>",
+--       is the text at the next 2 bytes' place; otherwise they are 0), day, month (of the
+--       admission; 0 0: admitted without the store; -1 and the lease's seconds: an admission
+--       whose reply was lost, dated by its lease), used - reserved, prompt tokens, completion
+--       tokens (8 bytes signed each), error (1 byte), latency ms (a double), latency bucket
+--       (1 byte), finished at (a double; 0: now), cost - reserved cost, cost (micro-dollars;
+--       8 bytes signed each), whether the key's minute counted it and the owner's (1 byte each)
+-- On one Redis a call holds settlements of any owners; on a Cluster, one owner's (one slot).
 -- Returns how many were settled (those settled before are skipped). A Cluster's call returns
 -- instead the rows its usage.lua calls are to write (JSON: request id, process, number, key id,
 -- model line, prompt, completion, error, latency, bucket, end time): each counted now is kept
@@ -55,6 +61,7 @@ local function hset_all(key, t, text)
   redis.call('HSET', key, unpack(args))
 end
 
+local keep = tonumber(ARGV[3])  -- days usage is kept
 local counters = ordered()   -- token counter hash -> {fields read, fields to write}
 local last = ordered()       -- last-use hash -> ordered key id -> time
 
@@ -117,24 +124,26 @@ local function minute_settle(h, rid, used)
   end
 end
 
--- Whether settlement ``a`` (of the request ``rid``, admitted on ``day``) is its request's first.
-local function first_time(k, a, day)
-  if day ~= 0 then return redis.call('ZREM', KEYS[k + 1], ARGV[a + 1]) == 1 end
-  return redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[a + 14]) ~= false
+-- Whether settlement ``s`` (KEYS from ``k``) is its request's first.
+local function first_time(k, s)
+  if s.day ~= 0 then return redis.call('ZREM', KEYS[k + 1], s.rid) == 1 end
+  return redis.call('SET', KEYS[k + 4], '1', 'NX', 'EX', ARGV[2]) ~= false
 end
 
-local function record(k, a, finished)
-  record_usage(KEYS[k + 6], KEYS[k + 7], num(ARGV[a + 15]), ARGV[a + 5], ARGV[a + 6],
-    ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], finished)
-  put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)  -- the last settled wins
+local buckets = {}  -- latency bucket -> its text, made once per call
+local function record(k, s, finished)
+  local bucket = buckets[s.bucket] or whole(s.bucket)
+  buckets[s.bucket] = bucket
+  record_usage(KEYS[k + 6], KEYS[k + 7], keep, s.line, s.p, s.c, s.e, s.l, bucket, finished)
+  put(slot(last, KEYS[k + 5], ordered), s.key_id, finished)  -- the last settled wins
 end
 
 -- A presumed admission (its reply lost, never renewed): its first settlement if it holds a lease,
 -- with the periods of its admission (the lease's expiry less its seconds).
-local function presumed(k, a, lease_seconds)
-  local expiry = redis.call('ZSCORE', KEYS[k + 1], ARGV[a + 1])
+local function presumed(k, s, lease_seconds)
+  local expiry = redis.call('ZSCORE', KEYS[k + 1], s.rid)
   if not expiry then return false, 0, 0 end
-  redis.call('ZREM', KEYS[k + 1], ARGV[a + 1])
+  redis.call('ZREM', KEYS[k + 1], s.rid)
   local day, month = periods(tonumber(expiry) - lease_seconds)
   return true, day, month
 end
@@ -142,9 +151,9 @@ end
 -- A Cluster's call: the rows to write (JSON), and those to keep in the owner's slot.
 local rows, pending, now = nil, nil, nil
 
-local function row_of(a, finished)
-  return cjson.encode({ARGV[a + 1], ARGV[a + 16], ARGV[a + 13], ARGV[a + 5], ARGV[a + 6],
-    ARGV[a + 7], ARGV[a + 8], ARGV[a + 9], ARGV[a + 10], fmt(finished)})
+local function row_of(s, finished)
+  return cjson.encode({s.rid, s.row, s.key_id, s.line, whole(s.p), whole(s.c), whole(s.e),
+    fmt(s.l), whole(s.bucket), fmt(finished)})
 end
 
 -- The rows left in the owner's slot ADOPT_AFTER seconds, dated now (adopted: another call
@@ -165,53 +174,64 @@ local function adopt()
   end
 end
 
-local settled = 0
-for i = 0, #KEYS / 9 - 1 do
-  local k, a = 9 * i, 20 * i
-  local day, month = num(ARGV[a + 2]), num(ARGV[a + 3])
-  local mode = ARGV[a + 16]
-  local striped = mode ~= '0' and mode ~= '1'  -- a Cluster's: usage.lua writes the row
+-- The fields of the settlement at byte ``at`` of ARGV 4, its texts looked up; and where the next
+-- one starts.
+local FIELDS = '<HHHHBHi8i8i8i8i8BdBdi8i8BB'
+local function settlement(at)
+  local v = {struct.unpack(FIELDS, ARGV[4], at)}
+  return {k = 9 * v[1], rid = ARGV[5 + v[2]], key_id = ARGV[5 + v[3]], line = ARGV[5 + v[4]],
+    mode = v[5], row = v[5] == 2 and ARGV[5 + v[6]], day = v[7], month = v[8], delta = v[9],
+    p = v[10], c = v[11], e = v[12], l = v[13], bucket = v[14], finished = v[15],
+    dcost = v[16], cost = v[17], kminute = v[18] == 1, ominute = v[19] == 1}, v[20]
+end
+
+local settled, at = 0, 1
+while at <= #ARGV[4] do
+  local s
+  s, at = settlement(at)
+  local k, day, month = s.k, s.day, s.month
+  local striped = s.mode == 2  -- a Cluster's: usage.lua writes the row
   if striped and not rows then
-    rows, now = {}, clock(ARGV[a + 12])
+    rows, now = {}, clock(ARGV[1])
     pending = {hash = KEYS[k + 6], times = KEYS[k + 7], hash_args = {}, times_args = {}}
   end
   local first
   if day == -1 then
-    first, day, month = presumed(k, a, month)
+    first, day, month = presumed(k, s, month)
   else
-    first = first_time(k, a, day)
+    first = first_time(k, s)
   end
   if first then
     settled = settled + 1
     local kc, oc = counter(KEYS[k + 2]), counter(KEYS[k + 3])
-    local used = num(ARGV[a + 6]) + num(ARGV[a + 7])
-    local finished = tonumber(ARGV[a + 11])
+    local used = s.p + s.c
+    local finished = s.finished
     if finished == 0 or day == 0 then
-      local t = now or clock(ARGV[a + 12])
+      local t = now or clock(ARGV[1])
       if finished == 0 then finished = t end
       if day == 0 then  -- admitted without the store: charged to the periods current now
         local today, this_month = periods(t)
-        move(kc, oc, today, this_month, used, tonumber(ARGV[a + 18]), true)
+        move(kc, oc, today, this_month, used, s.cost, true)
       end
     end
     if day ~= 0 then
-      move(kc, oc, day, month, num(ARGV[a + 4]), num(ARGV[a + 17]), false)
-      if ARGV[a + 19] == '1' then minute_settle(KEYS[k + 8], ARGV[a + 1], used) end
-      if ARGV[a + 20] == '1' then minute_settle(KEYS[k + 9], ARGV[a + 1], used) end
+      move(kc, oc, day, month, s.delta, s.dcost, false)
+      if s.kminute then minute_settle(KEYS[k + 8], s.rid, used) end
+      if s.ominute then minute_settle(KEYS[k + 9], s.rid, used) end
     end
-    if mode == '1' then
-      record(k, a, finished)
+    if s.mode == 1 then
+      record(k, s, finished)
     elseif striped then
-      put(slot(last, KEYS[k + 5], ordered), ARGV[a + 13], finished)
-      local row = row_of(a, finished)
+      put(slot(last, KEYS[k + 5], ordered), s.key_id, finished)
+      local row = row_of(s, finished)
       table.insert(rows, row)
-      table.insert(pending.hash_args, ARGV[a + 1])
+      table.insert(pending.hash_args, s.rid)
       table.insert(pending.hash_args, row)
       table.insert(pending.times_args, fmt(now))
-      table.insert(pending.times_args, ARGV[a + 1])
+      table.insert(pending.times_args, s.rid)
     end
   elseif striped then  -- settled before: its row again, if not yet written and forgotten
-    local row = redis.call('HGET', KEYS[k + 6], ARGV[a + 1])
+    local row = redis.call('HGET', KEYS[k + 6], s.rid)
     if row then table.insert(rows, row) end
   end
 end

@@ -26,7 +26,7 @@ from gateway.clock import FakeClock
 from gateway.records import Admission, Settlement
 from gateway.store.base import LEASE_SECONDS, StoreError
 from gateway.store.redis import RedisStore
-from gateway.store.redis_codec import settle_call
+from gateway.store.redis_codec import settle_calls
 from tests.faultproxy import FaultProxy
 from tests.redis_server import RedisServer, start_redis
 from tests.store.test_contract import T0
@@ -148,7 +148,7 @@ class Counted:
 
 async def counted(server: RedisServer, s: Settlement) -> Counted:
     """What ``server`` holds for the key of ``s`` (read directly, not through the endpoint)."""
-    leases_key, counters_key = settle_call(s, "")[0][:2]
+    leases_key, counters_key = settle_calls([s], "")[0][:2]
     day_tokens = server.call("HGET", counters_key, "dt")
     leases = server.call("ZRANGE", leases_key, "0", "-1")
     direct = RedisStore(server.url, 5000, FakeClock(T0))
