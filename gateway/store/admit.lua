@@ -69,11 +69,16 @@ local function zset(key, drop_to)
   return z
 end
 
-local function zflush(key, z)
-  local adds = z.adds
-  for i = 1, #adds, 1000 do  -- unpack takes a bounded number of values at a time
-    redis.call('ZADD', key, unpack(adds, i, math.min(i + 999, #adds)))
+-- ``command`` on ``key`` with the arguments ``args`` (pairs), 1000 at a time: unpack takes a
+-- bounded number of values
+local function calls(command, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, i, math.min(i + 999, #args)))
   end
+end
+
+local function zflush(key, z)
+  calls('ZADD', key, z.adds)
   z.adds = {}
 end
 
@@ -124,11 +129,13 @@ local function hash(key, ...)
   return h
 end
 
--- The tokens in a rolling minute (log ``z``, tokens ``h``), what left the window dropped; the
--- sum is kept here once read.
+-- Rolling minutes of tokens (log ``z``, tokens ``h``), by ``h``: read once (what left the
+-- window dropped), then kept here: the sum, the log's oldest time (false: empty) and what this
+-- call added, written by ``minute_flush`` (before a read that needs them, else at the end).
 local minutes = {}
 local function minute_tokens(z, h)
-  if minutes[h] ~= nil then return minutes[h] end
+  local m = minutes[h]
+  if m ~= nil then return m.sum end
   local sum = tonumber(redis.call('HGET', h, 's') or '0')
   since = since or fmt(now - window)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', since)
@@ -141,8 +148,17 @@ local function minute_tokens(z, h)
     redis.call('ZREMRANGEBYSCORE', z, '-inf', since)
     redis.call('HSET', h, 's', whole(sum))
   end
-  minutes[h] = sum
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2]
+  minutes[h] = {z = z, sum = sum, first = first and tonumber(first) or false, zadds = {}, hadds = {}}
   return sum
+end
+
+local function minute_flush(h, m)
+  if #m.zadds == 0 then return end
+  calls('ZADD', m.z, m.zadds)
+  m.hadds[#m.hadds + 1], m.hadds[#m.hadds + 2] = 's', whole(m.sum)
+  calls('HSET', h, m.hadds)
+  m.zadds, m.hadds = {}, {}
 end
 
 -- nil when ``reserve`` more fit under ``limit``, else the seconds until enough has left
@@ -150,6 +166,7 @@ local function minute_wait(z, h, sum, limit, reserve)
   local excess = sum + reserve - limit
   if excess <= 0 then return nil end
   if reserve > limit then return window end
+  minute_flush(h, minutes[h])
   local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
   for i = 1, #entries, 2 do
     excess = excess - (tonumber(redis.call('HGET', h, entries[i])) or 0)
@@ -160,17 +177,19 @@ end
 
 local expiring = {}  -- key -> seconds: the EXPIREs to send at the end
 local function minute_take(z, h, rid, reserve)
-  local sum = minutes[h] + reserve
-  redis.call('ZADD', z, at, rid)
-  redis.call('HSET', h, rid, whole(reserve), 's', whole(sum))
+  local m = minutes[h]
+  local zadds, hadds = m.zadds, m.hadds
+  zadds[#zadds + 1], zadds[#zadds + 2] = at, rid
+  hadds[#hadds + 1], hadds[#hadds + 2] = rid, whole(reserve)
+  m.sum = m.sum + reserve
+  m.first = m.first and math.min(m.first, now) or now
   expiring[z], expiring[h] = 2 * window + 1, 2 * window + 1
-  minutes[h] = sum
-  return sum
+  return m.sum
 end
 
-local function minute_reset(z)
-  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2]
-  return first and (tonumber(first) + window - now) or 0
+local function minute_reset(h)
+  local first = minutes[h].first
+  return first and (first + window - now) or 0
 end
 
 -- whether the TTLs renewed at ``last`` (nil: never) are due again
@@ -267,8 +286,8 @@ local function admit(rid, k, limits, reserve, cost)
     count = log_size(shown)
     if count > 0 then first = oldest(shown) end
   end
-  local kreset = tpm and minute_reset(KEYS[k + 6]) or 0
-  local oreset = ptpm and minute_reset(KEYS[k + 8]) or 0
+  local kreset = tpm and minute_reset(KEYS[k + 7]) or 0
+  local oreset = ptpm and minute_reset(KEYS[k + 9]) or 0
   return struct.pack('<i8i8i8i8i8i8i8i8i8i8i8i8ddddddd', refused, count, day, month, dtok,
     mtok, otok, ktpm, otpm, dcost, mcost, ocost, secs(retry), first, now, to_midnight, to_month,
     secs(kreset), secs(oreset))
@@ -309,6 +328,7 @@ for key, h in pairs(hashes) do
     redis.call('HSET', key, unpack(pairs_))
   end
 end
+for h, m in pairs(minutes) do minute_flush(h, m) end
 for key, seconds in pairs(expiring) do
   redis.call('EXPIRE', key, whole(seconds))
 end

@@ -115,12 +115,28 @@ local function move(kc, oc, day, month, tokens, cost, reset)
   move_month(oc, month, tokens, cost, reset)
 end
 
--- A request's tokens in a rolling minute become what it used, if it is still there.
+-- A request's tokens in a rolling minute (hash ``h``) become what it used, if it is still there:
+-- gathered per hash (a request settles once) and written by ``minute_write`` at the end.
+local minutes = ordered()
 local function minute_settle(h, rid, used)
-  local held = redis.call('HGET', h, rid)
-  if held then
-    redis.call('HSET', h, rid, whole(used))
-    redis.call('HINCRBY', h, 's', whole(used - tonumber(held)))
+  put(slot(minutes, h, ordered), rid, used)
+end
+
+local function minute_write()
+  for _, h in ipairs(minutes.keys) do
+    local used = minutes.values[h]
+    local held = redis.call('HMGET', h, unpack(used.keys))
+    local args, delta = {}, 0
+    for i, rid in ipairs(used.keys) do
+      if held[i] then
+        args[#args + 1], args[#args + 2] = rid, whole(used.values[rid])
+        delta = delta + used.values[rid] - tonumber(held[i])
+      end
+    end
+    if #args > 0 then
+      redis.call('HSET', h, unpack(args))
+      redis.call('HINCRBY', h, 's', whole(delta))
+    end
   end
 end
 
@@ -240,6 +256,7 @@ for _, key in ipairs(counters.keys) do
   hset_all(key, counters.values[key].moved)
 end
 
+minute_write()
 write_usage()
 
 for _, key in ipairs(last.keys) do
