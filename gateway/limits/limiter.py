@@ -11,6 +11,7 @@ back. With ``store.on_error: open`` a request is admitted without limits while t
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import logging
@@ -113,15 +114,44 @@ class Buffer:
         self.items.extendleft(reversed(batch[:room]))
 
 
-def _expire(waiting: asyncio.Future[Verdict], seconds: float) -> None:
-    if not waiting.done():
-        waiting.set_exception(StoreError(f"store: no answer within {seconds * 1000:g} ms"))
+class Deadlines:
+    """The waiting admissions' futures by deadline (all share one timeout: each goes last),
+    each failed with ``StoreError`` once it passed, by one timer for the earliest still
+    waiting (a timer each, made and cancelled per admission, cost ~6k instructions)."""
+
+    def __init__(self) -> None:
+        self.waits: deque[tuple[float, float, asyncio.Future[Verdict]]] = deque()
+        self._timer: tuple[asyncio.TimerHandle, asyncio.AbstractEventLoop, float] | None = None
+
+    def add(self, waiting: asyncio.Future[Verdict], seconds: float) -> None:
+        loop, waits, timer = waiting.get_loop(), self.waits, self._timer
+        at = loop.time() + seconds
+        if timer is not None and loop is not timer[1]:  # (a new loop, in tests: drop the old's)
+            waits.clear()
+        if waits and at < waits[-1][0]:  # a shorter timeout since (a new config): in its place
+            bisect.insort(waits, (at, seconds, waiting), key=lambda wait: wait[0])
+        else:
+            waits.append((at, seconds, waiting))
+        if timer is None or at < timer[2] or loop is not timer[1]:
+            if timer is not None:
+                timer[0].cancel()
+            self._arm(loop, at)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
+        self._timer = (loop.call_at(at, self._expire, loop), loop, at)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, waits = None, self.waits
+        now = loop.time() + 0.001  # (libuv's timers count whole ms: one may fire a little early)
+        while waits and (waits[0][2].done() or waits[0][0] <= now):
+            _, seconds, waiting = waits.popleft()
+            if not waiting.done():
+                waiting.set_exception(StoreError(f"store: no answer within {seconds * 1000:g} ms"))
+        if waits:
+            self._arm(loop, waits[0][0])
 
 
-def _pass_on(
-    waiting: asyncio.Future[Verdict], timer: asyncio.TimerHandle, done: asyncio.Future[Verdict]
-) -> None:
-    timer.cancel()
+def _pass_on(waiting: asyncio.Future[Verdict], done: asyncio.Future[Verdict]) -> None:
     if waiting.done():
         return
     if done.cancelled():
@@ -144,6 +174,7 @@ class Limiter:
         self._per_key: dict[str, int] = {}  # key id → its tickets in ``_in_flight``
         self._reading: dict[str, int] = {}  # key id → its bodies read before their admission
         self._tasks: list[asyncio.Task[None]] = []
+        self._deadlines = Deadlines()  # of the admissions waiting on the store
         self._renewals: Periodic | None = None
         self.on_store_error: Callable[[str], None] = lambda op: None
         self._writing = asyncio.Lock()
@@ -151,10 +182,6 @@ class Limiter:
         self._recovered = asyncio.Event()  # a write succeeded (the writer need not back off)
         # told of every admission the store decided (alerts watch the thresholds; must not await)
         self.on_admitted: Callable[[KeyRecord, Plan, Verdict], None] = lambda r, p, v: None
-
-    @property
-    def _timeout(self) -> float:
-        return self.config.store.timeout_ms / 1000.0
 
     def configure(self, config: Config) -> None:
         self.config = config
@@ -303,14 +330,12 @@ class Limiter:
         """The store's verdict (``deciding``) within ``store.timeout_ms``. A verdict that comes
         after its caller stopped waiting (timed out, or its client left) is given back at once
         when it admitted: lease and reservation released, no usage recorded."""
-        loop = asyncio.get_running_loop()
-        waiting: asyncio.Future[Verdict] = loop.create_future()  # cancelled with its caller
-        timer = loop.call_later(self._timeout, _expire, waiting, self._timeout)
-        deciding.add_done_callback(functools.partial(_pass_on, waiting, timer))
+        waiting: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._deadlines.add(waiting, self.config.store.timeout_ms / 1000.0)
+        deciding.add_done_callback(functools.partial(_pass_on, waiting))
         try:
             return await waiting
         except (asyncio.CancelledError, StoreError):
-            timer.cancel()
             deciding.add_done_callback(functools.partial(self._abandoned, admission, model))
             raise
 
