@@ -82,7 +82,13 @@ def reset_text(seconds: float) -> str:
     """OpenAI's ``x-ratelimit-reset-*`` form: ``6m0s``, ``1s``, ``250ms``, ``1h2m3s``."""
     if seconds < 1:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
-    whole = math.ceil(seconds)
+    return _whole_seconds(math.ceil(seconds))
+
+
+@functools.lru_cache(maxsize=4096)
+def _whole_seconds(whole: int) -> str:
+    """``reset_text`` of whole seconds (cached: most requests share the few seconds their
+    windows and periods reset in; the text cost ~4k instructions)."""
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
