@@ -38,7 +38,7 @@ from gateway.store.responses_store import create_responses_store
 from gateway.tally import Tally
 from gateway.tracing import Tracer, build_tracer
 from gateway.web import admin, admin_alerts, admin_api, admin_owners, console, public
-from gateway.web.middlewares import STAMP, RequestIds, edge_middleware, on_prepare, stamper
+from gateway.web.middlewares import EDGE, STAMP, RequestIds, edge_middleware, stamper
 from gateway.web.observe import Observer
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -211,17 +211,16 @@ def _tracing(tracer: Tracer) -> Callable[[web.Application], AsyncIterator[None]]
 
 
 def create_app(runtime: Runtime) -> web.Application:
-    """The public listener's application."""
+    """The public listener's application, served by ``web.protocol.QuietAppRunner`` (which
+    runs its edge and its stamp: another runner would serve it without either)."""
     config = runtime.config
     ids = RequestIds()
     access = AccessLog() if config.log.access else None
     observer = Observer(runtime.metrics, access, runtime.refusals)
-    app = web.Application(
-        middlewares=[
-            edge_middleware(ids, runtime.clock.monotonic, observer.done, runtime.metrics.tally)
-        ],
-        client_max_size=config.network.max_body_bytes,
-    )
+    # no aiohttp middleware: the runner that serves the app (``web.protocol.QuietAppRunner``)
+    # runs every request through its edge, routing included, and stamps every answer
+    app = web.Application(client_max_size=config.network.max_body_bytes)
+    app[EDGE] = edge_middleware(ids, runtime.clock.monotonic, observer.done, runtime.metrics.tally)
     app[RUNTIME] = runtime
     app[ALERTS] = runtime.alerts = build_alerts(runtime)
     runtime.limiter.on_admitted = app[ALERTS].observe_verdict  # usage thresholds
@@ -234,9 +233,8 @@ def create_app(runtime: Runtime) -> web.Application:
         trusted = runtime.config.network.trusted_proxies
         return forwarded_proto(request.remote, lines, trusted) == "https"
 
-    stamp = stamper(lambda: runtime.config.network, ids, trusts_proto)
-    app[STAMP] = stamp
-    app.on_response_prepare.append(on_prepare(stamp))
+    # (stamped before the response signals below run)
+    app[STAMP] = stamper(lambda: runtime.config.network, ids, trusts_proto)
     if config.routing.expose_headers:  # read at start: nothing per request when it is off
         app.on_response_prepare.append(_routing_headers)
     app.cleanup_ctx.append(_upstream_session)

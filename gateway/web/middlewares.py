@@ -4,9 +4,13 @@ rendered (in the caller's dialect).
 The stack is short on purpose (every layer costs on every request):
 
 1. ``edge`` — gives the request its id and its ``Exchange``, and turns every ``GatewayError``
-   (and aiohttp's own 404/405/413) into a JSON error in the request's dialect;
-2. ``on_prepare`` (a response signal, not a middleware) — stamps ``X-Request-ID`` and the security
-   headers on every answer, streams and errors included, just before its head is sent.
+   (and aiohttp's own 404/405/413) into a JSON error in the request's dialect. Not an aiohttp
+   middleware: ``web.protocol.QuietAppRunner`` calls it around the whole app, routing included,
+   so the app has no middleware and aiohttp skips its middleware machinery (a level of its own
+   in every request's await chain, a cache look-up per request: ~11k instructions);
+2. ``stamper`` (called as each answer's head is prepared, by ``web.protocol.StampedRequest``, not
+   a middleware) — stamps ``X-Request-ID`` and the security headers on every answer, streams and
+   errors included, just before its head is sent.
 
 Authentication, IP checks and limits are stages of the handler's recipe, because their errors
 must be rendered in a dialect only the body can tell.
@@ -19,7 +23,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from itertools import count
 
 from aiohttp import web
@@ -115,13 +119,13 @@ def edge_middleware(
     done: Callable[[web.Request, Exchange, int, float], None],
     tally: Tally | None = None,
 ) -> Middleware:
-    """``done`` is told of every request when it ends; ``tally`` (the metrics' bulk counts)
-    of how many are open, so that its counts go in whenever none is."""
+    """The edge, called with the app's own ``_handle`` as ``handler``: ``done`` is told of every
+    request when it ends; ``tally`` (the metrics' bulk counts) of how many are open, so that its
+    counts go in whenever none is."""
     clock_monotonic = _unwrapped(clock_monotonic)
     new, label = ids.new, ids.label
     tally = tally if tally is not None else Tally()
 
-    @web.middleware
     async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         tally.open += 1
         headers = request.headers
@@ -133,7 +137,7 @@ def edge_middleware(
         request[EXCHANGE] = ex
         # the dialect of its refusals (and, on chat routes, of its answer, refined by the body)
         ex.anthropic = by_route(request.path, _ANTHROPIC_VERSION in headers)
-        status = 500
+        status: int | None = 500
         try:
             response = await handler(request)
             status = response.status
@@ -142,6 +146,12 @@ def edge_middleware(
             if ex.answered:  # a stream's head went out: a second answer would desync the wire
                 return _cut(request, ex, err)
             return _unread_closes(request, _refusal(ex, err))
+        except web.HTTPExpectationFailed:
+            # An Expect aiohttp does not know (its own 417, raised before the route's handler):
+            # answered by aiohttp, unseen by the edge, as when the edge ran inside the router.
+            del request[EXCHANGE]  # (so it carries an id of its own, as answers before the edge)
+            status = None
+            raise
         except web.HTTPException as exc:
             if exc.status < 400:  # a redirect or the like, raised: aiohttp answers it as is
                 status = exc.status
@@ -154,7 +164,8 @@ def edge_middleware(
             raise
         finally:
             tally.open -= 1
-            done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
+            if status is not None:
+                done(request, ex, ex.final_status or status, clock_monotonic() - ex.started)
 
     return edge
 
@@ -200,8 +211,10 @@ def _refusal(ex: Exchange, err: GatewayError) -> web.Response:
 
 
 Stamp = Callable[[web.BaseRequest, web.StreamResponse], None]
-# The public app's stamper, for answers no signal reaches (``web.protocol``'s parser errors).
+# The public app's stamper and edge: ``web.protocol.QuietAppRunner`` stamps every answer of the
+# app with the one, and runs every request through the other.
 STAMP = web.AppKey("stamp", object)
+EDGE = web.AppKey("edge", object)
 
 
 def stamper(
@@ -230,12 +243,3 @@ def stamper(
             headers.update(_STAMP_SECURITY)
 
     return stamp
-
-
-def on_prepare(stamp: Stamp) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
-    """The ``on_response_prepare`` signal handler that stamps every answer of an app."""
-
-    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
-        stamp(request, response)
-
-    return prepare

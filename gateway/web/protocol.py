@@ -1,4 +1,5 @@
-"""The public listener's HTTP protocol: aiohttp's, except for requests it cannot parse.
+"""The public listener's HTTP protocol: aiohttp's, except for requests it cannot parse, and
+with every answer stamped.
 
 aiohttp answers a malformed request itself, before any middleware, with a text body and a log
 line that both quote the offending bytes — which can include an ``Authorization`` header. Here
@@ -18,6 +19,7 @@ renders it like any refusal, with the request's id, dialect, metrics and access 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import cast
@@ -27,13 +29,14 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
+from aiohttp.typedefs import Middleware
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from yarl import URL
 
 from gateway.errors import BadRequest, GatewayError
 from gateway.paths import PathError, canonical, is_plain
-from gateway.web.middlewares import STAMP, Stamp
+from gateway.web.middlewares import EDGE, STAMP, Stamp
 
 log = logging.getLogger("gateway.http")
 
@@ -89,10 +92,23 @@ RequestFactory = Callable[
     [RawRequestMessage, StreamReader, RequestHandler, AbstractStreamWriter, "asyncio.Task[None]"],
     BaseRequest,
 ]
+# ``web.Application._make_request``: a request factory that is told the request's class
+MakeRequest = Callable[
+    [
+        RawRequestMessage,
+        StreamReader,
+        RequestHandler,
+        AbstractStreamWriter,
+        "asyncio.Task[None]",
+        type[web.Request],
+    ],
+    BaseRequest,
+]
 
 
-def normalizing(make: RequestFactory) -> RequestFactory:
-    """A request factory that hands ``make`` the normalized target (``gateway.paths``)."""
+def normalizing(make: MakeRequest, cls: type[web.Request] = web.Request) -> RequestFactory:
+    """A request factory that hands ``make`` the normalized target (``gateway.paths``) and
+    ``cls``, the class of the requests it makes."""
 
     def make_request(
         message: RawRequestMessage,
@@ -105,10 +121,10 @@ def normalizing(make: RequestFactory) -> RequestFactory:
         if message.chunked and _other_codings(message):
             message = _refused(message)
         elif is_plain(message.path):  # nearly every request: already normal, nothing to do
-            return make(message, payload, protocol, writer, task)
+            return make(message, payload, protocol, writer, task, cls)
         else:
             message, refusal = _normalized(message)
-        request = make(message, payload, protocol, writer, task)
+        request = make(message, payload, protocol, writer, task, cls)
         if refusal is not None:
             request[PATH_REFUSAL] = refusal
         return request
@@ -175,6 +191,27 @@ async def refuse_path(request: web.Request) -> web.StreamResponse:
     raise BadRequest(f"The request path is not acceptable: {why}.")
 
 
+class StampedRequest(web.Request):
+    """A request of an app served by ``QuietAppRunner``: each of its answers is stamped
+    (X-Request-ID, Server, the security headers) as its head is prepared, then the app's
+    ``on_response_prepare`` signal runs. The stamp is called here, not as a receiver of that
+    signal: the signal's machinery (its ``send``, a coroutine per receiver) cost ~1k
+    instructions per answer. An answer made before routing (a parser error) is stamped by
+    ``QuietRequestHandler.handle_error``, as no signal reaches it either."""
+
+    stamp: Stamp  # a staticmethod of the app's own subclass (``stamped_requests``)
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        if self._match_info is not None:
+            self.stamp(self, response)
+            await super()._prepare_hook(response)
+
+
+def stamped_requests(stamp: Stamp) -> type[StampedRequest]:
+    """The class of an app's requests, stamped by ``stamp``."""
+    return type("StampedRequest", (StampedRequest,), {"stamp": staticmethod(stamp)})
+
+
 class QuietServer(web.Server):
     stamp: Stamp | None = None
 
@@ -186,12 +223,19 @@ class QuietServer(web.Server):
 
 class QuietAppRunner(web.AppRunner):
     """An ``AppRunner`` whose connections use ``QuietRequestHandler`` and see normalized
-    request paths."""
+    request paths; the app's ``EDGE``, if it has one, handles every request around the app's
+    own handling (routing included), and its ``STAMP`` stamps every answer."""
 
     async def _make_server(self) -> web.Server:
-        self.app.router.add_route("*", REFUSED_PATH, refuse_path)  # before the app freezes
+        app = self.app
+        app.router.add_route("*", REFUSED_PATH, refuse_path)  # before the app freezes
         server = await super()._make_server()
         server.__class__ = QuietServer  # same state, one overridden factory method
-        cast(QuietServer, server).stamp = cast(Stamp | None, self.app.get(STAMP))
-        server.request_factory = normalizing(server.request_factory)
+        stamp = cast(Stamp | None, app.get(STAMP))
+        cast(QuietServer, server).stamp = stamp
+        cls = web.Request if stamp is None else stamped_requests(stamp)
+        server.request_factory = normalizing(app._make_request, cls)
+        edge = cast(Middleware | None, app.get(EDGE))
+        if edge is not None:  # (a partial: no level of its own in the await chain)
+            server.request_handler = functools.partial(edge, handler=app._handle)
         return server

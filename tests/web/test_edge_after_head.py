@@ -12,7 +12,8 @@ from aiohttp import web
 
 from gateway.config.schema import Network
 from gateway.errors import UpstreamTimeout
-from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare, stamper
+from gateway.web.middlewares import EDGE, STAMP, RequestIds, edge_middleware, stamper
+from gateway.web.protocol import QuietAppRunner
 
 
 async def test_a_failure_after_the_head_cuts_the_connection() -> None:
@@ -24,14 +25,11 @@ async def test_a_failure_after_the_head_cuts_the_connection() -> None:
         await answer.write(b": queued\n\n")
         raise UpstreamTimeout("the worker stalled")
 
-    app = web.Application(
-        middlewares=[
-            edge_middleware(RequestIds(), time.monotonic, lambda r, e, s, t: seen.append(s))
-        ]
-    )
-    app.on_response_prepare.append(on_prepare(stamper(Network, RequestIds(), lambda r: False)))
+    app = web.Application()
+    app[EDGE] = edge_middleware(RequestIds(), time.monotonic, lambda r, e, s, t: seen.append(s))
+    app[STAMP] = stamper(Network, RequestIds(), lambda r: False)
     app.router.add_post("/v1/chat/completions", stream_then_fail)
-    runner = web.AppRunner(app)
+    runner = QuietAppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

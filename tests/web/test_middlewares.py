@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -16,7 +16,7 @@ from gateway.clock import FakeClock, SystemClock
 from gateway.config.schema import Network
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.web import middlewares
-from gateway.web.middlewares import RequestIds, edge_middleware, on_prepare, stamper
+from gateway.web.middlewares import RequestIds, Stamp, edge_middleware, stamper
 from tests.clients import SECURITY
 
 
@@ -47,15 +47,13 @@ HANDLER_HEADERS: list[list[tuple[str, str]]] = [
 ]
 
 
-async def stamped(
-    stamp: Callable[[web.Request, web.StreamResponse], Awaitable[None]],
-    request: web.Request,
-    handler_headers: list[tuple[str, str]],
+def stamped(
+    stamp: Stamp, request: web.Request, handler_headers: list[tuple[str, str]]
 ) -> CIMultiDict[str]:
     response = web.StreamResponse()
     for name, value in handler_headers:
         response.headers.add(name, value)
-    await stamp(request, response)
+    stamp(request, response)
     return response.headers
 
 
@@ -75,10 +73,10 @@ async def test_stamp_matches_header_by_header(
         asked.append(r)
         return trusted
 
-    stamp = on_prepare(stamper(lambda: settings, RequestIds(), trusts_proto))
+    stamp = stamper(lambda: settings, RequestIds(), trusts_proto)
     reference_ids = RequestIds()
     for handler_headers in HANDLER_HEADERS:
-        got = await stamped(stamp, request, handler_headers)
+        got = stamped(stamp, request, handler_headers)
         expected = CIMultiDict(handler_headers)
         reference(request, expected, settings, trusted, reference_ids.new)
         if not with_exchange:  # a new id each: compare the shape, then drop it
