@@ -115,7 +115,8 @@ local function rpm_wait(key, limit)
   return (tonumber(leaving) + window_us - now_us) / 1000000
 end
 
--- Counter hashes: read once, written at the end when an admission moved them.
+-- Counter hashes: read once (as numbers, but x: the text of the last renewal, false when
+-- absent), written at the end when an admission moved them.
 local hashes = {}
 local function hash(key, ...)
   local h = hashes[key]
@@ -123,7 +124,11 @@ local function hash(key, ...)
     local names = {...}
     local values = redis.call('HMGET', key, ...)
     h = {names = names, fields = {}}
-    for i, name in ipairs(names) do h.fields[name] = values[i] end
+    for i, name in ipairs(names) do
+      local value = values[i]
+      if name ~= 'x' then value = tonumber(value) or false end
+      h.fields[name] = value
+    end
     hashes[key] = h
   end
   return h
@@ -205,6 +210,19 @@ local function due(last)
   return d
 end
 
+-- The admission being decided: its refusal (0: none yet; REFUSALS in redis_codec.py) and the
+-- seconds until it would be admitted; the first limit over is the one told.
+local refused, retry = 0, 0
+local function check(code, wait)
+  if refused == 0 and wait then refused, retry = code, wait end
+end
+
+-- ``wait`` when ``amount`` more than ``used`` is over ``limit`` (nil: none applies), else nil
+local function over(limit, used, amount, wait)
+  if limit and used + amount > limit then return wait end
+  return nil
+end
+
 local function admit(rid, k, limits, reserve, cost)
   local rpm, conc, daily, monthly = limits[1], limits[2], limits[3], limits[4]
   local prpm, pmonthly, tpm, dbudget = limits[5], limits[6], limits[7], limits[8]
@@ -213,26 +231,19 @@ local function admit(rid, k, limits, reserve, cost)
 
   local kh = hash(KEYS[k + 4], 'd', 'dt', 'm', 'mt', 'x', 'dc', 'mc').fields
   local oh = hash(KEYS[k + 5], 'm', 'mt', 'x', 'mc').fields
-  local today, this_month = tonumber(kh.d) == day, tonumber(kh.m) == month
-  local dtok = today and tonumber(kh.dt) or 0
-  local mtok = this_month and tonumber(kh.mt) or 0
-  local dcost = today and tonumber(kh.dc or '0') or 0
-  local mcost = this_month and tonumber(kh.mc or '0') or 0
-  local owner_month = tonumber(oh.m) == month
-  local otok = owner_month and tonumber(oh.mt) or 0
-  local ocost = owner_month and tonumber(oh.mc or '0') or 0
+  local today, this_month = kh.d == day, kh.m == month
+  local dtok = today and kh.dt or 0
+  local mtok = this_month and kh.mt or 0
+  local dcost = today and kh.dc or 0
+  local mcost = this_month and kh.mc or 0
+  local owner_month = oh.m == month
+  local otok = owner_month and oh.mt or 0
+  local ocost = owner_month and oh.mc or 0
   local leases = zset(kleases, at)
   local ktpm = tpm and minute_tokens(KEYS[k + 6], KEYS[k + 7]) or 0
   local otpm = ptpm and minute_tokens(KEYS[k + 8], KEYS[k + 9]) or 0
 
-  local refused, retry = 0, 0
-  local function check(code, wait)
-    if refused == 0 and wait then refused, retry = code, wait end
-  end
-  local function over(limit, used, amount, wait)
-    if limit and used + amount > limit then return wait end
-    return nil
-  end
+  refused, retry = 0, 0
   local klog_was = rpm and log_size(klog)
   check(1, rpm and rpm_wait(klog, rpm))
   if refused == 0 and conc and leases.n >= conc then refused, retry = 2, 1 end

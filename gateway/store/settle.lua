@@ -79,7 +79,7 @@ end
 -- Whether counter ``c``'s period ``pf`` is ``period``; with ``reset``, one that held another is
 -- made current, its ``fields`` restarting at zero.
 local function current(c, pf, period, fields, reset)
-  if tonumber(c[pf]) == period then return true end
+  if c[pf] == period then return true end
   if not reset then return false end
   c[pf] = period
   put(c.moved, pf, period)
@@ -92,7 +92,7 @@ end
 
 -- Counter field moved by ``delta``, never below zero.
 local function add_to(c, field, delta)
-  c[field] = math.max(0, (tonumber(c[field]) or 0) + delta)
+  c[field] = math.max(0, (c[field] or 0) + delta)
   put(c.moved, field, c[field])
 end
 
@@ -194,11 +194,12 @@ end
 -- one starts.
 local FIELDS = '<HHHHBHi8i8i8i8i8BdBdi8i8BB'
 local function settlement(at)
-  local v = {struct.unpack(FIELDS, ARGV[4], at)}
-  return {k = 9 * v[1], rid = ARGV[5 + v[2]], key_id = ARGV[5 + v[3]], line = ARGV[5 + v[4]],
-    mode = v[5], row = v[5] == 2 and ARGV[5 + v[6]], day = v[7], month = v[8], delta = v[9],
-    p = v[10], c = v[11], e = v[12], l = v[13], bucket = v[14], finished = v[15],
-    dcost = v[16], cost = v[17], kminute = v[18] == 1, ominute = v[19] == 1}, v[20]
+  local k, rid, key_id, line, mode, row, day, month, delta, p, c, e, l, bucket, finished, dcost,
+    cost, kminute, ominute, next_at = struct.unpack(FIELDS, ARGV[4], at)
+  return {k = 9 * k, rid = ARGV[5 + rid], key_id = ARGV[5 + key_id], line = ARGV[5 + line],
+    mode = mode, row = mode == 2 and ARGV[5 + row], day = day, month = month, delta = delta,
+    p = p, c = c, e = e, l = l, bucket = bucket, finished = finished, dcost = dcost,
+    cost = cost, kminute = kminute == 1, ominute = ominute == 1}, next_at
 end
 
 local settled, at = 0, 1
