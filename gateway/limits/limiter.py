@@ -316,14 +316,6 @@ class Limiter:
             else:
                 del counts[key_id]
 
-    def _unheld(self, key_id: str) -> None:
-        per_key = self._per_key
-        left = per_key.get(key_id, 1) - 1
-        if left > 0:
-            per_key[key_id] = left
-        else:
-            per_key.pop(key_id, None)
-
     async def _decide(
         self, admission: Admission, model: str, deciding: asyncio.Future[Verdict]
     ) -> Verdict:
@@ -363,7 +355,7 @@ class Limiter:
 
     def release(self, ticket: Ticket, model: str) -> None:
         """Give back what an admission took, for a request that was never served."""
-        self._queue(ticket, model, 0, 0, False, False, False, 0, "chat")
+        self.settle(ticket, model, 0, 0, False, False, 0, "chat", False)
 
     def settle(
         self,
@@ -375,28 +367,21 @@ class Limiter:
         estimated: bool,
         cost: int = 0,
         api: str = "chat",
+        record: bool = True,  # False: no usage (``release``)
     ) -> None:
         """Queue the settlement; the background writer sends it (batched) right after."""
-        self._queue(ticket, model, prompt, completion, error, estimated, True, cost, api)
-
-    def _queue(
-        self,
-        ticket: Ticket,
-        model: str,
-        prompt: int,
-        completion: int,
-        error: bool,
-        estimated: bool,
-        record: bool,
-        cost: int,
-        api: str,
-    ) -> None:
-        if self._in_flight.pop(ticket.admission.request_id, None) is not None:
-            self._unheld(ticket.admission.key_id)
+        admission = ticket.admission
+        if self._in_flight.pop(admission.request_id, None) is not None:  # the key holds one less
+            per_key, key_id = self._per_key, admission.key_id
+            left = per_key.get(key_id, 1) - 1
+            if left > 0:
+                per_key[key_id] = left
+            else:
+                per_key.pop(key_id, None)
         verdict = ticket.verdict
         self.buffer.add(
             Settlement(  # (by position: a keyword call of a record costs a dict)
-                ticket.admission,
+                admission,
                 verdict.day if verdict else 0,
                 verdict.month if verdict else 0,
                 model,
