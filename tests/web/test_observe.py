@@ -4,6 +4,8 @@ series with the same values on /metrics (and none made early), the same access-l
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -133,3 +135,17 @@ async def test_done_without_an_access_log_counts_alike() -> None:
         reference(expected, request, ex, 200, 0.05 * i)
         observer.done(request, ex, 200, 0.05 * i)
     assert text(observed) == text(expected)
+
+
+def test_the_access_line_has_the_documented_fields_in_their_order() -> None:
+    """docs/operations.md's table, "time" last (``AccessLog.write`` adds it)."""
+    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    table = docs[docs.index("**Access log**") : docs.index("## Console")]
+    fields = re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
+    out = io.BytesIO()
+    log = AccessLog(out)
+    request = make_mocked_request("POST", "/v1/chat/completions")
+    log.write(Observer._line(request, Exchange("r", 0.0, "r"), "/v1/chat/completions", 200, 0.5))
+    log.flush()
+    assert fields[0] == "time"
+    assert list(orjson.loads(out.getvalue())) == [*fields[1:], "time"]
