@@ -90,13 +90,13 @@ def admissions_of(keys: list[str], args: list[bytes]) -> list[Admission]:
         return out
     sets = []
     for v in codec.LIMITS.iter_unpack(args[4]):
-        sets.append([v[i + 1] if v[i] else None for i in range(0, len(v), 2)])
+        sets.append([int(v[i + 1]) if v[i] else None for i in range(0, len(v), 2)])
     out = []
     for rid, (k, lim, reserve, cost) in zip(
         args[6:], codec.ADMISSION.iter_unpack(args[5]), strict=True
     ):
         owner, key_id = owner_key(keys[9 * k], "rpmu:k:")
-        out.append(_admission(rid.decode(), key_id, owner, sets[lim], reserve, cost))
+        out.append(_admission(rid.decode(), key_id, owner, sets[lim], int(reserve), int(cost)))
     return out
 
 
@@ -126,7 +126,9 @@ def settlements_of(keys: list[str], args: list[bytes]) -> tuple[str, list[Settle
         return (text[11] if args else ""), out
     out = []
     for v in codec.SETTLEMENT.iter_unpack(args[3]):
-        k, rid, key_id, line, mode, _, day, month, delta, p, c, err, lat, _, fin, dc, cost = v[:17]
+        k, rid, key_id, line, mode, _, day, month, *amounts, err, lat, _, fin = v[:15]
+        delta, p, c = map(int, amounts)
+        dc, cost = int(v[15]), int(v[16])
         owner, _ = owner_key(keys[9 * k], "lease:")
         a = _settled(text[4 + rid], text[4 + key_id], owner, p + c - delta, cost - dc, v[17:])
         f = [""] * 20

@@ -11,9 +11,10 @@
 --   (1 byte: 1 the limit applies, 0 not) and the limit, in the order rpm, concurrency, daily,
 --   monthly, plan rpm, plan monthly, tpm, daily budget, monthly budget, plan tpm, plan budget.
 --   The admissions: per admission its key set and its set of limits (2 bytes each, from 0),
---   reserve and reserve cost. Little-endian, whole numbers 8 bytes signed (redis_codec.LIMITS,
---   ADMISSION): struct.unpack reads them, where a text per field cost Redis a bulk string, a
---   Lua string and a tonumber each.
+--   reserve and reserve cost. Little-endian, limits and amounts doubles: the numbers a text's
+--   tonumber gave, a whole number of any size included (redis_codec.LIMITS, ADMISSION).
+--   struct.unpack reads them, where a text per field cost Redis a bulk string, a Lua string
+--   and a tonumber each.
 -- KEYS, 9 per key set (each key an admission of the call is for, once): 1 the key's rpm log,
 --   2 the owner's rpm log (ZSETs request id -> admission time in whole microseconds), 3 the
 --   key's leases (ZSET request id -> lease expiry), 4 the key's counters (HASH d, dt, m, mt, x;
@@ -306,7 +307,7 @@ end
 
 -- The sets of limits, each a table of the limits that apply (nil: does not).
 local limit_sets, blob, at_byte = {}, ARGV[5], 1
-local LIMITS = '<' .. string.rep('Bi8', 11)
+local LIMITS = '<' .. string.rep('Bd', 11)
 while at_byte <= #blob do
   local v, set = {struct.unpack(LIMITS, blob, at_byte)}, {}
   for i = 1, 11 do
@@ -319,7 +320,7 @@ local verdicts, items = {}, ARGV[6]
 at_byte = 1
 for i = 1, #ARGV - 6 do
   local k, l, reserve, cost
-  k, l, reserve, cost, at_byte = struct.unpack('<HHi8i8', items, at_byte)
+  k, l, reserve, cost, at_byte = struct.unpack('<HHdd', items, at_byte)
   verdicts[i] = admit(ARGV[6 + i], 9 * k, limit_sets[l + 1], reserve, cost)
 end
 

@@ -135,9 +135,10 @@ def num(value: int | None) -> str:
 # -- admit ----------------------------------------------------------------------------------
 # admit.lua's numbers (its header says which), packed little-endian: a set of limits (a flag,
 # 1 when it applies, and the limit, per limit), and per admission its key set's and its set of
-# limits' places in the call, reserve and reserve cost.
-LIMITS = struct.Struct("<" + "Bq" * 11)
-ADMISSION = struct.Struct("<HHqq")
+# limits' places in the call, reserve and reserve cost. Limits and amounts as doubles, what Lua
+# holds them as (a whole number of any size packs: as the text's tonumber read it, rounded).
+LIMITS = struct.Struct("<" + "Bd" * 11)
+ADMISSION = struct.Struct("<HHdd")
 
 
 def admit_call(admissions: Sequence[Admission], now: str) -> tuple[Run, Run]:
@@ -260,8 +261,9 @@ def _settle_keys(owner: str, key_id: str, striped: bool) -> Run:
 
 
 # -- settle ---------------------------------------------------------------------------------
-# settle.lua's fields of a settlement (its header says which), packed little-endian
-SETTLEMENT = struct.Struct("<HHHHBHqqqqqBdBdqqBB")
+# settle.lua's fields of a settlement (its header says which), packed little-endian (counts
+# and amounts as doubles, as admit.lua's)
+SETTLEMENT = struct.Struct("<HHHHBHqqdddBdBdddBB")
 _SETTLE_FIXED = Run((_SETTLED_TTL, _USAGE_DAYS))
 
 

@@ -24,10 +24,12 @@
 --       2 a Cluster's: usage.lua writes the row, whose name in the stripes, "<process>:<number>",
 --       is the text at the next 2 bytes' place; otherwise they are 0), day, month (of the
 --       admission; 0 0: admitted without the store; -1 and the lease's seconds: an admission
---       whose reply was lost, dated by its lease), used - reserved, prompt tokens, completion
---       tokens (8 bytes signed each), error (1 byte), latency ms (a double), latency bucket
---       (1 byte), finished at (a double; 0: now), cost - reserved cost, cost (micro-dollars;
---       8 bytes signed each), whether the key's minute counted it and the owner's (1 byte each)
+--       whose reply was lost, dated by its lease; 8 bytes signed each), used - reserved, prompt
+--       tokens, completion tokens (doubles: the numbers a text's tonumber gave, a count of any
+--       size an upstream reports included), error (1 byte), latency ms (a double), latency
+--       bucket (1 byte), finished at (a double; 0: now), cost - reserved cost, cost
+--       (micro-dollars; doubles), whether the key's minute counted it and the owner's (1 byte
+--       each)
 -- On one Redis a call holds settlements of any owners; on a Cluster, one owner's (one slot).
 -- Returns how many were settled (those settled before are skipped). A Cluster's call returns
 -- instead the rows its usage.lua calls are to write (JSON: request id, process, number, key id,
@@ -195,7 +197,7 @@ end
 -- The settlement being settled: ``settlement`` fills it with the fields of the one at byte
 -- ``at`` of ARGV 4 (its texts looked up) and returns where the next one starts. One table,
 -- refilled: a table made per settlement cost Redis more than reading its fields.
-local FIELDS = '<HHHHBHi8i8i8i8i8BdBdi8i8BB'
+local FIELDS = '<HHHHBHi8i8dddBdBdddBB'
 local s = {}
 local function settlement(at)
   local k, rid, key_id, line, mode, row, day, month, delta, p, c, e, l, bucket, finished, dcost,

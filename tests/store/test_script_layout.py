@@ -94,3 +94,18 @@ async def settled(store: Store) -> list[object]:
 
 def shown(v: Verdict) -> tuple[object, ...]:
     return (v.admitted, v.tokens_remaining, v.requests_remaining, v.spent)
+
+
+async def test_numbers_past_64_bits_pass_as_their_texts_did(redis_url: str) -> None:
+    """A limit, or a count an upstream reports, past 64 bits reaches the scripts as the double a
+    text's tonumber read (limits and amounts pack as doubles), not as a failed call."""
+    store = RedisStore(redis_url, 5000, clock=FakeClock(T0))
+    try:
+        a = Admission("r1", "k1", "alice", daily=10**20, monthly=2**70, reserve=5)
+        v = await store.admit(a)
+        assert v.admitted
+        await store.settle(Settlement(a, v.day, v.month, "m", 10**20, 1, 1.0, cost=10**19))
+        [row] = await store.usage("alice", ["k1"], 0, 99999999)
+        assert (row.requests, row.completion_tokens) == (1, 1)  # (a Lua '%d' of 1e20: as was)
+    finally:
+        await store.close()
