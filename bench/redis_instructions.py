@@ -10,11 +10,13 @@ headers have them, or the texts before: 9 KEYS and 14 ARGV an admission, 9 and 2
 settlement), and replayed in their order against a fresh ``redis-server`` running under
 ``valgrind --tool=callgrind``, once with the scripts of each source (a commit's
 ``gateway/store/*.lua``, or a directory's; ``.`` by default), each call in the layout those
-scripts read (binary when they ``struct.unpack``): first the admissions alone, then everything
-as captured. One line per source: instructions per admission (the first pass), per settlement
-(the second less the first) and their sum, what one governed request costs Redis in its
-scripts, the commands they call included. Wall-clock CPU of redis-server moves with the
-machine's other load; this count does not (two runs agree within 0.5 %).
+scripts read (binary, as this tree's ``redis_codec`` packs it, when they ``struct.unpack``: a
+source of another binary layout is not replayed right): first the admissions alone, then
+everything as captured. One line per source: instructions per admission (the first pass), per
+settlement (the second less the first) and their sum, what one governed request costs Redis in
+its scripts, the commands they call included. Wall-clock CPU of redis-server moves with the
+machine's other load; this count moves less (leases expire in real time during the slow
+replay, so runs differ by a few %: compare sources within one run).
 
 Needs valgrind. About 40 s a source.
 """
