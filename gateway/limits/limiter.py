@@ -126,16 +126,19 @@ class Deadlines:
     def add(self, waiting: asyncio.Future[Verdict], seconds: float) -> None:
         loop, waits, timer = waiting.get_loop(), self.waits, self._timer
         at = loop.time() + seconds
-        if timer is not None and loop is not timer[1]:  # (a new loop, in tests: drop the old's)
-            waits.clear()
-        if waits and at < waits[-1][0]:  # a shorter timeout since (a new config): in its place
-            bisect.insort(waits, (at, seconds, waiting), key=lambda wait: wait[0])
-        else:
-            waits.append((at, seconds, waiting))
-        if timer is None or at < timer[2] or loop is not timer[1]:
+        if timer is None or loop is not timer[1]:  # none waits (or a new loop: in tests)
             if timer is not None:
                 timer[0].cancel()
+            waits.clear()  # (the old loop's waits end with it)
+            waits.append((at, seconds, waiting))
             self._arm(loop, at)
+        elif at >= waits[-1][0]:  # the usual
+            waits.append((at, seconds, waiting))
+        else:  # a shorter timeout since (a new config): in its place, perhaps the first
+            bisect.insort(waits, (at, seconds, waiting), key=lambda wait: wait[0])
+            if at < timer[2]:
+                timer[0].cancel()
+                self._arm(loop, at)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         self._timer = (loop.call_at(at, self._expire, loop), loop, at)
@@ -143,12 +146,14 @@ class Deadlines:
     def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, waits = None, self.waits
         now = loop.time() + 0.001  # (libuv's timers count whole ms: one may fire a little early)
-        while waits and (waits[0][2].done() or waits[0][0] <= now):
-            _, seconds, waiting = waits.popleft()
+        while waits:
+            at, seconds, waiting = waits[0]
             if not waiting.done():
+                if at > now:
+                    self._arm(loop, at)
+                    break
                 waiting.set_exception(StoreError(f"store: no answer within {seconds * 1000:g} ms"))
-        if waits:
-            self._arm(loop, waits[0][0])
+            waits.popleft()
 
 
 def _pass_on(waiting: asyncio.Future[Verdict], done: asyncio.Future[Verdict]) -> None:
