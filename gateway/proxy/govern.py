@@ -100,11 +100,12 @@ async def admit(
     ``completion`` tokens, and what they would cost at the prices of the dearest model that
     may answer it (the model, or a fallback the key may use: the money budgets); its rate
     headers go on the answer, and on a refusal too."""
-    price = money.cost(route.pricing, prompt, completion, images=images)
+    # (``money.cost`` of 1 request, by position: a keyword call costs more)
+    price = money.cost(route.pricing, prompt, completion, 1, images)
     for name in route.fallbacks:  # settled at the prices of the one that answers (``settle``)
         fallback = runtime.router.resolve(name)
         if fallback is not None and fallback.allowed_by(record.models):
-            price = max(price, money.cost(fallback.pricing, prompt, completion, images=images))
+            price = max(price, money.cost(fallback.pricing, prompt, completion, 1, images))
     ticket = await runtime.limiter.admit(
         ex.id, record, prompt + completion, ex.anthropic, route.name, price
     )
@@ -133,13 +134,13 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
     error = ex.error or (ex.upstream_status is not None and ex.upstream_status >= 400)
     served = ex.upstream is not None and not error
     route = answered(runtime, ex, route)
-    price = money.cost(
+    price = money.cost(  # (by position: a keyword call costs more)
         route.pricing,
         ex.prompt_tokens,
         ex.completion_tokens,
-        requests=int(served),
-        images=ex.images,
-        audio_seconds=ex.audio_seconds,
+        1 if served else 0,  # requests
+        ex.images,
+        ex.audio_seconds,
     )
     runtime.limiter.settle(
         ticket,
@@ -148,8 +149,8 @@ def settle(runtime: Runtime, ex: Exchange, ticket: Ticket, route: ModelRoute) ->
         ex.completion_tokens,
         error,
         ex.estimated,
-        cost=price,
-        api=ex.api,
+        price,  # cost
+        ex.api,
     )
 
 
