@@ -31,11 +31,6 @@ end
 
 local usage = ordered()      -- usage day hash -> {days index, day, days, keep, models}
 
--- One request's usage: ``prefix`` the key's usage key prefix (the day id is appended), ``index``
--- the key's days index, ``keep`` the days it is kept, ``line`` its model (and API), then its
--- prompt and completion tokens, error (0/1), latency (ms), latency bucket and end time.
-local day_ids = {}  -- day number -> {its id, the id as text}: worked out once per call
-
 local function usage_day(key, index, day, days)
   return {key = key, index = index, day = day, days = days, models = ordered()}
 end
@@ -47,17 +42,28 @@ local function model_line(key, line)
   return {r = 0, p = 0, c = 0, e = 0, l = total, buckets = ordered()}
 end
 
+-- Worked out once per call, not per request: a key's usage day by its prefix and day number
+-- (usage's value; its key the prefix and the day id), a bucket's field by the bucket's text.
+local usage_of = {}
+local bucket_names = {}
+
+-- One request's usage: ``prefix`` the key's usage key prefix (the day id is appended), ``index``
+-- the key's days index, ``keep`` the days it is kept, ``line`` its model (and API), then its
+-- prompt and completion tokens, error (0/1), latency (ms), latency bucket and end time.
 local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finished)
   local days = epoch_days(finished)
-  local known = day_ids[days]
-  if known == nil then
-    local id = day_id(days)
-    known = {id, string.format('%d', id)}
-    day_ids[days] = known
+  local by_day = usage_of[prefix]
+  if by_day == nil then
+    by_day = {}
+    usage_of[prefix] = by_day
   end
-  local used_day = known[1]
-  local ukey = prefix .. known[2]
-  local u = slot(usage, ukey, usage_day, ukey, index, used_day, days)
+  local u = by_day[days]
+  if u == nil then
+    local id = day_id(days)
+    local ukey = prefix .. string.format('%d', id)
+    u = slot(usage, ukey, usage_day, ukey, index, id, days)
+    by_day[days] = u
+  end
   u.keep = keep
   local m = slot(u.models, line, model_line, u.key, line)
   m.r = m.r + 1
@@ -65,7 +71,12 @@ local function record_usage(prefix, index, keep, line, p, c, e, l, bucket, finis
   m.c = m.c + num(c)  -- text parsed once per call (num, calendar.lua)
   m.e = m.e + num(e)
   m.l = m.l + tonumber(l)
-  add(m.buckets, 'b' .. bucket, 1)
+  local name = bucket_names[bucket]
+  if name == nil then
+    name = 'b' .. bucket
+    bucket_names[bucket] = name
+  end
+  add(m.buckets, name, 1)
 end
 
 local function write_usage()
