@@ -234,7 +234,8 @@ def create_app(runtime: Runtime) -> web.Application:
         return forwarded_proto(request.remote, lines, trusted) == "https"
 
     # (stamped before the response signals below run)
-    app[STAMP] = stamper(lambda: runtime.config.network, ids, trusts_proto)
+    tls = config.listen.tls is not None  # (the listener is bound at start: no reload changes it)
+    app[STAMP] = stamper(lambda: runtime.config.network, ids, trusts_proto, tls=tls)
     if config.routing.expose_headers:  # read at start: nothing per request when it is off
         app.on_response_prepare.append(_routing_headers)
     app.cleanup_ctx.append(_upstream_session)

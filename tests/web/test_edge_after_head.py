@@ -27,7 +27,7 @@ async def test_a_failure_after_the_head_cuts_the_connection() -> None:
 
     app = web.Application()
     app[EDGE] = edge_middleware(RequestIds(), time.monotonic, lambda r, e, s, t: seen.append(s))
-    app[STAMP] = stamper(Network, RequestIds(), lambda r: False)
+    app[STAMP] = stamper(Network, RequestIds(), lambda r: False, tls=False)
     app.router.add_post("/v1/chat/completions", stream_then_fail)
     runner = QuietAppRunner(app)
     await runner.setup()

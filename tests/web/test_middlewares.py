@@ -73,7 +73,7 @@ async def test_stamp_matches_header_by_header(
         asked.append(r)
         return trusted
 
-    stamp = stamper(lambda: settings, RequestIds(), trusts_proto)
+    stamp = stamper(lambda: settings, RequestIds(), trusts_proto, tls=secure)
     reference_ids = RequestIds()
     for handler_headers in HANDLER_HEADERS:
         got = stamped(stamp, request, handler_headers)
