@@ -200,16 +200,22 @@ class StampedRequest(web.Request):
     ``QuietRequestHandler.handle_error``, as no signal reaches it either."""
 
     stamp: Stamp  # a staticmethod of the app's own subclass (``stamped_requests``)
+    signalled = True  # whether aiohttp's hook, which sends the signals, has any to send
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         if self._match_info is not None:
             self.stamp(self, response)
-            await super()._prepare_hook(response)
+            if self.signalled:  # (when not, its coroutine costs ~7k instructions an answer)
+                await super()._prepare_hook(response)
 
 
-def stamped_requests(stamp: Stamp) -> type[StampedRequest]:
-    """The class of an app's requests, stamped by ``stamp``."""
-    return type("StampedRequest", (StampedRequest,), {"stamp": staticmethod(stamp)})
+def stamped_requests(app: web.Application, stamp: Stamp) -> type[StampedRequest]:
+    """The class of ``app``'s requests, stamped by ``stamp``; ``app`` is frozen (its signals
+    are final). aiohttp's hook is skipped when no ``on_response_prepare`` receiver could run:
+    the app has none and no sub-application (whose own it would send)."""
+    signalled = bool(app.on_response_prepare) or bool(app._subapps)
+    attributes = {"stamp": staticmethod(stamp), "signalled": signalled}
+    return type("StampedRequest", (StampedRequest,), attributes)
 
 
 class QuietServer(web.Server):
@@ -233,7 +239,7 @@ class QuietAppRunner(web.AppRunner):
         server.__class__ = QuietServer  # same state, one overridden factory method
         stamp = cast(Stamp | None, app.get(STAMP))
         cast(QuietServer, server).stamp = stamp
-        cls = web.Request if stamp is None else stamped_requests(stamp)
+        cls = web.Request if stamp is None else stamped_requests(app, stamp)
         server.request_factory = normalizing(app._make_request, cls)
         edge = cast(Middleware | None, app.get(EDGE))
         if edge is not None:  # (a partial: no level of its own in the await chain)

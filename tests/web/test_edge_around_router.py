@@ -11,10 +11,14 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from gateway.config.load import parse_text
+from gateway.config.schema import Network
 from gateway.server import Server
 from gateway.web import middlewares
+from gateway.web.middlewares import STAMP, RequestIds, stamper
+from gateway.web.protocol import QuietAppRunner, stamped_requests
 from tests.clients import SECURITY, TEST_KEY
 from tests.conftest import gateway_yaml
 
@@ -109,3 +113,37 @@ async def test_answers_around_the_router(mock: Any, capfd: pytest.CaptureFixture
     logged = [orjson.loads(line) for line in err if line.startswith('{"request_id"')]
     ids = {line["request_id"]: line["status"] for line in logged}
     assert ids == {"continued-1": 200, "routed-404": 404, "routed-405": 405}
+
+
+@pytest.mark.parametrize("with_receiver", [False, True])
+async def test_response_signals_run_after_the_stamp(with_receiver: bool) -> None:
+    """The app's ``on_response_prepare`` receivers run after the stamp (they see its headers);
+    aiohttp's hook that sends them is skipped only when the app has none."""
+    seen: list[str | None] = []
+
+    async def receiver(request: web.Request, response: web.StreamResponse) -> None:
+        seen.append(response.headers.get("X-Request-ID"))
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app[STAMP] = stamper(Network, RequestIds(), lambda r: False, tls=False)
+    if with_receiver:
+        app.on_response_prepare.append(receiver)
+    app.router.add_get("/ok", ok)
+    runner = QuietAppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        assert stamped_requests(app, lambda r, a: None).signalled is with_receiver
+        port = runner.addresses[0][1]
+        _, head, text = await exchange(
+            port, b"GET /ok HTTP/1.1\r\nHost: g\r\nConnection: close\r\n\r\n"
+        )
+    finally:
+        await runner.cleanup()
+    assert head.startswith(b"HTTP/1.1 200 ") and text == b"ok"
+    request_id = assert_stamped(head)["x-request-id"]
+    assert seen == ([request_id] if with_receiver else [])
