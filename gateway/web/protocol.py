@@ -205,7 +205,7 @@ class StampedRequest(web.Request):
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         if self._match_info is not None:
             self.stamp(self, response)
-            if self.signalled:  # (when not, its coroutine costs ~7k instructions an answer)
+            if self.signalled:  # (when not, its coroutine costs ~2.6k instructions an answer)
                 await super()._prepare_hook(response)
 
 
