@@ -4,19 +4,19 @@
 
 ``CAPTURE``: a ``MONITOR`` capture of a governed arm under load, as ``bench/run`` writes them
 (``bench/.work/run/governed-2w-monitor-*.txt``). Its ``admit`` and ``settle`` EVALSHAs (told
-apart by their first key: a key's rpm log, a key's leases) are read as the admissions and
-settlements they carry, in either layout of the scripts' arguments (binary, as the scripts'
-headers have them, or the texts before: 9 KEYS and 14 ARGV an admission, 9 and 20 a
-settlement), and replayed in their order against a fresh ``redis-server`` running under
-``valgrind --tool=callgrind``, once with the scripts of each source (a commit's
+apart by their first key: a key's rpm log, a key's leases: ``held:``, ``lease:`` before) are
+read as the admissions and settlements they carry, in either layout of the scripts' arguments
+(binary, as the scripts' headers have them, or the texts before: 9 KEYS and 14 ARGV an
+admission, 9 and 20 a settlement), and replayed in their order against a fresh ``redis-server``
+running under ``valgrind --tool=callgrind``, once with the scripts of each source (a commit's
 ``gateway/store/*.lua``, or a directory's; ``.`` by default), each call in the layout those
 scripts read (binary, as this tree's ``redis_codec`` packs it, when they ``struct.unpack``: a
 source of another binary layout is not replayed right): first the admissions alone, then
 everything as captured. One line per source: instructions per admission (the first pass), per
 settlement (the second less the first) and their sum, what one governed request costs Redis in
 its scripts, the commands they call included. Wall-clock CPU of redis-server moves with the
-machine's other load; this count moves less (leases expire in real time during the slow
-replay, so runs differ by a few %: compare sources within one run).
+machine's other load; this count moves less (leases expire in real time during the slow replay,
+so runs differ by a few %: compare sources within one run).
 
 Needs valgrind. About 40 s a source.
 """
@@ -60,7 +60,7 @@ def calls_of(capture: Path) -> list[Call]:
         keys, args = [w.decode() for w in words[3 : 3 + count]], words[3 + count :]
         if keys and keys[0].split(":", 2)[2].startswith("rpmu:k:"):
             calls.append(("admit", args[0].decode(), admissions_of(keys, args)))
-        elif keys and keys[0].split(":", 2)[2].startswith("lease:"):
+        elif keys and keys[0].split(":", 2)[2].startswith(("held:", "lease:")):
             calls.append(("settle", *settlements_of(keys, args)))
     return calls
 
@@ -120,7 +120,7 @@ def settlements_of(keys: list[str], args: list[bytes]) -> tuple[str, list[Settle
         out = []
         for i in range(len(keys) // 9):
             f = text[20 * i : 20 * (i + 1)]
-            owner, _ = owner_key(keys[9 * i], "lease:")
+            owner, _ = owner_key(keys[9 * i], "")
             p, c, delta, cost = int(f[5]), int(f[6]), int(f[3]), int(f[17])
             minutes = (f[18] == "1", f[19] == "1")
             a = _settled(f[0], f[12], owner, p + c - delta, cost - int(f[16]), minutes)
@@ -131,7 +131,7 @@ def settlements_of(keys: list[str], args: list[bytes]) -> tuple[str, list[Settle
         k, rid, key_id, line, mode, _, day, month, *amounts, err, lat, _, fin = v[:15]
         delta, p, c = map(int, amounts)
         dc, cost = int(v[15]), int(v[16])
-        owner, _ = owner_key(keys[9 * k], "lease:")
+        owner, _ = owner_key(keys[9 * k], "")
         a = _settled(text[4 + rid], text[4 + key_id], owner, p + c - delta, cost - dc, v[17:])
         f = [""] * 20
         f[4], f[7], f[10], f[15], f[17] = text[4 + line], str(err), repr(fin), str(mode), str(cost)

@@ -131,12 +131,12 @@ class MonitorSample:
 
 
 def leases(port: int) -> int:
-    """Concurrency leases held now (``gw:{owner}:lease:<key>`` ZSETs): once the load has
+    """Concurrency leases held now (``gw:{owner}:held:<key>`` ZSETs): once the load has
     stopped and every settlement is written, each one left is a request admitted and never
     settled, whose slot stays taken until its lease expires."""
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     try:
-        return sum(int(client.zcard(k)) for k in client.scan_iter(match="gw:*:lease:*"))
+        return sum(int(client.zcard(k)) for k in client.scan_iter(match="gw:*:held:*"))
     finally:
         client.close()
 

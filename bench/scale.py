@@ -291,7 +291,7 @@ async def drained(limiter: Limiter, seconds: float = 60.0) -> None:
 
 # --- what Redis holds ----------------------------------------------------------------------------
 
-ZSETS = {"lease", "rpm:k", "rpm:o", "tpm:k", "tpm:o", "usedays"}
+ZSETS = {"held", "rpm:k", "rpm:o", "tpm:k", "tpm:o", "usedays"}
 HASHES = {"tok:k", "tok:o", "lastused", "tpmv:k", "tpmv:o", "use", "hit"}
 CLASS_ORDER = (
     "kh",
@@ -301,7 +301,7 @@ CLASS_ORDER = (
     "tok:k",
     "tok:o",
     "lastused",
-    "lease",
+    "held",
     "rpm:k",
     "rpm:o",
     "tpm:k",
@@ -327,7 +327,7 @@ def classify(name: str) -> str:
     if name.startswith("gw:{"):
         rest = name[name.find("}:") + 2 :]
         head, _, tail = rest.partition(":")
-        if head in ("keys", "plan", "lastused", "lease", "use", "usedays", "done"):
+        if head in ("keys", "plan", "lastused", "held", "use", "usedays", "done"):
             return head
         if head == "tok":
             return "tok:o" if tail == "o" else "tok:k"
@@ -452,7 +452,7 @@ class Sizing:
             "usage (per key, model and day)": c.count("use") * u["usage_day"]
             + max(0.0, c.model_days - c.count("use")) * u["usage_model"],
         }
-        leases = c.classes.get("lease")
+        leases = c.classes.get("held")
         parts["leases (requests in flight)"] = sum(
             self.zset("lease", m) for m in (leases.sizes if leases else [])
         )
@@ -927,7 +927,7 @@ UNITS = (
     ("key_active", "key in use: its counters `tok:<k>`, its last-use field, its days index"),
     ("usage_day", "usage row: one key, one model, one UTC day (`use:<k>:<day>`, kept 100 days)"),
     ("usage_model", "each further model (or API) of the same key and day"),
-    ("lease_first", "request in flight: the first of its key (the lease set `lease:<k>`)"),
+    ("lease_first", "request in flight: the first of its key (the lease set `held:<k>`)"),
     ("lease_member_lp", "each further request in flight on the key (up to 128)"),
     ("lease_member_sl", "each further request in flight on the key (past 128: a skiplist)"),
     ("rpm_first", "rpm log with one entry (`rpm:k:<k>`; the plan's `rpm:o` is the same)"),

@@ -17,10 +17,11 @@
 --   and a tonumber each.
 -- KEYS, 9 per key set (each key an admission of the call is for, once): 1 the key's rpm log,
 --   2 the owner's rpm log (ZSETs request id -> admission time in whole microseconds), 3 the
---   key's leases (ZSET request id -> lease expiry), 4 the key's counters (HASH d, dt, m, mt, x;
---   dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x; mc), 6 the key's minute
---   log, 7 its tokens (ZSET request id -> admission time; HASH request id -> tokens, s = their
---   sum), 8 and 9 the owner's
+--   key's leases (gw:{owner}:held:<keyId>, ZSET request id -> lease_score: minus the lease's
+--   end x 10^6 less its microsecond, new leases first; calendar.lua), 4 the key's counters
+--   (HASH d, dt, m, mt, x; dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x;
+--   mc), 6 the key's minute log, 7 its tokens (ZSET request id -> admission time; HASH request
+--   id -> tokens, s = their sum), 8 and 9 the owner's
 -- The logs' and the leases' TTLs are renewed at most once a window (the time of the last renewal
 -- is field x of the key's and of the owner's counters), each renewal long enough that every
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
@@ -41,10 +42,11 @@ local lease, window, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4
 local day, month, to_midnight, to_month = periods(now)
 local at = fmt(now)
 -- Texts of this call's instants, formatted once: '%.17g' of a double costs thousands of
--- instructions, and every admission of the call shares them. A lease ends on a whole second
--- (store/base.py lease_end): a small sorted set keeps integer scores as integers, others as text
--- that every ZADD parses again for each entry it passes.
-local lease_end = whole(math.floor(now + lease))
+-- instructions, and every admission of the call shares them. A lease's score is a whole number
+-- (calendar.lua lease_score): a small sorted set keeps integer scores as integers, others as
+-- text that every ZADD parses again for each entry it passes.
+local lease_at = whole(lease_score(now, lease))
+local leases_expired = '(' .. whole(leases_expired_above(now))
 local since = nil  -- the token minutes' window start (text), made when one is first read
 -- The rpm logs' scores are whole microseconds (Redis TIME's own grain), for the same reason: a
 -- log under 129 entries is a listpack, and a ZADD there reads the score of every entry it passes
@@ -56,13 +58,14 @@ local function secs(x)  -- seconds, a zero always +0 (as the text '0' was read)
   return x
 end
 
--- Sorted sets (rpm logs, lease sets): trimmed and counted once; additions kept in ``adds`` and
--- written by ``zflush`` (before a read that needs them, else at the end).
+-- Sorted sets (rpm logs, lease sets): trimmed (what scores ``drop_from`` to ``drop_to``) and
+-- counted once; additions kept in ``adds`` and written by ``zflush`` (before a read that needs
+-- them, else at the end).
 local zsets = {}
-local function zset(key, drop_to)
+local function zset(key, drop_from, drop_to)
   local z = zsets[key]
   if z == nil then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', drop_to)
+    redis.call('ZREMRANGEBYSCORE', key, drop_from, drop_to)
     z = {n = redis.call('ZCARD', key), adds = {}}
     z.stored = z.n
     zsets[key] = z
@@ -78,8 +81,13 @@ local function calls(command, key, args)
   end
 end
 
+-- The additions last first: a call's leases share a score, so Redis orders them by request id
+-- (a counter: the last the greatest), and each ZADD of a listpack stops at the first entry that
+-- sorts after it, the head once the last is in. (For a log the order costs the same.)
 local function zflush(key, z)
-  calls('ZADD', key, z.adds)
+  local adds, back = z.adds, {}
+  for i = #adds - 1, 1, -2 do back[#back + 1], back[#back + 2] = adds[i], adds[i + 1] end
+  calls('ZADD', key, back)
   z.adds = {}
 end
 
@@ -91,12 +99,12 @@ local function zadd(z, score, member)
 end
 
 local function log_size(key)
-  return zset(key, since_us).n
+  return zset(key, '-inf', since_us).n
 end
 
 -- The oldest entry's time of a log, 0 when it is empty.
 local function oldest(key)
-  local z = zset(key, since_us)
+  local z = zset(key, '-inf', since_us)
   if z.first == nil then
     local first = z.stored > 0 and redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
     z.first = first and tonumber(first) / 1000000 or false
@@ -107,7 +115,7 @@ end
 
 -- nil when there is room, else the seconds until the entry whose leaving makes room leaves
 local function rpm_wait(key, limit)
-  local z = zset(key, since_us)
+  local z = zset(key, '-inf', since_us)
   local n = z.n
   if n < limit then return nil end
   zflush(key, z)
@@ -240,7 +248,7 @@ local function admit(rid, k, limits, reserve, cost)
   local owner_month = oh.m == month
   local otok = owner_month and oh.mt or 0
   local ocost = owner_month and oh.mc or 0
-  local leases = zset(kleases, at)
+  local leases = zset(kleases, leases_expired, '+inf')
   local ktpm = tpm and minute_tokens(KEYS[k + 6], KEYS[k + 7]) or 0
   local otpm = ptpm and minute_tokens(KEYS[k + 8], KEYS[k + 9]) or 0
 
@@ -277,7 +285,7 @@ local function admit(rid, k, limits, reserve, cost)
     if tpm then ktpm = minute_take(KEYS[k + 6], KEYS[k + 7], rid, reserve) end
     if ptpm then otpm = minute_take(KEYS[k + 8], KEYS[k + 9], rid, reserve) end
     if renew_key or leases.n == 0 then expiring[kleases] = lease + 60 + window end
-    zadd(leases, lease_end, rid)
+    zadd(leases, lease_at, rid)
     dtok, mtok, otok = dtok + reserve, mtok + reserve, otok + reserve
     dcost, mcost, ocost = dcost + cost, mcost + cost, ocost + cost
     -- x: the last renewal (a renewal not due keeps the one read, never nil then)

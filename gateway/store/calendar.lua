@@ -80,3 +80,28 @@ end
 local function whole(x)
   return string.format('%d', x)
 end
+
+-- A key's leases (gw:{owner}:held:<keyId>, ZSET request id -> score) are scored so that a new
+-- lease sorts FIRST: a small sorted set is a listpack, and a ZADD there walks from its head to
+-- the first entry that sorts after the new one, reading every score it passes (by expiry, a new
+-- lease went last: a walk of the whole set per admission). The score is minus (the lease's end,
+-- the whole second at or before now + lease: store/base.py lease_end) x 10^6 less the
+-- microsecond it was taken in (newer first within a second too: ties would be ordered by
+-- request id, a counter, and walked). A whole number, as Redis keeps it cheaply; exact while
+-- now < 2^53 us (the year 2255).
+local LEASE_US = 1000000
+local function lease_score(now, lease)
+  return -(math.floor(now + lease) * LEASE_US + math.floor(now * LEASE_US + 0.5) % LEASE_US)
+end
+
+-- The end (epoch seconds) of the lease scored ``score``.
+local function lease_end(score)
+  local x = -score
+  return (x - x % LEASE_US) / LEASE_US
+end
+
+-- The lowest score of an expired lease at ``now`` (its end <= now), to drop them by
+-- ZREMRANGEBYSCORE key (that +inf: exclusive).
+local function leases_expired_above(now)
+  return -(math.floor(now) + 1) * LEASE_US
+end

@@ -367,7 +367,7 @@ class RedisStore:
             *(
                 self._script(
                     "renew",
-                    [f"{tag(owner)}lease:{esc(a.key_id)}" for a in group],
+                    [f"{tag(owner)}held:{esc(a.key_id)}" for a in group],
                     [now, lease, *(a.request_id for a in group)],
                 )
                 for owner, group in by_owner.items()

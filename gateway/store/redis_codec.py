@@ -8,8 +8,13 @@ stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread o
                                     key's rpm log; rpm:k:<keyId> before, in seconds)
     gw:{<owner>}:rpmu:o             ZSET request id -> admission time, whole microseconds (the
                                     plan rpm log; rpm:o before)
-    gw:{<owner>}:lease:<keyId>      ZSET request id -> lease expiry (every admitted request
-                                    holds one until settled: the settle-once marker)
+    gw:{<owner>}:held:<keyId>       ZSET request id -> -(lease end x 10^6 + the microsecond it
+                                    was taken in), new leases first (calendar.lua lease_score;
+                                    every admitted request holds one until settled: the
+                                    settle-once marker). lease:<keyId> before, scored by the
+                                    lease's end: a new name, so that during an upgrade neither
+                                    version misreads the other's scores (each counts its own
+                                    leases; the old sets expire by their TTL)
     gw:{<owner>}:tok:<keyId>        HASH d (day id), dt (day tokens), dc (day micro-dollars),
                                     m (month id), mt, mc,
                                     x (when the key's log and lease TTLs were last renewed)
@@ -198,11 +203,11 @@ def verdict(a: Admission, reply: bytes) -> Verdict:
 
 
 # The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
-_ADMIT_KEYS: tuple[str, ...] = ("rpmu:k:{k}", "rpmu:o", "lease:{k}", "tok:{k}", "tok:o")
+_ADMIT_KEYS: tuple[str, ...] = ("rpmu:k:{k}", "rpmu:o", "held:{k}", "tok:{k}", "tok:o")
 _ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
 # the fourth: the settled marker's prefix (the request id is appended); the sixth and seventh,
 # the usage rows in the owner's slot, are the layout before the stripes (``usage_keys``)
-_SETTLE_KEYS: tuple[str, ...] = ("lease:{k}", "tok:{k}", "tok:o", "done:", "lastused", "use:{k}:")
+_SETTLE_KEYS: tuple[str, ...] = ("held:{k}", "tok:{k}", "tok:o", "done:", "lastused", "use:{k}:")
 _SETTLE_KEYS += ("usedays:{k}", "tpmv:k:{k}", "tpmv:o")
 
 

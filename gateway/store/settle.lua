@@ -7,7 +7,8 @@
 -- admitted while the store was down (day 0) has no lease: its marker (KEYS 4) keeps it once for
 -- ARGV 2 seconds, and its tokens are charged to the periods current now.
 -- KEYS, 9 per key set (each key a settlement of the call is for, once; a settlement of day 0 a
---       set of its own, for its marker): 1 the key's leases, 2 the key's counters, 3 the
+--       set of its own, for its marker): 1 the key's leases (gw:{owner}:held:<keyId>, ZSET
+--       request id -> lease_score, new leases first: calendar.lua), 2 the key's counters, 3 the
 --       owner's counters, 4 the request's settled marker (day 0 only), 5 the owner's last-use
 --       hash (key id -> time), 6, 7 on one Redis: the key's usage key prefix (the UTC day is
 --       appended) and usage days (ZSET of day ids, for range reads), both in the key's usage
@@ -159,12 +160,12 @@ local function record(k, s, finished)
 end
 
 -- A presumed admission (its reply lost, never renewed): its first settlement if it holds a lease,
--- with the periods of its admission (the lease's expiry less its seconds).
+-- with the periods of its admission (the lease's end, read from its score, less its seconds).
 local function presumed(k, s, lease_seconds)
-  local expiry = redis.call('ZSCORE', KEYS[k + 1], s.rid)
-  if not expiry then return false, 0, 0 end
+  local score = redis.call('ZSCORE', KEYS[k + 1], s.rid)
+  if not score then return false, 0, 0 end
   redis.call('ZREM', KEYS[k + 1], s.rid)
-  local day, month = periods(tonumber(expiry) - lease_seconds)
+  local day, month = periods(lease_end(tonumber(score)) - lease_seconds)
   return true, day, month
 end
 

@@ -148,7 +148,7 @@ async def test_an_admission_whose_reply_is_lost_is_given_back(
         proxy.set("mute")
         asking = asyncio.create_task(limiter.admit("r1", key, 600, False, "m"))
         deadline = asyncio.get_running_loop().time() + 5
-        while redis_process.call("ZCARD", "gw:{acme}:lease:k1") != "1":  # Redis admitted it
+        while redis_process.call("ZCARD", "gw:{acme}:held:k1") != "1":  # Redis admitted it
             assert asyncio.get_running_loop().time() < deadline, "the admission never ran"
             await asyncio.sleep(0.005)
         if timeout_ms < 1000:

@@ -130,7 +130,7 @@ async def test_logs_hold_what_their_limits_allow(
         for key, owner, limits in KEYS:
             if "rpm" not in limits:
                 assert not client.exists(f"gw:{{{owner}}}:rpmu:k:{key}"), key
-            assert not client.exists(f"gw:{{{owner}}}:lease:{key}"), key  # every one settled
+            assert not client.exists(f"gw:{{{owner}}}:held:{key}"), key  # every one settled
         assert not client.exists("gw:{acme}:rpmu:o")  # no plan rpm: no owner log
     finally:
         client.close()

@@ -639,9 +639,10 @@ async def test_a_batch_longer_than_a_chunk_settles_every_request_once(url: str) 
 
 
 async def test_logs_and_leases_keep_integer_scores(redis_url: str) -> None:
-    """The rpm logs hold whole microseconds and the leases whole seconds: Redis keeps a small
-    sorted set's integer scores as integers, and reads the score text of every entry a ZADD
-    passes otherwise (at an rpm limit of 60, a third more work per admission)."""
+    """The rpm logs hold whole microseconds (the leases whole numbers too: test_lease_layout):
+    Redis keeps a small sorted set's integer scores as integers, and reads the score text of
+    every entry a ZADD passes otherwise (at an rpm limit of 60, a third more work per
+    admission)."""
     clock = FakeClock(T0 + 0.123456789)
     store = RedisStore(redis_url, 2000, clock=clock)
     client = sync_redis.Redis.from_url(redis_url)
@@ -652,11 +653,7 @@ async def test_logs_and_leases_keep_integer_scores(redis_url: str) -> None:
             assert (await store.admit(a)).admitted
             clock.advance(0.25)
         first_us = (int(T0) * 10**6) + 123457  # the first admission, to the microsecond
-        for name, first in (
-            ("rpmu:k:" + key, first_us),
-            ("rpmu:o", first_us),
-            ("lease:" + key, T0 + 20),  # admitted at T0 + 0.12: its 20 s end on T0 + 20
-        ):
+        for name, first in (("rpmu:k:" + key, first_us), ("rpmu:o", first_us)):
             scores = [s for _, s in client.zrange(f"gw:{{{owner}}}:{name}", 0, -1, withscores=True)]
             assert len(scores) == 3 and all(s == int(s) for s in scores), (name, scores)
             assert scores[0] == first, (name, scores)
@@ -677,7 +674,7 @@ async def test_log_and_lease_ttls_are_renewed_once_a_window(redis_url: str) -> N
     store = RedisStore(redis_url, 2000, clock=clock)
     client = sync_redis.Redis.from_url(redis_url)
     owner, key = uid("own"), uid("key")
-    logs = [f"gw:{{{owner}}}:rpmu:k:{key}", f"gw:{{{owner}}}:rpmu:o", f"gw:{{{owner}}}:lease:{key}"]
+    logs = [f"gw:{{{owner}}}:rpmu:k:{key}", f"gw:{{{owner}}}:rpmu:o", f"gw:{{{owner}}}:held:{key}"]
 
     async def admit(n: int) -> None:
         a = Admission(f"r{n}", key, owner, rpm=1000, concurrency=1000, plan_rpm=1000)

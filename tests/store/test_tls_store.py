@@ -73,7 +73,7 @@ async def test_the_hot_path_admits_over_tls(tls_redis: tuple[RedisServer, int, P
         )
         # each goes as a call of its own over redis-py (in any order): two of three fit
         assert sorted(v.admitted for v in verdicts) == [False, True, True]
-        assert server.call("ZCARD", "gw:{acme}:lease:k1") == "2"
+        assert server.call("ZCARD", "gw:{acme}:held:k1") == "2"
     finally:
         await store.close()
 
@@ -96,7 +96,7 @@ async def test_a_lost_admission_over_tls_is_given_back(
         proxy.set("mute")  # requests reach Redis, replies are dropped
         with pytest.raises(StoreUnavailable):
             await limiter.admit("r1", key, 100, False, "m")
-        assert server.call("ZCARD", "gw:{acme}:lease:k1") == "1"  # Redis admitted it
+        assert server.call("ZCARD", "gw:{acme}:held:k1") == "1"  # Redis admitted it
         proxy.set("reset")
         proxy.set("pass")
         deadline = asyncio.get_running_loop().time() + 5
