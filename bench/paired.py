@@ -19,7 +19,7 @@ import redisstats
 from arms import Arm, Run, Server
 from common import CHAT_PATH, ArmFailed
 from measure import probe, wrk
-from procs import CLK_TCK, Stack, group_ticks
+from procs import CLK_TCK, Stack, group_ticks, machine_busy_ticks
 
 # (arm, its baseline); the budgeted arm against the governed one: TPM and budgets must cost
 # ≤ 5 % of its RPS (and still one admission round trip, checked by the arm's own run); the light
@@ -41,6 +41,9 @@ class Paired:
     base: str
     rps: list[float] = field(default_factory=list)  # arm RPS / baseline RPS, per pair
     cpu: list[float] = field(default_factory=list)  # baseline / arm CPU per request, per pair
+    # arm / baseline busy CPU of the whole machine per request (every process and the kernel:
+    # the load, the canned worker and Redis too), per pair: what bounds a 2-worker arm
+    machine: list[float] = field(default_factory=list)
     error: str = ""
 
     @staticmethod
@@ -48,15 +51,18 @@ class Paired:
         return statistics.median(values) if values else 0.0
 
 
-def _saturate(run: Run, server: Server, seconds: float) -> tuple[float, float]:
-    """(RPS, CPU seconds per request) of one saturation run."""
+def _saturate(run: Run, server: Server, seconds: float) -> tuple[float, float, float]:
+    """(RPS, the server's CPU seconds per request, the whole machine's) of one saturation
+    run."""
     url = server.url + CHAT_PATH
-    ticks = group_ticks(server.proc)
+    ticks, machine = group_ticks(server.proc), machine_busy_ticks()
     result = wrk(url, run.settings.connections, seconds, run.load_cpus)
     if server.redis_port:
         redisstats.wait_settled(server.redis_port)  # its settlements are its own cost
     cpu = (group_ticks(server.proc) - ticks) / CLK_TCK
-    return result.rps, cpu / max(1, result.requests)
+    machine = (machine_busy_ticks() - machine) / CLK_TCK
+    requests = max(1, result.requests)
+    return result.rps, cpu / requests, machine / requests
 
 
 def run_pairs(run: Run, arms: dict[str, Arm], pairs: int, seconds: float) -> list[Paired]:
@@ -79,13 +85,15 @@ def run_pairs(run: Run, arms: dict[str, Arm], pairs: int, seconds: float) -> lis
                     first, second = (a, b) if i % 2 == 0 else (b, a)
                     got = {id(first): _saturate(run, first, seconds)}
                     got[id(second)] = _saturate(run, second, seconds)
-                    (a_rps, a_cpu), (b_rps, b_cpu) = got[id(a)], got[id(b)]
+                    (a_rps, a_cpu, a_all), (b_rps, b_cpu, b_all) = got[id(a)], got[id(b)]
                     paired.rps.append(a_rps / b_rps)
                     paired.cpu.append(b_cpu / a_cpu)
+                    paired.machine.append(a_all / b_all)
                     print(
                         f"   pair {i + 1}: {a_rps:,.0f} vs {b_rps:,.0f} req/s "
                         f"({paired.rps[-1]:.2f}); {a_cpu * 1e6:.0f} vs {b_cpu * 1e6:.0f} "
-                        f"µs/request ({paired.cpu[-1]:.2f})",
+                        f"µs/request ({paired.cpu[-1]:.2f}); the machine {a_all * 1e6:.0f} vs "
+                        f"{b_all * 1e6:.0f} µs/request ({paired.machine[-1]:.2f})",
                         flush=True,
                     )
             except ArmFailed as err:
