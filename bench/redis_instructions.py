@@ -4,7 +4,8 @@
 
 ``CAPTURE``: a ``MONITOR`` capture of a governed arm under load, as ``bench/run`` writes them
 (``bench/.work/run/governed-2w-monitor-*.txt``). Its ``admit`` and ``settle`` EVALSHAs (told
-apart by their first key: a key's rpm log, a key's leases: ``held:``, ``lease:`` before) are
+apart by their first key: a key's rpm log, ``rpmr:k:`` or ``rpmu:k:``, a key's leases, ``held:``
+or ``lease:``) are
 read as the admissions and settlements they carry, in either layout of the scripts' arguments
 (binary, as the scripts' headers have them, or the texts before: 9 KEYS and 14 ARGV an
 admission, 9 and 20 a settlement), and replayed in their order against a fresh ``redis-server``
@@ -45,6 +46,7 @@ from gateway.store.base import LEASE_SECONDS
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / ".work" / "redis-instructions"
 TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"')
+LOG = re.compile(r"rpm[ru]:k:")  # a key's rpm log: rpmr:k:<key id> (rpmu:k: before)
 Call = tuple[str, str, list[Any]]  # script, clock override, its admissions or settlements
 
 
@@ -58,7 +60,7 @@ def calls_of(capture: Path) -> list[Call]:
         words = [codecs.escape_decode(w.encode())[0] for w in TOKEN.findall(line)]
         count = int(words[2])
         keys, args = [w.decode() for w in words[3 : 3 + count]], words[3 + count :]
-        if keys and keys[0].split(":", 2)[2].startswith("rpmu:k:"):
+        if keys and LOG.match(keys[0].split(":", 2)[2]):
             calls.append(("admit", args[0].decode(), admissions_of(keys, args)))
         elif keys and keys[0].split(":", 2)[2].startswith(("held:", "lease:")):
             calls.append(("settle", *settlements_of(keys, args)))
@@ -69,10 +71,11 @@ def _unescape(text: str) -> str:
     return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
 
 
-def owner_key(key: str, name: str) -> tuple[str, str]:
+def owner_key(key: str, name: str | re.Pattern[str]) -> tuple[str, str]:
     """The owner and key id of a key ``gw:{<owner>}:<name><key id>``."""
     head, _, rest = key.partition("}:")
-    return _unescape(head.removeprefix("gw:{")), _unescape(rest.removeprefix(name))
+    rest = name.sub("", rest, count=1) if isinstance(name, re.Pattern) else rest.removeprefix(name)
+    return _unescape(head.removeprefix("gw:{")), _unescape(rest)
 
 
 def _opt(text: bytes) -> int | None:
@@ -85,7 +88,7 @@ def admissions_of(keys: list[str], args: list[bytes]) -> list[Admission]:
     if len(args) < 6 or len(args[5]) != size * (len(args) - 6):  # texts: 9 KEYS, 14 ARGV each
         out = []
         for i in range(n):
-            owner, key_id = owner_key(keys[9 * i], "rpmu:k:")
+            owner, key_id = owner_key(keys[9 * i], LOG)
             f = args[4 + 14 * i : 18 + 14 * i]
             limits = [_opt(f[j]) for j in (1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12)]
             out.append(_admission(f[0].decode(), key_id, owner, limits, int(f[7]), int(f[13])))
@@ -97,7 +100,7 @@ def admissions_of(keys: list[str], args: list[bytes]) -> list[Admission]:
     for rid, (k, lim, reserve, cost) in zip(
         args[6:], codec.ADMISSION.iter_unpack(args[5]), strict=True
     ):
-        owner, key_id = owner_key(keys[9 * k], "rpmu:k:")
+        owner, key_id = owner_key(keys[9 * k], LOG)
         out.append(_admission(rid.decode(), key_id, owner, sets[lim], int(reserve), int(cost)))
     return out
 

@@ -331,6 +331,8 @@ def classify(name: str) -> str:
             return head
         if head == "tok":
             return "tok:o" if tail == "o" else "tok:k"
+        if head in ("rpmr", "rpmu"):  # the rpm logs (rpmr: newest first; rpmu:, rpm: before)
+            return f"rpm:{tail[:1]}"
         if head in ("rpm", "tpm", "tpmv"):
             return f"{head}:{tail[:1]}"
     return "other"

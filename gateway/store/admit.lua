@@ -15,8 +15,9 @@
 --   tonumber gave, a whole number of any size included (redis_codec.LIMITS, ADMISSION).
 --   struct.unpack reads them, where a text per field cost Redis a bulk string, a Lua string
 --   and a tonumber each.
--- KEYS, 9 per key set (each key an admission of the call is for, once): 1 the key's rpm log,
---   2 the owner's rpm log (ZSETs request id -> admission time in whole microseconds), 3 the
+-- KEYS, 9 per key set (each key an admission of the call is for, once): 1 the key's rpm log
+--   (gw:{owner}:rpmr:k:<keyId>), 2 the owner's (rpmr:o) (ZSETs request id -> minus the
+--   admission time in whole microseconds: newest first), 3 the
 --   key's leases (gw:{owner}:held:<keyId>, ZSET request id -> lease_score: minus the lease's
 --   end x 10^6 less its microsecond, new leases first; calendar.lua), 4 the key's counters
 --   (HASH d, dt, m, mt, x; dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x;
@@ -48,11 +49,13 @@ local at = fmt(now)
 local lease_at = whole(lease_score(now, lease))
 local leases_expired = '(' .. whole(leases_expired_above(now))
 local since = nil  -- the token minutes' window start (text), made when one is first read
--- The rpm logs' scores are whole microseconds (Redis TIME's own grain), for the same reason: a
--- log under 129 entries is a listpack, and a ZADD there reads the score of every entry it passes
--- (a log at an rpm limit of 60 cost a third more per admission as text).
+-- The rpm logs' scores are minus the admission time in whole microseconds (Redis TIME's own
+-- grain), for the same reasons: a log under 129 entries is a listpack, and a ZADD there reads
+-- the score of every entry it passes (a log at an rpm limit of 60 cost a third more per
+-- admission as text) up to the first that sorts after the new one: the head, newest first.
+-- Entries at or before the window's start (scores from -since) are dropped.
 local now_us, window_us = math.floor(now * 1000000 + 0.5), window * 1000000
-local at_us, since_us = string.format('%d', now_us), string.format('%d', now_us - window_us)
+local at_us, since_us = string.format('%d', -now_us), string.format('%d', window_us - now_us)
 local function secs(x)  -- seconds, a zero always +0 (as the text '0' was read)
   if x == 0 then return 0 end
   return x
@@ -81,9 +84,9 @@ local function calls(command, key, args)
   end
 end
 
--- The additions last first: a call's leases share a score, so Redis orders them by request id
--- (a counter: the last the greatest), and each ZADD of a listpack stops at the first entry that
--- sorts after it, the head once the last is in. (For a log the order costs the same.)
+-- The additions last first: a call's leases (and log entries) share a score, so Redis orders
+-- them by request id (a counter: the last the greatest), and each ZADD of a listpack stops at
+-- the first entry that sorts after it, the head once the last is in.
 local function zflush(key, z)
   local adds, back = z.adds, {}
   for i = #adds - 1, 1, -2 do back[#back + 1], back[#back + 2] = adds[i], adds[i + 1] end
@@ -99,29 +102,30 @@ local function zadd(z, score, member)
 end
 
 local function log_size(key)
-  return zset(key, '-inf', since_us).n
+  return zset(key, since_us, '+inf').n
 end
 
--- The oldest entry's time of a log, 0 when it is empty.
+-- The oldest entry's time of a log (its last), 0 when it is empty.
 local function oldest(key)
-  local z = zset(key, '-inf', since_us)
+  local z = zset(key, since_us, '+inf')
   if z.first == nil then
-    local first = z.stored > 0 and redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
-    z.first = first and tonumber(first) / 1000000 or false
+    local first = z.stored > 0 and redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+    z.first = first and -tonumber(first) / 1000000 or false
   end
   if z.first then return z.first end
   return z.n > 0 and now or 0
 end
 
--- nil when there is room, else the seconds until the entry whose leaving makes room leaves
+-- nil when there is room, else the seconds until the entry whose leaving makes room leaves (the
+-- limit-th newest: the n - limit + 1 oldest must leave)
 local function rpm_wait(key, limit)
-  local z = zset(key, '-inf', since_us)
+  local z = zset(key, since_us, '+inf')
   local n = z.n
   if n < limit then return nil end
   zflush(key, z)
-  local leaving = redis.call('ZRANGE', key, n - limit, n - limit, 'WITHSCORES')[2]
+  local leaving = redis.call('ZRANGE', key, limit - 1, limit - 1, 'WITHSCORES')[2]
   if leaving == nil then return window end
-  return (tonumber(leaving) + window_us - now_us) / 1000000
+  return (window_us - now_us - tonumber(leaving)) / 1000000
 end
 
 -- Counter hashes: read once (as numbers, but x: the text of the last renewal, false when

@@ -4,10 +4,12 @@ Every key an admission touches carries the owner's hash tag, so each script runs
 slot; so does every key of a settlement but the usage rows, which live in the key's usage
 stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread over shards)::
 
-    gw:{<owner>}:rpmu:k:<keyId>     ZSET request id -> admission time, whole microseconds (the
-                                    key's rpm log; rpm:k:<keyId> before, in seconds)
-    gw:{<owner>}:rpmu:o             ZSET request id -> admission time, whole microseconds (the
-                                    plan rpm log; rpm:o before)
+    gw:{<owner>}:rpmr:k:<keyId>     ZSET request id -> minus the admission time in whole
+                                    microseconds, newest first: a listpack's ZADD stops at its
+                                    head (the key's rpm log; rpmu:k:<keyId> before, by the time
+                                    itself, a new name as for held: below; rpm:k:<keyId> before
+                                    that, in seconds)
+    gw:{<owner>}:rpmr:o             the same for the plan rpm log (rpmu:o, rpm:o before)
     gw:{<owner>}:held:<keyId>       ZSET request id -> -(lease end x 10^6 + the microsecond it
                                     was taken in), new leases first (calendar.lua lease_score;
                                     every admitted request holds one until settled: the
@@ -203,7 +205,7 @@ def verdict(a: Admission, reply: bytes) -> Verdict:
 
 
 # The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
-_ADMIT_KEYS: tuple[str, ...] = ("rpmu:k:{k}", "rpmu:o", "held:{k}", "tok:{k}", "tok:o")
+_ADMIT_KEYS: tuple[str, ...] = ("rpmr:k:{k}", "rpmr:o", "held:{k}", "tok:{k}", "tok:o")
 _ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
 # the fourth: the settled marker's prefix (the request id is appended); the sixth and seventh,
 # the usage rows in the owner's slot, are the layout before the stripes (``usage_keys``)

@@ -124,13 +124,13 @@ async def test_logs_hold_what_their_limits_allow(
         await round_of_requests(backend, ids)
     client = sync_redis.Redis.from_url(redis_url)
     try:
-        assert client.zcard("gw:{acme}:rpmu:k:k1") == 5  # at its limit, refusing the rest
-        assert client.zcard("gw:{globex}:rpmu:k:k3") <= 2 * PER_ROUND  # the last 60 s
-        assert client.zcard("gw:{globex}:rpmu:o") <= 4 * PER_ROUND  # k3's and k4's, 60 s
+        assert client.zcard("gw:{acme}:rpmr:k:k1") == 5  # at its limit, refusing the rest
+        assert client.zcard("gw:{globex}:rpmr:k:k3") <= 2 * PER_ROUND  # the last 60 s
+        assert client.zcard("gw:{globex}:rpmr:o") <= 4 * PER_ROUND  # k3's and k4's, 60 s
         for key, owner, limits in KEYS:
             if "rpm" not in limits:
-                assert not client.exists(f"gw:{{{owner}}}:rpmu:k:{key}"), key
+                assert not client.exists(f"gw:{{{owner}}}:rpmr:k:{key}"), key
             assert not client.exists(f"gw:{{{owner}}}:held:{key}"), key  # every one settled
-        assert not client.exists("gw:{acme}:rpmu:o")  # no plan rpm: no owner log
+        assert not client.exists("gw:{acme}:rpmr:o")  # no plan rpm: no owner log
     finally:
         client.close()

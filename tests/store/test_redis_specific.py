@@ -427,7 +427,7 @@ async def test_password_and_db_come_from_the_url(user: str | None) -> None:
         db3 = sync_redis.Redis.from_url(f"{server.url}/3")
         db0 = sync_redis.Redis.from_url(f"{server.url}/0")
         assert db3.get("gw:{alice}:plan") == b"pro"
-        assert db3.zcard("gw:{alice}:rpmu:k:k") == 1
+        assert db3.zcard("gw:{alice}:rpmr:k:k") == 1
         assert db0.keys("*") == []
         db3.close()
         db0.close()
@@ -639,10 +639,10 @@ async def test_a_batch_longer_than_a_chunk_settles_every_request_once(url: str) 
 
 
 async def test_logs_and_leases_keep_integer_scores(redis_url: str) -> None:
-    """The rpm logs hold whole microseconds (the leases whole numbers too: test_lease_layout):
-    Redis keeps a small sorted set's integer scores as integers, and reads the score text of
-    every entry a ZADD passes otherwise (at an rpm limit of 60, a third more work per
-    admission)."""
+    """The rpm logs (``rpmr:``) hold minus whole microseconds, newest first (the leases whole
+    numbers too: test_lease_layout): Redis keeps a small sorted set's integer scores as
+    integers, and reads the score text of every entry a ZADD passes otherwise (at an rpm limit
+    of 60, a third more work per admission); a ZADD of a listpack stops at its head."""
     clock = FakeClock(T0 + 0.123456789)
     store = RedisStore(redis_url, 2000, clock=clock)
     client = sync_redis.Redis.from_url(redis_url)
@@ -653,10 +653,10 @@ async def test_logs_and_leases_keep_integer_scores(redis_url: str) -> None:
             assert (await store.admit(a)).admitted
             clock.advance(0.25)
         first_us = (int(T0) * 10**6) + 123457  # the first admission, to the microsecond
-        for name, first in (("rpmu:k:" + key, first_us), ("rpmu:o", first_us)):
+        for name, first in (("rpmr:k:" + key, first_us), ("rpmr:o", first_us)):
             scores = [s for _, s in client.zrange(f"gw:{{{owner}}}:{name}", 0, -1, withscores=True)]
-            assert len(scores) == 3 and all(s == int(s) for s in scores), (name, scores)
-            assert scores[0] == first, (name, scores)
+            assert scores == [-(first + d) for d in (500000, 250000, 0)], (name, scores)
+            assert not client.exists(f"gw:{{{owner}}}:{name.replace('rpmr', 'rpmu')}")
         a = Admission("r9", key, owner, rpm=60, plan_rpm=600)
         verdict = await store.admit(a)  # the headers' window read back in seconds
         assert verdict.requests_remaining == 56
@@ -674,7 +674,7 @@ async def test_log_and_lease_ttls_are_renewed_once_a_window(redis_url: str) -> N
     store = RedisStore(redis_url, 2000, clock=clock)
     client = sync_redis.Redis.from_url(redis_url)
     owner, key = uid("own"), uid("key")
-    logs = [f"gw:{{{owner}}}:rpmu:k:{key}", f"gw:{{{owner}}}:rpmu:o", f"gw:{{{owner}}}:held:{key}"]
+    logs = [f"gw:{{{owner}}}:rpmr:k:{key}", f"gw:{{{owner}}}:rpmr:o", f"gw:{{{owner}}}:held:{key}"]
 
     async def admit(n: int) -> None:
         a = Admission(f"r{n}", key, owner, rpm=1000, concurrency=1000, plan_rpm=1000)
