@@ -102,6 +102,15 @@ def gateway_yaml(
     return "\n".join(lines) + "\n" + extra
 
 
+async def mock_gateway(mock: tuple[int, Any]) -> Server:
+    """A started gateway with one model, ``m``, on the bundled mock worker: for a test that
+    stops it itself (to read the access log its stop flushes)."""
+    text = gateway_yaml({"mock": f"http://127.0.0.1:{mock[0]}"}, {"m": {"upstreams": ["mock"]}})
+    server = Server(parse_text(text, "t.yaml", env={}))
+    await server.start()
+    return server
+
+
 @pytest.fixture(scope="session", autouse=True)
 def secrets_watch() -> Iterator[Watch]:
     """No key issued during the session may appear in a log line, access line or error body."""

@@ -9,10 +9,8 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.config.load import parse_text
-from gateway.server import Server
 from tests.clients import AUTH, TEST_KEY
-from tests.conftest import gateway_yaml
+from tests.conftest import mock_gateway
 
 FIELDS = {
     "time",
@@ -42,14 +40,7 @@ FIELDS = {
 
 
 async def test_access_lines(mock: Any, capfd: pytest.CaptureFixture[str]) -> None:
-    server = Server(
-        parse_text(
-            gateway_yaml({"mock": f"http://127.0.0.1:{mock[0]}"}, {"m": {"upstreams": ["mock"]}}),
-            "t.yaml",
-            env={},
-        )
-    )
-    await server.start()
+    server = await mock_gateway(mock)
     secret_prompt = "the-body-must-never-be-logged"
     async with aiohttp.ClientSession() as http:
         async with http.post(

@@ -13,14 +13,12 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gateway.config.load import parse_text
 from gateway.config.schema import Network
-from gateway.server import Server
 from gateway.web import middlewares
 from gateway.web.middlewares import STAMP, RequestIds, stamper
 from gateway.web.protocol import QuietAppRunner, stamped_requests
 from tests.clients import SECURITY, TEST_KEY
-from tests.conftest import gateway_yaml
+from tests.conftest import mock_gateway
 
 OFFERED = "client-label-417"
 
@@ -62,14 +60,7 @@ def assert_stamped(head: bytes) -> dict[str, str]:
 
 
 async def test_answers_around_the_router(mock: Any, capfd: pytest.CaptureFixture[str]) -> None:
-    server = Server(
-        parse_text(
-            gateway_yaml({"mock": f"http://127.0.0.1:{mock[0]}"}, {"m": {"upstreams": ["mock"]}}),
-            "t.yaml",
-            env={},
-        )
-    )
-    await server.start()
+    server = await mock_gateway(mock)
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
     try:
         assert server._public is not None
