@@ -8,6 +8,7 @@ import os
 import re
 import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -100,6 +101,13 @@ def gateway_yaml(
     if not re.search(r"^keys:", extra, re.MULTILINE):
         lines.append(KEYS_YAML.rstrip())
     return "\n".join(lines) + "\n" + extra
+
+
+def access_log_fields() -> list[str]:
+    """The access line's fields as docs/operations.md's table lists them, in its order."""
+    docs = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    table = docs[docs.index("**Access log**") : docs.index("## Console")]
+    return re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
 
 
 async def mock_gateway(mock: tuple[int, Any]) -> Server:

@@ -10,33 +10,7 @@ import orjson
 import pytest
 
 from tests.clients import AUTH, TEST_KEY
-from tests.conftest import mock_gateway
-
-FIELDS = {
-    "time",
-    "request_id",
-    "method",
-    "route",
-    "path",
-    "status",
-    "duration_ms",
-    "ttft_ms",
-    "queue_ms",
-    "key_id",
-    "owner",
-    "model",
-    "upstream",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_estimated",
-    "stream",
-    "client_ip",
-    "dialect",
-    "agent_id",
-    "region",
-    "error",
-    "api",
-}
+from tests.conftest import access_log_fields, mock_gateway
 
 
 async def test_access_lines(mock: Any, capfd: pytest.CaptureFixture[str]) -> None:
@@ -68,7 +42,7 @@ async def test_access_lines(mock: Any, capfd: pytest.CaptureFixture[str]) -> Non
     ]
     assert len(lines) == 2
     chat, refused = lines
-    assert set(chat) == FIELDS
+    assert set(chat) == set(access_log_fields())
     assert chat["request_id"] == "trace-abc"
     assert (chat["status"], chat["model"], chat["upstream"], chat["stream"]) == (
         200,

@@ -4,8 +4,6 @@ series with the same values on /metrics (and none made early), the same access-l
 from __future__ import annotations
 
 import io
-import re
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,6 +17,7 @@ from gateway.metrics import Metrics
 from gateway.proxy.exchange import Exchange
 from gateway.web.observe import Observer, route_of
 from gateway.web.public import CHAT_PATHS
+from tests.conftest import access_log_fields
 
 
 def reference(
@@ -139,9 +138,7 @@ async def test_done_without_an_access_log_counts_alike() -> None:
 
 def test_the_access_line_has_the_documented_fields_in_their_order() -> None:
     """docs/operations.md's table, "time" last (``AccessLog.write`` adds it)."""
-    docs = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
-    table = docs[docs.index("**Access log**") : docs.index("## Console")]
-    fields = re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE)
+    fields = access_log_fields()
     out = io.BytesIO()
     log = AccessLog(out)
     request = make_mocked_request("POST", "/v1/chat/completions")
