@@ -7,7 +7,8 @@ writes ``bench/RESULTS.md``.
 - ``measure``: wrk saturation and concurrency 1, the c1 streaming client, CPU, RSS, the Redis
   checks of the arms on Redis, py-spy; ``redisstats``: INFO commandstats and MONITOR;
 - ``streams``: 512 paced streams at once (``paced_upstream.py`` serves them);
-- ``report``: tables, targets, RESULTS.md; ``soak``: BENCH_SOAK=<seconds>.
+- ``report``: RESULTS.md and the printed summary (``report_tables``, ``report_targets``,
+  ``report_history``, ``report_method``: its parts); ``soak``: BENCH_SOAK=<seconds>.
 
 Knobs (environment): see bench/README.md.
 """
@@ -29,7 +30,9 @@ from litellm_arm import installed_version, litellm_arm
 from measure import ArmResult, measure, probe
 from paired import run_pairs
 from procs import free_port
-from report import append_history, facts, print_summary, report
+from report import print_summary, report
+from report_history import append_history
+from report_method import facts
 from soak import run_soak
 from streams import paced_arms, start_paced_upstream
 
