@@ -4,8 +4,10 @@ writes ``bench/RESULTS.md``.
 
 - ``arms``: what answers the load and how each arm starts (nginx, the bare aiohttp pass-through,
   the gateway light and governed); ``litellm_arm``: the optional LiteLLM proxy;
-- ``measure``: wrk saturation and concurrency 1, the c1 streaming client, CPU, RSS, the Redis
-  checks of the arms on Redis, py-spy; ``redisstats``: INFO commandstats and MONITOR;
+- ``measure``: one arm's measurements in order, with ``clients`` (HTTP, wrk, the c1 streaming
+  client), ``armresult`` (what they hold), ``armchecks`` (the Redis checks of the arms on
+  Redis, the governed arm's log, usage and metrics) and ``spyprofile`` (py-spy);
+  ``redisstats``: INFO commandstats and MONITOR;
 - ``streams``: 512 paced streams at once (``paced_upstream.py`` serves them);
 - ``report``: RESULTS.md and the printed summary (``report_tables``, ``report_targets``,
   ``report_history``, ``report_method``: its parts); ``soak``: BENCH_SOAK=<seconds>.
@@ -24,10 +26,12 @@ import sys
 import time
 from collections.abc import Iterator
 
+from armresult import ArmResult
 from arms import Arm, Run, start_canned, wrk_arms, wrk_arms_2w
+from clients import probe
 from common import CHAT_PATH, LOAD_CPU, RESULTS, ROOT, WORK, ArmFailed, Settings
 from litellm_arm import installed_version, litellm_arm
-from measure import ArmResult, measure, probe
+from measure import measure
 from paired import run_pairs
 from procs import free_port
 from report import print_summary, report

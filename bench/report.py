@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from armresult import ArmResult
 from common import LOAD_CPU, Settings
-from measure import ArmResult
 from paired import Paired
 from procs import QUIET_PCT
 from report_history import history_line, previous_history

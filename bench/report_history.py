@@ -3,8 +3,8 @@ one line to the file alone (the soak's)."""
 
 from __future__ import annotations
 
+from armresult import ArmResult
 from common import RESULTS
-from measure import ArmResult
 from paired import Paired
 from procs import QUIET_PCT
 from report_tables import by_key

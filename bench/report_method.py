@@ -8,6 +8,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from armresult import ArmResult
 from common import (
     GATEWAY,
     GOVERNED_CONCURRENCY,
@@ -23,7 +24,6 @@ from common import (
     canned_json,
     canned_sse,
 )
-from measure import ArmResult
 
 # --- facts ---------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ with the small helpers the targets share (``by_key``, ``fmt``, ``verdict``)."""
 
 from __future__ import annotations
 
-from measure import ArmResult
+from armresult import ArmResult
 from paired import Paired
 from procs import QUIET_PCT
 

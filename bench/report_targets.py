@@ -3,7 +3,8 @@ latency, stream, memory, Redis and LiteLLM target, and per paired run."""
 
 from __future__ import annotations
 
-from measure import ArmResult, WrkResult
+from armresult import ArmResult
+from clients import WrkResult
 from paired import Paired
 from report_tables import by_key, verdict
 

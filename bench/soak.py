@@ -16,8 +16,8 @@ import time
 
 import redis
 from arms import Run, start_gateway
+from clients import parse_wrk, probe, wrk, wrk_cmd, wrk_env
 from common import CHAT_PATH, ArmFailed
-from measure import parse_wrk, probe, wrk, wrk_cmd, wrk_env
 from procs import Proc, Stack, rss_kb, taskset
 
 CONNECTIONS = 16
