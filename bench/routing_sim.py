@@ -10,7 +10,7 @@ model (a prefix cache of 3,000 blocks of 16 tokens, LRU; 0.2 ms per uncached pro
 running and waiting requests every 0.1 s (read 5 ms after the worker reported them), 1 ms
 between a gateway and a worker each way, 48 conversations of 10 turns replayed with 16 in
 flight (the next turn of the conversation waiting longest), 16 output tokens. Each workload is
-``bench.routing.workload`` with another seed (16 is the one ``bench/routing.py`` runs).
+``routing_workload.workload`` with another seed (16 is the one ``bench/routing.py`` runs).
 Arms: least_loaded; affinity with and without the memory of prompts (``routing.history``),
 with placements told to the other gateway (``+told``: ``routing.placements``, received 2 ms
 later, as over a store's broadcast); requests alternating between the gateways, each
@@ -43,7 +43,8 @@ from typing import Any
 
 import orjson
 from gpu_worker import BLOCK, block_hashes, prompt_text
-from routing import IN_FLIGHT, LOAD_FACTOR, SIGNALS_INTERVAL, over_bound, workload
+from routing_bounds import over_bound
+from routing_workload import IN_FLIGHT, LOAD_FACTOR, SIGNALS_INTERVAL, workload
 
 from gateway.clock import FakeClock
 from gateway.config.schema import ModelRouting, Upstream
