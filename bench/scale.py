@@ -333,6 +333,8 @@ def classify(name: str) -> str:
             return "tok:o" if tail == "o" else "tok:k"
         if head in ("rpmr", "rpmu"):  # the rpm logs (rpmr: newest first; rpmu:, rpm: before)
             return f"rpm:{tail[:1]}"
+        if head in ("tpmr", "tpmrv"):  # the token minutes (newest first; tpm:, tpmv: before)
+            return f"{head.replace('r', '', 1)}:{tail[:1]}"
         if head in ("rpm", "tpm", "tpmv"):
             return f"{head}:{tail[:1]}"
     return "other"
@@ -935,7 +937,7 @@ UNITS = (
     ("rpm_first", "rpm log with one entry (`rpm:k:<k>`; the plan's `rpm:o` is the same)"),
     ("rpm_member_lp", "each further admission in the log's minute (up to 128)"),
     ("rpm_member_sl", "each further admission in the log's minute (past 128)"),
-    ("tpm_first", "tpm minute with one request (`tpm:k:<k>` + `tpmv:k:<k>`; the plan's alike)"),
+    ("tpm_first", "tpm minute with one request (`tpmr:k:<k>` + `tpmrv:k:<k>`; the plan's alike)"),
     ("tpm_member_lp", "each further request in the minute (up to 128)"),
     ("tpm_member_sl", "each further request in the minute (past 128)"),
     ("done", "settlement of a request admitted while the store was down (`done:<id>`, 1 hour)"),

@@ -21,8 +21,9 @@
 --   key's leases (gw:{owner}:held:<keyId>, ZSET request id -> lease_score: minus the lease's
 --   end x 10^6 less its microsecond, new leases first; calendar.lua), 4 the key's counters
 --   (HASH d, dt, m, mt, x; dc, mc: money of the day and month), 5 the owner's (HASH m, mt, x;
---   mc), 6 the key's minute log, 7 its tokens (ZSET request id -> admission time; HASH request
---   id -> tokens, s = their sum), 8 and 9 the owner's
+--   mc), 6 the key's minute log, 7 its tokens (tpmr:k:<keyId>, ZSET request id -> minus the
+--   admission time, newest first; tpmrv:k:<keyId>, HASH request id -> tokens, s = their sum),
+--   8 and 9 the owner's (tpmr:o, tpmrv:o)
 -- The logs' and the leases' TTLs are renewed at most once a window (the time of the last renewal
 -- is field x of the key's and of the owner's counters), each renewal long enough that every
 -- entry added before the next one outlives its window; a log or lease set that was empty gets its
@@ -48,7 +49,10 @@ local at = fmt(now)
 -- text that every ZADD parses again for each entry it passes.
 local lease_at = whole(lease_score(now, lease))
 local leases_expired = '(' .. whole(leases_expired_above(now))
-local since = nil  -- the token minutes' window start (text), made when one is first read
+-- The token minutes' scores are minus the admission time (exactly: negating a double is exact),
+-- newest first, as the logs (below): the window start (text, negated) made when one is first
+-- read.
+local since, minus_at = nil, '-' .. at
 -- The rpm logs' scores are minus the admission time in whole microseconds (Redis TIME's own
 -- grain), for the same reasons: a log under 129 entries is a listpack, and a ZADD there reads
 -- the score of every entry it passes (a log at an rpm limit of 60 cost a third more per
@@ -87,10 +91,14 @@ end
 -- The additions last first: a call's leases (and log entries) share a score, so Redis orders
 -- them by request id (a counter: the last the greatest), and each ZADD of a listpack stops at
 -- the first entry that sorts after it, the head once the last is in.
-local function zflush(key, z)
-  local adds, back = z.adds, {}
+local function zadd_back(key, adds)
+  local back = {}
   for i = #adds - 1, 1, -2 do back[#back + 1], back[#back + 2] = adds[i], adds[i + 1] end
   calls('ZADD', key, back)
+end
+
+local function zflush(key, z)
+  zadd_back(key, z.adds)
   z.adds = {}
 end
 
@@ -147,33 +155,34 @@ local function hash(key, ...)
   return h
 end
 
--- Rolling minutes of tokens (log ``z``, tokens ``h``), by ``h``: read once (what left the
--- window dropped), then kept here: the sum, the log's oldest time (false: empty) and what this
--- call added, written by ``minute_flush`` (before a read that needs them, else at the end).
+-- Rolling minutes of tokens (log ``z``, minus the admission times: newest first; tokens ``h``),
+-- by ``h``: read once (what left the window dropped), then kept here: the sum, the log's oldest
+-- time (false: empty) and what this call added, written by ``minute_flush`` (before a read that
+-- needs them, else at the end).
 local minutes = {}
 local function minute_tokens(z, h)
   local m = minutes[h]
   if m ~= nil then return m.sum end
   local sum = tonumber(redis.call('HGET', h, 's') or '0')
-  since = since or fmt(now - window)
-  local old = redis.call('ZRANGEBYSCORE', z, '-inf', since)
+  since = since or fmt(-(now - window))
+  local old = redis.call('ZRANGEBYSCORE', z, since, '+inf')
   if #old > 0 then
     for i = 1, #old, 1000 do
       local part = {unpack(old, i, math.min(i + 999, #old))}
       for _, v in ipairs(redis.call('HMGET', h, unpack(part))) do sum = sum - (tonumber(v) or 0) end
       redis.call('HDEL', h, unpack(part))
     end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', since)
+    redis.call('ZREMRANGEBYSCORE', z, since, '+inf')
     redis.call('HSET', h, 's', whole(sum))
   end
-  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2]
-  minutes[h] = {z = z, sum = sum, first = first and tonumber(first) or false, zadds = {}, hadds = {}}
+  local first = redis.call('ZRANGE', z, -1, -1, 'WITHSCORES')[2]
+  minutes[h] = {z = z, sum = sum, first = first and -tonumber(first) or false, zadds = {}, hadds = {}}
   return sum
 end
 
 local function minute_flush(h, m)
   if #m.zadds == 0 then return end
-  calls('ZADD', m.z, m.zadds)
+  zadd_back(m.z, m.zadds)
   m.hadds[#m.hadds + 1], m.hadds[#m.hadds + 2] = 's', whole(m.sum)
   calls('HSET', h, m.hadds)
   m.zadds, m.hadds = {}, {}
@@ -186,9 +195,9 @@ local function minute_wait(z, h, sum, limit, reserve)
   if reserve > limit then return window end
   minute_flush(h, minutes[h])
   local entries = redis.call('ZRANGE', z, 0, -1, 'WITHSCORES')
-  for i = 1, #entries, 2 do
+  for i = #entries - 1, 1, -2 do  -- the oldest first
     excess = excess - (tonumber(redis.call('HGET', h, entries[i])) or 0)
-    if excess <= 0 then return tonumber(entries[i + 1]) + window - now end
+    if excess <= 0 then return -tonumber(entries[i + 1]) + window - now end
   end
   return window
 end
@@ -197,7 +206,7 @@ local expiring = {}  -- key -> seconds: the EXPIREs to send at the end
 local function minute_take(z, h, rid, reserve)
   local m = minutes[h]
   local zadds, hadds = m.zadds, m.hadds
-  zadds[#zadds + 1], zadds[#zadds + 2] = at, rid
+  zadds[#zadds + 1], zadds[#zadds + 2] = minus_at, rid
   hadds[#hadds + 1], hadds[#hadds + 2] = rid, whole(reserve)
   m.sum = m.sum + reserve
   m.first = m.first and math.min(m.first, now) or now

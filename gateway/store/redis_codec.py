@@ -22,10 +22,12 @@ stripe (one of ``STRIPES`` slots, chosen by the key id: a tenant's keys spread o
                                     x (when the key's log and lease TTLs were last renewed)
     gw:{<owner>}:tok:o              HASH m (month id), mt (plan month tokens), x (as above,
                                     for the plan rpm log), mc (the month's micro-dollars)
-    gw:{<owner>}:tpm:k:<keyId>      ZSET request id -> admission time (the key's rolling minute
-                                    of tokens; only with a tpmLimit)
-    gw:{<owner>}:tpmv:k:<keyId>     HASH request id -> tokens, s (their sum)
-    gw:{<owner>}:tpm:o, tpmv:o      the same for the plan's tpm
+    gw:{<owner>}:tpmr:k:<keyId>     ZSET request id -> minus the admission time, newest first
+                                    (the key's rolling minute of tokens; only with a tpmLimit)
+    gw:{<owner>}:tpmrv:k:<keyId>    HASH request id -> tokens, s (their sum)
+    gw:{<owner>}:tpmr:o, tpmrv:o    the same for the plan's tpm (tpm:k:<keyId>, tpmv:k:<keyId>,
+                                    tpm:o, tpmv:o before, by the time itself: new names for
+                                    both, as the sum holds what its log has not yet dropped)
     gw:{<owner>}:done:<requestId>   settled marker of a request admitted without the store
                                     (on_error: open; EX 1 hour): settle runs once
     gw:{use:<s>}:use:<owner>:<keyId>:<day>  HASH <stat>:<model> (r p c e l b<i>; e absent: 0
@@ -206,11 +208,11 @@ def verdict(a: Admission, reply: bytes) -> Verdict:
 
 # The KEYS of a call, after the owner's tag ({k}: the key id, escaped)
 _ADMIT_KEYS: tuple[str, ...] = ("rpmr:k:{k}", "rpmr:o", "held:{k}", "tok:{k}", "tok:o")
-_ADMIT_KEYS += ("tpm:k:{k}", "tpmv:k:{k}", "tpm:o", "tpmv:o")
+_ADMIT_KEYS += ("tpmr:k:{k}", "tpmrv:k:{k}", "tpmr:o", "tpmrv:o")
 # the fourth: the settled marker's prefix (the request id is appended); the sixth and seventh,
 # the usage rows in the owner's slot, are the layout before the stripes (``usage_keys``)
 _SETTLE_KEYS: tuple[str, ...] = ("held:{k}", "tok:{k}", "tok:o", "done:", "lastused", "use:{k}:")
-_SETTLE_KEYS += ("usedays:{k}", "tpmv:k:{k}", "tpmv:o")
+_SETTLE_KEYS += ("usedays:{k}", "tpmrv:k:{k}", "tpmrv:o")
 
 
 @functools.lru_cache(maxsize=8192)

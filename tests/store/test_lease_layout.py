@@ -1,7 +1,9 @@
-"""The Redis store's lease sets (redis_codec.py's key table, calendar.lua lease_score): a key's
-leases live in ``gw:{owner}:held:<keyId>``, scored minus (the lease's end x 10^6 plus the
-microsecond it was taken in), whole numbers, so a new or renewed lease sorts first (a listpack's
-ZADD stops at its head) and a call's leases, tied, go in last first."""
+"""The Redis store's lease sets and token minutes, newest first (redis_codec.py's key table): a
+key's leases live in ``gw:{owner}:held:<keyId>``, scored minus (the lease's end x 10^6 plus the
+microsecond it was taken in: calendar.lua lease_score), whole numbers, so a new or renewed
+lease sorts first (a listpack's ZADD stops at its head) and a call's leases, tied, go in last
+first; a minute of tokens in ``tpmr:k:<keyId>``, scored minus the admission time exactly, its
+tokens in ``tpmrv:k:<keyId>``. (The rpm logs: test_redis_specific.)"""
 
 from __future__ import annotations
 
@@ -58,6 +60,35 @@ async def test_leases_are_held_newest_first_under_their_own_name(redis_url: str)
         clock.set(int(T0) + 21)
         assert (await store.admit(Admission("r9", key, owner, concurrency=3))).admitted
         assert [m for m, _ in leases()] == ["r9", "r0"]
+    finally:
+        client.close()
+        await store.close()
+
+
+async def test_token_minutes_are_held_newest_first_under_their_own_names(redis_url: str) -> None:
+    clock = FakeClock(T0 + 0.123456789)
+    store = RedisStore(redis_url, 2000, clock=clock)
+    client = sync_redis.Redis.from_url(redis_url)
+    owner, key = uid("own"), uid("key")
+    try:
+        taken = []
+        for n in range(3):
+            taken.append(clock.time())
+            a = Admission(f"r{n}", key, owner, tpm=1000, plan_tpm=1000, reserve=10 + n)
+            assert (await store.admit(a)).admitted
+            clock.advance(0.5)
+        for log, tokens in (("tpmr:k:" + key, "tpmrv:k:" + key), ("tpmr:o", "tpmrv:o")):
+            entries = client.zrange(f"gw:{{{owner}}}:{log}", 0, -1, withscores=True)
+            assert entries == [(f"r{n}".encode(), -taken[n]) for n in (2, 1, 0)], log
+            held = client.hgetall(f"gw:{{{owner}}}:{tokens}")
+            assert held == {b"r0": b"10", b"r1": b"11", b"r2": b"12", b"s": b"33"}, tokens
+            assert not client.exists(f"gw:{{{owner}}}:{log.replace('tpmr', 'tpm')}")
+        # the oldest leaves first: 980 more wait for r0's 10 (the minute after it was taken)
+        v = await store.admit(Admission("r9", key, owner, tpm=1000, reserve=980))
+        assert v.refused == "tpm" and abs(v.retry_after - (taken[0] + 60 - clock.time())) < 1
+        clock.set(taken[0] + 60)
+        assert (await store.admit(Admission("r9", key, owner, tpm=1000, reserve=977))).admitted
+        assert client.hget(f"gw:{{{owner}}}:tpmrv:k:{key}", "s") == b"1000"
     finally:
         client.close()
         await store.close()
