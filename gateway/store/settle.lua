@@ -14,8 +14,8 @@
 --       appended) and usage days (ZSET of day ids, for range reads), both in the key's usage
 --       stripe (redis_codec.py); on a Cluster (mode 2, below): the owner's rows not yet written
 --       (HASH request id -> row) and their times (ZSET request id -> when counted or last
---       adopted), 8 the key's minute tokens, 9 the owner's (HASH request id -> tokens, s =
---       their sum)
+--       adopted), 8 the key's minute tokens, 9 the owner's (tpmrv:k:<keyId>, tpmrv:o: HASH
+--       request id -> tokens, s = their sum)
 -- ARGV: 1 clock override (''), 2 settled marker ttl, 3 days usage is kept, 4 the settlements
 --       (binary, below), then the call's texts, each once: request ids, key ids, model lines,
 --       rows' names
