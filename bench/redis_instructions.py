@@ -5,19 +5,18 @@
 ``CAPTURE``: a ``MONITOR`` capture of a governed arm under load, as ``bench/run`` writes them
 (``bench/.work/run/governed-2w-monitor-*.txt``). Its ``admit`` and ``settle`` EVALSHAs (told
 apart by their first key: a key's rpm log, ``rpmr:k:`` or ``rpmu:k:``, a key's leases, ``held:``
-or ``lease:``) are
-read as the admissions and settlements they carry, in either layout of the scripts' arguments
-(binary, as the scripts' headers have them, or the texts before: 9 KEYS and 14 ARGV an
-admission, 9 and 20 a settlement), and replayed in their order against a fresh ``redis-server``
-running under ``valgrind --tool=callgrind``, once with the scripts of each source (a commit's
-``gateway/store/*.lua``, or a directory's; ``.`` by default), each call in the layout those
-scripts read (binary, as this tree's ``redis_codec`` packs it, when they ``struct.unpack``: a
-source of another binary layout is not replayed right): first the admissions alone, then
-everything as captured. One line per source: instructions per admission (the first pass), per
-settlement (the second less the first) and their sum, what one governed request costs Redis in
-its scripts, the commands they call included. Wall-clock CPU of redis-server moves with the
-machine's other load; this count moves less (leases expire in real time during the slow replay,
-so runs differ by a few %: compare sources within one run).
+or ``lease:``) are read as the admissions and settlements they carry, in either layout of the
+scripts' arguments (binary, as the scripts' headers have them, or the texts before: 9 KEYS and
+14 ARGV an admission, 9 and 20 a settlement), and replayed in their order against a fresh
+``redis-server`` running under ``valgrind --tool=callgrind``, once with the scripts of each
+source (a commit's ``gateway/store/*.lua``, or a directory's; ``.`` by default), each call in
+the layout those scripts read (binary, as this tree's ``redis_codec`` packs it, when they
+``struct.unpack``: a source of another binary layout is not replayed right): first the
+admissions alone, then everything as captured. One line per source: instructions per admission
+(the first pass), per settlement (the second less the first) and their sum, what one governed
+request costs Redis in its scripts, the commands they call included. Wall-clock CPU of
+redis-server moves with the machine's other load; this count moves less (leases expire in real
+time during the slow replay, so runs differ by a few %: compare sources within one run).
 
 Needs valgrind. About 40 s a source.
 """
