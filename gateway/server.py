@@ -10,11 +10,13 @@ finish.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
 import signal
 import ssl
+import sys
 
 from aiohttp import web
 
@@ -54,6 +56,21 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(2_000, 10, 10)
+    release_free_memory()
+
+
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system once start-up is done (glibc's
+    ``malloc_trim``): the imports and the config's parsing leave freed blocks the idle process
+    would otherwise keep resident (~0.5 MB). A no-op off Linux/glibc."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return
+    trim(0)
 
 
 def warn_without_c_parser() -> None:

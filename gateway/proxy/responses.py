@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-from gateway.dialects import inputs, responses
-from gateway.dialects.relay import Relay
-from gateway.dialects.responses_answer import Shape, encode_response, shape
-from gateway.dialects.responses_stream import ResponsesRelay
+from gateway.dialects import inputs
 from gateway.errors import NotFound, StoreUnavailable, shown
-from gateway.proxy import govern, responses_items, responses_native
+from gateway.proxy import govern, responses_items
 from gateway.proxy.apis.json_api import parse, require
 from gateway.proxy.exchange import EXCHANGE, Exchange, traced
 from gateway.proxy.handler import SSE_HEADERS, ChatHandler
@@ -42,6 +39,11 @@ from gateway.runtime import Runtime
 from gateway.store.base import StoreError
 from gateway.store.responses_store import new_id, valid_id
 from gateway.web.respond import json_response
+
+if TYPE_CHECKING:  # imported at the first request that uses them (below): idle RSS
+    from gateway.dialects.relay import Relay
+    from gateway.dialects.responses_answer import Shape
+    from gateway.dialects.responses_stream import ResponsesRelay
 
 log = logging.getLogger("gateway.proxy")
 
@@ -117,12 +119,18 @@ class _Turn(ChatHandler):
         self.final: bytes | None = None  # a whole answer, encoded
 
     def new_relay(self, ex: Exchange, route: ModelRoute) -> Relay:
+        # (the Responses dialect is imported at its first use: a gateway whose clients never
+        # call /v1/responses does not keep its translators resident, ~0.3 MB idle RSS)
+        from gateway.dialects.responses_stream import ResponsesRelay
+
         self.relay = ResponsesRelay(self.shape, ex.prompt_estimate)
         return self.relay
 
     def answer(
         self, ex: Exchange, answer: dict[str, object], raw: bytes, route: ModelRoute
     ) -> bytes:
+        from gateway.dialects.responses_answer import encode_response  # (lazy: see new_relay)
+
         estimate = (ex.prompt_estimate, ex.completion_chunks)
         self.final = encode_response(answer, self.shape, estimate)[0]
         return self.final
@@ -147,6 +155,11 @@ class ResponsesHandler:
         self.rt = runtime
 
     async def create(self, request: web.Request) -> web.StreamResponse:
+        # (the Responses dialect and the native mode are imported at the first request: a
+        # gateway whose clients never call /v1/responses keeps them out of its idle RSS)
+        from gateway.dialects import responses
+        from gateway.proxy import responses_native
+
         rt, ex = self.rt, request[EXCHANGE]
         ex.anthropic, ex.api = False, "responses"  # an OpenAI API, whatever headers came
         record = await govern.caller(rt, request, "chat")
@@ -189,6 +202,9 @@ class ResponsesHandler:
         keeper: _Keeper,
     ) -> tuple[_Turn, dict[str, Any]]:
         """The translated request's turn (its response's shape) and its chat body."""
+        from gateway.dialects import responses  # (lazy: see create)
+        from gateway.dialects.responses_answer import shape
+
         rt, (history, items) = self.rt, conversation
         plan = responses.translate(body, history, rt.config.responses.hosted_tools, items)
         # (a max_tokens past the model's ceiling is lowered by the chat recipe, ``outbound``,

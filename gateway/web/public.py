@@ -14,7 +14,6 @@ from gateway.proxy.access import authenticate
 from gateway.proxy.bodies import parse_json
 from gateway.proxy.exchange import EXCHANGE, traced
 from gateway.proxy.handler import ChatHandler
-from gateway.proxy.passthrough import PassThrough
 from gateway.runtime import Runtime
 from gateway.web import keys_api
 from gateway.web.respond import json_response
@@ -120,6 +119,11 @@ def add_routes(app: web.Application, runtime: Runtime) -> None:
     apis.add_routes(app, runtime)
     responses.add_routes(app, runtime)
     # After the gateway's own routes, which win over a configured prefix such as /api/.
-    passthrough = PassThrough(runtime)
-    for route in runtime.config.routes:
-        app.router.add_route("*", route.prefix + "{tail:.*}", passthrough.handle)
+    if runtime.config.routes:
+        # (imported only when routes are configured: the app is built once, at start, so a
+        # gateway without them never needs it; ~0.1 MB of idle RSS)
+        from gateway.proxy.passthrough import PassThrough
+
+        passthrough = PassThrough(runtime)
+        for route in runtime.config.routes:
+            app.router.add_route("*", route.prefix + "{tail:.*}", passthrough.handle)
