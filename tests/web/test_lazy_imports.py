@@ -1,6 +1,7 @@
 """What a gateway serving chat only never imports: the Responses API's translators and its native
-mode, the pass-through proxy (no ``routes:``) and the bundled mock worker are imported at their
-first use, so an idle process does not keep them resident (bench/run's idle RSS per worker).
+mode, the multipart reader of the upload APIs, the pass-through proxy (no ``routes:``) and the
+bundled mock worker are imported at their first use, so an idle process does not keep them
+resident (bench/run's idle RSS per worker).
 
 Checked in a fresh interpreter (other tests' imports would hide an eager one): the CLI's modules
 imported as ``gateway run`` has them, a ``Server`` started on a chat-only config, one chat request
@@ -20,6 +21,7 @@ LAZY = (
     "gateway.dialects.responses_stream",
     "gateway.dialects.responses_tools",
     "gateway.proxy.responses_native",
+    "gateway.proxy.apis.multipart",
     "gateway.proxy.passthrough",
     "gateway.mock_worker",
 )

@@ -19,6 +19,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,7 +39,6 @@ from gateway.proxy import attempts, govern
 from gateway.proxy.apis import answers, forward
 from gateway.proxy.apis.answers import Counted
 from gateway.proxy.apis.json_api import NOTHING, answered_as, refused, require
-from gateway.proxy.apis.multipart import Aborted, Form
 from gateway.proxy.exchange import EXCHANGE, Exchange
 from gateway.proxy.timers import CLIENT_STALLED, bounded_write
 from gateway.proxy.upstream import ANSWER_MAX, forward_headers, returned_headers
@@ -47,6 +47,9 @@ from gateway.routing.chain import Chain
 from gateway.routing.router import ModelRoute
 from gateway.runtime import Runtime
 from gateway.tracing import Span
+
+if TYPE_CHECKING:  # imported at the first upload (below): idle RSS
+    from gateway.proxy.apis.multipart import Form
 
 CHUNK = 64 * 1024
 
@@ -112,6 +115,10 @@ class FormHandler:
         ex.anthropic, ex.api = False, self.api.api
         record = await govern.caller(rt, request, self.api.permission)
         network = rt.config.network
+        # (the multipart reader is imported at the first upload: a gateway whose clients never
+        # send one does not keep it resident)
+        from gateway.proxy.apis.multipart import Form
+
         form = Form(
             request,
             self.api.files,
@@ -189,6 +196,8 @@ class FormHandler:
         """One try: the form (``sent``: the worker's model name, the wait for the head)."""
         upstream, span = target
         model, wait = sent
+        from gateway.proxy.apis.multipart import Aborted  # (imported by handle already)
+
         headers = forward_headers(request.headers, upstream, ex.request_id, span.trace_headers)
         headers["Content-Type"] = f"multipart/form-data; boundary={form.boundary}"
         timeouts = upstream.timeouts
