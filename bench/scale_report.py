@@ -154,8 +154,8 @@ def report(o: Outcome) -> list[str]:
         "Keys: one owner each, profiles in turn: governed (own rpm, concurrency and token "
         "limits; owner on a plan with rpm), tokens only, rpm only, tpm (never reached: the "
         "logs hold what the last minute brought). *Windows*: fake time the requests spanned. "
-        "*Formula*: the units above times what SCAN found (bench/scale.py `Sizing.predict`), "
-        "against used_memory less the clients' buffers. "
+        "*Formula*: the units above times what SCAN found "
+        "(bench/scale_sizing.py `Sizing.predict`), against used_memory less the clients' buffers. "
         "Commands per request count the scripts' inner commands; admission latency is at "
         "concurrency 1, after the census (the next requests of the round).",
         "",
