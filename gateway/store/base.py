@@ -60,6 +60,9 @@ def lease_end(now: float) -> float:
 
 
 USAGE_DAYS = 100  # usage is kept this long (the promise: at least 90 days)
+# The settled marker of a request admitted without the store (on_error: open): it only has
+# to outlive the writer's retries of that settlement.
+SETTLED_TTL = 3600.0
 # The day of a settlement whose admission's reply was lost (``Limiter._abandoned``): the store
 # dates it by its lease, the settlement's month holding the lease's seconds.
 PRESUMED = -1

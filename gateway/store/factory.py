@@ -5,13 +5,14 @@ from __future__ import annotations
 from gateway.clock import Clock
 from gateway.config import schema
 from gateway.store.base import Store
-from gateway.store.memory import MemoryStore
 
 
 def create_store(config: schema.Store, clock: Clock) -> Store:
     """``memory://`` → ``MemoryStore`` on ``clock``; a redis URL → ``RedisStore``, which takes
     time from Redis itself (``TIME`` in its scripts), so it is not given the clock."""
     if config.is_memory:
+        from gateway.store.memory import MemoryStore  # imported only when used
+
         return MemoryStore(clock)
     from gateway.store.redis import RedisStore  # imported only when used
 

@@ -25,11 +25,7 @@ from gateway.records import (
     Verdict,
     latency_bucket,
 )
-from gateway.store.base import PRESUMED, USAGE_DAYS, KeyExists, lease_end
-
-# The settled marker of a request admitted without the store (on_error: open): it only has
-# to outlive the writer's retries of that settlement.
-SETTLED_TTL = 3600.0
+from gateway.store.base import PRESUMED, SETTLED_TTL, USAGE_DAYS, KeyExists, lease_end
 
 
 @dataclass(slots=True)

@@ -79,8 +79,7 @@ from gateway.records import (
     Verdict,
     latency_bucket,
 )
-from gateway.store.base import LEASE_SECONDS, USAGE_DAYS
-from gateway.store.memory import SETTLED_TTL
+from gateway.store.base import LEASE_SECONDS, SETTLED_TTL, USAGE_DAYS
 from gateway.store.resp import Run
 
 CHANNEL = "gw:invalidate"

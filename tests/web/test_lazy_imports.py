@@ -75,3 +75,16 @@ def test_a_chat_only_gateway_imports_no_lazy_subsystem() -> None:
     assert found["status"] == "502"  # the request went through the chat path to its upstream
     assert "gateway.proxy.handler" in found["modules"]
     assert [name for name in LAZY if name in found["modules"]] == []
+
+
+def test_a_redis_gateway_imports_no_memory_store() -> None:
+    """The in-process store is imported only by a ``memory://`` gateway: what a Redis-store
+    gateway imports to serve (the CLI, the server, the app, the Redis store) leaves it out."""
+    script = (
+        "import sys, gateway.cli, gateway.server, gateway.app, gateway.store.redis, "
+        "gateway.store.factory; print('gateway.store.memory' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
