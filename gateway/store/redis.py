@@ -105,10 +105,8 @@ class RedisStore:
             if self._io.spans_slots
             else None
         )
-        # The admissions asked for in this turn of the loop, sent together at its end; while a
-        # batch is in flight, those asked for meanwhile wait for its reply (``_admitted``).
+        # The admissions asked for in this turn of the loop, sent together at its end.
         self._admitting: list[tuple[Admission, asyncio.Future[Verdict]]] = []
-        self._batches_in_flight = 0
         self._resending: set[asyncio.Future[None]] = set()
 
     def _now(self) -> str:
@@ -250,19 +248,14 @@ class RedisStore:
         Redis as one EVALSHA at its end (the script decides them one after the other, each as
         a call of its own would), and each verdict arrives as a future: no task, no timer here
         (the caller bounds its wait, and a future still completes when the reply comes late,
-        so what it admitted can be given back).
-
-        While a batch is in flight on the lane, the admissions asked for meanwhile are sent
-        when its reply comes (group commit): under load a call carries what arrived during a
-        round trip, not one turn's, and Redis pays its fixed cost per call (~130k
-        instructions for an empty one) fewer times; a lone request never waits for another."""
+        so what it admitted can be given back)."""
         verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         pending = self._admitting
         pending.append((admission, verdict))
-        if len(pending) >= ADMIT_BATCH:
-            self._send_admissions()
-        elif len(pending) == 1 and not self._batches_in_flight:
+        if len(pending) == 1:
             asyncio.get_running_loop().call_soon(self._send_admissions)
+        elif len(pending) >= ADMIT_BATCH:
+            self._send_admissions()
         return verdict
 
     def _send_admissions(self) -> None:
@@ -277,20 +270,7 @@ class RedisStore:
         if reply is None:
             self._resend(batch)
         else:
-            self._batches_in_flight += 1
-            reply.add_done_callback(functools.partial(self._landed, batch))
-
-    def _landed(
-        self, batch: list[tuple[Admission, asyncio.Future[Verdict]]], reply: asyncio.Future[Any]
-    ) -> None:
-        """A batch's reply came (or its call failed): its verdicts, then the admissions that
-        waited for it, in one call."""
-        self._batches_in_flight -= 1
-        try:
-            self._admitted(batch, reply)
-        finally:
-            if self._admitting:
-                self._send_admissions()
+            reply.add_done_callback(functools.partial(self._admitted, batch))
 
     def _resend(self, batch: list[tuple[Admission, asyncio.Future[Verdict]]]) -> None:
         """A batch the lane could not take at once (not connected yet, or the script unknown

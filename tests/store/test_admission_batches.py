@@ -132,32 +132,3 @@ async def test_rpm_exact_in_batches(redis_process: RedisServer, count: int) -> N
         assert evalsha_calls(redis_process) - before == -(-count // ADMIT_BATCH)
     finally:
         await store.close()
-
-
-async def test_admissions_asked_during_a_round_trip_go_in_one_call(
-    redis_process: RedisServer,
-) -> None:
-    """While a batch is in flight, the admissions asked for meanwhile (each in a turn of the
-    loop of its own) wait for its reply and then go to Redis together: two calls, not eleven;
-    each decided in the order asked. Redis is paused (CLIENT PAUSE) so the first batch is
-    surely still in flight while the others are asked for."""
-    assert redis_process.call("FLUSHALL") == "OK"
-    store = RedisStore(f"redis://127.0.0.1:{redis_process.port}", 5000, clock=FakeClock(T0))
-    try:
-        await warm(store)
-        before = evalsha_calls(redis_process)
-        asks = [Admission(request_id=f"g{i}", key_id="k", owner="o", rpm=5) for i in range(11)]
-        assert redis_process.call("CLIENT", "PAUSE", "400") == "OK"
-        asked = [store.admit_now(asks[0])]
-        await asyncio.sleep(0)  # a turn of the loop: the first batch goes out alone
-        assert store._batches_in_flight == 1
-        for a in asks[1:]:
-            asked.append(store.admit_now(a))
-            await asyncio.sleep(0)  # each asked in a turn of its own
-        verdicts = await asyncio.gather(*asked)
-        assert [v.admitted for v in verdicts] == [i < 5 for i in range(11)]
-        assert {v.refused for v in verdicts[5:]} == {"rpm"}
-        assert evalsha_calls(redis_process) - before == 2
-        assert store._batches_in_flight == 0
-    finally:
-        await store.close()
