@@ -187,14 +187,7 @@ def paced_rows(r: dict[str, ArmResult]) -> list[Row]:
                 )
             )
             if key == "paced-gateway":
-                rows.append(
-                    (
-                        f"{key}: idle RSS per worker",
-                        f"{p.idle_rss_mb:.1f} MB",
-                        "≤ 60 MB",
-                        verdict(p.idle_rss_mb <= 60),
-                    )
-                )
+                rows.append(idle_rss_row(key, p.idle_rss_mb))
     return rows
 
 
@@ -207,15 +200,20 @@ def memory_rows(r: dict[str, ArmResult]) -> list[Row]:
     for key in ("gateway-1w", "governed-1w", "gateway-2w", "governed-2w"):
         x = r.get(key)
         if x and x.rss_idle_mb:
-            rows.append(
-                (
-                    f"{key}: idle RSS per worker",
-                    f"{x.rss_idle_mb:.1f} MB",
-                    "≤ 60 MB",
-                    verdict(x.rss_idle_mb <= 60),
-                )
-            )
+            rows.append(idle_rss_row(key, x.rss_idle_mb))
     return rows
+
+
+IDLE_RSS_MB = 60  # the most an idle worker may hold
+
+
+def idle_rss_row(key: str, mb: float) -> Row:
+    return (
+        f"{key}: idle RSS per worker",
+        f"{mb:.1f} MB",
+        f"≤ {IDLE_RSS_MB} MB",
+        verdict(mb <= IDLE_RSS_MB),
+    )
 
 
 def redis_rows(results: list[ArmResult]) -> list[Row]:
