@@ -1,4 +1,4 @@
-"""The store's ``timeout_ms`` on admissions (``limiter.Deadlines``: one timer for all the waiting
+"""The store's ``timeout_ms`` on admissions (``deadlines.Deadlines``: one timer for all the waiting
 admissions of a process): each wait fails after its own timeout, whatever others wait beside
 it, and not before; a verdict that comes in time is never failed; an admitted verdict that
 comes after its caller timed out is given back."""
